@@ -1,0 +1,156 @@
+// Portable: compiled by both asc (into the wasm module) and tsc (for the host). Plain integer constants only,
+// so both compilers agree on every value. This file is the one source of truth for every byte shmbus shares.
+//
+// ─── Segment ─────────────────────────────────────────────────────────────────────────────────────────────
+// A channel segment is one header followed by RING_COUNT rings. All integers are little-endian.
+//
+//   0        4        8        12       16                24       28       32       36       40
+//   ┌────────┬────────┬────────┬────────┬─────────────────┬────────┬────────┬────────┬────────┬──────────────┐
+//   │ magic  │version │features│hdrSize │ segmentSize u64 │ rings  │capacity│creatPid│reserved│creatStart u64│
+//   └────────┴────────┴────────┴────────┴─────────────────┴────────┴────────┴────────┴────────┴──────────────┘
+//   48 … 127 reserved, zero.          then ring 0 at SEGMENT_HEADER_SIZE, ring i at ringOffset(i, capacity).
+//
+// The creator writes every field, then stores `version` last (an atomic store). An opener waits for a non-zero
+// version, checks magic, major version, that the ring geometry fits inside the bytes it mapped, and only then
+// trusts anything else.
+//
+// ─── Ring (single producer, single consumer) ───────────────────────────────────────────────────────────────
+//   0    capacity u32           creator      data bytes, a power of two
+//   4…127 reserved               —
+//   128  tailPosition u64        producer     bytes ever committed; only grows
+//   136  producerClosed u32      producer     1 once the producer will commit nothing more
+//   140  producerParkSeq u32     producer     odd while the producer waits for space
+//   144…255 reserved             —
+//   256  headPosition u64        consumer     bytes ever released; only grows
+//   264  consumerClosed u32      consumer     1 once the consumer will read nothing more
+//   268  consumerParkSeq u32     consumer     odd while the consumer is parked waiting for data
+//   272…383 reserved             —
+//   384  data[capacity]
+//
+// Producer and consumer words sit 128 bytes apart so the two sides never write the same cache line pair.
+// An index into data is `position & (capacity - 1)`.
+//
+// ─── Record ──────────────────────────────────────────────────────────────────────────────────────────────
+//   0        4        8
+//   ┌────────┬────────┬──────────────────────────┬─────────┐
+//   │ length │  type  │ payload (length bytes)   │ pad to 8│
+//   └────────┴────────┴──────────────────────────┴─────────┘
+//   length i32: payload bytes, 0 … maxPayload(capacity). A negative length would mean "claimed, not committed";
+//     a single-producer ring never publishes such a record (its tail moves only over committed records), so a
+//     reader treats one as corruption.
+//   type u32: RECORD_PADDING fills the data from this record to the end of the ring (the producer wraps);
+//     any other value is the application's record type.
+//   A record never wraps: it sits contiguously in data, so a reader can hand out a view of its payload.
+
+// --- segment header -------------------------------------------------------------------------------------------
+export const SEGMENT_MAGIC = 0x424d4853; // "SHMB" in memory order
+export const LAYOUT_VERSION_MAJOR = 1;
+export const LAYOUT_VERSION_MINOR = 0;
+export const LAYOUT_VERSION = (LAYOUT_VERSION_MAJOR << 16) | LAYOUT_VERSION_MINOR;
+
+export const SEG_MAGIC_OFFSET = 0;
+export const SEG_VERSION_OFFSET = SEG_MAGIC_OFFSET + 4;
+export const SEG_FEATURES_OFFSET = SEG_VERSION_OFFSET + 4;
+export const SEG_HEADER_SIZE_OFFSET = SEG_FEATURES_OFFSET + 4;
+export const SEG_SIZE_OFFSET = SEG_HEADER_SIZE_OFFSET + 4;
+export const SEG_RING_COUNT_OFFSET = SEG_SIZE_OFFSET + 8;
+export const SEG_RING_CAPACITY_OFFSET = SEG_RING_COUNT_OFFSET + 4;
+export const SEG_CREATOR_PID_OFFSET = SEG_RING_CAPACITY_OFFSET + 4;
+export const SEG_CREATOR_START_OFFSET = SEG_CREATOR_PID_OFFSET + 8;
+export const SEGMENT_HEADER_SIZE = 128;
+
+/** Feature bits this build understands; an opener refuses a segment that sets any other bit. */
+export const FEATURES_KNOWN = 0;
+
+/** A channel segment holds two rings: RING_TO_CONNECTOR (written by the listener) and RING_TO_LISTENER. */
+export const CHANNEL_RING_COUNT = 2;
+export const RING_TO_CONNECTOR = 0;
+export const RING_TO_LISTENER = 1;
+
+// --- ring header ---------------------------------------------------------------------------------------------
+export const RING_CAPACITY_OFFSET = 0;
+export const RING_TAIL_OFFSET = 128;
+export const RING_PRODUCER_CLOSED_OFFSET = RING_TAIL_OFFSET + 8;
+export const RING_PRODUCER_PARK_OFFSET = RING_PRODUCER_CLOSED_OFFSET + 4;
+export const RING_HEAD_OFFSET = 256;
+export const RING_CONSUMER_CLOSED_OFFSET = RING_HEAD_OFFSET + 8;
+export const RING_CONSUMER_PARK_OFFSET = RING_CONSUMER_CLOSED_OFFSET + 4;
+export const RING_HEADER_SIZE = 384;
+
+/** Smallest and largest ring data capacity (powers of two). */
+export const RING_MIN_CAPACITY = 1024;
+export const RING_MAX_CAPACITY = 1 << 28;
+/** Wasm pages of the process memory at most (2 GiB): every address fits a positive i32. */
+export const MEMORY_MAX_PAGES = 32768;
+
+// --- records -------------------------------------------------------------------------------------------------
+export const RECORD_LENGTH_OFFSET = 0;
+export const RECORD_TYPE_OFFSET = 4;
+export const RECORD_HEADER_SIZE = 8;
+export const RECORD_ALIGNMENT = 8;
+
+export const RECORD_PADDING = 0;
+/** Raw bytes sent with sendBytes / claim. */
+export const RECORD_BYTES = 1;
+/** A msgpack-encoded value sent with send. */
+export const RECORD_MSGPACK = 2;
+
+// --- results of ring operations (negative: the ring is unusable or the call was misused) ------------------------
+export const RING_OK = 0;
+/** Positions impossible for a healthy ring: head past tail, more than capacity apart, misaligned. */
+export const RING_E_POSITIONS = -1;
+/** A record whose length or type cannot be right, or that crosses the end of the data or the tail. */
+export const RING_E_RECORD = -2;
+/** A record larger than maxPayload(capacity). */
+export const RING_E_TOO_LARGE = -3;
+/** claim while a claim is open, commit/abort without one, commit longer than claimed. */
+export const RING_E_STATE = -4;
+/** The ring header disagrees with the segment header (capacity). */
+export const RING_E_HEADER = -5;
+
+// --- this process's private wasm memory (not shared with anyone) -----------------------------------------------
+//   0 … PRIVATE_BASE           the module's static data (the build test checks it fits)
+//   PRIVATE_BASE …             endpoint handles, HANDLE_SIZE each, MAX_HANDLES of them
+//   BATCH_BASE …               the batch descriptors ring_read fills: BATCH_MAX × (address, length, type) u32
+//   WINDOW_BASE …              windows mapped onto shared segments (4 KiB aligned)
+export const PAGE_SIZE = 4096;
+export const WASM_PAGE_SIZE = 65536;
+export const PRIVATE_BASE = 65536;
+export const HANDLE_SIZE = 64;
+export const MAX_HANDLES = 4096;
+export const BATCH_BASE = PRIVATE_BASE + HANDLE_SIZE * MAX_HANDLES;
+export const BATCH_MAX = 4096;
+export const BATCH_ENTRY_SIZE = 12;
+export const BATCH_END = BATCH_BASE + BATCH_MAX * BATCH_ENTRY_SIZE;
+export const WINDOW_BASE = 1 << 20; // above BATCH_END (the build test checks)
+
+// --- handle: one endpoint of a ring, private to this process --------------------------------------------------
+export const H_RING_OFFSET = 0; //        u32 address of the ring header
+export const H_CAPACITY_OFFSET = 4; //    u32 validated capacity
+export const H_ROLE_OFFSET = 8; //        u32 ROLE_PRODUCER or ROLE_CONSUMER
+export const H_CLAIM_OFFSET = 12; //      u32 payload address of the open claim, 0 when none
+export const H_POSITION_OFFSET = 16; //   u64 producer: next claim position; consumer: next read position
+export const H_CACHED_OFFSET = 24; //     u64 producer: last head seen; consumer: last tail seen
+export const H_CLAIM_MAX_OFFSET = 32; //  u32 bytes claimed
+export const H_RUNG_OFFSET = 36; //       u32 the peer's park sequence we last rang the doorbell for
+export const H_CLAIM_TYPE_OFFSET = 40; // u32 type of the open claim
+
+export const ROLE_PRODUCER = 0;
+export const ROLE_CONSUMER = 1;
+
+// --- derived ---------------------------------------------------------------------------------------------------
+/** Largest payload a ring of `capacity` accepts: a record of half the ring always fits once the ring drains. */
+export function maxPayload(capacity: u32): u32 {
+  return (capacity >>> 1) - RECORD_HEADER_SIZE;
+}
+
+/** Offset of ring `index` inside a segment whose rings have `capacity` data bytes. */
+export function ringOffset(index: u32, capacity: u32): u32 {
+  return SEGMENT_HEADER_SIZE + index * (RING_HEADER_SIZE + capacity);
+}
+
+/** Bytes a segment of `ringCount` rings of `capacity` needs, rounded up to whole pages. */
+export function segmentBytes(ringCount: u32, capacity: u32): u32 {
+  const bytes = ringOffset(ringCount, capacity);
+  return ((bytes + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
+}

@@ -1,0 +1,279 @@
+// The single-producer single-consumer ring, run over ring headers that live in shared memory.
+//
+// Every function takes a handle: a small private block (see H_* in layout.ts) in this process's own memory that
+// holds the validated capacity and this endpoint's cached positions. The shared ring header is never trusted
+// for geometry after ring_open: a hostile peer can rewrite it, but only the peer-written positions are reread,
+// and each one is checked before use. No function loops more than capacity / RECORD_ALIGNMENT times, and no
+// address outside [data, data + capacity) is ever read or written.
+
+import {
+  RING_CAPACITY_OFFSET, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_PRODUCER_CLOSED_OFFSET, RING_CONSUMER_CLOSED_OFFSET,
+  RING_PRODUCER_PARK_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_HEADER_SIZE, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
+  RECORD_LENGTH_OFFSET, RECORD_TYPE_OFFSET, RECORD_HEADER_SIZE, RECORD_ALIGNMENT, RECORD_PADDING,
+  RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
+  H_RING_OFFSET, H_CAPACITY_OFFSET, H_ROLE_OFFSET, H_CLAIM_OFFSET, H_POSITION_OFFSET, H_CACHED_OFFSET,
+  H_CLAIM_MAX_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
+  BATCH_ENTRY_SIZE, maxPayload,
+} from './layout';
+
+@inline function align(n: u64): u64 {
+  return (n + (RECORD_ALIGNMENT - 1)) & ~(<u64>RECORD_ALIGNMENT - 1);
+}
+
+@inline function isPowerOfTwo(n: u32): bool {
+  return n != 0 && (n & (n - 1)) == 0;
+}
+
+// --- handle fields ---------------------------------------------------------------------------------------------
+@inline function ringOf(h: usize): usize { return <usize>load<u32>(h, H_RING_OFFSET); }
+@inline function capacityOf(h: usize): u32 { return load<u32>(h, H_CAPACITY_OFFSET); }
+@inline function dataOf(h: usize): usize { return ringOf(h) + RING_HEADER_SIZE; }
+
+/** Formats a ring header at `ring` (the creator does this once, before publishing the segment version). */
+export function ring_format(ring: usize, capacity: u32): i32 {
+  if (!isPowerOfTwo(capacity) || capacity < <u32>RING_MIN_CAPACITY || capacity > <u32>RING_MAX_CAPACITY) return RING_E_HEADER;
+  memory.fill(ring, 0, RING_HEADER_SIZE);
+  store<u32>(ring, capacity, RING_CAPACITY_OFFSET);
+  return RING_OK;
+}
+
+/**
+ * Opens one end of the ring at `ring` into the private handle `h`. `capacity` comes from the segment header the
+ * host already checked against the mapped length; the ring header must agree, and the positions must be sane.
+ */
+export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 {
+  memory.fill(h, 0, HANDLE_SIZE);
+  if (!isPowerOfTwo(capacity) || capacity < <u32>RING_MIN_CAPACITY || capacity > <u32>RING_MAX_CAPACITY) return RING_E_HEADER;
+  if (load<u32>(ring, RING_CAPACITY_OFFSET) != capacity) return RING_E_HEADER;
+  if (role != ROLE_PRODUCER && role != ROLE_CONSUMER) return RING_E_STATE;
+  // SYNC: pairs with the stores of tail (ring_commit) and head (ring_release) made before this open.
+  const tail = atomic.load<u64>(ring, RING_TAIL_OFFSET);
+  const head = atomic.load<u64>(ring, RING_HEAD_OFFSET);
+  if (!positionsSane(head, tail, capacity)) return RING_E_POSITIONS;
+  store<u32>(h, <u32>ring, H_RING_OFFSET);
+  store<u32>(h, capacity, H_CAPACITY_OFFSET);
+  store<u32>(h, role, H_ROLE_OFFSET);
+  if (role == ROLE_PRODUCER) {
+    store<u64>(h, tail, H_POSITION_OFFSET);
+    store<u64>(h, head, H_CACHED_OFFSET);
+  } else {
+    store<u64>(h, head, H_POSITION_OFFSET);
+    store<u64>(h, tail, H_CACHED_OFFSET);
+  }
+  return RING_OK;
+}
+
+@inline function positionsSane(head: u64, tail: u64, capacity: u32): bool {
+  // Unsigned difference: a head past the tail wraps to a huge value and fails the same test.
+  return tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0;
+}
+
+// --- producer --------------------------------------------------------------------------------------------------
+
+/**
+ * Claims room for a record of `length` payload bytes and `type`. Returns the payload's address (> 0) for the
+ * caller to fill, 0 when the ring has no room now (an expected outcome), or a negative RING_E_* code.
+ */
+export function ring_claim(h: usize, length: u32, type: u32): i32 {
+  if (load<u32>(h, H_CLAIM_OFFSET) != 0 || type == RECORD_PADDING) return RING_E_STATE;
+  const capacity = capacityOf(h);
+  if (length > maxPayload(capacity)) return RING_E_TOO_LARGE;
+  const mask = <u64>capacity - 1;
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  const index = position & mask;
+  const recordSize = align(<u64>length + RECORD_HEADER_SIZE);
+  const toEnd = <u64>capacity - index;
+  // A record never wraps: if it does not fit before the end, a padding record fills the rest first.
+  const padding: u64 = recordSize > toEnd ? toEnd : 0;
+  const needed = padding + recordSize;
+
+  let head = load<u64>(h, H_CACHED_OFFSET);
+  if (position + needed - head > <u64>capacity) {
+    // The cached head says full: reread the real one (the only shared read on this path).
+    // SYNC: pairs with the atomic store of head in ring_release.
+    head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+    if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
+    store<u64>(h, head, H_CACHED_OFFSET);
+    if (position + needed - head > <u64>capacity) return 0;
+  }
+
+  const data = dataOf(h);
+  if (padding != 0) {
+    store<i32>(data + <usize>index, <i32>(padding - RECORD_HEADER_SIZE), RECORD_LENGTH_OFFSET);
+    store<u32>(data + <usize>index, RECORD_PADDING, RECORD_TYPE_OFFSET);
+    store<u64>(h, position + padding, H_POSITION_OFFSET);
+  }
+  const record = data + <usize>((position + padding) & mask);
+  store<u32>(h, length, H_CLAIM_MAX_OFFSET);
+  store<u32>(h, type, H_CLAIM_TYPE_OFFSET);
+  store<u32>(h, <u32>(record + RECORD_HEADER_SIZE), H_CLAIM_OFFSET);
+  return <i32>(record + RECORD_HEADER_SIZE);
+}
+
+/** Commits the open claim with `length` payload bytes (at most what was claimed) and publishes it. */
+export function ring_commit(h: usize, length: u32): i32 {
+  const payload = <usize>load<u32>(h, H_CLAIM_OFFSET);
+  if (payload == 0 || length > load<u32>(h, H_CLAIM_MAX_OFFSET)) return RING_E_STATE;
+  const record = payload - RECORD_HEADER_SIZE;
+  store<i32>(record, <i32>length, RECORD_LENGTH_OFFSET);
+  store<u32>(record, load<u32>(h, H_CLAIM_TYPE_OFFSET), RECORD_TYPE_OFFSET);
+  store<u32>(h, 0, H_CLAIM_OFFSET);
+  const tail = load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE);
+  store<u64>(h, tail, H_POSITION_OFFSET);
+  // SYNC: pairs with the atomic load of tail in ring_read / ring_park; publishes the record written above.
+  // Sequentially consistent, so the consumer-park check in ring_needs_wake cannot be reordered before it.
+  atomic.store<u64>(ringOf(h), tail, RING_TAIL_OFFSET);
+  return RING_OK;
+}
+
+/**
+ * Abandons the open claim: nothing is published. A padding record written by the claim stays, unpublished
+ * until the next commit publishes it together with the next record (the consumer skips it).
+ */
+export function ring_abort(h: usize): i32 {
+  if (load<u32>(h, H_CLAIM_OFFSET) == 0) return RING_E_STATE;
+  store<u32>(h, 0, H_CLAIM_OFFSET);
+  return RING_OK;
+}
+
+/** Bytes the producer could still claim in one record (including a possible padding), using the cached head. */
+export function ring_free(h: usize): u32 {
+  const capacity = capacityOf(h);
+  // SYNC: pairs with the atomic store of head in ring_release.
+  const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  if (!positionsSane(head, position, capacity)) return 0;
+  store<u64>(h, head, H_CACHED_OFFSET);
+  return <u32>(<u64>capacity - (position - head));
+}
+
+// --- consumer --------------------------------------------------------------------------------------------------
+
+/**
+ * Reads up to `max` committed records after the previous batch and writes one (payload address, length, type)
+ * triple per record at `out`. Padding is skipped. Returns the number of records (0 when none are committed) or
+ * a negative RING_E_* code when the ring is corrupt. The payloads stay valid until ring_release.
+ */
+export function ring_read(h: usize, out: usize, max: u32): i32 {
+  const capacity = capacityOf(h);
+  const mask = <u64>capacity - 1;
+  const limit = <u64>maxPayload(capacity);
+  const data = dataOf(h);
+  let position = load<u64>(h, H_POSITION_OFFSET);
+  let tail = load<u64>(h, H_CACHED_OFFSET);
+  if (position == tail) {
+    // SYNC: pairs with the atomic store of tail in ring_commit; the records below it are visible after this.
+    tail = atomic.load<u64>(ringOf(h), RING_TAIL_OFFSET);
+    // The head we own is at or before `position`; the tail must be within capacity of the released head.
+    const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+    if (!positionsSane(head, tail, capacity) || tail - position > <u64>capacity) return RING_E_POSITIONS;
+    store<u64>(h, tail, H_CACHED_OFFSET);
+  }
+  let count: u32 = 0;
+  while (position != tail && count < max) {
+    const index = position & mask;
+    const record = data + <usize>index;
+    const length = load<i32>(record, RECORD_LENGTH_OFFSET);
+    const type = load<u32>(record, RECORD_TYPE_OFFSET);
+    const toEnd = <u64>capacity - index;
+    const available = tail - position;
+    if (type == RECORD_PADDING) {
+      // Padding must fill exactly to the end of the data, and the tail must lie past it.
+      if (<u64>length + RECORD_HEADER_SIZE != toEnd || toEnd > available) return RING_E_RECORD;
+      position += toEnd;
+      continue;
+    }
+    // The unsigned cast rejects negative lengths (claimed, never committed) with the same comparison.
+    if (<u64><u32>length > limit) return RING_E_RECORD;
+    const size = align(<u64>length + RECORD_HEADER_SIZE);
+    if (size > toEnd || size > available) return RING_E_RECORD;
+    const entry = out + <usize>count * BATCH_ENTRY_SIZE;
+    store<u32>(entry, <u32>(record + RECORD_HEADER_SIZE), 0);
+    store<u32>(entry, <u32>length, 4);
+    store<u32>(entry, type, 8);
+    position += size;
+    count++;
+  }
+  store<u64>(h, position, H_POSITION_OFFSET);
+  return <i32>count;
+}
+
+/** Releases every record read so far: the producer may overwrite them. */
+export function ring_release(h: usize): void {
+  // SYNC: pairs with the atomic load of head in ring_claim / ring_free. Sequentially consistent, so the
+  // producer-park check in ring_needs_wake cannot be reordered before it.
+  atomic.store<u64>(ringOf(h), load<u64>(h, H_POSITION_OFFSET), RING_HEAD_OFFSET);
+}
+
+/** Committed bytes not yet read by this consumer (rereads the tail). Negative when the positions are corrupt. */
+export function ring_pending(h: usize): i32 {
+  // SYNC: pairs with the atomic store of tail in ring_commit.
+  const tail = atomic.load<u64>(ringOf(h), RING_TAIL_OFFSET);
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  if (tail - position > <u64>capacityOf(h) || ((tail & (RECORD_ALIGNMENT - 1)) != 0)) return RING_E_POSITIONS;
+  return <i32>(tail - position);
+}
+
+// --- parking, waking, closing (both roles) ---------------------------------------------------------------------
+
+@inline function ownParkOffset(h: usize): usize {
+  return load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_PRODUCER_PARK_OFFSET : RING_CONSUMER_PARK_OFFSET;
+}
+
+/**
+ * Announces that this end is about to sleep (odd park sequence), then checks once more for progress by the
+ * peer. Returns 1 if the caller should sleep until the doorbell rings, 0 if progress arrived (then it is not
+ * parked). A consumer waits for data; a producer waits for `need` free bytes.
+ */
+export function ring_park(h: usize, need: u32): i32 {
+  const ring = ringOf(h);
+  const offset = ownParkOffset(h);
+  const seq = atomic.load<u32>(ring + offset);
+  // SYNC: pairs with the atomic load of this word in ring_needs_wake. Sequentially consistent, with the peer's
+  // sequentially consistent position store: either the peer sees us parked or we see its progress below.
+  atomic.store<u32>(ring + offset, (seq | 1) == seq ? seq : seq + 1);
+  let progressed: bool;
+  if (load<u32>(h, H_ROLE_OFFSET) == ROLE_CONSUMER) {
+    progressed = ring_pending(h) != 0;
+  } else {
+    progressed = ring_free(h) >= need;
+  }
+  if (progressed) ring_unpark(h);
+  return progressed ? 0 : 1;
+}
+
+/** Leaves the parked state (even park sequence). */
+export function ring_unpark(h: usize): void {
+  const ring = ringOf(h);
+  const offset = ownParkOffset(h);
+  const seq = atomic.load<u32>(ring + offset);
+  // SYNC: pairs with the atomic load of this word in ring_needs_wake.
+  if (seq & 1) atomic.store<u32>(ring + offset, seq + 1);
+}
+
+/**
+ * After making progress (commit or release), asks whether the peer is parked and has not been rung for this
+ * park yet. Returns 1 exactly once per peer park: the caller then rings the doorbell.
+ */
+export function ring_needs_wake(h: usize): i32 {
+  const peerOffset: usize = load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_CONSUMER_PARK_OFFSET : RING_PRODUCER_PARK_OFFSET;
+  // SYNC: pairs with the atomic store in the peer's ring_park.
+  const seq = atomic.load<u32>(ringOf(h) + peerOffset);
+  if ((seq & 1) == 0 || seq == load<u32>(h, H_RUNG_OFFSET)) return 0;
+  store<u32>(h, seq, H_RUNG_OFFSET);
+  return 1;
+}
+
+/** Marks this end closed: a producer commits nothing more; a consumer reads nothing more. */
+export function ring_close(h: usize): void {
+  const offset: usize = load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_PRODUCER_CLOSED_OFFSET : RING_CONSUMER_CLOSED_OFFSET;
+  // SYNC: pairs with the atomic load in the peer's ring_peer_closed; ordered after every commit before it.
+  atomic.store<u32>(ringOf(h) + offset, 1);
+}
+
+/** 1 when the other end has closed. A consumer should drain what is committed before acting on it. */
+export function ring_peer_closed(h: usize): i32 {
+  const offset: usize = load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_CONSUMER_CLOSED_OFFSET : RING_PRODUCER_CLOSED_OFFSET;
+  // SYNC: pairs with the atomic store in the peer's ring_close.
+  return atomic.load<u32>(ringOf(h) + offset) != 0 ? 1 : 0;
+}

@@ -1,0 +1,149 @@
+/**
+ * The wasm engine: one instance of the ring module per process, over one shared `WebAssembly.Memory`.
+ *
+ * Windows of that memory (4 KiB aligned, above WINDOW_BASE) are mapped onto shared-memory segments, so the ring
+ * code in wasm and the JS views read and write the very bytes the peer process sees. The engine owns the memory
+ * map: the private handles the ring functions keep their state in, and the window allocator.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+import {
+  WASM_PAGE_SIZE, PAGE_SIZE, PRIVATE_BASE, HANDLE_SIZE, MAX_HANDLES, BATCH_BASE, WINDOW_BASE, MEMORY_MAX_PAGES,
+} from '../assembly/layout.js';
+import { BadArgumentError, ShmbusError, ErrorCode } from './errors.js';
+
+/** The functions the wasm module exports (see assembly/ring.ts for their contracts). */
+export interface RingExports {
+  ring_format(ring: number, capacity: number): number;
+  ring_open(h: number, ring: number, capacity: number, role: number): number;
+  ring_claim(h: number, length: number, type: number): number;
+  ring_commit(h: number, length: number): number;
+  ring_abort(h: number): number;
+  ring_free(h: number): number;
+  ring_read(h: number, out: number, max: number): number;
+  ring_release(h: number): void;
+  ring_pending(h: number): number;
+  ring_park(h: number, need: number): number;
+  ring_unpark(h: number): void;
+  ring_needs_wake(h: number): number;
+  ring_close(h: number): void;
+  ring_peer_closed(h: number): number;
+}
+
+export const REQUIRED_EXPORTS: readonly (keyof RingExports)[] = [
+  'ring_format', 'ring_open', 'ring_claim', 'ring_commit', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
+  'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed',
+];
+
+/** Finds build/shmbus.wasm from both the sources (host/) and the compiled output (dist/host/). */
+export function wasmPath(debug = false): string {
+  const file = debug ? 'shmbus.debug.wasm' : 'shmbus.wasm';
+  for (const rel of [`../build/${file}`, `../../build/${file}`]) {
+    const path = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  throw new ShmbusError(ErrorCode.NOT_FOUND, 'wasm module not built; run npm run build', { details: { file } });
+}
+
+interface FreeRange { start: number; end: number }
+
+export class Engine {
+  readonly memory: WebAssembly.Memory;
+  readonly exports: RingExports;
+  /** Address of linear memory byte 0 in this process. Stable: V8 reserves the maximum and grows in place. */
+  readonly base: bigint;
+  /** Views over the whole current memory; rebuilt when the memory grows. */
+  u8: Uint8Array;
+  u32: Uint32Array;
+  private freeHandles: number[] = [];
+  private freeWindows: FreeRange[] = [{ start: WINDOW_BASE, end: MEMORY_MAX_PAGES * WASM_PAGE_SIZE }];
+
+  constructor(module: WebAssembly.Module) {
+    this.memory = new WebAssembly.Memory({ initial: WINDOW_BASE / WASM_PAGE_SIZE, maximum: MEMORY_MAX_PAGES, shared: true });
+    const instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
+    for (const name of REQUIRED_EXPORTS) {
+      if (typeof instance.exports[name] !== 'function') {
+        throw new ShmbusError(ErrorCode.VERSION_MISMATCH, 'wasm module lacks an export', { details: { name } });
+      }
+    }
+    this.exports = instance.exports as unknown as RingExports;
+    // koffi refuses a bare SharedArrayBuffer; an empty view of it gives the backing store's address.
+    this.base = BigInt(koffi.address(new Uint8Array(this.memory.buffer, 0, 0)) as bigint);
+    this.u8 = new Uint8Array(this.memory.buffer);
+    this.u32 = new Uint32Array(this.memory.buffer);
+    for (let i = MAX_HANDLES - 1; i >= 0; i--) this.freeHandles.push(PRIVATE_BASE + i * HANDLE_SIZE);
+  }
+
+  /** Address (in linear memory) where ring_read writes its batch descriptors. */
+  readonly batch = BATCH_BASE;
+
+  /** A private handle block for one ring endpoint. */
+  allocHandle(): number {
+    const h = this.freeHandles.pop();
+    if (h === undefined) throw new ShmbusError(ErrorCode.LIMIT, 'too many open ring endpoints', { details: { max: MAX_HANDLES } });
+    return h;
+  }
+
+  freeHandle(h: number): void {
+    this.u8.fill(0, h, h + HANDLE_SIZE);
+    this.freeHandles.push(h);
+  }
+
+  /**
+   * Reserves `bytes` (rounded up to whole pages) of window space and makes sure the memory covers it.
+   * Returns the window's offset in linear memory.
+   */
+  allocWindow(bytes: number): number {
+    if (!Number.isInteger(bytes) || bytes <= 0) throw new BadArgumentError('window size must be a positive integer', { bytes });
+    const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+    const i = this.freeWindows.findIndex((r) => r.end - r.start >= size);
+    if (i < 0) throw new ShmbusError(ErrorCode.LIMIT, 'wasm memory has no room for another window', { details: { bytes: size } });
+    const range = this.freeWindows[i]!;
+    const start = range.start;
+    range.start += size;
+    if (range.start === range.end) this.freeWindows.splice(i, 1);
+    this.ensureCovered(start + size);
+    return start;
+  }
+
+  /** Returns a window's range to the allocator (the caller has already put plain pages back over it). */
+  freeWindow(start: number, bytes: number): void {
+    const end = start + Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+    const list = this.freeWindows;
+    let i = 0;
+    while (i < list.length && list[i]!.start < start) i++;
+    list.splice(i, 0, { start, end });
+    // Coalesce with the neighbours so large windows can be reused.
+    for (let j = Math.max(0, i - 1); j < list.length - 1;) {
+      if (list[j]!.end === list[j + 1]!.start) { list[j]!.end = list[j + 1]!.end; list.splice(j + 1, 1); } else j++;
+    }
+  }
+
+  /** The process address of a linear-memory offset (what mmap/shmat take). */
+  address(offset: number): bigint {
+    return this.base + BigInt(offset);
+  }
+
+  private ensureCovered(end: number): void {
+    const have = this.memory.buffer.byteLength;
+    if (end <= have) return;
+    this.memory.grow(Math.ceil((end - have) / WASM_PAGE_SIZE));
+    this.refreshViews();
+  }
+
+  /** Rebuilds the views after the memory grew (a shared memory's buffer object changes length on grow). */
+  refreshViews(): void {
+    if (this.u8.byteLength === this.memory.buffer.byteLength) return;
+    this.u8 = new Uint8Array(this.memory.buffer);
+    this.u32 = new Uint32Array(this.memory.buffer);
+  }
+}
+
+let engine: Engine | undefined;
+
+/** The process's engine, instantiated on first use. */
+export function getEngine(): Engine {
+  if (!engine) engine = new Engine(new WebAssembly.Module(readFileSync(wasmPath())));
+  return engine;
+}

@@ -1,0 +1,132 @@
+/**
+ * One endpoint of an SPSC ring, as the host sees it: a thin typed wrapper over the wasm ring functions that
+ * turns their negative result codes into typed errors. It holds no ring logic of its own.
+ */
+import {
+  ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
+  BATCH_MAX, BATCH_ENTRY_SIZE, maxPayload,
+} from '../assembly/layout.js';
+import { Engine } from './engine.js';
+import { BadStateError, CorruptError, MessageTooLargeError, ShmbusError } from './errors.js';
+
+/** Turns a negative ring result into the error it means. */
+export function ringError(code: number, detailFields: Record<string, unknown> = {}): ShmbusError {
+  switch (code) {
+    case RING_E_POSITIONS: return new CorruptError('ring positions are impossible (corrupt or hostile peer)', detailFields);
+    case RING_E_RECORD: return new CorruptError('ring record is malformed (corrupt or hostile peer)', detailFields);
+    case RING_E_HEADER: return new CorruptError('ring header does not match the segment header', detailFields);
+    case RING_E_STATE: return new BadStateError('ring operation out of order (claim already open, or none open)', detailFields);
+    case RING_E_TOO_LARGE: return new CorruptError('record too large', detailFields);
+    default: return new CorruptError('unknown ring result', { code, ...detailFields });
+  }
+}
+
+export type Role = 'producer' | 'consumer';
+
+export class RingEnd {
+  readonly engine: Engine;
+  readonly handle: number;
+  readonly capacity: number;
+  readonly maxPayload: number;
+  readonly role: Role;
+  private closed = false;
+
+  /** Opens the ring whose header is at linear-memory offset `ring`. */
+  constructor(engine: Engine, ring: number, capacity: number, role: Role) {
+    this.engine = engine;
+    this.handle = engine.allocHandle();
+    const rc = engine.exports.ring_open(this.handle, ring, capacity, role === 'producer' ? ROLE_PRODUCER : ROLE_CONSUMER);
+    if (rc < 0) {
+      engine.freeHandle(this.handle);
+      throw ringError(rc, { ring, capacity, role });
+    }
+    this.capacity = capacity;
+    this.maxPayload = maxPayload(capacity);
+    this.role = role;
+  }
+
+  /** Formats a fresh ring header (the segment creator does this before publishing the segment). */
+  static format(engine: Engine, ring: number, capacity: number): void {
+    const rc = engine.exports.ring_format(ring, capacity);
+    if (rc < 0) throw ringError(rc, { ring, capacity });
+  }
+
+  /**
+   * Claims room for `length` payload bytes. Returns the payload's offset in linear memory, or 0 when the ring
+   * has no room now. Throws MessageTooLargeError past maxPayload.
+   */
+  claim(length: number, type: number): number {
+    const rc = this.engine.exports.ring_claim(this.handle, length, type);
+    if (rc >= 0) return rc;
+    if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
+    throw ringError(rc, { length, type });
+  }
+
+  commit(length: number): void {
+    const rc = this.engine.exports.ring_commit(this.handle, length);
+    if (rc < 0) throw ringError(rc, { length });
+  }
+
+  abort(): void {
+    const rc = this.engine.exports.ring_abort(this.handle);
+    if (rc < 0) throw ringError(rc);
+  }
+
+  /** Free bytes as the producer sees them now. */
+  free(): number {
+    return this.engine.exports.ring_free(this.handle) >>> 0;
+  }
+
+  /**
+   * Reads up to `max` committed records; their (offset, length, type) triples are at `engine.batch`, readable
+   * through `engine.u32` at index `engine.batch / 4 + 3 * i`. Valid until release().
+   */
+  read(max = BATCH_MAX): number {
+    const n = this.engine.exports.ring_read(this.handle, this.engine.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    if (n < 0) throw ringError(n);
+    return n;
+  }
+
+  release(): void {
+    this.engine.exports.ring_release(this.handle);
+  }
+
+  /** Committed bytes not yet read. */
+  pending(): number {
+    const n = this.engine.exports.ring_pending(this.handle);
+    if (n < 0) throw ringError(n);
+    return n;
+  }
+
+  /** Announces a sleep; true when the caller should wait for the doorbell (see ring_park). */
+  park(need = 0): boolean {
+    return this.engine.exports.ring_park(this.handle, need) === 1;
+  }
+
+  unpark(): void {
+    this.engine.exports.ring_unpark(this.handle);
+  }
+
+  /** True once per peer park: the caller must ring the doorbell. */
+  needsWake(): boolean {
+    return this.engine.exports.ring_needs_wake(this.handle) === 1;
+  }
+
+  /** Marks this end closed in the shared header. */
+  markClosed(): void {
+    this.engine.exports.ring_close(this.handle);
+  }
+
+  peerClosed(): boolean {
+    return this.engine.exports.ring_peer_closed(this.handle) === 1;
+  }
+
+  /** Frees the private handle. The shared ring is untouched. */
+  dispose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.engine.freeHandle(this.handle);
+  }
+}
+
+export { BATCH_MAX, BATCH_ENTRY_SIZE };
