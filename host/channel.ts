@@ -1,0 +1,621 @@
+/**
+ * A duplex channel over one shared segment: one SPSC ring each way, plus the control socket for doorbells and
+ * peer death. Created by `listen` (the listener's side) and `connect` (see host/shm.ts).
+ *
+ * Sending follows Node's `stream.write` convention: `send` always takes the message; once the ring is full the
+ * message waits in a bounded local queue and `send` returns false until `drained()` / 'drain'. Receiving is
+ * pull-based: the async iterator (or `poll`) reads the ring only when asked, so a slow reader back-pressures the
+ * writer through the ring instead of buffering without bound.
+ */
+import { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { Packr, Unpackr } from 'msgpackr';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, BATCH_MAX } from '../assembly/layout.js';
+import type { Engine } from './engine.js';
+import type { Region } from './region.js';
+import { RingEnd } from './ring.js';
+import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
+import type { ShmEndpoint } from './url.js';
+import {
+  BadArgumentError, BadStateError, ClosedError, CorruptError, MessageTooLargeError, PeerDeadError, QueueFullError,
+  ShmbusError,
+} from './errors.js';
+
+/** How long a side polls (through the event loop, so timers and I/O still run) before it parks. */
+const SPIN_NS = 50_000n;
+
+/** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
+export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
+
+/** What a channel is made of; built by host/shm.ts after the handshake. */
+export interface ChannelParts {
+  engine: Engine;
+  region: Region;
+  window: number;
+  windowSize: number;
+  tx: RingEnd;
+  rx: RingEnd;
+  socket: net.Socket;
+  endpoint: ShmEndpoint;
+  /** Doorbell bytes that arrived together with the last handshake line. */
+  pendingBytes: Buffer;
+  /** 'listener' or 'connector', for messages. */
+  side: string;
+}
+
+interface Queued { type: number; bytes: Uint8Array }
+
+const DATA_BYTE = Buffer.from([DOORBELL_DATA]);
+const SPACE_BYTE = Buffer.from([DOORBELL_SPACE]);
+
+/** A zero-copy claim on the outbound ring: write `bytes`, then `commit(n)` or `abort()`. */
+export class Claim {
+  /** The claimed bytes, inside the shared ring. Valid until commit or abort. */
+  readonly bytes: Uint8Array;
+  private readonly channel: Channel;
+  private done = false;
+
+  /** @internal */
+  constructor(channel: Channel, bytes: Uint8Array) {
+    this.channel = channel;
+    this.bytes = bytes;
+  }
+
+  /** Publishes the first `length` bytes (default: all) as one record. */
+  commit(length = this.bytes.length): void {
+    if (this.done) throw new BadStateError('claim already committed or aborted');
+    if (!Number.isInteger(length) || length < 0 || length > this.bytes.length) {
+      throw new BadArgumentError('commit length out of range', { length, claimed: this.bytes.length });
+    }
+    this.done = true;
+    this.channel._commitClaim(this, length);
+  }
+
+  /** Gives the claimed room back; nothing is sent. */
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    this.channel._abortClaim(this);
+  }
+}
+
+export interface ChannelEvents {
+  drain: [];
+  close: [];
+  error: [ShmbusError];
+}
+
+export class Channel extends EventEmitter implements AsyncIterable<unknown> {
+  /** The URL this channel was made from. */
+  readonly url: string;
+  /** Largest message in bytes (encoded) one send can carry. */
+  readonly maxMessageSize: number;
+  /** Hard cap of messages waiting in the local queue. */
+  readonly maxQueued: number;
+
+  private readonly engine: Engine;
+  private readonly tx: RingEnd;
+  private readonly rx: RingEnd;
+  private readonly socket: net.Socket;
+  private readonly region: Region;
+  private readonly window: number;
+  private readonly windowSize: number;
+  private readonly side: string;
+  private readonly spin: boolean;
+  private readonly packr = new Packr({ useRecords: false });
+  private readonly unpackr = new Unpackr({ useRecords: false });
+
+  private state: 'open' | 'closing' | 'closed' = 'open';
+  /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
+  private peerGone = false;
+  /** The error that ended the channel (corrupt ring, dead peer), reported to every later caller. */
+  private failure: ShmbusError | undefined;
+  private readonly queue: Queued[] = [];
+  private queueHead = 0;
+  /** Bytes a failed trySend/claim needs; 'drain' fires once the ring has that much room. */
+  private wantRoom = 0;
+  private pumping = false;
+  private wakeScheduled = false;
+  private openClaim: Claim | undefined;
+  private readerWake: (() => void) | undefined;
+  private writerWake: (() => void) | undefined;
+  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private readonly inbox: unknown[] = [];
+  private inboxHead = 0;
+  private closePromise: Promise<void> | undefined;
+
+  /** @internal built by listen/connect */
+  constructor(parts: ChannelParts) {
+    super();
+    this.engine = parts.engine;
+    this.tx = parts.tx;
+    this.rx = parts.rx;
+    this.socket = parts.socket;
+    this.region = parts.region;
+    this.window = parts.window;
+    this.windowSize = parts.windowSize;
+    this.side = parts.side;
+    this.url = parts.endpoint.url;
+    this.maxQueued = parts.endpoint.maxQueued;
+    this.spin = parts.endpoint.wake === 'adaptive';
+    this.maxMessageSize = this.tx.maxPayload;
+    this.socket.setNoDelay(true);
+    this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
+    this.socket.on('close', () => this.onPeerGone());
+    this.socket.on('error', () => { /* 'close' follows; peer death is reported from there */ });
+    if (parts.pendingBytes.length) this.onDoorbells(parts.pendingBytes);
+    this.socket.resume();
+  }
+
+  // --- sending ---------------------------------------------------------------------------------------------------
+
+  /** Sends a value (msgpack). Always takes it; returns false once messages wait locally (see drained()). */
+  send(value: unknown): boolean {
+    this.checkSendable();
+    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  /** Sends raw bytes. Always takes them (copied); returns false once messages wait locally. */
+  sendBytes(bytes: Uint8Array): boolean {
+    this.checkSendable();
+    if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('sendBytes takes a Uint8Array', { type: typeof bytes });
+    return this.enqueue(RECORD_BYTES, bytes);
+  }
+
+  /** Sends a value only if it fits in the ring now; false means "not taken" (then wait for drained()). */
+  trySend(value: unknown): boolean {
+    this.checkSendable();
+    return this.tryWrite(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  /** Sends raw bytes only if they fit in the ring now; false means "not taken". */
+  trySendBytes(bytes: Uint8Array): boolean {
+    this.checkSendable();
+    if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('trySendBytes takes a Uint8Array', { type: typeof bytes });
+    return this.tryWrite(RECORD_BYTES, bytes);
+  }
+
+  /**
+   * Claims `size` bytes in the outbound ring for the caller to fill in place (zero copy). Returns null when the
+   * ring has no room now or messages are still queued (they go first); wait for drained() and try again.
+   */
+  claim(size: number): Claim | null {
+    this.checkSendable();
+    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
+    if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
+    if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
+    if (this.queueLength() > 0) return null;
+    const at = this.tx.claim(size, RECORD_BYTES);
+    if (at === 0) {
+      this.waitForRoom(size);
+      return null;
+    }
+    this.openClaim = new Claim(this, this.engine.u8.subarray(at, at + size));
+    return this.openClaim;
+  }
+
+  /** @internal */
+  _commitClaim(claim: Claim, length: number): void {
+    if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
+    this.openClaim = undefined;
+    this.tx.commit(length);
+    this.afterCommit();
+  }
+
+  /** @internal */
+  _abortClaim(claim: Claim): void {
+    if (this.openClaim !== claim) return;
+    this.openClaim = undefined;
+    this.tx.abort();
+  }
+
+  /** Messages waiting in the local queue. */
+  get queued(): number {
+    return this.queueLength();
+  }
+
+  /**
+   * Resolves when the local queue is empty (and a refused trySend/claim would now fit). Rejects if the channel
+   * ends before that, with the reason.
+   */
+  drained(): Promise<void> {
+    if (this.queueLength() === 0 && this.wantRoom === 0) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.state === 'closed') return Promise.reject(new ClosedError());
+    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+  }
+
+  private queueLength(): number {
+    return this.queue.length - this.queueHead;
+  }
+
+  private checkSendable(): void {
+    if (this.failure) throw this.failure;
+    if (this.state !== 'open') throw new ClosedError('channel is closed', { url: this.url });
+    if (this.peerGone || this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
+  }
+
+  private enqueue(type: number, bytes: Uint8Array): boolean {
+    const length = bytes.length;
+    if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
+    if (this.queueHead === this.queue.length && this.openClaim === undefined) {
+      const at = this.tx.claim(length, type);
+      if (at !== 0) {
+        this.engine.u8.set(bytes, at);
+        this.tx.commit(length);
+        this.afterCommit();
+        return true;
+      }
+    }
+    if (this.queueLength() >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
+    this.queue.push({ type, bytes: new Uint8Array(bytes) });
+    void this.pump();
+    return false;
+  }
+
+  private tryWrite(type: number, bytes: Uint8Array): boolean {
+    const length = bytes.length;
+    if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
+    if (this.queueLength() > 0 || this.openClaim) return false;
+    const at = this.tx.claim(length, type);
+    if (at === 0) {
+      this.waitForRoom(length);
+      return false;
+    }
+    this.engine.u8.set(bytes, at);
+    this.tx.commit(length);
+    this.afterCommit();
+    return true;
+  }
+
+  /** After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. */
+  private afterCommit(): void {
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    queueMicrotask(this.checkPeerWake);
+  }
+
+  private readonly checkPeerWake = (): void => {
+    this.wakeScheduled = false;
+    if (this.state !== 'closed' && this.tx.needsWake()) this.ring(DATA_BYTE);
+  };
+
+  private ring(byte: Buffer): void {
+    if (!this.peerGone && !this.socket.destroyed) this.socket.write(byte);
+  }
+
+  private waitForRoom(length: number): void {
+    const need = length + 2 * RECORD_HEADER_SIZE;
+    if (need > this.wantRoom) this.wantRoom = need;
+    void this.pump();
+  }
+
+  /** Moves queued messages into the ring as room appears; resolves drain waiters when done. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      for (;;) {
+        this.flushQueue();
+        if (this.failure || this.state === 'closed') break;
+        const needBytes = this.queueLength() > 0
+          ? this.queue[this.queueHead]!.bytes.length + 2 * RECORD_HEADER_SIZE
+          : this.wantRoom;
+        if (needBytes === 0 || (this.queueLength() === 0 && this.tx.free() >= needBytes)) {
+          this.wantRoom = 0;
+          break;
+        }
+        if (this.peerGone || this.tx.peerClosed()) {
+          this.fail(new ClosedError('peer closed the channel before queued messages were delivered', { queued: this.queueLength() }));
+          break;
+        }
+        await this.waitWritable(needBytes);
+      }
+    } catch (error) {
+      this.fail(asShmbusError(error));
+    } finally {
+      this.pumping = false;
+    }
+    if (this.queueLength() === 0 && this.wantRoom === 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w.resolve();
+      this.emit('drain');
+    }
+  }
+
+  private flushQueue(): void {
+    let moved = false;
+    while (this.queueHead < this.queue.length) {
+      const item = this.queue[this.queueHead]!;
+      const at = this.tx.claim(item.bytes.length, item.type);
+      if (at === 0) break;
+      this.engine.u8.set(item.bytes, at);
+      this.tx.commit(item.bytes.length);
+      this.queue[this.queueHead++] = undefined as unknown as Queued;
+      moved = true;
+    }
+    if (this.queueHead === this.queue.length) {
+      this.queue.length = 0;
+      this.queueHead = 0;
+    } else if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+      this.queue.splice(0, this.queueHead);
+      this.queueHead = 0;
+    }
+    if (moved) this.afterCommit();
+  }
+
+  /** Waits until the outbound ring has `need` free bytes (spin a little, then park on the doorbell). */
+  private async waitWritable(need: number): Promise<void> {
+    if (this.spin) {
+      const deadline = process.hrtime.bigint() + SPIN_NS;
+      while (process.hrtime.bigint() < deadline) {
+        await nextTurn();
+        if (this.tx.free() >= need || this.isOver()) return;
+      }
+    }
+    for (;;) {
+      if (this.isOver() || this.peerGone || this.tx.peerClosed()) return;
+      if (!this.tx.park(need)) return;
+      await new Promise<void>((resolve) => { this.writerWake = resolve; });
+      this.tx.unpark();
+      if (this.tx.free() >= need) return;
+    }
+  }
+
+  // --- receiving -------------------------------------------------------------------------------------------------
+
+  /**
+   * Hands every committed inbound record to `handler` synchronously, without copying: the bytes are
+   * `memory[offset … offset + length)` and valid only during the call. Returns how many records were handled
+   * (0 when none are waiting). If the handler throws, the rest of the batch is still handed over, then the
+   * first error is rethrown.
+   */
+  poll(handler: RecordHandler, max = BATCH_MAX): number {
+    if (this.state === 'closed') return 0;
+    let n: number;
+    try {
+      n = this.rx.read(max);
+    } catch (error) {
+      this.fail(asShmbusError(error));
+      throw error;
+    }
+    if (n === 0) return 0;
+    const memory = this.engine.u8;
+    const u32 = this.engine.u32;
+    const d = this.engine.batch >>> 2;
+    let thrown: unknown;
+    for (let i = 0, e = d; i < n; i++, e += 3) {
+      try {
+        handler(memory, u32[e]!, u32[e + 1]!, u32[e + 2]!);
+      } catch (error) {
+        thrown ??= error;
+      }
+    }
+    this.rx.release();
+    if (this.rx.needsWake()) this.ring(SPACE_BYTE);
+    if (thrown !== undefined) throw thrown;
+    return n;
+  }
+
+  /**
+   * Resolves once inbound records are waiting, or when the channel can deliver no more (peer closed or gone,
+   * channel closed or failed): then `poll` returns 0 and the iterator ends.
+   */
+  async readable(): Promise<void> {
+    if (this.hasInbound() || this.isOver()) return;
+    if (this.spin) {
+      const deadline = process.hrtime.bigint() + SPIN_NS;
+      while (process.hrtime.bigint() < deadline) {
+        await nextTurn();
+        if (this.hasInbound() || this.isOver()) return;
+      }
+    }
+    for (;;) {
+      if (this.hasInbound() || this.isOver() || this.peerGone) return;
+      if (!this.rx.park()) return;
+      await new Promise<void>((resolve) => { this.readerWake = resolve; });
+      this.rx.unpark();
+    }
+  }
+
+  /** Receives the next message: a decoded value, or a Uint8Array for raw bytes. Undefined at the end. */
+  async receive(): Promise<unknown> {
+    const r = await this.next();
+    return r.done ? undefined : r.value;
+  }
+
+  private hasInbound(): boolean {
+    if (this.state === 'closed') return false;
+    try {
+      return this.rx.pending() !== 0;
+    } catch (error) {
+      this.fail(asShmbusError(error));
+      return false;
+    }
+  }
+
+  private isOver(): boolean {
+    return this.state === 'closed' || this.failure !== undefined;
+  }
+
+  private readonly decodeInto: RecordHandler = (memory, offset, length, type) => {
+    if (type === RECORD_MSGPACK) {
+      try {
+        this.inbox.push(this.unpackr.unpack(memory.subarray(offset, offset + length)));
+      } catch (cause) {
+        throw new CorruptError('msgpack record does not decode', { length, cause: String(cause) });
+      }
+    } else if (type === RECORD_BYTES) {
+      this.inbox.push(memory.slice(offset, offset + length));
+    } else {
+      throw new CorruptError('record of an unknown type', { type });
+    }
+  };
+
+  private async next(): Promise<IteratorResult<unknown>> {
+    for (;;) {
+      if (this.inboxHead < this.inbox.length) {
+        const value = this.inbox[this.inboxHead];
+        this.inbox[this.inboxHead++] = undefined;
+        if (this.inboxHead === this.inbox.length) { this.inbox.length = 0; this.inboxHead = 0; }
+        return { value, done: false };
+      }
+      if (this.state === 'closed') {
+        if (this.failure) throw this.failure;
+        return { value: undefined, done: true };
+      }
+      let n: number;
+      try {
+        n = this.poll(this.decodeInto);
+      } catch (error) {
+        const failure = asShmbusError(error);
+        this.fail(failure);
+        if (this.inboxHead < this.inbox.length) continue;
+        throw failure;
+      }
+      if (n > 0) continue;
+      if (this.failure) throw this.failure;
+      if (this.peerGone || this.rx.peerClosed()) {
+        // Everything the peer committed has been read (pending was 0 after its close flag): the end.
+        if (this.rx.pending() !== 0) continue;
+        const dead = this.peerGone && !this.rx.peerClosed();
+        const error = dead ? new PeerDeadError('peer went away without closing', { url: this.url, side: this.side }) : undefined;
+        await this.finish(error);
+        if (error) throw error;
+        return { value: undefined, done: true };
+      }
+      await this.readable();
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<unknown> {
+    return {
+      next: () => this.next(),
+      return: async () => ({ value: undefined, done: true }),
+    };
+  }
+
+  // --- doorbells, peer death, closing ----------------------------------------------------------------------------
+
+  private onDoorbells(bytes: Buffer): void {
+    for (let i = 0; i < bytes.length; i++) {
+      const b = bytes[i];
+      if (b === DOORBELL_DATA) this.wakeReader();
+      else if (b === DOORBELL_SPACE) this.wakeWriter();
+      else {
+        this.fail(new CorruptError('unexpected byte on the control connection', { byte: b }));
+        return;
+      }
+    }
+  }
+
+  private wakeReader(): void {
+    const wake = this.readerWake;
+    this.readerWake = undefined;
+    wake?.();
+  }
+
+  private wakeWriter(): void {
+    const wake = this.writerWake;
+    this.writerWake = undefined;
+    wake?.();
+  }
+
+  private onPeerGone(): void {
+    this.peerGone = true;
+    this.wakeReader();
+    this.wakeWriter();
+    if (this.state === 'closing' || this.state === 'closed') return;
+    if (!this.rx.peerClosed()) {
+      // Crash or kill: what was committed is still readable through our mapping. Report it to listeners now;
+      // the iterator delivers what is left, then throws.
+      const error = new PeerDeadError('peer went away without closing', { url: this.url, side: this.side });
+      if (this.queueLength() > 0) this.rejectDrainWaiters(error);
+      if (this.listenerCount('error') > 0) this.emit('error', error);
+    }
+    if (this.queueLength() > 0 || this.wantRoom > 0) void this.pump();
+  }
+
+  private rejectDrainWaiters(error: Error): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w.reject(error);
+  }
+
+  /** Ends the channel with an error: reported to waiters, to 'error' listeners, and to later calls. */
+  private fail(error: ShmbusError): void {
+    if (this.failure || this.state === 'closed') return;
+    this.failure = error;
+    this.rejectDrainWaiters(error);
+    this.wakeReader();
+    this.wakeWriter();
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    void this.finish(error);
+  }
+
+  /**
+   * Closes the channel: waits until every queued message is in the ring (the peer can read what is in the ring
+   * even after we are gone), marks both rings closed, tells the peer and unmaps. Resolves when done; the peer's
+   * iterator ends after it has read everything. Idempotent.
+   */
+  close(): Promise<void> {
+    if (this.closePromise) return this.closePromise;
+    this.closePromise = (async () => {
+      if (this.state === 'open') this.state = 'closing';
+      this.openClaim?.abort();
+      if (this.queueLength() > 0 && !this.failure) {
+        try {
+          // pump() ends early when the peer is gone; drained() then rejects, and we close anyway.
+          void this.pump();
+          await this.drained();
+        } catch {
+          /* the reason was already reported to drain waiters and 'error' listeners */
+        }
+      }
+      await this.finish(undefined);
+    })();
+    return this.closePromise;
+  }
+
+  private async finish(error: ShmbusError | undefined): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (error && !this.failure) this.failure = error;
+    const openClaim = this.openClaim;
+    this.openClaim = undefined;
+    if (openClaim) this.tx.abort();
+    this.tx.markClosed();
+    this.rx.markClosed();
+    this.wakeReader();
+    this.wakeWriter();
+    if (this.queueLength() > 0 || this.wantRoom > 0) {
+      const reason = this.failure ?? new ClosedError('channel closed before queued messages were delivered', { queued: this.queueLength() });
+      this.rejectDrainWaiters(reason);
+      this.queue.length = 0;
+      this.queueHead = 0;
+      this.wantRoom = 0;
+    }
+    if (!this.socket.destroyed) {
+      // A last doorbell so a parked peer wakes up and sees the closed flags, then end-of-file.
+      this.socket.end(DATA_BYTE);
+      this.socket.destroySoon?.();
+    }
+    try {
+      this.region.unmapAt(this.engine.address(this.window));
+      this.engine.freeWindow(this.window, this.windowSize);
+    } finally {
+      this.tx.dispose();
+      this.rx.dispose();
+      this.region.close();
+    }
+    this.emit('close');
+  }
+}
+
+function asShmbusError(error: unknown): ShmbusError {
+  if (error instanceof ShmbusError) return error;
+  return new ShmbusError('ERR_SHMBUS_SYSCALL', error instanceof Error ? error.message : String(error), { cause: error });
+}

@@ -1,0 +1,79 @@
+/**
+ * The segment header (layout in assembly/layout.ts): written once by the creator, checked by every opener before
+ * it trusts a byte of the segment. The header is read once; geometry is copied into private memory (the ring
+ * handles) and never reread, so a peer rewriting it later cannot move our bounds.
+ */
+import {
+  SEGMENT_MAGIC, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_FEATURES_OFFSET,
+  SEG_HEADER_SIZE_OFFSET, SEG_SIZE_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, SEG_CREATOR_PID_OFFSET,
+  SEG_CREATOR_START_OFFSET, SEGMENT_HEADER_SIZE, FEATURES_KNOWN, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
+  ringOffset, segmentBytes,
+} from '../assembly/layout.js';
+import { Engine } from './engine.js';
+import { RingEnd } from './ring.js';
+import { CorruptError, VersionMismatchError } from './errors.js';
+
+export interface SegmentInfo {
+  ringCount: number;
+  capacity: number;
+  /** Bytes the header claims. */
+  size: number;
+  creatorPid: number;
+  creatorStart: bigint;
+  features: number;
+}
+
+const versionText = (v: number) => `${v >>> 16}.${v & 0xffff}`;
+
+/**
+ * Formats a segment at linear-memory offset `at`: the header, then each ring, then the version word last, so an
+ * opener that sees the version sees everything else.
+ */
+export function formatSegment(engine: Engine, at: number, ringCount: number, capacity: number, creatorPid: number, creatorStart: bigint): void {
+  const size = segmentBytes(ringCount, capacity);
+  const view = new DataView(engine.memory.buffer);
+  view.setUint32(at + SEG_MAGIC_OFFSET, SEGMENT_MAGIC, true);
+  view.setUint32(at + SEG_FEATURES_OFFSET, FEATURES_KNOWN, true);
+  view.setUint32(at + SEG_HEADER_SIZE_OFFSET, SEGMENT_HEADER_SIZE, true);
+  view.setBigUint64(at + SEG_SIZE_OFFSET, BigInt(size), true);
+  view.setUint32(at + SEG_RING_COUNT_OFFSET, ringCount, true);
+  view.setUint32(at + SEG_RING_CAPACITY_OFFSET, capacity, true);
+  view.setUint32(at + SEG_CREATOR_PID_OFFSET, creatorPid, true);
+  view.setBigUint64(at + SEG_CREATOR_START_OFFSET, creatorStart, true);
+  for (let i = 0; i < ringCount; i++) RingEnd.format(engine, at + ringOffset(i, capacity), capacity);
+  // SYNC: pairs with the Atomics.load of the version in readSegment; publishes every store above.
+  Atomics.store(new Int32Array(engine.memory.buffer, at, SEGMENT_HEADER_SIZE / 4), SEG_VERSION_OFFSET / 4, LAYOUT_VERSION);
+}
+
+/**
+ * Checks the header at `at` of a segment of which `mapped` bytes are mapped, and returns its geometry.
+ * Throws VersionMismatchError for another major version and CorruptError for anything else that is off.
+ */
+export function readSegment(engine: Engine, at: number, mapped: number): SegmentInfo {
+  if (mapped < SEGMENT_HEADER_SIZE) throw new CorruptError('segment smaller than its header', { mapped });
+  const view = new DataView(engine.memory.buffer);
+  // SYNC: pairs with the Atomics.store of the version in formatSegment.
+  const version = Atomics.load(new Int32Array(engine.memory.buffer, at, SEGMENT_HEADER_SIZE / 4), SEG_VERSION_OFFSET / 4) >>> 0;
+  const magic = view.getUint32(at + SEG_MAGIC_OFFSET, true);
+  if (magic !== SEGMENT_MAGIC) throw new CorruptError('not a shmbus segment (bad magic)', { magic: '0x' + magic.toString(16) });
+  if (version === 0) throw new CorruptError('segment is not initialised (version word is 0)');
+  if (version >>> 16 !== LAYOUT_VERSION_MAJOR) throw new VersionMismatchError('segment layout', versionText(version), versionText(LAYOUT_VERSION));
+  const features = view.getUint32(at + SEG_FEATURES_OFFSET, true);
+  if ((features & ~FEATURES_KNOWN) !== 0) throw new VersionMismatchError('segment features', '0x' + features.toString(16), '0x' + FEATURES_KNOWN.toString(16));
+  const headerSize = view.getUint32(at + SEG_HEADER_SIZE_OFFSET, true);
+  const ringCount = view.getUint32(at + SEG_RING_COUNT_OFFSET, true);
+  const capacity = view.getUint32(at + SEG_RING_CAPACITY_OFFSET, true);
+  const size = Number(view.getBigUint64(at + SEG_SIZE_OFFSET, true));
+  if (headerSize !== SEGMENT_HEADER_SIZE) throw new CorruptError('segment header size is wrong', { headerSize });
+  if ((capacity & (capacity - 1)) !== 0 || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY) {
+    throw new CorruptError('ring capacity is not a valid power of two', { capacity });
+  }
+  if (ringCount < 1 || ringCount > 64) throw new CorruptError('ring count out of range', { ringCount });
+  const needed = segmentBytes(ringCount, capacity);
+  if (size !== needed || needed > mapped) throw new CorruptError('segment is shorter than its rings', { size, needed, mapped });
+  return {
+    ringCount, capacity, size, features,
+    creatorPid: view.getUint32(at + SEG_CREATOR_PID_OFFSET, true),
+    creatorStart: view.getBigUint64(at + SEG_CREATOR_START_OFFSET, true),
+  };
+}

@@ -1,0 +1,130 @@
+/**
+ * Endpoint URLs. Every endpoint is a URL; its query string carries the options.
+ *
+ *   shm://name            POSIX shared memory (shm_open) segments
+ *   sysv://0x1234         System V segments (the key, hex or decimal, names the endpoint; see docs/url.md)
+ *   file:///path          file-backed mmap segments next to `path`
+ *
+ * Options: size (bytes per ring direction, a power of two, with an optional KiB/MiB/GiB suffix), perm (octal
+ * mode of the segments, default 0600), maxQueued (hard cap of the local send queue), wake (how a parked side is
+ * woken: `adaptive`, the default, spins briefly then parks on the control socket; `doorbell` parks at once).
+ */
+import { BadUrlError, UnknownSchemeError } from './errors.js';
+import { RING_MIN_CAPACITY, RING_MAX_CAPACITY } from '../assembly/layout.js';
+
+export type ShmScheme = 'shm' | 'sysv' | 'file';
+export type WakeMode = 'adaptive' | 'doorbell';
+
+export interface ShmEndpoint {
+  scheme: ShmScheme;
+  /** The endpoint's name: the shm name, the System V key as 0x…, or the absolute file path. */
+  name: string;
+  /** The System V key, for sysv:. */
+  key?: number;
+  /** Ring data bytes per direction. */
+  size: number;
+  /** Mode of created segments. */
+  perm: number;
+  /** Hard cap of messages waiting in the local send queue. */
+  maxQueued: number;
+  wake: WakeMode;
+  /** Where the control socket listens (Linux abstract namespace: nothing to clean up on disk). */
+  controlPath: string;
+  url: string;
+}
+
+export const DEFAULT_RING_SIZE = 4 * 1024 * 1024;
+export const DEFAULT_MAX_QUEUED = 65536;
+
+const SCHEMES: readonly string[] = ['shm', 'sysv', 'file'];
+const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake']);
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1 << 20, mb: 1 << 20, mib: 1 << 20, g: 1 << 30, gb: 1 << 30, gib: 1 << 30 };
+
+/** Parses `4MiB`, `64k`, `1048576` into bytes; undefined when it is not a size. */
+export function parseSize(text: string): number | undefined {
+  const m = /^(\d+)\s*([a-z]*)$/i.exec(text.trim());
+  if (!m) return undefined;
+  const unit = UNITS[m[2]!.toLowerCase()];
+  if (unit === undefined) return undefined;
+  return Number(m[1]) * unit;
+}
+
+/** The scheme of a URL string, without validating the rest. */
+export function schemeOf(url: string): string {
+  const m = /^([a-z][a-z0-9+.-]*):/i.exec(url);
+  if (!m) throw new BadUrlError('not a URL', url);
+  return m[1]!.toLowerCase();
+}
+
+/** Parses and validates a shared-memory endpoint URL. */
+export function parseShmUrl(url: string): ShmEndpoint {
+  if (typeof url !== 'string') throw new BadUrlError('URL must be a string', String(url));
+  const scheme = schemeOf(url);
+  if (!SCHEMES.includes(scheme)) throw new UnknownSchemeError(url, scheme);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (cause) {
+    throw new BadUrlError('URL does not parse', url, { cause });
+  }
+  for (const key of parsed.searchParams.keys()) {
+    if (!OPTIONS.has(key)) throw new BadUrlError('unsupported option', url, { details: { option: key } });
+  }
+
+  let name: string;
+  let key: number | undefined;
+  if (scheme === 'file') {
+    if (parsed.host !== '' || !parsed.pathname.startsWith('/') || parsed.pathname.endsWith('/')) {
+      throw new BadUrlError('file: URL needs an absolute file path (file:///dir/name)', url);
+    }
+    name = decodeURIComponent(parsed.pathname);
+  } else {
+    // new URL() lower-cases nothing for non-special schemes: host is the text after '//'.
+    const raw = parsed.host + (parsed.pathname === '/' ? '' : parsed.pathname);
+    if (raw === '') throw new BadUrlError('URL needs a name', url);
+    if (scheme === 'sysv') {
+      if (!/^(0x[0-9a-f]{1,8}|\d{1,10})$/i.test(raw)) throw new BadUrlError('sysv: key must be a number (0x1234 or 4660)', url);
+      key = Number(raw);
+      if (key <= 0 || key > 0xffffffff) throw new BadUrlError('sysv: key out of range (1 … 0xffffffff)', url);
+      name = '0x' + key.toString(16);
+    } else {
+      if (!/^[A-Za-z0-9_.-]{1,200}$/.test(raw)) throw new BadUrlError('shm: name may hold letters, digits, _ . - (1 to 200)', url);
+      name = raw;
+    }
+  }
+
+  const sizeText = parsed.searchParams.get('size');
+  let size = DEFAULT_RING_SIZE;
+  if (sizeText !== null) {
+    const bytes = parseSize(sizeText);
+    if (bytes === undefined) throw new BadUrlError('size is not a size', url, { details: { size: sizeText } });
+    if ((bytes & (bytes - 1)) !== 0 || bytes < RING_MIN_CAPACITY || bytes > RING_MAX_CAPACITY) {
+      throw new BadUrlError('size must be a power of two', url, { details: { size: bytes, min: RING_MIN_CAPACITY, max: RING_MAX_CAPACITY } });
+    }
+    size = bytes;
+  }
+
+  const permText = parsed.searchParams.get('perm');
+  let perm = 0o600;
+  if (permText !== null) {
+    if (!/^0?[0-7]{3}$/.test(permText)) throw new BadUrlError('perm must be an octal mode like 0600', url, { details: { perm: permText } });
+    perm = parseInt(permText, 8);
+  }
+
+  const queuedText = parsed.searchParams.get('maxQueued');
+  let maxQueued = DEFAULT_MAX_QUEUED;
+  if (queuedText !== null) {
+    if (!/^\d{1,9}$/.test(queuedText)) throw new BadUrlError('maxQueued must be a non-negative integer', url, { details: { maxQueued: queuedText } });
+    maxQueued = Number(queuedText);
+  }
+
+  const wakeText = parsed.searchParams.get('wake') ?? 'adaptive';
+  if (wakeText !== 'adaptive' && wakeText !== 'doorbell') {
+    throw new BadUrlError('unknown wake mode', url, { details: { wake: wakeText, supported: 'adaptive,doorbell' } });
+  }
+
+  return {
+    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, url,
+    controlPath: `\0shmbus/${scheme}/${name}`,
+  };
+}
