@@ -100,6 +100,8 @@ export class Listener extends EventEmitter implements AsyncIterable<Channel> {
 
   private async accept(socket: net.Socket): Promise<void> {
     this.pending.add(socket);
+    // A connector that dies mid-handshake makes our writes fail; readLine and the Channel report it.
+    socket.on('error', () => {});
     let mapping: Mapping | undefined;
     try {
       const { message: hello } = await readLine(socket, this.handshakeTimeout);
@@ -185,7 +187,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const timeout = options.timeout ?? DEFAULT_TIMEOUT;
   const socket = await new Promise<net.Socket>((resolve, reject) => {
     const s = net.connect({ path: endpoint.controlPath, allowHalfOpen: false });
-    s.once('connect', () => { s.removeAllListeners('error'); resolve(s); });
+    s.once('connect', () => { s.removeAllListeners('error'); s.on('error', () => {}); resolve(s); });
     s.once('error', (error: NodeJS.ErrnoException) => {
       reject(error.code === 'ECONNREFUSED' || error.code === 'ENOENT'
         ? new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } })

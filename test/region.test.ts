@@ -58,8 +58,8 @@ function leftovers(): string[] {
 }
 
 /** A subtest that must leave nothing behind. */
-function test(name: string, fn: (t: Test) => void | Promise<void>): void {
-  t.test(name, async (tt) => {
+function test(name: string, fn: (t: Test) => void | Promise<void>, skip: string | false = false): void {
+  t.test(name, { skip }, async (tt) => {
     await fn(tt);
     tt.same(leftovers(), [], 'no segment left behind');
   });
@@ -356,17 +356,15 @@ test('file: sync writes through to the file', (t) => {
   t.notOk(fs.existsSync(r.name));
 });
 
+// A 1 MiB tmpfs to fill up. Mounting needs CAP_SYS_ADMIN; without it the test is skipped.
+const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-tmpfs-'));
+const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'none', mnt]).status === 0;
+t.teardown(() => {
+  if (mounted) spawnSync('umount', [mnt]);
+  fs.rmSync(mnt, { recursive: true, force: true });
+});
+
 test('a full file system fails at creation with NO_SPACE and leaves nothing', (t) => {
-  const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-tmpfs-'));
-  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'none', mnt]).status === 0;
-  t.teardown(() => {
-    if (mounted) spawnSync('umount', [mnt]);
-    fs.rmSync(mnt, { recursive: true, force: true });
-  });
-  if (!mounted) {
-    t.skip('cannot mount a tmpfs here (needs CAP_SYS_ADMIN)');
-    return;
-  }
   const big = path.join(mnt, 'big');
   t.equal(codeOf(() => Region.createFile(big, { size: 4 * 1024 * KB })), ErrorCode.NO_SPACE, '4 MiB on a 1 MiB tmpfs');
   t.notOk(fs.existsSync(big), 'the failed segment was removed');
@@ -376,17 +374,13 @@ test('a full file system fails at creation with NO_SPACE and leaves nothing', (t
   t.same(fs.readdirSync(mnt), ['half']);
   half.close();
   t.same(fs.readdirSync(mnt), []);
-});
+}, !mounted && 'cannot mount a tmpfs here (needs CAP_SYS_ADMIN)');
 
 /**
  * Permission: we run as root, which bypasses every mode check, so the check runs in a child as nobody. The child
  * runs the real Region code: the sources are transpiled (no type check) into a temp dir that sees node_modules.
  */
 test('attaching a 0600 segment of another user is PERMISSION_DENIED', async (t) => {
-  if (process.getuid?.() !== 0) {
-    t.skip('needs root to start a child as another user');
-    return;
-  }
   const out = path.join(tmp, 'js');
   const sources = ['host/errors.ts', 'host/region.ts', ...fs.readdirSync(path.join(ROOT, 'host/sys')).filter((f) => f.endsWith('.ts')).map((f) => `host/sys/${f}`)];
   for (const src of sources) {
@@ -449,7 +443,7 @@ test('attaching a 0600 segment of another user is PERMISSION_DENIED', async (t) 
   // And the mapping itself, independent of the kernel: both EACCES and EPERM are permission errors.
   t.equal(new SystemError('shm_open', Errno.EACCES).code, ErrorCode.PERMISSION_DENIED);
   t.equal(new SystemError('shmget', Errno.EPERM).code, ErrorCode.PERMISSION_DENIED);
-});
+}, process.getuid?.() !== 0 && 'needs root to start a child as another user');
 
 test('syscall error codes and details', (t) => {
   const e = (() => { try { Region.attachPosix('/shmbus-test-missing'); } catch (err) { return err; } return undefined; })();
@@ -472,6 +466,8 @@ test('syscall error codes and details', (t) => {
 test('process identity', async (t) => {
   const start = processStartTime(PID);
   t.type(start, 'bigint');
+  // Our comm ('node') has no spaces, so a plain split finds field 22 too.
+  t.equal(start, BigInt(fs.readFileSync('/proc/self/stat', 'latin1').split(' ')[21]!), 'field 22');
   t.ok(isProcessAlive(PID));
   t.ok(isProcessAlive(PID, start));
   t.notOk(isProcessAlive(PID, start! + 1n), 'same pid, other start time: reused pid');

@@ -14,9 +14,9 @@ import {
 
 type Overrides = Partial<Record<number, ErrorCodeValue>>;
 
-/** Throws the SystemError for the call that just failed. Must run before any other libc call. */
-function fail(syscall: string, detailFields: Record<string, unknown>, overrides?: Overrides): never {
-  const errno = libc.lastErrno();
+/** Throws the SystemError for a failed call. Callers pass `libc.lastErrno()` as the second argument, so errno is
+ * read before the details object is even built (nothing, not even a GC, runs in between). */
+function fail(syscall: string, errno: number, detailFields: Record<string, unknown>, overrides?: Overrides): never {
   throw new SystemError(syscall, errno, detailFields, overrides?.[errno]);
 }
 
@@ -40,7 +40,7 @@ function toAddr(result: number | bigint): bigint {
  * ENOSPC means SHMMNI ids or SHMALL pages are used up: both are kernel limits, not a full file system. */
 export function shmGet(key: number, size: number, flags: number): number {
   const id = libc.shmget(key | 0, size, flags);
-  if (id < 0) fail('shmget', { key: formatKey(key), size }, { [Errno.EINVAL]: ErrorCode.LIMIT, [Errno.ENOSPC]: ErrorCode.LIMIT });
+  if (id < 0) fail('shmget', libc.lastErrno(), { key: formatKey(key), size }, { [Errno.EINVAL]: ErrorCode.LIMIT, [Errno.ENOSPC]: ErrorCode.LIMIT });
   return id;
 }
 
@@ -49,13 +49,13 @@ export function shmAttach(shmid: number, addr: bigint | null, flags: number): bi
   const result = libc.shmat(shmid, addr, flags);
   if (result === -1 || result === -1n) {
     // ENOMEM from shmat is address space / page tables, a limit of this process rather than of /dev/shm.
-    fail('shmat', { shmid, addr: addr === null ? 'null' : addrHex(addr) }, { [Errno.ENOMEM]: ErrorCode.LIMIT });
+    fail('shmat', libc.lastErrno(), { shmid, addr: addr === null ? 'null' : addrHex(addr) }, { [Errno.ENOMEM]: ErrorCode.LIMIT });
   }
   return toAddr(result);
 }
 
 export function shmDetach(addr: bigint): void {
-  if (libc.shmdt(addr) < 0) fail('shmdt', { addr: addrHex(addr) });
+  if (libc.shmdt(addr) < 0) fail('shmdt', libc.lastErrno(), { addr: addrHex(addr) });
 }
 
 export interface ShmStat {
@@ -80,7 +80,7 @@ const SHM_DEST = 0o1000;
 /** shmctl(IPC_STAT). EINVAL means no segment has this id (any more): NOT_FOUND. */
 export function shmStat(shmid: number): ShmStat {
   const ds: Partial<libc.RawShmidDs> = {};
-  if (libc.shmctlStat(shmid, IPC_STAT, ds) < 0) fail('shmctl', { cmd: 'IPC_STAT', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
+  if (libc.shmctlStat(shmid, IPC_STAT, ds) < 0) fail('shmctl', libc.lastErrno(), { cmd: 'IPC_STAT', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
   const { perm, segsz, cpid, lpid, nattch } = ds as libc.RawShmidDs;
   return {
     key: perm.key, size: Number(segsz), cpid, lpid, nattch: Number(nattch),
@@ -90,7 +90,7 @@ export function shmStat(shmid: number): ShmStat {
 
 /** shmctl(IPC_RMID): the segment goes away now if nothing is attached, else at its last detach. */
 export function shmRemove(shmid: number): void {
-  if (libc.shmctl(shmid, IPC_RMID, null) < 0) fail('shmctl', { cmd: 'IPC_RMID', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
+  if (libc.shmctl(shmid, IPC_RMID, null) < 0) fail('shmctl', libc.lastErrno(), { cmd: 'IPC_RMID', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
 }
 
 /** ftok: a key from an existing path's device and inode and the low 8 bits of projId (which must not be 0). */
@@ -99,7 +99,7 @@ export function ftok(path: string, projId = 1): number {
   // -1 is also a possible key (0xffffffff), so errno tells failure apart.
   libc.clearErrno();
   const key = libc.ftok(path, projId);
-  if (key === -1 && libc.lastErrno() !== 0) fail('ftok', { path, projId });
+  if (key === -1 && libc.lastErrno() !== 0) fail('ftok', libc.lastErrno(), { path, projId });
   return key;
 }
 
@@ -108,23 +108,23 @@ export function ftok(path: string, projId = 1): number {
 /** shm_open. A name glibc refuses (EINVAL, ENAMETOOLONG) is a bad argument. */
 export function shmOpen(name: string, flags: number, mode: number): number {
   const fd = libc.shm_open(name, flags, mode);
-  if (fd < 0) fail('shm_open', { name }, { [Errno.EINVAL]: ErrorCode.BAD_ARGUMENT, [Errno.ENAMETOOLONG]: ErrorCode.BAD_ARGUMENT });
+  if (fd < 0) fail('shm_open', libc.lastErrno(), { name }, { [Errno.EINVAL]: ErrorCode.BAD_ARGUMENT, [Errno.ENAMETOOLONG]: ErrorCode.BAD_ARGUMENT });
   return fd;
 }
 
 export function shmUnlink(name: string): void {
-  if (libc.shm_unlink(name) < 0) fail('shm_unlink', { name });
+  if (libc.shm_unlink(name) < 0) fail('shm_unlink', libc.lastErrno(), { name });
 }
 
 export function memfdCreate(name: string, flags: number): number {
   const fd = libc.memfd_create(name, flags);
-  if (fd < 0) fail('memfd_create', { name }, { [Errno.EINVAL]: ErrorCode.BAD_ARGUMENT });
+  if (fd < 0) fail('memfd_create', libc.lastErrno(), { name }, { [Errno.EINVAL]: ErrorCode.BAD_ARGUMENT });
   return fd;
 }
 
 /** fcntl(F_ADD_SEALS) on a memfd created with MFD_ALLOW_SEALING. */
 export function addSeals(fd: number, seals: number): void {
-  if (libc.fcntl(fd, F_ADD_SEALS, seals) < 0) fail('fcntl', { cmd: 'F_ADD_SEALS', fd, seals });
+  if (libc.fcntl(fd, F_ADD_SEALS, seals) < 0) fail('fcntl', libc.lastErrno(), { cmd: 'F_ADD_SEALS', fd, seals });
 }
 
 // ---------------------------------------------------------------------------------------------- mappings
@@ -133,7 +133,7 @@ function mmapAt(addr: bigint, len: number, prot: number, flags: number, fd: numb
   const result = libc.mmap(addr, len, prot, flags, fd, offset);
   if (result === -1 || result === -1n) {
     // ENOMEM from mmap is the address space or vm.max_map_count: a limit, not a full /dev/shm.
-    fail('mmap', { addr: addrHex(addr), len, fd, offset }, { [Errno.ENOMEM]: ErrorCode.LIMIT });
+    fail('mmap', libc.lastErrno(), { addr: addrHex(addr), len, fd, offset }, { [Errno.ENOMEM]: ErrorCode.LIMIT });
   }
   const got = toAddr(result);
   // MAP_FIXED either maps at addr or fails; anything else would mean memory we do not own was touched.
@@ -153,7 +153,7 @@ export function mmapAnonymousFixed(addr: bigint, len: number): bigint {
 }
 
 export function msync(addr: bigint, len: number, flags = MS_SYNC): void {
-  if (libc.msync(addr, len, flags) < 0) fail('msync', { addr: addrHex(addr), len });
+  if (libc.msync(addr, len, flags) < 0) fail('msync', libc.lastErrno(), { addr: addrHex(addr), len });
 }
 
 // ---------------------------------------------------------------------------------------------- files and fds
@@ -161,31 +161,35 @@ export function msync(addr: bigint, len: number, flags = MS_SYNC): void {
 /** open. ENAMETOOLONG is a bad argument; the rest maps as usual (ENOENT → NOT_FOUND, EACCES → PERMISSION_DENIED). */
 export function openFile(path: string, flags: number, mode = 0o600): number {
   const fd = libc.open(path, flags, mode);
-  if (fd < 0) fail('open', { path }, { [Errno.ENAMETOOLONG]: ErrorCode.BAD_ARGUMENT });
+  if (fd < 0) fail('open', libc.lastErrno(), { path }, { [Errno.ENAMETOOLONG]: ErrorCode.BAD_ARGUMENT });
   return fd;
 }
 
 export function unlinkFile(path: string): void {
-  if (libc.unlink(path) < 0) fail('unlink', { path });
+  if (libc.unlink(path) < 0) fail('unlink', libc.lastErrno(), { path });
 }
 
 export function closeFd(fd: number): void {
-  if (libc.close(fd) < 0) fail('close', { fd });
+  // Linux releases the fd even when close reports EINTR; retrying could close someone else's new fd.
+  if (libc.close(fd) < 0) {
+    const errno = libc.lastErrno();
+    if (errno !== Errno.EINTR) fail('close', errno, { fd });
+  }
 }
 
 /** fchmod: sets the mode exactly, where open/shm_open would have masked it with the umask. */
 export function fchmod(fd: number, mode: number): void {
-  if (libc.fchmod(fd, mode) < 0) fail('fchmod', { fd, mode: '0o' + mode.toString(8) });
+  if (libc.fchmod(fd, mode) < 0) fail('fchmod', libc.lastErrno(), { fd, mode: '0o' + mode.toString(8) });
 }
 
 export function ftruncate(fd: number, size: number): void {
-  if (libc.ftruncate(fd, size) < 0) fail('ftruncate', { fd, size });
+  if (libc.ftruncate(fd, size) < 0) fail('ftruncate', libc.lastErrno(), { fd, size });
 }
 
 /** fallocate(fd, 0, offset, len): reserves the blocks (tmpfs pages) now, so a full file system fails here with
  * ENOSPC (NO_SPACE) instead of a SIGBUS on first touch. Extends the file if offset+len is past its end. */
 export function fallocate(fd: number, offset: number, len: number): void {
-  if (libc.fallocate(fd, 0, offset, len) < 0) fail('fallocate', { fd, offset, len });
+  if (libc.fallocate(fd, 0, offset, len) < 0) fail('fallocate', libc.lastErrno(), { fd, offset, len });
 }
 
 /** fstat through Node (same syscall); its errors become SystemErrors like the rest. */

@@ -1,0 +1,71 @@
+// One-way throughput between two processes, shmbus against the baselines, in one run.
+//   node dist/bench/throughput.js [messages]
+// Prints msg/s per variant and the ratios the issue's targets are stated in.
+import { spawn } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { listen } from '../host/index.js';
+import { forkIpcThroughput, unixSocketThroughput, makeObject64, type ThroughputResult } from './baselines.js';
+
+const CHILD = fileURLToPath(new URL('./shm-child.js', import.meta.url));
+
+/** Sends `messages` to a child over a shm channel; the clock runs from the connection to the child's reply. */
+export async function shmThroughput(opts: { messages: number; kind: 'raw' | 'object'; payloadSize?: number; url?: string }): Promise<ThroughputResult> {
+  const size = opts.payloadSize ?? 64;
+  const url = opts.url ?? `shm://bench-${process.pid}?size=4MiB`;
+  const listener = await listen(url);
+  const child = spawn(process.execPath, [CHILD, url, String(opts.messages), opts.kind], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  try {
+    const conn = await Promise.race([listener.acceptNext(), exited.then(() => { throw new Error('child exited before connecting'); })]);
+    if (!conn) throw new Error('listener closed');
+    const start = process.hrtime.bigint();
+    if (opts.kind === 'raw') {
+      const payload = new Uint8Array(size).fill(7);
+      for (let i = 0; i < opts.messages;) {
+        if (conn.trySendBytes(payload)) i++;
+        else await conn.drained();
+      }
+    } else {
+      for (let i = 0; i < opts.messages; i++) {
+        if (!conn.send(makeObject64(i))) await conn.drained();
+      }
+    }
+    const reply = (await conn.receive()) as { done: number };
+    const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    if (reply?.done !== opts.messages) throw new Error(`child received ${reply?.done} of ${opts.messages}`);
+    await conn.close();
+    return { name: `shmbus ${opts.kind}${opts.kind === 'raw' ? size : '64'}`, messages: opts.messages, seconds, msgPerSec: opts.messages / seconds };
+  } finally {
+    await listener.close();
+    if ((await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 5000))])) === 'timeout') child.kill('SIGKILL');
+  }
+}
+
+function fmt(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${(n / 1e3).toFixed(0)}k`;
+}
+
+async function main(): Promise<void> {
+  const messages = Number(process.argv[2] ?? 2_000_000);
+  const ipcMessages = Math.min(messages, 500_000);
+  const results: Record<string, ThroughputResult> = {};
+  const run = async (key: string, f: () => Promise<ThroughputResult>) => {
+    const r = await f();
+    results[key] = r;
+    console.log(`${r.name.padEnd(34)} ${fmt(r.msgPerSec).padStart(8)} msg/s  (${r.messages} in ${r.seconds.toFixed(3)} s)`);
+  };
+  // Warm-up, not reported: the first run pays for JIT and page faults.
+  await shmThroughput({ messages: Math.min(messages, 200_000), kind: 'raw' });
+  await run('shmRaw', () => shmThroughput({ messages, kind: 'raw' }));
+  await run('shmObject', () => shmThroughput({ messages: Math.min(messages, 1_000_000), kind: 'object' }));
+  await run('forkRaw', () => forkIpcThroughput({ messages: ipcMessages, kind: 'raw' }));
+  await run('forkObject', () => forkIpcThroughput({ messages: ipcMessages, kind: 'object' }));
+  await run('unixRaw', () => unixSocketThroughput({ messages, kind: 'raw' }));
+  await run('unixObject', () => unixSocketThroughput({ messages: Math.min(messages, 1_000_000), kind: 'object' }));
+  const ratio = (a: string, b: string) => (results[a]!.msgPerSec / results[b]!.msgPerSec).toFixed(2);
+  console.log('');
+  console.log(`raw 64 B:    shm / fork IPC = ${ratio('shmRaw', 'forkRaw')}x   shm / unix socket = ${ratio('shmRaw', 'unixRaw')}x`);
+  console.log(`object 64 B: shm / fork IPC = ${ratio('shmObject', 'forkObject')}x   shm / unix socket = ${ratio('shmObject', 'unixObject')}x`);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]!).href) await main();

@@ -1,0 +1,216 @@
+// Two-process tests of the shm channel, for every segment kind, and its errors.
+import t from 'tap';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listen, connect, ErrorCode, type Channel, type Listener } from '../host/index.js';
+import { checkPattern, fillPattern, patternLength } from './fixtures/pattern.js';
+
+const PEER = fileURLToPath(new URL('../dist/test/fixtures/peer.js', import.meta.url));
+let serial = 0;
+const unique = (prefix: string) => `${prefix}-${process.pid}-${++serial}`;
+
+function shmFiles(): string[] {
+  return readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus'));
+}
+function sysvSegments(): string[] {
+  return execFileSync('ipcs', ['-m'], { encoding: 'utf8' }).split('\n').filter((l) => /^0x/.test(l));
+}
+
+function startPeer(url: string, mode: string, count = 0, pauseEvery = 0, uid?: number): { child: ChildProcess; exit: Promise<number | null>; stderr: () => string } {
+  const child = spawn(process.execPath, [PEER, url, mode, String(count), String(pauseEvery)], {
+    stdio: ['ignore', 'ignore', 'pipe'], ...(uid !== undefined ? { uid, gid: uid } : {}),
+    // tap preloads its own hooks through NODE_OPTIONS; the peer runs plain compiled JS.
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => { err += d; });
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, exit, stderr: () => err };
+}
+
+/** Fails instead of hanging. */
+function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms); })])
+    .finally(() => clearTimeout(timer));
+}
+
+const before = { shm: shmFiles(), sysv: sysvSegments() };
+// Checked on the root test after each subtest (a subtest is already finished when afterEach runs).
+t.afterEach((sub) => {
+  t.same(shmFiles(), before.shm, `no /dev/shm segment left behind by: ${sub.name}`);
+  t.same(sysvSegments(), before.sysv, `no System V segment left behind by: ${sub.name}`);
+});
+
+const fileDir = mkdtempSync(join(tmpdir(), 'shmbus-test-'));
+t.teardown(() => rmSync(fileDir, { recursive: true, force: true }));
+
+const kinds: [string, () => string][] = [
+  ['posix', () => `shm://${unique('t')}`],
+  ['sysv', () => `sysv://0x${(0x5b000000 + (process.pid & 0xffff) * 64 + ++serial).toString(16)}`],
+  ['file', () => `file://${join(fileDir, unique('ring'))}`],
+];
+
+for (const [kind, makeUrl] of kinds) {
+  t.test(`${kind}: 1,000,000 mixed-size records arrive in order, none lost or duplicated, while the peer sends back`, async (t) => {
+    const url = makeUrl();
+    const listener = await listen(url);
+    const peer = startPeer(url, 'check', 1_000_000);
+    const conn = (await within(10_000, listener.acceptNext(), 'accept'))!;
+    const scratch = new Uint8Array(70000);
+    let falseReturns = 0;
+    const sending = (async () => {
+      for (let seq = 0; seq < 1_000_000; seq++) {
+        const len = patternLength(seq);
+        fillPattern(scratch, seq, len);
+        if (!conn.sendBytes(scratch.subarray(0, len))) { falseReturns++; await conn.drained(); }
+      }
+    })();
+    let back = 0, backBad = 0;
+    let verdict: { received: number; bad: number } | undefined;
+    await within(120_000, (async () => {
+      for await (const msg of conn) {
+        if (msg instanceof Uint8Array) { if (!checkPattern(msg, back)) backBad++; back++; }
+        else verdict = msg as typeof verdict;
+      }
+    })(), 'receive');
+    await sending;
+    t.same(verdict, { received: 1_000_000, bad: 0 }, 'peer got every record intact and in order');
+    t.equal(back, 100_000, 'every record the peer sent back arrived');
+    t.equal(backBad, 0);
+    t.equal(await peer.exit, 0, peer.stderr());
+    await conn.close();
+    await listener.close();
+    t.comment(`send returned false ${falseReturns} times`);
+  });
+}
+
+t.test('back-pressure with a slow reader: the queue stays bounded and every record arrives', async (t) => {
+  const url = `shm://${unique('slow')}?size=64KiB&maxQueued=64`;
+  const listener = await listen(url);
+  const total = 999; // records 0…998 are all under 1 KiB (record 999 would exceed a 64 KiB ring's maximum)
+  const peer = startPeer(url, 'slow', total, 100);
+  const conn = (await listener.acceptNext())!;
+  const scratch = new Uint8Array(70000);
+  let falseReturns = 0, maxQueued = 0;
+  for (let seq = 0; seq < total; seq++) {
+    fillPattern(scratch, seq, patternLength(seq));
+    if (!conn.sendBytes(scratch.subarray(0, patternLength(seq)))) {
+      falseReturns++;
+      maxQueued = Math.max(maxQueued, conn.queued);
+      await conn.drained();
+    }
+  }
+  let verdict: unknown;
+  for await (const msg of conn) if (!(msg instanceof Uint8Array)) verdict = msg;
+  t.same(verdict, { received: total, bad: 0 }, 'the slow reader got every record');
+  t.ok(falseReturns > 0, 'send returned false at least once');
+  t.ok(maxQueued <= 64, `queue stayed within maxQueued (max seen ${maxQueued})`);
+  t.equal(await peer.exit, 0, peer.stderr());
+  await conn.close();
+  await listener.close();
+});
+
+t.test('trySend, claim, message sizes 0 and max, max+1 rejected, maxQueued enforced', async (t) => {
+  const url = `shm://${unique('api')}?size=4KiB&maxQueued=3`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
+  t.equal(a.maxMessageSize, 2048 - 8);
+  t.ok(a.sendBytes(new Uint8Array(0)), 'zero-length record');
+  t.ok(a.sendBytes(new Uint8Array(a.maxMessageSize).fill(9)), 'maximum record');
+  t.throws(() => a.sendBytes(new Uint8Array(a.maxMessageSize + 1)), { code: ErrorCode.MESSAGE_TOO_LARGE });
+  t.throws(() => a.send('x'.repeat(5000)), { code: ErrorCode.MESSAGE_TOO_LARGE });
+  t.notOk(a.trySendBytes(new Uint8Array(a.maxMessageSize)), 'trySend refuses when the ring is full');
+  t.equal(a.queued, 0, 'a refused trySend is not taken');
+  t.equal(a.sendBytes(new Uint8Array(a.maxMessageSize)), false, 'send takes it and says wait');
+  a.sendBytes(new Uint8Array(1)); a.sendBytes(new Uint8Array(2));
+  t.equal(a.queued, 3);
+  t.throws(() => a.sendBytes(new Uint8Array(3)), { code: ErrorCode.QUEUE_FULL }, 'past maxQueued send throws');
+  t.equal(a.claim(10), null, 'claim waits behind queued messages');
+  const got: number[] = [];
+  const reading = (async () => { for await (const m of b) { got.push((m as Uint8Array).length); if (got.length === 6) break; } })();
+  await a.drained();
+  t.equal(a.queued, 0);
+  const claim = a.claim(100)!;
+  t.ok(claim, 'claim after drain');
+  t.throws(() => a.claim(1), { code: ErrorCode.BAD_STATE }, 'one claim at a time');
+  claim.bytes.fill(5);
+  claim.commit(42);
+  t.throws(() => claim.commit(), { code: ErrorCode.BAD_STATE });
+  a.claim(7)!.abort();
+  await within(5000, reading, 'reading');
+  t.same(got, [0, a.maxMessageSize, a.maxMessageSize, 1, 2, 42]);
+  await a.close();
+  t.throws(() => a.send(1), { code: ErrorCode.CLOSED }, 'send after close');
+  // b sees the orderly close: its iterator ends without error.
+  const rest: unknown[] = [];
+  for await (const m of b) rest.push(m);
+  t.same(rest, []);
+  await b.close();
+  await listener.close();
+});
+
+t.test('close delivers everything already sent, and the peer sees the end', async (t) => {
+  const url = `shm://${unique('close')}?size=4KiB`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
+  for (let i = 0; i < 500; i++) a.send({ i });
+  t.ok(a.queued > 0, 'some messages are queued locally');
+  const closing = a.close();
+  const got: number[] = [];
+  for await (const m of b) got.push((m as { i: number }).i);
+  await closing;
+  t.same(got, Array.from({ length: 500 }, (_, i) => i));
+  await b.close();
+  await listener.close();
+});
+
+t.test('peer killed with SIGKILL: the reader gets PEER_DEAD, not a hang', async (t) => {
+  const url = `shm://${unique('kill')}`;
+  const listener = await listen(url);
+  const peer = startPeer(url, 'hang');
+  const conn = (await listener.acceptNext())!;
+  const first = await conn.receive();
+  t.same(first, { ready: true });
+  const pending = conn.receive();
+  setTimeout(() => peer.child.kill('SIGKILL'), 100);
+  await t.rejects(within(5000, pending, 'dead peer'), { code: ErrorCode.PEER_DEAD });
+  t.throws(() => conn.send(1), { code: ErrorCode.PEER_DEAD });
+  await conn.close();
+  await peer.exit;
+  await listener.close();
+});
+
+t.test('bad input gives typed errors with stable codes', async (t) => {
+  await t.rejects(listen('shm://'), { code: ErrorCode.BAD_URL });
+  await t.rejects(listen('not a url'), { code: ErrorCode.BAD_URL });
+  await t.rejects(listen('gopher://x'), { code: ErrorCode.UNKNOWN_SCHEME });
+  await t.rejects(listen('shm://x?size=3000'), { code: ErrorCode.BAD_URL }, 'size not a power of two');
+  await t.rejects(listen('shm://x?size=lots'), { code: ErrorCode.BAD_URL });
+  await t.rejects(listen('shm://x?colour=blue'), { code: ErrorCode.BAD_URL }, 'unsupported option');
+  await t.rejects(listen('shm://x?wake=pigeon'), { code: ErrorCode.BAD_URL }, 'unknown wake mode');
+  await t.rejects(listen('sysv://banana'), { code: ErrorCode.BAD_URL });
+  await t.rejects(listen('file://relative/path'), { code: ErrorCode.BAD_URL });
+  await t.rejects(connect(`shm://${unique('nobody')}`), { code: ErrorCode.NOT_FOUND }, 'nothing listens');
+  const url = `shm://${unique('twice')}`;
+  const l = await listen(url);
+  await t.rejects(listen(url), { code: ErrorCode.EXISTS }, 'endpoint already in use');
+  await l.close();
+});
+
+t.test('permission denied: a connector of another user cannot attach a 0600 segment', { skip: process.getuid?.() !== 0 ? 'needs root to start a child as another user' : false }, async (t) => {
+  for (const url of [`shm://${unique('perm')}`, `sysv://0x${(0x5c000000 + (process.pid & 0xffff)).toString(16)}`]) {
+    const listener = await listen(url);
+    const errors: string[] = [];
+    listener.on('error', (e: { code: string }) => errors.push(e.code));
+    const peer = startPeer(url, 'hang', 0, 0, 65534);
+    t.not(await within(10_000, peer.exit, 'peer exit'), 0, 'the peer failed');
+    t.match(peer.stderr(), /ERR_SHMBUS_PERMISSION_DENIED/, `${url}: the peer got PERMISSION_DENIED`);
+    await new Promise((r) => setTimeout(r, 50));
+    t.same(errors, [ErrorCode.PERMISSION_DENIED], 'the listener heard why');
+    await listener.close();
+  }
+});
