@@ -24,6 +24,8 @@ import {
 
 /** How long a side polls (through the event loop, so timers and I/O still run) before it parks. */
 const SPIN_NS = 50_000n;
+/** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
+const YIELD_MS = 2;
 
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
 export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
@@ -124,6 +126,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly inbox: unknown[] = [];
   private inboxHead = 0;
   private closePromise: Promise<void> | undefined;
+  private lastYield = performance.now();
 
   /** @internal built by listen/connect */
   constructor(parts: ChannelParts) {
@@ -466,6 +469,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       if (this.state === 'closed') {
         if (this.failure) throw this.failure;
         return { value: undefined, done: true };
+      }
+      // Values resolve as microtasks; a channel that never runs dry would starve timers and I/O without this.
+      const now = performance.now();
+      if (now - this.lastYield > YIELD_MS) {
+        await nextTurn();
+        this.lastYield = performance.now();
+        continue;
       }
       let n: number;
       try {

@@ -1,6 +1,7 @@
 // Two-process tests of the shm channel, for every segment kind, and its errors.
 import t from 'tap';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -213,4 +214,54 @@ t.test('permission denied: a connector of another user cannot attach a 0600 segm
     t.same(errors, [ErrorCode.PERMISSION_DENIED], 'the listener heard why');
     await listener.close();
   }
+});
+
+t.test('version mismatch in the handshake is a typed error on both sides', async (t) => {
+  const url = `shm://${unique('ver')}`;
+  const listener = await listen(url);
+  const heard: string[] = [];
+  listener.on('error', (e: { code: string }) => heard.push(e.code));
+  // A connector from the future: layout major version 2.
+  const reply = await new Promise<string>((resolve, reject) => {
+    const s = net.connect({ path: `\0shmbus/shm/${url.slice('shm://'.length)}` });
+    let text = '';
+    s.on('data', (d) => { text += d; });
+    s.on('close', () => resolve(text));
+    s.on('error', reject);
+    s.write(JSON.stringify({ shmbus: 1, version: 2 << 16, pid: process.pid }) + '\n');
+  });
+  t.match(JSON.parse(reply), { ok: false, code: ErrorCode.VERSION_MISMATCH });
+  t.same(heard, [ErrorCode.VERSION_MISMATCH]);
+  await listener.close();
+
+  // A listener from the future answering our connect.
+  const fakeUrl = `shm://${unique('fake')}`;
+  const server = net.createServer((s) => {
+    s.once('data', () => s.end(JSON.stringify({ ok: false, code: ErrorCode.VERSION_MISMATCH, message: 'layout 2.0' }) + '\n'));
+  });
+  await new Promise<void>((r) => server.listen({ path: `\0shmbus/shm/${fakeUrl.slice('shm://'.length)}` }, r));
+  await t.rejects(connect(fakeUrl), { code: ErrorCode.VERSION_MISMATCH });
+  await new Promise((r) => server.close(r));
+});
+
+t.test('a channel that never runs dry does not starve timers', async (t) => {
+  const url = `shm://${unique('busy')}?size=1MiB`;
+  const listener = await listen(url);
+  const peer = startPeer(url, 'flood', 20_000_000);
+  const conn = (await listener.acceptNext())!;
+  let timerFired = false;
+  let received = 0;
+  // Let the ring fill first, so the reader never finds it empty.
+  await new Promise((r) => setTimeout(r, 100));
+  setTimeout(() => { timerFired = true; }, 5);
+  for await (const _ of conn) {
+    received++;
+    if (timerFired) break;
+  }
+  t.ok(timerFired, `a 5 ms timer fired while ${received} messages streamed in`);
+  t.ok(received < 20_000_000, 'before the stream ended');
+  peer.child.kill('SIGKILL');
+  await peer.exit;
+  await conn.close();
+  await listener.close();
 });
