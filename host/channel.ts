@@ -89,6 +89,7 @@ export interface ChannelEvents {
 }
 
 export class Channel extends EventEmitter implements AsyncIterable<unknown> {
+  // Implements transports/contract.ts#Connection (structurally: host/ sits below transports/).
   /** The URL this channel was made from. */
   readonly url: string;
   /** Largest message in bytes (encoded) one send can carry. */

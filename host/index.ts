@@ -1,5 +1,6 @@
 /**
- * shmbus: message passing between Node.js processes through rings in shared memory.
+ * shmbus: message passing between Node.js processes through rings in shared memory, and over the classic kernel
+ * mechanisms behind the same API, chosen by URL.
  *
  *   const server = await listen('shm://orders');
  *   for await (const conn of server) for await (const msg of conn) conn.send({ ok: true });
@@ -7,7 +8,31 @@
  *   const conn = await connect('shm://orders?size=4MiB');
  *   if (!conn.send({ id: 1 })) await conn.drained();
  */
-export { listen, connect, Listener, type ConnectOptions, type ListenOptions } from './shm.js';
+import { registerTransport, transportFor, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
+import { shmTransport, type Listener } from '../transports/shm.js';
+import type { Channel } from './channel.js';
+
+registerTransport(shmTransport);
+
+/** A shared-memory URL: its connections are `Channel`s, with zero-copy `claim` and `poll`. */
+export type ShmUrl = `shm://${string}` | `sysv://${string}` | `file://${string}`;
+
+/** Listens on an endpoint URL (shm://, sysv://, file://, ...): an async iterable of incoming connections. */
+export function listen(url: ShmUrl, options?: ListenOptions): Promise<Listener>;
+export function listen(url: string, options?: ListenOptions): Promise<ConnectionListener>;
+export function listen(url: string, options?: ListenOptions): Promise<ConnectionListener> {
+  return transportFor(url).listen(url, options);
+}
+
+/** Connects to an endpoint URL. */
+export function connect(url: ShmUrl, options?: ConnectOptions): Promise<Channel>;
+export function connect(url: string, options?: ConnectOptions): Promise<Connection>;
+export function connect(url: string, options?: ConnectOptions): Promise<Connection> {
+  return transportFor(url).connect(url, options);
+}
+
+export { Listener } from '../transports/shm.js';
+export { registerTransport, transportFor, transports, type Transport, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
 export { Channel, Claim, type RecordHandler } from './channel.js';
 export { Region, type RegionKind, type CreateOptions } from './region.js';
 export { parseShmUrl, parseSize, type ShmEndpoint, type WakeMode } from './url.js';

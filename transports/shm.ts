@@ -10,27 +10,19 @@
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, ringOffset, segmentBytes } from '../assembly/layout.js';
-import { getEngine, type Engine } from './engine.js';
-import { Region } from './region.js';
-import { RingEnd } from './ring.js';
-import { formatSegment, readSegment } from './segment.js';
-import { Channel } from './channel.js';
-import { PROTOCOL, readLine, writeLine, remoteError, errorLine } from './control.js';
-import { parseShmUrl, type ShmEndpoint } from './url.js';
-import { processStartTime } from './sys/proc.js';
+import { getEngine, type Engine } from '../host/engine.js';
+import { Region } from '../host/region.js';
+import { RingEnd } from '../host/ring.js';
+import { formatSegment, readSegment } from '../host/segment.js';
+import { Channel } from '../host/channel.js';
+import { PROTOCOL, readLine, writeLine, remoteError, errorLine } from '../host/control.js';
+import { parseShmUrl, type ShmEndpoint } from '../host/url.js';
+import { processStartTime } from '../host/sys/proc.js';
 import {
   ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError,
-} from './errors.js';
+} from '../host/errors.js';
 
-export interface ConnectOptions {
-  /** Milliseconds the whole handshake may take. Default 5000. */
-  timeout?: number;
-}
-
-export interface ListenOptions {
-  /** Milliseconds a connector gets for its handshake. Default 5000. */
-  handshakeTimeout?: number;
-}
+import type { Transport, ConnectOptions, ListenOptions, ConnectionListener } from './contract.js';
 
 const DEFAULT_TIMEOUT = 5000;
 let connectionCounter = 0;
@@ -78,7 +70,7 @@ function attachRegion(endpoint: ShmEndpoint, reply: Record<string, unknown>): Re
 }
 
 /** A listening endpoint: an async iterable of incoming channels. Emits 'connection' and 'error'. */
-export class Listener extends EventEmitter implements AsyncIterable<Channel> {
+export class Listener extends EventEmitter implements ConnectionListener {
   readonly url: string;
   private readonly server: net.Server;
   private readonly endpoint: ShmEndpoint;
@@ -225,3 +217,11 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     throw new ClosedError('connection failed', { url, cause: String(error) });
   }
 }
+
+/** Shared-memory rings: the reference transport. */
+export const shmTransport: Transport = {
+  name: 'shm',
+  schemes: ['shm', 'sysv', 'file'],
+  listen,
+  connect,
+};
