@@ -20,14 +20,14 @@ export type ShmUrl = `shm://${string}` | `sysv://${string}` | `file://${string}`
 /** Listens on an endpoint URL (shm://, sysv://, file://, ...): an async iterable of incoming connections. */
 export function listen(url: ShmUrl, options?: ListenOptions): Promise<Listener>;
 export function listen(url: string, options?: ListenOptions): Promise<ConnectionListener>;
-export function listen(url: string, options?: ListenOptions): Promise<ConnectionListener> {
+export async function listen(url: string, options?: ListenOptions): Promise<ConnectionListener> {
   return transportFor(url).listen(url, options);
 }
 
 /** Connects to an endpoint URL. */
 export function connect(url: ShmUrl, options?: ConnectOptions): Promise<Channel>;
 export function connect(url: string, options?: ConnectOptions): Promise<Connection>;
-export function connect(url: string, options?: ConnectOptions): Promise<Connection> {
+export async function connect(url: string, options?: ConnectOptions): Promise<Connection> {
   return transportFor(url).connect(url, options);
 }
 
