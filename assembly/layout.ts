@@ -20,11 +20,13 @@
 //   128  tailPosition u64        producer     bytes ever committed; only grows
 //   136  producerClosed u32      producer     1 once the producer will commit nothing more
 //   140  producerParkSeq u32     producer     odd while the producer waits for space
-//   144…255 reserved             —
+//   144  producerWakeSeq u32     producer     bumped each time the producer rings the parked consumer
+//   148…255 reserved             —
 //   256  headPosition u64        consumer     bytes ever released; only grows
 //   264  consumerClosed u32      consumer     1 once the consumer will read nothing more
 //   268  consumerParkSeq u32     consumer     odd while the consumer is parked waiting for data
-//   272…383 reserved             —
+//   272  consumerWakeSeq u32     consumer     bumped each time the consumer rings the parked producer
+//   276…383 reserved             —
 //   384  data[capacity]
 //
 // Producer and consumer words sit 128 bytes apart so the two sides never write the same cache line pair.
@@ -72,9 +74,11 @@ export const RING_CAPACITY_OFFSET = 0;
 export const RING_TAIL_OFFSET = 128;
 export const RING_PRODUCER_CLOSED_OFFSET = RING_TAIL_OFFSET + 8;
 export const RING_PRODUCER_PARK_OFFSET = RING_PRODUCER_CLOSED_OFFSET + 4;
+export const RING_PRODUCER_WAKE_OFFSET = RING_PRODUCER_PARK_OFFSET + 4;
 export const RING_HEAD_OFFSET = 256;
 export const RING_CONSUMER_CLOSED_OFFSET = RING_HEAD_OFFSET + 8;
 export const RING_CONSUMER_PARK_OFFSET = RING_CONSUMER_CLOSED_OFFSET + 4;
+export const RING_CONSUMER_WAKE_OFFSET = RING_CONSUMER_PARK_OFFSET + 4;
 export const RING_HEADER_SIZE = 384;
 
 /** Smallest and largest ring data capacity (powers of two). */
@@ -134,6 +138,7 @@ export const H_CACHED_OFFSET = 24; //     u64 producer: last head seen; consumer
 export const H_CLAIM_MAX_OFFSET = 32; //  u32 bytes claimed
 export const H_RUNG_OFFSET = 36; //       u32 the peer's park sequence we last rang the doorbell for
 export const H_CLAIM_TYPE_OFFSET = 40; // u32 type of the open claim
+export const H_WAIT_VALUE_OFFSET = 44; // u32 the peer's wake sequence seen when this end parked (futex expected value)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;

@@ -8,11 +8,11 @@
 
 import {
   RING_CAPACITY_OFFSET, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_PRODUCER_CLOSED_OFFSET, RING_CONSUMER_CLOSED_OFFSET,
-  RING_PRODUCER_PARK_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_HEADER_SIZE, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
+  RING_PRODUCER_PARK_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_PRODUCER_WAKE_OFFSET, RING_CONSUMER_WAKE_OFFSET, RING_HEADER_SIZE, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
   RECORD_LENGTH_OFFSET, RECORD_TYPE_OFFSET, RECORD_HEADER_SIZE, RECORD_ALIGNMENT, RECORD_PADDING,
   RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   H_RING_OFFSET, H_CAPACITY_OFFSET, H_ROLE_OFFSET, H_CLAIM_OFFSET, H_POSITION_OFFSET, H_CACHED_OFFSET,
-  H_CLAIM_MAX_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
+  H_CLAIM_MAX_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, H_WAIT_VALUE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
   BATCH_ENTRY_SIZE, maxPayload,
 } from './layout';
 
@@ -216,8 +216,17 @@ export function ring_pending(h: usize): i32 {
 
 // --- parking, waking, closing (both roles) ---------------------------------------------------------------------
 
+@inline function isProducer(h: usize): bool {
+  return load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER;
+}
+
 @inline function ownParkOffset(h: usize): usize {
-  return load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_PRODUCER_PARK_OFFSET : RING_CONSUMER_PARK_OFFSET;
+  return isProducer(h) ? RING_PRODUCER_PARK_OFFSET : RING_CONSUMER_PARK_OFFSET;
+}
+
+/** The word the peer bumps when it rings us: a parked end sleeps on it (futex) with the value seen at park. */
+@inline function peerWakeOffset(h: usize): usize {
+  return isProducer(h) ? RING_CONSUMER_WAKE_OFFSET : RING_PRODUCER_WAKE_OFFSET;
 }
 
 /**
@@ -228,6 +237,10 @@ export function ring_pending(h: usize): i32 {
 export function ring_park(h: usize, need: u32): i32 {
   const ring = ringOf(h);
   const offset = ownParkOffset(h);
+  // Read before announcing the park: a ring that happens after this read changes the word, so a futex wait
+  // with this value returns at once instead of sleeping through it.
+  // SYNC: pairs with the atomic.add in ring_needs_wake.
+  store<u32>(h, atomic.load<u32>(ring + peerWakeOffset(h)), H_WAIT_VALUE_OFFSET);
   const seq = atomic.load<u32>(ring + offset);
   // SYNC: pairs with the atomic load of this word in ring_needs_wake. Sequentially consistent, with the peer's
   // sequentially consistent position store: either the peer sees us parked or we see its progress below.
@@ -261,7 +274,24 @@ export function ring_needs_wake(h: usize): i32 {
   const seq = atomic.load<u32>(ringOf(h) + peerOffset);
   if ((seq & 1) == 0 || seq == load<u32>(h, H_RUNG_OFFSET)) return 0;
   store<u32>(h, seq, H_RUNG_OFFSET);
+  // SYNC: pairs with the load in the peer's ring_park (and its futex wait on this word).
+  atomic.add<u32>(ringOf(h) + (isProducer(h) ? RING_PRODUCER_WAKE_OFFSET : RING_CONSUMER_WAKE_OFFSET), 1);
   return 1;
+}
+
+/** Address of the word this end sleeps on when parked (the peer bumps it when ringing). */
+export function ring_wait_address(h: usize): usize {
+  return ringOf(h) + peerWakeOffset(h);
+}
+
+/** The value of that word when this end last parked: a futex wait with it cannot miss a ring. */
+export function ring_wait_value(h: usize): u32 {
+  return load<u32>(h, H_WAIT_VALUE_OFFSET);
+}
+
+/** Address of the word the peer sleeps on when parked (we bump it in ring_needs_wake): the futex to wake. */
+export function ring_wake_address(h: usize): usize {
+  return ringOf(h) + (isProducer(h) ? RING_PRODUCER_WAKE_OFFSET : RING_CONSUMER_WAKE_OFFSET);
 }
 
 /** Marks this end closed: a producer commits nothing more; a consumer reads nothing more. */

@@ -29,11 +29,15 @@ export interface RingExports {
   ring_needs_wake(h: number): number;
   ring_close(h: number): void;
   ring_peer_closed(h: number): number;
+  ring_wait_address(h: number): number;
+  ring_wait_value(h: number): number;
+  ring_wake_address(h: number): number;
 }
 
 export const REQUIRED_EXPORTS: readonly (keyof RingExports)[] = [
   'ring_format', 'ring_open', 'ring_claim', 'ring_commit', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
-  'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed',
+  'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed', 'ring_wait_address',
+  'ring_wait_value', 'ring_wake_address',
 ];
 
 /** Finds build/shmbus.wasm from both the sources (host/) and the compiled output (dist/host/). */

@@ -112,6 +112,16 @@ export class RingEnd {
     return this.engine.exports.ring_needs_wake(this.handle) === 1;
   }
 
+  /** Linear-memory offset of the word this end sleeps on while parked, and its value at park (for futex). */
+  waitWord(): { offset: number; value: number } {
+    return { offset: this.engine.exports.ring_wait_address(this.handle), value: this.engine.exports.ring_wait_value(this.handle) >>> 0 };
+  }
+
+  /** Linear-memory offset of the word the parked peer sleeps on (bumped by needsWake): the futex to wake. */
+  wakeWordOffset(): number {
+    return this.engine.exports.ring_wake_address(this.handle);
+  }
+
   /** Marks this end closed in the shared header. */
   markClosed(): void {
     this.engine.exports.ring_close(this.handle);

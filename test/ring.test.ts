@@ -199,6 +199,18 @@ t.test('park flags: a wake is asked for exactly once per park, and never when pr
   r.dispose();
 });
 
+t.test('wake words: a park records the peer wake sequence; a ring bumps it', async (t) => {
+  const r = makeRing();
+  t.ok(r.consumer.park());
+  const before = r.consumer.waitWord();
+  t.equal(before.offset, r.producer.wakeWordOffset(), 'consumer sleeps on the word the producer bumps');
+  t.equal(r.view.getUint32(before.offset, true), before.value, 'expected value is the current one');
+  t.ok(r.producer.needsWake());
+  t.equal(r.view.getUint32(before.offset, true), before.value + 1, 'ringing bumped the word: a futex wait would not sleep');
+  r.consumer.unpark();
+  r.dispose();
+});
+
 t.test('closed flags are seen by the peer', async (t) => {
   const r = makeRing();
   t.notOk(r.consumer.peerClosed());
