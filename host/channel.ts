@@ -16,14 +16,18 @@ import type { Engine } from './engine.js';
 import type { Region } from './region.js';
 import { RingEnd } from './ring.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
+import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
 import type { ShmEndpoint } from './url.js';
 import {
   BadArgumentError, BadStateError, ClosedError, CorruptError, MessageTooLargeError, PeerDeadError, QueueFullError,
   ShmbusError,
 } from './errors.js';
 
-/** How long a side polls (through the event loop, so timers and I/O still run) before it parks. */
-const SPIN_NS = 50_000n;
+/** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
+const SPIN_MIN_NS = 1_000;
+const SPIN_MAX_NS = 100_000;
+/** wake=spin: busy-poll this long at a time, then let the event loop run once. */
+const SPIN_SLICE_NS = 1_000_000;
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
 const YIELD_MS = 2;
 
@@ -44,12 +48,19 @@ export interface ChannelParts {
   pendingBytes: Buffer;
   /** 'listener' or 'connector', for messages. */
   side: string;
+  wake: WakeParts;
+}
+
+/** How we sleep while parked (our mechanism) and how we ring the peer (its mechanism, from the handshake). */
+export interface WakeParts {
+  mine: WakeMechanism;
+  peer: WakeMechanism;
+  peerParams: Record<string, unknown>;
 }
 
 interface Queued { type: number; bytes: Uint8Array }
 
 const DATA_BYTE = Buffer.from([DOORBELL_DATA]);
-const SPACE_BYTE = Buffer.from([DOORBELL_SPACE]);
 
 /** A zero-copy claim on the outbound ring: write `bytes`, then `commit(n)` or `abort()`. */
 export class Claim {
@@ -105,7 +116,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly window: number;
   private readonly windowSize: number;
   private readonly side: string;
-  private readonly spin: boolean;
+  private readonly sleeper: Sleeper;
+  private readonly bell: Bell;
+  /** Spin budget before parking (ns); tuned when `spinAuto`. 'always' never parks. */
+  private spinNs: number;
+  private readonly spinAuto: boolean;
+  private readonly spinAlways: boolean;
   private readonly packr = new Packr({ useRecords: false });
   private readonly unpackr = new Unpackr({ useRecords: false });
 
@@ -142,7 +158,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.side = parts.side;
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
-    this.spin = parts.endpoint.wake === 'adaptive';
+    const { engine, tx, rx, socket } = parts;
+    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams });
+    this.sleeper = parts.wake.mine.sleeper({
+      engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
+    });
+    const spin = parts.endpoint.spin;
+    this.spinAuto = spin === 'auto';
+    this.spinAlways = spin === 'always';
+    this.spinNs = spin === 'auto' ? 20_000 : spin === 'always' ? SPIN_SLICE_NS : spin;
     this.maxMessageSize = this.tx.maxPayload;
     this.socket.setNoDelay(true);
     this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
@@ -283,11 +307,40 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private readonly checkPeerWake = (): void => {
     this.wakeScheduled = false;
-    if (this.state !== 'closed' && this.tx.needsWake()) this.ring(DATA_BYTE);
+    if (this.state !== 'closed' && this.tx.needsWake()) this.ring(WAKE_DATA);
   };
 
-  private ring(byte: Buffer): void {
-    if (!this.peerGone && !this.socket.destroyed) this.socket.write(byte);
+  private ring(kind: WakeKind): void {
+    if (!this.peerGone) this.bell.ring(kind);
+  }
+
+  /**
+   * Busy-polls `ready` for up to the spin budget. Synchronous on purpose: a round trip through the event loop
+   * costs microseconds, a poll of the ring nanoseconds. The budget tunes itself under wake=adaptive: it doubles
+   * when data came while spinning and halves when it did not, so an idle channel soon spins ~1 µs per park.
+   */
+  private spinFor(ready: () => boolean): boolean {
+    const budget = this.spinNs;
+    if (budget <= 0) return false;
+    const start = performance.now();
+    for (let i = 1; ; i++) {
+      if (ready()) {
+        if (this.spinAuto && this.spinNs < SPIN_MAX_NS) this.spinNs *= 2;
+        return true;
+      }
+      if ((i & 31) === 0 && (performance.now() - start) * 1e6 > budget) break;
+    }
+    if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
+    return false;
+  }
+
+  /** Sleeps until rung for `kind` (or woken by peer death / close). */
+  private park(kind: WakeKind): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (kind === WAKE_DATA) this.readerWake = resolve;
+      else this.writerWake = resolve;
+      this.sleeper.wait(kind);
+    });
   }
 
   private waitForRoom(length: number): void {
@@ -353,17 +406,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   /** Waits until the outbound ring has `need` free bytes (spin a little, then park on the doorbell). */
   private async waitWritable(need: number): Promise<void> {
-    if (this.spin) {
-      const deadline = process.hrtime.bigint() + SPIN_NS;
-      while (process.hrtime.bigint() < deadline) {
-        await nextTurn();
-        if (this.tx.free() >= need || this.isOver()) return;
-      }
+    const room = () => this.tx.free() >= need || this.isOver() || this.peerGone;
+    if (this.spinFor(room)) return;
+    while (this.spinAlways) {
+      await nextTurn();
+      if (this.spinFor(room)) return;
     }
     for (;;) {
       if (this.isOver() || this.peerGone || this.tx.peerClosed()) return;
       if (!this.tx.park(need)) return;
-      await new Promise<void>((resolve) => { this.writerWake = resolve; });
+      await this.park(WAKE_SPACE);
+      this.sleeper.cancel(WAKE_SPACE);
       this.tx.unpark();
       if (this.tx.free() >= need) return;
     }
@@ -399,7 +452,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       }
     }
     this.rx.release();
-    if (this.rx.needsWake()) this.ring(SPACE_BYTE);
+    if (this.rx.needsWake()) this.ring(WAKE_SPACE);
     if (thrown !== undefined) throw thrown;
     return n;
   }
@@ -409,18 +462,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * channel closed or failed): then `poll` returns 0 and the iterator ends.
    */
   async readable(): Promise<void> {
-    if (this.hasInbound() || this.isOver()) return;
-    if (this.spin) {
-      const deadline = process.hrtime.bigint() + SPIN_NS;
-      while (process.hrtime.bigint() < deadline) {
-        await nextTurn();
-        if (this.hasInbound() || this.isOver()) return;
-      }
+    const ready = () => this.hasInbound() || this.isOver() || this.peerGone;
+    if (ready() || this.spinFor(ready)) return;
+    while (this.spinAlways) {
+      await nextTurn();
+      if (this.spinFor(ready)) return;
     }
     for (;;) {
-      if (this.hasInbound() || this.isOver() || this.peerGone) return;
+      if (ready()) return;
       if (!this.rx.park()) return;
-      await new Promise<void>((resolve) => { this.readerWake = resolve; });
+      await this.park(WAKE_DATA);
+      this.sleeper.cancel(WAKE_DATA);
       this.rx.unpark();
     }
   }
@@ -614,6 +666,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.socket.end(DATA_BYTE);
       this.socket.destroySoon?.();
     }
+    this.sleeper.close();
+    this.bell.close();
     try {
       this.region.unmapAt(this.engine.address(this.window));
       this.engine.freeWindow(this.window, this.windowSize);

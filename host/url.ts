@@ -6,14 +6,18 @@
  *   file:///path          file-backed mmap segments next to `path`
  *
  * Options: size (bytes per ring direction, a power of two, with an optional KiB/MiB/GiB suffix), perm (octal
- * mode of the segments, default 0600), maxQueued (hard cap of the local send queue), wake (how a parked side is
- * woken: `adaptive`, the default, spins briefly then parks on the control socket; `doorbell` parks at once).
+ * mode of the segments, default 0600), maxQueued (hard cap of the local send queue), wake (how a side waits:
+ * `adaptive`, the default, spins for a self-tuned while then parks on the control socket; `spin` never parks;
+ * a mechanism name (`doorbell`, `futex`, `sem`, ...) parks on that mechanism at once), spin (microseconds to
+ * busy-poll before parking, or `auto`).
  */
 import { BadUrlError, UnknownSchemeError } from './errors.js';
 import { RING_MIN_CAPACITY, RING_MAX_CAPACITY } from '../assembly/layout.js';
+import { mechanismFor } from './wake/index.js';
 
 export type ShmScheme = 'shm' | 'sysv' | 'file';
-export type WakeMode = 'adaptive' | 'doorbell';
+/** `adaptive` (default), `spin`, or the name of a wake mechanism (`doorbell`, `futex`, ...). */
+export type WakeMode = string;
 
 export interface ShmEndpoint {
   scheme: ShmScheme;
@@ -28,6 +32,11 @@ export interface ShmEndpoint {
   /** Hard cap of messages waiting in the local send queue. */
   maxQueued: number;
   wake: WakeMode;
+  /**
+   * How long a side busy-polls before it parks, in nanoseconds: 'auto' tunes itself (the default for
+   * `wake=adaptive`), 'always' never parks (`wake=spin`), 0 parks at once (the default for a named mechanism).
+   */
+  spin: number | 'auto' | 'always';
   /** Where the control socket listens (Linux abstract namespace: nothing to clean up on disk). */
   controlPath: string;
   url: string;
@@ -37,7 +46,7 @@ export const DEFAULT_RING_SIZE = 4 * 1024 * 1024;
 export const DEFAULT_MAX_QUEUED = 65536;
 
 const SCHEMES: readonly string[] = ['shm', 'sysv', 'file'];
-const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake']);
+const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake', 'spin']);
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1 << 20, mb: 1 << 20, mib: 1 << 20, g: 1 << 30, gb: 1 << 30, gib: 1 << 30 };
 
 /** Parses `4MiB`, `64k`, `1048576` into bytes; undefined when it is not a size. */
@@ -119,12 +128,18 @@ export function parseShmUrl(url: string): ShmEndpoint {
   }
 
   const wakeText = parsed.searchParams.get('wake') ?? 'adaptive';
-  if (wakeText !== 'adaptive' && wakeText !== 'doorbell') {
-    throw new BadUrlError('unknown wake mode', url, { details: { wake: wakeText, supported: 'adaptive,doorbell' } });
+  mechanismFor(wakeText, url); // throws for an unknown mode
+  const spinText = parsed.searchParams.get('spin');
+  let spin: ShmEndpoint['spin'] = wakeText === 'adaptive' ? 'auto' : wakeText === 'spin' ? 'always' : 0;
+  if (spinText !== null) {
+    if (wakeText === 'spin') throw new BadUrlError('wake=spin always spins; spin= does not apply', url);
+    if (spinText === 'auto') spin = 'auto';
+    else if (/^\d{1,7}$/.test(spinText)) spin = Number(spinText) * 1000;
+    else throw new BadUrlError('spin must be auto or microseconds', url, { details: { spin: spinText } });
   }
 
   return {
-    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, url,
+    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, spin, url,
     controlPath: `\0shmbus/${scheme}/${name}`,
   };
 }

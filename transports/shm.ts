@@ -18,6 +18,8 @@ import { Channel } from '../host/channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine } from '../host/control.js';
 import { parseShmUrl, type ShmEndpoint } from '../host/url.js';
 import { processStartTime } from '../host/sys/proc.js';
+import { mechanismFor } from '../host/wake/index.js';
+import type { WakeParts } from '../host/channel.js';
 import {
   ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError,
 } from '../host/errors.js';
@@ -59,6 +61,25 @@ function createRegion(endpoint: ShmEndpoint, size: number): Region {
     case 'sysv': return Region.createSysV('private', { size, mode });
     case 'file': return Region.createFile(`${endpoint.name}.${process.pid}.${n}.ring`, { size, mode, exclusive: true });
   }
+}
+
+/** What a side says about how it sleeps: its mechanism's name and what a peer needs to ring it. */
+function wakeLine(endpoint: ShmEndpoint): Record<string, unknown> {
+  const mechanism = mechanismFor(endpoint.wake, endpoint.url);
+  return { mode: mechanism.name, params: mechanism.params() };
+}
+
+/** How to ring the peer, from its handshake line: its mechanism and that mechanism's parameters. */
+function peerWake(endpoint: ShmEndpoint, line: unknown): WakeParts {
+  if (typeof line !== 'object' || line === null || typeof (line as { mode?: unknown }).mode !== 'string') {
+    throw new HandshakeError('peer did not say how to wake it');
+  }
+  const { mode, params } = line as { mode: string; params?: unknown };
+  return {
+    mine: mechanismFor(endpoint.wake, endpoint.url),
+    peer: mechanismFor(mode, endpoint.url),
+    peerParams: typeof params === 'object' && params !== null ? params as Record<string, unknown> : {},
+  };
 }
 
 function attachRegion(endpoint: ShmEndpoint, reply: Record<string, unknown>): Region {
@@ -107,14 +128,15 @@ export class Listener extends EventEmitter implements ConnectionListener {
       const region = createRegion(this.endpoint, size);
       mapping = mapRegion(engine, region);
       formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, processStartTime(process.pid) ?? 0n);
-      writeLine(socket, { ok: true, kind: region.kind, name: region.name, shmid: region.shmid, size, capacity });
+      const wake = peerWake(this.endpoint, hello.wake);
+      writeLine(socket, { ok: true, kind: region.kind, name: region.name, shmid: region.shmid, size, capacity, wake: wakeLine(this.endpoint) });
       const { message: ack, rest } = await readLine(socket, this.handshakeTimeout);
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       region.remove();
       const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'producer');
       const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'consumer');
       this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener' });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake });
       mapping = undefined;
       if (this.closed) { void channel.close(); return; }
       this.emit('connection', channel);
@@ -188,11 +210,12 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   });
   let mapping: Mapping | undefined;
   try {
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid });
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: wakeLine(endpoint) });
     const { message: reply } = await readLine(socket, timeout);
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
     const engine = getEngine();
     try {
+      const wake = peerWake(endpoint, reply.wake);
       const region = attachRegion(endpoint, reply);
       mapping = mapRegion(engine, region);
       const info = readSegment(engine, mapping.window, region.size);
@@ -203,7 +226,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'producer');
       const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'consumer');
       writeLine(socket, { attached: true });
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector' });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake });
       mapping = undefined;
       return channel;
     } catch (error) {

@@ -1,0 +1,100 @@
+/**
+ * Wake mechanisms: how a parked side of a shm channel sleeps, and how its peer wakes it.
+ *
+ * The ring decides *whether* to sleep and *whether* to ring (park sequences, see assembly/ring.ts); a mechanism
+ * only carries the wakeup. Each side picks its own mechanism with `wake=` on its URL and tells the peer in the
+ * handshake how to ring it (`params`): a side sleeping on a futex is rung with FUTEX_WAKE, one sleeping on the
+ * control socket is rung with a doorbell byte, whatever the other side uses for itself.
+ *
+ * A ring happens at most once per park of the peer, so the cost of a mechanism is paid only when a side
+ * actually sleeps; a busy channel makes no system call at all.
+ */
+import type net from 'node:net';
+import type { Engine } from '../engine.js';
+import type { RingEnd } from '../ring.js';
+import { DOORBELL_DATA, DOORBELL_SPACE } from '../control.js';
+import { BadUrlError } from '../errors.js';
+
+/** The peer has records to read. */
+export const WAKE_DATA = 0;
+/** The peer has room to write. */
+export const WAKE_SPACE = 1;
+export type WakeKind = typeof WAKE_DATA | typeof WAKE_SPACE;
+
+/** This side's sleeping. `wait(kind)` is called after the ring said "park"; the mechanism then calls the
+ * channel's `onWake(kind)` once when rung. `cancel` is called when the channel stopped waiting by other means. */
+export interface Sleeper {
+  wait(kind: WakeKind): void;
+  cancel(kind: WakeKind): void;
+  close(): void;
+}
+
+/** Rings a peer that sleeps with a given mechanism. */
+export interface Bell {
+  ring(kind: WakeKind): void;
+  close(): void;
+}
+
+export interface SleeperContext {
+  engine: Engine;
+  /** Our outbound ring (we wait on it for WAKE_SPACE) and inbound ring (WAKE_DATA). */
+  tx: RingEnd;
+  rx: RingEnd;
+  socket: net.Socket;
+  onWake(kind: WakeKind): void;
+}
+
+export interface BellContext {
+  engine: Engine;
+  tx: RingEnd;
+  rx: RingEnd;
+  socket: net.Socket;
+  /** What the peer put in the handshake for its mechanism. */
+  params: Record<string, unknown>;
+}
+
+export interface WakeMechanism {
+  /** The name used in `wake=` and in the handshake. */
+  readonly name: string;
+  /** What the peer needs to ring us (JSON). Called once per connection, before the handshake line is sent. */
+  params(): Record<string, unknown>;
+  sleeper(ctx: SleeperContext): Sleeper;
+  bell(ctx: BellContext): Bell;
+}
+
+const BYTES = [Buffer.from([DOORBELL_DATA]), Buffer.from([DOORBELL_SPACE])] as const;
+
+/**
+ * The default park path: one byte on the channel's control socket, read through the event loop (epoll), so no
+ * thread blocks. The channel already reads doorbell bytes from the socket, so sleeping needs nothing more.
+ */
+export const doorbell: WakeMechanism = {
+  name: 'doorbell',
+  params: () => ({}),
+  sleeper: () => ({ wait() {}, cancel() {}, close() {} }),
+  bell: ({ socket }) => ({
+    ring(kind) {
+      if (!socket.destroyed) socket.write(BYTES[kind]);
+    },
+    close() {},
+  }),
+};
+
+const mechanisms = new Map<string, WakeMechanism>([['doorbell', doorbell]]);
+
+/** Makes a mechanism available to `wake=` and to the handshake. */
+export function registerWakeMechanism(mechanism: WakeMechanism): void {
+  mechanisms.set(mechanism.name, mechanism);
+}
+
+/** The mechanism a parked side uses for the given `wake=` mode (`adaptive` and `spin` park on the doorbell). */
+export function mechanismFor(mode: string, url = ''): WakeMechanism {
+  const mechanism = mechanisms.get(mode === 'adaptive' || mode === 'spin' ? 'doorbell' : mode);
+  if (!mechanism) throw new BadUrlError('unknown wake mode', url, { details: { wake: mode, supported: wakeModes().join(',') } });
+  return mechanism;
+}
+
+/** Every `wake=` value accepted. */
+export function wakeModes(): string[] {
+  return ['adaptive', 'spin', ...mechanisms.keys()];
+}
