@@ -5,3 +5,9 @@ export {
   ring_park, ring_unpark, ring_needs_wake, ring_close, ring_peer_closed, ring_wait_address, ring_wait_value,
   ring_wake_address,
 } from './ring';
+export {
+  topic_format, topic_open_publisher, topic_claim, topic_commit, topic_abort, topic_slowest, topic_evict,
+  topic_close_publisher, topic_publisher_park, topic_publisher_unpark, topic_join, topic_leave, topic_member,
+  topic_read, topic_oldest_seq, topic_add_dropped, topic_dropped, topic_release, topic_pending,
+  topic_publisher_closed, topic_park, topic_unpark, topic_wait_address, topic_wait_value, topic_slot,
+} from './broadcast';

@@ -120,12 +120,13 @@ export const RING_E_HEADER = -5;
 export const PAGE_SIZE = 4096;
 export const WASM_PAGE_SIZE = 65536;
 export const PRIVATE_BASE = 65536;
-export const HANDLE_SIZE = 64;
+export const HANDLE_SIZE = 128;
 export const MAX_HANDLES = 4096;
 export const BATCH_BASE = PRIVATE_BASE + HANDLE_SIZE * MAX_HANDLES;
 export const BATCH_MAX = 4096;
 export const BATCH_ENTRY_SIZE = 12;
-export const BATCH_END = BATCH_BASE + BATCH_MAX * BATCH_ENTRY_SIZE;
+/** The batch area fits BATCH_MAX entries of the larger (topic) kind. */
+export const BATCH_END = BATCH_BASE + BATCH_MAX * 16;
 export const WINDOW_BASE = 1 << 20; // above BATCH_END (the build test checks)
 
 // --- handle: one endpoint of a ring, private to this process --------------------------------------------------
@@ -158,4 +159,93 @@ export function ringOffset(index: u32, capacity: u32): u32 {
 export function segmentBytes(ringCount: u32, capacity: u32): u32 {
   const bytes = ringOffset(ringCount, capacity);
   return ((bytes + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
+}
+
+// ─── Topic segment (broadcast ring: one publisher, many subscribers) ──────────────────────────────────────
+// A topic segment starts with the same 128-byte segment header (magic TOPIC_MAGIC, ringCount 1, ringCapacity =
+// the data bytes), then:
+//
+//   128  topic header
+//     0    capacity u32            creator      data bytes, a power of two
+//     4    maxSubscribers u32      creator      slots in the table below
+//     8    policy u32              creator      POLICY_LOSSLESS or POLICY_LOSSY
+//     12   history u32            creator      the newest `history` records are never reclaimed (late joiners)
+//     16…127 reserved
+//     128  tailPosition u64        publisher    bytes ever published
+//     136  tailSeq u64             publisher    sequence number the next record gets (records count from 0)
+//     144  headPosition u64        publisher    oldest record still in the ring
+//     152  headSeq u64             publisher    its sequence number
+//     160  wakeSeq u32             publisher    bumped when records are published while someone sleeps (futex)
+//     164  publisherPid u32        publisher    0 when no publisher is attached
+//     168  publisherStart u64      publisher
+//     176  publisherClosed u32     publisher    1 once the publisher is gone for good
+//     180  reclaimGen u32          publisher    odd while the publisher moves head (a seqlock joiners read around)
+//     184  publisherParked u32     publisher    1 while a lossless publisher waits for the slowest subscriber
+//     188…255 reserved
+//     256  sleepers u32            subscribers  how many subscribers are parked (atomic add/sub by each)
+//     260  spaceWake u32           subscribers  bumped (atomic add) by a subscriber that frees room for a parked publisher
+//     264…383 reserved
+//   128+384  subscriber slots, maxSubscribers × TOPIC_SLOT_SIZE:
+//     0    state u32               claim word   SLOT_FREE → SLOT_ACTIVE by a joining subscriber (compare-and-swap);
+//                                               SLOT_ACTIVE → SLOT_FREE by its owner, or by the publisher evicting a
+//                                               dead owner (compare-and-swap)
+//     4    pid u32                 subscriber
+//     8    startTime u64           subscriber
+//     16   cursorPosition u64      subscriber   next byte to read; the lossless publisher never passes it
+//     24   cursorSeq u64           subscriber   sequence number of that record
+//     32   dropped u64             subscriber   records lost to lapping (lossy), a counter for tools
+//     40   parked u32              subscriber   1 while counted in sleepers (so an evictor can uncount it)
+//     44…127 reserved
+//   then data[capacity]: records with a 16-byte header:
+//     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 8
+export const TOPIC_MAGIC = 0x54424853; // "SHBT"
+export const TOPIC_HEADER_OFFSET = SEGMENT_HEADER_SIZE;
+export const TOPIC_CAPACITY_OFFSET = 0;
+export const TOPIC_MAX_SUBSCRIBERS_OFFSET = 4;
+export const TOPIC_POLICY_OFFSET = 8;
+export const TOPIC_HISTORY_OFFSET = 12;
+export const TOPIC_TAIL_OFFSET = 128;
+export const TOPIC_TAIL_SEQ_OFFSET = 136;
+export const TOPIC_HEAD_OFFSET = 144;
+export const TOPIC_HEAD_SEQ_OFFSET = 152;
+export const TOPIC_WAKE_OFFSET = 160;
+export const TOPIC_PUBLISHER_PID_OFFSET = 164;
+export const TOPIC_PUBLISHER_START_OFFSET = 168;
+export const TOPIC_PUBLISHER_CLOSED_OFFSET = 176;
+export const TOPIC_RECLAIM_GEN_OFFSET = 180;
+export const TOPIC_PUBLISHER_PARK_OFFSET = 184;
+export const TOPIC_SLEEPERS_OFFSET = 256;
+export const TOPIC_SPACE_WAKE_OFFSET = 260;
+export const TOPIC_HEADER_SIZE = 384;
+export const TOPIC_SLOT_SIZE = 128;
+export const SLOT_STATE_OFFSET = 0;
+export const SLOT_PID_OFFSET = 4;
+export const SLOT_START_OFFSET = 8;
+export const SLOT_CURSOR_OFFSET = 16;
+export const SLOT_CURSOR_SEQ_OFFSET = 24;
+export const SLOT_DROPPED_OFFSET = 32;
+export const SLOT_PARKED_OFFSET = 40;
+export const SLOT_FREE = 0;
+export const SLOT_ACTIVE = 1;
+export const POLICY_LOSSLESS = 0;
+export const POLICY_LOSSY = 1;
+export const TOPIC_MAX_SUBSCRIBERS = 256;
+export const BC_RECORD_HEADER_SIZE = 16;
+export const BC_RECORD_SEQ_OFFSET = 8;
+/** ring_read-style batch entries for topics: address, length, type, seq (low 32 bits). */
+export const BC_BATCH_ENTRY_SIZE = 16;
+
+/** Largest payload a topic of `capacity` accepts. */
+export function topicMaxPayload(capacity: u32): u32 {
+  return (capacity >>> 1) - BC_RECORD_HEADER_SIZE;
+}
+
+/** Offset of the data in a topic segment. */
+export function topicDataOffset(maxSubscribers: u32): u32 {
+  return TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + maxSubscribers * TOPIC_SLOT_SIZE;
+}
+
+/** Bytes a topic segment needs, rounded up to whole pages. */
+export function topicBytes(maxSubscribers: u32, capacity: u32): u32 {
+  return ((topicDataOffset(maxSubscribers) + capacity + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
 }

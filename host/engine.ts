@@ -32,12 +32,41 @@ export interface RingExports {
   ring_wait_address(h: number): number;
   ring_wait_value(h: number): number;
   ring_wake_address(h: number): number;
+  topic_format(topic: number, capacity: number, maxSubs: number, policy: number, history: number): number;
+  topic_open_publisher(h: number, topic: number, capacity: number, maxSubs: number): number;
+  topic_claim(h: number, length: number, type: number): number;
+  topic_commit(h: number, length: number): number;
+  topic_abort(h: number): number;
+  topic_slowest(h: number): number;
+  topic_evict(h: number, index: number): number;
+  topic_close_publisher(h: number): void;
+  topic_publisher_park(h: number, need: number): number;
+  topic_publisher_unpark(h: number): void;
+  topic_join(h: number, topic: number, capacity: number, maxSubs: number, index: number, fromEarliest: number, pid: number, start: number): number;
+  topic_leave(h: number): void;
+  topic_member(h: number): number;
+  topic_read(h: number, out: number, max: number): number;
+  topic_oldest_seq(h: number): number;
+  topic_add_dropped(h: number, n: number): void;
+  topic_dropped(h: number): number;
+  topic_release(h: number): number;
+  topic_pending(h: number): number;
+  topic_publisher_closed(h: number): number;
+  topic_park(h: number): number;
+  topic_unpark(h: number): void;
+  topic_wait_address(h: number): number;
+  topic_wait_value(h: number): number;
+  topic_slot(h: number): number;
 }
 
 export const REQUIRED_EXPORTS: readonly (keyof RingExports)[] = [
   'ring_format', 'ring_open', 'ring_claim', 'ring_commit', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
   'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed', 'ring_wait_address',
-  'ring_wait_value', 'ring_wake_address',
+  'ring_wait_value', 'ring_wake_address', 'topic_format', 'topic_open_publisher', 'topic_claim', 'topic_commit',
+  'topic_abort', 'topic_slowest', 'topic_evict', 'topic_close_publisher', 'topic_publisher_park', 'topic_publisher_unpark',
+  'topic_join', 'topic_leave', 'topic_member', 'topic_read', 'topic_oldest_seq', 'topic_add_dropped', 'topic_dropped',
+  'topic_release', 'topic_pending', 'topic_publisher_closed', 'topic_park', 'topic_unpark', 'topic_wait_address',
+  'topic_wait_value', 'topic_slot',
 ];
 
 /** Finds build/shmbus.wasm from both the sources (host/) and the compiled output (dist/host/). */
