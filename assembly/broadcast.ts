@@ -116,6 +116,9 @@ export function topic_open_publisher(h: usize, topic: usize, capacity: u32, maxS
   // A publisher that died holding the seqlock left it odd; make it even again.
   const gen = atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET);
   if (gen & 1) atomic.store<u32>(topic, gen + 1, TOPIC_RECLAIM_GEN_OFFSET);
+  // A new publisher reopens a closed topic (its subscribers had ended; new ones may join).
+  // SYNC: pairs with the load in topic_publisher_closed.
+  atomic.store<u32>(topic, 0, TOPIC_PUBLISHER_CLOSED_OFFSET);
   store<u64>(h, tail, TH_POSITION);
   store<u64>(h, tailSeq, TH_SEQ);
   store<u64>(h, head, TH_HEAD);

@@ -249,3 +249,26 @@ export function topicDataOffset(maxSubscribers: u32): u32 {
 export function topicBytes(maxSubscribers: u32, capacity: u32): u32 {
   return ((topicDataOffset(maxSubscribers) + capacity + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
 }
+
+// ─── Bus registry segment ─────────────────────────────────────────────────────────────────────────────────
+// The same 128-byte segment header (magic REGISTRY_MAGIC, ringCount = topic entries, ringCapacity = member
+// slots), then REGISTRY_MEMBERS member slots and the topic entries:
+//   member slot (16 bytes): pid u32 (claim word: 0 → pid by compare-and-swap; back to 0 by its owner or by
+//     anyone who finds the pid dead) · reserved u32 · startTime u64
+//   topic entry (128 bytes): state u32 (claim word: 0 free → 1 being written → 2 ready, compare-and-swap by the
+//     creator) · nameLength u32 · capacity u32 · maxSubscribers u32 · policy u32 · history u32 · creatorPid u32 ·
+//     reserved u32 · name (up to 96 bytes, UTF-8)
+export const REGISTRY_MAGIC = 0x52424853; // "SHBR"
+export const REGISTRY_MEMBERS = 256;
+export const REGISTRY_MEMBER_SIZE = 16;
+export const REGISTRY_TOPICS = 256;
+export const REGISTRY_ENTRY_SIZE = 128;
+export const REGISTRY_NAME_OFFSET = 32;
+export const REGISTRY_NAME_MAX = 96;
+export const ENTRY_FREE = 0;
+export const ENTRY_WRITING = 1;
+export const ENTRY_READY = 2;
+
+export function registryBytes(topics: u32, members: u32): u32 {
+  return ((SEGMENT_HEADER_SIZE + members * REGISTRY_MEMBER_SIZE + topics * REGISTRY_ENTRY_SIZE + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
+}

@@ -7,7 +7,8 @@ import {
   SEGMENT_MAGIC, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_FEATURES_OFFSET,
   SEG_HEADER_SIZE_OFFSET, SEG_SIZE_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, SEG_CREATOR_PID_OFFSET,
   SEG_CREATOR_START_OFFSET, SEGMENT_HEADER_SIZE, FEATURES_KNOWN, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
-  TOPIC_MAGIC, TOPIC_MAX_SUBSCRIBERS, ringOffset, segmentBytes, topicBytes,
+  TOPIC_MAGIC, TOPIC_MAX_SUBSCRIBERS, REGISTRY_MAGIC, REGISTRY_TOPICS, REGISTRY_MEMBERS, ringOffset, segmentBytes,
+  topicBytes, registryBytes,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { RingEnd } from './ring.js';
@@ -32,12 +33,19 @@ export interface SegmentKind {
   /** Largest `ringCount` field (rings of a channel, subscriber slots of a topic). */
   maxCount: number;
   bytes(count: number, capacity: number): number;
+  /** Whether the capacity field is plausible (rings: a power of two in range). */
+  capacityOk?(capacity: number): boolean;
 }
 
 /** A channel: two SPSC rings. */
 export const CHANNEL_SEGMENT: SegmentKind = { name: 'channel', magic: SEGMENT_MAGIC, maxCount: 64, bytes: segmentBytes };
 /** A topic: a broadcast ring; the count field holds the number of subscriber slots. */
 export const TOPIC_SEGMENT: SegmentKind = { name: 'topic', magic: TOPIC_MAGIC, maxCount: TOPIC_MAX_SUBSCRIBERS, bytes: topicBytes };
+/** A bus registry: the count field holds topic entries, the capacity field member slots. */
+export const REGISTRY_SEGMENT: SegmentKind = {
+  name: 'registry', magic: REGISTRY_MAGIC, maxCount: REGISTRY_TOPICS, bytes: registryBytes,
+  capacityOk: (members) => members === REGISTRY_MEMBERS,
+};
 
 /** Writes the header fields except the version (call publishVersion once the body is formatted too). */
 export function writeHeader(engine: Engine, at: number, kind: SegmentKind, count: number, capacity: number, creatorPid: number, creatorStart: bigint): void {
@@ -88,7 +96,10 @@ export function readSegment(engine: Engine, at: number, mapped: number, kind: Se
   const capacity = view.getUint32(at + SEG_RING_CAPACITY_OFFSET, true);
   const size = Number(view.getBigUint64(at + SEG_SIZE_OFFSET, true));
   if (headerSize !== SEGMENT_HEADER_SIZE) throw new CorruptError('segment header size is wrong', { headerSize });
-  if ((capacity & (capacity - 1)) !== 0 || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY) {
+  const capacityOk = kind.capacityOk
+    ? kind.capacityOk(capacity)
+    : (capacity & (capacity - 1)) === 0 && capacity >= RING_MIN_CAPACITY && capacity <= RING_MAX_CAPACITY;
+  if (!capacityOk) {
     throw new CorruptError('ring capacity is not a valid power of two', { capacity });
   }
   if (ringCount < 1 || ringCount > kind.maxCount) throw new CorruptError('ring count out of range', { ringCount });

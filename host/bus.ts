@@ -1,0 +1,735 @@
+/**
+ * Pub/sub on one machine: a Bus is a namespace of topics, each a broadcast ring in its own segment, plus a
+ * registry segment that lists the topics and the processes using the bus.
+ *
+ *   const bus = await Bus.open('shm://market');
+ *   const ticks = bus.publisher('ticks', { capacity: '16MiB', policy: 'lossless', history: 1024 });
+ *   ticks.publish({ sym: 'ACME', px: 12.5 });
+ *   for await (const t of bus.subscribe('ticks', { from: 'latest' })) { … }
+ *
+ * Naming: `shm://market` keeps the registry in `/shmbus.bus.market` and topic `ticks` in
+ * `/shmbus.bus.market.ticks` (POSIX shared memory); the last process to close the bus removes them.
+ * `file:///dir/market` keeps them in `/dir/market.registry` and `/dir/market.ticks.topic`: files that persist,
+ * so a topic's history survives restarts (remove them with `bus.destroy()`).
+ */
+import { EventEmitter } from 'node:events';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { Packr, Unpackr } from 'msgpackr';
+import {
+  RECORD_BYTES, RECORD_MSGPACK, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE,
+  REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_FREE, ENTRY_WRITING, ENTRY_READY, SEGMENT_HEADER_SIZE,
+  TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET,
+  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, registryBytes, topicBytes,
+} from '../assembly/layout.js';
+import { getEngine, type Engine } from './engine.js';
+import { Region } from './region.js';
+import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGMENT } from './segment.js';
+import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from './topic.js';
+import { parseSize, schemeOf } from './url.js';
+import { isProcessAlive, processStartTime } from './sys/proc.js';
+import {
+  BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, QueueFullError,
+  ShmbusError, TimeoutError, UnknownSchemeError,
+} from './errors.js';
+
+/** A lossless publisher held by a subscriber checks that subscriber's process this often. */
+export const LIVENESS_MS = 250;
+const YIELD_MS = 2;
+const DEFAULT_CAPACITY = 1 << 20;
+const DEFAULT_MAX_SUBSCRIBERS = 64;
+const DEFAULT_MAX_QUEUED = 65536;
+const TOPIC_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export interface PublisherOptions {
+  /** Ring bytes: a power of two, number or '16MiB'. Default 1 MiB. */
+  capacity?: number | string;
+  /** 'lossless' (default): wait for the slowest live subscriber; 'lossy': never wait, subscribers may lap. */
+  policy?: Policy;
+  /** The newest `history` messages stay available to late joiners (`from: 'earliest'`). Default 0. */
+  history?: number;
+  /** Subscriber slots. Default 64. */
+  maxSubscribers?: number;
+  /** Hard cap of messages waiting locally when the topic is full (lossless). Default 65536. */
+  maxQueued?: number;
+}
+
+export interface SubscribeOptions {
+  /** 'latest' (default): only messages published from now on; 'earliest': the retained history first. */
+  from?: 'latest' | 'earliest';
+  /** false: fail with ERR_SHMBUS_NOT_FOUND when the topic does not exist yet, instead of waiting for it. */
+  create?: boolean;
+  /** Give up waiting for the topic to appear after this many ms (ERR_SHMBUS_TIMEOUT). Default: wait forever. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+/** One topic as the registry lists it, with its live state. */
+export interface TopicInfo {
+  name: string;
+  capacity: number;
+  policy: Policy;
+  history: number;
+  maxSubscribers: number;
+  published: number;
+  publisher: { pid: number; alive: boolean } | null;
+  subscribers: { pid: number; alive: boolean; seq: number; dropped: number }[];
+}
+
+interface Naming { registry: string; topic(name: string): string; kind: 'posix' | 'file' }
+
+function naming(url: string): Naming {
+  const scheme = schemeOf(url);
+  if (scheme !== 'shm' && scheme !== 'file') throw new UnknownSchemeError(url, scheme);
+  let parsed: URL;
+  try { parsed = new URL(url); } catch (cause) { throw new BadUrlError('URL does not parse', url, { cause }); }
+  if ([...parsed.searchParams.keys()].length) throw new BadUrlError('a bus URL takes no options', url);
+  if (scheme === 'shm') {
+    const ns = parsed.host + (parsed.pathname === '/' ? '' : parsed.pathname);
+    if (!/^[A-Za-z0-9_.-]{1,100}$/.test(ns)) throw new BadUrlError('bus name may hold letters, digits, _ . - (1 to 100)', url);
+    return { kind: 'posix', registry: `/shmbus.bus.${ns}`, topic: (t) => `/shmbus.bus.${ns}.${t}` };
+  }
+  if (parsed.host !== '' || !parsed.pathname.startsWith('/') || parsed.pathname.endsWith('/')) {
+    throw new BadUrlError('file: bus URL needs an absolute path (file:///dir/name)', url);
+  }
+  const base = decodeURIComponent(parsed.pathname);
+  return { kind: 'file', registry: `${base}.registry`, topic: (t) => `${base}.${t}.topic` };
+}
+
+function checkTopicName(name: unknown): string {
+  if (typeof name !== 'string' || !TOPIC_NAME.test(name)) throw new BadArgumentError('topic name may hold letters, digits, _ . - (1 to 64)', { topic: String(name) });
+  return name;
+}
+
+/** A segment mapped into a window of the engine. */
+class Mapped {
+  constructor(readonly engine: Engine, readonly region: Region, readonly at: number) {}
+
+  static map(engine: Engine, region: Region): Mapped {
+    const at = engine.allocWindow(region.size);
+    try {
+      region.mapAt(engine.address(at));
+    } catch (error) {
+      engine.freeWindow(at, region.size);
+      region.close();
+      throw error;
+    }
+    return new Mapped(engine, region, at);
+  }
+
+  unmap(): void {
+    try {
+      this.region.unmapAt(this.engine.address(this.at));
+      this.engine.freeWindow(this.at, this.region.size);
+    } finally {
+      this.region.close();
+    }
+  }
+}
+
+function createOrAttach(kind: 'posix' | 'file', name: string, size: number): Region {
+  return kind === 'posix' ? Region.createPosix(name, { size, exclusive: false }) : Region.createFile(name, { size, exclusive: false });
+}
+
+function attachExisting(kind: 'posix' | 'file', name: string): Region {
+  return kind === 'posix' ? Region.attachPosix(name) : Region.attachFile(name);
+}
+
+/** Waits until a creator has published the segment's version (it formats right after creating). */
+async function readyHeader(m: Mapped, kind: typeof TOPIC_SEGMENT): Promise<ReturnType<typeof readSegment>> {
+  for (let i = 0; ; i++) {
+    try {
+      return readSegment(m.engine, m.at, m.region.size, kind);
+    } catch (error) {
+      const unready = error instanceof CorruptError && /not initialised|bad magic/.test(error.message);
+      if (!unready || i > 200) throw error;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
+/**
+ * Sleeps until the 32-bit word at `offset` differs from `value`, or `timeoutMs` passed. Polls with a
+ * growing interval (0.25 → 8 ms): an idle subscriber costs a timer tick, not a core.
+ */
+async function sleepOnWord(engine: Engine, offset: number, value: number, timeoutMs: number, stop: () => boolean): Promise<void> {
+  const words = new Uint32Array(engine.memory.buffer);
+  const deadline = performance.now() + timeoutMs;
+  for (let delay = 0.25; ; delay = Math.min(delay * 2, 8)) {
+    // SYNC: pairs with the atomic.add of the word in topic_commit / topic_release.
+    if (Atomics.load(words, offset >>> 2) !== value || stop()) return;
+    const left = deadline - performance.now();
+    if (left <= 0) return;
+    await new Promise((r) => setTimeout(r, Math.min(delay, left)));
+  }
+}
+
+export class Bus {
+  readonly url: string;
+  private readonly engine: Engine;
+  private readonly names: Naming;
+  private readonly registry: Mapped;
+  private readonly memberSlot: number;
+  private readonly endpoints = new Set<Publisher | Subscription>();
+  private closed = false;
+
+  private constructor(url: string, engine: Engine, names: Naming, registry: Mapped, memberSlot: number) {
+    this.url = url;
+    this.engine = engine;
+    this.names = names;
+    this.registry = registry;
+    this.memberSlot = memberSlot;
+  }
+
+  /** Opens (creating if needed) the bus named by `url` (`shm://name` or `file:///path/name`). */
+  static async open(url: string): Promise<Bus> {
+    const names = naming(url);
+    const engine = getEngine();
+    const size = registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS);
+    const region = createOrAttach(names.kind, names.registry, size);
+    const registry = Mapped.map(engine, region);
+    try {
+      if (region.created) {
+        writeHeader(engine, registry.at, REGISTRY_SEGMENT, REGISTRY_TOPICS, REGISTRY_MEMBERS, process.pid, processStartTime(process.pid) ?? 0n);
+        publishVersion(engine, registry.at);
+      } else {
+        await readyHeader(registry, REGISTRY_SEGMENT);
+      }
+      // Whoever removes the bus is decided by membership, not by who created it.
+      region.releaseOwnership();
+      const slot = joinMembers(engine, registry.at);
+      return new Bus(url, engine, names, registry, slot);
+    } catch (error) {
+      registry.unmap();
+      throw error;
+    }
+  }
+
+  /** A publisher for `topic`, creating the topic if needed. One publisher per topic at a time. */
+  publisher(topic: string, options: PublisherOptions = {}): Publisher {
+    this.checkOpen();
+    const name = checkTopicName(topic);
+    const capacity = typeof options.capacity === 'string' ? parseSize(options.capacity) : options.capacity ?? DEFAULT_CAPACITY;
+    if (capacity === undefined || !Number.isInteger(capacity) || (capacity & (capacity - 1)) !== 0 || capacity < 1024 || capacity > 1 << 28) {
+      throw new BadArgumentError('capacity must be a power of two from 1 KiB to 256 MiB', { capacity: options.capacity });
+    }
+    const policy = options.policy ?? 'lossless';
+    if (policy !== 'lossless' && policy !== 'lossy') throw new BadArgumentError('policy is lossless or lossy', { policy });
+    const history = options.history ?? 0;
+    if (!Number.isInteger(history) || history < 0) throw new BadArgumentError('history must be a non-negative integer', { history });
+    const maxSubscribers = options.maxSubscribers ?? DEFAULT_MAX_SUBSCRIBERS;
+    if (!Number.isInteger(maxSubscribers) || maxSubscribers < 1 || maxSubscribers > 256) throw new BadArgumentError('maxSubscribers must be 1 to 256', { maxSubscribers });
+    const geometry = { capacity, policy, history, maxSubscribers };
+    const size = topicBytes(maxSubscribers, capacity);
+    const region = createOrAttach(this.names.kind, this.names.topic(name), size);
+    let mapped: Mapped | undefined;
+    try {
+      mapped = Mapped.map(this.engine, region);
+      if (region.created) {
+        formatTopic(this.engine, mapped.at, geometry, process.pid, processStartTime(process.pid) ?? 0n);
+        registerTopic(this.engine, this.registry.at, name, geometry);
+        // Formatted and listed: from now on the bus's last member removes it, not this publisher.
+        region.releaseOwnership();
+      } else {
+        const info = readSegment(this.engine, mapped.at, region.size, TOPIC_SEGMENT);
+        const state = readTopicState(this.engine, mapped.at, info.ringCount);
+        if (info.capacity !== capacity || info.ringCount !== maxSubscribers || state.policy !== policy || state.history !== history) {
+          throw new BadArgumentError('the topic exists with other options', {
+            topic: name, capacity: info.capacity, maxSubscribers: info.ringCount, policy: state.policy, history: state.history,
+          });
+        }
+      }
+      const publisher = new Publisher(this, name, mapped, capacity, maxSubscribers, options.maxQueued ?? DEFAULT_MAX_QUEUED);
+      this.endpoints.add(publisher);
+      return publisher;
+    } catch (error) {
+      if (mapped) mapped.unmap();
+      else region.close();
+      throw error;
+    }
+  }
+
+  /**
+   * Subscribes to `topic`. If the topic does not exist yet, waits for a publisher to create it (unless
+   * `create: false`). The subscription is an async iterable of messages.
+   */
+  subscribe(topic: string, options: SubscribeOptions = {}): Subscription {
+    this.checkOpen();
+    const name = checkTopicName(topic);
+    const from = options.from ?? 'latest';
+    if (from !== 'latest' && from !== 'earliest') throw new BadArgumentError("from is 'latest' or 'earliest'", { from });
+    let exists = true;
+    try { attachExisting(this.names.kind, this.names.topic(name)).close(); } catch (error) {
+      if (!(error instanceof ShmbusError && error.code === ErrorCode.NOT_FOUND)) throw error;
+      exists = false;
+    }
+    if (!exists && options.create === false) {
+      throw new ShmbusError(ErrorCode.NOT_FOUND, 'no such topic', { details: { topic: name, bus: this.url } });
+    }
+    const subscription = new Subscription(this, name, from === 'earliest', options);
+    this.endpoints.add(subscription);
+    return subscription;
+  }
+
+  /** The topics the registry lists, with their publisher and subscribers and whether each is alive. */
+  topics(): TopicInfo[] {
+    this.checkOpen();
+    const out: TopicInfo[] = [];
+    for (const entry of readEntries(this.engine, this.registry.at)) {
+      const info: TopicInfo = { ...entry, published: 0, publisher: null, subscribers: [] };
+      try {
+        const m = Mapped.map(this.engine, attachExisting(this.names.kind, this.names.topic(entry.name)));
+        try {
+          const header = readSegment(this.engine, m.at, m.region.size, TOPIC_SEGMENT);
+          const state = readTopicState(this.engine, m.at, header.ringCount);
+          info.published = state.published;
+          if (state.publisherPid) info.publisher = { pid: state.publisherPid, alive: isProcessAlive(state.publisherPid, state.publisherStart || undefined) };
+          info.subscribers = state.subscribers.map((s) => ({ pid: s.pid, alive: isProcessAlive(s.pid, s.startTime || undefined), seq: s.seq, dropped: s.dropped }));
+        } finally {
+          m.unmap();
+        }
+      } catch { /* listed but gone: report it without live state */ }
+      out.push(info);
+    }
+    return out;
+  }
+
+  /** @internal */
+  get _engine(): Engine { return this.engine; }
+  /** @internal */
+  _topicRegion(name: string): Region { return attachExisting(this.names.kind, this.names.topic(name)); }
+  /** @internal */
+  _forget(endpoint: Publisher | Subscription): void { this.endpoints.delete(endpoint); }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ClosedError('bus is closed', { url: this.url });
+  }
+
+  /**
+   * Closes every publisher and subscription of this bus object and leaves the registry. The last live member of
+   * a shm:// bus removes its segments; a file:// bus keeps its files (see destroy()).
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const e of [...this.endpoints]) await e.close();
+    leaveMembers(this.engine, this.registry.at, this.memberSlot);
+    const last = liveMembers(this.engine, this.registry.at) === 0;
+    const entries = last && this.names.kind === 'posix' ? readEntries(this.engine, this.registry.at) : [];
+    this.registry.unmap();
+    if (last && this.names.kind === 'posix') this.removeAll(entries.map((e) => e.name));
+  }
+
+  /** Closes, then removes the registry and every listed topic, whoever still uses them (files included). */
+  async destroy(): Promise<void> {
+    const entries = this.closed ? [] : readEntries(this.engine, this.registry.at);
+    await this.close();
+    this.removeAll(entries.map((e) => e.name));
+  }
+
+  private removeAll(topics: string[]): void {
+    for (const name of [...topics.map((t) => this.names.topic(t)), this.names.registry]) {
+      try { const r = attachExisting(this.names.kind, name); r.remove(); r.close(); } catch { /* already gone */ }
+    }
+  }
+}
+
+// --- registry ----------------------------------------------------------------------------------------------------
+
+function memberView(engine: Engine, at: number): { words: Int32Array; view: DataView; base: number } {
+  return { words: new Int32Array(engine.memory.buffer), view: new DataView(engine.memory.buffer), base: at + SEGMENT_HEADER_SIZE };
+}
+
+function joinMembers(engine: Engine, at: number): number {
+  const { words, view, base } = memberView(engine, at);
+  for (let i = 0; i < REGISTRY_MEMBERS; i++) {
+    const slot = base + i * REGISTRY_MEMBER_SIZE;
+    const pid = Atomics.load(words, slot >>> 2);
+    // A dead member's slot is reclaimed by whoever finds it (compare-and-swap, so only one wins).
+    const free = pid === 0 || !isProcessAlive(pid, view.getBigUint64(slot + 8, true) || undefined);
+    // SYNC: pairs with the loads in liveMembers and the CAS of other joiners.
+    if (free && Atomics.compareExchange(words, slot >>> 2, pid, process.pid) === pid) {
+      view.setBigUint64(slot + 8, processStartTime(process.pid) ?? 0n, true);
+      return i;
+    }
+  }
+  throw new ShmbusError(ErrorCode.LIMIT, 'the bus has no free member slot', { details: { max: REGISTRY_MEMBERS } });
+}
+
+function leaveMembers(engine: Engine, at: number, index: number): void {
+  const { words, base } = memberView(engine, at);
+  // SYNC: pairs with the loads in liveMembers.
+  Atomics.compareExchange(words, (base + index * REGISTRY_MEMBER_SIZE) >>> 2, process.pid, 0);
+}
+
+function liveMembers(engine: Engine, at: number): number {
+  const { words, view, base } = memberView(engine, at);
+  let n = 0;
+  for (let i = 0; i < REGISTRY_MEMBERS; i++) {
+    const slot = base + i * REGISTRY_MEMBER_SIZE;
+    const pid = Atomics.load(words, slot >>> 2);
+    if (pid !== 0 && isProcessAlive(pid, view.getBigUint64(slot + 8, true) || undefined)) n++;
+  }
+  return n;
+}
+
+const entriesBase = (at: number) => at + SEGMENT_HEADER_SIZE + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE;
+
+function registerTopic(engine: Engine, at: number, name: string, g: { capacity: number; policy: Policy; history: number; maxSubscribers: number }): void {
+  const words = new Int32Array(engine.memory.buffer);
+  const view = new DataView(engine.memory.buffer);
+  const bytes = Buffer.from(name, 'utf8');
+  if (readEntries(engine, at).some((e) => e.name === name)) return;
+  for (let i = 0; i < REGISTRY_TOPICS; i++) {
+    const e = entriesBase(at) + i * REGISTRY_ENTRY_SIZE;
+    // SYNC: the claim word; pairs with the loads in readEntries (an entry is read only once READY).
+    if (Atomics.compareExchange(words, e >>> 2, ENTRY_FREE, ENTRY_WRITING) !== ENTRY_FREE) continue;
+    view.setUint32(e + 4, bytes.length, true);
+    view.setUint32(e + 8, g.capacity, true);
+    view.setUint32(e + 12, g.maxSubscribers, true);
+    view.setUint32(e + 16, g.policy === 'lossy' ? 1 : 0, true);
+    view.setUint32(e + 20, g.history, true);
+    view.setUint32(e + 24, process.pid, true);
+    engine.u8.set(bytes, e + REGISTRY_NAME_OFFSET);
+    Atomics.store(words, e >>> 2, ENTRY_READY);
+    return;
+  }
+  throw new ShmbusError(ErrorCode.LIMIT, 'the bus registry is full', { details: { maxTopics: REGISTRY_TOPICS } });
+}
+
+function readEntries(engine: Engine, at: number): { name: string; capacity: number; policy: Policy; history: number; maxSubscribers: number }[] {
+  const words = new Int32Array(engine.memory.buffer);
+  const view = new DataView(engine.memory.buffer);
+  const out = [];
+  for (let i = 0; i < REGISTRY_TOPICS; i++) {
+    const e = entriesBase(at) + i * REGISTRY_ENTRY_SIZE;
+    // SYNC: pairs with the Atomics.store of ENTRY_READY in registerTopic.
+    if (Atomics.load(words, e >>> 2) !== ENTRY_READY) continue;
+    const length = view.getUint32(e + 4, true);
+    if (length > REGISTRY_NAME_MAX) continue; // a corrupt entry is skipped, never read past
+    out.push({
+      name: Buffer.from(engine.u8.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length)).toString('utf8'),
+      capacity: view.getUint32(e + 8, true),
+      maxSubscribers: view.getUint32(e + 12, true),
+      policy: (view.getUint32(e + 16, true) === 1 ? 'lossy' : 'lossless') as Policy,
+      history: view.getUint32(e + 20, true),
+    });
+  }
+  return out;
+}
+
+// --- publisher ---------------------------------------------------------------------------------------------------
+
+interface Queued { type: number; bytes: Uint8Array }
+
+/**
+ * The publishing end of a topic. `publish` follows `send`'s conventions: always takes the message, returns
+ * false once messages wait locally (a lossless topic held by a slow subscriber); `drained()` says when to go on.
+ */
+export class Publisher extends EventEmitter {
+  readonly topic: string;
+  readonly maxMessageSize: number;
+  readonly maxQueued: number;
+  private readonly bus: Bus;
+  private readonly mapped: Mapped;
+  private readonly writer: TopicWriter;
+  private readonly maxSubscribers: number;
+  private readonly packr = new Packr({ useRecords: false });
+  private readonly queue: Queued[] = [];
+  private pumping = false;
+  private closed = false;
+  private wakeScheduled = false;
+  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+
+  /** @internal use Bus.publisher */
+  constructor(bus: Bus, topic: string, mapped: Mapped, capacity: number, maxSubscribers: number, maxQueued: number) {
+    super();
+    this.bus = bus;
+    this.topic = topic;
+    this.mapped = mapped;
+    this.maxSubscribers = maxSubscribers;
+    this.maxQueued = maxQueued;
+    const engine = mapped.engine;
+    // Claim the topic: one publisher at a time; a dead one's claim is taken over.
+    const words = new Int32Array(engine.memory.buffer);
+    const view = new DataView(engine.memory.buffer);
+    const pidWord = (mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_PID_OFFSET) >>> 2;
+    const current = Atomics.load(words, pidWord);
+    const currentStart = view.getBigUint64(mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_START_OFFSET, true);
+    if (current !== 0 && isProcessAlive(current, currentStart || undefined)) {
+      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher', { details: { topic, pid: current } });
+    }
+    // SYNC: pairs with this load in other would-be publishers: only one CAS wins.
+    if (Atomics.compareExchange(words, pidWord, current, process.pid) !== current) {
+      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher', { details: { topic } });
+    }
+    view.setBigUint64(mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_START_OFFSET, processStartTime(process.pid) ?? 0n, true);
+    this.writer = new TopicWriter(engine, mapped.at, capacity, maxSubscribers);
+    this.maxMessageSize = this.writer.maxPayload;
+  }
+
+  /** Messages waiting locally. */
+  get queued(): number { return this.queue.length; }
+
+  /** Publishes a value (msgpack). */
+  publish(value: unknown): boolean {
+    this.checkOpen();
+    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  /** Publishes raw bytes (copied). */
+  publishBytes(bytes: Uint8Array): boolean {
+    this.checkOpen();
+    if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('publishBytes takes a Uint8Array');
+    return this.enqueue(RECORD_BYTES, bytes);
+  }
+
+  /** Publishes only if the topic takes it now; false = not taken. */
+  tryPublish(value: unknown): boolean {
+    this.checkOpen();
+    const bytes = this.packr.pack(value);
+    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
+    return this.queue.length === 0 && this.write(RECORD_MSGPACK, bytes);
+  }
+
+  /** Resolves when no message waits locally. */
+  drained(): Promise<void> {
+    if (this.queue.length === 0) return Promise.resolve();
+    if (this.closed) return Promise.reject(new ClosedError('publisher is closed'));
+    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ClosedError('publisher is closed', { topic: this.topic });
+  }
+
+  private enqueue(type: number, bytes: Uint8Array): boolean {
+    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
+    if (this.queue.length === 0 && this.write(type, bytes)) return true;
+    if (this.queue.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    this.queue.push({ type, bytes: new Uint8Array(bytes) });
+    void this.pump();
+    return false;
+  }
+
+  private write(type: number, bytes: Uint8Array): boolean {
+    const at = this.writer.claim(bytes.length, type);
+    if (at === 0) return false;
+    this.mapped.engine.u8.set(bytes, at);
+    if (this.writer.commit(bytes.length)) this.scheduleWake();
+    return true;
+  }
+
+  /** Sleeping subscribers poll the wake word (see sleepOnWord); nothing to do per commit beyond bumping it. */
+  private scheduleWake(): void {
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    queueMicrotask(() => { this.wakeScheduled = false; });
+  }
+
+  /** Moves queued messages into the topic; while held, evicts subscribers whose process died. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.queue.length && !this.closed) {
+        const next = this.queue[0]!;
+        if (this.write(next.type, next.bytes)) { this.queue.shift(); continue; }
+        if (this.evictDead()) continue;
+        if (this.writer.park(next.bytes.length)) {
+          const { offset, value } = this.writer.waitWord();
+          await sleepOnWord(this.mapped.engine, offset, value, LIVENESS_MS, () => this.closed);
+          this.writer.unpark();
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.queue.length === 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w.resolve();
+      this.emit('drain');
+    }
+  }
+
+  /** If the subscriber holding us back is dead, evicts it. */
+  private evictDead(): boolean {
+    const slot = this.writer.slowest();
+    if (slot < 0) return false;
+    const view = new DataView(this.mapped.engine.memory.buffer);
+    const s = this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + slot * TOPIC_SLOT_SIZE;
+    const pid = view.getUint32(s + SLOT_PID_OFFSET, true);
+    const start = view.getBigUint64(s + SLOT_START_OFFSET, true);
+    if (isProcessAlive(pid, start || undefined)) return false;
+    return this.writer.evict(slot);
+  }
+
+  /** Stops publishing: queued messages are delivered first (as long as subscribers read), then subscribers end. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.queue.length) await this.drained().catch(() => {});
+    this.closed = true;
+    this.writer.close();
+    const words = new Int32Array(this.mapped.engine.memory.buffer);
+    Atomics.compareExchange(words, (this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_PID_OFFSET) >>> 2, process.pid, 0);
+    this.writer.dispose();
+    this.mapped.unmap();
+    this.bus._forget(this);
+    void this.maxSubscribers;
+  }
+}
+
+// --- subscription ------------------------------------------------------------------------------------------------
+
+/** One subscriber of a topic: an async iterable of messages. `dropped` counts messages lost to lapping (lossy). */
+export class Subscription implements AsyncIterable<unknown> {
+  readonly topic: string;
+  private readonly bus: Bus;
+  private readonly fromEarliest: boolean;
+  private readonly options: SubscribeOptions;
+  private readonly unpackr = new Unpackr({ useRecords: false });
+  private reader: TopicReader | undefined;
+  private mapped: Mapped | undefined;
+  private readonly inbox: unknown[] = [];
+  private inboxHead = 0;
+  private closed = false;
+  private ending = false;
+  private lastYield = performance.now();
+  private joining: Promise<void> | undefined;
+
+  /** @internal use Bus.subscribe */
+  constructor(bus: Bus, topic: string, fromEarliest: boolean, options: SubscribeOptions) {
+    this.bus = bus;
+    this.topic = topic;
+    this.fromEarliest = fromEarliest;
+    this.options = options;
+    // Join at once when the topic exists, so 'latest' means "from the subscribe call".
+    try { this.tryJoin(); } catch { /* not there yet: next() waits for it */ }
+  }
+
+  /** Messages lost to lapping on a lossy topic. */
+  get dropped(): number {
+    return this.reader?.dropped ?? 0;
+  }
+
+  private tryJoin(): boolean {
+    if (this.reader) return true;
+    let region: Region;
+    try {
+      region = this.bus._topicRegion(this.topic);
+    } catch (error) {
+      if (error instanceof ShmbusError && error.code === ErrorCode.NOT_FOUND) return false;
+      throw error;
+    }
+    const engine = this.bus._engine;
+    const mapped = Mapped.map(engine, region);
+    try {
+      const info = readSegment(engine, mapped.at, region.size, TOPIC_SEGMENT);
+      this.reader = new TopicReader(engine, mapped.at, info.capacity, info.ringCount, this.fromEarliest, process.pid, processStartTime(process.pid) ?? 0n);
+      this.mapped = mapped;
+      return true;
+    } catch (error) {
+      mapped.unmap();
+      if (error instanceof CorruptError && /not initialised/.test(error.message)) return false;
+      throw error;
+    }
+  }
+
+  private async join(): Promise<void> {
+    const deadline = this.options.timeout !== undefined ? performance.now() + this.options.timeout : Infinity;
+    for (let delay = 1; !this.tryJoin(); delay = Math.min(delay * 2, 50)) {
+      if (this.closed) return;
+      if (this.options.signal?.aborted) throw new ShmbusError(ErrorCode.CLOSED, 'subscription aborted', { cause: this.options.signal.reason });
+      if (performance.now() > deadline) throw new TimeoutError('topic did not appear', { topic: this.topic, timeout: this.options.timeout });
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  private fill(): number {
+    const reader = this.reader!;
+    const engine = this.bus._engine;
+    const n = reader.read();
+    if (n === 0) return 0;
+    const view = new DataView(engine.memory.buffer);
+    const u8 = engine.u8;
+    const start = this.inbox.length;
+    const seqs: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const e = engine.batch + i * BC_BATCH_ENTRY_SIZE;
+      const addr = view.getUint32(e, true), length = view.getUint32(e + 4, true), type = view.getUint32(e + 8, true);
+      seqs.push(view.getUint32(e + 12, true));
+      try {
+        this.inbox.push(type === RECORD_MSGPACK ? this.unpackr.unpack(u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
+      } catch {
+        this.inbox.push(TORN); // a lossy record overwritten mid-read decodes as garbage: checked below
+      }
+    }
+    // Lossy: records older than the oldest one still there may have been overwritten while we read them.
+    const oldest = reader.oldestSeq();
+    let torn = 0;
+    for (let i = 0; i < n; i++) {
+      if (((seqs[i]! - oldest) | 0) < 0) { this.inbox[start + i] = TORN; torn++; }
+      else if (this.inbox[start + i] === TORN) throw new CorruptError('topic record does not decode', { topic: this.topic });
+    }
+    if (torn) reader.addDropped(torn);
+    reader.release();
+    return n;
+  }
+
+  private async next(): Promise<IteratorResult<unknown>> {
+    if (!this.reader) {
+      this.joining ??= this.join();
+      await this.joining;
+    }
+    for (;;) {
+      while (this.inboxHead < this.inbox.length) {
+        const value = this.inbox[this.inboxHead];
+        this.inbox[this.inboxHead++] = undefined;
+        if (this.inboxHead === this.inbox.length) { this.inbox.length = 0; this.inboxHead = 0; }
+        if (value !== TORN) return { value, done: false };
+      }
+      if (this.closed || this.ending) return { value: undefined, done: true };
+      const now = performance.now();
+      if (now - this.lastYield > YIELD_MS) { await nextTurn(); this.lastYield = performance.now(); continue; }
+      const reader = this.reader!;
+      if (this.fill() > 0) continue;
+      if (!reader.member()) throw new ShmbusError(ErrorCode.PEER_DEAD, 'evicted from the topic (held a lossless publisher too long)', { details: { topic: this.topic } });
+      if (reader.publisherClosed()) {
+        if (reader.pending() > 0) continue;
+        this.ending = true;
+        continue;
+      }
+      if (reader.park()) {
+        const { offset, value } = reader.waitWord();
+        await sleepOnWord(this.bus._engine, offset, value, 1000, () => this.closed);
+        reader.unpark();
+      }
+    }
+  }
+
+  /** The next message, or undefined at the end. */
+  async receive(): Promise<unknown> {
+    const r = await this.next();
+    return r.done ? undefined : r.value;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<unknown> {
+    return {
+      next: () => this.next(),
+      return: async () => { await this.close(); return { value: undefined, done: true }; },
+    };
+  }
+
+  /** Leaves the topic. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.reader?.dispose();
+    this.mapped?.unmap();
+    this.reader = undefined;
+    this.mapped = undefined;
+    this.bus._forget(this);
+  }
+}
+
+const TORN = Symbol('torn');

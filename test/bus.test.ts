@@ -1,0 +1,150 @@
+// Pub/sub over the Bus: several subscriber processes, lossy lapping, late joiners, dead subscribers, bad input.
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { Bus, LIVENESS_MS } from '../host/bus.js';
+import { ErrorCode } from '../host/errors.js';
+
+const PEER = fileURLToPath(new URL('../dist/test/fixtures/bus-peer.js', import.meta.url));
+let serial = 0;
+const busUrl = () => `shm://bustest-${process.pid}-${++serial}`;
+const shmFiles = () => readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus'));
+const before = shmFiles();
+t.afterEach((sub) => { t.same(shmFiles(), before, `nothing left in /dev/shm by: ${sub.name}`); });
+
+function peer(url: string, topic: string, mode: string, count = 0): { child: ChildProcess; ready: Promise<void>; result: Promise<unknown>; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, [PEER, url, topic, mode, String(count)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NODE_OPTIONS: '' } });
+  const lines = createInterface({ input: child.stdout! });
+  let readyResolve!: () => void, resultResolve!: (v: unknown) => void;
+  const ready = new Promise<void>((r) => { readyResolve = r; });
+  const result = new Promise<unknown>((r) => { resultResolve = r; });
+  lines.on('line', (line) => (line === 'ready' ? readyResolve() : resultResolve(JSON.parse(line))));
+  const exit = new Promise<number | null>((r) => child.once('exit', (code) => { readyResolve(); resultResolve(undefined); r(code); }));
+  return { child, ready, result, exit };
+}
+
+t.test('every subscriber process of a lossless topic gets every message in order', async (t) => {
+  const url = busUrl();
+  const bus = await Bus.open(url);
+  const pub = bus.publisher('ticks', { capacity: '64KiB', policy: 'lossless' });
+  const N = 100_000;
+  const subs = [peer(url, 'ticks', 'sub', N), peer(url, 'ticks', 'sub', N), peer(url, 'ticks', 'sub', N)];
+  await Promise.all(subs.map((s) => s.ready));
+  let waits = 0;
+  for (let n = 0; n < N; n++) if (!pub.publish({ n })) { waits++; await pub.drained(); }
+  for (const s of subs) t.same(await s.result, { received: N, bad: 0 });
+  t.ok(waits > 0, 'the 64 KiB topic pushed back on the publisher');
+  for (const s of subs) t.equal(await s.exit, 0);
+  await bus.close();
+});
+
+t.test('lossy: a subscriber that does not keep up is lapped; received + dropped = published, exactly', async (t) => {
+  const bus = await Bus.open(busUrl());
+  const pub = bus.publisher('fast', { capacity: '4KiB', policy: 'lossy' });
+  const sub = bus.subscribe('fast');
+  const N = 5000;
+  let refused = 0;
+  for (let n = 0; n < N; n++) if (!pub.publish({ n })) refused++;
+  t.equal(refused, 0, 'a lossy publisher never waits');
+  await pub.close();
+  const got: number[] = [];
+  for await (const m of sub) got.push((m as { n: number }).n);
+  t.ok(got.length < N, `lapped: got ${got.length}`);
+  t.equal(got.length + sub.dropped, N, 'every message is received or counted as dropped');
+  t.same(got, got.slice().sort((a, b) => a - b), 'in order');
+  t.equal(got.at(-1), N - 1, 'the newest arrived');
+  await bus.close();
+});
+
+t.test('a late joiner from earliest gets exactly the last K; from latest gets only new ones', async (t) => {
+  const bus = await Bus.open(busUrl());
+  const pub = bus.publisher('hist', { capacity: '64KiB', history: 10 });
+  for (let n = 0; n < 1000; n++) pub.publish({ n });
+  const late = bus.subscribe('hist', { from: 'earliest' });
+  const now = bus.subscribe('hist', { from: 'latest' });
+  pub.publish({ n: 1000 });
+  await pub.close();
+  const got: number[] = [];
+  for await (const m of late) got.push((m as { n: number }).n);
+  t.same(got, [990, 991, 992, 993, 994, 995, 996, 997, 998, 999, 1000]);
+  const fresh: number[] = [];
+  for await (const m of now) fresh.push((m as { n: number }).n);
+  t.same(fresh, [1000]);
+  await bus.close();
+});
+
+t.test('subscribe before the publisher starts', async (t) => {
+  const bus = await Bus.open(busUrl());
+  const sub = bus.subscribe('later');
+  const first = sub.receive();
+  await new Promise((r) => setTimeout(r, 30));
+  const pub = bus.publisher('later');
+  // The subscriber joins on its next poll: keep publishing until it sees one.
+  let n = 0;
+  const timer = setInterval(() => pub.publish({ n: n++ }), 5);
+  const msg = (await first) as { n: number };
+  clearInterval(timer);
+  t.type(msg.n, 'number');
+  t.match(bus.topics(), [{ name: 'later', publisher: { pid: process.pid, alive: true }, subscribers: [{ pid: process.pid, alive: true }] }]);
+  await bus.close();
+});
+
+t.test('a subscriber killed mid-stream holds a lossless publisher no longer than the liveness timeout', async (t) => {
+  const url = busUrl();
+  const bus = await Bus.open(url);
+  const pub = bus.publisher('held', { capacity: '4KiB' });
+  const stalled = peer(url, 'held', 'stall');
+  await stalled.ready;
+  let n = 0;
+  while (pub.publish({ n })) n++;
+  t.ok(n > 0 && pub.queued === 1, 'the stalled subscriber holds the publisher');
+  stalled.child.kill('SIGKILL');
+  await stalled.exit;
+  const killedAt = performance.now();
+  await pub.drained();
+  const held = performance.now() - killedAt;
+  t.ok(held < LIVENESS_MS * 4, `publisher free ${held.toFixed(0)} ms after the kill`);
+  t.same(bus.topics()[0]!.subscribers, [], 'the dead subscriber was evicted');
+  await bus.close();
+});
+
+t.test('bad input gives typed errors', async (t) => {
+  const bus = await Bus.open(busUrl());
+  t.throws(() => bus.subscribe('nope', { create: false }), { code: ErrorCode.NOT_FOUND }, 'unknown topic with create: false');
+  t.throws(() => bus.publisher('h', { capacity: '4KiB', history: 4096 }), { code: ErrorCode.BAD_ARGUMENT }, 'history larger than capacity');
+  bus.publisher('one');
+  t.throws(() => bus.publisher('one'), { code: ErrorCode.EXISTS }, 'second publisher on a topic');
+  t.throws(() => bus.publisher('bad name!'), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => bus.publisher('x', { capacity: 3000 }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => bus.publisher('x', { policy: 'sometimes' as never }), { code: ErrorCode.BAD_ARGUMENT });
+  await t.rejects(Bus.open('tcp://x'), { code: ErrorCode.UNKNOWN_SCHEME });
+  await t.rejects(Bus.open('shm://x?y=1'), { code: ErrorCode.BAD_URL });
+  const sub = bus.subscribe('wait', { timeout: 50 });
+  await t.rejects(sub.receive(), { code: ErrorCode.TIMEOUT });
+  await bus.close();
+  t.throws(() => bus.publisher('z'), { code: ErrorCode.CLOSED });
+});
+
+t.test('file-backed topics keep their history across restarts', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'shmbus-bus-'));
+  const url = `file://${dir}/market`;
+  let bus = await Bus.open(url);
+  let pub = bus.publisher('log', { capacity: '64KiB', history: 3 });
+  for (let n = 0; n < 10; n++) pub.publish({ n });
+  await bus.close();
+  bus = await Bus.open(url);
+  const got: number[] = [];
+  const sub = bus.subscribe('log', { from: 'earliest' });
+  pub = bus.publisher('log', { capacity: '64KiB', history: 3 });
+  pub.publish({ n: 10 });
+  await pub.close();
+  for await (const m of sub) got.push((m as { n: number }).n);
+  t.same(got, [7, 8, 9, 10], 'history from the previous run, then the new message');
+  await bus.destroy();
+  t.same(readdirSync(dir), [], 'destroy removed the files');
+  rmSync(dir, { recursive: true, force: true });
+});
