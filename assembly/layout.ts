@@ -98,6 +98,12 @@ export const RECORD_PADDING = 0;
 export const RECORD_BYTES = 1;
 /** A msgpack-encoded value sent with send. */
 export const RECORD_MSGPACK = 2;
+/** A request (request/reply): msgpack of [id, value]. */
+export const RECORD_REQUEST = 3;
+/** A reply: msgpack of [id, value]. */
+export const RECORD_REPLY = 4;
+/** A failed request: msgpack of [id, { code, message }]. */
+export const RECORD_REPLY_ERROR = 5;
 
 // --- results of ring operations (negative: the ring is unusable or the call was misused) ------------------------
 export const RING_OK = 0;

@@ -11,7 +11,8 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr } from 'msgpackr';
-import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, BATCH_MAX } from '../assembly/layout.js';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../assembly/layout.js';
+import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
 import type { Engine } from './engine.js';
 import type { Region } from './region.js';
 import { RingEnd } from './ring.js';
@@ -30,6 +31,8 @@ const SPIN_MAX_NS = 100_000;
 const SPIN_SLICE_NS = 1_000_000;
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
 const YIELD_MS = 2;
+/** Reading for request/reply stops buffering other messages past this many unread ones. */
+const INBOX_LIMIT = 65536;
 
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
 export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
@@ -144,6 +147,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private inboxHead = 0;
   private closePromise: Promise<void> | undefined;
   private lastYield = performance.now();
+  private readablePromise: Promise<void> | undefined;
+  private readonly rpc = new Rpc((type, value) => this.sendRecord(type, value), (active) => { if (active) void this.readForRpc(); });
+  private rpcReading = false;
+  private inboxSpace: (() => void) | undefined;
 
   /** @internal built by listen/connect */
   constructor(parts: ChannelParts) {
@@ -182,6 +189,26 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   send(value: unknown): boolean {
     this.checkSendable();
     return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  /**
+   * Sends a request and resolves with the peer's reply (see `handle`). Rejects with ERR_SHMBUS_TIMEOUT after
+   * `timeout` ms, with ERR_SHMBUS_CLOSED when `signal` aborts, with the handler's error code when it failed, or
+   * with the reason the channel ended. Replies are read even when nobody iterates the channel.
+   */
+  request(value: unknown, options?: RequestOptions): Promise<unknown> {
+    return this.rpc.request(value, options);
+  }
+
+  /** Answers the peer's requests with `handler` (its return value, or a failed reply if it throws). */
+  handle(handler: RequestHandler | undefined): this {
+    this.rpc.handle(handler);
+    return this;
+  }
+
+  private sendRecord(type: number, value: unknown): void {
+    this.checkSendable();
+    this.enqueue(type, this.packr.pack(value));
   }
 
   /** Sends raw bytes. Always takes them (copied); returns false once messages wait locally. */
@@ -461,7 +488,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * Resolves once inbound records are waiting, or when the channel can deliver no more (peer closed or gone,
    * channel closed or failed): then `poll` returns 0 and the iterator ends.
    */
-  async readable(): Promise<void> {
+  readable(): Promise<void> {
+    // One waiter at a time parks; everyone else shares its promise (the iterator and request/reply may both wait).
+    return (this.readablePromise ??= this.waitReadable().finally(() => { this.readablePromise = undefined; }));
+  }
+
+  private async waitReadable(): Promise<void> {
     const ready = () => this.hasInbound() || this.isOver() || this.peerGone;
     if (ready() || this.spinFor(ready)) return;
     while (this.spinAlways) {
@@ -498,7 +530,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   private readonly decodeInto: RecordHandler = (memory, offset, length, type) => {
-    if (type === RECORD_MSGPACK) {
+    if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
+      let decoded: unknown;
+      try {
+        decoded = this.unpackr.unpack(memory.subarray(offset, offset + length));
+      } catch (cause) {
+        throw new CorruptError('request/reply record does not decode', { length, cause: String(cause) });
+      }
+      this.rpc.incoming(type, decoded);
+    } else if (type === RECORD_MSGPACK) {
       try {
         this.inbox.push(this.unpackr.unpack(memory.subarray(offset, offset + length)));
       } catch (cause) {
@@ -516,7 +556,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       if (this.inboxHead < this.inbox.length) {
         const value = this.inbox[this.inboxHead];
         this.inbox[this.inboxHead++] = undefined;
-        if (this.inboxHead === this.inbox.length) { this.inbox.length = 0; this.inboxHead = 0; }
+        if (this.inboxHead === this.inbox.length) {
+          this.inbox.length = 0;
+          this.inboxHead = 0;
+          const space = this.inboxSpace;
+          this.inboxSpace = undefined;
+          space?.();
+        }
         return { value, done: false };
       }
       if (this.state === 'closed') {
@@ -551,6 +597,36 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         return { value: undefined, done: true };
       }
       await this.readable();
+    }
+  }
+
+  /**
+   * Reads while request/reply needs it (replies awaited, or a handler serving), even if nobody iterates: other
+   * messages wait in the inbox for the iterator, up to INBOX_LIMIT.
+   */
+  private async readForRpc(): Promise<void> {
+    if (this.rpcReading) return;
+    this.rpcReading = true;
+    try {
+      while (this.rpc.active && this.state !== 'closed' && !this.failure) {
+        if (this.inbox.length - this.inboxHead >= INBOX_LIMIT) {
+          await new Promise<void>((resolve) => { this.inboxSpace = resolve; });
+          continue;
+        }
+        if (this.poll(this.decodeInto) > 0) continue;
+        if (this.peerGone || this.rx.peerClosed()) {
+          if (this.rx.pending() !== 0) continue;
+          this.rpc.end(this.peerGone && !this.rx.peerClosed()
+            ? new PeerDeadError('peer went away without replying', { url: this.url })
+            : new ClosedError('peer closed the channel', { url: this.url }));
+          break;
+        }
+        await this.readable();
+      }
+    } catch (error) {
+      this.fail(asShmbusError(error));
+    } finally {
+      this.rpcReading = false;
     }
   }
 
@@ -647,6 +723,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.state === 'closed') return;
     this.state = 'closed';
     if (error && !this.failure) this.failure = error;
+    this.rpc.end(this.failure ?? new ClosedError('channel closed', { url: this.url }));
     const openClaim = this.openClaim;
     this.openClaim = undefined;
     if (openClaim) this.tx.abort();

@@ -44,6 +44,8 @@ export const ErrorCode = {
   NO_SPACE: 'ERR_SHMBUS_NO_SPACE',
   /** A kernel limit refused the request (EINVAL on a size, EMFILE, ENFILE, ENOSPC on ids). */
   LIMIT: 'ERR_SHMBUS_LIMIT',
+  /** A request handler on the peer failed with an error that has no shmbus code. */
+  REMOTE: 'ERR_SHMBUS_REMOTE',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -32,6 +32,7 @@
 import type { EventEmitter } from 'node:events';
 import { UnknownSchemeError } from '../host/errors.js';
 import { schemeOf } from '../host/url.js';
+import type { RequestHandler, RequestOptions } from '../host/rpc.js';
 
 /** One end of a duplex message connection. `Channel` (shared memory) is the reference implementation. */
 export interface Connection extends EventEmitter, AsyncIterable<unknown> {
@@ -56,6 +57,10 @@ export interface Connection extends EventEmitter, AsyncIterable<unknown> {
   receive(): Promise<unknown>;
   /** Delivers what was taken, then closes. Idempotent. */
   close(): Promise<void>;
+  /** Sends a request; resolves with the peer's reply (host/rpc.ts). */
+  request?(value: unknown, options?: RequestOptions): Promise<unknown>;
+  /** Answers the peer's requests. */
+  handle?(handler: RequestHandler | undefined): unknown;
 }
 
 /** A listening endpoint: an async iterable of incoming connections. Emits 'connection' and 'error'. */

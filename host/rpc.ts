@@ -1,0 +1,139 @@
+/**
+ * Request/reply over any connection: requests and replies are records of their own types (RECORD_REQUEST,
+ * RECORD_REPLY, RECORD_REPLY_ERROR in assembly/layout.ts) carrying msgpack `[id, value]`, so they never mix with
+ * plain messages. A connection owns one `Rpc`; it hands incoming records of those types to `incoming` and sends
+ * what `Rpc` asks through `send`.
+ *
+ * - `request(value, { timeout, signal })` resolves with the reply, or rejects with ERR_SHMBUS_TIMEOUT, an abort
+ *   (ERR_SHMBUS_CLOSED with the signal's reason as cause), the server's error (its code), or the connection's end.
+ * - `handle(fn)` answers requests: the value fn returns (or resolves to) is sent back; a throw becomes a failed
+ *   reply with the error's code and message. A reply to a peer that has gone is dropped quietly.
+ */
+import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError, TimeoutError, type ErrorCodeValue } from './errors.js';
+
+export interface RequestOptions {
+  /** Milliseconds to wait for the reply. Default: no limit. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+/** Answers one request. Runs for every request, concurrently. */
+export type RequestHandler = (value: unknown) => unknown;
+
+interface Pending { resolve(v: unknown): void; reject(e: Error): void; timer?: NodeJS.Timeout; cleanup?: () => void }
+
+export class Rpc {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private handler: RequestHandler | undefined;
+  private ended: Error | undefined;
+
+  /**
+   * @param send hands one record to the connection (taking it even when it must queue); throws if closed.
+   * @param activity told when the connection must keep reading for us (requests pending or a handler set).
+   */
+  constructor(
+    private readonly send: (type: number, value: unknown) => void,
+    private readonly activity: (active: boolean) => void,
+  ) {}
+
+  /** True while replies are awaited or a handler serves requests: the connection must keep reading. */
+  get active(): boolean {
+    return this.pending.size > 0 || this.handler !== undefined;
+  }
+
+  request(value: unknown, options: RequestOptions = {}): Promise<unknown> {
+    if (this.ended) return Promise.reject(this.ended);
+    const { timeout, signal } = options;
+    if (timeout !== undefined && (!Number.isFinite(timeout) || timeout < 0)) {
+      return Promise.reject(new BadArgumentError('timeout must be a non-negative number of ms', { timeout }));
+    }
+    if (signal?.aborted) return Promise.reject(new ClosedError('request aborted', { reason: String(signal.reason) }));
+    const id = this.nextId;
+    this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
+    return new Promise((resolve, reject) => {
+      const wasActive = this.active;
+      const entry: Pending = { resolve, reject };
+      const settle = () => {
+        this.pending.delete(id);
+        if (entry.timer) clearTimeout(entry.timer);
+        entry.cleanup?.();
+        if (!this.active) this.activity(false);
+      };
+      entry.resolve = (v) => { settle(); resolve(v); };
+      entry.reject = (e) => { settle(); reject(e); };
+      if (timeout !== undefined) {
+        entry.timer = setTimeout(() => entry.reject(new TimeoutError('no reply in time', { timeout, id })), timeout);
+      }
+      if (signal) {
+        const onAbort = () => entry.reject(new ClosedError('request aborted', { reason: String(signal.reason), id }));
+        signal.addEventListener('abort', onAbort, { once: true });
+        entry.cleanup = () => signal.removeEventListener('abort', onAbort);
+      }
+      this.pending.set(id, entry);
+      if (!wasActive) this.activity(true);
+      try {
+        this.send(RECORD_REQUEST, [id, value]);
+      } catch (error) {
+        entry.reject(error as Error);
+      }
+    });
+  }
+
+  /** Serves requests with `fn` (replaces an earlier handler; undefined stops serving). */
+  handle(fn: RequestHandler | undefined): void {
+    const wasActive = this.active;
+    this.handler = fn;
+    if (wasActive !== this.active) this.activity(this.active);
+  }
+
+  /** A record of one of the request/reply types arrived, decoded. */
+  incoming(type: number, decoded: unknown): void {
+    if (!Array.isArray(decoded) || decoded.length !== 2 || typeof decoded[0] !== 'number') {
+      throw new CorruptError('request/reply record is not [id, value]', { type });
+    }
+    const [id, value] = decoded as [number, unknown];
+    if (type === RECORD_REQUEST) {
+      void this.answer(id, value);
+      return;
+    }
+    const entry = this.pending.get(id);
+    if (!entry) return; // timed out or aborted already: the late reply is dropped
+    if (type === RECORD_REPLY) entry.resolve(value);
+    else entry.reject(remoteError(value));
+  }
+
+  private async answer(id: number, value: unknown): Promise<void> {
+    let type = RECORD_REPLY;
+    let result: unknown;
+    try {
+      if (!this.handler) throw new ShmbusError(ErrorCode.BAD_STATE, 'no request handler on this connection');
+      result = await this.handler(value);
+    } catch (error) {
+      type = RECORD_REPLY_ERROR;
+      result = {
+        code: error instanceof ShmbusError ? error.code : ErrorCode.REMOTE,
+        message: error instanceof Error ? error.message : String(error),
+      };
+    }
+    try {
+      this.send(type, [id, result]);
+    } catch {
+      /* the requester went away: nobody is waiting for this reply */
+    }
+  }
+
+  /** The connection ended: every pending request rejects with `error`. */
+  end(error: Error): void {
+    this.ended ??= error;
+    for (const entry of [...this.pending.values()]) entry.reject(error);
+  }
+}
+
+function remoteError(value: unknown): ShmbusError {
+  const v = (typeof value === 'object' && value !== null ? value : {}) as { code?: unknown; message?: unknown };
+  const code = (typeof v.code === 'string' && v.code.startsWith('ERR_SHMBUS_') ? v.code : ErrorCode.REMOTE) as ErrorCodeValue;
+  const error = new ShmbusError(code, `request failed on the peer: ${typeof v.message === 'string' ? v.message : 'unknown error'}`);
+  return error;
+}

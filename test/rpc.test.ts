@@ -1,0 +1,97 @@
+// Request/reply over shm channels: concurrency, many clients, timeouts, aborts, remote errors, dead clients.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { listen, connect, serve, ErrorCode, type Channel } from '../host/index.js';
+
+const PEER = fileURLToPath(new URL('../dist/test/fixtures/peer.js', import.meta.url));
+let serial = 0;
+const url = () => `shm://rpc-${process.pid}-${++serial}?size=64KiB` as const;
+
+t.test('many clients, many concurrent requests each: every reply reaches its request', async (t) => {
+  const u = url();
+  const listener = await listen(u);
+  const serving = serve(listener, async (v) => {
+    const { n, client } = v as { n: number; client: number };
+    if (n % 7 === 0) await new Promise((r) => setTimeout(r, 1)); // replies come back out of order
+    return { n: n * 2, client };
+  });
+  const clients = await Promise.all([0, 1, 2].map(() => connect(u)));
+  const results = await Promise.all(clients.map((c, client) =>
+    Promise.all(Array.from({ length: 2000 }, (_, n) => c.request({ n, client })))));
+  results.forEach((replies, client) => {
+    t.same(replies, Array.from({ length: 2000 }, (_, n) => ({ n: n * 2, client })), `client ${client}`);
+  });
+  for (const c of clients) await c.close();
+  await listener.close();
+  await serving;
+});
+
+t.test('plain messages and requests share a channel without mixing', async (t) => {
+  const u = url();
+  const listener = await listen(u);
+  const [client, server] = await Promise.all([connect(u), listener.acceptNext()]) as [Channel, Channel];
+  server.handle((v) => ({ echo: v }));
+  client.send('hello');
+  const reply = await client.request(42);
+  t.same(reply, { echo: 42 });
+  server.send('plain');
+  t.equal(await client.receive(), 'plain', 'the plain message waited in the inbox while the reply was read');
+  t.equal(await server.receive(), 'hello');
+  await client.close();
+  await server.close();
+  await listener.close();
+});
+
+t.test('timeouts, aborts and remote errors reject with typed errors; a late reply is dropped', async (t) => {
+  const u = url();
+  const listener = await listen(u);
+  const [client, server] = await Promise.all([connect(u), listener.acceptNext()]) as [Channel, Channel];
+  server.handle(async (v) => {
+    const { wait, fail } = v as { wait?: number; fail?: string };
+    if (wait) await new Promise((r) => setTimeout(r, wait));
+    if (fail === 'typed') throw new Error('plain failure');
+    if (fail === 'shmbus') throw Object.assign(new Error('x'), { code: 'nope' });
+    return 'ok';
+  });
+  await t.rejects(client.request({ wait: 200 }, { timeout: 20 }), { code: ErrorCode.TIMEOUT });
+  const ac = new AbortController();
+  const aborted = client.request({ wait: 200 }, { signal: ac.signal });
+  ac.abort(new Error('user gave up'));
+  await t.rejects(aborted, { code: ErrorCode.CLOSED });
+  await t.rejects(client.request({ fail: 'typed' }), { code: ErrorCode.REMOTE, message: /plain failure/ });
+  t.equal(await client.request({}), 'ok', 'the channel still works');
+  await new Promise((r) => setTimeout(r, 250)); // the late replies arrive and are dropped
+  t.equal(await client.request({}), 'ok');
+  await t.rejects(client.request(1, { timeout: -1 }), { code: ErrorCode.BAD_ARGUMENT });
+  await client.close();
+  await t.rejects(client.request(1), { code: ErrorCode.CLOSED }, 'request after close');
+  await server.close();
+  await listener.close();
+});
+
+t.test('a request without a handler fails; pending requests fail when the peer dies', async (t) => {
+  const u = url();
+  const listener = await listen(u);
+  const [client, server] = await Promise.all([connect(u), listener.acceptNext()]) as [Channel, Channel];
+  const iterating = (async () => { for await (const _ of server); })().catch(() => {});
+  await t.rejects(client.request(1, { timeout: 2000 }), { code: ErrorCode.BAD_STATE });
+  await client.close();
+  await iterating;
+  await server.close();
+
+  // A client process that dies with a request pending on the server: the reply is dropped cleanly.
+  let handled = 0;
+  const serving = serve(listener, async () => { await new Promise((r) => setTimeout(r, 300)); handled++; return 'late'; });
+  const child = spawn(process.execPath, [PEER, u, 'request'], { stdio: 'ignore', env: { ...process.env, NODE_OPTIONS: '' } });
+  await new Promise((r) => setTimeout(r, 500));
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  await new Promise((r) => setTimeout(r, 400));
+  t.equal(handled, 1, 'the handler ran and its reply went nowhere, without an error');
+  const again = await connect(u);
+  await t.resolves(again.request(1, { timeout: 2000 }));
+  await again.close();
+  await listener.close();
+  await serving;
+});
