@@ -22,7 +22,7 @@ import {
   TOPIC_MAX_SUBSCRIBERS, TOPIC_PUBLISHER_CLOSED_OFFSET,
   SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_START_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_DROPPED_OFFSET,
   SLOT_PARKED_OFFSET, SLOT_FREE, SLOT_ACTIVE, POLICY_LOSSLESS, POLICY_LOSSY, BC_RECORD_HEADER_SIZE,
-  BC_RECORD_SEQ_OFFSET, BC_BATCH_ENTRY_SIZE, RECORD_PADDING, RECORD_ALIGNMENT, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
+  BC_RECORD_SEQ_OFFSET, BC_BATCH_ENTRY_SIZE, BC_RECORD_ALIGNMENT, RECORD_PADDING, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
   RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER, HANDLE_SIZE,
   topicMaxPayload,
 } from './layout';
@@ -49,8 +49,10 @@ const TH_SLOT_INDEX = 88; // u32 subscriber: its slot number
 /** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock. */
 const JOIN_ATTEMPTS = 1 << 20;
 
+// Topic records align to their 16-byte header, so the gap left at the end of the data is never smaller than a
+// header: a padding record always fits (with 8-byte alignment an 8-byte gap could not hold one).
 @inline function align(n: u64): u64 {
-  return (n + (RECORD_ALIGNMENT - 1)) & ~(<u64>RECORD_ALIGNMENT - 1);
+  return (n + (BC_RECORD_ALIGNMENT - 1)) & ~(<u64>BC_RECORD_ALIGNMENT - 1);
 }
 @inline function topicOf(h: usize): usize { return <usize>load<u32>(h, TH_TOPIC); }
 @inline function capOf(h: usize): u32 { return load<u32>(h, TH_CAPACITY); }
@@ -97,7 +99,7 @@ function openCommon(h: usize, topic: usize, capacity: u32, maxSubs: u32): i32 {
 }
 
 @inline function sane(head: u64, tail: u64, headSeq: u64, tailSeq: u64, capacity: u32): bool {
-  return tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0
+  return tail - head <= <u64>capacity && ((head | tail) & (BC_RECORD_ALIGNMENT - 1)) == 0
     && tailSeq - headSeq <= <u64>(capacity / BC_RECORD_HEADER_SIZE);
 }
 
@@ -175,6 +177,7 @@ function reclaim(h: usize, needed: u64): i32 {
   const limit = lossless ? minCursor(h) : u64.MAX_VALUE;
   if (lossless) store<u64>(h, limit, TH_MIN);
   let steps: u32 = 0;
+  let heldByHistory = false;
   while (tail + needed - head > <u64>capacity && head < tail && steps++ < capacity) {
     const index = head & mask;
     const record = data + <usize>index;
@@ -185,7 +188,7 @@ function reclaim(h: usize, needed: u64): i32 {
     if (type == RECORD_PADDING) {
       size = toEnd;
     } else {
-      if (headSeq + history >= tailSeq && history != 0) break; // one of the newest `history` records
+      if (headSeq + history >= tailSeq && history != 0) { heldByHistory = true; break; } // one of the newest `history`
       if (<u64><u32>length > <u64>topicMaxPayload(capacity)) { steps = 0xffffffff; break; }
       size = align(<u64>length + BC_RECORD_HEADER_SIZE);
       if (size > toEnd) { steps = 0xffffffff; break; }
@@ -203,7 +206,9 @@ function reclaim(h: usize, needed: u64): i32 {
   atomic.store<u32>(topic, gen + 2, TOPIC_RECLAIM_GEN_OFFSET);
   // The publisher's own records can only be corrupted by someone else writing the segment.
   if (steps == 0xffffffff) return RING_E_RECORD;
-  return tail + needed - head <= <u64>capacity ? 1 : 0;
+  if (tail + needed - head <= <u64>capacity) return 1;
+  // Only the retained history is in the way: no subscriber will ever free it, so waiting would be forever.
+  return heldByHistory ? RING_E_TOO_LARGE : 0;
 }
 
 /**
@@ -440,7 +445,7 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
   // SYNC: pairs with the atomic stores of tail in topic_commit.
   const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
   const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
-  if ((tail & (RECORD_ALIGNMENT - 1)) != 0 || tail < position || tailSeq < seq) return RING_E_POSITIONS;
+  if ((tail & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < position || tailSeq < seq) return RING_E_POSITIONS;
   let count: u32 = 0;
   let laps: u32 = 0;
   while (position != tail && count < max) {

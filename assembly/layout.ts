@@ -203,7 +203,7 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 //     40   parked u32              subscriber   1 while counted in sleepers (so an evictor can uncount it)
 //     44…127 reserved
 //   then data[capacity]: records with a 16-byte header:
-//     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 8
+//     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 16
 export const TOPIC_MAGIC = 0x54424853; // "SHBT"
 export const TOPIC_HEADER_OFFSET = SEGMENT_HEADER_SIZE;
 export const TOPIC_CAPACITY_OFFSET = 0;
@@ -238,6 +238,8 @@ export const POLICY_LOSSY = 1;
 export const TOPIC_MAX_SUBSCRIBERS = 256;
 export const BC_RECORD_HEADER_SIZE = 16;
 export const BC_RECORD_SEQ_OFFSET = 8;
+/** Topic records (and positions) are 16-byte aligned: the smallest gap at the end of the data holds a header. */
+export const BC_RECORD_ALIGNMENT = 16;
 /** ring_read-style batch entries for topics: address, length, type, seq (low 32 bits). */
 export const BC_BATCH_ENTRY_SIZE = 16;
 

@@ -81,7 +81,10 @@ export class TopicWriter {
   claim(length: number, type: number): number {
     const rc = this.engine.exports.topic_claim(this.handle, length, type);
     if (rc >= 0) return rc;
-    if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
+    if (rc === RING_E_TOO_LARGE) {
+      if (length > this.maxPayload) throw new MessageTooLargeError(length, this.maxPayload);
+      throw new BadArgumentError('the record does not fit beside the retained history: raise capacity or lower history', { length });
+    }
     throw ringError(rc, { length });
   }
 

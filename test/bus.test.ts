@@ -13,7 +13,8 @@ const PEER = fileURLToPath(new URL('../dist/test/fixtures/bus-peer.js', import.m
 let serial = 0;
 const busUrl = () => `shm://bustest-${process.pid}-${++serial}`;
 const shmFiles = () => readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus'));
-const before = shmFiles();
+let before = shmFiles();
+t.beforeEach(() => { before = shmFiles(); });
 t.afterEach((sub) => { t.same(shmFiles(), before, `nothing left in /dev/shm by: ${sub.name}`); });
 
 function peer(url: string, topic: string, mode: string, count = 0): { child: ChildProcess; ready: Promise<void>; result: Promise<unknown>; exit: Promise<number | null> } {

@@ -39,7 +39,8 @@ function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
     .finally(() => clearTimeout(timer));
 }
 
-const before = { shm: shmFiles(), sysv: sysvSegments() };
+let before = { shm: shmFiles(), sysv: sysvSegments() };
+t.beforeEach(() => { before = { shm: shmFiles(), sysv: sysvSegments() }; });
 // Checked on the root test after each subtest (a subtest is already finished when afterEach runs).
 t.afterEach((sub) => {
   t.same(shmFiles(), before.shm, `no /dev/shm segment left behind by: ${sub.name}`);

@@ -127,6 +127,34 @@ t.test('history: a late joiner from earliest gets exactly the last K', async (t)
   }
 });
 
+t.test('records of every size wrap correctly (regression: an 8-byte gap at the end could not hold a padding header)', async (t) => {
+  const topic = makeTopic('lossless');
+  const readers = [topic.join(), topic.join()];
+  let next = 0;
+  const got: number[][] = [[], []];
+  for (let round = 0; round < 3000; round++) {
+    for (;;) {
+      const len = 4 + ((next * 13) % 41);
+      const at = topic.pub.claim(len, RECORD_BYTES);
+      if (at === 0) break;
+      new DataView(engine.memory.buffer).setUint32(at, next, true);
+      topic.pub.commit(len);
+      next++;
+    }
+    readers.forEach((r, i) => got[i]!.push(...drain(r)));
+  }
+  for (const g of got) t.same(g, Array.from({ length: next }, (_, i) => i));
+  topic.dispose();
+});
+
+t.test('a record that cannot fit beside the retained history is refused, not waited for forever', async (t) => {
+  const topic = makeTopic('lossless', 60);
+  let n = 0;
+  t.throws(() => { for (; n < 1000; n++) publish(topic.pub, n); }, { code: ErrorCode.BAD_ARGUMENT });
+  t.ok(n >= 20, `${n} records fitted first`);
+  topic.dispose();
+});
+
 t.test('history larger than capacity is refused', async (t) => {
   const at = engine.allocWindow(topicBytes(SUBS, CAP));
   t.throws(() => formatTopic(engine, at, { capacity: CAP, maxSubscribers: SUBS, policy: 'lossless', history: CAP }, 1, 1n), { code: ErrorCode.BAD_ARGUMENT });
