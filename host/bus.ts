@@ -726,6 +726,48 @@ export class Subscription implements AsyncIterable<unknown> {
     return false;
   }
 
+  /**
+   * Zero-copy reading: hands every waiting record to `handler` in place (valid during the call) and returns how
+   * many; 0 when none wait or the subscription has not joined yet. On a lossy topic a record may be overwritten
+   * while the handler reads it; such records are counted in `dropped` afterwards: use the iterator for
+   * validated copies.
+   */
+  poll(handler: (memory: Uint8Array, offset: number, length: number, type: number) => void): number {
+    if (this.closed || (!this.reader && !this.tryJoin())) return 0;
+    const reader = this.reader!;
+    const engine = this.bus._engine;
+    const n = reader.read();
+    if (n === 0) return 0;
+    const u32 = engine.u32, u8 = engine.u8;
+    let e = engine.batch >>> 2;
+    for (let i = 0; i < n; i++, e += BC_BATCH_ENTRY_SIZE >>> 2) handler(u8, u32[e]!, u32[e + 1]!, u32[e + 2]!);
+    const oldest = reader.oldestSeq();
+    const first = u32[(engine.batch >>> 2) + 3]!;
+    if (((first - oldest) | 0) < 0) reader.addDropped(Math.min(n, (oldest - first) >>> 0));
+    reader.release();
+    return n;
+  }
+
+  /** Resolves when records wait (or the publisher closed); spins briefly, then sleeps. */
+  async readable(): Promise<void> {
+    if (!this.reader) {
+      this.joining ??= this.join();
+      await this.joining;
+    }
+    const reader = this.reader;
+    if (!reader || this.spin(reader)) return;
+    if (reader.park()) {
+      const { offset, value } = reader.waitWord();
+      await sleepOnWord(this.bus._engine, offset, value, 1000, () => this.closed);
+      reader.unpark();
+    }
+  }
+
+  /** True once the publisher closed and every record was read. */
+  get ended(): boolean {
+    return !!this.reader && this.reader.publisherClosed() && this.reader.pending() === 0;
+  }
+
   /** The next message, or undefined at the end. */
   async receive(): Promise<unknown> {
     const r = await this.next();
