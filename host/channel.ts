@@ -288,7 +288,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private checkSendable(): void {
     if (this.failure) throw this.failure;
     if (this.state !== 'open') throw new ClosedError('channel is closed', { url: this.url });
-    if (this.peerGone || this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
+    // The peer's closed flag in the ring is checked only when a message cannot go straight into the ring (a
+    // wasm call per send otherwise); its control socket ending sets peerGone for every later send.
+    if (this.peerGone) throw new ClosedError('peer closed the channel', { url: this.url });
   }
 
   private enqueue(type: number, bytes: Uint8Array): boolean {
@@ -303,6 +305,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         return true;
       }
     }
+    if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
     if (this.queueLength() >= this.maxQueued) throw new QueueFullError(this.maxQueued);
     // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
     this.queue.push({ type, bytes: new Uint8Array(bytes) });
