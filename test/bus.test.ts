@@ -12,7 +12,8 @@ import { ErrorCode } from '../host/errors.js';
 const PEER = fileURLToPath(new URL('../dist/test/fixtures/bus-peer.js', import.meta.url));
 let serial = 0;
 const busUrl = () => `shm://bustest-${process.pid}-${++serial}`;
-const shmFiles = () => readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus'));
+// Only this process's buses count (their names carry our pid): other processes may use shmbus meanwhile.
+const shmFiles = () => readdirSync('/dev/shm').filter((f) => f.startsWith(`shmbus.bus.bustest-${process.pid}-`));
 let before = shmFiles();
 t.beforeEach(() => { before = shmFiles(); });
 t.afterEach((sub) => { t.same(shmFiles(), before, `nothing left in /dev/shm by: ${sub.name}`); });

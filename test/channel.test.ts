@@ -13,11 +13,14 @@ const PEER = fileURLToPath(new URL('../dist/test/fixtures/peer.js', import.meta.
 let serial = 0;
 const unique = (prefix: string) => `${prefix}-${process.pid}-${++serial}`;
 
+// Only what this test process created counts (other processes on the machine may use shmbus meanwhile):
+// segment names carry the creator's pid, and `ipcs -m -p` lists each segment's creator.
 function shmFiles(): string[] {
-  return readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus'));
+  return readdirSync('/dev/shm').filter((f) => f.startsWith('shmbus') && f.includes(`.${process.pid}.`));
 }
 function sysvSegments(): string[] {
-  return execFileSync('ipcs', ['-m'], { encoding: 'utf8' }).split('\n').filter((l) => /^0x/.test(l));
+  return execFileSync('ipcs', ['-m', '-p'], { encoding: 'utf8' }).split('\n')
+    .filter((l) => /^\s*\d+/.test(l) && l.trim().split(/\s+/)[2] === String(process.pid));
 }
 
 function startPeer(url: string, mode: string, count = 0, pauseEvery = 0, uid?: number): { child: ChildProcess; exit: Promise<number | null>; stderr: () => string } {
