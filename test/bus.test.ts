@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Bus, LIVENESS_MS } from '../host/bus.js';
+import { Bus, LIVENESS_MS, reapDeadBuses } from '../host/bus.js';
 import { ErrorCode } from '../host/errors.js';
 
 const PEER = fileURLToPath(new URL('../dist/test/fixtures/bus-peer.js', import.meta.url));
@@ -149,4 +149,16 @@ t.test('file-backed topics keep their history across restarts', async (t) => {
   await bus.destroy();
   t.same(readdirSync(dir), [], 'destroy removed the files');
   rmSync(dir, { recursive: true, force: true });
+});
+
+t.test('shmbus clean reaps a bus whose members were all killed', async (t) => {
+  const url = busUrl();
+  const ns = url.slice('shm://'.length);
+  const killed = peer(url, 'orphan', 'pubstall');
+  await killed.ready;
+  t.same(reapDeadBuses(), [], 'a bus with a live member is kept');
+  killed.child.kill('SIGKILL');
+  await killed.exit;
+  t.same(shmFiles().sort(), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`], 'left behind by the killed process');
+  t.same(reapDeadBuses().sort(), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`]);
 });
