@@ -588,7 +588,8 @@ export class Subscription implements AsyncIterable<unknown> {
   private readonly bus: Bus;
   private readonly fromEarliest: boolean;
   private readonly options: SubscribeOptions;
-  private readonly unpackr = new Unpackr({ useRecords: false });
+  // copyBuffers: binary fields of a decoded value must not stay views into the ring, which the publisher reuses.
+  private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
   private reader: TopicReader | undefined;
   private mapped: Mapped | undefined;
   private readonly inbox: unknown[] = [];

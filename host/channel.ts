@@ -59,9 +59,22 @@ export interface WakeParts {
   mine: WakeMechanism;
   peer: WakeMechanism;
   peerParams: Record<string, unknown>;
+  /** What we sent the peer for our own mechanism (its `params()`), handed to our sleeper. */
+  myParams?: Record<string, unknown>;
 }
 
 interface Queued { type: number; bytes: Uint8Array }
+
+/**
+ * Free bytes that guarantee a record of `length` payload bytes can be claimed wherever the tail is: the record
+ * (header + payload, 8-aligned) plus, when it does not fit before the end of the data, the padding record that
+ * fills the rest (at most the record's size minus 8). Waiting for less can livelock: the ring reports room,
+ * the claim still fails, and the writer retries without ever yielding.
+ */
+function roomFor(length: number): number {
+  const record = (length + RECORD_HEADER_SIZE + 7) & ~7;
+  return 2 * record - RECORD_HEADER_SIZE;
+}
 
 const DATA_BYTE = Buffer.from([DOORBELL_DATA]);
 
@@ -126,7 +139,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly spinAuto: boolean;
   private readonly spinAlways: boolean;
   private readonly packr = new Packr({ useRecords: false });
-  private readonly unpackr = new Unpackr({ useRecords: false });
+  // copyBuffers: binary fields of a decoded value must not stay views into the ring, which the peer reuses.
+  private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
 
   private state: 'open' | 'closing' | 'closed' = 'open';
   /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
@@ -169,6 +183,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams });
     this.sleeper = parts.wake.mine.sleeper({
       engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
+      params: parts.wake.myParams,
     });
     const spin = parts.endpoint.spin;
     this.spinAuto = spin === 'auto';
@@ -374,7 +389,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   private waitForRoom(length: number): void {
-    const need = length + 2 * RECORD_HEADER_SIZE;
+    const need = roomFor(length);
     if (need > this.wantRoom) this.wantRoom = need;
     void this.pump();
   }
@@ -388,14 +403,18 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         this.flushQueue();
         if (this.failure || this.state === 'closed') break;
         const needBytes = this.queueLength() > 0
-          ? this.queue[this.queueHead]!.bytes.length + 2 * RECORD_HEADER_SIZE
+          ? roomFor(this.queue[this.queueHead]!.bytes.length)
           : this.wantRoom;
         if (needBytes === 0 || (this.queueLength() === 0 && this.tx.free() >= needBytes)) {
           this.wantRoom = 0;
           break;
         }
         if (this.peerGone || this.tx.peerClosed()) {
-          this.fail(new ClosedError('peer closed the channel before queued messages were delivered', { queued: this.queueLength() }));
+          // A peer that died (no closed flag) is PEER_DEAD for every waiter, not a close: this failure is the one
+          // the reader sees too.
+          this.fail(this.peerGone && !this.rx.peerClosed()
+            ? new PeerDeadError('peer went away without closing', { url: this.url, side: this.side, queued: this.queueLength() })
+            : new ClosedError('peer closed the channel before queued messages were delivered', { queued: this.queueLength() }));
           break;
         }
         await this.waitWritable(needBytes);
@@ -756,7 +775,21 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.rx.dispose();
       this.region.close();
     }
+    await this.socketClosed();
     this.emit('close');
+  }
+
+  /**
+   * Waits until the control socket is fully closed (the peer answers our end-of-file with its own at once), so
+   * that nothing of the channel is open once close() resolves. A peer that does not answer within a second is cut.
+   */
+  private socketClosed(): Promise<void> {
+    const socket = this.socket;
+    if (socket.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => socket.destroy(), 1000);
+      socket.once('close', () => { clearTimeout(timer); resolve(); });
+    });
   }
 }
 

@@ -10,11 +10,12 @@
  */
 import { registerTransport, transportFor, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
 import { shmTransport, type Listener } from '../transports/shm.js';
+import { allTransports } from '../transports/all.js';
 import type { Channel } from './channel.js';
 import type { RequestHandler } from './rpc.js';
-import { BadArgumentError } from './errors.js';
 
 registerTransport(shmTransport);
+for (const transport of allTransports) registerTransport(transport);
 
 /** A shared-memory URL: its connections are `Channel`s, with zero-copy `claim` and `poll`. */
 export type ShmUrl = `shm://${string}` | `sysv://${string}` | `file://${string}`;
@@ -38,16 +39,13 @@ export async function connect(url: string, options?: ConnectOptions): Promise<Co
  * listener closes.
  */
 export async function serve(listener: AsyncIterable<Connection>, handler: RequestHandler): Promise<void> {
-  for await (const conn of listener) {
-    const c = conn as Connection & { handle?: (h: RequestHandler) => unknown };
-    if (typeof c.handle !== 'function') throw new BadArgumentError('this transport does not support request/reply', { url: conn.url });
-    c.handle(handler);
-  }
+  for await (const conn of listener) conn.handle(handler);
 }
 
 export { Listener } from '../transports/shm.js';
 export { Bus, Publisher, Subscription, type PublisherOptions, type SubscribeOptions, type TopicInfo } from './bus.js';
 export type { RequestHandler, RequestOptions } from './rpc.js';
+export { spawnWithPipe, type PipeChild, type PipeSpawnOptions } from '../transports/pipe.js';
 export { registerTransport, transportFor, transports, type Transport, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
 export { Channel, Claim, type RecordHandler } from './channel.js';
 export { Region, type RegionKind, type CreateOptions } from './region.js';

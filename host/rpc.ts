@@ -7,7 +7,8 @@
  * - `request(value, { timeout, signal })` resolves with the reply, or rejects with ERR_SHMBUS_TIMEOUT, an abort
  *   (ERR_SHMBUS_CLOSED with the signal's reason as cause), the server's error (its code), or the connection's end.
  * - `handle(fn)` answers requests: the value fn returns (or resolves to) is sent back; a throw becomes a failed
- *   reply with the error's code and message. A reply to a peer that has gone is dropped quietly.
+ *   reply with the error's code and message. A reply to a peer that has gone is dropped quietly. Requests that
+ *   arrive before a handler is set wait for one (up to 1024; past that they fail with ERR_SHMBUS_BAD_STATE).
  */
 import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError, TimeoutError, type ErrorCodeValue } from './errors.js';
@@ -21,6 +22,9 @@ export interface RequestOptions {
 /** Answers one request. Runs for every request, concurrently. */
 export type RequestHandler = (value: unknown) => unknown;
 
+/** Requests kept while no handler is set; later ones are refused with ERR_SHMBUS_BAD_STATE. */
+const MAX_EARLY_REQUESTS = 1024;
+
 interface Pending { resolve(v: unknown): void; reject(e: Error): void; timer?: NodeJS.Timeout; cleanup?: () => void }
 
 export class Rpc {
@@ -28,6 +32,8 @@ export class Rpc {
   private readonly pending = new Map<number, Pending>();
   private handler: RequestHandler | undefined;
   private ended: Error | undefined;
+  /** Requests that arrived before any handler was set (a peer may ask before this side called handle()). */
+  private readonly early: [number, unknown][] = [];
 
   /**
    * @param send hands one record to the connection (taking it even when it must queue); throws if closed.
@@ -86,6 +92,7 @@ export class Rpc {
     const wasActive = this.active;
     this.handler = fn;
     if (wasActive !== this.active) this.activity(this.active);
+    if (fn) for (const [id, value] of this.early.splice(0)) void this.answer(id, value);
   }
 
   /** A record of one of the request/reply types arrived, decoded. */
@@ -95,7 +102,9 @@ export class Rpc {
     }
     const [id, value] = decoded as [number, unknown];
     if (type === RECORD_REQUEST) {
-      void this.answer(id, value);
+      // Before any handler is set, requests wait for one (bounded); the requester's timeout covers the wait.
+      if (!this.handler && this.early.length < MAX_EARLY_REQUESTS) this.early.push([id, value]);
+      else void this.answer(id, value);
       return;
     }
     const entry = this.pending.get(id);

@@ -58,9 +58,9 @@ export interface Connection extends EventEmitter, AsyncIterable<unknown> {
   /** Delivers what was taken, then closes. Idempotent. */
   close(): Promise<void>;
   /** Sends a request; resolves with the peer's reply (host/rpc.ts). */
-  request?(value: unknown, options?: RequestOptions): Promise<unknown>;
-  /** Answers the peer's requests. */
-  handle?(handler: RequestHandler | undefined): unknown;
+  request(value: unknown, options?: RequestOptions): Promise<unknown>;
+  /** Answers the peer's requests (undefined stops). */
+  handle(handler: RequestHandler | undefined): unknown;
 }
 
 /** A listening endpoint: an async iterable of incoming connections. Emits 'connection' and 'error'. */

@@ -129,7 +129,9 @@ export class Listener extends EventEmitter implements ConnectionListener {
       mapping = mapRegion(engine, region);
       formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, processStartTime(process.pid) ?? 0n);
       const wake = peerWake(this.endpoint, hello.wake);
-      writeLine(socket, { ok: true, kind: region.kind, name: region.name, shmid: region.shmid, size, capacity, wake: wakeLine(this.endpoint) });
+      const mine = wakeLine(this.endpoint);
+      wake.myParams = mine.params as Record<string, unknown>;
+      writeLine(socket, { ok: true, kind: region.kind, name: region.name, shmid: region.shmid, size, capacity, wake: mine });
       const { message: ack, rest } = await readLine(socket, this.handshakeTimeout);
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       region.remove();
@@ -174,7 +176,9 @@ export class Listener extends EventEmitter implements ConnectionListener {
     for (const s of this.pending) s.destroy();
     for (const c of this.accepted.splice(0)) await c.close();
     if (this.waiter) { const w = this.waiter; this.waiter = undefined; w(undefined); }
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // net.Server.close() stops listening at once, but its callback waits for every accepted socket to end:
+    // channels handed out stay open (the contract), so do not wait for them.
+    this.server.close();
   }
 }
 
@@ -210,12 +214,14 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   });
   let mapping: Mapping | undefined;
   try {
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: wakeLine(endpoint) });
+    const mine = wakeLine(endpoint);
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine });
     const { message: reply } = await readLine(socket, timeout);
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
     const engine = getEngine();
     try {
       const wake = peerWake(endpoint, reply.wake);
+      wake.myParams = mine.params as Record<string, unknown>;
       const region = attachRegion(endpoint, reply);
       mapping = mapRegion(engine, region);
       const info = readSegment(engine, mapping.window, region.size);

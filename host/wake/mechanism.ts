@@ -42,6 +42,9 @@ export interface SleeperContext {
   rx: RingEnd;
   socket: net.Socket;
   onWake(kind: WakeKind): void;
+  /** What this side sent the peer for this connection (the result of `params()`), so a mechanism can tie the
+   * sleeper to it (a reservation, a channel id the peer's rings carry). */
+  params?: Record<string, unknown>;
 }
 
 export interface BellContext {

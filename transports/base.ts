@@ -1,0 +1,573 @@
+/**
+ * The parts of the transport contract (contract.ts) that do not depend on the mechanism, written once:
+ *
+ * - `FramedConnection`: the send queue and back-pressure (send / trySend / drained / 'drain' / maxQueued /
+ *   QUEUE_FULL / MESSAGE_TOO_LARGE), the bounded inbox behind the async iterator and `receive`, msgpack encoding
+ *   and decoding, orderly close, peer death and failure. A transport subclasses it and provides four hooks
+ *   (writeFrame, pauseReading, resumeReading, closeTransport) and reports what the kernel did through five calls
+ *   (writable, deliver, ended, peerDied, fail). `host/channel.ts` is the reference these semantics follow.
+ * - `ListenerBase`: the accept queue behind `acceptNext` and the listener's async iterator.
+ * - `parseTransportQuery`: the URL options every kernel transport shares (`maxQueued`), unknown ones refused.
+ * - `onNormalExit`: owners register how to remove what they created if the process exits without closing.
+ *
+ * Receiving is push-based here (the kernel hands us messages through the event loop), so the inbox is bounded:
+ * above a high-water mark the subclass stops pulling from the kernel, and the kernel's own buffer then stops the
+ * sender. A slow `for await` consumer therefore back-pressures the peer instead of growing memory.
+ */
+import { EventEmitter } from 'node:events';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { Packr, Unpackr } from 'msgpackr';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
+import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
+import {
+  BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
+  ShmbusError,
+} from '../host/errors.js';
+import { DEFAULT_MAX_QUEUED } from '../host/url.js';
+import type { Connection, ConnectionListener } from './contract.js';
+
+/** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
+const YIELD_MS = 2;
+/** Inbox high-water marks: above either, the subclass stops reading; below half of both, it reads again. */
+const DEFAULT_INBOX_MESSAGES = 8192;
+const DEFAULT_INBOX_BYTES = 4 * 1024 * 1024;
+
+export interface FramedConnectionOptions {
+  /** The URL the connection was made from (shown in errors). */
+  url: string;
+  /** Largest encoded message the transport carries; larger sends throw ERR_SHMBUS_MESSAGE_TOO_LARGE. */
+  maxMessageSize: number;
+  /** Hard cap of messages waiting in the local send queue. */
+  maxQueued: number;
+  /** Inbox high-water mark in messages (default 8192). */
+  inboxMessages?: number;
+  /** Inbox high-water mark in encoded bytes (default 4 MiB; one larger message is always let in). */
+  inboxBytes?: number;
+}
+
+interface Queued { type: number; bytes: Uint8Array }
+
+export abstract class FramedConnection extends EventEmitter implements Connection {
+  readonly url: string;
+  readonly maxMessageSize: number;
+  readonly maxQueued: number;
+
+  private readonly packr = new Packr({ useRecords: false });
+  // msgpackr hands out binary fields as views of the bytes it decodes; `deliver` bytes may be reused by the
+  // caller, so those views must be copies (copyBuffers), unless the bytes are ours to keep anyway.
+  private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+  private readonly unpackrOwned = new Unpackr({ useRecords: false });
+  private readonly inboxMessages: number;
+  private readonly inboxBytesMax: number;
+
+  /** 'closing': close() is flushing the queue; 'closed': closeTransport has been called. */
+  private state: 'open' | 'closing' | 'closed' = 'open';
+  /** The peer ended the stream in order: no more messages will arrive, and it reads nothing more. */
+  private peerEnded = false;
+  /** What ended the connection abnormally (dead peer, corrupt frame); every later call reports it. */
+  private failure: ShmbusError | undefined;
+
+  private readonly queue: Queued[] = [];
+  private queueHead = 0;
+  /** writeFrame said "would block"; only writable() clears it. New messages queue behind it to keep order. */
+  private blocked = false;
+  /** Someone was told false (send queued, trySend refused): 'drain' is owed once the queue empties. */
+  private drainOwed = false;
+  private flushing = false;
+  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+
+  private readonly inbox: unknown[] = [];
+  private readonly inboxSizes: number[] = [];
+  private inboxHead = 0;
+  private inboxBytes = 0;
+  private paused = false;
+  private readerWaiters: (() => void)[] = [];
+  private lastYield = performance.now();
+
+  private closePromise: Promise<void> | undefined;
+  private shutdownPromise: Promise<void> | undefined;
+  /** Request/reply: incoming frames are pushed to us, so replies are handled whether or not anyone iterates. */
+  private readonly rpc = new Rpc((type, value) => {
+    this.checkSendable();
+    this.enqueue(type, this.packr.pack(value));
+  }, () => {});
+
+  constructor(opts: FramedConnectionOptions) {
+    super();
+    if (!Number.isInteger(opts.maxMessageSize) || opts.maxMessageSize < 0) {
+      throw new BadArgumentError('maxMessageSize must be a non-negative integer', { maxMessageSize: opts.maxMessageSize });
+    }
+    if (!Number.isInteger(opts.maxQueued) || opts.maxQueued < 0) {
+      throw new BadArgumentError('maxQueued must be a non-negative integer', { maxQueued: opts.maxQueued });
+    }
+    this.url = opts.url;
+    this.maxMessageSize = opts.maxMessageSize;
+    this.maxQueued = opts.maxQueued;
+    this.inboxMessages = Math.max(1, opts.inboxMessages ?? DEFAULT_INBOX_MESSAGES);
+    this.inboxBytesMax = Math.max(1, opts.inboxBytes ?? DEFAULT_INBOX_BYTES);
+  }
+
+  // --- hooks the subclass implements -----------------------------------------------------------------------------
+
+  /**
+   * Hands one whole message to the kernel now, or nothing: true = taken, false = would block (nothing taken).
+   * `bytes` is valid only during the call unless `owned` is true (then it is a private copy the subclass may
+   * keep). After returning false the subclass must call `writable()` once the kernel can take more (later,
+   * from an event: not from inside writeFrame). Throwing a ShmbusError fails the connection.
+   */
+  protected abstract writeFrame(type: number, bytes: Uint8Array, owned?: boolean): boolean;
+  /** Stop pulling messages from the kernel: the inbox is above its high-water mark. */
+  protected abstract pauseReading(): void;
+  /** Pull again: the consumer caught up. */
+  protected abstract resumeReading(): void;
+  /**
+   * Called once, after the local queue is flushed (close) or abandoned (failure, peer gone): tell the peer
+   * end-of-stream (when it is still there), release fds, remove owned kernel objects. Must not reject for a peer
+   * that is already gone.
+   */
+  protected abstract closeTransport(): Promise<void>;
+
+  // --- what the subclass calls -----------------------------------------------------------------------------------
+
+  /** The kernel can take more: flush the queue, then resolve drained() and emit 'drain'. */
+  protected writable(): void {
+    this.blocked = false;
+    if (this.flushing || this.state === 'closed') return;
+    this.flushing = true;
+    try {
+      while (this.queueHead < this.queue.length) {
+        const item = this.queue[this.queueHead]!;
+        if (!this.write(item.type, item.bytes, true)) return;
+        this.queue[this.queueHead++] = undefined as unknown as Queued;
+      }
+      this.queue.length = 0;
+      this.queueHead = 0;
+    } finally {
+      this.flushing = false;
+      if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+        this.queue.splice(0, this.queueHead);
+        this.queueHead = 0;
+      }
+    }
+    if (this.blocked || this.failure) return;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w.resolve();
+    if (this.drainOwed) {
+      this.drainOwed = false;
+      this.emit('drain');
+    }
+  }
+
+  /**
+   * One complete message arrived. `bytes` may be reused by the caller after this returns, unless `owned` (then
+   * raw bytes are handed to the consumer without another copy). msgpack is decoded now: a message that does
+   * not decode, or an unknown type, fails the connection with ERR_SHMBUS_CORRUPT.
+   */
+  protected deliver(type: number, bytes: Uint8Array, owned = false): void {
+    if (this.failure || this.state === 'closed') return;
+    let value: unknown;
+    if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
+      try {
+        this.rpc.incoming(type, (owned ? this.unpackrOwned : this.unpackr).unpack(bytes));
+      } catch (cause) {
+        this.fail(new CorruptError('request/reply message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
+      }
+      return;
+    } else if (type === RECORD_MSGPACK) {
+      try {
+        value = (owned ? this.unpackrOwned : this.unpackr).unpack(bytes);
+      } catch (cause) {
+        this.fail(new CorruptError('msgpack message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
+        return;
+      }
+    } else if (type === RECORD_BYTES) {
+      // new Uint8Array(x) copies; a Buffer's slice() would not.
+      value = owned ? bytes : new Uint8Array(bytes);
+    } else {
+      this.fail(new CorruptError('message of an unknown type', { url: this.url, type }));
+      return;
+    }
+    this.inbox.push(value);
+    this.inboxSizes.push(bytes.length);
+    this.inboxBytes += bytes.length;
+    if (!this.paused && (this.inbox.length - this.inboxHead >= this.inboxMessages || this.inboxBytes >= this.inboxBytesMax)) {
+      this.paused = true;
+      this.pauseReading();
+    }
+    this.wakeReaders();
+  }
+
+  /** The peer ended the stream in order. The iterator ends after what already arrived; sends now throw CLOSED. */
+  protected ended(): void {
+    if (this.peerEnded || this.failure || this.state === 'closed') return;
+    this.peerEnded = true;
+    this.wakeReaders();
+    void this.shutdown();
+  }
+
+  /** The peer is gone without closing: the iterator throws ERR_SHMBUS_PEER_DEAD after what arrived. */
+  protected peerDied(error?: ShmbusError): void {
+    if (this.peerEnded || this.failure || this.state === 'closed') return;
+    this.fail(error ?? new PeerDeadError('peer went away without closing', { url: this.url }));
+  }
+
+  /** Ends the connection with an error: reported to drain waiters, 'error' listeners, the iterator, later calls. */
+  protected fail(error: ShmbusError): void {
+    if (this.failure || this.state === 'closed') return;
+    this.failure = error;
+    this.rejectDrainWaiters(error);
+    this.wakeReaders();
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    void this.shutdown();
+  }
+
+  /** The error that ended the connection (dead peer, corrupt frame), if one did. */
+  protected get failedWith(): ShmbusError | undefined {
+    return this.failure;
+  }
+
+  /** True once closeTransport has been (or is being) called. */
+  protected get transportClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  // --- sending ---------------------------------------------------------------------------------------------------
+
+  /** Messages waiting in the local queue. */
+  get queued(): number {
+    return this.queue.length - this.queueHead;
+  }
+
+  /** Sends a request; resolves with the peer's reply (see host/rpc.ts for the outcomes). */
+  request(value: unknown, options?: RequestOptions): Promise<unknown> {
+    return this.rpc.request(value, options);
+  }
+
+  /** Answers the peer's requests with `handler`. */
+  handle(handler: RequestHandler | undefined): this {
+    this.rpc.handle(handler);
+    return this;
+  }
+
+  send(value: unknown): boolean {
+    this.checkSendable();
+    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  sendBytes(bytes: Uint8Array): boolean {
+    this.checkSendable();
+    if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('sendBytes takes a Uint8Array', { type: typeof bytes });
+    return this.enqueue(RECORD_BYTES, bytes);
+  }
+
+  trySend(value: unknown): boolean {
+    this.checkSendable();
+    return this.tryWrite(RECORD_MSGPACK, this.packr.pack(value));
+  }
+
+  trySendBytes(bytes: Uint8Array): boolean {
+    this.checkSendable();
+    if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('trySendBytes takes a Uint8Array', { type: typeof bytes });
+    return this.tryWrite(RECORD_BYTES, bytes);
+  }
+
+  /** Resolves when nothing waits locally and a refused trySend would be tried again; rejects with the reason
+   * if the queued messages can no longer be delivered. */
+  drained(): Promise<void> {
+    if (this.queued === 0 && !this.blocked) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.state === 'closed') return Promise.reject(new ClosedError('connection is closed', { url: this.url }));
+    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+  }
+
+  private checkSendable(): void {
+    if (this.failure) throw this.failure;
+    if (this.peerEnded) throw new ClosedError('peer closed the connection', { url: this.url });
+    if (this.state !== 'open') throw new ClosedError('connection is closed', { url: this.url });
+  }
+
+  private enqueue(type: number, bytes: Uint8Array): boolean {
+    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
+    if (this.queued === 0 && !this.blocked) {
+      if (this.write(type, bytes, false)) return true;
+      if (this.failure) throw this.failure;
+    }
+    if (this.queued >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
+    this.queue.push({ type, bytes: new Uint8Array(bytes) });
+    this.drainOwed = true;
+    return false;
+  }
+
+  private tryWrite(type: number, bytes: Uint8Array): boolean {
+    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
+    if (this.queued === 0 && !this.blocked) {
+      if (this.write(type, bytes, false)) return true;
+      if (this.failure) throw this.failure;
+    }
+    this.drainOwed = true;
+    return false;
+  }
+
+  /** writeFrame with the bookkeeping: false marks the connection blocked until writable(). */
+  private write(type: number, bytes: Uint8Array, owned: boolean): boolean {
+    let taken: boolean;
+    try {
+      taken = this.writeFrame(type, bytes, owned);
+    } catch (error) {
+      this.fail(asShmbusError(error));
+      return false;
+    }
+    if (!taken) this.blocked = true;
+    return taken;
+  }
+
+  private rejectDrainWaiters(error: Error): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w.reject(error);
+  }
+
+  // --- receiving -------------------------------------------------------------------------------------------------
+
+  /** The next message: a decoded value, or a Uint8Array for raw bytes. Undefined at the end of the stream. */
+  async receive(): Promise<unknown> {
+    const r = await this.next();
+    return r.done ? undefined : r.value;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<unknown> {
+    return {
+      next: () => this.next(),
+      // Leaving a for-await loop early does not close the connection (as with host/channel.ts).
+      return: async () => ({ value: undefined, done: true }),
+    };
+  }
+
+  private async next(): Promise<IteratorResult<unknown>> {
+    for (;;) {
+      if (this.inboxHead < this.inbox.length) {
+        // Values resolve as microtasks; an inbox that never runs dry would starve timers and I/O without this.
+        if (performance.now() - this.lastYield > YIELD_MS) {
+          await nextTurn();
+          this.lastYield = performance.now();
+          continue;
+        }
+        return { value: this.take(), done: false };
+      }
+      if (this.failure) throw this.failure;
+      if (this.state === 'closed' || this.peerEnded) return { value: undefined, done: true };
+      await new Promise<void>((resolve) => this.readerWaiters.push(resolve));
+      // Waiting for the kernel went through the event loop: that was a yield.
+      this.lastYield = performance.now();
+    }
+  }
+
+  private take(): unknown {
+    const value = this.inbox[this.inboxHead];
+    this.inbox[this.inboxHead] = undefined;
+    this.inboxBytes -= this.inboxSizes[this.inboxHead]!;
+    this.inboxHead++;
+    if (this.inboxHead === this.inbox.length) {
+      this.inbox.length = 0;
+      this.inboxSizes.length = 0;
+      this.inboxHead = 0;
+    } else if (this.inboxHead > 1024 && this.inboxHead * 2 > this.inbox.length) {
+      this.inbox.splice(0, this.inboxHead);
+      this.inboxSizes.splice(0, this.inboxHead);
+      this.inboxHead = 0;
+    }
+    if (this.paused && this.state !== 'closed' && !this.failure
+      && (this.inbox.length - this.inboxHead) * 2 <= this.inboxMessages && this.inboxBytes * 2 <= this.inboxBytesMax) {
+      this.paused = false;
+      this.resumeReading();
+    }
+    return value;
+  }
+
+  private wakeReaders(): void {
+    if (this.readerWaiters.length === 0) return;
+    const waiters = this.readerWaiters;
+    this.readerWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  // --- closing ---------------------------------------------------------------------------------------------------
+
+  /**
+   * Hands every queued message to the kernel, then closes the transport (the peer reads what was sent, then its
+   * iterator ends). Messages that can no longer be delivered (the peer went away) are given up; drained() tells
+   * why. Idempotent. Like host/channel.ts, it waits as long as a live peer takes to make room.
+   */
+  close(): Promise<void> {
+    this.closePromise ??= (async () => {
+      if (this.state === 'open') this.state = 'closing';
+      if (this.queued > 0 && !this.failure) {
+        try {
+          await this.drained();
+        } catch {
+          /* the reason already went to drain waiters and 'error' listeners */
+        }
+      }
+      await this.shutdown();
+    })();
+    return this.closePromise;
+  }
+
+  private shutdown(): Promise<void> {
+    this.shutdownPromise ??= (async () => {
+      this.state = 'closed';
+      this.rpc.end(this.failure ?? new ClosedError(this.peerEnded ? 'peer closed the connection' : 'connection is closed', { url: this.url }));
+      if (this.queued > 0 || this.blocked) {
+        const reason = this.failure ?? (this.peerEnded
+          ? new ClosedError('peer closed the connection before queued messages were delivered', { url: this.url, queued: this.queued })
+          : new ClosedError('connection closed before queued messages were delivered', { url: this.url, queued: this.queued }));
+        this.rejectDrainWaiters(reason);
+        this.queue.length = 0;
+        this.queueHead = 0;
+        this.blocked = false;
+      }
+      this.wakeReaders();
+      try {
+        await this.closeTransport();
+      } catch (error) {
+        if (!this.failure && this.listenerCount('error') > 0) this.emit('error', asShmbusError(error));
+      }
+      this.emit('close');
+    })();
+    return this.shutdownPromise;
+  }
+}
+
+/** Wraps anything thrown into a ShmbusError (kernel errors from node:net arrive as plain Errors with a code). */
+export function asShmbusError(error: unknown): ShmbusError {
+  if (error instanceof ShmbusError) return error;
+  return new ShmbusError(ErrorCode.SYSCALL, error instanceof Error ? error.message : String(error), { cause: error });
+}
+
+// --- listeners -----------------------------------------------------------------------------------------------------
+
+/** The accept queue of a listener: a subclass calls `offer` per accepted connection and implements `stop`. */
+export abstract class ListenerBase<C extends Connection = Connection> extends EventEmitter implements ConnectionListener {
+  readonly url: string;
+  private readonly accepted: C[] = [];
+  private waiters: ((c: C | undefined) => void)[] = [];
+  private closing: Promise<void> | undefined;
+
+  constructor(url: string) {
+    super();
+    this.url = url;
+  }
+
+  /** Stop accepting and remove what the listener created (socket file, FIFO). Called once. */
+  protected abstract stop(): Promise<void>;
+
+  protected get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /** Hands a new connection to the next acceptNext(), or queues it. After close it is closed instead. */
+  protected offer(connection: C): void {
+    if (this.closing) {
+      void connection.close();
+      return;
+    }
+    this.emit('connection', connection);
+    const waiter = this.waiters.shift();
+    if (waiter) waiter(connection);
+    else this.accepted.push(connection);
+  }
+
+  /** A connector that failed its handshake: reported to 'error' listeners only (the listener goes on). */
+  protected reportError(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', asShmbusError(error));
+  }
+
+  acceptNext(): Promise<C | undefined> {
+    const ready = this.accepted.shift();
+    if (ready) return Promise.resolve(ready);
+    if (this.closing) return Promise.resolve(undefined);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<C> {
+    return {
+      next: async () => {
+        const c = await this.acceptNext();
+        return c ? { value: c, done: false } : { value: undefined, done: true };
+      },
+      return: async () => ({ value: undefined, done: true }),
+    };
+  }
+
+  /** Stops accepting. Connections already handed out stay open; ones not yet taken are closed. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const w of this.waiters.splice(0)) w(undefined);
+      await Promise.all(this.accepted.splice(0).map((c) => c.close()));
+      await this.stop();
+    })();
+    return this.closing;
+  }
+}
+
+// --- URL options ---------------------------------------------------------------------------------------------------
+
+export interface TransportQuery {
+  maxQueued: number;
+  /** Every option, for the transport's own (already validated against `extra`). */
+  params: URLSearchParams;
+}
+
+/**
+ * Parses the query string of a kernel-transport URL: `maxQueued` (hard cap of the local send queue, default
+ * 65536) plus the transport's own `extra` option names; anything else is ERR_SHMBUS_BAD_URL.
+ */
+export function parseTransportQuery(url: string, query: string, extra: readonly string[] = []): TransportQuery {
+  const params = new URLSearchParams(query);
+  for (const key of params.keys()) {
+    if (key !== 'maxQueued' && !extra.includes(key)) throw new BadUrlError('unsupported option', url, { details: { option: key } });
+  }
+  let maxQueued = DEFAULT_MAX_QUEUED;
+  const text = params.get('maxQueued');
+  if (text !== null) {
+    if (!/^\d{1,9}$/.test(text)) throw new BadUrlError('maxQueued must be a non-negative integer', url, { details: { maxQueued: text } });
+    maxQueued = Number(text);
+  }
+  return { maxQueued, params };
+}
+
+/** Splits `scheme:rest?query#…` without URL's normalisation (which would eat `@` and percent-escapes). */
+export function splitUrl(url: string, scheme: string): { rest: string; query: string } {
+  if (typeof url !== 'string') throw new BadUrlError('URL must be a string', String(url));
+  const prefix = scheme + ':';
+  if (url.slice(0, prefix.length).toLowerCase() !== prefix) throw new BadUrlError(`not a ${scheme}: URL`, url);
+  const body = url.slice(prefix.length);
+  if (body.includes('#')) throw new BadUrlError('URL must not have a fragment', url);
+  const q = body.indexOf('?');
+  return q < 0 ? { rest: body, query: '' } : { rest: body.slice(0, q), query: body.slice(q + 1) };
+}
+
+// --- cleanup on exit -----------------------------------------------------------------------------------------------
+
+const exitCleanups = new Set<() => void>();
+let exitHooked = false;
+
+/**
+ * Runs `cleanup` (synchronous: unlink a file, remove a queue) if the process exits normally (end of the event
+ * loop, process.exit, an uncaught exception) before the returned function is called. Signals that kill the
+ * process skip it; those leftovers are what a later creator reaps (stale socket files, FIFOs).
+ */
+export function onNormalExit(cleanup: () => void): () => void {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.on('exit', () => {
+      for (const c of exitCleanups) {
+        try { c(); } catch { /* best effort while exiting */ }
+      }
+    });
+  }
+  exitCleanups.add(cleanup);
+  return () => { exitCleanups.delete(cleanup); };
+}

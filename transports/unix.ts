@@ -1,0 +1,118 @@
+/**
+ * unix: Unix-domain stream sockets, framed as in stream.ts.
+ *
+ *   unix:///run/app.sock      a socket file; an absolute path of at most 107 bytes (the kernel's sun_path)
+ *   unix://@name              Linux's abstract namespace: no file at all, the name dies with the listener
+ *
+ * Options: `maxQueued`. Percent-escapes in the path or name are decoded.
+ *
+ * A listener refuses an endpoint someone listens on (ERR_SHMBUS_EXISTS). A socket file nobody listens on (left by
+ * a listener that was killed) is replaced; a file that is not a socket is never touched. The listener removes
+ * its socket file on close and on normal exit.
+ */
+import net from 'node:net';
+import fs from 'node:fs';
+import { BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
+import { onNormalExit, parseTransportQuery, splitUrl } from './base.js';
+import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
+import type { Transport, ConnectOptions, ListenOptions, Connection, ConnectionListener } from './contract.js';
+
+const SUN_PATH_MAX = 107;
+const DEFAULT_TIMEOUT = 5000;
+
+export interface UnixEndpoint {
+  url: string;
+  /** What node:net takes: the file path, or '\0name' for the abstract namespace. */
+  path: string;
+  abstract: boolean;
+  maxQueued: number;
+}
+
+export function parseUnixUrl(url: string): UnixEndpoint {
+  const { rest, query } = splitUrl(url, 'unix');
+  const { maxQueued } = parseTransportQuery(url, query);
+  if (!rest.startsWith('//')) throw new BadUrlError('unix: URL is unix:///absolute/path or unix://@abstract-name', url);
+  let target: string;
+  try {
+    target = decodeURIComponent(rest.slice(2));
+  } catch (cause) {
+    throw new BadUrlError('bad percent-escape in the path', url, { cause });
+  }
+  let path: string;
+  let abstract = false;
+  if (target.startsWith('@')) {
+    if (target.length < 2) throw new BadUrlError('unix: abstract name is empty', url);
+    path = '\0' + target.slice(1);
+    abstract = true;
+  } else if (target.startsWith('/') && !target.endsWith('/')) {
+    path = target;
+  } else {
+    throw new BadUrlError('unix: URL is unix:///absolute/path or unix://@abstract-name', url);
+  }
+  if (path.includes('\0', abstract ? 1 : 0)) throw new BadUrlError('unix: path holds a NUL byte', url);
+  if (Buffer.byteLength(path) > SUN_PATH_MAX) throw new BadUrlError('unix: path longer than the kernel allows', url, { details: { max: SUN_PATH_MAX } });
+  return { url, path, abstract, maxQueued };
+}
+
+function bind(server: net.Server, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: Error) => reject(error);
+    server.once('error', onError);
+    server.listen({ path }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/** True when something accepts connections at `path`. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect({ path });
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+async function listen(url: string, _options: ListenOptions = {}): Promise<ConnectionListener> {
+  const ep = parseUnixUrl(url);
+  const server = net.createServer({ allowHalfOpen: true });
+  try {
+    await bind(server, ep.path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || ep.abstract || await listening(ep.path)) {
+      throw socketError(error as NodeJS.ErrnoException, url, 'listen');
+    }
+    // Nobody listens: a leftover of a listener that died. Replace it, but only if it is a socket.
+    let stat: fs.Stats;
+    try {
+      stat = fs.lstatSync(ep.path);
+    } catch {
+      throw socketError(error as NodeJS.ErrnoException, url, 'listen');
+    }
+    if (!stat.isSocket()) throw new ShmbusError(ErrorCode.EXISTS, 'a file that is not a socket is in the way', { details: { url } });
+    fs.rmSync(ep.path, { force: true });
+    try {
+      await bind(server, ep.path);
+    } catch (again) {
+      throw socketError(again as NodeJS.ErrnoException, url, 'listen');
+    }
+  }
+  let forget: (() => void) | undefined;
+  if (!ep.abstract) {
+    // Remove the file at exit only while it is still ours (same inode): a later listener may own the name.
+    const ino = fs.lstatSync(ep.path).ino;
+    forget = onNormalExit(() => {
+      if (fs.lstatSync(ep.path, { throwIfNoEntry: false })?.ino === ino) fs.unlinkSync(ep.path);
+    });
+  }
+  return new ServerListener(url, server, (socket) => new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket }), forget);
+}
+
+async function connect(url: string, options: ConnectOptions = {}): Promise<Connection> {
+  const ep = parseUnixUrl(url);
+  const socket = await whenConnected(net.connect({ path: ep.path, allowHalfOpen: true }), url, options.timeout ?? DEFAULT_TIMEOUT);
+  return new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket });
+}
+
+export const unixTransport: Transport = { name: 'unix', schemes: ['unix'], listen, connect };
