@@ -7,10 +7,14 @@ import { unixTransport } from './unix.js';
 import { tcpTransport } from './tcp.js';
 import { pipeTransport } from './pipe.js';
 import { fifoTransport } from './fifo.js';
+import { mqTransport } from './mq.js';
+import { sysvmqTransport } from './sysvmq.js';
 
 export const allTransports: Transport[] = [
   unixTransport,
   tcpTransport,
   pipeTransport,
   fifoTransport,
+  mqTransport,
+  sysvmqTransport,
 ];

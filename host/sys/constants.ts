@@ -63,3 +63,98 @@ export const PAGE_SIZE = 4096;
 export const MFD_NAME_MAX = 249;
 /** Longest POSIX shm name after its leading '/', in bytes: it becomes a file name in /dev/shm (NAME_MAX). */
 export const SHM_NAME_MAX = 255;
+
+// --- message queues and readiness (host/sys/mq.ts, host/sys/msg.ts, the receive thread of host/blocking.ts) ---
+
+/** <fcntl.h>: also the mq_open flag that makes mq_send/mq_receive return EAGAIN instead of blocking. */
+export const O_NONBLOCK = 0o4000;
+
+// <sys/msg.h>
+/** msgrcv: truncate a longer message instead of failing with E2BIG (the message is removed either way). */
+export const MSG_NOERROR = 0o10000;
+/** msgrcv: receive the first message whose mtype is NOT msgtyp. */
+export const MSG_EXCEPT = 0o20000;
+/** msgrcv (Linux ≥ 3.8, CONFIG_CHECKPOINT_RESTORE): copy the message at index msgtyp without removing it. */
+export const MSG_COPY = 0o40000;
+
+// <sys/epoll.h>
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+/** After one event the fd is disabled until EPOLL_CTL_MOD arms it again. */
+export const EPOLLONESHOT = 1 << 30;
+/** sizeof(struct epoll_event) on x86_64: the struct is packed (u32 events, u64 data). */
+export const EPOLL_EVENT_SIZE = 12;
+
+// <sys/eventfd.h>
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+
+// <sys/file.h>
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+// <sys/resource.h>
+export const RLIMIT_NOFILE = 7;
+export const RLIMIT_MSGQUEUE = 12;
+
+// ---- wake mechanisms (host/sys/futex.ts, sem.ts, signal.ts, wakemq.ts) ----
+
+// x86_64 system call numbers for the calls glibc has no wrapper for (or whose wrapper we avoid).
+export const SYS_FUTEX = 202;
+export const SYS_GETTID = 186;
+export const SYS_TGKILL = 234;
+export const SYS_RT_TGSIGQUEUEINFO = 297;
+export const SYS_PIDFD_SEND_SIGNAL = 424;
+export const SYS_PIDFD_OPEN = 434;
+/** futex_waitv(2), Linux ≥ 5.16. */
+export const SYS_FUTEX_WAITV = 449;
+
+// <linux/futex.h>
+export const FUTEX_WAIT = 0;
+export const FUTEX_WAKE = 1;
+/** Without it a futex is keyed by the backing page (shared across processes); with it, by this process's mm. */
+export const FUTEX_PRIVATE_FLAG = 128;
+/** futex_waitv entry flags: a 32-bit word (FUTEX2_SIZE_U32), optionally private (FUTEX2_PRIVATE). */
+export const FUTEX2_SIZE_U32 = 0x02;
+export const FUTEX2_PRIVATE = 128;
+/** Most entries one futex_waitv call takes. */
+export const FUTEX_WAITV_MAX = 128;
+/** sizeof(struct futex_waitv): u64 val, u64 uaddr, u32 flags, u32 reserved. */
+export const FUTEX_WAITV_SIZE = 24;
+
+// <time.h>
+export const CLOCK_REALTIME = 0;
+export const CLOCK_MONOTONIC = 1;
+
+// <sys/sem.h>
+export const SEM_UNDO = 0x1000;
+export const GETPID = 11;
+export const GETVAL = 12;
+export const GETNCNT = 14;
+export const SETVAL = 16;
+/** Largest value of a System V semaphore (semop past it fails with ERANGE). */
+export const SEMVMX = 32767;
+/** sizeof(struct sembuf): u16 sem_num, i16 sem_op, i16 sem_flg. */
+export const SEMBUF_SIZE = 6;
+/** Largest value of a POSIX semaphore (sem_post past it fails with EOVERFLOW). */
+export const SEM_VALUE_MAX = 0x7fffffff;
+
+// <signal.h>
+export const SIG_BLOCK = 0;
+export const SIG_UNBLOCK = 1;
+export const SIG_SETMASK = 2;
+/** si_code of a signal sent with sigqueue (and what pidfd_send_signal / rt_tgsigqueueinfo must carry). */
+export const SI_QUEUE = -1;
+/** sizeof(siginfo_t) and sizeof(sigset_t) as glibc declares them on x86_64. */
+export const SIGINFO_SIZE = 128;
+export const SIGSET_SIZE = 128;
+/** pidfd_open flag (Linux ≥ 6.9): the pidfd names one thread, and signals sent through it go to that thread. */
+export const PIDFD_THREAD = 0o200;

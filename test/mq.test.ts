@@ -1,0 +1,475 @@
+// What is particular to the message-queue transports (mq:, sysvmq:) beyond the conformance suite: packing,
+// splitting and reassembly (with corrupt sequences), kernel limits as typed errors naming the limit, what is left
+// in /dev/mqueue and the System V tables, the receive threads (no threadpool thread held, no hang at exit), and
+// untrusted packets on the wire.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { pack } from 'msgpackr';
+import { listen, connect, ErrorCode, ShmbusError, type Connection, type ConnectionListener } from '../host/index.js';
+import {
+  PacketWriter, Reassembler, RECORD_HEADER, KIND_WHOLE, KIND_FIRST, KIND_MIDDLE, KIND_LAST, KIND_END,
+} from '../transports/fragment.js';
+import { mqLimits, mqOpen, mqReceive, mqSend, mqClose, mqUnlinkIfExists } from '../host/sys/mq.js';
+import { msgLimits } from '../host/sys/msg.js';
+import { O_CREAT, O_EXCL, O_NONBLOCK, O_RDONLY, O_WRONLY } from '../host/sys/constants.js';
+import { processStartTime } from '../host/sys/proc.js';
+import { mqueueLeftovers, sysvQueues } from './conformance/cases-queues.js';
+
+const INDEX = fileURLToPath(new URL('../dist/host/index.js', import.meta.url));
+const pid = process.pid;
+let serial = 0;
+const mqUrl = (query = '') => `mq:///mqt-${pid}-${++serial}${query}`;
+/** Keys 0x5c<pid low 16 bits><serial>: apart from the conformance suite's 0x5a… */
+const KEY_PREFIX = ((0x5c << 24) | ((pid & 0xffff) << 8)) >>> 0;
+const sysvUrl = (query = '') => `sysvmq://0x${((KEY_PREFIX | (++serial & 0xff)) >>> 0).toString(16)}${query}`;
+const leftovers = () => ({ mq: mqueueLeftovers(`mqt-${pid}-`), sysv: sysvQueues(KEY_PREFIX) });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const MiB = 1024 * 1024;
+
+const before = leftovers();
+t.afterEach((sub) => {
+  t.same(leftovers(), before, `nothing left in /dev/mqueue or the System V tables by: ${sub.name}`);
+});
+
+function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms); })])
+    .finally(() => clearTimeout(timer));
+}
+
+/** Runs an ES module snippet in a child (compiled code from dist/, as the other two-process tests do). */
+function runChild(code: string, opts: { prefix?: string[]; timeoutMs?: number } = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string; ms: number }> {
+  const started = performance.now();
+  const argv = [...(opts.prefix ?? []), process.execPath, '--input-type=module', '-e', code];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+  let out = '', err = '';
+  child.stdout!.on('data', (d) => { out += d; });
+  child.stderr!.on('data', (d) => { err += d; });
+  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 20_000);
+  return new Promise((resolve) => child.once('close', (code, signal) => {
+    clearTimeout(timer);
+    resolve({ code, signal, out, err, ms: performance.now() - started });
+  }));
+}
+
+async function pair(url: string): Promise<{ l: ConnectionListener; a: Connection; b: Connection }> {
+  const l = await listen(url);
+  const [a, b] = await Promise.all([connect(url), l.acceptNext()]);
+  return { l, a, b: b! };
+}
+
+// ------------------------------------------------------------------------------------------- fragmentation
+
+/** A kernel queue in memory: holds at most `depth` packets (their payloads, after `headroom`). */
+function fakeQueue(depth: number, headroom = 0) {
+  const packets: Uint8Array[] = [];
+  return {
+    packets,
+    send: (buf: Uint8Array, length: number) => {
+      if (packets.length >= depth) return false;
+      packets.push(buf.slice(headroom, headroom + length));
+      return true;
+    },
+  };
+}
+
+function fill(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+t.test('fragments: mixed sizes through a shallow queue arrive whole, in order; a message is never half-sent', async (t) => {
+  for (const packetSize of [64, 256, 8192]) {
+    const q = fakeQueue(3);
+    const w = new PacketWriter(packetSize, 0, q.send);
+    const r = new Reassembler(MiB);
+    const got: { type: number; bytes: Uint8Array }[] = [];
+    let ended = false;
+    const sink = { message: (type: number, bytes: Uint8Array) => got.push({ type, bytes: bytes.slice() }), end: () => { ended = true; } };
+    const drain = () => { for (const p of q.packets.splice(0)) r.push(p, sink); };
+    const sizes = [0, 1, packetSize - RECORD_HEADER, packetSize - RECORD_HEADER + 1, 3 * packetSize, 5, 100_000, 7, 64 * 1024 + 3, 0];
+    let refusals = 0;
+    let tookSomething = 0;
+    for (let i = 0; i < sizes.length; i++) {
+      const msg = fill(sizes[i]!, i);
+      for (;;) {
+        const pendingBefore = w.pendingBytes;
+        const packetsBefore = q.packets.length;
+        if (w.write(1 + (i % 2), msg)) break;
+        // Refused means nothing was taken: the writer and the queue hold exactly what they held before.
+        if (w.pendingBytes !== pendingBefore || q.packets.length !== packetsBefore) tookSomething++;
+        refusals++;
+        drain();
+        w.flush();
+      }
+    }
+    t.equal(tookSomething, 0, `packet ${packetSize}: a refused write took nothing`);
+    w.writeEnd();
+    while (!w.flush()) drain();
+    drain();
+    t.ok(ended, `packet ${packetSize}: END arrives after everything`);
+    t.equal(got.length, sizes.length, `packet ${packetSize}: every message arrived`);
+    t.ok(got.every((m, i) => m.type === 1 + (i % 2) && Buffer.compare(m.bytes, fill(sizes[i]!, i)) === 0), `packet ${packetSize}: intact and in order`);
+    t.ok(refusals > 0, `packet ${packetSize}: the shallow queue refused ${refusals} times`);
+    t.notOk(r.midMessage);
+  }
+});
+
+t.test('fragments: small messages share packets', async (t) => {
+  const q = fakeQueue(1e9, 8);
+  const w = new PacketWriter(8192, 8, q.send);
+  let taken = 0;
+  for (let i = 0; i < 1000; i++) if (w.write(1, fill(64, i))) taken++;
+  t.equal(taken, 1000);
+  t.ok(w.flush());
+  const expected = Math.ceil((1000 * (64 + RECORD_HEADER)) / 8192);
+  t.ok(q.packets.length <= expected + 1, `1000 messages of 64 B took ${q.packets.length} packets`);
+  const r = new Reassembler(MiB);
+  let n = 0;
+  for (const p of q.packets) r.push(p, { message: () => { n++; }, end: () => {} });
+  t.equal(n, 1000);
+});
+
+/** A packet of records: [kind, type, seq, length(chunk), total, chunk?]. */
+function packet(...records: [number, number, number, number, number, number?][]): Uint8Array {
+  const size = records.reduce((n, r) => n + RECORD_HEADER + (r[5] ?? r[3]), 0);
+  const out = new Uint8Array(size);
+  const v = new DataView(out.buffer);
+  let at = 0;
+  for (const [kind, type, seq, length, total, bodyLength] of records) {
+    out[at] = kind;
+    v.setUint16(at + 2, type, true);
+    v.setUint32(at + 4, seq, true);
+    v.setUint32(at + 8, length, true);
+    v.setUint32(at + 12, total, true);
+    at += RECORD_HEADER + (bodyLength ?? length);
+  }
+  return out;
+}
+
+t.test('fragments: every broken sequence is ERR_SHMBUS_CORRUPT, never a crash or a partial message', async (t) => {
+  const cases: [string, Uint8Array[], number?][] = [
+    ['an empty packet', [new Uint8Array(0)]],
+    ['a header cut off', [new Uint8Array(RECORD_HEADER - 1)]],
+    ['a chunk longer than its packet', [packet([KIND_WHOLE, 1, 0, 100, 100, 10])]],
+    ['an unknown kind', [packet([9, 1, 0, 4, 4])]],
+    ['a middle fragment without a first', [packet([KIND_MIDDLE, 1, 1, 4, 12])]],
+    ['a last fragment without a first', [packet([KIND_LAST, 1, 1, 4, 12])]],
+    ['a first fragment while another message is incomplete', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_FIRST, 1, 0, 4, 12])]],
+    ['a whole message while another is incomplete', [packet([KIND_FIRST, 1, 0, 4, 12], [KIND_WHOLE, 1, 0, 1, 1])]],
+    ['a skipped fragment', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_LAST, 1, 2, 8, 12])]],
+    ['a repeated fragment', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_MIDDLE, 1, 1, 4, 12]), packet([KIND_MIDDLE, 1, 1, 4, 12])]],
+    ['a fragment of another type', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_LAST, 2, 1, 8, 12])]],
+    ['a fragment with another total', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_LAST, 1, 1, 8, 13])]],
+    ['fragments that overrun the total', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_LAST, 1, 1, 9, 12])]],
+    ['a last fragment that leaves the message short', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_LAST, 1, 1, 7, 12])]],
+    ['a middle fragment that completes the message', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_MIDDLE, 1, 1, 8, 12])]],
+    ['an empty fragment', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_MIDDLE, 1, 1, 0, 12])]],
+    ['a first fragment that is the whole message', [packet([KIND_FIRST, 1, 0, 12, 12])]],
+    ['a whole record with a fragment\'s total', [packet([KIND_WHOLE, 1, 0, 4, 12])]],
+    ['a message above the largest', [packet([KIND_FIRST, 1, 0, 4, MiB + 1])]],
+    ['a whole message above the largest', [packet([KIND_WHOLE, 1, 0, 64, 64])], 63],
+    ['the end inside a fragmented message', [packet([KIND_FIRST, 1, 0, 4, 12]), packet([KIND_END, 0, 0, 0, 0])]],
+    ['data after the end', [packet([KIND_END, 0, 0, 0, 0], [KIND_WHOLE, 1, 0, 1, 1])]],
+    ['an end record with a payload', [packet([KIND_END, 0, 0, 3, 0])]],
+    ['a record with flags', [(() => { const p = packet([KIND_WHOLE, 1, 0, 1, 1]); p[1] = 0x80; return p; })()]],
+  ];
+  for (const [name, packets, max] of cases) {
+    const r = new Reassembler(max ?? MiB);
+    const delivered: number[] = [];
+    let error: unknown;
+    try {
+      for (const p of packets) r.push(p, { message: (_type, bytes) => delivered.push(bytes.length), end: () => {} });
+    } catch (e) {
+      error = e;
+    }
+    t.equal((error as ShmbusError | undefined)?.code, ErrorCode.CORRUPT, `${name}: ${(error as Error | undefined)?.message ?? 'no error'}`);
+    t.ok(delivered.every((n) => n <= 1), `${name}: no fragment was delivered as a message`);
+  }
+});
+
+// ------------------------------------------------------------------------------------------------ limits
+
+t.test('mq: geometry above the sysctls is ERR_SHMBUS_LIMIT naming the sysctl', async (t) => {
+  const limits = mqLimits();
+  const url = mqUrl();
+  const l = await listen(url);
+  await t.rejects(connect(`${url}?msgsize=${limits.msgsizeMax + 1}`), {
+    code: ErrorCode.LIMIT, details: { limit: '/proc/sys/fs/mqueue/msgsize_max', max: limits.msgsizeMax },
+  }, 'msgsize');
+  await t.rejects(connect(`${url}?maxmsg=${limits.msgMax + 1}`), {
+    code: ErrorCode.LIMIT, details: { limit: '/proc/sys/fs/mqueue/msg_max', max: limits.msgMax },
+  }, 'maxmsg');
+  // The refused connect left nothing behind (its queue names are removed), and the listener still works.
+  const c = await connect(url);
+  const a = (await l.acceptNext())!;
+  c.send('still works');
+  t.equal(await a.receive(), 'still works');
+  await c.close();
+  await a.close();
+  await l.close();
+});
+
+t.test('mq: a user past RLIMIT_MSGQUEUE gets ERR_SHMBUS_LIMIT naming RLIMIT_MSGQUEUE', async (t) => {
+  const url = mqUrl();
+  const l = await listen(url);
+  // The rlimit is checked against all queues of the user: a child allowed 1 byte cannot create any.
+  const r = await runChild(`
+    import { connect } from ${JSON.stringify(INDEX)};
+    try { await connect(${JSON.stringify(url)}); console.log('connected'); }
+    catch (e) { console.log(JSON.stringify({ code: e.code, details: e.details })); }
+  `, { prefix: ['prlimit', '--msgqueue=1:1', '--'] });
+  t.equal(r.code, 0, r.err);
+  const result = JSON.parse(r.out.trim().split('\n').pop() ?? '{}');
+  t.match(result, { code: ErrorCode.LIMIT, details: { limit: 'RLIMIT_MSGQUEUE', max: 1 } });
+  await l.close();
+});
+
+const capEff = BigInt('0x' + (/CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0'));
+const CAP_SYS_RESOURCE = 24n;
+const hasSysResource = ((capEff >> CAP_SYS_RESOURCE) & 1n) === 1n;
+
+t.test('sysvmq: qbytes above msgmnb without CAP_SYS_RESOURCE is ERR_SHMBUS_LIMIT naming msgmnb', {
+  skip: hasSysResource ? 'this process has CAP_SYS_RESOURCE: the kernel allows any qbytes' : false,
+}, async (t) => {
+  const { msgmnb } = msgLimits();
+  const url = sysvUrl();
+  const l = await listen(url);
+  await t.rejects(connect(`${url}?qbytes=${msgmnb * 2}`), {
+    code: ErrorCode.LIMIT, details: { limit: '/proc/sys/kernel/msgmnb', max: msgmnb },
+  });
+  // A smaller queue is allowed: packets shrink to fit it.
+  const small = await connect(`${url}?qbytes=4096`);
+  const a = (await l.acceptNext())!;
+  a.sendBytes(fill(100_000, 3));
+  const got = await within(10_000, small.receive(), '100 kB');
+  t.same(Buffer.compare(got as Uint8Array, fill(100_000, 3)), 0, '100 kB through a 4 KiB queue');
+  await small.close();
+  await a.close();
+  await l.close();
+});
+
+for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
+  t.test(`${name}: maxMessage is the smaller of the two sides', 0 … max pass, max+1 is refused`, async (t) => {
+    const url = makeUrl();
+    const l = await listen(`${url}?maxMessage=4MiB`);
+    const a = await connect(`${url}?maxMessage=2MiB`);
+    const b = (await l.acceptNext())!;
+    t.equal(a.maxMessageSize, 2 * MiB);
+    t.equal(b.maxMessageSize, 2 * MiB, 'the listener uses the connector\'s smaller maximum');
+    t.throws(() => b.sendBytes(new Uint8Array(2 * MiB + 1)), { code: ErrorCode.MESSAGE_TOO_LARGE });
+    for (const n of [0, 1, 2 * MiB]) b.sendBytes(fill(n, n));
+    for (const n of [0, 1, 2 * MiB]) {
+      const m = await within(10_000, a.receive(), `${n} bytes`) as Uint8Array;
+      t.ok(m.length === n && Buffer.compare(m, fill(n, n)) === 0, `${n} bytes intact`);
+    }
+    await a.close();
+    await b.close();
+    await l.close();
+  });
+}
+
+for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
+  t.test(`${name}: a peer that closes first while our queue to it is full: our close ends, the rest is refused`, async (t) => {
+    const { l, a, b } = await pair(makeUrl());
+    // b does not read: a's messages fill the kernel queue, then a's local queue.
+    const chunk = new Uint8Array(4096);
+    let waiting = 0;
+    while (a.sendBytes(chunk)) waiting++;
+    t.ok(a.queued > 0, `the kernel took ${waiting} messages, then a had to queue`);
+    const drained = a.drained().then(() => 'drained', (e: ShmbusError) => e.code);
+    await b.close();
+    await within(5000, a.close(), 'a.close() after the peer closed');
+    t.equal(await drained, ErrorCode.CLOSED, 'what the closed peer will never read is reported, not silently dropped');
+
+    // The peer's END arrives while our close() waits for room for the fragments of a message already taken: the
+    // peer's inbox is full (it stopped reading from the kernel), and trySend leaves the base queue empty.
+    const second = await pair(makeUrl());
+    const mib = new Uint8Array(MiB);
+    let taken = 0;
+    for (let i = 0; i < 64; i++) {
+      if (second.a.trySendBytes(mib)) { taken++; continue; }
+      // Refused: room comes back while the peer's transport still reads; once its inbox is full it does not.
+      const room = await Promise.race([second.a.drained().then(() => true), sleep(300).then(() => false)]);
+      if (!room) break;
+    }
+    t.ok(taken >= 4 && taken < 64, `${taken} MiB taken before the peer stopped reading`);
+    t.equal(second.a.queued, 0, 'nothing waits in the base queue: the rest waits in fragments');
+    const closing = second.a.close();
+    await sleep(20);
+    await second.b.close();
+    await within(5000, closing, 'a.close() waiting for room when the peer closes');
+    await second.l.close();
+    await l.close();
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ cleanup
+
+t.test('mq: queue names exist only during the handshake; nothing stays after close', async (t) => {
+  const url = mqUrl();
+  const { l, a, b } = await pair(url);
+  t.same(mqueueLeftovers(`mqt-${pid}-`), [url.slice('mq:///'.length)], 'only the listener\'s queue has a name while connected');
+  a.send(1);
+  t.equal(await b.receive(), 1);
+  await a.close();
+  t.equal(await b.receive(), undefined, 'the listener side sees the end');
+  await b.close();
+  await l.close();
+  t.same(mqueueLeftovers(`mqt-${pid}-`), [], 'the listener\'s queue is gone');
+});
+
+t.test('sysvmq: every queue (card, ports, connection queues) is removed by close', async (t) => {
+  const url = sysvUrl();
+  const base = sysvQueues(KEY_PREFIX).length;
+  const { l, a, b } = await pair(url);
+  // Traffic both ways, so every queue has this process as its last sender (how sysvQueues knows them).
+  a.send('x');
+  t.equal(await b.receive(), 'x');
+  b.send('y');
+  t.equal(await a.receive(), 'y');
+  t.equal(sysvQueues(KEY_PREFIX).length - base, 4, 'the listener\'s queue, this process\'s port, an inbound queue per side');
+  await b.close();
+  t.equal(await a.receive(), undefined, 'the connector sees the end');
+  await a.close();
+  await l.close();
+});
+
+for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
+  t.test(`${name}: a peer that exits without closing leaves nothing; we see the end of its messages`, async (t) => {
+    const url = makeUrl();
+    const l = await listen(url);
+    const child = runChild(`
+      import { connect } from ${JSON.stringify(INDEX)};
+      const c = await connect(${JSON.stringify(url)});
+      for (let i = 0; i < 100; i++) c.send(i);
+      // No close: process.exit runs the exit hooks (queues, ports), nothing else.
+      setTimeout(() => process.exit(0), 50);
+    `);
+    const conn = (await within(10_000, l.acceptNext(), 'accept'))!;
+    const got: unknown[] = [];
+    let error: unknown;
+    try {
+      for await (const m of conn) got.push(m);
+    } catch (e) {
+      error = e;
+    }
+    const r = await child;
+    t.equal(r.code, 0, r.err);
+    t.same(got, Array.from({ length: 100 }, (_, i) => i), 'every message it sent arrived first');
+    t.equal((error as ShmbusError).code, ErrorCode.PEER_DEAD, 'then PEER_DEAD (it never sent END)');
+    await conn.close();
+    await l.close();
+  });
+
+  t.test(`${name}: a killed listener's endpoint: connect says NOT_FOUND, the next listener takes it over`, async (t) => {
+    const url = makeUrl();
+    const r = await runChild(`
+      import { listen } from ${JSON.stringify(INDEX)};
+      await listen(${JSON.stringify(url)});
+      process.kill(process.pid, 'SIGKILL');
+    `);
+    t.equal(r.signal, 'SIGKILL');
+    t.notSame(leftovers(), before, 'the killed listener left its queue');
+    await t.rejects(connect(url, { timeout: 2000 }), { code: ErrorCode.NOT_FOUND }, 'a stale endpoint is nobody listening');
+    const { l, a, b } = await pair(url);
+    a.send('hello');
+    t.equal(await b.receive(), 'hello');
+    await a.close();
+    await b.close();
+    await l.close();
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ threads
+
+for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
+  t.test(`${name}: 16 idle connections waiting to receive hold no threadpool thread: fs.stat answers in < 50 ms`, async (t) => {
+    const url = makeUrl();
+    const l = await listen(url);
+    const conns: Connection[] = [];
+    for (let i = 0; i < 16; i++) {
+      const [a, b] = await Promise.all([connect(url), l.acceptNext()]);
+      conns.push(a, b!);
+    }
+    // Every end waits in receive(): with one blocked threadpool call per wait, the 4 pool threads would be gone.
+    const waits = conns.map((c) => c.receive());
+    await sleep(50);
+    const started = performance.now();
+    await within(5000, Promise.all(Array.from({ length: 8 }, () => stat('/'))), 'fs.stat');
+    const ms = performance.now() - started;
+    t.ok(ms < 50, `8 fs.stat calls took ${ms.toFixed(1)} ms with 32 receives pending`);
+    // Still alive and well: every pending receive gets its message.
+    conns.forEach((c, i) => c.send(i ^ 1));
+    t.same(await within(5000, Promise.all(waits), 'receives'), conns.map((_, i) => i), 'each waiting receive got its peer\'s message');
+    await Promise.all(conns.map((c) => c.close()));
+    await l.close();
+  });
+
+  t.test(`${name}: the receive threads never keep a process alive or hang its exit`, async (t) => {
+    const url = makeUrl();
+    // 1. Everything closed: the event loop empties and the process ends by itself.
+    const closed = await runChild(`
+      import { listen, connect } from ${JSON.stringify(INDEX)};
+      const l = await listen(${JSON.stringify(url)});
+      const [a, b] = await Promise.all([connect(${JSON.stringify(url)}), l.acceptNext()]);
+      a.send(1); await b.receive();
+      await a.close(); await b.close(); await l.close();
+      console.log('closed');
+    `, { timeoutMs: 10_000 });
+    t.equal(closed.code, 0, closed.err);
+    t.match(closed.out, /closed/);
+    t.ok(closed.ms < 5000, `ended by itself after closing (${closed.ms.toFixed(0)} ms)`);
+    // 2. process.exit with open connections and receives pending: the exit hooks wake the blocked threads.
+    const exiting = await runChild(`
+      import { listen, connect } from ${JSON.stringify(INDEX)};
+      const l = await listen(${JSON.stringify(url)});
+      const [a, b] = await Promise.all([connect(${JSON.stringify(url)}), l.acceptNext()]);
+      a.receive(); b.receive();
+      setTimeout(() => process.exit(7), 100);
+    `, { timeoutMs: 10_000 });
+    t.equal(exiting.code, 7, `exited with its code, not killed by the timeout: ${exiting.err}`);
+    t.ok(exiting.ms < 5000, `exit took ${exiting.ms.toFixed(0)} ms`);
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ the wire
+
+t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was valid, nothing delivered torn', async (t) => {
+  const url = mqUrl();
+  const name = url.slice('mq://'.length);
+  const l = await listen(url);
+  // A connector by hand: its own two queues and a hello, as transports/mq.ts does.
+  const up = `${name}.${pid}.999.u`;
+  const down = `${name}.${pid}.999.d`;
+  const geo = { maxmsg: 2, msgsize: 1024 };
+  const rx = mqOpen(down, O_RDONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
+  const tx = mqOpen(up, O_WRONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
+  try {
+    const lq = mqOpen(name, O_WRONLY | O_NONBLOCK);
+    mqSend(lq, pack({ shmbus: 1, proto: 1, pid, start: String(processStartTime(pid)), up, down, max: MiB }));
+    mqClose(lq);
+    const conn = (await within(5000, l.acceptNext(), 'accept'))!;
+    const reply = new Uint8Array(1024);
+    t.ok(mqReceive(rx, reply) > 0, 'the listener answered on our queue');
+    t.same(mqueueLeftovers(`mqt-${pid}-`), [name.slice(1)], 'and removed both connection queue names');
+    // One valid message, then the first fragment of a message, then a fragment out of sequence.
+    const good = packet([KIND_WHOLE, 1, 0, 3, 3]);
+    mqSend(tx, good);
+    mqSend(tx, packet([KIND_FIRST, 1, 0, 100, 300]));
+    t.same(await within(5000, conn.receive(), 'the valid message'), new Uint8Array(3));
+    mqSend(tx, packet([KIND_LAST, 1, 5, 200, 300]));
+    await t.rejects(within(5000, conn.receive(), 'the corrupt one'), { code: ErrorCode.CORRUPT }, 'a fragment out of sequence');
+    await conn.close();
+  } finally {
+    mqClose(rx);
+    mqClose(tx);
+    mqUnlinkIfExists(up);
+    mqUnlinkIfExists(down);
+    await l.close();
+  }
+});
