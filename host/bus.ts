@@ -20,7 +20,8 @@ import {
   RECORD_BYTES, RECORD_MSGPACK, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE,
   REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_FREE, ENTRY_WRITING, ENTRY_READY, SEGMENT_HEADER_SIZE,
   TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET,
-  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, REGISTRY_MAGIC, registryBytes, topicBytes,
+  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, REGISTRY_MAGIC, TOPIC_WAKE_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
+  registryBytes, topicBytes,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from './engine.js';
 import { Region } from './region.js';
@@ -28,6 +29,9 @@ import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGME
 import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from './topic.js';
 import { parseSize, schemeOf } from './url.js';
 import { isProcessAlive, processStartTime } from './sys/proc.js';
+import { futexWake } from './sys/futex.js';
+import { futex } from './wake/futex.js';
+import { WAKE_DATA, type Sleeper } from './wake/mechanism.js';
 import {
   BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, QueueFullError,
   ShmbusError, TimeoutError, UnknownSchemeError,
@@ -149,8 +153,8 @@ async function readyHeader(m: Mapped, kind: typeof TOPIC_SEGMENT): Promise<Retur
 }
 
 /**
- * Sleeps until the 32-bit word at `offset` differs from `value`, or `timeoutMs` passed. Polls with a
- * growing interval (0.25 → 8 ms): an idle subscriber costs a timer tick, not a core.
+ * Sleeps until the 32-bit word at `offset` differs from `value`, or `timeoutMs` passed, by polling with a
+ * growing interval (0.25 → 8 ms). The fallback of WordWaiter when futex waits are not available.
  */
 async function sleepOnWord(engine: Engine, offset: number, value: number, timeoutMs: number, stop: () => boolean): Promise<void> {
   const words = new Uint32Array(engine.memory.buffer);
@@ -162,6 +166,58 @@ async function sleepOnWord(engine: Engine, offset: number, value: number, timeou
     if (left <= 0) return;
     await new Promise((r) => setTimeout(r, Math.min(delay, left)));
   }
+}
+
+/**
+ * Sleeps on a topic word (a subscriber on wakeSeq, a publisher on spaceWake) through the futex wait thread
+ * (host/wake/futex.ts): no event-loop or threadpool thread blocks, and the other side's FUTEX_WAKE ends the
+ * sleep in microseconds. Falls back to polling the word where futex_waitv is missing.
+ */
+class WordWaiter {
+  private readonly sleeper: Sleeper | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly engine: Engine, private readonly word: { waitWord(): { offset: number; value: number } }) {
+    let sleeper: Sleeper | undefined;
+    try {
+      sleeper = futex.sleeper({
+        engine, rx: word as never, tx: word as never, socket: undefined as never,
+        onWake: () => { const w = this.wake; this.wake = undefined; w?.(); },
+      });
+    } catch {
+      sleeper = undefined;
+    }
+    this.sleeper = sleeper;
+  }
+
+  /** Sleeps until the word moves, `timeoutMs` passes, or `stop()` (checked by the polling fallback). */
+  async sleep(timeoutMs: number, stop: () => boolean): Promise<void> {
+    const sleeper = this.sleeper;
+    if (!sleeper) {
+      const { offset, value } = this.word.waitWord();
+      return sleepOnWord(this.engine, offset, value, timeoutMs, stop);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.wake = resolve;
+      timer = setTimeout(resolve, timeoutMs);
+      sleeper.wait(WAKE_DATA);
+    });
+    clearTimeout(timer);
+    this.wake = undefined;
+    sleeper.cancel(WAKE_DATA);
+  }
+
+  close(): void {
+    this.sleeper?.close();
+  }
+}
+
+/** Wakes every process sleeping on a topic word (one system call, whatever their number). */
+function wakeWord(engine: Engine, offset: number): void {
+  try {
+    futexWake(engine.address(offset), true);
+  } catch { /* no futex: sleepers poll */ }
 }
 
 export class Bus {
@@ -439,6 +495,7 @@ export class Publisher extends EventEmitter {
   private pumping = false;
   private closed = false;
   private wakeScheduled = false;
+  private waiter: WordWaiter | undefined;
   private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 
   /** @internal use Bus.publisher */
@@ -520,11 +577,17 @@ export class Publisher extends EventEmitter {
     return true;
   }
 
-  /** Sleeping subscribers poll the wake word (see sleepOnWord); nothing to do per commit beyond bumping it. */
+  /**
+   * A commit saw sleeping subscribers (and bumped the wake word): wake them once per turn of the event loop,
+   * after this turn's burst of publishes.
+   */
   private scheduleWake(): void {
     if (this.wakeScheduled) return;
     this.wakeScheduled = true;
-    queueMicrotask(() => { this.wakeScheduled = false; });
+    queueMicrotask(() => {
+      this.wakeScheduled = false;
+      if (!this.closed) wakeWord(this.mapped.engine, this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_WAKE_OFFSET);
+    });
   }
 
   /** Moves queued messages into the topic; while held, evicts subscribers whose process died. */
@@ -537,8 +600,9 @@ export class Publisher extends EventEmitter {
         if (this.write(next.type, next.bytes)) { this.queue.shift(); continue; }
         if (this.evictDead()) continue;
         if (this.writer.park(next.bytes.length)) {
-          const { offset, value } = this.writer.waitWord();
-          await sleepOnWord(this.mapped.engine, offset, value, LIVENESS_MS, () => this.closed);
+          // Woken by a subscriber's release, or after LIVENESS_MS to check the slowest one is still alive.
+          this.waiter ??= new WordWaiter(this.mapped.engine, this.writer);
+          await this.waiter.sleep(LIVENESS_MS, () => this.closed);
           this.writer.unpark();
         }
       }
@@ -570,7 +634,10 @@ export class Publisher extends EventEmitter {
     if (this.closed) return;
     if (this.queue.length) await this.drained().catch(() => {});
     this.closed = true;
+    this.waiter?.close();
     this.writer.close();
+    // Sleeping subscribers must see the close now, not at their next timeout.
+    wakeWord(this.mapped.engine, this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_WAKE_OFFSET);
     const words = new Int32Array(this.mapped.engine.memory.buffer);
     Atomics.compareExchange(words, (this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_PID_OFFSET) >>> 2, process.pid, 0);
     this.writer.dispose();
@@ -599,6 +666,7 @@ export class Subscription implements AsyncIterable<unknown> {
   private lastYield = performance.now();
   private joining: Promise<void> | undefined;
   private spinNs = 20_000;
+  private waiter: WordWaiter | undefined;
 
   /** @internal use Bus.subscribe */
   constructor(bus: Bus, topic: string, fromEarliest: boolean, options: SubscribeOptions) {
@@ -675,7 +743,7 @@ export class Subscription implements AsyncIterable<unknown> {
       else if (this.inbox[start + i] === TORN) throw new CorruptError('topic record does not decode', { topic: this.topic });
     }
     if (torn) reader.addDropped(torn);
-    reader.release();
+    if (reader.release()) this.wakePublisher();
     return n;
   }
 
@@ -704,8 +772,7 @@ export class Subscription implements AsyncIterable<unknown> {
       }
       if (this.spin(reader)) continue;
       if (reader.park()) {
-        const { offset, value } = reader.waitWord();
-        await sleepOnWord(this.bus._engine, offset, value, 1000, () => this.closed);
+        await this.sleep(reader);
         reader.unpark();
       }
     }
@@ -746,7 +813,7 @@ export class Subscription implements AsyncIterable<unknown> {
     const oldest = reader.oldestSeq();
     const first = u32[(engine.batch >>> 2) + 3]!;
     if (((first - oldest) | 0) < 0) reader.addDropped(Math.min(n, (oldest - first) >>> 0));
-    reader.release();
+    if (reader.release()) this.wakePublisher();
     return n;
   }
 
@@ -759,8 +826,7 @@ export class Subscription implements AsyncIterable<unknown> {
     const reader = this.reader;
     if (!reader || this.spin(reader)) return;
     if (reader.park()) {
-      const { offset, value } = reader.waitWord();
-      await sleepOnWord(this.bus._engine, offset, value, 1000, () => this.closed);
+      await this.sleep(reader);
       reader.unpark();
     }
   }
@@ -768,6 +834,17 @@ export class Subscription implements AsyncIterable<unknown> {
   /** True once the publisher closed and every record was read. */
   get ended(): boolean {
     return !!this.reader && this.reader.publisherClosed() && this.reader.pending() === 0;
+  }
+
+  /** Sleeps until the publisher publishes (or a second passes: then the caller rechecks the topic's state). */
+  private sleep(reader: TopicReader): Promise<void> {
+    this.waiter ??= new WordWaiter(this.bus._engine, reader);
+    return this.waiter.sleep(1000, () => this.closed);
+  }
+
+  /** Our release freed room for a parked publisher: wake it. */
+  private wakePublisher(): void {
+    wakeWord(this.bus._engine, this.mapped!.at + TOPIC_HEADER_OFFSET + TOPIC_SPACE_WAKE_OFFSET);
   }
 
   /** The next message, or undefined at the end. */
@@ -787,6 +864,7 @@ export class Subscription implements AsyncIterable<unknown> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.waiter?.close();
     this.reader?.dispose();
     this.mapped?.unmap();
     this.reader = undefined;

@@ -77,6 +77,7 @@ function roomFor(length: number): number {
 }
 
 const DATA_BYTE = Buffer.from([DOORBELL_DATA]);
+const RESOLVED = Promise.resolve();
 
 /** A zero-copy claim on the outbound ring: write `bytes`, then `commit(n)` or `abort()`. */
 export class Claim {
@@ -365,6 +366,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * when data came while spinning and halves when it did not, so an idle channel soon spins ~1 µs per park.
    */
   private spinFor(ready: () => boolean): boolean {
+    // A commit's ring check waits for a microtask (afterCommit); spinning here would hold it back, and a parked
+    // peer would only hear of the commit after the spin: ring first.
+    if (this.wakeScheduled) this.checkPeerWake();
     const budget = this.spinNs;
     if (budget <= 0) return false;
     const start = performance.now();
@@ -377,6 +381,18 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     }
     if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
     return false;
+  }
+
+  /**
+   * wake=adaptive, after a wait that spinning did not cover: if it ended soon enough that spinning a little longer
+   * would have caught it (under SPIN_MAX_NS), spin about twice that long next time. Without this the budget only
+   * shrinks once both sides of a ping-pong park (each answer then takes a kernel wakeup, longer than the budget),
+   * and a busy channel would never get back to answering in microseconds.
+   */
+  private learnFromPark(parkedAt: number): void {
+    if (!this.spinAuto) return;
+    const waitedNs = (performance.now() - parkedAt) * 1e6;
+    if (waitedNs < SPIN_MAX_NS) this.spinNs = Math.min(SPIN_MAX_NS, Math.max(this.spinNs, 2 * waitedNs));
   }
 
   /** Sleeps until rung for `kind` (or woken by peer death / close). */
@@ -461,13 +477,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       await nextTurn();
       if (this.spinFor(room)) return;
     }
+    const parkedAt = performance.now();
     for (;;) {
       if (this.isOver() || this.peerGone || this.tx.peerClosed()) return;
-      if (!this.tx.park(need)) return;
+      if (!this.tx.park(need)) return this.learnFromPark(parkedAt);
       await this.park(WAKE_SPACE);
       this.sleeper.cancel(WAKE_SPACE);
       this.tx.unpark();
-      if (this.tx.free() >= need) return;
+      if (this.tx.free() >= need) return this.learnFromPark(parkedAt);
     }
   }
 
@@ -512,19 +529,26 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    */
   readable(): Promise<void> {
     // One waiter at a time parks; everyone else shares its promise (the iterator and request/reply may both wait).
-    return (this.readablePromise ??= this.waitReadable().finally(() => { this.readablePromise = undefined; }));
+    if (this.readablePromise) return this.readablePromise;
+    // Fast path, synchronous: records already there or arriving while we spin. An async function and its
+    // finally() would cost several promise turns per wait, about as much as a whole round trip when spinning.
+    if (this.isReady() || this.spinFor(this.isReady)) return RESOLVED;
+    return (this.readablePromise = this.waitReadable().finally(() => { this.readablePromise = undefined; }));
   }
 
+  private readonly isReady = (): boolean => this.hasInbound() || this.isOver() || this.peerGone;
+
+  /** readable() after its first spin found nothing. */
   private async waitReadable(): Promise<void> {
-    const ready = () => this.hasInbound() || this.isOver() || this.peerGone;
-    if (ready() || this.spinFor(ready)) return;
+    const ready = this.isReady;
     while (this.spinAlways) {
       await nextTurn();
       if (this.spinFor(ready)) return;
     }
+    const parkedAt = performance.now();
     for (;;) {
-      if (ready()) return;
-      if (!this.rx.park()) return;
+      if (ready()) return this.learnFromPark(parkedAt);
+      if (!this.rx.park()) return this.learnFromPark(parkedAt);
       await this.park(WAKE_DATA);
       this.sleeper.cancel(WAKE_DATA);
       this.rx.unpark();

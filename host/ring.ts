@@ -74,6 +74,7 @@ export class RingEnd {
 
   /** Free bytes as the producer sees them now. */
   free(): number {
+    if (this.closed) return 0;
     return this.engine.exports.ring_free(this.handle) >>> 0;
   }
 
@@ -93,6 +94,7 @@ export class RingEnd {
 
   /** Committed bytes not yet read. */
   pending(): number {
+    if (this.closed) return 0;
     const n = this.engine.exports.ring_pending(this.handle);
     if (n < 0) throw ringError(n);
     return n;
@@ -100,10 +102,13 @@ export class RingEnd {
 
   /** Announces a sleep; true when the caller should wait for the doorbell (see ring_park). */
   park(need = 0): boolean {
+    if (this.closed) return false;
     return this.engine.exports.ring_park(this.handle, need) === 1;
   }
 
   unpark(): void {
+    // A waiter may wake after the channel closed and freed this handle: never touch a freed handle.
+    if (this.closed) return;
     this.engine.exports.ring_unpark(this.handle);
   }
 
@@ -128,6 +133,7 @@ export class RingEnd {
   }
 
   peerClosed(): boolean {
+    if (this.closed) return true;
     return this.engine.exports.ring_peer_closed(this.handle) === 1;
   }
 

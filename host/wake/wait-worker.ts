@@ -1,0 +1,184 @@
+/**
+ * The body of a wait thread (see thread.ts): one loop of blocking system calls for one wake mechanism, serving
+ * every channel of the process parked on it. It never touches a channel itself: it only tells the main thread
+ * that something may have changed, and the main thread checks the rings' wake words.
+ * A wakeup is therefore a hint: a spurious one costs a look at a few words, and one that arrives while nobody
+ * is parked is harmless.
+ *
+ * Every loop re-checks CTL_STOP after each return from its system call; the main thread sets it and then makes
+ * that call return (futex wake on the control word, sem_post, IPC_RMID).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { futexWaitv, addressOf } from '../sys/futex.js';
+import { semWaitRaw, semTryWait, semOpRaw, encodeSemOps, semGetVal } from '../sys/sem.js';
+import { Errno } from '../errors.js';
+import { FUTEX2_SIZE_U32, FUTEX2_PRIVATE, IPC_NOWAIT } from '../sys/constants.js';
+import {
+  CTL_STOP, CTL_NOTIFY, CTL_GEN, CTL_SLEEPING, CTL_SLOTS_USED, SLOT_BASE, SLOT_INTS, SLOT_ARMED, SLOT_FIRED,
+  FUTEX_SLOTS, type WaitFamily, type ThreadMessage,
+} from './thread.js';
+
+const data = workerData as { family: WaitFamily; ctl: Int32Array; memory?: WebAssembly.Memory; sem?: number; semid?: number };
+const ctl = data.ctl;
+const port = parentPort!;
+
+const post = (message: ThreadMessage) => port.postMessage(message);
+
+/** One notification in flight at most: the main thread clears CTL_NOTIFY when it looks. */
+function notify(): void {
+  if (Atomics.compareExchange(ctl, CTL_NOTIFY, 0, 1) === 0) post(0);
+}
+
+const stopping = () => Atomics.load(ctl, CTL_STOP) !== 0;
+
+/** Reports an error the loop cannot get past, and ends the thread (the main thread falls back, see futex.ts). */
+function fatal(what: string, errno: number): void {
+  post({ error: `${what}: errno ${errno}`, errno });
+}
+
+// --- futex ---------------------------------------------------------------------------------------------------------
+
+function futexLoop(): void {
+  const memory = data.memory!;
+  let words = new Int32Array(memory.buffer);
+  const word = (offset: number) => {
+    if ((offset >>> 2) >= words.length) words = new Int32Array(memory.buffer);
+    return Atomics.load(words, offset >>> 2);
+  };
+  // Addresses fit in 47 bits: plain numbers, written as two u32 halves (no BigInt on this path).
+  const memoryBase = Number(addressOf(new Uint8Array(memory.buffer, 0, 0)));
+  const ctlAddress = Number(addressOf(ctl)) + CTL_GEN * 4;
+  const list = new BigUint64Array(3 * (FUTEX_SLOTS + 1));
+  // struct futex_waitv as six u32: value low, value high (0), address low, address high, flags, reserved (0).
+  const entries = new Uint32Array(list.buffer);
+  const put = (n: number, value: number, address: number, flags: number) => {
+    const at = 6 * n;
+    entries[at] = value;
+    entries[at + 2] = address % 0x1_0000_0000;
+    entries[at + 3] = Math.floor(address / 0x1_0000_0000);
+    entries[at + 4] = flags;
+  };
+  let failures = 0;
+  while (!stopping()) {
+    const gen = Atomics.load(ctl, CTL_GEN);
+    put(0, gen >>> 0, ctlAddress, FUTEX2_SIZE_U32 | FUTEX2_PRIVATE);
+    let n = 1;
+    let fired = false;
+    // Slots past the highest the main thread ever handed out are unused.
+    const slots = Math.min(FUTEX_SLOTS, Atomics.load(ctl, CTL_SLOTS_USED));
+    for (let i = 0; i < slots; i++) {
+      const at = SLOT_BASE + i * SLOT_INTS;
+      const state = Atomics.load(ctl, at);
+      const offset = Atomics.load(ctl, at + 1);
+      let value: number;
+      if ((state & 3) === SLOT_ARMED) {
+        value = Atomics.load(ctl, at + 2);
+        // Re-armed for another word while we read it: take it on the next round.
+        if (Atomics.load(ctl, at) !== state) {
+          Atomics.store(ctl, at + 3, -1);
+          continue;
+        }
+        if (word(offset) !== value) {
+          // Rung (or rung before we got to sleep on it): hand the slot to the main thread.
+          if (Atomics.compareExchange(ctl, at, state, (state & ~3) | SLOT_FIRED) === state) fired = true;
+          Atomics.store(ctl, at + 3, -1);
+          continue;
+        }
+      } else if (offset >= 0) {
+        // Not armed, but its channel is still open and will most likely park on this word again, with the value
+        // it holds now. Sleeping on it already lets the main thread arm it without waking us (see futex.ts).
+        // A ring never comes for a channel that is not parked, so this costs no wakeup.
+        value = word(offset);
+      } else {
+        Atomics.store(ctl, at + 3, -1);
+        continue;
+      }
+      put(n++, value >>> 0, memoryBase + offset, FUTEX2_SIZE_U32);
+      Atomics.store(ctl, at + 4, value);
+      Atomics.store(ctl, at + 3, offset);
+    }
+    if (fired) {
+      notify();
+      continue;
+    }
+    // Dekker with the main thread's arm(): it bumps CTL_GEN then reads CTL_SLEEPING; we set CTL_SLEEPING then read
+    // CTL_GEN. Either it sees us asleep (and wakes the control word unless we already sleep on its word with its
+    // value), or we see the new generation here (and if it changes after this check, futex_waitv finds the control
+    // word changed and returns EAGAIN at once).
+    Atomics.store(ctl, CTL_SLEEPING, 1);
+    if (Atomics.load(ctl, CTL_GEN) !== gen) {
+      Atomics.store(ctl, CTL_SLEEPING, 0);
+      continue;
+    }
+    const r = futexWaitv(list, n);
+    Atomics.store(ctl, CTL_SLEEPING, 0);
+    if (r.result >= 0 || r.errno === Errno.EAGAIN || r.errno === Errno.EINTR || r.errno === Errno.ETIMEDOUT) {
+      failures = 0;
+      continue;
+    }
+    // EFAULT would be a word outside any mapping (never: closed windows are replaced by private pages); ENOSYS
+    // and EINVAL a kernel without futex_waitv. Retry a few times in case it was a window being remapped.
+    if (++failures > 3) {
+      fatal('futex_waitv', r.errno);
+      return;
+    }
+  }
+}
+
+// --- POSIX semaphore -----------------------------------------------------------------------------------------------
+
+function semLoop(): void {
+  const sem = data.sem!;
+  while (!stopping()) {
+    const errno = semWaitRaw(sem);
+    if (stopping()) return;
+    if (errno === 0) {
+      // Every post is "look again"; one look covers all that are pending, so take them all first.
+      while (semWaitNonBlocking(sem)) { /* drain */ }
+      notify();
+    } else if (errno !== Errno.EINTR) {
+      fatal('sem_wait', errno);
+      return;
+    }
+  }
+}
+
+function semWaitNonBlocking(sem: number): boolean {
+  try {
+    return semTryWait(sem);
+  } catch {
+    return false;
+  }
+}
+
+// --- System V semaphore --------------------------------------------------------------------------------------------
+
+function sysvsemLoop(): void {
+  const semid = data.semid!;
+  const take = encodeSemOps([{ num: 0, op: -1, flags: 0 }]);
+  const drain = new Uint8Array(6);
+  while (!stopping()) {
+    const errno = semOpRaw(semid, take, 1);
+    if (stopping()) return;
+    if (errno === 0) {
+      let pending = 0;
+      try { pending = semGetVal(semid, 0); } catch { /* removed: the next semop says so */ }
+      if (pending > 0) semOpRaw(semid, encodeSemOps([{ num: 0, op: -pending, flags: IPC_NOWAIT }], drain), 1);
+      notify();
+    } else if (errno === Errno.EIDRM || errno === Errno.EINVAL) {
+      // The set was removed: by our own process when it stopped using it (then CTL_STOP is set), else by
+      // someone else (ipcrm), which the main thread must hear about.
+      if (!stopping()) fatal('semop', errno);
+      return;
+    } else if (errno !== Errno.EINTR) {
+      fatal('semop', errno);
+      return;
+    }
+  }
+}
+
+switch (data.family) {
+  case 'futex': futexLoop(); break;
+  case 'sem': semLoop(); break;
+  case 'sysvsem': sysvsemLoop(); break;
+}
