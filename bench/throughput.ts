@@ -62,10 +62,15 @@ async function main(): Promise<void> {
   await run('forkObject', () => forkIpcThroughput({ messages: ipcMessages, kind: 'object' }));
   await run('unixRaw', () => unixSocketThroughput({ messages, kind: 'raw' }));
   await run('unixObject', () => unixSocketThroughput({ messages: Math.min(messages, 1_000_000), kind: 'object' }));
+  // 1 MiB records: the shm receiver reads them in place (poll), the socket receiver gets them copied out.
+  const big = Math.max(200, Math.floor(messages / 1000));
+  await run('shmBig', async () => ({ ...(await shmThroughput({ messages: big, kind: 'raw', payloadSize: 1 << 20, url: `shm://bench-big-${process.pid}?size=8MiB` })), name: 'shmbus raw 1 MiB (zero-copy poll)' }));
+  await run('unixBig', () => unixSocketThroughput({ messages: big, kind: 'raw', payloadSize: 1 << 20 }));
   const ratio = (a: string, b: string) => (results[a]!.msgPerSec / results[b]!.msgPerSec).toFixed(2);
   console.log('');
   console.log(`raw 64 B:    shm / fork IPC = ${ratio('shmRaw', 'forkRaw')}x   shm / unix socket = ${ratio('shmRaw', 'unixRaw')}x`);
   console.log(`object 64 B: shm / fork IPC = ${ratio('shmObject', 'forkObject')}x   shm / unix socket = ${ratio('shmObject', 'unixObject')}x`);
+  console.log(`raw 1 MiB:   shm / unix socket = ${ratio('shmBig', 'unixBig')}x   (${(results.shmBig!.msgPerSec / 1024).toFixed(1)} GB/s vs ${(results.unixBig!.msgPerSec / 1024).toFixed(1)} GB/s)`);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]!).href) await main();
