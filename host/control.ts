@@ -21,32 +21,28 @@ export const DOORBELL_SPACE = 0x53; // 'S'
 const MAX_LINE = 4096;
 
 /**
- * Reads one handshake line from `socket`. Resolves with the parsed JSON and whatever bytes followed the line
- * (doorbells that arrived with it). Rejects on EOF, an over-long line, bad JSON or timeout.
+ * Reads from `socket` until `parse` finds one whole handshake unit in what arrived. `parse` returns the unit and
+ * how many bytes it used, undefined when it needs more, or throws a HandshakeError when the bytes cannot be
+ * right. Resolves with the unit and whatever bytes followed it (the socket is left paused); rejects on
+ * end-of-file, error, a parse error or timeout. Shared by every handshake (shm control lines, stream frames).
  */
-export function readLine(socket: net.Socket, timeoutMs: number): Promise<{ message: Record<string, unknown>; rest: Buffer }> {
+export function readHandshake<T>(socket: net.Socket, timeoutMs: number, parse: (buffered: Buffer) => { value: T; used: number } | undefined): Promise<{ value: T; rest: Buffer }> {
   return new Promise((resolve, reject) => {
     let buffered: Buffer = Buffer.alloc(0);
     const timer = setTimeout(() => finish(new TimeoutError('handshake timed out', { timeoutMs })), timeoutMs);
     const onData = (chunk: Buffer) => {
       buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-      const nl = buffered.indexOf(0x0a);
-      if (nl < 0) {
-        if (buffered.length > MAX_LINE) finish(new HandshakeError('handshake line too long'));
-        return;
-      }
-      let message: unknown;
+      let found: { value: T; used: number } | undefined;
       try {
-        message = JSON.parse(buffered.subarray(0, nl).toString('utf8'));
-      } catch (cause) {
-        return finish(new HandshakeError('handshake line is not JSON', { cause }));
+        found = parse(buffered);
+      } catch (error) {
+        return finish(error instanceof ShmbusError ? error : new HandshakeError('bad handshake', { cause: error }));
       }
-      if (typeof message !== 'object' || message === null) return finish(new HandshakeError('handshake line is not an object'));
-      finish(undefined, { message: message as Record<string, unknown>, rest: buffered.subarray(nl + 1) });
+      if (found) finish(undefined, { value: found.value, rest: buffered.subarray(found.used) });
     };
-    const onEnd = () => finish(new HandshakeError('peer closed the control connection during the handshake'));
-    const onError = (cause: Error) => finish(new HandshakeError('control connection failed during the handshake', { cause }));
-    function finish(error?: ShmbusError, value?: { message: Record<string, unknown>; rest: Buffer }) {
+    const onEnd = () => finish(new HandshakeError('peer went away during the handshake'));
+    const onError = (cause: Error) => finish(new HandshakeError('connection failed during the handshake', { cause }));
+    function finish(error?: ShmbusError, value?: { value: T; rest: Buffer }) {
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('end', onEnd);
@@ -62,6 +58,29 @@ export function readLine(socket: net.Socket, timeoutMs: number): Promise<{ messa
     socket.on('error', onError);
     socket.resume();
   });
+}
+
+/**
+ * Reads one handshake line: resolves with the parsed JSON object and whatever bytes followed the line
+ * (doorbells that arrived with it). Rejects on EOF, an over-long line, bad JSON or timeout.
+ */
+export async function readLine(socket: net.Socket, timeoutMs: number): Promise<{ message: Record<string, unknown>; rest: Buffer }> {
+  const { value, rest } = await readHandshake(socket, timeoutMs, (buffered) => {
+    const nl = buffered.indexOf(0x0a);
+    if (nl < 0) {
+      if (buffered.length > MAX_LINE) throw new HandshakeError('handshake line too long');
+      return undefined;
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(buffered.subarray(0, nl).toString('utf8'));
+    } catch (cause) {
+      throw new HandshakeError('handshake line is not JSON', { cause });
+    }
+    if (typeof message !== 'object' || message === null) throw new HandshakeError('handshake line is not an object');
+    return { value: message as Record<string, unknown>, used: nl + 1 };
+  });
+  return { message: value, rest };
 }
 
 export function writeLine(socket: net.Socket, message: Record<string, unknown>): void {

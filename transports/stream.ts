@@ -23,6 +23,7 @@ import {
   CorruptError, ErrorCode, HandshakeError, PeerDeadError, ShmbusError, TimeoutError,
 } from '../host/errors.js';
 import { FramedConnection, ListenerBase, asShmbusError } from './base.js';
+import { readHandshake } from '../host/control.js';
 
 export const FRAME_HEADER_SIZE = 5;
 export const FRAME_END = 0x7f;
@@ -127,40 +128,15 @@ export function encodeFrame(type: number, payload: Uint8Array): Buffer {
  * Reads one frame of at most `maxLength` bytes from `socket` (a handshake step). Resolves with it and whatever
  * bytes followed it; the socket is left paused. Rejects on end-of-file, error, an over-long frame or timeout.
  */
-export function readHandshakeFrame(socket: net.Socket, timeoutMs: number, maxLength = 4096): Promise<{ type: number; payload: Uint8Array; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buffered: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => finish(new TimeoutError('handshake timed out', { timeoutMs })), timeoutMs);
-    const onData = (chunk: Buffer) => {
-      buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-      if (buffered.length < FRAME_HEADER_SIZE) return;
-      const length = buffered.readUInt32LE(0);
-      if (length > maxLength) return finish(new HandshakeError('handshake frame too long', { details: { length, max: maxLength } }));
-      if (buffered.length < FRAME_HEADER_SIZE + length) return;
-      finish(undefined, {
-        type: buffered[4]!,
-        payload: buffered.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + length),
-        rest: buffered.subarray(FRAME_HEADER_SIZE + length),
-      });
-    };
-    const onEnd = () => finish(new HandshakeError('peer went away during the handshake'));
-    const onError = (cause: Error) => finish(new HandshakeError('connection failed during the handshake', { cause }));
-    function finish(error?: ShmbusError, value?: { type: number; payload: Uint8Array; rest: Buffer }) {
-      clearTimeout(timer);
-      socket.off('data', onData);
-      socket.off('end', onEnd);
-      socket.off('close', onEnd);
-      socket.off('error', onError);
-      socket.pause();
-      if (error) reject(error);
-      else resolve(value!);
-    }
-    socket.on('data', onData);
-    socket.on('end', onEnd);
-    socket.on('close', onEnd);
-    socket.on('error', onError);
-    socket.resume();
+export async function readHandshakeFrame(socket: net.Socket, timeoutMs: number, maxLength = 4096): Promise<{ type: number; payload: Uint8Array; rest: Buffer }> {
+  const { value, rest } = await readHandshake(socket, timeoutMs, (buffered) => {
+    if (buffered.length < FRAME_HEADER_SIZE) return undefined;
+    const length = buffered.readUInt32LE(0);
+    if (length > maxLength) throw new HandshakeError('handshake frame too long', { details: { length, max: maxLength } });
+    if (buffered.length < FRAME_HEADER_SIZE + length) return undefined;
+    return { value: { type: buffered[4]!, payload: buffered.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + length) }, used: FRAME_HEADER_SIZE + length };
   });
+  return { ...value, rest };
 }
 
 export interface StreamConnectionOptions {
