@@ -489,7 +489,6 @@ export class Publisher extends EventEmitter {
   private readonly bus: Bus;
   private readonly mapped: Mapped;
   private readonly writer: TopicWriter;
-  private readonly maxSubscribers: number;
   private readonly packr = new Packr({ useRecords: false });
   private readonly queue: Queued[] = [];
   private pumping = false;
@@ -504,7 +503,6 @@ export class Publisher extends EventEmitter {
     this.bus = bus;
     this.topic = topic;
     this.mapped = mapped;
-    this.maxSubscribers = maxSubscribers;
     this.maxQueued = maxQueued;
     const engine = mapped.engine;
     // Claim the topic: one publisher at a time; a dead one's claim is taken over.
@@ -643,7 +641,6 @@ export class Publisher extends EventEmitter {
     this.writer.dispose();
     this.mapped.unmap();
     this.bus._forget(this);
-    void this.maxSubscribers;
   }
 }
 
