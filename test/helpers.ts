@@ -1,0 +1,157 @@
+// What every test file shares: unique names, the scale knob for heavy tests, watchdogs that fail instead of
+// hanging, waiting for a condition (never a bare sleep), and child processes that cannot outlive their test.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/** The test type tap hands to every callback (kept structural so helpers do not depend on tap's internals). */
+export interface TestLike {
+  teardown(fn: () => unknown): void;
+  fail(message: string, extra?: Record<string, unknown>): unknown;
+}
+
+let serial = 0;
+/** A name no other test, file or process uses at the same time: `<prefix>-<pid>-<n>`. */
+export const unique = (prefix: string): string => `${prefix}-${process.pid}-${++serial}`;
+
+/**
+ * How much of the heavy work (million-message runs, fuzz cases, random kills) to do: `SHMBUS_TEST_SCALE`, 1 for
+ * `npm test`, larger for `npm run test:stress`. Counts are written at their full (stress) size and scaled down.
+ */
+export const SCALE = (() => {
+  const raw = process.env.SHMBUS_TEST_SCALE;
+  const n = raw === undefined ? 1 : Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`SHMBUS_TEST_SCALE must be a positive number, got ${raw}`);
+  return n;
+})();
+
+/** The stress-size count `full` at the current scale: full × SCALE / STRESS_SCALE, at least `min`. */
+export const STRESS_SCALE = 10;
+export function scaled(full: number, min = 1): number {
+  return Math.max(min, Math.round((full * Math.min(SCALE, STRESS_SCALE)) / STRESS_SCALE));
+}
+
+/**
+ * Fails instead of hanging: rejects when `p` has not settled within `ms`. The bound is a watchdog, not an
+ * assertion on speed: pick it far above what the slowest machine needs.
+ */
+export function within<T>(ms: number, p: Promise<T>, what: string | (() => string)): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`watchdog (${ms} ms): ${typeof what === 'function' ? what() : what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Waits until `check()` is true, for state the kernel changes without telling us (an object removed by another
+ * process, a thread that finished exiting). Looks again with a growing pause; rejects after `ms`.
+ */
+export async function eventually(check: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (let pause = 1; !check(); pause = Math.min(pause * 2, 100)) {
+    if (Date.now() > deadline) throw new Error(`watchdog (${ms} ms): ${what}`);
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+/** The compiled path of a fixture in test/fixtures (tsc emits them to dist/test/fixtures). */
+export function fixture(name: string): string {
+  return fileURLToPath(new URL(`../dist/test/fixtures/${name}.js`, import.meta.url));
+}
+
+export interface Child {
+  readonly process: ChildProcess;
+  readonly pid: number;
+  /** Settles when the process has exited. */
+  readonly exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the first stdout line matching `pattern` (already printed or still to come); rejects if the child exits first. */
+  line(pattern: RegExp | string, ms?: number): Promise<string>;
+  /** SIGKILLs the child's whole process group. */
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Process ids of the living members of process group `pgid` (zombies excluded). */
+export function groupMembers(pgid: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid && fields[0] !== 'Z') out.push(Number(entry));
+    } catch { /* it exited while we looked */ }
+  }
+  return out;
+}
+
+/**
+ * Starts a child in a process group of its own. When the test ends (passes, fails or times out) the whole group
+ * is SIGKILLed; if any member is still alive after that, the test fails, naming it.
+ * `argv` is the command line (a prefix such as `setpriv …` or `prlimit …` may come first: they exec).
+ */
+export function startChild(t: TestLike, argv: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {}): Child {
+  const proc = spawn(argv[0]!, argv.slice(1), {
+    stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
+    detached: true,
+    env: opts.env ?? process.env,
+  });
+  if (proc.pid === undefined) throw new Error(`could not start ${argv.join(' ')}`);
+  const pid = proc.pid;
+  let out = '';
+  let err = '';
+  let exited = false;
+  const lineWaiters = new Set<() => void>();
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; for (const w of lineWaiters) w(); });
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    proc.once('exit', (code, signal) => { exited = true; for (const w of lineWaiters) w(); resolve({ code, signal }); });
+  });
+  const killGroup = (signal: NodeJS.Signals = 'SIGKILL') => {
+    try { process.kill(-pid, signal); } catch { /* the group is gone */ }
+  };
+  const line = (pattern: RegExp | string, ms = 60_000) => within(ms, new Promise<string>((resolve, reject) => {
+    const look = () => {
+      const found = out.split('\n').find((l, i, all) => (i < all.length - 1 || exited) && (typeof pattern === 'string' ? l.includes(pattern) : pattern.test(l)));
+      if (found !== undefined) { lineWaiters.delete(look); resolve(found); } else if (exited) {
+        lineWaiters.delete(look);
+        reject(new Error(`child ${pid} exited before printing ${pattern}; stderr: ${err.slice(-2000)}`));
+      }
+    };
+    lineWaiters.add(look);
+    look();
+  }), () => `child ${pid} did not print ${pattern}; stdout: ${out.slice(-500)} stderr: ${err.slice(-2000)}`);
+  t.teardown(async () => {
+    killGroup('SIGKILL');
+    await within(30_000, exit, `child ${pid} did not die after SIGKILL`);
+    let left: number[] = [];
+    await eventually(() => (left = groupMembers(pid)).length === 0, 'group members to exit', 5000).catch(() => {});
+    if (left.length) {
+      for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+      t.fail(`processes outlived their test: ${left.join(' ')} (started by ${argv.join(' ')})`);
+    }
+  });
+  return { process: proc, pid, exit, stdout: () => out, stderr: () => err, line, kill: killGroup };
+}
+
+/** Runs compiled fixture `name` (see fixture()) with plain Node: tap's loader hooks are not passed on. */
+export function startFixture(t: TestLike, name: string, args: string[], opts: { prefix?: string[]; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {}): Child {
+  return startChild(t, [...(opts.prefix ?? []), process.execPath, fixture(name), ...args], {
+    stdin: opts.stdin,
+    env: { ...process.env, ...opts.env, NODE_OPTIONS: '' },
+  });
+}
+
+/** The uid/gid an attacker runs as in hostile tests. */
+export const NOBODY = 65534;
+
+/**
+ * The command prefix that runs a child as an unprivileged user (uid/gid 65534, no groups), or the reason it
+ * cannot (skip the test with it): only root can drop to another uid.
+ */
+export function asUnprivileged(): { prefix: string[] } | { skip: string } {
+  if (process.getuid?.() !== 0) return { skip: 'needs root to start a process as another uid' };
+  return { prefix: ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--'] };
+}
