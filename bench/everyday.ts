@@ -1,0 +1,308 @@
+// shm:// against a Unix socket through the API people write, in one run:
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json]          (npm run bench:everyday)
+//
+// Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
+// to the last; medians of rotated rounds.
+//   object   64 B msgpack object { i, s: 'x'.repeat(30), f: i / 3 }   shm: send + drained      / for await
+//   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
+//   bytes1M  1 MiB Buffer                                             the same
+//   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
+// The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
+// for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
+//
+// The same file is the child: `--child <role> <kind> <url> <row> <count>`.
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Packr, Unpackr } from 'msgpackr';
+import { listen, connect, type Connection } from '../host/index.js';
+
+const SELF = fileURLToPath(import.meta.url);
+type Kind = 'shm' | 'unix';
+type Row = 'object' | 'bytes64' | 'bytes1M';
+const ROWS: Row[] = ['object', 'bytes64', 'bytes1M'];
+const KINDS: Kind[] = ['shm', 'unix'];
+const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1M: 2000 };
+const ROUND_TRIPS = 20_000;
+const MiB = 1 << 20;
+
+const makeObject = (i: number) => ({ i, s: 'x'.repeat(30), f: i / 3 });
+const payload = (row: Row) => Buffer.alloc(row === 'bytes1M' ? MiB : 64, 7);
+const rowBytes = (row: Row) => (row === 'bytes1M' ? MiB : 64);
+
+// --- Unix socket, plain Node ------------------------------------------------------------------------------------
+
+/** Frames `u32le length · body` written with stream back-pressure. */
+class SocketSender {
+  private readonly packr = new Packr({ sequential: true });
+  constructor(private readonly socket: net.Socket) {}
+  /** Like socket.write: false means wait for 'drain'. */
+  sendObject(value: unknown): boolean {
+    const body = this.packr.pack(value);
+    const frame = Buffer.allocUnsafe(4 + body.length);
+    frame.writeUInt32LE(body.length, 0);
+    body.copy(frame, 4);
+    return this.socket.write(frame);
+  }
+  sendBytes(bytes: Buffer): boolean {
+    if (bytes.length < 4096) {
+      const frame = Buffer.allocUnsafe(4 + bytes.length);
+      frame.writeUInt32LE(bytes.length, 0);
+      bytes.copy(frame, 4);
+      return this.socket.write(frame);
+    }
+    const header = Buffer.allocUnsafe(4);
+    header.writeUInt32LE(bytes.length, 0);
+    this.socket.write(header);
+    return this.socket.write(bytes);
+  }
+}
+
+/** Calls `onFrame` for every whole frame arriving on `socket`. */
+function onFrames(socket: net.Socket, onFrame: (body: Buffer) => void): void {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  socket.on('data', (chunk: Buffer) => {
+    let buf = chunk;
+    if (pendingBytes) { pending.push(chunk); buf = Buffer.concat(pending, pendingBytes + chunk.length); pending = []; pendingBytes = 0; }
+    let at = 0;
+    while (buf.length - at >= 4) {
+      const len = buf.readUInt32LE(at);
+      if (buf.length - at - 4 < len) break;
+      onFrame(buf.subarray(at + 4, at + 4 + len));
+      at += 4 + len;
+    }
+    if (at < buf.length) { const rest = buf.subarray(at); pending.push(rest); pendingBytes = rest.length; }
+  });
+}
+
+// --- child ---------------------------------------------------------------------------------------------------------
+
+async function child(role: string, kind: Kind, url: string, row: Row, count: number): Promise<void> {
+  if (kind === 'shm') {
+    const conn = await connect(url);
+    if (role === 'produce') {
+      const bytes = payload(row);
+      for (let i = 0; i < count; i++) {
+        const ok = row === 'object' ? conn.send(makeObject(i)) : conn.sendBytes(bytes);
+        if (!ok) await conn.drained();
+      }
+      await conn.receive(); // the consumer's "done": closing earlier would not lose messages, but keep runs apart
+    } else {
+      for await (const m of conn) if (!conn.send(m)) await conn.drained();
+    }
+    await conn.close();
+    return;
+  }
+  const socket = net.connect(url.startsWith('@') ? `\0${url.slice(1)}` : url);
+  await once(socket, 'connect');
+  socket.setNoDelay(true);
+  const out = new SocketSender(socket);
+  if (role === 'produce') {
+    const bytes = payload(row);
+    let done!: () => void;
+    const finished = new Promise<void>((r) => { done = r; });
+    onFrames(socket, () => done());
+    for (let i = 0; i < count; i++) {
+      const ok = row === 'object' ? out.sendObject(makeObject(i)) : out.sendBytes(bytes);
+      if (!ok) await once(socket, 'drain');
+    }
+    await finished;
+  } else {
+    const unpackr = new Unpackr({ sequential: true });
+    let stop!: () => void;
+    const closed = new Promise<void>((r) => { stop = r; });
+    socket.on('end', () => stop());
+    onFrames(socket, (body) => { out.sendObject(unpackr.unpack(body)); });
+    await closed;
+  }
+  socket.end();
+}
+
+// --- parent ----------------------------------------------------------------------------------------------------------
+
+interface Server { url: string; accept(): Promise<Peer>; close(): Promise<void> }
+interface Peer {
+  /** Resolves after `count` messages, with seconds from the first to the last. */
+  consume(row: Row, count: number): Promise<number>;
+  /** Round trips of the 64 B object; microseconds per trip. */
+  roundTrips(count: number): Promise<number[]>;
+  close(): Promise<void>;
+}
+
+let endpointSerial = 0;
+async function server(kind: Kind): Promise<Server> {
+  const tag = `shmbus-everyday-${process.pid}-${++endpointSerial}`;
+  if (kind === 'shm') {
+    const url = `shm://${tag}`;
+    const l = await listen(url);
+    return {
+      url,
+      async accept() { const conn = (await l.acceptNext())!; return shmPeer(conn); },
+      close: () => l.close(),
+    };
+  }
+  const path = `\0${tag}`; // abstract namespace; the child gets it as '@name'
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(path, r));
+  const sockets: net.Socket[] = [];
+  srv.on('connection', (s) => sockets.push(s));
+  return {
+    url: `@${tag}`,
+    async accept() {
+      while (!sockets.length) await once(srv, 'connection');
+      return socketPeer(sockets.shift()!);
+    },
+    close: () => new Promise<void>((r) => srv.close(() => r())),
+  };
+}
+
+function shmPeer(conn: Connection): Peer {
+  const it = conn[Symbol.asyncIterator]();
+  return {
+    async consume(_row, count) {
+      // What `for await (const m of conn)` does per message (next()), without its `break` closing the channel.
+      let first = 0n;
+      for (let received = 0; received < count; received++) {
+        await it.next();
+        if (received === 0) first = process.hrtime.bigint();
+      }
+      const seconds = Number(process.hrtime.bigint() - first) / 1e9;
+      conn.send('done');
+      return seconds;
+    },
+    async roundTrips(count) {
+      const us: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const t0 = process.hrtime.bigint();
+        conn.send(makeObject(i));
+        await it.next();
+        us.push(Number(process.hrtime.bigint() - t0) / 1000);
+      }
+      return us;
+    },
+    close: () => conn.close(),
+  };
+}
+
+function socketPeer(socket: net.Socket): Peer {
+  socket.setNoDelay(true);
+  const out = new SocketSender(socket);
+  const unpackr = new Unpackr({ sequential: true });
+  let handler: (body: Buffer) => void = () => {};
+  onFrames(socket, (body) => handler(body));
+  return {
+    consume(row, count) {
+      return new Promise((resolve) => {
+        let first = 0n;
+        let received = 0;
+        handler = (body) => {
+          if (row === 'object') unpackr.unpack(body);
+          if (received++ === 0) first = process.hrtime.bigint();
+          if (received === count) {
+            resolve(Number(process.hrtime.bigint() - first) / 1e9);
+            out.sendBytes(Buffer.from('done'));
+          }
+        };
+      });
+    },
+    async roundTrips(count) {
+      const us: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const t0 = process.hrtime.bigint();
+        const reply = new Promise<void>((r) => { handler = (body) => { unpackr.unpack(body); r(); }; });
+        out.sendObject(makeObject(i));
+        await reply;
+        us.push(Number(process.hrtime.bigint() - t0) / 1000);
+      }
+      return us;
+    },
+    close: async () => { socket.end(); },
+  };
+}
+
+function startChild(args: string[]): Promise<number | null> {
+  const c = spawn(process.execPath, [SELF, '--child', ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
+  return new Promise((resolve) => c.once('exit', (code) => resolve(code)));
+}
+
+async function throughputOnce(kind: Kind, row: Row, count: number): Promise<number> {
+  const s = await server(kind);
+  const exited = startChild(['produce', kind, s.url, row, String(count)]);
+  const peer = await s.accept();
+  const seconds = await peer.consume(row, count);
+  if ((await exited) !== 0) throw new Error(`${kind} ${row}: producer failed`);
+  await peer.close();
+  await s.close();
+  return (count - 1) / seconds;
+}
+
+async function latencyOnce(kind: Kind, count: number): Promise<number[]> {
+  const s = await server(kind);
+  const exited = startChild(['echo', kind, s.url, 'object', '0']);
+  const peer = await s.accept();
+  await peer.roundTrips(Math.min(2000, count)); // warm-up
+  const us = await peer.roundTrips(count);
+  await peer.close();
+  if ((await exited) !== 0) throw new Error(`${kind} rtt: echo child failed`);
+  await s.close();
+  return us;
+}
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]!; };
+const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
+
+function fmtRate(row: Row, perSec: number): string {
+  if (row === 'bytes1M') return `${((perSec * MiB) / 1e9).toFixed(2)} GB/s`;
+  return perSec >= 1e6 ? `${(perSec / 1e6).toFixed(2)}M msg/s` : `${(perSec / 1e3).toFixed(0)}k msg/s`;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false } } });
+  const rounds = Number(values.rounds);
+  const scale = Number(values.scale);
+  const rates = new Map<string, number[]>();
+  const trips = new Map<Kind, number[]>();
+  // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
+  const jobs = ROWS.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
+  for (let r = 0; r < rounds; r++) {
+    const order = [...jobs.slice(r % jobs.length), ...jobs.slice(0, r % jobs.length)];
+    for (const { row, kind } of order) {
+      const rate = await throughputOnce(kind, row, Math.max(10, Math.round(COUNTS[row] * scale)));
+      const key = `${row}/${kind}`;
+      rates.set(key, [...(rates.get(key) ?? []), rate]);
+      process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
+    }
+    for (const kind of r % 2 ? [...KINDS].reverse() : KINDS) {
+      trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
+    }
+  }
+  const table = ROWS.map((row) => {
+    const shm = median(rates.get(`${row}/shm`)!);
+    const unix = median(rates.get(`${row}/unix`)!);
+    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix };
+  });
+  const lat = Object.fromEntries(KINDS.map((k) => {
+    const s = [...trips.get(k)!].sort((a, b) => a - b);
+    return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
+  })) as Record<Kind, { p50: number; p99: number; samples: number }>;
+  if (values.json) {
+    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat }, null, 2));
+    return;
+  }
+  const names: Record<Row, string> = { object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1M: '1 MiB Buffer' };
+  console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
+  for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
+  console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  console.log(`\n${rounds} rotated rounds, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+}
+
+if (process.argv[2] === '--child') {
+  const [, , , role, kind, url, row, count] = process.argv;
+  child(role!, kind as Kind, url!, row as Row, Number(count)).catch((e) => { console.error(e); process.exit(1); });
+} else {
+  main().catch((e) => { console.error(e); process.exit(1); });
+}
