@@ -200,7 +200,7 @@ async function calibrate(f: Fanout, name: string, ms: number): Promise<number> {
 /** Streams `rate` ticks/s for `roundSeconds`, publishing every millisecond what the schedule says is due. */
 async function stream(f: Fanout, name: string, rate: number, roundSeconds: number): Promise<Result> {
   const reports = phase(name).all;
-  const ticks = Math.round(rate * roundSeconds);
+  const ticks = Math.max(1, Math.round(rate * roundSeconds));
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   let seq = 0;
@@ -343,10 +343,10 @@ async function main(): Promise<number> {
     const sample = pack(tick(123_456)).length;
     const load = loadavg()[0]!;
     console.log(`shmbus pub/sub demo: 1 publisher, ${subscriberCount} subscriber processes; ${cores} CPU cores, load average ${load.toFixed(1)}`);
-    console.log(`  shm bus      topic 'ticks' on ${url}: lossless, 4 MiB; subscribers spin briefly, then sleep on a futex`);
+    console.log(`  shm bus      topic 'ticks' on ${url}, lossless, 4 MiB ring; idle subscribers spin, then sleep (futex)`);
     console.log(`  unix socket  a socket per subscriber: u32 length + msgpackr, writes corked per burst`);
-    console.log(`  tick         { sym, px, qty, seq, ts }: ${sample} bytes of msgpack; ts = the publisher's process.hrtime when it`);
-    console.log(`               sent the tick, latency = the subscriber's on receipt − ts (one monotonic clock for all processes)`);
+    console.log(`  tick         { sym, px, qty, seq, ts }: ${sample} bytes of msgpack; ts = publisher's process.hrtime when sent,`);
+    console.log(`               latency = subscriber's process.hrtime on receipt − ts (one monotonic clock for all processes)`);
 
     const both = [shm, unix];
     console.log(`calibrating: each transport streams as fast as the publisher and its slowest subscriber go, best of ${ROUNDS} × ${CALIBRATE_MS / 1000} s`);
@@ -357,7 +357,7 @@ async function main(): Promise<number> {
     }
     for (const f of both) console.log(`  ${f.label.padEnd(11)}  ${rateText(maxRates[f.key])} ticks/s to each subscriber`);
     const slower = maxRates.shm <= maxRates.unix ? shm : unix;
-    const rate = givenRate ?? roundDown(maxRates[slower.key] / 2);
+    const rate = givenRate ?? Math.max(1, roundDown(maxRates[slower.key] / 2));
     if (givenRate !== undefined) console.log(`rate ${rateText(rate)} ticks/s, as given by --rate`);
     else console.log(`chose ${rateText(rate)} ticks/s: at most half the slower maximum (${slower.label}), so that neither transport is\n  saturated and latency measures delivery, not a queue that grows for the whole run`);
 
@@ -387,8 +387,10 @@ async function main(): Promise<number> {
     console.log(`max rate: the calibration (saturated). Latency: all subscribers' ticks in one histogram; a percentile is the`);
     console.log(`  upper edge of its bucket (≤ 6% high), '> ${formatNs(s.latency.capNs)}' would mean beyond the histogram. CPU: user + system µs.`);
     if (Math.max(load, subscriberCount + 1) > cores) {
-      console.log(`${subscriberCount + 1} processes${load > cores ? ` among others (load ${load.toFixed(1)})` : ''} share ${cores} cores: a subscriber that lost its core waits`);
-      console.log(`  milliseconds to get it back, whatever the transport, so the tails measure the scheduler more than the transport.`);
+      // Why the bus can fare worse here: Subscription.sleep parks on a futex in a wait thread, which posts to the event loop.
+      console.log(`${subscriberCount + 1} processes${load > cores ? ` among others (load ${load.toFixed(1)})` : ''} share ${cores} cores: a process that lost its core waits milliseconds for it,`);
+      console.log(`  so the tails measure the scheduler more than the transport. A sleeping bus subscriber needs the scheduler`);
+      console.log(`  twice (its futex wait thread, then its event loop), a socket reader once: contention can cost the bus more.`);
     }
     return complete ? 0 : 1;
   } finally {
