@@ -1,6 +1,7 @@
 // A market-data style pub/sub app on one machine (npm start): one publisher streams ticks to several subscriber
-// processes, first through a topic of a shared-memory bus, then the same ticks through Unix sockets written the
-// way a Node user would (one socket per subscriber, u32 length prefix + msgpackr), and prints the two side by side.
+// processes through a topic of a shared-memory bus and, taking turns with it, the same ticks through Unix sockets
+// written the way a Node user would (one socket per subscriber, u32 length prefix + msgpackr); then it prints the
+// two side by side.
 //
 //   node dist/examples/pubsub/main.js [--seconds 3] [--subscribers 3] [--rate <ticks/s>]
 //
@@ -127,7 +128,7 @@ function startSubscribers(url: string, socketName: string): Promise<unknown> {
     const child = spawn(process.execPath, [SUBSCRIBER, url, socketName, String(i)], { stdio: ['pipe', 'pipe', 'inherit'] });
     children.push(child);
     child.stdin!.on('error', () => {}); // a dead subscriber's pipe: its exit is reported below
-    exits.push(new Promise((r) => child.once('exit', r)));
+    exits.push(new Promise((r) => child.once('exit', r).once('error', r))); // 'error' alone: it never started
     child.once('exit', (code, signal) => {
       if (!leaving) stop(new Error(`subscriber ${i} (pid ${child.pid}) exited early (${signal ?? `code ${code}`})`));
     });
