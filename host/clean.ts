@@ -2,11 +2,11 @@
  * `shmbus clean`: every reaper, one run, and its report as text. The list below is the one place a new kind of
  * object is added (its reaper lives with the code that creates the object).
  */
-import { reap, segmentReapers, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
+import { handshakeReapers, reap, segmentReapers, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
 import { wakeReapers } from './wake/reap.js';
 
 /** Every kind of object shmbus names, in the order `shmbus clean` visits them. */
-export const ALL_REAPERS: readonly Reaper[] = [...segmentReapers, ...wakeReapers];
+export const ALL_REAPERS: readonly Reaper[] = [...segmentReapers, ...wakeReapers, ...handshakeReapers];
 
 export interface CleanOptions extends ReapOptions {
   /** Also list what was kept, and why. */

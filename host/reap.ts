@@ -194,13 +194,21 @@ export interface FileCandidate extends Candidate {
   readonly ino: number;
   /** The pid the name carries, when the pattern has one. */
   readonly pid: number;
+  /** What the entry must be: a regular file (segments, semaphores, queues), or a FIFO (fifo: handshakes). */
+  readonly type: FileType;
+}
+
+export type FileType = 'file' | 'fifo';
+
+function isType(st: Stats, type: FileType): boolean {
+  return type === 'fifo' ? st.isFIFO() : st.isFile();
 }
 
 /**
  * Entries of `path` that `pattern` matches in full (its first group, if any, is the creator pid), as candidates
  * with their lstat. A match that is not a regular file (a symlink planted under the name) is a rejected candidate.
  */
-export function listFiles(scope: Scope, kind: string, path: string, pattern: RegExp, accept?: (entry: string, dir: DirHandle) => boolean): FileCandidate[] {
+export function listFiles(scope: Scope, kind: string, path: string, pattern: RegExp, accept?: (entry: string, dir: DirHandle) => boolean, type: FileType = 'file'): FileCandidate[] {
   const dir = scope.dir(path);
   if (!dir) return [];
   const out: FileCandidate[] = [];
@@ -212,9 +220,9 @@ export function listFiles(scope: Scope, kind: string, path: string, pattern: Reg
       st = dir.lstat(entry);
     } catch { continue; }
     if (!st) continue;
-    const base = { kind, name: `${path}/${entry}`, uid: st.uid, dir, entry, dev: st.dev, ino: st.ino, pid: m[1] === undefined ? 0 : Number(m[1]) };
-    if (!st.isFile()) {
-      out.push({ ...base, reject: st.isSymbolicLink() ? 'a symlink (never followed)' : 'not a regular file' });
+    const base = { kind, name: `${path}/${entry}`, uid: st.uid, dir, entry, dev: st.dev, ino: st.ino, pid: m[1] === undefined ? 0 : Number(m[1]), type };
+    if (!isType(st, type)) {
+      out.push({ ...base, reject: st.isSymbolicLink() ? 'a symlink (never followed)' : type === 'fifo' ? 'not a FIFO' : 'not a regular file' });
       continue;
     }
     // Another user's file: the run will keep it as not the caller's, so its content is not even read (nor can
@@ -229,7 +237,7 @@ export function listFiles(scope: Scope, kind: string, path: string, pattern: Reg
 export function removeFile<C extends FileCandidate>(c: C, isDead: () => Verdict): Verdict {
   const st = c.dir.lstat(c.entry);
   if (!st) return { dead: false, why: 'already gone' };
-  if (!st.isFile()) return { dead: false, why: 'no longer a regular file' };
+  if (!isType(st, c.type)) return { dead: false, why: `no longer a ${c.type === 'fifo' ? 'FIFO' : 'regular file'}` };
   if (st.dev !== c.dev || st.ino !== c.ino) return { dead: false, why: 'replaced by another file' };
   if (st.uid !== c.uid) return { dead: false, why: `owner changed to uid ${st.uid}` };
   const verdict = isDead();
@@ -545,11 +553,53 @@ function topicVerdict(head: Buffer): Verdict {
   return { dead: true, why: `creator pid ${h.creatorPid}, its publisher and subscribers are gone` };
 }
 
+// ------------------------------------------------------------------------------------------------ handshake leftovers
+
+/**
+ * The two queues a mq:// connector creates for its connection, `/dev/mqueue/<endpoint>.<pid>.<n>.u|d`
+ * (transports/mq.ts). Both sides remove the names once the handshake is over, so only a connector killed
+ * mid-handshake leaves them; its listener removes them at its next start, `shmbus clean` in the meantime.
+ */
+export const mqHandshakeQueues: Reaper<FileCandidate> = {
+  kind: 'mq-handshake',
+  pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.mqDir, new RegExp(`^${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}\\.[ud]$`));
+  },
+  isDead(c) {
+    return processVerdict('connector', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/**
+ * The two FIFOs a fifo:// connector creates next to the endpoint, `<endpoint>.<pid>.<n>.c2l|l2c`
+ * (transports/fifo.ts); left only by a connector killed mid-handshake. `shmbus clean` looks in --dir only.
+ */
+export const fifoHandshakeFiles: Reaper<FileCandidate> = {
+  kind: 'fifo-handshake',
+  pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs (only with --dir <dir>)',
+  find(scope) {
+    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, /^.{1,240}\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}\.(?:c2l|l2c)$/, undefined, 'fifo'));
+  },
+  isDead(c) {
+    return processVerdict('connector', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
 /** The reapers of segments and buses (the wake objects' are in host/wake/reap.ts). */
 export const segmentReapers: readonly Reaper[] = [
   // Topics before registries: an unwritten topic counts only while the dead registry that lists it is still there.
   posixSegments as Reaper, sysvSegments as Reaper, ringFiles as Reaper, busTopics as Reaper, busRegistries as Reaper,
 ];
+
+/** The reapers of what transports' handshakes leave (a connector killed before it removed its names). */
+export const handshakeReapers: readonly Reaper[] = [mqHandshakeQueues as Reaper, fifoHandshakeFiles as Reaper];
 
 /**
  * Removes the shm:// buses nobody uses any more: registries in `dir` whose creator and members are all dead, and
