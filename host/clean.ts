@@ -20,7 +20,7 @@ export function clean(options: CleanOptions = {}): { report: ReapReport; lines: 
   const { match, verbose, ...rest } = options;
   const select = match === undefined ? rest.select : (c: Candidate) => match.some((m) => c.name.includes(m)) && (rest.select?.(c) ?? true);
   const report = reap(ALL_REAPERS, { ...rest, select });
-  return { report, lines: formatReport(report, { verbose: verbose === true, dirs: rest.dirs ?? [] }) };
+  return { report, lines: formatReport(report, { verbose: verbose === true, dirs: rest.dirs ?? [], dryRun: rest.dryRun === true }) };
 }
 
 function line(o: Outcome): string {
@@ -28,9 +28,9 @@ function line(o: Outcome): string {
 }
 
 /** The text `shmbus clean` prints: what it removed, with -v what it kept and why, and a summary. */
-export function formatReport(report: ReapReport, opts: { verbose: boolean; dirs: readonly string[] }): string[] {
+export function formatReport(report: ReapReport, opts: { verbose: boolean; dirs: readonly string[]; dryRun?: boolean }): string[] {
   const lines: string[] = [];
-  if (report.root) lines.push('running as root: dead objects of every user are removed');
+  if (report.root) lines.push(`running as root: dead objects of every user ${opts.dryRun ? 'would be' : 'are'} removed`);
   for (const o of report.outcomes) if (o.action !== 'kept' || opts.verbose) lines.push(line(o));
   if (opts.verbose) {
     for (const n of report.notes) lines.push(`note: ${n}`);

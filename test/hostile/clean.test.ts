@@ -15,6 +15,9 @@ import { clean } from '../../host/clean.js';
 import type { Candidate, Outcome } from '../../host/reap.js';
 import { listShmSegments, shmRemove } from '../../host/sys/shm.js';
 import { listSemSets, semRemove } from '../../host/sys/sem.js';
+import { mqClose, mqOpen, mqUnlinkIfExists } from '../../host/sys/mq.js';
+import { mkfifo } from '../../host/sys/fifo.js';
+import { O_CREAT, O_EXCL, O_RDONLY } from '../../host/sys/constants.js';
 import { sysvsemKey } from '../../host/wake/sysvsem.js';
 import { asUnprivileged, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
 
@@ -83,7 +86,7 @@ function expectedFor(kids: { half: Map<string, Child>; bus: Child; wake: Map<str
 
 /** Starts one process per kind of object, each holding its objects alive. */
 async function startLeavers(t: TestLike, ns: string, dir: string) {
-  const sysvKey = 0x5c000000 + ((process.pid & 0xfff) << 8) + (Number(ns.split('-').pop()) & 0xff);
+  const sysvKey = 0x5d000000 + ((process.pid & 0xfff) << 8) + (Number(ns.split('-').pop()) & 0xff);
   const half = new Map<string, Child>([
     ['shm', startFixture(like(t), 'leaver', ['half', `shm://${ns}-shm?size=4KiB`])],
     ['sysv', startFixture(like(t), 'leaver', ['half', `sysv://0x${sysvKey.toString(16)}?size=4KiB`])],
@@ -213,10 +216,34 @@ t.test('.ring files of dead creators in --dir are removed; a symlink named like 
   t.same(readdirSync(dir).sort(), [`evil.${pid}.1.ring`, `other.${pid}.1.ring`]);
 });
 
+t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs (in --dir) are removed, a live one\'s kept', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'shmbus-fifo-'));
+  const ep = unique('hs');
+  const dead = deadPid();
+  const queues = [`/${ep}.${dead}.1.u`, `/${ep}.${dead}.1.d`, `/${ep}.${process.pid}.2.u`];
+  const fifos = [`${dir}/${ep}.${dead}.1.c2l`, `${dir}/${ep}.${dead}.1.l2c`, `${dir}/${ep}.${process.pid}.2.c2l`];
+  t.teardown(() => {
+    for (const q of queues) mqUnlinkIfExists(q);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  for (const q of queues) mqClose(mqOpen(q, O_RDONLY | O_CREAT | O_EXCL, 0o600, { maxmsg: 1, msgsize: 64 }));
+  for (const f of fifos) mkfifo(f, 0o600);
+  const { code, out } = await cli(like(t), ['clean', '-v', '--dir', dir, '--match', ep]);
+  t.equal(code, 0, out);
+  for (const name of [...queues.slice(0, 2).map((q) => `${MQ}${q}`), ...fifos.slice(0, 2)]) {
+    t.match(lineFor(out, name) ?? '', /^removed .*connector pid \d+ is gone/, `${name} removed`);
+    t.notOk(existsSync(name));
+  }
+  for (const name of [`${MQ}${queues[2]}`, fifos[2]!]) {
+    t.match(lineFor(out, name) ?? '', /^kept .*connector pid \d+ is alive/, `${name} kept`);
+    t.ok(existsSync(name));
+  }
+});
+
 t.test('shmbus clean --help lists every kind; a bad option fails with usage', async (t) => {
   const help = await cli(like(t), ['clean', '--help']);
   t.equal(help.code, 0);
-  for (const kind of ['shm-segment', 'sysv-segment', 'ring-file', 'bus-registry', 'bus-topic', 'wake-sem', 'wake-mq', 'wake-sysvsem']) {
+  for (const kind of ['shm-segment', 'sysv-segment', 'ring-file', 'bus-registry', 'bus-topic', 'wake-sem', 'wake-mq', 'wake-sysvsem', 'mq-handshake', 'fifo-handshake']) {
     t.match(help.out, new RegExp(`^\\s+${kind}\\s`, 'm'), `help names ${kind}`);
   }
   const bad = await cli(like(t), ['clean', '--no-such-option']);
