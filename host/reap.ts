@@ -555,16 +555,26 @@ function topicVerdict(head: Buffer): Verdict {
 
 // ------------------------------------------------------------------------------------------------ handshake leftovers
 
+const MQ_HANDSHAKE_NAME = new RegExp(`^${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}\\.[ud]$`);
+const FIFO_HANDSHAKE_NAME = new RegExp(`^.{1,240}\\.${PID}\\.${COUNTER}\\.(?:c2l|l2c)$`);
+
+/** `<endpoint>` of `<endpoint>.<pid>.<n>.<suffix>`. */
+function endpointOf(entry: string): string {
+  return entry.replace(/\.[0-9]+\.[0-9]+\.[a-z0-9]+$/, '');
+}
+
 /**
  * The two queues a mq:// connector creates for its connection, `/dev/mqueue/<endpoint>.<pid>.<n>.u|d`
  * (transports/mq.ts). Both sides remove the names once the handshake is over, so only a connector killed
- * mid-handshake leaves them; its listener removes them at its next start, `shmbus clean` in the meantime.
+ * mid-handshake leaves them; its listener removes them at its next start, `shmbus clean` in the meantime. The
+ * names are the application's, so a pair is taken only next to its endpoint: the listener's queue `<endpoint>`
+ * (live, or left by a killed listener) is in the same listing.
  */
 export const mqHandshakeQueues: Reaper<FileCandidate> = {
   kind: 'mq-handshake',
   pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d',
   find(scope) {
-    return listFiles(scope, this.kind, scope.mqDir, new RegExp(`^${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}\\.[ud]$`));
+    return listFiles(scope, this.kind, scope.mqDir, MQ_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFile() === true);
   },
   isDead(c) {
     return processVerdict('connector', c.pid);
@@ -576,13 +586,14 @@ export const mqHandshakeQueues: Reaper<FileCandidate> = {
 
 /**
  * The two FIFOs a fifo:// connector creates next to the endpoint, `<endpoint>.<pid>.<n>.c2l|l2c`
- * (transports/fifo.ts); left only by a connector killed mid-handshake. `shmbus clean` looks in --dir only.
+ * (transports/fifo.ts); left only by a connector killed mid-handshake. `shmbus clean` looks in --dir only,
+ * and only next to the endpoint's own FIFO `<endpoint>`.
  */
 export const fifoHandshakeFiles: Reaper<FileCandidate> = {
   kind: 'fifo-handshake',
   pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs (only with --dir <dir>)',
   find(scope) {
-    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, /^.{1,240}\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}\.(?:c2l|l2c)$/, undefined, 'fifo'));
+    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, FIFO_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFIFO() === true, 'fifo'));
   },
   isDead(c) {
     return processVerdict('connector', c.pid);

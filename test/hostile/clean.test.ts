@@ -226,9 +226,16 @@ t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs 
     for (const q of queues) mqUnlinkIfExists(q);
     rmSync(dir, { recursive: true, force: true });
   });
+  // The endpoints themselves: handshake names are only taken next to them.
+  queues.push(`/${ep}`);
+  fifos.push(`${dir}/${ep}`);
+  // Named like handshake leftovers of a dead pid, but no endpoint next to them: not provably shmbus's.
+  const lone = unique('lone');
+  queues.push(`/${lone}.${dead}.1.u`);
+  fifos.push(`${dir}/${lone}.${dead}.1.c2l`);
   for (const q of queues) mqClose(mqOpen(q, O_RDONLY | O_CREAT | O_EXCL, 0o600, { maxmsg: 1, msgsize: 64 }));
   for (const f of fifos) mkfifo(f, 0o600);
-  const { code, out } = await cli(like(t), ['clean', '-v', '--dir', dir, '--match', ep]);
+  const { code, out } = await cli(like(t), ['clean', '-v', '--dir', dir, '--match', ep, '--match', lone]);
   t.equal(code, 0, out);
   for (const name of [...queues.slice(0, 2).map((q) => `${MQ}${q}`), ...fifos.slice(0, 2)]) {
     t.match(lineFor(out, name) ?? '', /^removed .*connector pid \d+ is gone/, `${name} removed`);
@@ -236,6 +243,10 @@ t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs 
   }
   for (const name of [`${MQ}${queues[2]}`, fifos[2]!]) {
     t.match(lineFor(out, name) ?? '', /^kept .*connector pid \d+ is alive/, `${name} kept`);
+    t.ok(existsSync(name));
+  }
+  for (const name of [`${MQ}${queues[4]}`, fifos[4]!, `${MQ}${queues[3]}`, fifos[3]!]) {
+    t.equal(lineFor(out, name), undefined, `${name} is not a candidate`);
     t.ok(existsSync(name));
   }
 });
