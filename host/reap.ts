@@ -98,7 +98,8 @@ export interface ReapOptions {
   dirs?: readonly string[];
   /** Only candidates this accepts are considered (tests, `shmbus clean --match`). */
   select?: (c: Candidate) => boolean;
-  /** Act as this uid (default: the effective uid). Only root (0) reaps other users' objects. */
+  /** Whose objects to take (default: the effective uid; root takes every user's). Root can narrow a run to one
+   * user with it; it never widens what the kernel lets the process remove. */
   uid?: number;
 }
 
@@ -382,7 +383,8 @@ export const sysvSegments: Reaper<SysvCandidate> = {
   pattern: 'System V segments, attached by nobody, whose channel header names the kernel\'s creator pid',
   find() {
     return listShmSegments()
-      .filter((s) => s.size >= SEGMENT_HEADER_SIZE)
+      // An attached segment is never a candidate: someone alive maps it, whoever created it.
+      .filter((s) => s.nattch === 0 && s.size >= SEGMENT_HEADER_SIZE)
       .map((s) => ({ kind: this.kind, name: `shmid=${s.shmid} key=${formatKey(s.key)}`, uid: s.uid, shmid: s.shmid, key: s.key, cpid: s.cpid }));
   },
   isDead(c) {
