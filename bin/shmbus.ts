@@ -11,7 +11,8 @@ const USAGE = `usage: shmbus <command>
       Removes what shmbus processes that died without cleaning up left behind. Only objects whose name is one
       shmbus gives and whose content proves it, whose creator (and every user) is dead, and that the caller owns
       (root: every user's). Never follows a symlink, never removes a live object.
-        --dir <dir>     also look for .ring files of file:// endpoints in <dir> (repeatable; none by default)
+        --dir <dir>     also look in <dir> for .ring files (file://) and handshake FIFOs (fifo://)
+                        (repeatable; no directory by default: endpoints can be anywhere)
         --match <text>  only objects whose name contains <text> (repeatable: any of them)
         --dry-run       say what would be removed, remove nothing
         -v, --verbose   also list what was kept, and why

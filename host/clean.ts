@@ -34,11 +34,11 @@ export function formatReport(report: ReapReport, opts: { verbose: boolean; dirs:
   for (const o of report.outcomes) if (o.action !== 'kept' || opts.verbose) lines.push(line(o));
   if (opts.verbose) {
     for (const n of report.notes) lines.push(`note: ${n}`);
-    if (opts.dirs.length === 0) lines.push('note: .ring files of file:// endpoints are only looked for in directories given with --dir');
+    if (opts.dirs.length === 0) lines.push('note: .ring files (file://) and FIFOs (fifo://) are only looked for in directories given with --dir');
   }
   const removed = report.outcomes.filter((o) => o.action === 'removed').length;
   const would = report.outcomes.filter((o) => o.action === 'would remove').length;
   const kept = report.outcomes.length - removed - would;
-  lines.push(`${would > 0 ? `${would} would be removed` : `${removed} removed`}, ${kept} kept${kept > 0 && !opts.verbose ? ' (-v says why)' : ''}`);
+  lines.push(`${opts.dryRun ? `${would} would be removed` : `${removed} removed`}, ${kept} kept${kept > 0 && !opts.verbose ? ' (-v says why)' : ''}`);
   return lines;
 }

@@ -574,7 +574,7 @@ function endpointOf(entry: string): string {
  */
 export const mqHandshakeQueues: Reaper<FileCandidate> = {
   kind: 'mq-handshake',
-  pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d',
+  pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d next to the queue <endpoint>',
   find(scope) {
     return listFiles(scope, this.kind, scope.mqDir, MQ_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFile() === true);
   },
@@ -593,7 +593,7 @@ export const mqHandshakeQueues: Reaper<FileCandidate> = {
  */
 export const fifoHandshakeFiles: Reaper<FileCandidate> = {
   kind: 'fifo-handshake',
-  pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs (only with --dir <dir>)',
+  pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs next to the FIFO <endpoint> (only with --dir <dir>)',
   find(scope) {
     return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, FIFO_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFIFO() === true, 'fifo'));
   },

@@ -213,8 +213,9 @@ class FifoListener extends ListenerBase<StreamConnection> {
 
 async function listen(url: string, options: ListenOptions = {}): Promise<FifoListener> {
   const ep = parseFifoUrl(url);
-  reapConnectionFifos(ep.path);
   createRendezvous(ep);
+  // Once the endpoint is ours: its FIFO next to them is what proves connection FIFOs shmbus's (host/reap.ts).
+  reapConnectionFifos(ep.path);
   // Read-write: the listener is a writer too, so the FIFO never reads end-of-file between connectors.
   const fd = openFifo(ep.path, O_RDWR);
   if (typeof fd !== 'number') {
