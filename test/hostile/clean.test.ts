@@ -182,6 +182,21 @@ t.test('a topic name planted in a registry by another user never becomes a path 
   t.ok(existsSync(`${registry}.d`));
 });
 
+t.test('as uid 65534, clean removes that user\'s own dead objects', { skip: 'skip' in unprivileged ? unprivileged.skip : false }, async (t) => {
+  const prefix = (unprivileged as { prefix: string[] }).prefix;
+  const bus = unique('own');
+  const registry = `${SHM}/shmbus.bus.${bus}`;
+  t.teardown(() => { rmSync(registry, { force: true }); rmSync(`${registry}.d`, { recursive: true, force: true }); });
+  const planter = startFixture(like(t), 'leaver', ['plant-registry', SHM, bus, 'ticks'], { prefix });
+  await planter.line('ready');
+  await within(30_000, planter.exit, 'planter to exit');
+  const { code, out } = await cli(like(t), ['clean', '-v', '--match', registry], prefix);
+  t.equal(code, 0);
+  t.notMatch(out, /running as root/);
+  t.match(lineFor(out, registry) ?? '', /^removed\s+bus-registry .*uid 65534: creator pid \d+ and all 0 member\(s\) are gone/);
+  t.notOk(existsSync(registry));
+});
+
 t.test('.ring files of dead creators in --dir are removed; a symlink named like one is not followed; --dry-run removes nothing', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'shmbus-ring-'));
   const victim = join(tmpdir(), unique('ring-victim'));
