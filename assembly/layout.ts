@@ -273,6 +273,14 @@ export const REGISTRY_TOPICS = 256;
 export const REGISTRY_ENTRY_SIZE = 128;
 export const REGISTRY_NAME_OFFSET = 32;
 export const REGISTRY_NAME_MAX = 96;
+/** Fields of a member slot and of a topic entry (the registry layout above). */
+export const REGISTRY_MEMBER_PID_OFFSET = 0;
+export const REGISTRY_MEMBER_START_OFFSET = 8;
+export const REGISTRY_ENTRY_STATE_OFFSET = 0;
+export const REGISTRY_ENTRY_NAME_LENGTH_OFFSET = 4;
+/** Where the member slots and the topic entries start in a registry segment. */
+export const REGISTRY_MEMBERS_OFFSET = SEGMENT_HEADER_SIZE;
+export const REGISTRY_ENTRIES_OFFSET = REGISTRY_MEMBERS_OFFSET + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE;
 export const ENTRY_FREE = 0;
 export const ENTRY_WRITING = 1;
 export const ENTRY_READY = 2;

@@ -13,14 +13,13 @@
  * so a topic's history survives restarts (remove them with `bus.destroy()`).
  */
 import { EventEmitter } from 'node:events';
-import { readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr } from 'msgpackr';
 import {
   RECORD_BYTES, RECORD_MSGPACK, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE,
   REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_FREE, ENTRY_WRITING, ENTRY_READY, SEGMENT_HEADER_SIZE,
   TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET,
-  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, REGISTRY_MAGIC, TOPIC_WAKE_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
+  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, TOPIC_WAKE_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
   registryBytes, topicBytes,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from './engine.js';
@@ -871,37 +870,3 @@ export class Subscription implements AsyncIterable<unknown> {
 }
 
 const TORN = Symbol('torn');
-
-/**
- * Removes the shm:// buses nobody uses any more: a registry in `dir` whose members are all dead (killed before
- * they could close the bus), with every topic it lists. Returns the removed file names. For `shmbus clean`.
- */
-export function reapDeadBuses(dir = '/dev/shm'): string[] {
-  const removed: string[] = [];
-  for (const file of readdirSync(dir)) {
-    if (!file.startsWith('shmbus.bus.')) continue;
-    let header: Buffer;
-    try {
-      header = readFileSync(`${dir}/${file}`);
-    } catch { continue; }
-    if (header.length < registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS) || header.readUInt32LE(0) !== REGISTRY_MAGIC) continue;
-    let live = false;
-    for (let i = 0; i < REGISTRY_MEMBERS && !live; i++) {
-      const slot = SEGMENT_HEADER_SIZE + i * REGISTRY_MEMBER_SIZE;
-      const pid = header.readUInt32LE(slot);
-      if (pid !== 0 && isProcessAlive(pid, header.readBigUInt64LE(slot + 8) || undefined)) live = true;
-    }
-    if (live) continue;
-    const base = SEGMENT_HEADER_SIZE + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE;
-    for (let i = 0; i < REGISTRY_TOPICS; i++) {
-      const e = base + i * REGISTRY_ENTRY_SIZE;
-      if (header.readUInt32LE(e) !== ENTRY_READY) continue;
-      const length = header.readUInt32LE(e + 4);
-      if (length > REGISTRY_NAME_MAX) continue;
-      const topic = `${file}.${header.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length).toString('utf8')}`;
-      try { unlinkSync(`${dir}/${topic}`); removed.push(topic); } catch { /* already gone */ }
-    }
-    try { unlinkSync(`${dir}/${file}`); removed.push(file); } catch { /* already gone */ }
-  }
-  return removed;
-}

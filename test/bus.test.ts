@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Bus, LIVENESS_MS, reapDeadBuses } from '../host/bus.js';
+import { Bus, LIVENESS_MS } from '../host/bus.js';
+import { reapDeadBuses } from '../host/reap.js';
 import { ErrorCode } from '../host/errors.js';
 
 const PEER = fileURLToPath(new URL('../dist/test/fixtures/bus-peer.js', import.meta.url));

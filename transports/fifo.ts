@@ -27,7 +27,8 @@
  */
 import net from 'node:net';
 import fs from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname } from 'node:path';
+import { fifoHandshakeFiles, reap, type FileCandidate, type Reaper } from '../host/reap.js';
 import { pack, unpack } from 'msgpackr';
 import { RECORD_MSGPACK } from '../assembly/layout.js';
 import {
@@ -98,30 +99,10 @@ function unlinkQuietly(path: string): void {
   fs.rmSync(path, { force: true });
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Removes `path.<pid>.<n>.c2l|l2c` left by connectors that were killed mid-handshake. */
 function reapConnectionFifos(path: string): void {
   const prefix = basename(path) + '.';
-  let names: string[];
-  try {
-    names = fs.readdirSync(dirname(path));
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const m = /^(\d+)\.\d+\.(c2l|l2c)$/.exec(name.slice(prefix.length));
-    const full = join(dirname(path), name);
-    if (m && !processAlive(Number(m[1])) && fs.lstatSync(full, { throwIfNoEntry: false })?.isFIFO()) unlinkQuietly(full);
-  }
+  reap([fifoHandshakeFiles as Reaper], { dirs: [dirname(path)], select: (c) => (c as FileCandidate).entry.startsWith(prefix) });
 }
 
 /** Creates the rendezvous FIFO, replacing a stale one. */
@@ -232,8 +213,9 @@ class FifoListener extends ListenerBase<StreamConnection> {
 
 async function listen(url: string, options: ListenOptions = {}): Promise<FifoListener> {
   const ep = parseFifoUrl(url);
-  reapConnectionFifos(ep.path);
   createRendezvous(ep);
+  // Once the endpoint is ours: its FIFO next to them is what proves connection FIFOs shmbus's (host/reap.ts).
+  reapConnectionFifos(ep.path);
   // Read-write: the listener is a writer too, so the FIFO never reads end-of-file between connectors.
   const fd = openFifo(ep.path, O_RDWR);
   if (typeof fd !== 'number') {

@@ -43,7 +43,6 @@
  *   unix:                 43-48 µs         57 / 1200 µs      1.3-2.3 M msg/s  1.5-1.7 GB/s
  * Each wakeup crosses one thread hop (epoll thread → main, ~15 µs) that a socket read through libuv does not.
  */
-import { readdirSync } from 'node:fs';
 import { pack, unpack } from 'msgpackr';
 import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
@@ -51,6 +50,7 @@ import {
 import { parseSize } from '../host/url.js';
 import { EpollThread, LIVENESS_MS, type FdWatch } from '../host/blocking.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
+import { mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
 import {
   checkMqName, mqClose, mqGetattr, mqLimits, mqOpen, mqReceive, mqSend, mqUnlinkIfExists, tryFlock,
 } from '../host/sys/mq.js';
@@ -204,22 +204,10 @@ export class MqConnection extends QueueConnection {
 
 // ------------------------------------------------------------------------------------------------ listener
 
-/** Removes connection queues of `name` left by connectors that died mid-handshake (needs /dev/mqueue mounted). */
+/** Removes the connection queues of `name` (`/orders.<pid>.<n>.u|d`) whose connector died mid-handshake. */
 function reapStaleNames(name: string): void {
-  let entries: string[];
-  try {
-    entries = readdirSync('/dev/mqueue');
-  } catch {
-    return;
-  }
   const prefix = name.slice(1) + '.';
-  for (const entry of entries) {
-    if (!entry.startsWith(prefix)) continue;
-    const m = /^(\d+)\.\d+\.[ud]$/.exec(entry.slice(prefix.length));
-    if (m && !isProcessAlive(Number(m[1]))) {
-      try { mqUnlinkIfExists('/' + entry); } catch { /* not ours to remove */ }
-    }
-  }
+  reap([mqHandshakeQueues as Reaper], { select: (c) => (c as FileCandidate).entry.startsWith(prefix) });
 }
 
 export class MqListener extends ListenerBase<MqConnection> {

@@ -1,54 +1,88 @@
 /**
- * Removes the wake objects of processes that died without cleaning up (SIGKILL, a crash): what `shmbus clean`
- * runs. A live owner removes its own at close and at exit; only a dead one leaves them.
+ * The reapers of wake objects (host/reap.ts runs them): what a process that parked on `sem`, `mq` or `sysvsem`
+ * leaves when it dies without cleaning up (SIGKILL, a crash). A live owner removes its own at close and at exit.
  *
  *   /dev/shm/sem.shmbus-wake.<pid>.<n>      POSIX semaphores (wake=sem)
  *   /dev/mqueue/shmbus-wake.<pid>.<n>       POSIX message queues (wake=mq), where the mqueue file system is mounted
- *   System V sets with key 0xb5<pid>        (wake=sysvsem) whose liveness semaphore (#1, held with SEM_UNDO by
- *                                           the owner) the kernel has taken back, and whose pid is not running
+ *   System V sets with key 0xb5<pid>        (wake=sysvsem) of two semaphores, whose liveness semaphore (#1, held
+ *                                           with SEM_UNDO by the owner) the kernel has taken back, and whose pid
+ *                                           is not running
  */
-import { readdirSync, unlinkSync } from 'node:fs';
-import { isProcessAlive } from '../sys/proc.js';
+import { listFiles, processVerdict, reap, removeFile, removedNames, type Candidate, type FileCandidate, type ReapOptions, type Reaper } from '../reap.js';
 import { listSemSets, semGetVal, semRemove } from '../sys/sem.js';
-import { wakeMqUnlink } from '../sys/wakemq.js';
 import { SYSVSEM_KEY_TAG } from './sysvsem.js';
 
-const SEM_FILE = /^sem\.shmbus-wake\.(\d+)\.\d+$/;
-const MQ_FILE = /^shmbus-wake\.(\d+)\.\d+$/;
+/** glibc's sem_t: a named semaphore's file holds exactly one. */
+const SEM_FILE_BYTES = 32;
+const SEM_FILE = /^sem\.shmbus-wake\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}$/;
+const MQ_FILE = /^shmbus-wake\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}$/;
 
-function list(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
+/** A wake semaphore (host/wake/sem.ts): its name carries the owner's pid. */
+export const wakeSemaphores: Reaper<FileCandidate> = {
+  kind: 'wake-sem',
+  pattern: '/dev/shm/sem.shmbus-wake.<pid>.<n>',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.shmDir, SEM_FILE, (entry, dir) => dir.lstat(entry)?.size === SEM_FILE_BYTES);
+  },
+  isDead(c) {
+    return processVerdict('owner', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/** A wake queue (host/wake/mq.ts); unlinking its file in the mqueue file system is mq_unlink. */
+export const wakeQueues: Reaper<FileCandidate> = {
+  kind: 'wake-mq',
+  pattern: '/dev/mqueue/shmbus-wake.<pid>.<n>',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.mqDir, MQ_FILE);
+  },
+  isDead(c) {
+    return processVerdict('owner', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+interface SemSetCandidate extends Candidate {
+  readonly semid: number;
+  readonly key: number;
+  readonly pid: number;
 }
 
-/** Removes what dead processes left; returns a description of each object removed. */
-export function reapDeadWakeObjects(shmDir = '/dev/shm', mqDir = '/dev/mqueue'): string[] {
-  const removed: string[] = [];
-  for (const file of list(shmDir)) {
-    const m = SEM_FILE.exec(file);
-    if (!m || isProcessAlive(Number(m[1]))) continue;
-    try {
-      unlinkSync(`${shmDir}/${file}`);
-      removed.push(`${shmDir}/${file}`);
-    } catch { /* raced with its owner or another cleaner */ }
-  }
-  for (const file of list(mqDir)) {
-    const m = MQ_FILE.exec(file);
-    if (!m || isProcessAlive(Number(m[1]))) continue;
-    try {
-      if (wakeMqUnlink(`/${file}`)) removed.push(`${mqDir}/${file}`);
-    } catch { /* raced */ }
-  }
-  for (const set of listSemSets()) {
-    if ((set.key & 0xff000000) >>> 0 !== SYSVSEM_KEY_TAG || set.nsems !== 2) continue;
-    const pid = set.key & 0xffffff;
-    try {
-      if (semGetVal(set.semid, 1) !== 0 || isProcessAlive(pid)) continue;
-      if (semRemove(set.semid)) removed.push(`semid ${set.semid} (key 0x${set.key.toString(16)})`);
-    } catch { /* removed meanwhile */ }
-  }
-  return removed;
+/** The current entry of a set, if it still has the key and owner it was found with. */
+function sameSet(c: SemSetCandidate): boolean {
+  return listSemSets().some((s) => s.semid === c.semid && s.key === c.key && s.uid === c.uid && s.nsems === 2);
+}
+
+/** A process's wake set (host/wake/sysvsem.ts): the key is the tag and the pid, the shape two semaphores. */
+export const wakeSemSets: Reaper<SemSetCandidate> = {
+  kind: 'wake-sysvsem',
+  pattern: 'System V semaphore sets with key 0xb5<pid> of 2 semaphores',
+  find() {
+    return listSemSets()
+      .filter((s) => (s.key & 0xff000000) >>> 0 === SYSVSEM_KEY_TAG && s.nsems === 2)
+      .map((s) => ({ kind: this.kind, name: `semid=${s.semid} key=0x${s.key.toString(16)}`, uid: s.uid, semid: s.semid, key: s.key, pid: s.key & 0xffffff }));
+  },
+  isDead(c) {
+    if (!sameSet(c)) return { dead: false, why: 'changed since the scan' };
+    // The owner holds #1 with SEM_UNDO: the kernel gives it back, whoever killed the owner and however.
+    if (semGetVal(c.semid, 1) !== 0) return { dead: false, why: 'its liveness semaphore is held: the owner is alive' };
+    return processVerdict('owner', c.pid);
+  },
+  remove(c, scope) {
+    const verdict = this.isDead(c, scope);
+    if (!verdict.dead) return verdict;
+    return semRemove(c.semid) ? verdict : { dead: false, why: 'already gone' };
+  },
+};
+
+export const wakeReapers: readonly Reaper[] = [wakeSemaphores as Reaper, wakeQueues as Reaper, wakeSemSets as Reaper];
+
+/** Removes the wake objects dead processes left; returns what was removed (paths, `semid=… key=…`). */
+export function reapDeadWakeObjects(shmDir = '/dev/shm', mqDir = '/dev/mqueue', options: Omit<ReapOptions, 'shmDir' | 'mqDir'> = {}): string[] {
+  return removedNames(reap(wakeReapers, { ...options, shmDir, mqDir }));
 }

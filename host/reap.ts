@@ -1,0 +1,624 @@
+/**
+ * Reaping: removing what processes that died without cleaning up (SIGKILL, a crash) left in the kernel's
+ * namespaces. A live owner removes its own objects at close and at exit; only a dead one leaves them. Every kind
+ * of object shmbus names is one `Reaper` here or in host/wake/reap.ts, and `reap()` runs them all the same way;
+ * `shmbus clean` (host/clean.ts) and the library's own reaping call it.
+ *
+ * What may be removed (docs/security.md, "shmbus clean"):
+ * - Only a name that one exact pattern of a name shmbus creates matches, and whose content proves it (the segment
+ *   header's magic and the creator pid it records, the semaphore set's shape). Everything else is not looked at.
+ * - Only what the caller owns; root removes every user's and says so.
+ * - Only what is dead: the creator's pid is not running, or runs with another start time (a reused pid). A live
+ *   creator, a live bus member, an attached System V segment is always kept.
+ * - Nothing read from shared memory ever becomes a path: a topic name in a registry only selects among names
+ *   the directory listing returned. Files are looked at and removed relative to the descriptor of the directory
+ *   that was listed (openat/unlinkat, host/sys/dir.ts), never following a symlink, after a last look right
+ *   before the unlink: still a regular file, the same inode, the same owner, still dead.
+ */
+import {
+  SEGMENT_MAGIC, TOPIC_MAGIC, REGISTRY_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET,
+  SEG_RING_COUNT_OFFSET, SEG_CREATOR_PID_OFFSET, SEG_CREATOR_START_OFFSET, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE,
+  REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_READY, REGISTRY_MEMBER_PID_OFFSET,
+  REGISTRY_MEMBER_START_OFFSET, REGISTRY_ENTRY_STATE_OFFSET, REGISTRY_ENTRY_NAME_LENGTH_OFFSET, REGISTRY_MEMBERS_OFFSET,
+  REGISTRY_ENTRIES_OFFSET, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_MAX_SUBSCRIBERS,
+  TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET, SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_START_OFFSET,
+  SLOT_ACTIVE, registryBytes, topicDataOffset,
+} from '../assembly/layout.js';
+import { DirHandle } from './sys/dir.js';
+import { isProcessAlive } from './sys/proc.js';
+import { formatKey, listShmSegments, shmPeek, shmRemove, shmStat } from './sys/shm.js';
+import { ShmbusError } from './errors.js';
+import type { Stats } from 'node:fs';
+
+// ------------------------------------------------------------------------------------------------ the contract
+
+/** One object a reaper found by its exact name pattern. */
+export interface Candidate {
+  /** The kind of the reaper that found it. */
+  readonly kind: string;
+  /** What the output shows: a path, or `shmid=… key=…`. */
+  readonly name: string;
+  /** Its owner. */
+  readonly uid: number;
+  /** Set when the name matched but the object cannot be shmbus's (a symlink, a directory): kept with this reason. */
+  readonly reject?: string;
+}
+
+/** Whether a candidate may go, and the reason either way (shown by `shmbus clean -v`). */
+export interface Verdict {
+  dead: boolean;
+  why: string;
+}
+
+/** One kind of object shmbus creates. `find` is cheap and exact; `isDead` proves; `remove` re-checks and acts. */
+export interface Reaper<C extends Candidate = Candidate> {
+  readonly kind: string;
+  /** The names this kind matches, for `shmbus clean --help` and the docs. */
+  readonly pattern: string;
+  find(scope: Scope): C[];
+  /** Whether it is shmbus's and dead (kept: alive, not provably shmbus's, changed). Reads the object again. */
+  isDead(c: C, scope: Scope): Verdict;
+  /** Looks once more right before removing (identity, owner, still dead); `dead: true` means it was removed. */
+  remove(c: C, scope: Scope): Verdict;
+}
+
+/** What one run may touch, and the directories it opened (closed by reap()). */
+export interface Scope {
+  /** The caller's effective uid. */
+  readonly uid: number;
+  /** Root removes dead objects of every user. */
+  readonly root: boolean;
+  /** Where POSIX shared memory and semaphores live (shm_open's /dev/shm). */
+  readonly shmDir: string;
+  /** Where the mqueue file system is mounted. */
+  readonly mqDir: string;
+  /** Directories to scan for `.ring` files of file:// endpoints. */
+  readonly dirs: readonly string[];
+  /** An open handle on `path`, or undefined (with a note) when it cannot be opened. */
+  dir(path: string): DirHandle | undefined;
+  /** Things the run could not look at, said once each. */
+  note(text: string): void;
+}
+
+/** What happened to one candidate. */
+export interface Outcome {
+  kind: string;
+  name: string;
+  uid: number;
+  action: 'removed' | 'would remove' | 'kept';
+  why: string;
+}
+
+export interface ReapOptions {
+  /** Report what would be removed, remove nothing. */
+  dryRun?: boolean;
+  shmDir?: string;
+  mqDir?: string;
+  /** Directories to scan for `.ring` files (file:// endpoints can be anywhere, so none by default). */
+  dirs?: readonly string[];
+  /** Only candidates this accepts are considered (tests, `shmbus clean --match`). */
+  select?: (c: Candidate) => boolean;
+  /** Whose objects to take (default: the effective uid; root takes every user's). Root can narrow a run to one
+   * user with it; it never widens what the kernel lets the process remove. */
+  uid?: number;
+}
+
+export interface ReapReport {
+  /** True when the run removed other users' objects too (it ran as root). */
+  root: boolean;
+  outcomes: Outcome[];
+  notes: string[];
+}
+
+/** Runs `reapers` over what they find: every candidate is removed or kept with a reason. */
+export function reap(reapers: readonly Reaper[], options: ReapOptions = {}): ReapReport {
+  const uid = options.uid ?? process.geteuid?.() ?? -1;
+  const dirs = new Map<string, DirHandle | undefined>();
+  const notes: string[] = [];
+  const note = (text: string) => { if (!notes.includes(text)) notes.push(text); };
+  const scope: Scope = {
+    uid, root: uid === 0,
+    shmDir: options.shmDir ?? '/dev/shm',
+    mqDir: options.mqDir ?? '/dev/mqueue',
+    dirs: options.dirs ?? [],
+    dir(path) {
+      if (!dirs.has(path)) {
+        let handle: DirHandle | undefined;
+        try {
+          handle = DirHandle.open(path);
+        } catch (error) {
+          note(`cannot scan ${path}: ${error instanceof ShmbusError ? error.message : String(error)}`);
+        }
+        dirs.set(path, handle);
+      }
+      return dirs.get(path);
+    },
+    note,
+  };
+  const outcomes: Outcome[] = [];
+  try {
+    for (const reaper of reapers) {
+      let found: Candidate[];
+      try {
+        found = reaper.find(scope);
+      } catch (error) {
+        note(`${reaper.kind}: cannot list: ${String(error instanceof Error ? error.message : error)}`);
+        continue;
+      }
+      for (const c of found) {
+        if (options.select && !options.select(c)) continue;
+        outcomes.push({ kind: c.kind, name: c.name, uid: c.uid, ...decide(reaper, c, scope, options.dryRun === true) });
+      }
+    }
+  } finally {
+    for (const handle of dirs.values()) handle?.close();
+  }
+  return { root: scope.root, outcomes, notes };
+}
+
+function decide(reaper: Reaper, c: Candidate, scope: Scope, dryRun: boolean): Pick<Outcome, 'action' | 'why'> {
+  if (c.reject !== undefined) return { action: 'kept', why: c.reject };
+  if (!scope.root && c.uid !== scope.uid) return { action: 'kept', why: `owned by uid ${c.uid}, not the caller (uid ${scope.uid})` };
+  try {
+    const verdict = reaper.isDead(c, scope);
+    if (!verdict.dead) return { action: 'kept', why: verdict.why };
+    if (dryRun) return { action: 'would remove', why: verdict.why };
+    const done = reaper.remove(c, scope);
+    return done.dead ? { action: 'removed', why: done.why } : { action: 'kept', why: `changed before removal: ${done.why}` };
+  } catch (error) {
+    // A kernel refusal (EPERM on someone else's object, EACCES) keeps the object; the run goes on.
+    return { action: 'kept', why: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+/** The names `reap` removed (or would remove), for callers that only want those. */
+export function removedNames(report: ReapReport): string[] {
+  return report.outcomes.filter((o) => o.action !== 'kept').map((o) => o.name);
+}
+
+// ------------------------------------------------------------------------------------------------ liveness
+
+/** Verdict on a process that created or uses an object: alive if the pid runs with the recorded start time. */
+export function processVerdict(role: string, pid: number, start?: bigint): Verdict {
+  const startTime = start === undefined || start === 0n ? undefined : start;
+  if (isProcessAlive(pid, startTime)) return { dead: false, why: `${role} pid ${pid} is alive` };
+  return { dead: true, why: `${role} pid ${pid} is gone` };
+}
+
+// ------------------------------------------------------------------------------------------------ files
+
+/** A file found in a listed directory; `entry` is only ever used relative to `dir`. */
+export interface FileCandidate extends Candidate {
+  readonly dir: DirHandle;
+  readonly entry: string;
+  readonly dev: number;
+  readonly ino: number;
+  /** The pid the name carries, when the pattern has one. */
+  readonly pid: number;
+  /** What the entry must be: a regular file (segments, semaphores, queues), or a FIFO (fifo: handshakes). */
+  readonly type: FileType;
+}
+
+export type FileType = 'file' | 'fifo';
+
+function isType(st: Stats, type: FileType): boolean {
+  return type === 'fifo' ? st.isFIFO() : st.isFile();
+}
+
+/**
+ * Entries of `path` that `pattern` matches in full (its first group, if any, is the creator pid), as candidates
+ * with their lstat. A match that is not a regular file (a symlink planted under the name) is a rejected candidate.
+ */
+export function listFiles(scope: Scope, kind: string, path: string, pattern: RegExp, accept?: (entry: string, dir: DirHandle) => boolean, type: FileType = 'file'): FileCandidate[] {
+  const dir = scope.dir(path);
+  if (!dir) return [];
+  const out: FileCandidate[] = [];
+  for (const entry of dir.list()) {
+    const m = pattern.exec(entry);
+    if (!m || m[0] !== entry) continue;
+    let st: Stats | undefined;
+    try {
+      st = dir.lstat(entry);
+    } catch { continue; }
+    if (!st) continue;
+    const base = { kind, name: `${path}/${entry}`, uid: st.uid, dir, entry, dev: st.dev, ino: st.ino, pid: m[1] === undefined ? 0 : Number(m[1]), type };
+    if (!isType(st, type)) {
+      out.push({ ...base, reject: st.isSymbolicLink() ? 'a symlink (never followed)' : type === 'fifo' ? 'not a FIFO' : 'not a regular file' });
+      continue;
+    }
+    // Another user's file: the run will keep it as not the caller's, so its content is not even read (nor can
+    // it be, mostly: 0600).
+    if (accept && (scope.root || st.uid === scope.uid) && !accept(entry, dir)) continue;
+    out.push(base);
+  }
+  return out;
+}
+
+/** The last look before unlinking a file candidate: same inode, still a regular file, same owner, still dead. */
+export function removeFile<C extends FileCandidate>(c: C, isDead: () => Verdict): Verdict {
+  const st = c.dir.lstat(c.entry);
+  if (!st) return { dead: false, why: 'already gone' };
+  if (!isType(st, c.type)) return { dead: false, why: `no longer a ${c.type === 'fifo' ? 'FIFO' : 'regular file'}` };
+  if (st.dev !== c.dev || st.ino !== c.ino) return { dead: false, why: 'replaced by another file' };
+  if (st.uid !== c.uid) return { dead: false, why: `owner changed to uid ${st.uid}` };
+  const verdict = isDead();
+  if (!verdict.dead) return verdict;
+  return c.dir.unlink(c.entry) ? verdict : { dead: false, why: 'already gone' };
+}
+
+/** The first `bytes` of a candidate file, only if it is still the same inode (undefined otherwise). */
+function readSame(c: FileCandidate, bytes: number): Buffer | undefined {
+  const got = c.dir.readHead(c.entry, bytes);
+  if (!got || got.stat.ino !== c.ino || got.stat.dev !== c.dev) return undefined;
+  return got.head;
+}
+
+// ------------------------------------------------------------------------------------------------ segment headers
+
+interface Header { magic: number; version: number; count: number; creatorPid: number; creatorStart: bigint }
+
+function parseHeader(head: Uint8Array): Header | undefined {
+  if (head.length < SEGMENT_HEADER_SIZE) return undefined;
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  return {
+    magic: view.getUint32(SEG_MAGIC_OFFSET, true),
+    version: view.getUint32(SEG_VERSION_OFFSET, true),
+    count: view.getUint32(SEG_RING_COUNT_OFFSET, true),
+    creatorPid: view.getUint32(SEG_CREATOR_PID_OFFSET, true),
+    creatorStart: view.getBigUint64(SEG_CREATOR_START_OFFSET, true),
+  };
+}
+
+/** A header nobody has written yet: the creator died (or is still) between creating and formatting. */
+function unformatted(head: Uint8Array): boolean {
+  return head.subarray(0, SEGMENT_HEADER_SIZE).every((b) => b === 0);
+}
+
+/**
+ * Verdict on a channel segment from its header: shmbus's only if the magic is a channel's and the creator pid
+ * it records is the one the name (or the kernel) gives; then dead when that creator is.
+ */
+function channelVerdict(head: Uint8Array, pid: number): Verdict {
+  const h = parseHeader(head);
+  if (!h || h.magic !== SEGMENT_MAGIC) return { dead: false, why: 'not a shmbus channel segment (no header or another magic)' };
+  if (h.creatorPid !== pid) return { dead: false, why: `header names creator pid ${h.creatorPid}, not ${pid}: not provably shmbus's` };
+  return processVerdict('creator', pid, h.creatorStart);
+}
+
+// ------------------------------------------------------------------------------------------------ names
+
+/** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, host/bus.ts). */
+const NAME_CHARS = '[A-Za-z0-9_.-]';
+const PID = '([1-9][0-9]{0,9})';
+const COUNTER = '[1-9][0-9]{0,15}';
+/** `/dev/shm/shmbus.<endpoint>.<creator pid>.<n>`: a shm:// channel segment (transports/shm.ts). */
+export const CHANNEL_SEGMENT_NAME = new RegExp(`^shmbus\\.${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}$`);
+/** `/dev/shm/shmbus.bus.<bus>`: a bus registry (host/bus.ts). */
+export const BUS_REGISTRY_NAME = new RegExp(`^shmbus\\.bus\\.${NAME_CHARS}{1,100}$`);
+/** `/dev/shm/shmbus.bus.<bus>.<topic>`: a bus topic. Bus and topic names may both hold dots, so the split is found
+ * by looking for the registry, never by parsing. */
+export const BUS_TOPIC_NAME = new RegExp(`^shmbus\\.bus\\.${NAME_CHARS}{1,100}\\.${NAME_CHARS}{1,64}$`);
+const TOPIC_NAME = new RegExp(`^${NAME_CHARS}{1,64}$`);
+/** `<endpoint>.<creator pid>.<n>.ring`: a file:// channel segment, next to the endpoint's path. */
+export const RING_FILE_NAME = new RegExp(`^.{1,240}\\.${PID}\\.${COUNTER}\\.ring$`);
+
+function magicOf(dir: DirHandle, entry: string): number | 'unformatted' | undefined {
+  let got: ReturnType<DirHandle['readHead']>;
+  try {
+    got = dir.readHead(entry, SEGMENT_HEADER_SIZE);
+  } catch {
+    return undefined;
+  }
+  if (!got) return undefined;
+  if (got.head.length < SEGMENT_HEADER_SIZE || unformatted(got.head)) return 'unformatted';
+  return parseHeader(got.head)!.magic;
+}
+
+// ------------------------------------------------------------------------------------------------ shm:// channel segments
+
+/**
+ * A channel segment in /dev/shm. Its name carries the creator's pid and its header the creator's start time. The
+ * listener removes the name once the connector has attached, so only a handshake in flight, or one whose listener
+ * died, has a name. A name under `shmbus.bus.` with an unwritten header may also be a bus topic being created,
+ * so only a written header proves it a channel's there.
+ */
+export const posixSegments: Reaper<FileCandidate> = {
+  kind: 'shm-segment',
+  pattern: '/dev/shm/shmbus.<endpoint>.<pid>.<n>',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.shmDir, CHANNEL_SEGMENT_NAME, (entry, dir) => {
+      const magic = magicOf(dir, entry);
+      return magic === SEGMENT_MAGIC || magic === 'unformatted';
+    });
+  },
+  isDead(c) {
+    const head = readSame(c, SEGMENT_HEADER_SIZE);
+    if (!head) return { dead: false, why: 'changed since the scan' };
+    if (head.length < SEGMENT_HEADER_SIZE || unformatted(head)) {
+      if (c.entry.startsWith('shmbus.bus.')) return { dead: false, why: 'header not written: may be a bus topic being created' };
+      const v = processVerdict('creator', c.pid);
+      return v.dead ? { dead: true, why: `${v.why} (it died before writing the header)` } : v;
+    }
+    return channelVerdict(head, c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+// ------------------------------------------------------------------------------------------------ file:// .ring files
+
+/** A channel segment of a file:// endpoint, in a directory named with `--dir`. Only a written header proves it. */
+export const ringFiles: Reaper<FileCandidate> = {
+  kind: 'ring-file',
+  pattern: '<dir>/<endpoint>.<pid>.<n>.ring (only with --dir <dir>)',
+  find(scope) {
+    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, RING_FILE_NAME));
+  },
+  isDead(c) {
+    const head = readSame(c, SEGMENT_HEADER_SIZE);
+    if (!head) return { dead: false, why: 'changed since the scan' };
+    return channelVerdict(head, c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+// ------------------------------------------------------------------------------------------------ System V segments
+
+export interface SysvCandidate extends Candidate {
+  readonly shmid: number;
+  readonly key: number;
+  readonly cpid: number;
+}
+
+/**
+ * A sysv:// channel segment whose creator died before the connector attached (with nattch 0 nothing maps it).
+ * The key is IPC_PRIVATE, so no name tells it apart: a read-only attach shows the header, which must carry the
+ * channel magic and the kernel's own creator pid.
+ */
+export const sysvSegments: Reaper<SysvCandidate> = {
+  kind: 'sysv-segment',
+  pattern: 'System V segments, attached by nobody, whose channel header names the kernel\'s creator pid',
+  find() {
+    return listShmSegments()
+      // An attached segment is never a candidate: someone alive maps it, whoever created it.
+      .filter((s) => s.nattch === 0 && s.size >= SEGMENT_HEADER_SIZE)
+      .map((s) => ({ kind: this.kind, name: `shmid=${s.shmid} key=${formatKey(s.key)}`, uid: s.uid, shmid: s.shmid, key: s.key, cpid: s.cpid }));
+  },
+  isDead(c) {
+    const st = shmStat(c.shmid);
+    if (st.key !== c.key || st.uid !== c.uid || st.cpid !== c.cpid) return { dead: false, why: 'changed since the scan' };
+    if (st.removed) return { dead: false, why: 'already being removed' };
+    if (st.nattch !== 0) return { dead: false, why: `attached by ${st.nattch} process(es), so someone alive maps it` };
+    // The owner may read it (0600); a segment even its owner cannot read is not one shmbus made.
+    if ((st.mode & 0o400) === 0) return { dead: false, why: 'not readable by its owner: not a shmbus segment' };
+    return channelVerdict(shmPeek(c.shmid, SEGMENT_HEADER_SIZE), c.cpid);
+  },
+  remove(c, scope) {
+    const verdict = this.isDead(c, scope);
+    if (!verdict.dead) return verdict;
+    shmRemove(c.shmid);
+    return verdict;
+  },
+};
+
+// ------------------------------------------------------------------------------------------------ buses
+
+const REGISTRY_BYTES = registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS);
+
+/** Whether a registry's creator or any of its members runs; read from the file again for every call. */
+function registryVerdict(head: Buffer | undefined): Verdict {
+  if (!head) return { dead: false, why: 'changed since the scan' };
+  const h = parseHeader(head);
+  if (!h || h.magic !== REGISTRY_MAGIC || head.length < REGISTRY_BYTES) return { dead: false, why: 'not a shmbus bus registry' };
+  // A registry being set up has its creator alive and no member yet.
+  const creator = processVerdict('creator', h.creatorPid, h.creatorStart);
+  if (!creator.dead) return creator;
+  let members = 0;
+  for (let i = 0; i < REGISTRY_MEMBERS; i++) {
+    const slot = REGISTRY_MEMBERS_OFFSET + i * REGISTRY_MEMBER_SIZE;
+    const pid = head.readUInt32LE(slot + REGISTRY_MEMBER_PID_OFFSET);
+    if (pid === 0) continue;
+    members++;
+    const v = processVerdict('member', pid, head.readBigUInt64LE(slot + REGISTRY_MEMBER_START_OFFSET));
+    if (!v.dead) return v;
+  }
+  return { dead: true, why: `creator pid ${h.creatorPid} and all ${members} member(s) are gone` };
+}
+
+/** Topic names a registry lists as ready, each checked against the topic-name pattern (anything else is ignored). */
+function listedTopics(head: Buffer): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < REGISTRY_TOPICS; i++) {
+    const e = REGISTRY_ENTRIES_OFFSET + i * REGISTRY_ENTRY_SIZE;
+    if (head.readUInt32LE(e + REGISTRY_ENTRY_STATE_OFFSET) !== ENTRY_READY) continue;
+    const length = head.readUInt32LE(e + REGISTRY_ENTRY_NAME_LENGTH_OFFSET);
+    if (length > REGISTRY_NAME_MAX) continue;
+    const name = head.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length).toString('latin1');
+    if (TOPIC_NAME.test(name)) out.push(name);
+  }
+  return out;
+}
+
+/** A registry file read fresh (only a regular file, never through a symlink), or undefined. */
+function readRegistry(dir: DirHandle, entry: string): Buffer | undefined {
+  try {
+    const got = dir.readHead(entry, REGISTRY_BYTES);
+    const h = got && parseHeader(got.head);
+    return h && h.magic === REGISTRY_MAGIC ? got!.head : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The registries a topic file name could belong to: `shmbus.bus.<bus>.<topic>` splits at any dot, so every split
+ * whose left side is a registry in the same listing is a possible owner.
+ */
+function possibleOwners(dir: DirHandle, entry: string, listing: ReadonlySet<string>): { registry: string; topic: string }[] {
+  const out: { registry: string; topic: string }[] = [];
+  for (let i = entry.indexOf('.', 'shmbus.bus.'.length); i > 0; i = entry.indexOf('.', i + 1)) {
+    const registry = entry.slice(0, i);
+    const topic = entry.slice(i + 1);
+    if (BUS_REGISTRY_NAME.test(registry) && TOPIC_NAME.test(topic) && listing.has(registry) && readRegistry(dir, registry)) out.push({ registry, topic });
+  }
+  return out;
+}
+
+/** A bus registry in /dev/shm: dead once its creator and every member are. */
+export const busRegistries: Reaper<FileCandidate> = {
+  kind: 'bus-registry',
+  pattern: '/dev/shm/shmbus.bus.<bus>',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.shmDir, BUS_REGISTRY_NAME, (entry, dir) => magicOf(dir, entry) === REGISTRY_MAGIC);
+  },
+  isDead(c) {
+    return registryVerdict(readSame(c, REGISTRY_BYTES));
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+export interface TopicCandidate extends FileCandidate {
+  /** The header is not written yet; only a dead registry that lists this very name proves it a topic. */
+  readonly unformatted: boolean;
+}
+
+/**
+ * A bus topic in /dev/shm: dead when every registry it could belong to is dead (or gone) and its own publisher,
+ * subscribers and creator are gone. A topic whose header was never written is taken only when a dead registry
+ * lists it: the registry's topic name is compared with names the listing returned, never joined into a path.
+ */
+export const busTopics: Reaper<TopicCandidate> = {
+  kind: 'bus-topic',
+  pattern: '/dev/shm/shmbus.bus.<bus>.<topic>',
+  find(scope) {
+    const dir = scope.dir(scope.shmDir);
+    if (!dir) return [];
+    const listing = new Set(dir.list());
+    // Names that a dead-or-alive registry lists: the only way an unformatted file counts as a topic.
+    const listed = new Set<string>();
+    for (const entry of listing) {
+      if (!BUS_REGISTRY_NAME.test(entry)) continue;
+      const head = readRegistry(dir, entry);
+      if (head) for (const topic of listedTopics(head)) listed.add(`${entry}.${topic}`);
+    }
+    return listFiles(scope, this.kind, scope.shmDir, BUS_TOPIC_NAME, (entry) => {
+      const magic = magicOf(dir, entry);
+      return magic === TOPIC_MAGIC || (magic === 'unformatted' && listed.has(entry));
+    }).map((c) => ({ ...c, unformatted: magicOf(dir, c.entry) !== TOPIC_MAGIC }));
+  },
+  isDead(c) {
+    const listing = new Set(c.dir.list());
+    for (const owner of possibleOwners(c.dir, c.entry, listing)) {
+      const v = registryVerdict(readRegistry(c.dir, owner.registry));
+      if (!v.dead) return { dead: false, why: `its bus ${owner.registry}: ${v.why}` };
+    }
+    const head = readSame(c, topicDataOffset(TOPIC_MAX_SUBSCRIBERS));
+    if (!head) return { dead: false, why: 'changed since the scan' };
+    if (c.unformatted) {
+      const listedBy = possibleOwners(c.dir, c.entry, listing).filter((o) => listedTopics(readRegistry(c.dir, o.registry)!).includes(o.topic));
+      if (!unformatted(head) || listedBy.length === 0) return { dead: false, why: 'header not written and no dead bus lists it' };
+      return { dead: true, why: `an unwritten topic of the dead bus ${listedBy[0]!.registry}` };
+    }
+    return topicVerdict(head);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/** Whether a topic's creator, publisher or any active subscriber runs. */
+function topicVerdict(head: Buffer): Verdict {
+  const h = parseHeader(head);
+  if (!h || h.magic !== TOPIC_MAGIC) return { dead: false, why: 'not a shmbus topic' };
+  const creator = processVerdict('creator', h.creatorPid, h.creatorStart);
+  if (!creator.dead) return creator;
+  const topic = TOPIC_HEADER_OFFSET;
+  if (head.length < topic + TOPIC_HEADER_SIZE) return { dead: false, why: 'topic header is cut short' };
+  const publisher = head.readUInt32LE(topic + TOPIC_PUBLISHER_PID_OFFSET);
+  if (publisher !== 0) {
+    const v = processVerdict('publisher', publisher, head.readBigUInt64LE(topic + TOPIC_PUBLISHER_START_OFFSET));
+    if (!v.dead) return v;
+  }
+  const slots = Math.min(h.count, TOPIC_MAX_SUBSCRIBERS);
+  for (let i = 0; i < slots; i++) {
+    const slot = topic + TOPIC_HEADER_SIZE + i * TOPIC_SLOT_SIZE;
+    if (slot + TOPIC_SLOT_SIZE > head.length) return { dead: false, why: 'subscriber table is cut short' };
+    if (head.readUInt32LE(slot + SLOT_STATE_OFFSET) !== SLOT_ACTIVE) continue;
+    const v = processVerdict('subscriber', head.readUInt32LE(slot + SLOT_PID_OFFSET), head.readBigUInt64LE(slot + SLOT_START_OFFSET));
+    if (!v.dead) return v;
+  }
+  return { dead: true, why: `creator pid ${h.creatorPid}, its publisher and subscribers are gone` };
+}
+
+// ------------------------------------------------------------------------------------------------ handshake leftovers
+
+const MQ_HANDSHAKE_NAME = new RegExp(`^${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}\\.[ud]$`);
+const FIFO_HANDSHAKE_NAME = new RegExp(`^.{1,240}\\.${PID}\\.${COUNTER}\\.(?:c2l|l2c)$`);
+
+/** `<endpoint>` of `<endpoint>.<pid>.<n>.<suffix>`. */
+function endpointOf(entry: string): string {
+  return entry.replace(/\.[0-9]+\.[0-9]+\.[a-z0-9]+$/, '');
+}
+
+/**
+ * The two queues a mq:// connector creates for its connection, `/dev/mqueue/<endpoint>.<pid>.<n>.u|d`
+ * (transports/mq.ts). Both sides remove the names once the handshake is over, so only a connector killed
+ * mid-handshake leaves them; its listener removes them at its next start, `shmbus clean` in the meantime. The
+ * names are the application's, so a pair is taken only next to its endpoint: the listener's queue `<endpoint>`
+ * (live, or left by a killed listener) is in the same listing.
+ */
+export const mqHandshakeQueues: Reaper<FileCandidate> = {
+  kind: 'mq-handshake',
+  pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d next to the queue <endpoint>',
+  find(scope) {
+    return listFiles(scope, this.kind, scope.mqDir, MQ_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFile() === true);
+  },
+  isDead(c) {
+    return processVerdict('connector', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/**
+ * The two FIFOs a fifo:// connector creates next to the endpoint, `<endpoint>.<pid>.<n>.c2l|l2c`
+ * (transports/fifo.ts); left only by a connector killed mid-handshake. `shmbus clean` looks in --dir only,
+ * and only next to the endpoint's own FIFO `<endpoint>`.
+ */
+export const fifoHandshakeFiles: Reaper<FileCandidate> = {
+  kind: 'fifo-handshake',
+  pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs next to the FIFO <endpoint> (only with --dir <dir>)',
+  find(scope) {
+    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, FIFO_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFIFO() === true, 'fifo'));
+  },
+  isDead(c) {
+    return processVerdict('connector', c.pid);
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/** The reapers of segments and buses (the wake objects' are in host/wake/reap.ts). */
+export const segmentReapers: readonly Reaper[] = [
+  // Topics before registries: an unwritten topic counts only while the dead registry that lists it is still there.
+  posixSegments as Reaper, sysvSegments as Reaper, ringFiles as Reaper, busTopics as Reaper, busRegistries as Reaper,
+];
+
+/** The reapers of what transports' handshakes leave (a connector killed before it removed its names). */
+export const handshakeReapers: readonly Reaper[] = [mqHandshakeQueues as Reaper, fifoHandshakeFiles as Reaper];
+
+/**
+ * Removes the shm:// buses nobody uses any more: registries in `dir` whose creator and members are all dead, and
+ * the topics that only dead processes used. Returns the removed file names (without the directory).
+ */
+export function reapDeadBuses(dir = '/dev/shm', options: Omit<ReapOptions, 'shmDir'> = {}): string[] {
+  const report = reap([busTopics as Reaper, busRegistries as Reaper], { ...options, shmDir: dir });
+  return removedNames(report).map((name) => name.slice(dir.length + 1));
+}
