@@ -27,7 +27,7 @@ import type { PeerCredentials } from './peer.js';
 import { dupFd, ownIdentity, peerCredentials, peerGroups, receiveFd, sendFd } from './sys/socket.js';
 import { closeFd } from './sys/shm.js';
 
-export const PROTOCOL = 2;
+export const PROTOCOL = 1;
 /** The data byte that carries the segment descriptor. */
 export const FD_BYTE = 0x46; // 'F'
 export const DOORBELL_DATA = 0x44; // 'D'
