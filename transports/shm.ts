@@ -248,9 +248,7 @@ export class Listener extends EventEmitter implements ConnectionListener {
   private async accept(socket: net.Socket, cred: PeerCredentials): Promise<void> {
     const timeout = this.handshakeTimeout;
     const deadline = Date.now() + timeout;
-    // The deadline also ends a connector that stops talking while we wait for nothing but it (a step that
-    // awaits no read, like the test hook, is not covered: nothing else waits there).
-    const guard = setTimeout(() => socket.destroy(), timeout);
+    // Every wait below is a read bounded by what is left of this one deadline.
     this.pending.add(socket);
     let mapping: Mapping | undefined;
     try {
@@ -285,7 +283,6 @@ export class Listener extends EventEmitter implements ConnectionListener {
       const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
-      clearTimeout(guard);
       const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'producer');
       const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'consumer');
       this.pending.delete(socket);
@@ -297,7 +294,6 @@ export class Listener extends EventEmitter implements ConnectionListener {
       this.emit('connection', channel);
       if (this.waiter) { const w = this.waiter; this.waiter = undefined; w(channel); } else this.accepted.push(channel);
     } catch (error) {
-      clearTimeout(guard);
       this.pending.delete(socket);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
       this.refuse(socket, error);
