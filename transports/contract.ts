@@ -76,7 +76,7 @@ export interface ConnectOptions {
   /** Milliseconds the connection (and its handshake) may take. */
   timeout?: number;
   /**
-   * shm: the uid the listener must run as (SO_PEERCRED); by default our own uid or root. Anyone else holding
+   * shm and unix: the uid the listener must run as (SO_PEERCRED); by default our own uid or root. Anyone else holding
    * the endpoint fails the connection with ERR_SHMBUS_PERMISSION_DENIED before a byte is sent. Overrides the
    * URL's `expectUid`.
    */
@@ -87,7 +87,7 @@ export interface ListenOptions {
   /** Milliseconds a connector gets for its whole handshake. */
   handshakeTimeout?: number;
   /**
-   * shm: who may connect besides the listener's own uid and root, checked with SO_PEERCRED before anything is
+   * shm and unix: who may connect besides the listener's own uid and root, checked with SO_PEERCRED before anything is
    * allocated: `'uid:1000,gid:50'` (gids match the peer's effective and supplementary groups) or `'any'`.
    * Overrides the URL's `allow`.
    */

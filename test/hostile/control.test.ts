@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { listen, connect, type Listener } from '../../transports/shm.js';
+import { listen as listenAny, connect as connectAny } from '../../host/index.js';
 import { Region } from '../../host/region.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { Channel } from '../../host/channel.js';
@@ -56,7 +57,7 @@ function nextError(listener: Listener): Promise<ShmbusError> {
 
 t.test('a squatter holding the endpoint name: listen fails EXISTS, connect fails PERMISSION_DENIED naming its uid and sends it nothing', SKIP, async (t) => {
   const name = unique('squat');
-  const squatter = startFixture(t, 'attacker', ['squat', name], { prefix: PREFIX });
+  const squatter = startFixture(t, 'attacker', ['squat', `shmbus/shm/${name}`], { prefix: PREFIX });
   await squatter.line('listening');
 
   const listenError = await listen(`shm://${name}`).then(() => undefined, (e: ShmbusError) => e);
@@ -130,6 +131,33 @@ t.test('the connector checks the listener: default own uid or root, expectUid na
   channel.send({ ping: 1 });
   t.same(await within(WATCHDOG, channel.receive(), 'the echo'), { ping: 1 });
   await channel.close();
+});
+
+t.test('unix: both ends check SO_PEERCRED too (abstract names have no permissions)', SKIP, async (t) => {
+  const name = unique('unix-squat');
+  const squatter = startFixture(t, 'attacker', ['squat', name], { prefix: PREFIX });
+  await squatter.line('listening');
+  const denied = await connectAny(`unix://@${name}`).then(() => undefined, (e: ShmbusError) => e);
+  t.equal(denied?.code, ErrorCode.PERMISSION_DENIED, 'a squatted unix endpoint is refused');
+  t.equal(denied?.details.peerUid, NOBODY);
+  await squatter.line('closed 0 bytes');
+
+  const url = `unix://@${unique('unix-listen')}`;
+  const listener = await listenAny(url);
+  t.teardown(() => listener.close());
+  const refused = new Promise<ShmbusError>((resolve) => listener.once('error', resolve));
+  startFixture(t, 'attacker', ['connect', url], { prefix: PREFIX });
+  const error = await within(WATCHDOG, refused, 'the unix listener to refuse');
+  t.equal(error.code, ErrorCode.PERMISSION_DENIED);
+  t.equal(error.details.peerUid, NOBODY);
+
+  const open = await listenAny(`unix://@${unique('unix-allow')}`, { allow: `uid:${NOBODY}` });
+  t.teardown(() => open.close());
+  const accepted = open.acceptNext();
+  startFixture(t, 'attacker', ['connect', open.url], { prefix: PREFIX });
+  const conn = await within(WATCHDOG, accepted, 'the allowed connection');
+  t.same(await within(WATCHDOG, conn!.receive(), 'its message'), { after: 'connect' });
+  await conn!.close();
 });
 
 // ---- bounded work; these need no second user
