@@ -11,6 +11,7 @@ import os from 'node:os';
 import { listen, connect, type Listener } from '../../transports/shm.js';
 import { listen as listenAny, connect as connectAny } from '../../host/index.js';
 import { Region } from '../../host/region.js';
+import { getEngine } from '../../host/engine.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { Channel } from '../../host/channel.js';
 import { asUnprivileged, NOBODY, startFixture, unique, within, eventually } from '../helpers.js';
@@ -208,23 +209,37 @@ t.test('connections per listener are capped (maxConnections)', async (t) => {
 });
 
 t.test('a setup that fails after creating the segment releases it (window allocation, mapping)', async (t) => {
-  const original = Region.prototype.mapAt;
-  t.teardown(() => { Region.prototype.mapAt = original; });
-  for (const scheme of ['shm', 'sysv', 'file'] as const) {
-    const url = urlFor(scheme, unique('fail'), 'size=1MiB');
-    const listener = await listen(url);
-    const failed = nextError(listener);
-    const before = allocations();
-    // The listener's mapping fails (the connector's regions are not created by it).
-    Region.prototype.mapAt = function (this: Region, addr: bigint) {
-      if (this.created) throw new ShmbusError(ErrorCode.LIMIT, 'forced mapping failure');
-      return original.call(this, addr);
-    };
-    const error = await connect(url).then(() => undefined, (e: ShmbusError) => e);
-    Region.prototype.mapAt = original;
-    t.equal(error?.code, ErrorCode.LIMIT, `${scheme}: the connector is told why`);
-    t.equal((await failed).code, ErrorCode.LIMIT);
-    t.same(allocations(), before, `${scheme}: the segment was released`);
-    await listener.close();
+  const engine = getEngine();
+  const originalMap = Region.prototype.mapAt;
+  const originalAlloc = engine.allocWindow;
+  t.teardown(() => { Region.prototype.mapAt = originalMap; engine.allocWindow = originalAlloc; });
+  const forced = () => new ShmbusError(ErrorCode.LIMIT, 'forced failure');
+  // Each failure hits the listener only: it is armed once the connector's part is done (the listener maps
+  // first, before it replies), and disarmed by the first call.
+  const failures: Record<string, () => void> = {
+    window: () => { engine.allocWindow = function () { engine.allocWindow = originalAlloc; throw forced(); }; },
+    mapping: () => {
+      Region.prototype.mapAt = function (this: Region, addr: bigint) {
+        Region.prototype.mapAt = originalMap;
+        if (this.created) throw forced();
+        return originalMap.call(this, addr);
+      };
+    },
+  };
+  for (const [what, arm] of Object.entries(failures)) {
+    for (const scheme of ['shm', 'sysv', 'file'] as const) {
+      const url = urlFor(scheme, unique('fail'), 'size=1MiB');
+      const listener = await listen(url);
+      const failed = nextError(listener);
+      const before = allocations();
+      arm();
+      const error = await connect(url).then(() => undefined, (e: ShmbusError) => e);
+      Region.prototype.mapAt = originalMap;
+      engine.allocWindow = originalAlloc;
+      t.equal(error?.code, ErrorCode.LIMIT, `${what}, ${scheme}: the connector is told why`);
+      t.equal((await failed).code, ErrorCode.LIMIT);
+      t.same(allocations(), before, `${what}, ${scheme}: the segment was released`);
+      await listener.close();
+    }
   }
 });
