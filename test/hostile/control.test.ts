@@ -22,14 +22,19 @@ const SKIP = { skip: 'skip' in attacker ? attacker.skip : false };
 const PREFIX = 'prefix' in attacker ? attacker.prefix : [];
 const WATCHDOG = 60_000;
 
-/** Our own descriptors that hold a shmbus memfd segment. */
-function memfdSegments(): number {
+/** Our own descriptors whose link matches `pattern`. */
+function descriptors(pattern: RegExp): number {
   let n = 0;
   for (const fd of fs.readdirSync('/proc/self/fd')) {
-    try { if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:shmbus.')) n++; } catch { /* closed meanwhile */ }
+    try { if (pattern.test(fs.readlinkSync(`/proc/self/fd/${fd}`))) n++; } catch { /* closed meanwhile */ }
   }
   return n;
 }
+/** shmbus memfd segments we hold. */
+const memfdSegments = () => descriptors(/^\/memfd:shmbus\./);
+/** Unnamed files we hold in the temporary directory (file: segments; O_TMPFILE shows as `#<inode> (deleted)`). */
+const TMP_FILE = new RegExp(`^${os.tmpdir().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/.* \\(deleted\\)$`);
+const unnamedFiles = () => descriptors(TMP_FILE);
 
 /** System V segments this process created that still exist (/proc/sysvipc/shm, column cpid). */
 function sysvSegments(pid = process.pid): string[] {
@@ -41,8 +46,8 @@ function shmFiles(): string[] {
 }
 
 /** Everything a listener in this process could have allocated for a connection. */
-function allocations(): { memfds: number; sysv: number; files: string[] } {
-  return { memfds: memfdSegments(), sysv: sysvSegments().length, files: shmFiles() };
+function allocations(): { memfds: number; unnamed: number; sysv: number; files: string[] } {
+  return { memfds: memfdSegments(), unnamed: unnamedFiles(), sysv: sysvSegments().length, files: shmFiles() };
 }
 
 function urlFor(scheme: 'shm' | 'sysv' | 'file', name: string, query = 'size=64KiB'): string {
