@@ -28,6 +28,21 @@ const c = {
   getegid: lib.func('uint32_t getegid()') as () => number,
 };
 
+// struct msghdr (x86_64): void *msg_name @0, socklen_t msg_namelen @8, struct iovec *msg_iov @16,
+// size_t msg_iovlen @24, void *msg_control @32, size_t msg_controllen @40, int msg_flags @48.
+const MSG_IOV_OFFSET = 16;
+const MSG_IOVLEN_OFFSET = 24;
+const MSG_CONTROL_OFFSET = 32;
+const MSG_CONTROLLEN_OFFSET = 40;
+const MSG_FLAGS_OFFSET = 48;
+// struct iovec: void *iov_base @0, size_t iov_len @8.
+const IOV_BASE_OFFSET = 0;
+const IOV_LEN_OFFSET = 8;
+// struct cmsghdr: size_t cmsg_len @0, int cmsg_level @8, int cmsg_type @12, data @16 (CMSGHDR_SIZE).
+const CMSG_LEN_OFFSET = 0;
+const CMSG_LEVEL_OFFSET = 8;
+const CMSG_TYPE_OFFSET = 12;
+
 /** Most descriptors one receiveFd call accepts; more in one message is a protocol violation (and closed). */
 const MAX_RECEIVED_FDS = 8;
 const CMSG_DATA_ALIGN = 8;
@@ -78,15 +93,15 @@ export function dupFd(fd: number): number {
  * for the duration of the call: the msghdr holds their addresses, not the objects. */
 function messageHeader(data: Buffer, control: Buffer | undefined): { msg: Buffer; iov: Buffer } {
   const iov = Buffer.alloc(IOVEC_SIZE);
-  iov.writeBigUInt64LE(koffi.address(data) as bigint, 0);
-  iov.writeBigUInt64LE(BigInt(data.length), 8);
+  iov.writeBigUInt64LE(koffi.address(data) as bigint, IOV_BASE_OFFSET);
+  iov.writeBigUInt64LE(BigInt(data.length), IOV_LEN_OFFSET);
+  // msg_name stays NULL: the socket is connected.
   const msg = Buffer.alloc(MSGHDR_SIZE);
-  // msg_name = NULL, msg_namelen = 0 (connected socket)
-  msg.writeBigUInt64LE(koffi.address(iov) as bigint, 16); // msg_iov
-  msg.writeBigUInt64LE(1n, 24); // msg_iovlen
+  msg.writeBigUInt64LE(koffi.address(iov) as bigint, MSG_IOV_OFFSET);
+  msg.writeBigUInt64LE(1n, MSG_IOVLEN_OFFSET);
   if (control) {
-    msg.writeBigUInt64LE(koffi.address(control) as bigint, 32); // msg_control
-    msg.writeBigUInt64LE(BigInt(control.length), 40); // msg_controllen
+    msg.writeBigUInt64LE(koffi.address(control) as bigint, MSG_CONTROL_OFFSET);
+    msg.writeBigUInt64LE(BigInt(control.length), MSG_CONTROLLEN_OFFSET);
   }
   return { msg, iov };
 }
@@ -99,9 +114,9 @@ function messageHeader(data: Buffer, control: Buffer | undefined): { msg: Buffer
 export function sendFd(socketFd: number, passFd: number, byte: number): void {
   const data = Buffer.from([byte]);
   const control = Buffer.alloc(CMSGHDR_SIZE + CMSG_DATA_ALIGN);
-  control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + 4), 0); // cmsg_len = CMSG_LEN(sizeof(int))
-  control.writeInt32LE(SOL_SOCKET, 8);
-  control.writeInt32LE(SCM_RIGHTS, 12);
+  control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + 4), CMSG_LEN_OFFSET); // CMSG_LEN(sizeof(int))
+  control.writeInt32LE(SOL_SOCKET, CMSG_LEVEL_OFFSET);
+  control.writeInt32LE(SCM_RIGHTS, CMSG_TYPE_OFFSET);
   control.writeInt32LE(passFd, CMSGHDR_SIZE);
   const { msg, iov } = messageHeader(data, control);
   const sent = c.sendmsg(socketFd, msg, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -136,16 +151,16 @@ export function receiveFd(socketFd: number, max = 1): Received | undefined {
     throw new SystemError('recvmsg', errno, { fd: socketFd });
   }
   void iov;
-  const controlLength = Number(msg.readBigUInt64LE(40));
-  const flags = msg.readInt32LE(48);
+  const controlLength = Number(msg.readBigUInt64LE(MSG_CONTROLLEN_OFFSET));
+  const flags = msg.readInt32LE(MSG_FLAGS_OFFSET);
   const fds: number[] = [];
   let foreign = false;
   // Walk every cmsghdr the kernel wrote (CMSG_FIRSTHDR / CMSG_NXTHDR), bounded by what it reported.
   for (let at = 0; at + CMSGHDR_SIZE <= controlLength;) {
-    const length = Number(control.readBigUInt64LE(at));
+    const length = Number(control.readBigUInt64LE(at + CMSG_LEN_OFFSET));
     if (length < CMSGHDR_SIZE || at + length > controlLength) break;
-    const level = control.readInt32LE(at + 8);
-    const type = control.readInt32LE(at + 12);
+    const level = control.readInt32LE(at + CMSG_LEVEL_OFFSET);
+    const type = control.readInt32LE(at + CMSG_TYPE_OFFSET);
     if (level === SOL_SOCKET && type === SCM_RIGHTS) {
       for (let p = at + CMSGHDR_SIZE; p + 4 <= at + length; p += 4) fds.push(control.readInt32LE(p));
     } else {

@@ -96,12 +96,15 @@ t.test('a connector that is not allowed is refused before anything is allocated'
 });
 
 t.test('a peer of another uid that `allow` admits connects and works (uid and gid rules)', SKIP, async (t) => {
-  const cases = [['shm', 'uid:65534'], ['sysv', `uid:${NOBODY}`], ['file', `uid:${NOBODY}`], ['shm', `gid:${NOBODY}`], ['sysv', 'any']] as const;
-  for (const [scheme, allow] of cases) {
+  // The last case runs the peer with a supplementary group (SO_PEERGROUPS), the others with none.
+  const withGroup = PREFIX.map((a) => (a === '--clear-groups' ? '--groups=4242' : a));
+  const cases = [['shm', 'uid:65534', PREFIX], ['sysv', `uid:${NOBODY}`, PREFIX], ['file', `uid:${NOBODY}`, PREFIX],
+    ['shm', `gid:${NOBODY}`, PREFIX], ['sysv', 'any', PREFIX], ['shm', 'gid:4242', withGroup]] as const;
+  for (const [scheme, allow, prefix] of cases) {
     const url = urlFor(scheme, unique('allow'));
     const listener = await listen(url, { allow });
     const accepted = listener.acceptNext();
-    startFixture(t, 'attacker', ['connect', url], { prefix: PREFIX });
+    startFixture(t, 'attacker', ['connect', url], { prefix: [...prefix] });
     const channel = await within(WATCHDOG, accepted, `${scheme} allow=${allow}: the connection`) as Channel;
     t.same(await within(WATCHDOG, channel.receive(), 'its message'), { after: 'connect' }, `${scheme} allow=${allow}: message arrived`);
     await channel.close();
