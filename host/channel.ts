@@ -15,6 +15,7 @@ import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECOR
 import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
 import type { Engine } from './engine.js';
 import type { Region } from './region.js';
+import type { PeerCredentials } from './peer.js';
 import { RingEnd } from './ring.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
@@ -61,6 +62,8 @@ export interface WakeParts {
   peerParams: Record<string, unknown>;
   /** What we sent the peer for our own mechanism (its `params()`), handed to our sleeper. */
   myParams?: Record<string, unknown>;
+  /** Who the peer is, as the kernel says (SO_PEERCRED of the control socket): what `peerParams` must name. */
+  peerCred?: PeerCredentials;
 }
 
 interface Queued { type: number; bytes: Uint8Array }

@@ -18,10 +18,11 @@
  * header unwritten): the caller verifies the header, and `mapAt` refuses a segment that has no size yet.
  */
 import * as path from 'node:path';
-import { BadArgumentError, BadStateError, ErrorCode, Errno, ShmbusError, SystemError, type ErrorCodeValue } from './errors.js';
+import { BadArgumentError, BadStateError, CorruptError, ErrorCode, Errno, ShmbusError, SystemError, type ErrorCodeValue } from './errors.js';
 import {
-  F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, IPC_CREAT, IPC_EXCL, IPC_PRIVATE, MFD_ALLOW_SEALING, MFD_CLOEXEC,
-  MFD_NAME_MAX, O_CLOEXEC, O_CREAT, O_EXCL, O_RDWR, PAGE_SIZE, SHM_NAME_MAX, SHM_REMAP,
+  F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, IPC_CREAT, IPC_EXCL, IPC_PRIVATE,
+  MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_NAME_MAX, O_CLOEXEC, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDWR, O_TMPFILE, PAGE_SIZE,
+  SHM_NAME_MAX, SHM_REMAP,
 } from './sys/constants.js';
 import * as sys from './sys/shm.js';
 
@@ -33,6 +34,17 @@ export interface CreateOptions {
   /** Permission bits, applied exactly (not masked by the umask). Default 0o600. */
   mode?: number;
 }
+
+/** What a segment handed over by a peer must be (see `Region.fromPeerFd`, `Region.attachPeerSysV`). */
+export interface PeerSegment {
+  /** Exact size in bytes the handshake announced. */
+  size: number;
+  /** The verified uid of the peer that made it (SO_PEERCRED). */
+  uid: number;
+}
+
+/** The seals a memfd must carry before we map it: nobody can change its size, nobody can add or lift a seal. */
+export const SEGMENT_SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 export interface ExclusiveOption {
   /** true (default): fail with ERR_SHMBUS_EXISTS if it exists. false: attach to the existing one instead. */
@@ -225,6 +237,33 @@ export class Region {
     return new Region({ kind: 'sysv', name: keyName(st.key), size: st.size, fd: -1, shmid, created: false, removable: true });
   }
 
+  /**
+   * Attaches a private System V segment a peer made for us, by id, after checking with IPC_STAT that it is the
+   * one the verified peer created (creator uid and pid), already marked for removal (IPC_RMID: it dies with its
+   * last detach, whatever happens to either side) and of the announced size. A failed check is
+   * ERR_SHMBUS_PERMISSION_DENIED (somebody else's segment) or ERR_SHMBUS_CORRUPT (a wrong size).
+   */
+  static attachPeerSysV(shmid: number, expect: PeerSegment & { pid: number }): Region {
+    if (!Number.isInteger(shmid) || shmid < 0) throw new BadArgumentError('bad shmid', { shmid });
+    const st = sys.shmStat(shmid);
+    if (st.cuid !== expect.uid || st.cpid !== expect.pid) {
+      throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'System V segment was not created by the peer', {
+        details: { shmid, creatorUid: st.cuid, creatorPid: st.cpid, peerUid: expect.uid, peerPid: expect.pid },
+      });
+    }
+    if (!st.removed) throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'System V segment is not marked for removal', { details: { shmid } });
+    if (st.size !== expect.size) throw new CorruptError('System V segment size differs from the handshake', { shmid, size: st.size, expected: expect.size });
+    return new Region({ kind: 'sysv', name: keyName(st.key), size: st.size, fd: -1, shmid, created: false, removable: false });
+  }
+
+  /** Makes the verified peer `uid` the owner of this System V segment we created (we stay its creator), so a
+   * 0600 segment admits that one other user and nobody else. A no-op when the uid is already the owner. */
+  grantTo(uid: number, gid: number): void {
+    if (this.kind !== 'sysv' || !this.created) throw new BadStateError('only a System V segment this process created can be granted', { kind: this.kind });
+    const st = sys.shmStat(this.shmid);
+    if (st.uid !== uid) sys.shmSetOwner(this.shmid, uid, gid);
+  }
+
   // ------------------------------------------------------------------------------------------ POSIX
 
   static createPosix(name: string, opts: CreateOptions & ExclusiveOption): Region {
@@ -277,7 +316,62 @@ export class Region {
     return new Region({ kind, name, size: st.size, fd, shmid: -1, created: false, removable: false });
   }
 
+  /**
+   * Wraps a segment descriptor a peer passed us (SCM_RIGHTS) after checking that it is safe to map: a regular
+   * file of the verified peer's uid and of the announced size; a memfd must carry SEGMENT_SEALS (and no write
+   * seal), a file must have no name left anywhere (no link: nobody can open it and shrink it). Takes the fd
+   * over: on success `close()` closes it, on failure it is closed here. A wrong owner or missing seals is
+   * ERR_SHMBUS_PERMISSION_DENIED, a wrong size ERR_SHMBUS_CORRUPT.
+   */
+  static fromPeerFd(fd: number, kind: 'memfd' | 'file', expect: PeerSegment): Region {
+    if (!Number.isInteger(fd) || fd < 0) throw new BadArgumentError('bad fd', { fd });
+    return undoOnError(() => {
+      const st = sys.fdStat(fd);
+      const denied = (why: string, extra: Record<string, unknown> = {}) =>
+        new ShmbusError(ErrorCode.PERMISSION_DENIED, `segment from the peer refused: ${why}`, { details: { kind, ...extra } });
+      if (!st.isFile()) throw denied('not a regular file or memfd');
+      if (st.uid !== expect.uid) throw denied('owned by another user', { owner: st.uid, peerUid: expect.uid });
+      const link = sys.fdPath(fd) ?? '';
+      if (kind === 'memfd') {
+        if (!link.startsWith('/memfd:')) throw denied('not a memfd', { path: link });
+        const seals = sys.getSeals(fd);
+        if ((seals & SEGMENT_SEALS) !== SEGMENT_SEALS || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) {
+          throw denied('memfd is not sealed against resizing', { seals, required: SEGMENT_SEALS });
+        }
+      } else if (st.nlink !== 0) {
+        throw denied('file still has a name', { path: link, links: st.nlink });
+      }
+      if (st.size !== expect.size) throw new CorruptError('segment size differs from the handshake', { size: st.size, expected: expect.size });
+      const name = kind === 'memfd' ? link.replace(/^\/memfd:(.*?)(?: \(deleted\))?$/, '$1') : link.replace(/ \(deleted\)$/, '');
+      return new Region({ kind, name, size: st.size, fd, shmid: -1, created: false, removable: false });
+    }, () => sys.closeFd(fd));
+  }
+
   // ------------------------------------------------------------------------------------------ files
+
+  /**
+   * A file segment without a name: O_TMPFILE in `dir` (the file system chooses where the pages live: disk,
+   * hugetlbfs, a DAX mount), shared only by passing the fd. Where the file system has no O_TMPFILE the file is
+   * created O_EXCL|O_NOFOLLOW under a random name and unlinked at once. Nothing is left behind even by SIGKILL
+   * (but a file cannot be sealed: whoever holds the fd can shrink it).
+   */
+  static createAnonymousFile(dir: string, opts: CreateOptions): Region {
+    if (typeof dir !== 'string' || dir.length === 0) throw new BadArgumentError('bad directory', { dir });
+    const size = checkSize(opts.size);
+    const mode = checkMode(opts.mode);
+    const abs = path.resolve(dir);
+    let fd: number;
+    try {
+      fd = sys.openFile(abs, O_RDWR | O_TMPFILE | O_CLOEXEC, mode);
+    } catch (err) {
+      if (!(err instanceof SystemError && (err.errno === Errno.ENOTSUP || err.errno === Errno.EISDIR))) throw err;
+      const name = path.join(abs, `.shmbus.${process.pid}.${Math.random().toString(36).slice(2)}.ring`);
+      fd = sys.openFile(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+      undoOnError(() => sys.unlinkFile(name), () => sys.closeFd(fd));
+    }
+    undoOnError(() => { sys.fchmod(fd, mode); reserve(fd, size); }, () => sys.closeFd(fd));
+    return new Region({ kind: 'file', name: `${abs}/(anonymous)`, size, fd, shmid: -1, created: true, removable: false });
+  }
 
   static createFile(filePath: string, opts: CreateOptions & ExclusiveOption): Region {
     if (typeof filePath !== 'string' || filePath.length === 0) throw new BadArgumentError('bad file path', { path: filePath });

@@ -9,11 +9,14 @@
  * mode of the segments, default 0600), maxQueued (hard cap of the local send queue), wake (how a side waits:
  * `adaptive`, the default, spins for a self-tuned while then parks on the control socket; `spin` never parks;
  * a mechanism name (`doorbell`, `futex`, `sem`, ...) parks on that mechanism at once), spin (microseconds to
- * busy-poll before parking, or `auto`).
+ * busy-poll before parking, or `auto`), allow (listener: who else may connect, `uid:1000,gid:50` or `any`; by
+ * default only the listener's own uid and root), expectUid (connector: the uid the listener must run as; by
+ * default the connector's own uid or root). See docs/security.md.
  */
 import { BadUrlError, UnknownSchemeError } from './errors.js';
 import { RING_MIN_CAPACITY, RING_MAX_CAPACITY } from '../assembly/layout.js';
 import { mechanismFor } from './wake/index.js';
+import { OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from './control.js';
 
 export type ShmScheme = 'shm' | 'sysv' | 'file';
 /** `adaptive` (default), `spin`, or the name of a wake mechanism (`doorbell`, `futex`, ...). */
@@ -37,6 +40,10 @@ export interface ShmEndpoint {
    * `wake=adaptive`), 'always' never parks (`wake=spin`), 0 parks at once (the default for a named mechanism).
    */
   spin: number | 'auto' | 'always';
+  /** Listener: who may connect besides its own uid and root. */
+  allow: PeerPolicy;
+  /** Connector: the uid the listener must run as (undefined: our own uid or root). */
+  expectUid?: number;
   /** Where the control socket listens (Linux abstract namespace: nothing to clean up on disk). */
   controlPath: string;
   url: string;
@@ -46,7 +53,7 @@ export const DEFAULT_RING_SIZE = 4 * 1024 * 1024;
 export const DEFAULT_MAX_QUEUED = 65536;
 
 const SCHEMES: readonly string[] = ['shm', 'sysv', 'file'];
-const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake', 'spin']);
+const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake', 'spin', 'allow', 'expectUid']);
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1 << 20, mb: 1 << 20, mib: 1 << 20, g: 1 << 30, gb: 1 << 30, gib: 1 << 30 };
 
 /** Parses `4MiB`, `64k`, `1048576` into bytes; undefined when it is not a size. */
@@ -138,8 +145,27 @@ export function parseShmUrl(url: string): ShmEndpoint {
     else throw new BadUrlError('spin must be auto or microseconds', url, { details: { spin: spinText } });
   }
 
+  let allow = OWNER_ONLY;
+  const allowText = parsed.searchParams.get('allow');
+  if (allowText !== null) {
+    try {
+      allow = parseAllow(allowText);
+    } catch (cause) {
+      throw new BadUrlError((cause as Error).message, url, { details: { allow: allowText } });
+    }
+  }
+  let expectUid: number | undefined;
+  const expectText = parsed.searchParams.get('expectUid');
+  if (expectText !== null) {
+    try {
+      expectUid = parseUid(expectText);
+    } catch (cause) {
+      throw new BadUrlError((cause as Error).message, url, { details: { expectUid: expectText } });
+    }
+  }
+
   return {
-    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, spin, url,
+    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, spin, url, allow, expectUid,
     controlPath: `\0shmbus/${scheme}/${name}`,
   };
 }

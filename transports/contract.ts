@@ -75,11 +75,28 @@ export interface ConnectionListener extends EventEmitter, AsyncIterable<Connecti
 export interface ConnectOptions {
   /** Milliseconds the connection (and its handshake) may take. */
   timeout?: number;
+  /**
+   * shm and unix: the uid the listener must run as (SO_PEERCRED); by default our own uid or root. Anyone else holding
+   * the endpoint fails the connection with ERR_SHMBUS_PERMISSION_DENIED before a byte is sent. Overrides the
+   * URL's `expectUid`.
+   */
+  expectUid?: number;
 }
 
 export interface ListenOptions {
-  /** Milliseconds a connector gets for its handshake. */
+  /** Milliseconds a connector gets for its whole handshake. */
   handshakeTimeout?: number;
+  /**
+   * shm and unix: who may connect besides the listener's own uid and root, checked with SO_PEERCRED before anything is
+   * allocated: `'uid:1000,gid:50'` (gids match the peer's effective and supplementary groups) or `'any'`.
+   * Overrides the URL's `allow`.
+   */
+  allow?: string;
+  /** shm: most handshakes in progress at once; further connectors are disconnected at once. Default 64. */
+  maxPending?: number;
+  /** shm: most open connections from this listener; further connectors are refused with ERR_SHMBUS_LIMIT.
+   * Default 1024. */
+  maxConnections?: number;
 }
 
 /** One mechanism, chosen by URL scheme. */

@@ -4,7 +4,11 @@
  *   unix:///run/app.sock      a socket file; an absolute path of at most 107 bytes (the kernel's sun_path)
  *   unix://@name              Linux's abstract namespace: no file at all, the name dies with the listener
  *
- * Options: `maxQueued`. Percent-escapes in the path or name are decoded.
+ * Options: `maxQueued`; `allow` (listener: who else may connect, `uid:1000,gid:50` or `any`) and `expectUid`
+ * (connector: the uid the listener must run as), as for shm: (docs/security.md). Both ends check the other with
+ * SO_PEERCRED first: by default a listener serves its own uid and root, a connector talks to a listener of its
+ * own uid or root. That matters most for abstract names, which have no permissions at all; a socket file's mode
+ * still applies on top. Percent-escapes in the path or name are decoded.
  *
  * A listener refuses an endpoint someone listens on (ERR_SHMBUS_EXISTS). A socket file nobody listens on (left by
  * a listener that was killed) is replaced; a file that is not a socket is never touched. The listener removes
@@ -12,7 +16,8 @@
  */
 import net from 'node:net';
 import fs from 'node:fs';
-import { BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
+import { BadArgumentError, BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
+import { checkConnector, checkListener, credentialsOf, OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from '../host/control.js';
 import { onNormalExit, parseTransportQuery, splitUrl } from './base.js';
 import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection, ConnectionListener } from './contract.js';
@@ -26,11 +31,25 @@ export interface UnixEndpoint {
   path: string;
   abstract: boolean;
   maxQueued: number;
+  /** Listener: who may connect besides its own uid and root. */
+  allow: PeerPolicy;
+  /** Connector: the uid the listener must run as (undefined: our own uid or root). */
+  expectUid?: number;
 }
 
 export function parseUnixUrl(url: string): UnixEndpoint {
   const { rest, query } = splitUrl(url, 'unix');
-  const { maxQueued } = parseTransportQuery(url, query);
+  const { maxQueued, params } = parseTransportQuery(url, query, ['allow', 'expectUid']);
+  let allow = OWNER_ONLY;
+  let expectUid: number | undefined;
+  try {
+    const allowText = params.get('allow');
+    if (allowText !== null) allow = parseAllow(allowText);
+    const expectText = params.get('expectUid');
+    if (expectText !== null) expectUid = parseUid(expectText);
+  } catch (cause) {
+    throw new BadUrlError((cause as Error).message, url);
+  }
   if (!rest.startsWith('//')) throw new BadUrlError('unix: URL is unix:///absolute/path or unix://@abstract-name', url);
   let target: string;
   try {
@@ -51,7 +70,7 @@ export function parseUnixUrl(url: string): UnixEndpoint {
   }
   if (path.includes('\0', abstract ? 1 : 0)) throw new BadUrlError('unix: path holds a NUL byte', url);
   if (Buffer.byteLength(path) > SUN_PATH_MAX) throw new BadUrlError('unix: path longer than the kernel allows', url, { details: { max: SUN_PATH_MAX } });
-  return { url, path, abstract, maxQueued };
+  return { url, path, abstract, maxQueued, allow, expectUid };
 }
 
 function bind(server: net.Server, path: string): Promise<void> {
@@ -74,8 +93,16 @@ function listening(path: string): Promise<boolean> {
   });
 }
 
-async function listen(url: string, _options: ListenOptions = {}): Promise<ConnectionListener> {
+async function listen(url: string, options: ListenOptions = {}): Promise<ConnectionListener> {
   const ep = parseUnixUrl(url);
+  let policy = ep.allow;
+  if (options.allow !== undefined) {
+    try {
+      policy = parseAllow(options.allow);
+    } catch (cause) {
+      throw new BadArgumentError((cause as Error).message, { allow: options.allow });
+    }
+  }
   const server = net.createServer({ allowHalfOpen: true });
   try {
     await bind(server, ep.path);
@@ -106,12 +133,22 @@ async function listen(url: string, _options: ListenOptions = {}): Promise<Connec
       if (fs.lstatSync(ep.path, { throwIfNoEntry: false })?.ino === ino) fs.unlinkSync(ep.path);
     });
   }
-  return new ServerListener(url, server, (socket) => new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket }), forget);
+  // A connector that is not allowed is disconnected before a byte is read (ServerListener reports the error).
+  return new ServerListener(url, server, (socket) => {
+    checkConnector(socket, credentialsOf(socket), policy);
+    return new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket });
+  }, forget);
 }
 
 async function connect(url: string, options: ConnectOptions = {}): Promise<Connection> {
   const ep = parseUnixUrl(url);
   const socket = await whenConnected(net.connect({ path: ep.path, allowHalfOpen: true }), url, options.timeout ?? DEFAULT_TIMEOUT);
+  try {
+    checkListener(credentialsOf(socket), options.expectUid ?? ep.expectUid);
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  }
   return new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket });
 }
 

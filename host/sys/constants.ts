@@ -158,3 +158,32 @@ export const SIGINFO_SIZE = 128;
 export const SIGSET_SIZE = 128;
 /** pidfd_open flag (Linux ≥ 6.9): the pidfd names one thread, and signals sent through it go to that thread. */
 export const PIDFD_THREAD = 0o200;
+
+// ---- Unix-socket credentials and descriptor passing (host/sys/socket.ts) ----
+
+// <sys/socket.h>
+export const SOL_SOCKET = 1;
+export const SO_PEERCRED = 17;
+/** Linux ≥ 4.13: the supplementary groups of the peer, as they were when it connected (or listened). */
+export const SO_PEERGROUPS = 59;
+/** The control message type that carries file descriptors. */
+export const SCM_RIGHTS = 1;
+export const MSG_CTRUNC = 0x8;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+/** recvmsg: received descriptors get FD_CLOEXEC atomically. */
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+/** sizeof(struct ucred): pid, uid, gid as 32-bit integers. */
+export const UCRED_SIZE = 12;
+/** sizeof(struct msghdr) and sizeof(struct iovec) on x86_64; the cmsghdr header is 16 bytes (size_t len, int
+ * level, int type) and its data is 8-aligned (CMSG_ALIGN). */
+export const MSGHDR_SIZE = 56;
+export const IOVEC_SIZE = 16;
+export const CMSGHDR_SIZE = 16;
+
+// fcntl commands
+export const F_DUPFD_CLOEXEC = 1030;
+/** Since Linux 5.1: no new writable mapping or write(2), existing mappings stay writable. */
+export const F_SEAL_FUTURE_WRITE = 0x10;
+/** open(2): an unnamed regular file in the given directory (Linux ≥ 3.11; includes O_DIRECTORY). */
+export const O_TMPFILE = 0o20200000;

@@ -50,6 +50,9 @@ export const shmctl = lib.func('int shmctl(int shmid, int cmd, void *buf)') as (
 /** shmctl(IPC_STAT): the same symbol with a typed out parameter, so koffi decodes the struct into `out`. */
 export const shmctlStat = lib.func('shmctl', 'int', ['int', 'int', koffi.out(koffi.pointer(ShmidDs))]) as
   (shmid: number, cmd: number, out: Partial<RawShmidDs>) => number;
+/** shmctl(IPC_SET): the same symbol taking the struct in (only perm.uid, perm.gid and the mode bits are used). */
+export const shmctlSet = lib.func('shmctl', 'int', ['int', 'int', koffi.pointer(ShmidDs)]) as
+  (shmid: number, cmd: number, ds: RawShmidDs) => number;
 export const ftok = lib.func('int ftok(const char *path, int proj_id)') as (path: string, projId: number) => number;
 
 // POSIX shared memory and memfd

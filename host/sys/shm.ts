@@ -10,7 +10,7 @@ import { BadArgumentError, ErrorCode, Errno, SystemError, type ErrorCodeValue } 
 import koffi from 'koffi';
 import * as libc from './libc.js';
 import {
-  IPC_RMID, IPC_STAT, SHM_RDONLY, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, F_ADD_SEALS,
+  IPC_RMID, IPC_SET, IPC_STAT, SHM_RDONLY, F_GET_SEALS, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, F_ADD_SEALS,
 } from './constants.js';
 
 type Overrides = Partial<Record<number, ErrorCodeValue>>;
@@ -72,6 +72,8 @@ export interface ShmStat {
   mode: number;
   uid: number;
   gid: number;
+  /** Creator's uid (the owner, `uid`, can be changed with IPC_SET; the creator cannot). */
+  cuid: number;
   /** IPC_RMID was done: the segment dies with its last detach (SHM_DEST). */
   removed: boolean;
 }
@@ -85,8 +87,22 @@ export function shmStat(shmid: number): ShmStat {
   const { perm, segsz, cpid, lpid, nattch } = ds as libc.RawShmidDs;
   return {
     key: perm.key, size: Number(segsz), cpid, lpid, nattch: Number(nattch),
-    mode: perm.mode & 0o777, uid: perm.uid, gid: perm.gid, removed: (perm.mode & SHM_DEST) !== 0,
+    mode: perm.mode & 0o777, uid: perm.uid, gid: perm.gid, cuid: perm.cuid, removed: (perm.mode & SHM_DEST) !== 0,
   };
+}
+
+/**
+ * shmctl(IPC_SET) of the owner: makes `uid` the segment's owner while this process stays its creator. The kernel
+ * grants the owner bits of the mode to both (ipcperms checks cuid and uid), so a 0600 segment then admits
+ * exactly one other user. Only the owner, the creator or a privileged process may do this.
+ */
+export function shmSetOwner(shmid: number, uid: number, gid: number): void {
+  const ds: Partial<libc.RawShmidDs> = {};
+  if (libc.shmctlStat(shmid, IPC_STAT, ds) < 0) fail('shmctl', libc.lastErrno(), { cmd: 'IPC_STAT', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
+  const raw = ds as libc.RawShmidDs;
+  raw.perm.uid = uid;
+  raw.perm.gid = gid;
+  if (libc.shmctlSet(shmid, IPC_SET, raw) < 0) fail('shmctl', libc.lastErrno(), { cmd: 'IPC_SET', shmid, uid, gid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
 }
 
 /** shmctl(IPC_RMID): the segment goes away now if nothing is attached, else at its last detach. */
@@ -161,6 +177,13 @@ export function memfdCreate(name: string, flags: number): number {
 /** fcntl(F_ADD_SEALS) on a memfd created with MFD_ALLOW_SEALING. */
 export function addSeals(fd: number, seals: number): void {
   if (libc.fcntl(fd, F_ADD_SEALS, seals) < 0) fail('fcntl', libc.lastErrno(), { cmd: 'F_ADD_SEALS', fd, seals });
+}
+
+/** fcntl(F_GET_SEALS): the seals of a memfd. EINVAL: the fd is not of a kind that can be sealed at all. */
+export function getSeals(fd: number): number {
+  const seals = libc.fcntl(fd, F_GET_SEALS, 0);
+  if (seals < 0) fail('fcntl', libc.lastErrno(), { cmd: 'F_GET_SEALS', fd });
+  return seals;
 }
 
 // ---------------------------------------------------------------------------------------------- mappings

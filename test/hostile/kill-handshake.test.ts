@@ -1,0 +1,103 @@
+/**
+ * SIGKILL of either side at every step of the shm handshake leaves nothing behind: no /dev/shm entry, no System
+ * V segment, no file, no descriptor in the survivor, and the survivor gets a typed error (or, once the channel
+ * exists, PEER_DEAD). The child runs the real handshake with SHMBUS_TEST_STOP_AT=<side>:<step>, which makes it
+ * print `step <side>:<step>` and stop exactly there (transports/shm.ts); the test kills it on that line.
+ */
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { listen, connect } from '../../transports/shm.js';
+import { Channel } from '../../host/channel.js';
+import { ErrorCode, ShmbusError } from '../../host/errors.js';
+import { startFixture, unique, within, eventually } from '../helpers.js';
+
+const WATCHDOG = 60_000;
+type Scheme = 'shm' | 'sysv' | 'file';
+/** The steps each side has (transports/shm.ts `reached`): System V passes no descriptor, so no listener:4. */
+const STEPS: Record<'listener' | 'connector', Record<Scheme, number[]>> = {
+  listener: { shm: [1, 2, 3, 4, 5], file: [1, 2, 3, 4, 5], sysv: [1, 2, 3, 5] },
+  connector: { shm: [1, 2, 3, 4, 5, 6], file: [1, 2, 3, 4, 5, 6], sysv: [1, 2, 3, 4, 5, 6] },
+};
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-kill-'));
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+let keys = 0;
+function urlFor(scheme: Scheme): string {
+  const name = unique('kill');
+  if (scheme === 'shm') return `shm://${name}?size=64KiB`;
+  if (scheme === 'sysv') return `sysv://0x${(0x5d000000 + ((process.pid & 0xffff) << 8) + (++keys & 0xff)).toString(16)}?size=64KiB`;
+  return `file://${dir}/${name}?size=64KiB`;
+}
+
+function memfdSegments(): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try { if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:shmbus.')) n++; } catch { /* closed meanwhile */ }
+  }
+  return n;
+}
+
+function sysvSegments(pids: number[]): string[] {
+  return fs.readFileSync('/proc/sysvipc/shm', 'utf8').split('\n').slice(1)
+    .filter((l) => pids.map(String).includes(l.trim().split(/\s+/)[4] ?? ''));
+}
+
+function leftovers(childPid: number): Record<string, unknown> {
+  return {
+    memfds: memfdSegments(),
+    sysv: sysvSegments([process.pid, childPid]),
+    devShm: fs.readdirSync('/dev/shm').filter((f) => f.includes(String(childPid)) || (f.includes('shmbus') && f.includes(String(process.pid)))),
+    files: fs.readdirSync(dir),
+  };
+}
+const NOTHING = { memfds: 0, sysv: [], devShm: [], files: [] };
+
+/** What the survivor saw: a typed handshake failure, or a channel whose peer then turns out dead. */
+async function outcome(t: Test, got: Channel | ShmbusError, what: string): Promise<void> {
+  if (got instanceof Channel) {
+    const error = await within(WATCHDOG, got.receive().then(() => undefined, (e: ShmbusError) => e), `${what}: channel to see the death`);
+    t.equal(error?.code, ErrorCode.PEER_DEAD, `${what}: the channel reports PEER_DEAD`);
+    await got.close();
+  } else {
+    t.ok(got instanceof ShmbusError, `${what}: typed error ${got.code}`);
+  }
+}
+
+for (const scheme of ['shm', 'sysv', 'file'] as const) {
+  t.test(`${scheme}: the listener killed at each step`, async (t) => {
+    for (const step of STEPS.listener[scheme]) {
+      const url = urlFor(scheme);
+      const child = startFixture(t, 'handshake-peer', ['listen', url], { env: { SHMBUS_TEST_STOP_AT: `listener:${step}` } });
+      await child.line('listening');
+      const result = connect(url, { timeout: WATCHDOG }).then((c) => c, (e: ShmbusError) => e);
+      await child.line(`step listener:${step}`);
+      child.kill();
+      await within(WATCHDOG, child.exit, 'the child to die');
+      await outcome(t, await within(WATCHDOG, result, `listener:${step}: connect to settle`), `listener:${step}`);
+      await eventually(() => JSON.stringify(leftovers(child.pid)) === JSON.stringify(NOTHING), `listener:${step}: nothing left (${JSON.stringify(leftovers(child.pid))})`);
+      t.same(leftovers(child.pid), NOTHING, `listener:${step}: nothing left`);
+    }
+  });
+
+  t.test(`${scheme}: the connector killed at each step`, async (t) => {
+    for (const step of STEPS.connector[scheme]) {
+      const url = urlFor(scheme);
+      const listener = await listen(url, { handshakeTimeout: WATCHDOG });
+      const result = new Promise<Channel | ShmbusError>((resolve) => {
+        listener.once('error', resolve);
+        void listener.acceptNext().then((c) => { if (c) resolve(c as Channel); });
+      });
+      const child = startFixture(t, 'handshake-peer', ['connect', url], { env: { SHMBUS_TEST_STOP_AT: `connector:${step}` } });
+      await child.line(`step connector:${step}`);
+      child.kill();
+      await within(WATCHDOG, child.exit, 'the child to die');
+      await outcome(t, await within(WATCHDOG, result, `connector:${step}: the listener to settle`), `connector:${step}`);
+      t.same(listener.load.pending, 0, `connector:${step}: no handshake left pending`);
+      await listener.close();
+      await eventually(() => JSON.stringify(leftovers(child.pid)) === JSON.stringify(NOTHING), `connector:${step}: nothing left (${JSON.stringify(leftovers(child.pid))})`);
+      t.same(leftovers(child.pid), NOTHING, `connector:${step}: nothing left`);
+    }
+  });
+}
