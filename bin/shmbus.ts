@@ -10,8 +10,9 @@ const USAGE = `usage: shmbus <command>
   clean [--dir <dir>]... [--match <text>]... [--dry-run] [-v|--verbose]
       Removes what shmbus processes that died without cleaning up left behind. Only objects whose name is one
       shmbus gives and whose content proves it, whose creator (and every user) is dead, and that the caller owns
-      (root: every user's). Never follows a symlink, never removes a live object.
-        --dir <dir>     also look in <dir> for .ring files (file://) and handshake FIFOs (fifo://)
+      (root: every user's). Never follows a symlink, never removes a live object. Channel segments (shm://,
+      sysv://, file://) need no cleaning: they never have a name, so even SIGKILL leaves none behind.
+        --dir <dir>     also look in <dir> for handshake FIFOs (fifo://)
                         (repeatable; no directory by default: endpoints can be anywhere)
         --match <text>  only objects whose name contains <text> (repeatable: any of them)
         --dry-run       say what would be removed, remove nothing

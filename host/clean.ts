@@ -2,11 +2,11 @@
  * `shmbus clean`: every reaper, one run, and its report as text. The list below is the one place a new kind of
  * object is added (its reaper lives with the code that creates the object).
  */
-import { handshakeReapers, reap, segmentReapers, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
+import { busReapers, handshakeReapers, reap, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
 import { wakeReapers } from './wake/reap.js';
 
 /** Every kind of object shmbus names, in the order `shmbus clean` visits them. */
-export const ALL_REAPERS: readonly Reaper[] = [...segmentReapers, ...wakeReapers, ...handshakeReapers];
+export const ALL_REAPERS: readonly Reaper[] = [...busReapers, ...wakeReapers, ...handshakeReapers];
 
 export interface CleanOptions extends ReapOptions {
   /** Also list what was kept, and why. */
@@ -34,7 +34,7 @@ export function formatReport(report: ReapReport, opts: { verbose: boolean; dirs:
   for (const o of report.outcomes) if (o.action !== 'kept' || opts.verbose) lines.push(line(o));
   if (opts.verbose) {
     for (const n of report.notes) lines.push(`note: ${n}`);
-    if (opts.dirs.length === 0) lines.push('note: .ring files (file://) and FIFOs (fifo://) are only looked for in directories given with --dir');
+    if (opts.dirs.length === 0) lines.push('note: handshake FIFOs (fifo://) are only looked for in directories given with --dir');
   }
   const removed = report.outcomes.filter((o) => o.action === 'removed').length;
   const would = report.outcomes.filter((o) => o.action === 'would remove').length;

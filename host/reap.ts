@@ -2,21 +2,23 @@
  * Reaping: removing what processes that died without cleaning up (SIGKILL, a crash) left in the kernel's
  * namespaces. A live owner removes its own objects at close and at exit; only a dead one leaves them. Every kind
  * of object shmbus names is one `Reaper` here or in host/wake/reap.ts, and `reap()` runs them all the same way;
- * `shmbus clean` (host/clean.ts) and the library's own reaping call it.
+ * `shmbus clean` (host/clean.ts) and the library's own reaping call it. Channel segments (shm://, sysv://,
+ * file://) have no reaper because they never have a name: a memfd or an O_TMPFILE file passed by descriptor, a
+ * System V segment removed right after its creator's own attach (transports/shm.ts).
  *
- * What may be removed (docs/security.md, "shmbus clean"):
- * - Only a name that one exact pattern of a name shmbus creates matches, and whose content proves it (the segment
- *   header's magic and the creator pid it records, the semaphore set's shape). Everything else is not looked at.
+ * What may be removed (docs/security-clean.md):
+ * - Only a name that one exact pattern of a name shmbus creates matches, and whose content proves it (a bus
+ *   file's magic, the semaphore set's shape). Everything else is not looked at.
  * - Only what the caller owns; root removes every user's and says so.
  * - Only what is dead: the creator's pid is not running, or runs with another start time (a reused pid). A live
- *   creator, a live bus member, an attached System V segment is always kept.
+ *   creator or a live bus member always keeps its object.
  * - Nothing read from shared memory ever becomes a path: a topic name in a registry only selects among names
  *   the directory listing returned. Files are looked at and removed relative to the descriptor of the directory
  *   that was listed (openat/unlinkat, host/sys/dir.ts), never following a symlink, after a last look right
  *   before the unlink: still a regular file, the same inode, the same owner, still dead.
  */
 import {
-  SEGMENT_MAGIC, TOPIC_MAGIC, REGISTRY_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET,
+  TOPIC_MAGIC, REGISTRY_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET,
   SEG_RING_COUNT_OFFSET, SEG_CREATOR_PID_OFFSET, SEG_CREATOR_START_OFFSET, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE,
   REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_READY, REGISTRY_MEMBER_PID_OFFSET,
   REGISTRY_MEMBER_START_OFFSET, REGISTRY_ENTRY_STATE_OFFSET, REGISTRY_ENTRY_NAME_LENGTH_OFFSET, REGISTRY_MEMBERS_OFFSET,
@@ -26,7 +28,6 @@ import {
 } from '../assembly/layout.js';
 import { DirHandle } from './sys/dir.js';
 import { isProcessAlive } from './sys/proc.js';
-import { formatKey, listShmSegments, shmPeek, shmRemove, shmStat } from './sys/shm.js';
 import { ShmbusError } from './errors.js';
 import type { Stats } from 'node:fs';
 
@@ -72,7 +73,7 @@ export interface Scope {
   readonly shmDir: string;
   /** Where the mqueue file system is mounted. */
   readonly mqDir: string;
-  /** Directories to scan for `.ring` files of file:// endpoints. */
+  /** Directories to scan for the handshake FIFOs of fifo:// endpoints. */
   readonly dirs: readonly string[];
   /** An open handle on `path`, or undefined (with a note) when it cannot be opened. */
   dir(path: string): DirHandle | undefined;
@@ -94,7 +95,7 @@ export interface ReapOptions {
   dryRun?: boolean;
   shmDir?: string;
   mqDir?: string;
-  /** Directories to scan for `.ring` files (file:// endpoints can be anywhere, so none by default). */
+  /** Directories to scan for fifo:// handshake FIFOs (fifo:// endpoints can be anywhere, so none by default). */
   dirs?: readonly string[];
   /** Only candidates this accepts are considered (tests, `shmbus clean --match`). */
   select?: (c: Candidate) => boolean;
@@ -274,34 +275,18 @@ function unformatted(head: Uint8Array): boolean {
   return head.subarray(0, SEGMENT_HEADER_SIZE).every((b) => b === 0);
 }
 
-/**
- * Verdict on a channel segment from its header: shmbus's only if the magic is a channel's and the creator pid
- * it records is the one the name (or the kernel) gives; then dead when that creator is.
- */
-function channelVerdict(head: Uint8Array, pid: number): Verdict {
-  const h = parseHeader(head);
-  if (!h || h.magic !== SEGMENT_MAGIC) return { dead: false, why: 'not a shmbus channel segment (no header or another magic)' };
-  if (h.creatorPid !== pid) return { dead: false, why: `header names creator pid ${h.creatorPid}, not ${pid}: not provably shmbus's` };
-  return processVerdict('creator', pid, h.creatorStart);
-}
-
 // ------------------------------------------------------------------------------------------------ names
 
 /** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, host/bus.ts). */
 const NAME_CHARS = '[A-Za-z0-9_.-]';
 const PID = '([1-9][0-9]{0,9})';
 const COUNTER = '[1-9][0-9]{0,15}';
-/** `/dev/shm/shmbus.<endpoint>.<creator pid>.<n>`: a shm:// channel segment (transports/shm.ts). */
-export const CHANNEL_SEGMENT_NAME = new RegExp(`^shmbus\\.${NAME_CHARS}{1,200}\\.${PID}\\.${COUNTER}$`);
 /** `/dev/shm/shmbus.bus.<bus>`: a bus registry (host/bus.ts). */
 export const BUS_REGISTRY_NAME = new RegExp(`^shmbus\\.bus\\.${NAME_CHARS}{1,100}$`);
 /** `/dev/shm/shmbus.bus.<bus>.<topic>`: a bus topic. Bus and topic names may both hold dots, so the split is found
  * by looking for the registry, never by parsing. */
 export const BUS_TOPIC_NAME = new RegExp(`^shmbus\\.bus\\.${NAME_CHARS}{1,100}\\.${NAME_CHARS}{1,64}$`);
 const TOPIC_NAME = new RegExp(`^${NAME_CHARS}{1,64}$`);
-/** `<endpoint>.<creator pid>.<n>.ring`: a file:// channel segment, next to the endpoint's path. */
-export const RING_FILE_NAME = new RegExp(`^.{1,240}\\.${PID}\\.${COUNTER}\\.ring$`);
-
 function magicOf(dir: DirHandle, entry: string): number | 'unformatted' | undefined {
   let got: ReturnType<DirHandle['readHead']>;
   try {
@@ -313,96 +298,6 @@ function magicOf(dir: DirHandle, entry: string): number | 'unformatted' | undefi
   if (got.head.length < SEGMENT_HEADER_SIZE || unformatted(got.head)) return 'unformatted';
   return parseHeader(got.head)!.magic;
 }
-
-// ------------------------------------------------------------------------------------------------ shm:// channel segments
-
-/**
- * A channel segment in /dev/shm. Its name carries the creator's pid and its header the creator's start time. The
- * listener removes the name once the connector has attached, so only a handshake in flight, or one whose listener
- * died, has a name. A name under `shmbus.bus.` with an unwritten header may also be a bus topic being created,
- * so only a written header proves it a channel's there.
- */
-export const posixSegments: Reaper<FileCandidate> = {
-  kind: 'shm-segment',
-  pattern: '/dev/shm/shmbus.<endpoint>.<pid>.<n>',
-  find(scope) {
-    return listFiles(scope, this.kind, scope.shmDir, CHANNEL_SEGMENT_NAME, (entry, dir) => {
-      const magic = magicOf(dir, entry);
-      return magic === SEGMENT_MAGIC || magic === 'unformatted';
-    });
-  },
-  isDead(c) {
-    const head = readSame(c, SEGMENT_HEADER_SIZE);
-    if (!head) return { dead: false, why: 'changed since the scan' };
-    if (head.length < SEGMENT_HEADER_SIZE || unformatted(head)) {
-      if (c.entry.startsWith('shmbus.bus.')) return { dead: false, why: 'header not written: may be a bus topic being created' };
-      const v = processVerdict('creator', c.pid);
-      return v.dead ? { dead: true, why: `${v.why} (it died before writing the header)` } : v;
-    }
-    return channelVerdict(head, c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
-
-// ------------------------------------------------------------------------------------------------ file:// .ring files
-
-/** A channel segment of a file:// endpoint, in a directory named with `--dir`. Only a written header proves it. */
-export const ringFiles: Reaper<FileCandidate> = {
-  kind: 'ring-file',
-  pattern: '<dir>/<endpoint>.<pid>.<n>.ring (only with --dir <dir>)',
-  find(scope) {
-    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, RING_FILE_NAME));
-  },
-  isDead(c) {
-    const head = readSame(c, SEGMENT_HEADER_SIZE);
-    if (!head) return { dead: false, why: 'changed since the scan' };
-    return channelVerdict(head, c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
-
-// ------------------------------------------------------------------------------------------------ System V segments
-
-export interface SysvCandidate extends Candidate {
-  readonly shmid: number;
-  readonly key: number;
-  readonly cpid: number;
-}
-
-/**
- * A sysv:// channel segment whose creator died before the connector attached (with nattch 0 nothing maps it).
- * The key is IPC_PRIVATE, so no name tells it apart: a read-only attach shows the header, which must carry the
- * channel magic and the kernel's own creator pid.
- */
-export const sysvSegments: Reaper<SysvCandidate> = {
-  kind: 'sysv-segment',
-  pattern: 'System V segments, attached by nobody, whose channel header names the kernel\'s creator pid',
-  find() {
-    return listShmSegments()
-      // An attached segment is never a candidate: someone alive maps it, whoever created it.
-      .filter((s) => s.nattch === 0 && s.size >= SEGMENT_HEADER_SIZE)
-      .map((s) => ({ kind: this.kind, name: `shmid=${s.shmid} key=${formatKey(s.key)}`, uid: s.uid, shmid: s.shmid, key: s.key, cpid: s.cpid }));
-  },
-  isDead(c) {
-    const st = shmStat(c.shmid);
-    if (st.key !== c.key || st.uid !== c.uid || st.cpid !== c.cpid) return { dead: false, why: 'changed since the scan' };
-    if (st.removed) return { dead: false, why: 'already being removed' };
-    if (st.nattch !== 0) return { dead: false, why: `attached by ${st.nattch} process(es), so someone alive maps it` };
-    // The owner may read it (0600); a segment even its owner cannot read is not one shmbus made.
-    if ((st.mode & 0o400) === 0) return { dead: false, why: 'not readable by its owner: not a shmbus segment' };
-    return channelVerdict(shmPeek(c.shmid, SEGMENT_HEADER_SIZE), c.cpid);
-  },
-  remove(c, scope) {
-    const verdict = this.isDead(c, scope);
-    if (!verdict.dead) return verdict;
-    shmRemove(c.shmid);
-    return verdict;
-  },
-};
 
 // ------------------------------------------------------------------------------------------------ buses
 
@@ -605,11 +500,9 @@ export const fifoHandshakeFiles: Reaper<FileCandidate> = {
   },
 };
 
-/** The reapers of segments and buses (the wake objects' are in host/wake/reap.ts). */
-export const segmentReapers: readonly Reaper[] = [
-  // Topics before registries: an unwritten topic counts only while the dead registry that lists it is still there.
-  posixSegments as Reaper, sysvSegments as Reaper, ringFiles as Reaper, busTopics as Reaper, busRegistries as Reaper,
-];
+/** The reapers of shm:// buses (the wake objects' are in host/wake/reap.ts). Topics before registries: an
+ * unwritten topic counts only while the dead registry that lists it is still there. */
+export const busReapers: readonly Reaper[] = [busTopics as Reaper, busRegistries as Reaper];
 
 /** The reapers of what transports' handshakes leave (a connector killed before it removed its names). */
 export const handshakeReapers: readonly Reaper[] = [mqHandshakeQueues as Reaper, fifoHandshakeFiles as Reaper];
@@ -619,6 +512,6 @@ export const handshakeReapers: readonly Reaper[] = [mqHandshakeQueues as Reaper,
  * the topics that only dead processes used. Returns the removed file names (without the directory).
  */
 export function reapDeadBuses(dir = '/dev/shm', options: Omit<ReapOptions, 'shmDir'> = {}): string[] {
-  const report = reap([busTopics as Reaper, busRegistries as Reaper], { ...options, shmDir: dir });
+  const report = reap(busReapers, { ...options, shmDir: dir });
   return removedNames(report).map((name) => name.slice(dir.length + 1));
 }

@@ -7,10 +7,9 @@
  */
 import * as fs from 'node:fs';
 import { BadArgumentError, ErrorCode, Errno, SystemError, type ErrorCodeValue } from '../errors.js';
-import koffi from 'koffi';
 import * as libc from './libc.js';
 import {
-  IPC_RMID, IPC_SET, IPC_STAT, SHM_RDONLY, F_GET_SEALS, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, F_ADD_SEALS,
+  IPC_RMID, IPC_SET, IPC_STAT, F_GET_SEALS, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, F_ADD_SEALS,
 } from './constants.js';
 
 type Overrides = Partial<Record<number, ErrorCodeValue>>;
@@ -108,41 +107,6 @@ export function shmSetOwner(shmid: number, uid: number, gid: number): void {
 /** shmctl(IPC_RMID): the segment goes away now if nothing is attached, else at its last detach. */
 export function shmRemove(shmid: number): void {
   if (libc.shmctl(shmid, IPC_RMID, null) < 0) fail('shmctl', libc.lastErrno(), { cmd: 'IPC_RMID', shmid }, { [Errno.EINVAL]: ErrorCode.NOT_FOUND });
-}
-
-/** One line of /proc/sysvipc/shm: what `ipcs -m -p` shows, for every segment of this IPC namespace. */
-export interface ShmEntry { key: number; shmid: number; mode: number; size: number; cpid: number; nattch: number; uid: number; cuid: number }
-
-/** Every System V segment the kernel lists (empty where /proc/sysvipc is not readable). */
-export function listShmSegments(): ShmEntry[] {
-  let text: string;
-  try {
-    text = fs.readFileSync('/proc/sysvipc/shm', 'latin1');
-  } catch {
-    return [];
-  }
-  // Header: key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime rss swap
-  const out: ShmEntry[] = [];
-  for (const line of text.trim().split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 11 || !f.slice(0, 11).every((x) => /^-?\d+$/.test(x))) continue;
-    const n = f.map(Number);
-    out.push({ key: n[0]! >>> 0, shmid: n[1]!, mode: parseInt(f[2]!, 8), size: n[3]!, cpid: n[4]!, nattch: n[6]!, uid: n[7]!, cuid: n[9]! });
-  }
-  return out;
-}
-
-/**
- * The first `length` bytes of segment `shmid`, copied through a read-only attach that is detached before this
- * returns (a look that cannot write, and leaves the attach count as it was).
- */
-export function shmPeek(shmid: number, length: number): Uint8Array {
-  const addr = shmAttach(shmid, null, SHM_RDONLY);
-  try {
-    return Uint8Array.from(koffi.decode(addr, 'uint8_t', length) as ArrayLike<number>);
-  } finally {
-    shmDetach(addr);
-  }
 }
 
 /** ftok: a key from an existing path's device and inode and the low 8 bits of projId (which must not be 0). */

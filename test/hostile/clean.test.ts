@@ -3,23 +3,23 @@
 // Every run here is narrowed (--match, select) to the objects the test made: other processes on the machine may
 // have dead objects of their own, which are not this test's to remove.
 import t from 'tap';
-import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  LAYOUT_VERSION, SEGMENT_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_CREATOR_PID_OFFSET,
+  LAYOUT_VERSION, REGISTRY_MAGIC, REGISTRY_MEMBERS, REGISTRY_TOPICS, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_CREATOR_PID_OFFSET,
+  registryBytes,
 } from '../../assembly/layout.js';
 import { clean } from '../../host/clean.js';
 import type { Candidate, Outcome } from '../../host/reap.js';
-import { listShmSegments, shmRemove } from '../../host/sys/shm.js';
 import { listSemSets, semRemove } from '../../host/sys/sem.js';
 import { mqClose, mqOpen, mqUnlinkIfExists } from '../../host/sys/mq.js';
 import { mkfifo } from '../../host/sys/fifo.js';
 import { O_CREAT, O_EXCL, O_RDONLY } from '../../host/sys/constants.js';
 import { sysvsemKey } from '../../host/wake/sysvsem.js';
-import { asUnprivileged, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
+import { asUnprivileged, eventually, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
 
 const CLI = fileURLToPath(new URL('../../dist/bin/shmbus.js', import.meta.url));
 const SHM = '/dev/shm';
@@ -48,20 +48,14 @@ function deadPid(): number {
   return Number(r.stdout.toString());
 }
 
-/** What a SIGKILLed `leaver` left, by kind, as the names `shmbus clean` reports. */
-interface Left { names: Map<string, string>; shmids: number[]; semKeys: number[]; files: string[] }
+/** What a SIGKILLed `leaver` left, as the names `shmbus clean` reports (and their kinds). */
+interface Left { names: Map<string, string>; semKeys: number[]; files: string[] }
 
-function expectedFor(kids: { half: Map<string, Child>; bus: Child; wake: Map<string, Child> }, ns: string, dir: string): Left {
+function expectedFor(kids: { bus: Child; wake: Map<string, Child> }, ns: string): Left {
   const names = new Map<string, string>();
   const files: string[] = [];
-  const shmids: number[] = [];
   const semKeys: number[] = [];
-  const shmHalf = kids.half.get('shm')!;
-  const fileHalf = kids.half.get('file')!;
-  const sysvHalf = kids.half.get('sysv')!;
   for (const [kind, path] of [
-    ['shm-segment', `${SHM}/shmbus.${ns}-shm.${shmHalf.pid}.1`],
-    ['ring-file', `${dir}/ep.${fileHalf.pid}.1.ring`],
     ['bus-registry', `${SHM}/shmbus.bus.${ns}-bus`],
     ['bus-topic', `${SHM}/shmbus.bus.${ns}-bus.prices.2024.1`],
     ['wake-sem', `${SHM}/sem.shmbus-wake.${kids.wake.get('sem')!.pid}.1`],
@@ -70,18 +64,42 @@ function expectedFor(kids: { half: Map<string, Child>; bus: Child; wake: Map<str
     names.set(path, kind);
     files.push(path);
   }
-  for (const s of listShmSegments()) {
-    if (s.cpid !== sysvHalf.pid) continue;
-    shmids.push(s.shmid);
-    names.set(`shmid=${s.shmid} key=0x${s.key.toString(16).padStart(8, '0')}`, 'sysv-segment');
-  }
   const key = sysvsemKey(kids.wake.get('sysvsem')!.pid);
   for (const s of listSemSets()) {
     if (s.key !== key) continue;
     semKeys.push(key);
     names.set(`semid=${s.semid} key=0x${key.toString(16)}`, 'wake-sysvsem');
   }
-  return { names, shmids, semKeys, files };
+  return { names, semKeys, files };
+}
+
+/** A System V segment as /proc/sysvipc/shm lists it (what `ipcs -m -p` shows). */
+interface SysvSegment { key: number; shmid: number; mode: number; cpid: number }
+
+/** The System V segments whose creator is one of `cpids`. */
+function sysvSegmentsOf(cpids: readonly number[]): SysvSegment[] {
+  // Header: key shmid perms size cpid lpid nattch ...; perms carries SHM_DEST (0o1000) once IPC_RMID was done.
+  return readFileSync('/proc/sysvipc/shm', 'latin1').trim().split('\n').slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .map((f) => ({ key: Number(f[0]) >>> 0, shmid: Number(f[1]), mode: parseInt(f[2]!, 8), cpid: Number(f[4]) }))
+    .filter((s) => cpids.includes(s.cpid));
+}
+
+const SHM_DEST = 0o1000;
+
+/**
+ * Every name the 'half' leavers (stopped mid-handshake, segment made and handed over, never attached by the
+ * connector) could have: /dev/shm entries of their endpoint or pid, System V segments they created that still
+ * have a key or are not marked for removal, anything in the file:// directory.
+ */
+function namedBy(half: ReadonlyMap<string, Child>, ns: string, dir: string): string[] {
+  const pids = [...half.values()].map((c) => c.pid);
+  const mine = (entry: string) => entry.includes(`${ns}-shm`) || entry.split('.').some((part) => pids.includes(Number(part)));
+  return [
+    ...readdirSync(SHM).filter(mine).map((e) => `${SHM}/${e}`),
+    ...sysvSegmentsOf(pids).filter((s) => s.key !== 0 || (s.mode & SHM_DEST) === 0).map((s) => `shmid=${s.shmid} key=${s.key} mode=0o${s.mode.toString(8)}`),
+    ...readdirSync(dir).map((e) => `${dir}/${e}`),
+  ];
 }
 
 /** Starts one process per kind of object, each holding its objects alive. */
@@ -99,36 +117,36 @@ async function startLeavers(t: TestLike, ns: string, dir: string) {
 }
 
 /** Root's clean, narrowed to `names`. */
-function cleanOnly(names: ReadonlyMap<string, string>, dirs: string[] = []): Outcome[] {
-  return clean({ dirs, select: (c: Candidate) => names.has(c.name) }).report.outcomes;
+function cleanOnly(names: ReadonlyMap<string, string>): Outcome[] {
+  return clean({ select: (c: Candidate) => names.has(c.name) }).report.outcomes;
 }
 
 /** Removes whatever of `left` is still there (a failed test must not leak). */
 function removeLeft(left: Left | undefined): void {
   if (!left) return;
   for (const f of left.files) rmSync(f, { force: true });
-  for (const id of left.shmids) { try { shmRemove(id); } catch { /* gone */ } }
   for (const key of left.semKeys) for (const s of listSemSets()) if (s.key === key) semRemove(s.semid);
 }
 
-t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed processes\' objects are removed; uid 65534 touches none of root\'s', async (t) => {
+t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed processes\' objects are removed; uid 65534 touches none of root\'s; a handshake stopped midway names nothing', async (t) => {
   const ns = unique('clean');
   const dir = mkdtempSync(join(tmpdir(), 'shmbus-clean-'));
   chmodSync(dir, 0o755); // uid 65534 may list it (and then must keep root's files)
   let left: Left | undefined;
   t.teardown(() => { removeLeft(left); rmSync(dir, { recursive: true, force: true }); });
   const kids = await startLeavers(like(t), ns, dir);
-  left = expectedFor(kids, ns, dir);
-  t.equal(left.names.size, 8, `every kind was made: ${[...left.names.keys()].join(' ')}`);
+  left = expectedFor(kids, ns);
+  t.equal(left.names.size, 5, `every kind was made: ${[...left.names.keys()].join(' ')}`);
   for (const f of left.files) t.ok(existsSync(f), `${f} exists`);
+  // Each half leaver's listener made a segment and handed it over; none of them has a name, even now.
+  t.same(namedBy(kids.half, ns, dir), [], 'a handshake stopped midway (shm, sysv, file) has no named segment');
+  t.ok(sysvSegmentsOf([kids.half.get('sysv')!.pid]).length > 0, 'the sysv listener\'s segment exists, keyless and marked for removal');
 
   // Alive: nothing goes, each is kept because its process runs.
-  const live = cleanOnly(left.names, [dir]);
+  const live = cleanOnly(left.names);
   t.same(live.filter((o) => o.action !== 'kept'), [], 'nothing of a live process is removed');
   for (const [name, kind] of left.names) {
-    const o = live.find((x) => x.name === name);
-    if (kind === 'sysv-segment') t.equal(o, undefined, `${name}: an attached System V segment is not even a candidate`);
-    else t.match(o, { kind, action: 'kept', why: /alive/ }, `${kind} ${name} kept: its process is alive`);
+    t.match(live.find((x) => x.name === name), { kind, action: 'kept', why: /alive/ }, `${kind} ${name} kept: its process is alive`);
   }
   for (const f of left.files) t.ok(existsSync(f), `${f} still exists`);
 
@@ -137,9 +155,17 @@ t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed p
     await within(30_000, c.exit, `leaver ${c.pid} to die`);
   }
 
+  // SIGKILLed mid-handshake: no name anywhere, no System V segment at all (its last attach died with it), so
+  // there is nothing for clean to find.
+  const halfPids = [...kids.half.values()].map((c) => c.pid);
+  t.same(namedBy(kids.half, ns, dir), [], 'the killed half leavers left no name in /dev/shm, the System V tables or the file:// directory');
+  await eventually(() => sysvSegmentsOf(halfPids).length === 0, 'the killed sysv listener\'s segment to go with its last detach');
+  const theirs = clean({ dirs: [dir], select: (c) => c.name.includes(`${ns}-shm`) || c.name.startsWith(dir) || c.name.split(/[./ =]/).some((p) => halfPids.includes(Number(p))) });
+  t.same(theirs.report.outcomes, [], 'clean finds nothing of the killed half leavers');
+
   if ('prefix' in unprivileged) {
     // An unprivileged user's clean: root's dead objects are not the caller's; kept, and said why.
-    const args = ['clean', '-v', '--dir', dir, ...[...left.names.keys()].flatMap((n) => ['--match', n])];
+    const args = ['clean', '-v', ...[...left.names.keys()].flatMap((n) => ['--match', n])];
     const { code, out } = await cli(like(t), args, unprivileged.prefix);
     t.equal(code, 0, 'uid 65534 ran clean');
     t.notMatch(out, /^removed/m, `uid ${NOBODY} removed nothing of root's:\n${out}`);
@@ -147,12 +173,11 @@ t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed p
     for (const f of left.files) t.ok(existsSync(f), `${f} still exists after uid 65534's clean`);
   } else t.comment(`unprivileged part skipped: ${unprivileged.skip}`);
 
-  const dead = cleanOnly(left.names, [dir]);
+  const dead = cleanOnly(left.names);
   for (const [name, kind] of left.names) {
     t.match(dead.find((x) => x.name === name), { kind, action: 'removed', why: /gone/ }, `${kind} ${name} removed`);
   }
   for (const f of left.files) t.notOk(existsSync(f), `${f} is gone`);
-  t.notOk(listShmSegments().some((s) => left!.shmids.includes(s.shmid)), 'the System V segment is gone');
   t.notOk(listSemSets().some((s) => left!.semKeys.includes(s.key)), 'the System V wake set is gone');
 });
 
@@ -197,39 +222,36 @@ t.test('as uid 65534, clean removes that user\'s own dead objects', { skip: 'ski
   t.notOk(existsSync(registry));
 });
 
-t.test('.ring files of dead creators in --dir are removed; a symlink named like one is not followed; --dry-run removes nothing', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'shmbus-ring-'));
-  const victim = join(tmpdir(), unique('ring-victim'));
-  t.teardown(() => { rmSync(dir, { recursive: true, force: true }); rmSync(victim, { force: true }); });
-  const pid = deadPid();
-  const header = Buffer.alloc(4096);
-  header.writeUInt32LE(SEGMENT_MAGIC, SEG_MAGIC_OFFSET);
-  header.writeUInt32LE(LAYOUT_VERSION, SEG_VERSION_OFFSET);
-  header.writeUInt32LE(pid, SEG_CREATOR_PID_OFFSET);
-  t.ok(header.length >= SEGMENT_HEADER_SIZE);
-  // The victim looks like a dead creator's segment: only the symlink stops the reaper.
-  writeFileSync(victim, header, { mode: 0o600 });
-  const real = join(dir, `ep.${pid}.1.ring`);
-  const link = join(dir, `evil.${pid}.1.ring`);
-  const foreign = join(dir, `other.${pid}.1.ring`);
-  writeFileSync(real, header, { mode: 0o600 });
-  writeFileSync(foreign, Buffer.alloc(4096, 7), { mode: 0o600 });
+t.test('a dead bus registry is removed; a symlink named like one is not followed; a file without its header is not taken; --dry-run removes nothing', async (t) => {
+  const base = unique('dead-bus');
+  const victim = join(tmpdir(), unique('registry-victim'));
+  const real = `${SHM}/shmbus.bus.${base}-real`;
+  const link = `${SHM}/shmbus.bus.${base}-evil`;
+  const foreign = `${SHM}/shmbus.bus.${base}-other`;
+  t.teardown(() => { for (const f of [real, link, foreign, victim]) rmSync(f, { force: true }); });
+  const registry = Buffer.alloc(registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS));
+  registry.writeUInt32LE(REGISTRY_MAGIC, SEG_MAGIC_OFFSET);
+  registry.writeUInt32LE(LAYOUT_VERSION, SEG_VERSION_OFFSET);
+  registry.writeUInt32LE(deadPid(), SEG_CREATOR_PID_OFFSET);
+  // The victim looks like a dead creator's registry: only the symlink stops the reaper.
+  writeFileSync(victim, registry, { mode: 0o600 });
+  writeFileSync(real, registry, { mode: 0o600 });
+  writeFileSync(foreign, Buffer.alloc(registry.length, 7), { mode: 0o600 });
   symlinkSync(victim, link);
 
-  const dry = await cli(like(t), ['clean', '-v', '--dry-run', '--dir', dir, '--match', dir]);
-  t.match(lineFor(dry.out, real) ?? '', /^would remove\s+ring-file/, 'dry run names the dead ring file');
+  const dry = await cli(like(t), ['clean', '-v', '--dry-run', '--match', base]);
+  t.match(lineFor(dry.out, real) ?? '', /^would remove\s+bus-registry/, 'dry run names the dead registry');
   t.ok(existsSync(real), 'and leaves it');
 
-  const { code, out } = await cli(like(t), ['clean', '-v', '--dir', dir, '--match', dir]);
+  const { code, out } = await cli(like(t), ['clean', '-v', '--match', base]);
   t.equal(code, 0);
-  t.match(lineFor(out, real) ?? '', /^removed\s+ring-file .*creator pid \d+ is gone/);
-  t.notOk(existsSync(real), 'the dead ring file is gone');
+  t.match(lineFor(out, real) ?? '', /^removed\s+bus-registry .*creator pid \d+ and all 0 member\(s\) are gone/);
+  t.notOk(existsSync(real), 'the dead registry is gone');
   t.match(lineFor(out, link) ?? '', /^kept .*a symlink \(never followed\)/);
   t.ok(lstatSync(link).isSymbolicLink(), 'the symlink is still there');
   t.ok(existsSync(victim), 'its target is untouched');
-  t.match(lineFor(out, foreign) ?? '', /^kept .*not a shmbus channel segment/, 'a file without a shmbus header is not taken');
+  t.equal(lineFor(out, foreign), undefined, 'a file without a registry header is not even a candidate');
   t.ok(existsSync(foreign));
-  t.same(readdirSync(dir).sort(), [`evil.${pid}.1.ring`, `other.${pid}.1.ring`]);
 });
 
 t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs (in --dir) are removed, a live one\'s kept', async (t) => {
@@ -270,9 +292,12 @@ t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs 
 t.test('shmbus clean --help lists every kind; a bad option fails with usage', async (t) => {
   const help = await cli(like(t), ['clean', '--help']);
   t.equal(help.code, 0);
-  for (const kind of ['shm-segment', 'sysv-segment', 'ring-file', 'bus-registry', 'bus-topic', 'wake-sem', 'wake-mq', 'wake-sysvsem', 'mq-handshake', 'fifo-handshake']) {
+  for (const kind of ['bus-registry', 'bus-topic', 'wake-sem', 'wake-mq', 'wake-sysvsem', 'mq-handshake', 'fifo-handshake']) {
     t.match(help.out, new RegExp(`^\\s+${kind}\\s`, 'm'), `help names ${kind}`);
   }
+  // Channel segments never have a name, so there is no kind of them to list.
+  t.notMatch(help.out, /shm-segment|sysv-segment|ring-file|\.ring\b/, 'no kind for channel segments');
+  t.match(help.out, /never have a name/, 'and help says why');
   const bad = await cli(like(t), ['clean', '--no-such-option']);
   t.equal(bad.code, 2);
   t.match(bad.err, /Unknown option '--no-such-option'/);
