@@ -58,14 +58,17 @@ const TH_MIN = 72; //        u64 publisher: last minimum of the active cursors (
 const TH_DROPPED = 80; //    u64 subscriber: records lost to lapping
 const TH_SLOT_INDEX = 88; // u32 subscriber: its slot number
 const TH_CLAIM_WORD = 96; // u64 subscriber: the claim it holds its slot with
-const TH_SCRATCH_POS = 104; // u64 result of snapshotHead / walk: a position
+const TH_SCRATCH_POS = 104; // u64 result of snapshot / walk: a position
 const TH_SCRATCH_SEQ = 112; // u64 … and the sequence number of the record there
 const TH_SCRATCH_GEN = 120; // u32 … and the reclaim generation the snapshot was taken in
+// Scratch for snapshot's tail: the publisher's TH_HEAD / TH_HEAD_SEQ fields, unused by a subscriber.
+const TH_SCRATCH_TAIL = 56; // u64 subscriber: tail seen by snapshot
+const TH_SCRATCH_TAIL_SEQ = 64; // u64 subscriber: tailSeq seen by snapshot
 
 /** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock, or a fast one laps a joiner. */
-const JOIN_ATTEMPTS = 1 << 16;
+const JOIN_ATTEMPTS = 1 << 12;
 /** Seqlock reads per snapshot before giving up on this attempt. */
-const SNAPSHOT_SPINS = 1 << 10;
+const SNAPSHOT_SPINS = 1 << 6;
 /** Relocations a lapped lossy reader tries per topic_read call; then it returns what it has and retries next call. */
 const LAP_ATTEMPTS = 16;
 const WALK_OK = 0;
@@ -124,7 +127,8 @@ function openCommon(h: usize, topic: usize, capacity: u32, maxSubs: u32): i32 {
 }
 
 @inline function sane(head: u64, tail: u64, headSeq: u64, tailSeq: u64, capacity: u32): bool {
-  return tail - head <= <u64>capacity && ((head | tail) & (BC_RECORD_ALIGNMENT - 1)) == 0
+  // Positions only grow from 0: a head numerically past the tail is impossible (not a wrap).
+  return tail >= head && tailSeq >= headSeq && tail - head <= <u64>capacity && ((head | tail) & (BC_RECORD_ALIGNMENT - 1)) == 0
     && tailSeq - headSeq <= <u64>(capacity / BC_RECORD_HEADER_SIZE);
 }
 
@@ -371,10 +375,12 @@ export function topic_publisher_unpark(h: usize): void {
 // --- subscriber ------------------------------------------------------------------------------------------------
 
 /**
- * Takes a consistent (head, headSeq) into the scratch fields, with the generation it was read in: a seqlock read
- * around the publisher's reclaim. False when the generation kept moving (or stayed odd) for SNAPSHOT_SPINS reads.
+ * Takes a consistent view of the positions into the scratch fields and returns true: (head, headSeq) read in one
+ * even generation of the reclaim seqlock, then (tail, tailSeq), then head again unchanged, so the tail was read
+ * while that head stood and the publisher's invariants (head <= tail <= head + capacity) must hold for them.
+ * False when the publisher kept moving (or a dead one left the seqlock odd) for SNAPSHOT_SPINS tries.
  */
-function snapshotHead(h: usize): bool {
+function snapshot(h: usize): bool {
   const topic = topicOf(h);
   for (let i = 0; i < SNAPSHOT_SPINS; i++) {
     // SYNC: seqlock read side; pairs with the generation stores in reclaim.
@@ -385,9 +391,16 @@ function snapshotHead(h: usize): bool {
     const head = atomic.load<u64>(topic, TOPIC_HEAD_OFFSET);
     // SYNC: seqlock read side, second generation read.
     if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != gen) continue;
+    // SYNC: pairs with the atomic stores of tailSeq / tail in topic_commit.
+    const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
+    const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
+    // SYNC: pairs with the store of head in reclaim: the tail above was read while this head stood.
+    if (atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) != head) continue;
     store<u64>(h, head, TH_SCRATCH_POS);
     store<u64>(h, headSeq, TH_SCRATCH_SEQ);
     store<u32>(h, gen, TH_SCRATCH_GEN);
+    store<u64>(h, tail, TH_SCRATCH_TAIL);
+    store<u64>(h, tailSeq, TH_SCRATCH_TAIL_SEQ);
     return true;
   }
   return false;
@@ -461,9 +474,11 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
   const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
   const history = <u64>load<u32>(h, TH_HISTORY);
   for (let attempt = 0; attempt < JOIN_ATTEMPTS; attempt++) {
-    if (!snapshotHead(h)) continue;
+    if (!snapshot(h)) continue;
     const head = load<u64>(h, TH_SCRATCH_POS);
     const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
+    const tail = load<u64>(h, TH_SCRATCH_TAIL);
+    const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ);
     if (!lossy) {
       // Hold everything from head on before looking further.
       // SYNC: pairs with the cursor loads in minCursor / topic_slowest.
@@ -472,10 +487,6 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
       // SYNC: seqlock; a reclaim that overlapped our cursor store may have missed it: take a newer head.
       if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != load<u32>(h, TH_SCRATCH_GEN)) continue;
     }
-    // Loaded after head: the publisher's head never passes its own tail, so tail >= head here.
-    // SYNC: pairs with the atomic stores of tail / tailSeq in topic_commit.
-    const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
-    const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
     if (!sane(head, tail, headSeq, tailSeq, capacity)) { topic_leave(h); return RING_E_POSITIONS; }
     let stopSeq = u64.MAX_VALUE;
     if (fromEarliest && history != 0) {
@@ -599,12 +610,11 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
 function relocate(h: usize, seq: u64): i32 {
   const topic = topicOf(h);
   const capacity = capOf(h);
-  if (!snapshotHead(h)) return 0;
+  if (!snapshot(h)) return 0;
   const head = load<u64>(h, TH_SCRATCH_POS);
   const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
-  // SYNC: pairs with the atomic stores of tail in topic_commit; loaded after head, so tail >= head when healthy.
-  const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
-  const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
+  const tail = load<u64>(h, TH_SCRATCH_TAIL);
+  const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ);
   if (!sane(head, tail, headSeq, tailSeq, capacity) || headSeq < seq) return RING_E_POSITIONS;
   const half = <u64>(capacity >>> 1);
   const stop = tail - head > half ? tail - half : head;

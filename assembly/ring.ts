@@ -64,8 +64,8 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
 }
 
 @inline function positionsSane(head: u64, tail: u64, capacity: u32): bool {
-  // Unsigned difference: a head past the tail wraps to a huge value and fails the same test.
-  return tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0;
+  // Positions only grow from 0 (2^64 bytes never wrap): a head numerically past the tail is impossible.
+  return tail >= head && tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0;
 }
 
 // --- producer --------------------------------------------------------------------------------------------------

@@ -775,10 +775,14 @@ export class Subscription implements AsyncIterable<unknown> {
     const u8 = engine.u8;
     const start = this.inbox.length;
     const seqs: number[] = [];
+    // Lossy: records the publisher reclaimed since the read are not worth decoding (counted as torn below).
+    const reclaimed = reader.oldestSeq();
     for (let i = 0; i < n; i++) {
       const e = reader.batch + i * BC_BATCH_ENTRY_SIZE;
       const addr = view.getUint32(e, true), length = view.getUint32(e + 4, true), type = view.getUint32(e + 8, true);
-      seqs.push(view.getUint32(e + 12, true));
+      const seq = view.getUint32(e + 12, true);
+      seqs.push(seq);
+      if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
         this.inbox.push(type === RECORD_MSGPACK ? this.unpackr.unpack(u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
       } catch {
