@@ -46,9 +46,10 @@
 
 // --- segment header -------------------------------------------------------------------------------------------
 export const SEGMENT_MAGIC = 0x424d4853; // "SHMB" in memory order
-// 2: topic subscriber slots, the topic publisher claim and bus member slots became one 64-bit claim word.
-export const LAYOUT_VERSION_MAJOR = 2;
-export const LAYOUT_VERSION_MINOR = 0;
+export const LAYOUT_VERSION_MAJOR = 1;
+// 1.1: topic and registry segments changed (one 64-bit claim word per publisher, subscriber and member slot) and
+// took new magics, so an older build refuses them (bad magic) instead of misreading them; channels are unchanged.
+export const LAYOUT_VERSION_MINOR = 1;
 export const LAYOUT_VERSION = (LAYOUT_VERSION_MAJOR << 16) | LAYOUT_VERSION_MINOR;
 
 export const SEG_MAGIC_OFFSET = 0;
@@ -220,7 +221,8 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 //   alive and its start time matches), never from a start time written after the claim.
 //   then data[capacity]: records with a 16-byte header:
 //     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 16
-export const TOPIC_MAGIC = 0x54424853; // "SHBT"
+/** "SHT2" in memory order (layout 1.0 topics were "SHBT"). */
+export const TOPIC_MAGIC = 0x32544853;
 export const TOPIC_HEADER_OFFSET = SEGMENT_HEADER_SIZE;
 export const TOPIC_CAPACITY_OFFSET = 0;
 export const TOPIC_MAX_SUBSCRIBERS_OFFSET = 4;
@@ -295,7 +297,8 @@ export function topicBytes(maxSubscribers: u32, capacity: u32): u32 {
 //               the creator once every other field is written). Everything else is written by the creator only.
 //   A reader treats every field as untrusted: nameLen past REGISTRY_NAME_MAX or a name that is not a valid topic
 //   name is skipped.
-export const REGISTRY_MAGIC = 0x52424853; // "SHBR"
+/** "SHR2" in memory order (layout 1.0 registries were "SHBR"). */
+export const REGISTRY_MAGIC = 0x32524853;
 export const REGISTRY_MEMBERS = 256;
 export const MEMBER_CLAIM_OFFSET = 0;
 export const MEMBER_START_OFFSET = MEMBER_CLAIM_OFFSET + 8;
