@@ -876,6 +876,11 @@ export class Subscription implements AsyncIterable<unknown> {
         thrown ??= error;
       }
     }
+    // A handler closed the subscription: its reader and mapping are gone, nothing is left to release.
+    if (this.closed) {
+      if (thrown !== undefined) throw thrown;
+      return n;
+    }
     const oldest = reader.oldestSeq();
     const first = u32[batch + 3]!;
     if (((first - oldest) | 0) < 0) reader.addDropped(Math.min(n, (oldest - first) >>> 0));

@@ -124,7 +124,7 @@ export class RingEnd {
    * returns 0, since those records are being handed out already.
    */
   read(max = BATCH_MAX): number {
-    if (this.inBatch) return 0;
+    if (this.inBatch || this.closed) return 0;
     if (this.batch === 0) this.batch = this.engine.allocBatch();
     this.engine.batch = this.batch;
     let n: number;
@@ -140,6 +140,8 @@ export class RingEnd {
 
   release(): void {
     this.inBatch = false;
+    // A handler may have closed the channel (and freed this handle) while its batch was out.
+    if (this.closed) return;
     this.engine.exports.ring_release(this.handle);
   }
 
@@ -165,6 +167,7 @@ export class RingEnd {
 
   /** True once per peer park: the caller must ring the doorbell. */
   needsWake(): boolean {
+    if (this.closed) return false;
     return this.engine.exports.ring_needs_wake(this.handle) === 1;
   }
 

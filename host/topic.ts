@@ -213,7 +213,7 @@ export class TopicReader {
    * records are being handed out already.
    */
   read(max = BATCH_MAX): number {
-    if (this.inBatch) return 0;
+    if (this.inBatch || this.disposed) return 0;
     this.engine.batch = this.batch;
     let n: number;
     try {
@@ -242,6 +242,8 @@ export class TopicReader {
   /** Releases what was read; true when the publisher sleeps waiting for room. */
   release(): boolean {
     this.inBatch = false;
+    // A poll handler may have closed the subscription (and freed this handle) while its batch was out.
+    if (this.disposed) return false;
     return this.engine.exports.topic_release(this.handle) === 1;
   }
 

@@ -300,3 +300,33 @@ t.test('the same topic read by poll() in a tight loop (every read call counts): 
   t.ok(handed + sub.dropped >= published, `handed ${handed} + dropped ${sub.dropped} covers published ${published}`);
   await sub.close();
 });
+
+t.test('a poll handler that closes its own subscription or channel leaves no freed handle touched', async (t) => {
+  const url = `shm://${unique('closein')}`;
+  const bus = await Bus.open(url);
+  t.teardown(() => bus.destroy());
+  const pub = bus.publisher('a', { capacity: 4096 });
+  const victim = bus.subscribe('a');
+  const witness = bus.subscribe('a');
+  for (let n = 0; n < 5; n++) pub.publishBytes(Uint8Array.of(n));
+  let calls = 0;
+  t.equal(victim.poll(() => { if (calls++ === 0) void victim.close(); }), 5, 'the batch is still handed over');
+  // The witness's handle may be the one the victim's freed handle is reused for: it must be intact.
+  const seen: number[] = [];
+  witness.poll((m, o) => seen.push(m[o]!));
+  t.same(seen, [0, 1, 2, 3, 4]);
+  t.equal(witness.dropped, 0);
+  const { listen, connect } = await import('../../host/index.js');
+  const chUrl = `shm://${unique('closech')}` as const;
+  const listener = await listen(chUrl);
+  t.teardown(() => listener.close());
+  const accepted = (async () => { for await (const c of listener) return c; return undefined; })();
+  const client = await connect(chUrl);
+  const server = (await accepted)!;
+  t.teardown(async () => { await client.close().catch(() => {}); await server.close().catch(() => {}); });
+  for (let n = 0; n < 3; n++) client.sendBytes(Uint8Array.of(n));
+  await within(10_000, server.readable(), 'records to arrive');
+  let got = 0;
+  server.poll(() => { if (got++ === 0) void server.close(); });
+  t.equal(got, 3, 'every record of the batch handed over after the close');
+});
