@@ -549,6 +549,8 @@ export class Publisher extends EventEmitter {
   private wakeScheduled = false;
   private waiter: WordWaiter | undefined;
   private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Set when the topic turned out corrupt while queued messages were moved in: every later call throws it. */
+  private failure: Error | undefined;
 
   /** @internal use Bus.publisher */
   constructor(bus: Bus, topic: string, mapped: Mapped, capacity: number, maxSubscribers: number, maxQueued: number) {
@@ -602,12 +604,14 @@ export class Publisher extends EventEmitter {
 
   /** Resolves when no message waits locally. */
   drained(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     if (this.queue.length === 0) return Promise.resolve();
     if (this.closed) return Promise.reject(new ClosedError('publisher is closed'));
     return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
   }
 
   private checkOpen(): void {
+    if (this.failure) throw this.failure;
     if (this.closed) throw new ClosedError('publisher is closed', { topic: this.topic });
   }
 
@@ -657,6 +661,15 @@ export class Publisher extends EventEmitter {
           this.writer.unpark();
         }
       }
+    } catch (error) {
+      // A corrupt topic (a member scribbled it): the publisher is unusable. Nobody awaits pump(), so the error
+      // goes to drained() and to every later publish, never to an unhandled rejection.
+      this.failure = error instanceof Error ? error : new CorruptError('publisher failed', { cause: String(error) });
+      this.queue.length = 0;
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w.reject(this.failure);
+      return;
     } finally {
       this.pumping = false;
     }

@@ -330,3 +330,21 @@ t.test('a poll handler that closes its own subscription or channel leaves no fre
   server.poll(() => { if (got++ === 0) void server.close(); });
   t.equal(got, 3, 'every record of the batch handed over after the close');
 });
+
+t.test('a lossless publisher whose queued messages meet a scribbled record fails drained() with CORRUPT (no unhandled rejection)', async (t) => {
+  const url = `shm://${unique('pubfail')}`;
+  const bus = await Bus.open(url);
+  t.teardown(() => bus.destroy());
+  const pub = bus.publisher('a', { capacity: 4096, maxSubscribers: SUBS });
+  const sub = bus.subscribe('a'); // never reads: holds the lossless publisher
+  let n = 0;
+  while (pub.publishBytes(new Uint8Array(100))) n++;
+  t.ok(n > 0 && pub.queued === 1, `${n} published, then one queued`);
+  const at = (pub as unknown as { mapped: { at: number } }).mapped.at;
+  // The oldest record (at head, data index 0) gets an impossible length: reclaiming past it cannot be right.
+  new DataView(engine.memory.buffer).setInt32(at + topicDataOffset(SUBS), 0x7fffffff, true);
+  await sub.close(); // the publisher may now reclaim, and meets the scribbled record
+  const result = await within(30_000, pub.drained().then(() => 'drained', (e: unknown) => e), 'drained() to settle');
+  t.match(result, { code: ErrorCode.CORRUPT });
+  t.throws(() => pub.publishBytes(Uint8Array.of(1)), { code: ErrorCode.CORRUPT }, 'later publishes fail the same way');
+});
