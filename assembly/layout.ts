@@ -178,8 +178,8 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 }
 
 // ─── Topic segment (broadcast ring: one publisher, many subscribers) ──────────────────────────────────────
-// A topic segment starts with the same 128-byte segment header (magic TOPIC_MAGIC, ringCount 1, ringCapacity =
-// the data bytes), then:
+// A topic segment starts with the same 128-byte segment header (magic TOPIC_MAGIC, ringCount = maxSubscribers,
+// ringCapacity = the data bytes), then:
 //
 //   128  topic header
 //     0    capacity u32            creator      data bytes, a power of two
@@ -214,13 +214,13 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 //     32   dropped u64             subscriber   records lost to lapping (lossy), a counter for tools
 //     40   parked u32              subscriber   1 while counted in sleepers (so an evictor can uncount it)
 //     44…127 reserved
+//   then data[capacity]: records with a 16-byte header:
+//     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 16
 //
 //   A claim is one 64-bit word: pid in the low 32 bits, the low 32 bits of the process's start time (clock ticks
 //   since boot, /proc/<pid>/stat field 22) in the high 32 bits. Taking a slot is a single compare-and-swap of that
 //   word, so two claimants can never both win, and "is the holder alive" is decided from the word alone (pid
 //   alive and its start time matches), never from a start time written after the claim.
-//   then data[capacity]: records with a 16-byte header:
-//     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 16
 /** "SHT2" in memory order (layout 1.0 topics were "SHBT"). */
 export const TOPIC_MAGIC = 0x32544853;
 export const TOPIC_HEADER_OFFSET = SEGMENT_HEADER_SIZE;
