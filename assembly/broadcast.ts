@@ -66,7 +66,7 @@ const TH_SCRATCH_TAIL = 56; // u64 subscriber: tail seen by snapshot
 const TH_SCRATCH_TAIL_SEQ = 64; // u64 subscriber: tailSeq seen by snapshot
 
 /** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock, or a fast one laps a joiner. */
-const JOIN_ATTEMPTS = 1 << 12;
+const JOIN_ATTEMPTS = 1 << 16;
 /** Seqlock reads per snapshot before giving up on this attempt. */
 const SNAPSHOT_SPINS = 1 << 6;
 /** Relocations a lapped lossy reader tries per topic_read call; then it returns what it has and retries next call. */
@@ -374,14 +374,20 @@ export function topic_publisher_unpark(h: usize): void {
 
 // --- subscriber ------------------------------------------------------------------------------------------------
 
+const SNAP_OK = 0;
+/** The seqlock kept moving (or a dead publisher left it odd) for SNAPSHOT_SPINS tries. */
+const SNAP_BUSY = 1;
+/** Positions no healthy publisher can produce, seen while head stood still. */
+const SNAP_CORRUPT = 2;
+
 /**
- * Takes a consistent view of the positions into the scratch fields and returns true: (head, headSeq) read in one
- * even generation of the reclaim seqlock, then (tail, tailSeq), then head again unchanged, so the tail was read
- * while that head stood and the publisher's invariants (head <= tail <= head + capacity) must hold for them.
- * False when the publisher kept moving (or a dead one left the seqlock odd) for SNAPSHOT_SPINS tries.
+ * Takes a view of the positions into the scratch fields: (head, headSeq) read in one even generation of the
+ * reclaim seqlock (a consistent pair), then (tail, tailSeq). The tail may be newer than that head; a walk from the
+ * head notices if the publisher passes it.
  */
-function snapshot(h: usize): bool {
+function snapshot(h: usize): i32 {
   const topic = topicOf(h);
+  const capacity = capOf(h);
   for (let i = 0; i < SNAPSHOT_SPINS; i++) {
     // SYNC: seqlock read side; pairs with the generation stores in reclaim.
     const gen = atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET);
@@ -394,16 +400,20 @@ function snapshot(h: usize): bool {
     // SYNC: pairs with the atomic stores of tailSeq / tail in topic_commit.
     const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
     const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
-    // SYNC: pairs with the store of head in reclaim: the tail above was read while this head stood.
-    if (atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) != head) continue;
+    // The tail, loaded after the head, is never behind it; it may be more than capacity ahead of a head that has
+    // moved on since (the walk from head then finds itself lapped), so only a head that stood still proves that
+    // distance corrupt.
+    if (((head | tail) & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < head || tailSeq < headSeq) return SNAP_CORRUPT;
+    // SYNC: pairs with the store of head in reclaim.
+    if (tail - head > <u64>capacity && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) == head) return SNAP_CORRUPT;
     store<u64>(h, head, TH_SCRATCH_POS);
     store<u64>(h, headSeq, TH_SCRATCH_SEQ);
     store<u32>(h, gen, TH_SCRATCH_GEN);
     store<u64>(h, tail, TH_SCRATCH_TAIL);
     store<u64>(h, tailSeq, TH_SCRATCH_TAIL_SEQ);
-    return true;
+    return SNAP_OK;
   }
-  return false;
+  return SNAP_BUSY;
 }
 
 /**
@@ -420,8 +430,13 @@ function walk(h: usize, position: u64, seq: u64, tail: u64, stopPosition: u64, s
   const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
   const limit = <u64>topicMaxPayload(capacity);
   while (position < stopPosition && seq < stopSeq) {
-    // Unsigned: a position past the tail fails the same test as one too far behind it.
-    if (tail - position > <u64>capacity) return WALK_CORRUPT;
+    // Unsigned: a position past the tail fails the same test as one too far behind it. Lossy, a tail more than
+    // capacity ahead means head has moved past us since the snapshot.
+    if (tail - position > <u64>capacity) {
+      // SYNC: pairs with the stores of head in reclaim.
+      if (lossy && position < tail && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) return WALK_LAPPED;
+      return WALK_CORRUPT;
+    }
     const index = position & mask;
     const record = data + <usize>index;
     const length = <u64><u32>load<i32>(record, 0);
@@ -474,7 +489,9 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
   const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
   const history = <u64>load<u32>(h, TH_HISTORY);
   for (let attempt = 0; attempt < JOIN_ATTEMPTS; attempt++) {
-    if (!snapshot(h)) continue;
+    const snap = snapshot(h);
+    if (snap == SNAP_BUSY) continue;
+    if (snap == SNAP_CORRUPT) { topic_leave(h); return RING_E_POSITIONS; }
     const head = load<u64>(h, TH_SCRATCH_POS);
     const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
     const tail = load<u64>(h, TH_SCRATCH_TAIL);
@@ -487,7 +504,6 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
       // SYNC: seqlock; a reclaim that overlapped our cursor store may have missed it: take a newer head.
       if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != load<u32>(h, TH_SCRATCH_GEN)) continue;
     }
-    if (!sane(head, tail, headSeq, tailSeq, capacity)) { topic_leave(h); return RING_E_POSITIONS; }
     let stopSeq = u64.MAX_VALUE;
     if (fromEarliest && history != 0) {
       // The oldest of the newest `history` records (tailSeq may already count a record being committed).
@@ -610,12 +626,14 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
 function relocate(h: usize, seq: u64): i32 {
   const topic = topicOf(h);
   const capacity = capOf(h);
-  if (!snapshot(h)) return 0;
+  const snap = snapshot(h);
+  if (snap == SNAP_BUSY) return 0;
+  if (snap == SNAP_CORRUPT) return RING_E_POSITIONS;
   const head = load<u64>(h, TH_SCRATCH_POS);
   const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
   const tail = load<u64>(h, TH_SCRATCH_TAIL);
-  const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ);
-  if (!sane(head, tail, headSeq, tailSeq, capacity) || headSeq < seq) return RING_E_POSITIONS;
+  // We were lapped, so head passed our record: an older headSeq cannot be right.
+  if (headSeq < seq) return RING_E_POSITIONS;
   const half = <u64>(capacity >>> 1);
   const stop = tail - head > half ? tail - half : head;
   const walked = walk(h, head, headSeq, tail, stop, u64.MAX_VALUE);

@@ -782,7 +782,14 @@ export class Subscription implements AsyncIterable<unknown> {
   private fill(): number {
     const reader = this.reader!;
     const engine = this.bus._engine;
-    const n = reader.read();
+    let n: number;
+    try {
+      n = reader.read();
+    } catch (error) {
+      // Evicted (judged dead): the publisher no longer spared our records, so what we read may be gone. Say so.
+      if (!reader.member()) throw this.evicted();
+      throw error;
+    }
     if (n === 0) return 0;
     const view = new DataView(engine.memory.buffer);
     const u8 = engine.u8;
@@ -834,7 +841,7 @@ export class Subscription implements AsyncIterable<unknown> {
       if (now - this.lastYield > YIELD_MS) { await nextTurn(); this.lastYield = performance.now(); continue; }
       const reader = this.reader!;
       if (this.fill() > 0) continue;
-      if (!reader.member()) throw new ShmbusError(ErrorCode.PEER_DEAD, 'evicted from the topic (held a lossless publisher too long)', { details: { topic: this.topic } });
+      if (!reader.member()) throw this.evicted();
       if (reader.publisherClosed()) {
         if (reader.pending() > 0) continue;
         this.ending = true;
@@ -900,6 +907,10 @@ export class Subscription implements AsyncIterable<unknown> {
     if (reader.release()) this.wakePublisher();
     if (thrown !== undefined) throw thrown;
     return n;
+  }
+
+  private evicted(): ShmbusError {
+    return new ShmbusError(ErrorCode.PEER_DEAD, 'evicted from the topic (its publisher judged this process dead)', { details: { topic: this.topic } });
   }
 
   /** Resolves when records wait (or the publisher closed); spins briefly, then sleeps. */
