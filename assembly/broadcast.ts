@@ -9,8 +9,20 @@
 //             oldest one still there, counting exactly what it lost (records carry sequence numbers).
 // Either way the newest `history` records are never reclaimed, so a late joiner can replay them.
 //
-// Moving `head` is a seqlock (reclaimGen odd while it moves): a joining subscriber reads head/tail between two
-// even, equal generations, so either the publisher's next scan sees the joiner or the joiner sees the new head.
+// Moving `head` is a seqlock (reclaimGen odd while it moves): a reader takes (head, headSeq) only between two even,
+// equal generations, so the pair is consistent. A lossless joiner publishes its cursor at that head inside the
+// same window, so either the publisher's next scan sees the joiner or the joiner sees the new head.
+//
+// (tail, tailSeq) are two stores, so a reader can never take them as a pair: a reader that needs the sequence
+// number at some position walks whole records from a consistent (head, headSeq) and counts them.
+//
+// Lossy reading. The publisher stores a new head before it overwrites anything below it (sequentially
+// consistent stores; x86 does not reorder the reader's plain loads after its later atomic load of head). So a
+// record header read at `position` is intact if head <= position when loaded right after reading it; otherwise
+// the reader was lapped. A lapped reader does not restart at head (the very record the publisher reclaims next)
+// but walks from a consistent head to the first record in the newer half of the ring, checking each header the
+// same way, and counts every record it skipped as dropped. Payloads are checked after copying: the host compares
+// the record's sequence number with the oldest one still there (topic_oldest_seq).
 //
 // Handles are private blocks of HANDLE_SIZE bytes in this process's memory (fields TH_* below); geometry is
 // copied there once and never reread from the shared header.
@@ -20,10 +32,10 @@ import {
   TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET, TOPIC_WAKE_OFFSET, TOPIC_RECLAIM_GEN_OFFSET,
   TOPIC_PUBLISHER_PARK_OFFSET, TOPIC_SLEEPERS_OFFSET, TOPIC_SPACE_WAKE_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE,
   TOPIC_MAX_SUBSCRIBERS, TOPIC_PUBLISHER_CLOSED_OFFSET,
-  SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_START_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_DROPPED_OFFSET,
-  SLOT_PARKED_OFFSET, SLOT_FREE, SLOT_ACTIVE, POLICY_LOSSLESS, POLICY_LOSSY, BC_RECORD_HEADER_SIZE,
+  SLOT_CLAIM_OFFSET, SLOT_START_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_DROPPED_OFFSET,
+  SLOT_PARKED_OFFSET, CLAIM_FREE, POLICY_LOSSLESS, POLICY_LOSSY, BC_RECORD_HEADER_SIZE,
   BC_RECORD_SEQ_OFFSET, BC_BATCH_ENTRY_SIZE, BC_RECORD_ALIGNMENT, RECORD_PADDING, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
-  RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER, HANDLE_SIZE,
+  RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER, RING_E_AGAIN, HANDLE_SIZE,
   topicMaxPayload,
 } from './layout';
 
@@ -45,9 +57,25 @@ const TH_HEAD_SEQ = 64; //   u64 publisher: head's seq
 const TH_MIN = 72; //        u64 publisher: last minimum of the active cursors (lossless)
 const TH_DROPPED = 80; //    u64 subscriber: records lost to lapping
 const TH_SLOT_INDEX = 88; // u32 subscriber: its slot number
+const TH_CLAIM_WORD = 96; // u64 subscriber: the claim it holds its slot with
+const TH_SCRATCH_POS = 104; // u64 result of snapshot / walk: a position
+const TH_SCRATCH_SEQ = 112; // u64 … and the sequence number of the record there
+const TH_SCRATCH_GEN = 120; // u32 … and the reclaim generation the snapshot was taken in
+// Scratch for snapshot's tail: the publisher's TH_HEAD / TH_HEAD_SEQ fields, unused by a subscriber.
+const TH_SCRATCH_TAIL = 56; // u64 subscriber: tail seen by snapshot
+const TH_SCRATCH_TAIL_SEQ = 64; // u64 subscriber: tailSeq seen by snapshot
 
-/** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock. */
-const JOIN_ATTEMPTS = 1 << 20;
+/** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock, or a fast one laps a joiner. */
+const JOIN_ATTEMPTS = 1 << 16;
+/** Seqlock reads per snapshot before giving up on this attempt. */
+const SNAPSHOT_SPINS = 1 << 6;
+/** Relocations a lapped lossy reader tries per topic_read call; then it returns what it has and retries next call. */
+const LAP_ATTEMPTS = 16;
+const WALK_OK = 0;
+/** A header read on the way was passed by head (lossy): walk again from a newer head. */
+const WALK_LAPPED = 1;
+/** A header that cannot be right although head had not reached it. */
+const WALK_CORRUPT = 2;
 
 // Topic records align to their 16-byte header, so the gap left at the end of the data is never smaller than a
 // header: a padding record always fits (with 8-byte alignment an 8-byte gap could not hold one).
@@ -99,7 +127,8 @@ function openCommon(h: usize, topic: usize, capacity: u32, maxSubs: u32): i32 {
 }
 
 @inline function sane(head: u64, tail: u64, headSeq: u64, tailSeq: u64, capacity: u32): bool {
-  return tail - head <= <u64>capacity && ((head | tail) & (BC_RECORD_ALIGNMENT - 1)) == 0
+  // Positions only grow from 0: a head numerically past the tail is impossible (not a wrap).
+  return tail >= head && tailSeq >= headSeq && tail - head <= <u64>capacity && ((head | tail) & (BC_RECORD_ALIGNMENT - 1)) == 0
     && tailSeq - headSeq <= <u64>(capacity / BC_RECORD_HEADER_SIZE);
 }
 
@@ -141,8 +170,8 @@ function minCursor(h: usize): u64 {
   let min = u64.MAX_VALUE;
   for (let i: u32 = 0; i < maxSubs; i++) {
     const slot = slotAt(topic, i);
-    // SYNC: pairs with the compare-and-swap in topic_join / topic_leave.
-    if (atomic.load<u32>(slot, SLOT_STATE_OFFSET) != SLOT_ACTIVE) continue;
+    // SYNC: pairs with the compare-and-swap in topic_join / topic_leave / topic_evict.
+    if (atomic.load<u64>(slot, SLOT_CLAIM_OFFSET) == <u64>CLAIM_FREE) continue;
     // SYNC: pairs with the atomic store of the cursor in topic_release.
     const cursor = atomic.load<u64>(slot, SLOT_CURSOR_OFFSET);
     // A cursor behind head (a joiner racing a reclaim) still holds the data: clamp rather than ignore it.
@@ -286,8 +315,8 @@ export function topic_slowest(h: usize): i32 {
   let min = u64.MAX_VALUE;
   for (let i: u32 = 0; i < maxSubs; i++) {
     const slot = slotAt(topic, i);
-    // SYNC: pairs with the compare-and-swap in topic_join / topic_leave.
-    if (atomic.load<u32>(slot, SLOT_STATE_OFFSET) != SLOT_ACTIVE) continue;
+    // SYNC: pairs with the compare-and-swap in topic_join / topic_leave / topic_evict.
+    if (atomic.load<u64>(slot, SLOT_CLAIM_OFFSET) == <u64>CLAIM_FREE) continue;
     // SYNC: pairs with the atomic store of the cursor in topic_release.
     const cursor = atomic.load<u64>(slot, SLOT_CURSOR_OFFSET);
     if (cursor <= tail && cursor < min) { min = cursor; best = <i32>i; }
@@ -295,15 +324,25 @@ export function topic_slowest(h: usize): i32 {
   return best;
 }
 
-/** Evicts subscriber `index` (its process is dead): frees its slot and uncounts it from the sleepers. */
-export function topic_evict(h: usize, index: u32): i32 {
+/**
+ * Evicts subscriber `index` if its slot still holds the claim (pid, startLow) the host found dead: frees the
+ * slot and uncounts it from the sleepers. 1: evicted; 0: the slot changed hands meanwhile (nothing done).
+ */
+export function topic_evict(h: usize, index: u32, pid: u32, startLow: u32): i32 {
   if (index >= load<u32>(h, TH_MAX_SUBS)) return RING_E_STATE;
   const slot = slotAt(topicOf(h), index);
+  const claim = makeClaim(pid, startLow);
+  if (claim == <u64>CLAIM_FREE) return 0;
   const parked = atomic.load<u32>(slot, SLOT_PARKED_OFFSET);
-  // SYNC: pairs with the compare-and-swap in topic_join; only one evictor (or the owner leaving) wins.
-  if (atomic.cmpxchg<u32>(slot, SLOT_ACTIVE, SLOT_FREE, SLOT_STATE_OFFSET) != SLOT_ACTIVE) return 0;
+  // SYNC: pairs with the compare-and-swap in topic_join; only one evictor (or the owner leaving) wins, and never
+  // against a newer claimant of the same slot.
+  if (atomic.cmpxchg<u64>(slot, claim, <u64>CLAIM_FREE, SLOT_CLAIM_OFFSET) != claim) return 0;
   if (parked) atomic.sub<u32>(topicOf(h) + TOPIC_SLEEPERS_OFFSET, 1);
   return 1;
+}
+
+@inline function makeClaim(pid: u32, startLow: u32): u64 {
+  return <u64>pid | (<u64>startLow << 32);
 }
 
 /** Marks the publisher gone for good: subscribers finish reading and end. */
@@ -335,78 +374,155 @@ export function topic_publisher_unpark(h: usize): void {
 
 // --- subscriber ------------------------------------------------------------------------------------------------
 
+const SNAP_OK = 0;
+/** The seqlock kept moving (or a dead publisher left it odd) for SNAPSHOT_SPINS tries. */
+const SNAP_BUSY = 1;
+/** Positions no healthy publisher can produce, seen while head stood still. */
+const SNAP_CORRUPT = 2;
+
+/**
+ * Takes a view of the positions into the scratch fields: (head, headSeq) read in one even generation of the
+ * reclaim seqlock (a consistent pair), then (tail, tailSeq). The tail may be newer than that head; a walk from the
+ * head notices if the publisher passes it.
+ */
+function snapshot(h: usize): i32 {
+  const topic = topicOf(h);
+  const capacity = capOf(h);
+  for (let i = 0; i < SNAPSHOT_SPINS; i++) {
+    // SYNC: seqlock read side; pairs with the generation stores in reclaim.
+    const gen = atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET);
+    if (gen & 1) continue;
+    // SYNC: pairs with the stores of headSeq / head in reclaim.
+    const headSeq = atomic.load<u64>(topic, TOPIC_HEAD_SEQ_OFFSET);
+    const head = atomic.load<u64>(topic, TOPIC_HEAD_OFFSET);
+    // SYNC: seqlock read side, second generation read.
+    if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != gen) continue;
+    // SYNC: pairs with the atomic stores of tailSeq / tail in topic_commit.
+    const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
+    const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
+    // The tail, loaded after the head, is never behind it; it may be more than capacity ahead of a head that has
+    // moved on since (the walk from head then finds itself lapped), so only a head that stood still proves that
+    // distance corrupt.
+    if (((head | tail) & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < head || tailSeq < headSeq) return SNAP_CORRUPT;
+    // SYNC: pairs with the store of head in reclaim.
+    if (tail - head > <u64>capacity && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) == head) return SNAP_CORRUPT;
+    store<u64>(h, head, TH_SCRATCH_POS);
+    store<u64>(h, headSeq, TH_SCRATCH_SEQ);
+    store<u32>(h, gen, TH_SCRATCH_GEN);
+    store<u64>(h, tail, TH_SCRATCH_TAIL);
+    store<u64>(h, tailSeq, TH_SCRATCH_TAIL_SEQ);
+    return SNAP_OK;
+  }
+  return SNAP_BUSY;
+}
+
+/**
+ * Walks whole records from (position, seq), a record boundary with its exact sequence number, up to the first
+ * boundary at or after `stopPosition`, or to record `stopSeq`, never past `tail`. Leaves the boundary reached and
+ * its sequence number in the scratch fields. Lossy: each header is trusted only if head had not passed it when
+ * loaded right after reading it (else WALK_LAPPED). Bounded: every step moves at least one header forward.
+ */
+function walk(h: usize, position: u64, seq: u64, tail: u64, stopPosition: u64, stopSeq: u64): i32 {
+  const topic = topicOf(h);
+  const capacity = capOf(h);
+  const mask = <u64>capacity - 1;
+  const data = dataOf(h);
+  const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
+  const limit = <u64>topicMaxPayload(capacity);
+  while (position < stopPosition && seq < stopSeq) {
+    // Unsigned: a position past the tail fails the same test as one too far behind it. Lossy, a tail more than
+    // capacity ahead means head has moved past us since the snapshot.
+    if (tail - position > <u64>capacity) {
+      // SYNC: pairs with the stores of head in reclaim.
+      if (lossy && position < tail && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) return WALK_LAPPED;
+      return WALK_CORRUPT;
+    }
+    const index = position & mask;
+    const record = data + <usize>index;
+    const length = <u64><u32>load<i32>(record, 0);
+    const type = load<u32>(record, 4);
+    const recordSeq = load<u64>(record, BC_RECORD_SEQ_OFFSET);
+    // SYNC: pairs with the stores of head in reclaim (made before the publisher overwrites anything below head).
+    if (lossy && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) return WALK_LAPPED;
+    const toEnd = <u64>capacity - index;
+    const available = tail - position;
+    if (type == RECORD_PADDING) {
+      if (length + BC_RECORD_HEADER_SIZE != toEnd || toEnd > available) return WALK_CORRUPT;
+      position += toEnd;
+      continue;
+    }
+    if (length > limit || recordSeq != seq) return WALK_CORRUPT;
+    const size = align(length + BC_RECORD_HEADER_SIZE);
+    if (size > toEnd || size > available) return WALK_CORRUPT;
+    position += size;
+    seq++;
+  }
+  store<u64>(h, position, TH_SCRATCH_POS);
+  store<u64>(h, seq, TH_SCRATCH_SEQ);
+  return WALK_OK;
+}
+
 /**
  * Joins as subscriber in slot `index` (the host tries free slots in turn). `fromEarliest`: start at the oldest
- * of the newest `history` records still there; otherwise at the next record published. Returns RING_OK, 0 when
- * the slot is taken (try another), or a negative code.
+ * of the newest `history` records still there; otherwise at the next record published. `pid` and `startLow`
+ * (low 32 bits of our start time) form the slot's claim. Returns RING_OK, 1 when the slot is taken (try
+ * another), RING_E_AGAIN when a publisher kept lapping every attempt, or another negative code.
+ *
+ * The position is found by walking from a consistent head: lossless, after our cursor holds that head (the
+ * publisher cannot reclaim past it, so the walk reads records that stay put); lossy, checking every header
+ * against head as topic_read does. Either way joining does not depend on the publisher pausing.
  */
-export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, index: u32, fromEarliest: u32, pid: u32, start: f64): i32 {
+export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, index: u32, fromEarliest: u32, pid: u32, startLow: u32, start: f64): i32 {
   const rc = openCommon(h, topic, capacity, maxSubs);
   if (rc != RING_OK) return rc;
-  if (index >= maxSubs) return RING_E_STATE;
+  if (index >= maxSubs || pid == 0) return RING_E_STATE;
   const slot = slotAt(topic, index);
-  // SYNC: pairs with the state loads in minCursor / topic_slowest and the CAS in topic_evict / topic_leave.
-  if (atomic.cmpxchg<u32>(slot, SLOT_FREE, SLOT_ACTIVE, SLOT_STATE_OFFSET) != SLOT_FREE) return 1;
-  store<u32>(slot, pid, SLOT_PID_OFFSET);
+  const claim = makeClaim(pid, startLow);
+  // SYNC: pairs with the claim loads in minCursor / topic_slowest and the CAS in topic_evict / topic_leave.
+  if (atomic.cmpxchg<u64>(slot, <u64>CLAIM_FREE, claim, SLOT_CLAIM_OFFSET) != <u64>CLAIM_FREE) return 1;
   store<u64>(slot, <u64>start, SLOT_START_OFFSET);
   store<u64>(slot, 0, SLOT_DROPPED_OFFSET);
   store<u32>(slot, 0, SLOT_PARKED_OFFSET);
   store<u32>(h, <u32>slot, TH_SLOT);
   store<u32>(h, index, TH_SLOT_INDEX);
+  store<u64>(h, claim, TH_CLAIM_WORD);
+  const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
   const history = <u64>load<u32>(h, TH_HISTORY);
   for (let attempt = 0; attempt < JOIN_ATTEMPTS; attempt++) {
-    // SYNC: seqlock read side; pairs with the generation stores in reclaim.
-    const gen = atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET);
-    if (gen & 1) continue;
-    const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
-    const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
-    const head = atomic.load<u64>(topic, TOPIC_HEAD_OFFSET);
-    const headSeq = atomic.load<u64>(topic, TOPIC_HEAD_SEQ_OFFSET);
-    if (!sane(head, tail, headSeq, tailSeq, capacity)) { topic_leave(h); return RING_E_POSITIONS; }
-    let position = tail;
-    let seq = tailSeq;
-    if (fromEarliest && history != 0) {
-      // Start at seq max(headSeq, tailSeq - history): walk records from head.
-      const want = tailSeq - headSeq > history ? tailSeq - history : headSeq;
-      position = head;
-      seq = headSeq;
-      const walked = walk(h, position, seq, want, tail);
-      if (walked == u64.MAX_VALUE) continue; // torn by a concurrent reclaim: retry
-      position = walked;
-      seq = want;
+    const snap = snapshot(h);
+    if (snap == SNAP_BUSY) continue;
+    if (snap == SNAP_CORRUPT) { topic_leave(h); return RING_E_POSITIONS; }
+    const head = load<u64>(h, TH_SCRATCH_POS);
+    const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
+    const tail = load<u64>(h, TH_SCRATCH_TAIL);
+    const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ);
+    if (!lossy) {
+      // Hold everything from head on before looking further.
+      // SYNC: pairs with the cursor loads in minCursor / topic_slowest.
+      atomic.store<u64>(slot, headSeq, SLOT_CURSOR_SEQ_OFFSET);
+      atomic.store<u64>(slot, head, SLOT_CURSOR_OFFSET);
+      // SYNC: seqlock; a reclaim that overlapped our cursor store may have missed it: take a newer head.
+      if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != load<u32>(h, TH_SCRATCH_GEN)) continue;
     }
+    let stopSeq = u64.MAX_VALUE;
+    if (fromEarliest && history != 0) {
+      // The oldest of the newest `history` records (tailSeq may already count a record being committed).
+      stopSeq = tailSeq - headSeq > history ? tailSeq - history : headSeq;
+    }
+    const walked = walk(h, head, headSeq, tail, tail, stopSeq);
+    if (walked == WALK_LAPPED) continue;
+    if (walked == WALK_CORRUPT) { topic_leave(h); return RING_E_RECORD; }
+    const position = load<u64>(h, TH_SCRATCH_POS);
+    const seq = load<u64>(h, TH_SCRATCH_SEQ);
     store<u64>(h, position, TH_POSITION);
     store<u64>(h, seq, TH_SEQ);
     // SYNC: pairs with the cursor loads in minCursor / topic_slowest.
     atomic.store<u64>(slot, seq, SLOT_CURSOR_SEQ_OFFSET);
     atomic.store<u64>(slot, position, SLOT_CURSOR_OFFSET);
-    if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) == gen) return RING_OK;
+    return RING_OK;
   }
   topic_leave(h);
-  return RING_E_STATE;
-}
-
-/** Position of record `want`, walking from (position, seq); u64.MAX_VALUE if the records there do not add up. */
-function walk(h: usize, position: u64, seq: u64, want: u64, tail: u64): u64 {
-  const capacity = capOf(h);
-  const mask = <u64>capacity - 1;
-  const data = dataOf(h);
-  let steps: u32 = 0;
-  while (seq < want) {
-    if (position >= tail || steps++ > capacity) return u64.MAX_VALUE;
-    const index = position & mask;
-    const record = data + <usize>index;
-    const type = load<u32>(record, 4);
-    const toEnd = <u64>capacity - index;
-    if (type == RECORD_PADDING) { position += toEnd; continue; }
-    const length = <u64><u32>load<i32>(record, 0);
-    if (length > <u64>topicMaxPayload(capacity)) return u64.MAX_VALUE;
-    const size = align(length + BC_RECORD_HEADER_SIZE);
-    if (size > toEnd) return u64.MAX_VALUE;
-    position += size;
-    seq++;
-  }
-  return position;
+  return RING_E_AGAIN;
 }
 
 /** Leaves the slot (frees it), if it is still ours. */
@@ -414,8 +530,9 @@ export function topic_leave(h: usize): void {
   const slot = <usize>load<u32>(h, TH_SLOT);
   if (slot == 0) return;
   const parked = atomic.load<u32>(slot, SLOT_PARKED_OFFSET);
+  const claim = load<u64>(h, TH_CLAIM_WORD);
   // SYNC: pairs with the CAS in topic_evict: if the publisher evicted us, it already uncounted our park.
-  if (atomic.cmpxchg<u32>(slot, SLOT_ACTIVE, SLOT_FREE, SLOT_STATE_OFFSET) == SLOT_ACTIVE && parked) {
+  if (atomic.cmpxchg<u64>(slot, claim, <u64>CLAIM_FREE, SLOT_CLAIM_OFFSET) == claim && parked) {
     atomic.sub<u32>(topicOf(h) + TOPIC_SLEEPERS_OFFSET, 1);
   }
   store<u32>(h, 0, TH_SLOT);
@@ -425,70 +542,68 @@ export function topic_leave(h: usize): void {
 export function topic_member(h: usize): i32 {
   const slot = <usize>load<u32>(h, TH_SLOT);
   // SYNC: pairs with the CAS in topic_evict.
-  return slot != 0 && atomic.load<u32>(slot, SLOT_STATE_OFFSET) == SLOT_ACTIVE ? 1 : 0;
+  return slot != 0 && atomic.load<u64>(slot, SLOT_CLAIM_OFFSET) == load<u64>(h, TH_CLAIM_WORD) ? 1 : 0;
 }
 
 /**
  * Reads up to `max` records into `out` (address, length, type, seq low 32 bits; 16 bytes each). A lossy
- * subscriber that was lapped first jumps to the oldest record still there and adds what it skipped to its
- * dropped count. Returns the count or a negative code. Payloads stay in place until topic_release; on a lossy
- * topic they may be overwritten meanwhile: check with topic_oldest_seq after using them.
+ * subscriber that was lapped first moves to a record in the newer half of the ring (see the top of this file)
+ * and adds what it skipped to its dropped count; if the publisher laps it LAP_ATTEMPTS times in one call, it
+ * returns what it has (maybe 0) and tries again on the next call. Returns the count or a negative code.
+ * Payloads stay in place until topic_release; on a lossy topic they may be overwritten meanwhile: check with
+ * topic_oldest_seq after using them.
  */
 export function topic_read(h: usize, out: usize, max: u32): i32 {
   const topic = topicOf(h);
   const capacity = capOf(h);
   const mask = <u64>capacity - 1;
   const data = dataOf(h);
+  const limit = <u64>topicMaxPayload(capacity);
   const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
   let position = load<u64>(h, TH_POSITION);
   let seq = load<u64>(h, TH_SEQ);
   // SYNC: pairs with the atomic stores of tail in topic_commit.
-  const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
-  const tailSeq = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET);
-  if ((tail & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < position || tailSeq < seq) return RING_E_POSITIONS;
+  let tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
+  // Our position is a record boundary we reached; a tail behind it or off the 16-byte grid is impossible.
+  if ((tail & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < position) return RING_E_POSITIONS;
   let count: u32 = 0;
-  let laps: u32 = 0;
+  let relocations: u32 = 0;
   while (position != tail && count < max) {
-    if (lossy) {
-      // SYNC: pairs with the stores of head in reclaim.
-      const headSeq = atomic.load<u64>(topic, TOPIC_HEAD_SEQ_OFFSET);
-      const head = atomic.load<u64>(topic, TOPIC_HEAD_OFFSET);
-      if (position < head) {
-        // Lapped: what lay between us and the oldest record is gone. Bounded: each lap moves us forward.
-        if (head > tail || laps++ > 64) return RING_E_POSITIONS;
-        if (headSeq > seq) store<u64>(h, load<u64>(h, TH_DROPPED) + (headSeq - seq), TH_DROPPED);
-        position = head;
-        seq = headSeq;
-        continue;
-      }
+    let lapped = false;
+    if (tail - position > <u64>capacity) {
+      if (!lossy) return RING_E_POSITIONS;
+      lapped = true;
     }
-    if (tail - position > <u64>capacity) return RING_E_POSITIONS;
     const index = position & mask;
     const record = data + <usize>index;
-    const length = load<i32>(record, 0);
+    const length = <u64><u32>load<i32>(record, 0);
     const type = load<u32>(record, 4);
     const recordSeq = load<u64>(record, BC_RECORD_SEQ_OFFSET);
+    // SYNC: pairs with the stores of head in reclaim: head <= position now means the header above was intact.
+    if (lossy && !lapped && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) lapped = true;
+    if (lapped) {
+      if (relocations++ >= <u32>LAP_ATTEMPTS) break;
+      const rc = relocate(h, seq);
+      if (rc < 0) return rc;
+      if (rc == 0) continue; // lapped again while walking: try once more
+      position = load<u64>(h, TH_SCRATCH_POS);
+      seq = load<u64>(h, TH_SCRATCH_SEQ);
+      // SYNC: relocate loaded a newer tail; reread it so the batch can go on to it.
+      tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
+      if ((tail & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < position) return RING_E_POSITIONS;
+      continue;
+    }
     const toEnd = <u64>capacity - index;
     const available = tail - position;
-    let size: u64 = 0;
-    let ok = true;
     if (type == RECORD_PADDING) {
-      ok = <u64><u32>length + BC_RECORD_HEADER_SIZE == toEnd && toEnd <= available;
-      size = toEnd;
-    } else {
-      ok = <u64><u32>length <= <u64>topicMaxPayload(capacity) && recordSeq == seq;
-      size = align(<u64><u32>length + BC_RECORD_HEADER_SIZE);
-      ok = ok && size <= toEnd && size <= available;
+      if (length + BC_RECORD_HEADER_SIZE != toEnd || toEnd > available) return RING_E_RECORD;
+      position += toEnd;
+      continue;
     }
-    if (!ok) {
-      // On a lossy topic the publisher may have overwritten the record under us: that is a lap, seen on the
-      // next turn of the loop. Anything else is corruption.
-      // SYNC: pairs with the stores of head in reclaim.
-      if (lossy && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position && laps < 64) continue;
-      return RING_E_RECORD;
-    }
+    if (length > limit || recordSeq != seq) return RING_E_RECORD;
+    const size = align(length + BC_RECORD_HEADER_SIZE);
+    if (size > toEnd || size > available) return RING_E_RECORD;
     position += size;
-    if (type == RECORD_PADDING) continue;
     const entry = out + <usize>count * BC_BATCH_ENTRY_SIZE;
     store<u32>(entry, <u32>(record + BC_RECORD_HEADER_SIZE), 0);
     store<u32>(entry, <u32>length, 4);
@@ -500,6 +615,32 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
   store<u64>(h, position, TH_POSITION);
   store<u64>(h, seq, TH_SEQ);
   return <i32>count;
+}
+
+/**
+ * A lapped lossy reader at sequence `seq` finds where to go on: from a consistent head, walks to the first record
+ * boundary in the newer half of the ring (those records survive at least half a lap of publishing) and adds the
+ * records it skips to the dropped count. 1: the new boundary is in the scratch fields; 0: lapped while walking
+ * (or the seqlock kept moving), try again; negative: the positions cannot be right.
+ */
+function relocate(h: usize, seq: u64): i32 {
+  const topic = topicOf(h);
+  const capacity = capOf(h);
+  const snap = snapshot(h);
+  if (snap == SNAP_BUSY) return 0;
+  if (snap == SNAP_CORRUPT) return RING_E_POSITIONS;
+  const head = load<u64>(h, TH_SCRATCH_POS);
+  const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
+  const tail = load<u64>(h, TH_SCRATCH_TAIL);
+  // We were lapped, so head passed our record: an older headSeq cannot be right.
+  if (headSeq < seq) return RING_E_POSITIONS;
+  const half = <u64>(capacity >>> 1);
+  const stop = tail - head > half ? tail - half : head;
+  const walked = walk(h, head, headSeq, tail, stop, u64.MAX_VALUE);
+  if (walked == WALK_LAPPED) return 0;
+  if (walked == WALK_CORRUPT) return RING_E_RECORD;
+  store<u64>(h, load<u64>(h, TH_DROPPED) + (load<u64>(h, TH_SCRATCH_SEQ) - seq), TH_DROPPED);
+  return 1;
 }
 
 /**
@@ -536,13 +677,17 @@ export function topic_release(h: usize): i32 {
   return 1;
 }
 
-/** Records published and not yet read by us (0 when caught up). */
+/**
+ * Records published and not yet read by us: 0 exactly when caught up (our position is the tail), else at least 1
+ * (the count is approximate: tailSeq and tail are separate words).
+ */
 export function topic_pending(h: usize): i32 {
-  // SYNC: pairs with the atomic store of tailSeq in topic_commit.
-  const tailSeq = atomic.load<u64>(topicOf(h), TOPIC_TAIL_SEQ_OFFSET);
-  const seq = load<u64>(h, TH_SEQ);
-  const behind = tailSeq - seq;
-  return behind > 0x7fffffff ? 0x7fffffff : <i32>behind;
+  const topic = topicOf(h);
+  // SYNC: pairs with the atomic stores of tail / tailSeq in topic_commit.
+  const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
+  if (tail == load<u64>(h, TH_POSITION)) return 0;
+  const behind = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET) - load<u64>(h, TH_SEQ);
+  return behind == 0 || behind > 0x7fffffff ? 1 : <i32>behind;
 }
 
 /** 1 once the publisher closed for good. */

@@ -47,7 +47,9 @@
 // --- segment header -------------------------------------------------------------------------------------------
 export const SEGMENT_MAGIC = 0x424d4853; // "SHMB" in memory order
 export const LAYOUT_VERSION_MAJOR = 1;
-export const LAYOUT_VERSION_MINOR = 0;
+// 1.1: topic and registry segments changed (one 64-bit claim word per publisher, subscriber and member slot) and
+// took new magics, so an older build refuses them (bad magic) instead of misreading them; channels are unchanged.
+export const LAYOUT_VERSION_MINOR = 1;
 export const LAYOUT_VERSION = (LAYOUT_VERSION_MAJOR << 16) | LAYOUT_VERSION_MINOR;
 
 export const SEG_MAGIC_OFFSET = 0;
@@ -117,6 +119,8 @@ export const RING_E_TOO_LARGE = -3;
 export const RING_E_STATE = -4;
 /** The ring header disagrees with the segment header (capacity). */
 export const RING_E_HEADER = -5;
+/** A lossy topic's publisher outran every bounded attempt to join (try again; nothing is wrong with the ring). */
+export const RING_E_AGAIN = -6;
 
 // --- this process's private wasm memory (not shared with anyone) -----------------------------------------------
 //   0 … PRIVATE_BASE           the module's static data (the build test checks it fits)
@@ -133,6 +137,12 @@ export const BATCH_MAX = 4096;
 export const BATCH_ENTRY_SIZE = 12;
 /** The batch area fits BATCH_MAX entries of the larger (topic) kind. */
 export const BATCH_END = BATCH_BASE + BATCH_MAX * 16;
+/**
+ * Bytes of one batch area. Each reading end (ring consumer, topic subscriber) gets its own area in window space
+ * on its first read, so a handler that polls another channel or topic never overwrites the batch being handed
+ * out; the area at BATCH_BASE is only what `engine.batch` points at before any read.
+ */
+export const BATCH_AREA_SIZE = BATCH_END - BATCH_BASE;
 export const WINDOW_BASE = 1 << 20; // above BATCH_END (the build test checks)
 
 // --- handle: one endpoint of a ring, private to this process --------------------------------------------------
@@ -168,8 +178,8 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 }
 
 // ─── Topic segment (broadcast ring: one publisher, many subscribers) ──────────────────────────────────────
-// A topic segment starts with the same 128-byte segment header (magic TOPIC_MAGIC, ringCount 1, ringCapacity =
-// the data bytes), then:
+// A topic segment starts with the same 128-byte segment header (magic TOPIC_MAGIC, ringCount = maxSubscribers,
+// ringCapacity = the data bytes), then:
 //
 //   128  topic header
 //     0    capacity u32            creator      data bytes, a power of two
@@ -182,21 +192,23 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 //     144  headPosition u64        publisher    oldest record still in the ring
 //     152  headSeq u64             publisher    its sequence number
 //     160  wakeSeq u32             publisher    bumped when records are published while someone sleeps (futex)
-//     164  publisherPid u32        publisher    0 when no publisher is attached
-//     168  publisherStart u64      publisher
+//     164  reserved u32
+//     168  publisherStart u64      publisher    full start time of the claimant, for tools (written after the claim)
 //     176  publisherClosed u32     publisher    1 once the publisher is gone for good
-//     180  reclaimGen u32          publisher    odd while the publisher moves head (a seqlock joiners read around)
+//     180  reclaimGen u32          publisher    odd while the publisher moves head (a seqlock readers read around)
 //     184  publisherParked u32     publisher    1 while a lossless publisher waits for the slowest subscriber
-//     188…255 reserved
+//     188  reserved u32
+//     192  publisherClaim u64      claim word   0 when no publisher; else a claim (below), taken by compare-and-swap
+//                                               from 0 or from a claim whose process is dead
+//     200…255 reserved
 //     256  sleepers u32            subscribers  how many subscribers are parked (atomic add/sub by each)
 //     260  spaceWake u32           subscribers  bumped (atomic add) by a subscriber that frees room for a parked publisher
 //     264…383 reserved
 //   128+384  subscriber slots, maxSubscribers × TOPIC_SLOT_SIZE:
-//     0    state u32               claim word   SLOT_FREE → SLOT_ACTIVE by a joining subscriber (compare-and-swap);
-//                                               SLOT_ACTIVE → SLOT_FREE by its owner, or by the publisher evicting a
-//                                               dead owner (compare-and-swap)
-//     4    pid u32                 subscriber
-//     8    startTime u64           subscriber
+//     0    claim u64               claim word   0 = free; a claim by a joining subscriber (compare-and-swap from 0);
+//                                               back to 0 by its owner, or by the publisher evicting a dead owner
+//                                               (compare-and-swap from the exact claim it found dead)
+//     8    startTime u64           subscriber   full start time, for tools (written after the claim)
 //     16   cursorPosition u64      subscriber   next byte to read; the lossless publisher never passes it
 //     24   cursorSeq u64           subscriber   sequence number of that record
 //     32   dropped u64             subscriber   records lost to lapping (lossy), a counter for tools
@@ -204,7 +216,13 @@ export function segmentBytes(ringCount: u32, capacity: u32): u32 {
 //     44…127 reserved
 //   then data[capacity]: records with a 16-byte header:
 //     0 length i32 · 4 type u32 (0 = padding) · 8 seq u64 · payload · pad to 16
-export const TOPIC_MAGIC = 0x54424853; // "SHBT"
+//
+//   A claim is one 64-bit word: pid in the low 32 bits, the low 32 bits of the process's start time (clock ticks
+//   since boot, /proc/<pid>/stat field 22) in the high 32 bits. Taking a slot is a single compare-and-swap of that
+//   word, so two claimants can never both win, and "is the holder alive" is decided from the word alone (pid
+//   alive and its start time matches), never from a start time written after the claim.
+/** "SHT2" in memory order (layout 1.0 topics were "SHBT"). */
+export const TOPIC_MAGIC = 0x32544853;
 export const TOPIC_HEADER_OFFSET = SEGMENT_HEADER_SIZE;
 export const TOPIC_CAPACITY_OFFSET = 0;
 export const TOPIC_MAX_SUBSCRIBERS_OFFSET = 4;
@@ -215,24 +233,23 @@ export const TOPIC_TAIL_SEQ_OFFSET = 136;
 export const TOPIC_HEAD_OFFSET = 144;
 export const TOPIC_HEAD_SEQ_OFFSET = 152;
 export const TOPIC_WAKE_OFFSET = 160;
-export const TOPIC_PUBLISHER_PID_OFFSET = 164;
 export const TOPIC_PUBLISHER_START_OFFSET = 168;
 export const TOPIC_PUBLISHER_CLOSED_OFFSET = 176;
 export const TOPIC_RECLAIM_GEN_OFFSET = 180;
 export const TOPIC_PUBLISHER_PARK_OFFSET = 184;
+export const TOPIC_PUBLISHER_CLAIM_OFFSET = 192;
 export const TOPIC_SLEEPERS_OFFSET = 256;
 export const TOPIC_SPACE_WAKE_OFFSET = 260;
 export const TOPIC_HEADER_SIZE = 384;
 export const TOPIC_SLOT_SIZE = 128;
-export const SLOT_STATE_OFFSET = 0;
-export const SLOT_PID_OFFSET = 4;
+export const SLOT_CLAIM_OFFSET = 0;
 export const SLOT_START_OFFSET = 8;
 export const SLOT_CURSOR_OFFSET = 16;
 export const SLOT_CURSOR_SEQ_OFFSET = 24;
 export const SLOT_DROPPED_OFFSET = 32;
 export const SLOT_PARKED_OFFSET = 40;
-export const SLOT_FREE = 0;
-export const SLOT_ACTIVE = 1;
+/** A claim word's value when nobody holds it. */
+export const CLAIM_FREE = 0;
 export const POLICY_LOSSLESS = 0;
 export const POLICY_LOSSY = 1;
 export const TOPIC_MAX_SUBSCRIBERS = 256;
@@ -260,30 +277,56 @@ export function topicBytes(maxSubscribers: u32, capacity: u32): u32 {
 
 // ─── Bus registry segment ─────────────────────────────────────────────────────────────────────────────────
 // The same 128-byte segment header (magic REGISTRY_MAGIC, ringCount = topic entries, ringCapacity = member
-// slots), then REGISTRY_MEMBERS member slots and the topic entries:
-//   member slot (16 bytes): pid u32 (claim word: 0 → pid by compare-and-swap; back to 0 by its owner or by
-//     anyone who finds the pid dead) · reserved u32 · startTime u64
-//   topic entry (128 bytes): state u32 (claim word: 0 free → 1 being written → 2 ready, compare-and-swap by the
-//     creator) · nameLength u32 · capacity u32 · maxSubscribers u32 · policy u32 · history u32 · creatorPid u32 ·
-//     reserved u32 · name (up to 96 bytes, UTF-8)
-export const REGISTRY_MAGIC = 0x52424853; // "SHBR"
+// slots), then REGISTRY_MEMBERS member slots, then REGISTRY_TOPICS topic entries.
+//
+//   member slot (REGISTRY_MEMBER_SIZE = 16):
+//   0                 8                 16
+//   ┌─────────────────┬─────────────────┐
+//   │ claim u64       │ startTime u64   │
+//   └─────────────────┴─────────────────┘
+//   claim      claim word: 0 free; a claim (see "Topic segment") by a joining process, compare-and-swap from 0 or
+//              from a claim whose process is dead; back to 0 by its owner (compare-and-swap from its own claim)
+//   startTime  the member's full start time, for tools (written after the claim; never used to decide liveness)
+//
+//   topic entry (REGISTRY_ENTRY_SIZE = 128):
+//   0        4        8        12       16       20       24       28       32                               128
+//   ┌────────┬────────┬────────┬────────┬────────┬────────┬────────┬────────┬────────────────────────────────┐
+//   │ state  │nameLen │capacity│maxSubs │ policy │history │creatPid│reserved│ name (UTF-8, nameLen ≤ 96)     │
+//   └────────┴────────┴────────┴────────┴────────┴────────┴────────┴────────┴────────────────────────────────┘
+//   state u32   claim word: ENTRY_FREE → ENTRY_WRITING (compare-and-swap by the creator) → ENTRY_READY (store by
+//               the creator once every other field is written). Everything else is written by the creator only.
+//   A reader treats every field as untrusted: nameLen past REGISTRY_NAME_MAX or a name that is not a valid topic
+//   name is skipped.
+/** "SHR2" in memory order (layout 1.0 registries were "SHBR"). */
+export const REGISTRY_MAGIC = 0x32524853;
 export const REGISTRY_MEMBERS = 256;
-export const REGISTRY_MEMBER_SIZE = 16;
+export const MEMBER_CLAIM_OFFSET = 0;
+export const MEMBER_START_OFFSET = MEMBER_CLAIM_OFFSET + 8;
+export const REGISTRY_MEMBER_SIZE = MEMBER_START_OFFSET + 8;
 export const REGISTRY_TOPICS = 256;
-export const REGISTRY_ENTRY_SIZE = 128;
-export const REGISTRY_NAME_OFFSET = 32;
+export const ENTRY_STATE_OFFSET = 0;
+export const ENTRY_NAME_LENGTH_OFFSET = ENTRY_STATE_OFFSET + 4;
+export const ENTRY_CAPACITY_OFFSET = ENTRY_NAME_LENGTH_OFFSET + 4;
+export const ENTRY_MAX_SUBSCRIBERS_OFFSET = ENTRY_CAPACITY_OFFSET + 4;
+export const ENTRY_POLICY_OFFSET = ENTRY_MAX_SUBSCRIBERS_OFFSET + 4;
+export const ENTRY_HISTORY_OFFSET = ENTRY_POLICY_OFFSET + 4;
+export const ENTRY_CREATOR_PID_OFFSET = ENTRY_HISTORY_OFFSET + 4;
+export const REGISTRY_NAME_OFFSET = ENTRY_CREATOR_PID_OFFSET + 8;
 export const REGISTRY_NAME_MAX = 96;
-/** Fields of a member slot and of a topic entry (the registry layout above). */
-export const REGISTRY_MEMBER_PID_OFFSET = 0;
-export const REGISTRY_MEMBER_START_OFFSET = 8;
-export const REGISTRY_ENTRY_STATE_OFFSET = 0;
-export const REGISTRY_ENTRY_NAME_LENGTH_OFFSET = 4;
-/** Where the member slots and the topic entries start in a registry segment. */
-export const REGISTRY_MEMBERS_OFFSET = SEGMENT_HEADER_SIZE;
-export const REGISTRY_ENTRIES_OFFSET = REGISTRY_MEMBERS_OFFSET + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE;
+export const REGISTRY_ENTRY_SIZE = REGISTRY_NAME_OFFSET + REGISTRY_NAME_MAX;
 export const ENTRY_FREE = 0;
 export const ENTRY_WRITING = 1;
 export const ENTRY_READY = 2;
+
+/** Offset of member slot `index` in a registry segment. */
+export function memberOffset(index: u32): u32 {
+  return SEGMENT_HEADER_SIZE + index * REGISTRY_MEMBER_SIZE;
+}
+
+/** Offset of topic entry `index` in a registry segment. */
+export function entryOffset(index: u32): u32 {
+  return SEGMENT_HEADER_SIZE + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE + index * REGISTRY_ENTRY_SIZE;
+}
 
 export function registryBytes(topics: u32, members: u32): u32 {
   return ((SEGMENT_HEADER_SIZE + members * REGISTRY_MEMBER_SIZE + topics * REGISTRY_ENTRY_SIZE + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;

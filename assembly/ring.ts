@@ -64,8 +64,8 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
 }
 
 @inline function positionsSane(head: u64, tail: u64, capacity: u32): bool {
-  // Unsigned difference: a head past the tail wraps to a huge value and fails the same test.
-  return tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0;
+  // Positions only grow from 0 (2^64 bytes never wrap): a head numerically past the tail is impossible.
+  return tail >= head && tail - head <= <u64>capacity && ((head | tail) & (RECORD_ALIGNMENT - 1)) == 0;
 }
 
 // --- producer --------------------------------------------------------------------------------------------------
@@ -136,15 +136,20 @@ export function ring_abort(h: usize): i32 {
   return RING_OK;
 }
 
-/** Bytes the producer could still claim in one record (including a possible padding), using the cached head. */
-export function ring_free(h: usize): u32 {
+/**
+ * Bytes the producer could still claim in one record (including a possible padding), rereading the head, or
+ * RING_E_POSITIONS when the consumer's head is impossible (past our tail, more than capacity behind it, or
+ * misaligned): a writer must fail then, not wait for room that a scribbled head will never free.
+ */
+export function ring_free(h: usize): i32 {
   const capacity = capacityOf(h);
   // SYNC: pairs with the atomic store of head in ring_release.
   const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
   const position = load<u64>(h, H_POSITION_OFFSET);
-  if (!positionsSane(head, position, capacity)) return 0;
+  if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
   store<u64>(h, head, H_CACHED_OFFSET);
-  return <u32>(<u64>capacity - (position - head));
+  // capacity <= RING_MAX_CAPACITY (2^28): the count fits an i32.
+  return <i32>(<u64>capacity - (position - head));
 }
 
 // --- consumer --------------------------------------------------------------------------------------------------
@@ -249,7 +254,9 @@ export function ring_park(h: usize, need: u32): i32 {
   if (load<u32>(h, H_ROLE_OFFSET) == ROLE_CONSUMER) {
     progressed = ring_pending(h) != 0;
   } else {
-    progressed = ring_free(h) >= need;
+    // A corrupt head counts as progress: the caller rereads free() and fails with the error instead of sleeping.
+    const free = ring_free(h);
+    progressed = free < 0 || <u32>free >= need;
   }
   if (progressed) ring_unpark(h);
   return progressed ? 0 : 1;

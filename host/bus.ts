@@ -18,12 +18,15 @@ import { Packr, Unpackr } from 'msgpackr';
 import {
   RECORD_BYTES, RECORD_MSGPACK, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE,
   REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_FREE, ENTRY_WRITING, ENTRY_READY, SEGMENT_HEADER_SIZE,
-  TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET,
-  SLOT_PID_OFFSET, SLOT_START_OFFSET, BC_BATCH_ENTRY_SIZE, TOPIC_WAKE_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
-  registryBytes, topicBytes,
+  TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_CLAIM_OFFSET, TOPIC_PUBLISHER_START_OFFSET,
+  SLOT_CLAIM_OFFSET, BC_BATCH_ENTRY_SIZE, REGISTRY_MAGIC, TOPIC_WAKE_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
+  MEMBER_CLAIM_OFFSET, MEMBER_START_OFFSET, ENTRY_STATE_OFFSET, ENTRY_NAME_LENGTH_OFFSET, ENTRY_CAPACITY_OFFSET,
+  ENTRY_MAX_SUBSCRIBERS_OFFSET, ENTRY_POLICY_OFFSET, ENTRY_HISTORY_OFFSET, ENTRY_CREATOR_PID_OFFSET, SEG_MAGIC_OFFSET,
+  SEG_VERSION_OFFSET, POLICY_LOSSY, POLICY_LOSSLESS, CLAIM_FREE, memberOffset, entryOffset, registryBytes, topicBytes,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from './engine.js';
-import { Region } from './region.js';
+import { Region, type Trust } from './region.js';
+import { claimAlive, dropClaim, ownClaim, takeClaim } from './claim.js';
 import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGMENT } from './segment.js';
 import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from './topic.js';
 import { parseSize, schemeOf } from './url.js';
@@ -79,9 +82,33 @@ export interface TopicInfo {
   subscribers: { pid: number; alive: boolean; seq: number; dropped: number }[];
 }
 
-interface Naming { registry: string; topic(name: string): string; kind: 'posix' | 'file' }
+export interface BusOptions {
+  /**
+   * Other users whose bus files this process accepts. By default a bus's registry and topic files must belong to
+   * this process's effective uid: a file another user planted (even one this process could open) is refused
+   * with ERR_SHMBUS_PERMISSION_DENIED, so nobody can read or feed a bus by creating its files first.
+   */
+  allow?: { uids?: number[] };
+  /**
+   * Permission bits for the files this process creates (default 0o600). Group or other write bits given here are
+   * also accepted on files it attaches; without them a group- or world-writable bus file is refused.
+   */
+  mode?: number;
+}
 
-function naming(url: string): Naming {
+interface Naming { registry: string; topic(name: string): string; kind: 'posix' | 'file'; trust: Trust; mode: number }
+
+function naming(url: string, options: BusOptions): Naming {
+  const mode = options.mode ?? 0o600;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new BadArgumentError('mode must be permission bits 0..0o777', { mode });
+  const uids = options.allow?.uids ?? [];
+  if (!Array.isArray(uids) || !uids.every((u) => Number.isInteger(u) && u >= 0)) throw new BadArgumentError('allow.uids must be uids', { uids: String(uids) });
+  const trust: Trust = { uids: [process.geteuid?.() ?? 0, ...uids], writableBy: mode & 0o022 };
+  const kind = namesOf(url);
+  return { ...kind, trust, mode };
+}
+
+function namesOf(url: string): Omit<Naming, 'trust' | 'mode'> {
   const scheme = schemeOf(url);
   if (scheme !== 'shm' && scheme !== 'file') throw new UnknownSchemeError(url, scheme);
   let parsed: URL;
@@ -108,6 +135,11 @@ function checkTopicName(name: unknown): string {
 class Mapped {
   constructor(readonly engine: Engine, readonly region: Region, readonly at: number) {}
 
+  /**
+   * Maps `region`, then checks with fstat that the segment still covers the whole mapping: a member that shrank
+   * it would otherwise make our first touch past the new end a SIGBUS. (It can still shrink it later: see
+   * docs/security-bus.md.)
+   */
   static map(engine: Engine, region: Region): Mapped {
     const at = engine.allocWindow(region.size);
     try {
@@ -117,7 +149,19 @@ class Mapped {
       region.close();
       throw error;
     }
-    return new Mapped(engine, region, at);
+    const m = new Mapped(engine, region, at);
+    let now: number;
+    try {
+      now = region.currentSize();
+    } catch (error) {
+      m.unmap();
+      throw error;
+    }
+    if (now < region.mapLength) {
+      m.unmap();
+      throw new CorruptError('segment shrank under its mapping', { name: region.name, size: now, mapped: region.mapLength });
+    }
+    return m;
   }
 
   unmap(): void {
@@ -130,25 +174,30 @@ class Mapped {
   }
 }
 
-function createOrAttach(kind: 'posix' | 'file', name: string, size: number): Region {
-  return kind === 'posix' ? Region.createPosix(name, { size, exclusive: false }) : Region.createFile(name, { size, exclusive: false });
+/**
+ * Creates a bus file exclusively (O_EXCL, never through a symlink), or attaches the existing one only if its
+ * owner and mode pass `names.trust` (fstat before anything is mapped).
+ */
+function createOrAttach(names: Naming, name: string, size: number): Region {
+  const opts = { size, exclusive: false, mode: names.mode, trust: names.trust };
+  return names.kind === 'posix' ? Region.createPosix(name, opts) : Region.createFile(name, opts);
 }
 
-function attachExisting(kind: 'posix' | 'file', name: string): Region {
-  return kind === 'posix' ? Region.attachPosix(name) : Region.attachFile(name);
+function attachExisting(names: Naming, name: string): Region {
+  return names.kind === 'posix' ? Region.attachPosix(name, { trust: names.trust }) : Region.attachFile(name, { trust: names.trust });
+}
+
+/** Whether the creator of the segment at `m` has not finished formatting it yet (version, or even magic, unset). */
+function unformatted(m: Mapped): boolean {
+  const words = new Int32Array(m.engine.memory.buffer, m.at, SEGMENT_HEADER_SIZE / 4);
+  // SYNC: pairs with the Atomics.store of the version in publishVersion.
+  return Atomics.load(words, SEG_VERSION_OFFSET / 4) === 0 || Atomics.load(words, SEG_MAGIC_OFFSET / 4) === 0;
 }
 
 /** Waits until a creator has published the segment's version (it formats right after creating). */
 async function readyHeader(m: Mapped, kind: typeof TOPIC_SEGMENT): Promise<ReturnType<typeof readSegment>> {
-  for (let i = 0; ; i++) {
-    try {
-      return readSegment(m.engine, m.at, m.region.size, kind);
-    } catch (error) {
-      const unready = error instanceof CorruptError && /not initialised|bad magic/.test(error.message);
-      if (!unready || i > 200) throw error;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
+  for (let i = 0; unformatted(m) && i < 200; i++) await new Promise((r) => setTimeout(r, 5));
+  return readSegment(m.engine, m.at, m.region.size, kind);
 }
 
 /**
@@ -236,16 +285,20 @@ export class Bus {
     this.memberSlot = memberSlot;
   }
 
-  /** Opens (creating if needed) the bus named by `url` (`shm://name` or `file:///path/name`). */
-  static async open(url: string): Promise<Bus> {
-    const names = naming(url);
+  /**
+   * Opens (creating if needed) the bus named by `url` (`shm://name` or `file:///path/name`). Existing bus files
+   * are attached only if they belong to this user (or one `options.allow` names) and are not writable by others.
+   */
+  static async open(url: string, options: BusOptions = {}): Promise<Bus> {
+    const names = naming(url, options);
     const engine = getEngine();
     const size = registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS);
-    const region = createOrAttach(names.kind, names.registry, size);
+    const region = createOrAttach(names, names.registry, size);
     const registry = Mapped.map(engine, region);
     try {
       if (region.created) {
         writeHeader(engine, registry.at, REGISTRY_SEGMENT, REGISTRY_TOPICS, REGISTRY_MEMBERS, process.pid, processStartTime(process.pid) ?? 0n);
+        // A file:// registry may reuse a file whose old contents we just overwrote: members start free.
         publishVersion(engine, registry.at);
       } else {
         await readyHeader(registry, REGISTRY_SEGMENT);
@@ -276,7 +329,7 @@ export class Bus {
     if (!Number.isInteger(maxSubscribers) || maxSubscribers < 1 || maxSubscribers > 256) throw new BadArgumentError('maxSubscribers must be 1 to 256', { maxSubscribers });
     const geometry = { capacity, policy, history, maxSubscribers };
     const size = topicBytes(maxSubscribers, capacity);
-    const region = createOrAttach(this.names.kind, this.names.topic(name), size);
+    const region = createOrAttach(this.names, this.names.topic(name), size);
     let mapped: Mapped | undefined;
     try {
       mapped = Mapped.map(this.engine, region);
@@ -314,7 +367,7 @@ export class Bus {
     const from = options.from ?? 'latest';
     if (from !== 'latest' && from !== 'earliest') throw new BadArgumentError("from is 'latest' or 'earliest'", { from });
     let exists = true;
-    try { attachExisting(this.names.kind, this.names.topic(name)).close(); } catch (error) {
+    try { attachExisting(this.names, this.names.topic(name)).close(); } catch (error) {
       if (!(error instanceof ShmbusError && error.code === ErrorCode.NOT_FOUND)) throw error;
       exists = false;
     }
@@ -333,13 +386,13 @@ export class Bus {
     for (const entry of readEntries(this.engine, this.registry.at)) {
       const info: TopicInfo = { ...entry, published: 0, publisher: null, subscribers: [] };
       try {
-        const m = Mapped.map(this.engine, attachExisting(this.names.kind, this.names.topic(entry.name)));
+        const m = Mapped.map(this.engine, attachExisting(this.names, this.names.topic(entry.name)));
         try {
           const header = readSegment(this.engine, m.at, m.region.size, TOPIC_SEGMENT);
           const state = readTopicState(this.engine, m.at, header.ringCount);
           info.published = state.published;
-          if (state.publisherPid) info.publisher = { pid: state.publisherPid, alive: isProcessAlive(state.publisherPid, state.publisherStart || undefined) };
-          info.subscribers = state.subscribers.map((s) => ({ pid: s.pid, alive: isProcessAlive(s.pid, s.startTime || undefined), seq: s.seq, dropped: s.dropped }));
+          if (state.publisherPid) info.publisher = { pid: state.publisherPid, alive: claimAlive(state.publisherClaim) };
+          info.subscribers = state.subscribers.map((s) => ({ pid: s.pid, alive: claimAlive(s.claim), seq: s.seq, dropped: s.dropped }));
         } finally {
           m.unmap();
         }
@@ -352,7 +405,7 @@ export class Bus {
   /** @internal */
   get _engine(): Engine { return this.engine; }
   /** @internal */
-  _topicRegion(name: string): Region { return attachExisting(this.names.kind, this.names.topic(name)); }
+  _topicRegion(name: string): Region { return attachExisting(this.names, this.names.topic(name)); }
   /** @internal */
   _forget(endpoint: Publisher | Subscription): void { this.endpoints.delete(endpoint); }
 
@@ -384,27 +437,26 @@ export class Bus {
 
   private removeAll(topics: string[]): void {
     for (const name of [...topics.map((t) => this.names.topic(t)), this.names.registry]) {
-      try { const r = attachExisting(this.names.kind, name); r.remove(); r.close(); } catch { /* already gone */ }
+      try { const r = attachExisting(this.names, name); r.remove(); r.close(); } catch { /* already gone */ }
     }
   }
 }
 
 // --- registry ----------------------------------------------------------------------------------------------------
 
-function memberView(engine: Engine, at: number): { words: Int32Array; view: DataView; base: number } {
-  return { words: new Int32Array(engine.memory.buffer), view: new DataView(engine.memory.buffer), base: at + SEGMENT_HEADER_SIZE };
+/** The registry's member claim words (as BigUint64Array indexes) and full start times. */
+function memberWord(at: number, index: number): number {
+  return (at + memberOffset(index) + MEMBER_CLAIM_OFFSET) / 8;
 }
 
 function joinMembers(engine: Engine, at: number): number {
-  const { words, view, base } = memberView(engine, at);
+  const words = new BigUint64Array(engine.memory.buffer);
+  const view = new DataView(engine.memory.buffer);
+  const mine = ownClaim();
   for (let i = 0; i < REGISTRY_MEMBERS; i++) {
-    const slot = base + i * REGISTRY_MEMBER_SIZE;
-    const pid = Atomics.load(words, slot >>> 2);
-    // A dead member's slot is reclaimed by whoever finds it (compare-and-swap, so only one wins).
-    const free = pid === 0 || !isProcessAlive(pid, view.getBigUint64(slot + 8, true) || undefined);
-    // SYNC: pairs with the loads in liveMembers and the CAS of other joiners.
-    if (free && Atomics.compareExchange(words, slot >>> 2, pid, process.pid) === pid) {
-      view.setBigUint64(slot + 8, processStartTime(process.pid) ?? 0n, true);
+    // A free slot, or a dead member's, is taken by one compare-and-swap of the whole claim (host/claim.ts).
+    if (takeClaim(words, memberWord(at, i), mine)) {
+      view.setBigUint64(at + memberOffset(i) + MEMBER_START_OFFSET, processStartTime(process.pid) ?? 0n, true);
       return i;
     }
   }
@@ -412,23 +464,18 @@ function joinMembers(engine: Engine, at: number): number {
 }
 
 function leaveMembers(engine: Engine, at: number, index: number): void {
-  const { words, base } = memberView(engine, at);
-  // SYNC: pairs with the loads in liveMembers.
-  Atomics.compareExchange(words, (base + index * REGISTRY_MEMBER_SIZE) >>> 2, process.pid, 0);
+  dropClaim(new BigUint64Array(engine.memory.buffer), memberWord(at, index), ownClaim());
 }
 
 function liveMembers(engine: Engine, at: number): number {
-  const { words, view, base } = memberView(engine, at);
+  const words = new BigUint64Array(engine.memory.buffer);
   let n = 0;
   for (let i = 0; i < REGISTRY_MEMBERS; i++) {
-    const slot = base + i * REGISTRY_MEMBER_SIZE;
-    const pid = Atomics.load(words, slot >>> 2);
-    if (pid !== 0 && isProcessAlive(pid, view.getBigUint64(slot + 8, true) || undefined)) n++;
+    // SYNC: pairs with the compare-and-swap in takeClaim / dropClaim.
+    if (claimAlive(Atomics.load(words, memberWord(at, i)))) n++;
   }
   return n;
 }
-
-const entriesBase = (at: number) => at + SEGMENT_HEADER_SIZE + REGISTRY_MEMBERS * REGISTRY_MEMBER_SIZE;
 
 function registerTopic(engine: Engine, at: number, name: string, g: { capacity: number; policy: Policy; history: number; maxSubscribers: number }): void {
   const words = new Int32Array(engine.memory.buffer);
@@ -436,38 +483,44 @@ function registerTopic(engine: Engine, at: number, name: string, g: { capacity: 
   const bytes = Buffer.from(name, 'utf8');
   if (readEntries(engine, at).some((e) => e.name === name)) return;
   for (let i = 0; i < REGISTRY_TOPICS; i++) {
-    const e = entriesBase(at) + i * REGISTRY_ENTRY_SIZE;
+    const e = at + entryOffset(i);
     // SYNC: the claim word; pairs with the loads in readEntries (an entry is read only once READY).
-    if (Atomics.compareExchange(words, e >>> 2, ENTRY_FREE, ENTRY_WRITING) !== ENTRY_FREE) continue;
-    view.setUint32(e + 4, bytes.length, true);
-    view.setUint32(e + 8, g.capacity, true);
-    view.setUint32(e + 12, g.maxSubscribers, true);
-    view.setUint32(e + 16, g.policy === 'lossy' ? 1 : 0, true);
-    view.setUint32(e + 20, g.history, true);
-    view.setUint32(e + 24, process.pid, true);
+    if (Atomics.compareExchange(words, (e + ENTRY_STATE_OFFSET) >>> 2, ENTRY_FREE, ENTRY_WRITING) !== ENTRY_FREE) continue;
+    view.setUint32(e + ENTRY_NAME_LENGTH_OFFSET, bytes.length, true);
+    view.setUint32(e + ENTRY_CAPACITY_OFFSET, g.capacity, true);
+    view.setUint32(e + ENTRY_MAX_SUBSCRIBERS_OFFSET, g.maxSubscribers, true);
+    view.setUint32(e + ENTRY_POLICY_OFFSET, g.policy === 'lossy' ? POLICY_LOSSY : POLICY_LOSSLESS, true);
+    view.setUint32(e + ENTRY_HISTORY_OFFSET, g.history, true);
+    view.setUint32(e + ENTRY_CREATOR_PID_OFFSET, process.pid, true);
     engine.u8.set(bytes, e + REGISTRY_NAME_OFFSET);
-    Atomics.store(words, e >>> 2, ENTRY_READY);
+    Atomics.store(words, (e + ENTRY_STATE_OFFSET) >>> 2, ENTRY_READY);
     return;
   }
   throw new ShmbusError(ErrorCode.LIMIT, 'the bus registry is full', { details: { maxTopics: REGISTRY_TOPICS } });
 }
 
+/**
+ * The READY entries of the registry. Every field is untrusted (any member can write the registry): an entry whose
+ * name is too long or is not a valid topic name is skipped, so no path is ever built from it.
+ */
 function readEntries(engine: Engine, at: number): { name: string; capacity: number; policy: Policy; history: number; maxSubscribers: number }[] {
   const words = new Int32Array(engine.memory.buffer);
   const view = new DataView(engine.memory.buffer);
   const out = [];
   for (let i = 0; i < REGISTRY_TOPICS; i++) {
-    const e = entriesBase(at) + i * REGISTRY_ENTRY_SIZE;
+    const e = at + entryOffset(i);
     // SYNC: pairs with the Atomics.store of ENTRY_READY in registerTopic.
-    if (Atomics.load(words, e >>> 2) !== ENTRY_READY) continue;
-    const length = view.getUint32(e + 4, true);
+    if (Atomics.load(words, (e + ENTRY_STATE_OFFSET) >>> 2) !== ENTRY_READY) continue;
+    const length = view.getUint32(e + ENTRY_NAME_LENGTH_OFFSET, true);
     if (length > REGISTRY_NAME_MAX) continue; // a corrupt entry is skipped, never read past
+    const name = Buffer.from(engine.u8.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length)).toString('utf8');
+    if (!TOPIC_NAME.test(name)) continue;
     out.push({
-      name: Buffer.from(engine.u8.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length)).toString('utf8'),
-      capacity: view.getUint32(e + 8, true),
-      maxSubscribers: view.getUint32(e + 12, true),
-      policy: (view.getUint32(e + 16, true) === 1 ? 'lossy' : 'lossless') as Policy,
-      history: view.getUint32(e + 20, true),
+      name,
+      capacity: view.getUint32(e + ENTRY_CAPACITY_OFFSET, true),
+      maxSubscribers: view.getUint32(e + ENTRY_MAX_SUBSCRIBERS_OFFSET, true),
+      policy: (view.getUint32(e + ENTRY_POLICY_OFFSET, true) === POLICY_LOSSY ? 'lossy' : 'lossless') as Policy,
+      history: view.getUint32(e + ENTRY_HISTORY_OFFSET, true),
     });
   }
   return out;
@@ -495,6 +548,8 @@ export class Publisher extends EventEmitter {
   private wakeScheduled = false;
   private waiter: WordWaiter | undefined;
   private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Set when the topic turned out corrupt while queued messages were moved in: every later call throws it. */
+  private failure: Error | undefined;
 
   /** @internal use Bus.publisher */
   constructor(bus: Bus, topic: string, mapped: Mapped, capacity: number, maxSubscribers: number, maxQueued: number) {
@@ -504,21 +559,21 @@ export class Publisher extends EventEmitter {
     this.mapped = mapped;
     this.maxQueued = maxQueued;
     const engine = mapped.engine;
-    // Claim the topic: one publisher at a time; a dead one's claim is taken over.
-    const words = new Int32Array(engine.memory.buffer);
-    const view = new DataView(engine.memory.buffer);
-    const pidWord = (mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_PID_OFFSET) >>> 2;
-    const current = Atomics.load(words, pidWord);
-    const currentStart = view.getBigUint64(mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_START_OFFSET, true);
-    if (current !== 0 && isProcessAlive(current, currentStart || undefined)) {
-      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher', { details: { topic, pid: current } });
+    // Claim the topic: one publisher at a time; a dead one's claim is taken over, by one compare-and-swap of the
+    // whole claim word (host/claim.ts), so two would-be publishers can never both win.
+    const words = new BigUint64Array(engine.memory.buffer);
+    const claimWord = (mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_CLAIM_OFFSET) / 8;
+    if (!takeClaim(words, claimWord, ownClaim())) {
+      const holder = Atomics.load(words, claimWord);
+      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher', { details: { topic, pid: Number(holder & 0xffffffffn) } });
     }
-    // SYNC: pairs with this load in other would-be publishers: only one CAS wins.
-    if (Atomics.compareExchange(words, pidWord, current, process.pid) !== current) {
-      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher', { details: { topic } });
+    new DataView(engine.memory.buffer).setBigUint64(mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_START_OFFSET, processStartTime(process.pid) ?? 0n, true);
+    try {
+      this.writer = new TopicWriter(engine, mapped.at, capacity, maxSubscribers);
+    } catch (error) {
+      dropClaim(words, claimWord, ownClaim());
+      throw error;
     }
-    view.setBigUint64(mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_START_OFFSET, processStartTime(process.pid) ?? 0n, true);
-    this.writer = new TopicWriter(engine, mapped.at, capacity, maxSubscribers);
     this.maxMessageSize = this.writer.maxPayload;
   }
 
@@ -548,12 +603,14 @@ export class Publisher extends EventEmitter {
 
   /** Resolves when no message waits locally. */
   drained(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     if (this.queue.length === 0) return Promise.resolve();
     if (this.closed) return Promise.reject(new ClosedError('publisher is closed'));
     return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
   }
 
   private checkOpen(): void {
+    if (this.failure) throw this.failure;
     if (this.closed) throw new ClosedError('publisher is closed', { topic: this.topic });
   }
 
@@ -603,6 +660,15 @@ export class Publisher extends EventEmitter {
           this.writer.unpark();
         }
       }
+    } catch (error) {
+      // A corrupt topic (a member scribbled it): the publisher is unusable. Nobody awaits pump(), so the error
+      // goes to drained() and to every later publish, never to an unhandled rejection.
+      this.failure = error instanceof Error ? error : new CorruptError('publisher failed', { cause: String(error) });
+      this.queue.length = 0;
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w.reject(this.failure);
+      return;
     } finally {
       this.pumping = false;
     }
@@ -618,12 +684,12 @@ export class Publisher extends EventEmitter {
   private evictDead(): boolean {
     const slot = this.writer.slowest();
     if (slot < 0) return false;
-    const view = new DataView(this.mapped.engine.memory.buffer);
+    const words = new BigUint64Array(this.mapped.engine.memory.buffer);
     const s = this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + slot * TOPIC_SLOT_SIZE;
-    const pid = view.getUint32(s + SLOT_PID_OFFSET, true);
-    const start = view.getBigUint64(s + SLOT_START_OFFSET, true);
-    if (isProcessAlive(pid, start || undefined)) return false;
-    return this.writer.evict(slot);
+    // SYNC: pairs with the compare-and-swap in topic_join; evict only succeeds if the slot still holds this claim.
+    const claim = Atomics.load(words, (s + SLOT_CLAIM_OFFSET) / 8);
+    if (claim === BigInt(CLAIM_FREE) || claimAlive(claim)) return false;
+    return this.writer.evict(slot, claim);
   }
 
   /** Stops publishing: queued messages are delivered first (as long as subscribers read), then subscribers end. */
@@ -635,8 +701,7 @@ export class Publisher extends EventEmitter {
     this.writer.close();
     // Sleeping subscribers must see the close now, not at their next timeout.
     wakeWord(this.mapped.engine, this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_WAKE_OFFSET);
-    const words = new Int32Array(this.mapped.engine.memory.buffer);
-    Atomics.compareExchange(words, (this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_PID_OFFSET) >>> 2, process.pid, 0);
+    dropClaim(new BigUint64Array(this.mapped.engine.memory.buffer), (this.mapped.at + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_CLAIM_OFFSET) / 8, ownClaim());
     this.writer.dispose();
     this.mapped.unmap();
     this.bus._forget(this);
@@ -691,13 +756,14 @@ export class Subscription implements AsyncIterable<unknown> {
     const engine = this.bus._engine;
     const mapped = Mapped.map(engine, region);
     try {
+      // Its creator has not formatted it yet: join on a later try.
+      if (unformatted(mapped)) { mapped.unmap(); return false; }
       const info = readSegment(engine, mapped.at, region.size, TOPIC_SEGMENT);
       this.reader = new TopicReader(engine, mapped.at, info.capacity, info.ringCount, this.fromEarliest, process.pid, processStartTime(process.pid) ?? 0n);
       this.mapped = mapped;
       return true;
     } catch (error) {
       mapped.unmap();
-      if (error instanceof CorruptError && /not initialised/.test(error.message)) return false;
       throw error;
     }
   }
@@ -715,16 +781,27 @@ export class Subscription implements AsyncIterable<unknown> {
   private fill(): number {
     const reader = this.reader!;
     const engine = this.bus._engine;
-    const n = reader.read();
+    let n: number;
+    try {
+      n = reader.read();
+    } catch (error) {
+      // Evicted (judged dead): the publisher no longer spared our records, so what we read may be gone. Say so.
+      if (!reader.member()) throw this.evicted();
+      throw error;
+    }
     if (n === 0) return 0;
     const view = new DataView(engine.memory.buffer);
     const u8 = engine.u8;
     const start = this.inbox.length;
     const seqs: number[] = [];
+    // Lossy: records the publisher reclaimed since the read are not worth decoding (counted as torn below).
+    const reclaimed = reader.oldestSeq();
     for (let i = 0; i < n; i++) {
-      const e = engine.batch + i * BC_BATCH_ENTRY_SIZE;
+      const e = reader.batch + i * BC_BATCH_ENTRY_SIZE;
       const addr = view.getUint32(e, true), length = view.getUint32(e + 4, true), type = view.getUint32(e + 8, true);
-      seqs.push(view.getUint32(e + 12, true));
+      const seq = view.getUint32(e + 12, true);
+      seqs.push(seq);
+      if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
         this.inbox.push(type === RECORD_MSGPACK ? this.unpackr.unpack(u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
       } catch {
@@ -734,12 +811,15 @@ export class Subscription implements AsyncIterable<unknown> {
     // Lossy: records older than the oldest one still there may have been overwritten while we read them.
     const oldest = reader.oldestSeq();
     let torn = 0;
+    let undecodable = -1;
     for (let i = 0; i < n; i++) {
       if (((seqs[i]! - oldest) | 0) < 0) { this.inbox[start + i] = TORN; torn++; }
-      else if (this.inbox[start + i] === TORN) throw new CorruptError('topic record does not decode', { topic: this.topic });
+      else if (this.inbox[start + i] === TORN && undecodable < 0) undecodable = seqs[i]!;
     }
     if (torn) reader.addDropped(torn);
     if (reader.release()) this.wakePublisher();
+    // Intact (not overwritten while we read it) and still not msgpack: the publisher wrote garbage.
+    if (undecodable >= 0) throw new CorruptError('topic record does not decode', { topic: this.topic, seq: undecodable });
     return n;
   }
 
@@ -760,7 +840,7 @@ export class Subscription implements AsyncIterable<unknown> {
       if (now - this.lastYield > YIELD_MS) { await nextTurn(); this.lastYield = performance.now(); continue; }
       const reader = this.reader!;
       if (this.fill() > 0) continue;
-      if (!reader.member()) throw new ShmbusError(ErrorCode.PEER_DEAD, 'evicted from the topic (held a lossless publisher too long)', { details: { topic: this.topic } });
+      if (!reader.member()) throw this.evicted();
       if (reader.publisherClosed()) {
         if (reader.pending() > 0) continue;
         this.ending = true;
@@ -804,13 +884,32 @@ export class Subscription implements AsyncIterable<unknown> {
     const n = reader.read();
     if (n === 0) return 0;
     const u32 = engine.u32, u8 = engine.u8;
-    let e = engine.batch >>> 2;
-    for (let i = 0; i < n; i++, e += BC_BATCH_ENTRY_SIZE >>> 2) handler(u8, u32[e]!, u32[e + 1]!, u32[e + 2]!);
+    const batch = reader.batch >>> 2;
+    let thrown: unknown;
+    let e = batch;
+    for (let i = 0; i < n; i++, e += BC_BATCH_ENTRY_SIZE >>> 2) {
+      // Every record is handed over (and the batch released) even if a handler throws; the first error is rethrown.
+      try {
+        handler(u8, u32[e]!, u32[e + 1]!, u32[e + 2]!);
+      } catch (error) {
+        thrown ??= error;
+      }
+    }
+    // A handler closed the subscription: its reader and mapping are gone, nothing is left to release.
+    if (this.closed) {
+      if (thrown !== undefined) throw thrown;
+      return n;
+    }
     const oldest = reader.oldestSeq();
-    const first = u32[(engine.batch >>> 2) + 3]!;
+    const first = u32[batch + 3]!;
     if (((first - oldest) | 0) < 0) reader.addDropped(Math.min(n, (oldest - first) >>> 0));
     if (reader.release()) this.wakePublisher();
+    if (thrown !== undefined) throw thrown;
     return n;
+  }
+
+  private evicted(): ShmbusError {
+    return new ShmbusError(ErrorCode.PEER_DEAD, 'evicted from the topic (its publisher judged this process dead)', { details: { topic: this.topic } });
   }
 
   /** Resolves when records wait (or the publisher closed); spins briefly, then sleeps. */

@@ -9,7 +9,8 @@ import { readFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import koffi from 'koffi';
 import {
-  WASM_PAGE_SIZE, PAGE_SIZE, PRIVATE_BASE, HANDLE_SIZE, MAX_HANDLES, BATCH_BASE, WINDOW_BASE, MEMORY_MAX_PAGES,
+  WASM_PAGE_SIZE, PAGE_SIZE, PRIVATE_BASE, HANDLE_SIZE, MAX_HANDLES, BATCH_BASE, BATCH_AREA_SIZE, WINDOW_BASE,
+  MEMORY_MAX_PAGES,
 } from '../assembly/layout.js';
 import { BadArgumentError, ShmbusError, ErrorCode } from './errors.js';
 
@@ -38,11 +39,11 @@ export interface RingExports {
   topic_commit(h: number, length: number): number;
   topic_abort(h: number): number;
   topic_slowest(h: number): number;
-  topic_evict(h: number, index: number): number;
+  topic_evict(h: number, index: number, pid: number, startLow: number): number;
   topic_close_publisher(h: number): void;
   topic_publisher_park(h: number, need: number): number;
   topic_publisher_unpark(h: number): void;
-  topic_join(h: number, topic: number, capacity: number, maxSubs: number, index: number, fromEarliest: number, pid: number, start: number): number;
+  topic_join(h: number, topic: number, capacity: number, maxSubs: number, index: number, fromEarliest: number, pid: number, startLow: number, start: number): number;
   topic_leave(h: number): void;
   topic_member(h: number): number;
   topic_read(h: number, out: number, max: number): number;
@@ -108,8 +109,26 @@ export class Engine {
     for (let i = MAX_HANDLES - 1; i >= 0; i--) this.freeHandles.push(PRIVATE_BASE + i * HANDLE_SIZE);
   }
 
-  /** Address (in linear memory) where ring_read writes its batch descriptors. */
-  readonly batch = BATCH_BASE;
+  /**
+   * Address (in linear memory) of the batch descriptors the latest `RingEnd.read` wrote: each reading end has its
+   * own area, so a caller that captures this right after its read keeps valid descriptors even if a handler it
+   * calls reads another channel. Prefer `RingEnd.batch` / `TopicReader.batch`.
+   */
+  batch = BATCH_BASE;
+
+  /**
+   * A batch area of BATCH_AREA_SIZE bytes for one reading end, in window space (pages are committed only as
+   * descriptors are written). Freed with freeBatch when the end is disposed.
+   */
+  allocBatch(): number {
+    return this.spareBatches.pop() ?? this.allocWindow(BATCH_AREA_SIZE);
+  }
+
+  freeBatch(at: number): void {
+    if (at >= WINDOW_BASE) this.spareBatches.push(at);
+  }
+
+  private spareBatches: number[] = [];
 
   /** A private handle block for one ring endpoint. */
   allocHandle(): number {

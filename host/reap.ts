@@ -19,14 +19,14 @@
  */
 import {
   TOPIC_MAGIC, REGISTRY_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET,
-  SEG_RING_COUNT_OFFSET, SEG_CREATOR_PID_OFFSET, SEG_CREATOR_START_OFFSET, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE,
-  REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_READY, REGISTRY_MEMBER_PID_OFFSET,
-  REGISTRY_MEMBER_START_OFFSET, REGISTRY_ENTRY_STATE_OFFSET, REGISTRY_ENTRY_NAME_LENGTH_OFFSET, REGISTRY_MEMBERS_OFFSET,
-  REGISTRY_ENTRIES_OFFSET, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_MAX_SUBSCRIBERS,
-  TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_START_OFFSET, SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_START_OFFSET,
-  SLOT_ACTIVE, registryBytes, topicDataOffset,
+  SEG_RING_COUNT_OFFSET, SEG_CREATOR_PID_OFFSET, SEG_CREATOR_START_OFFSET, REGISTRY_MEMBERS,
+  REGISTRY_TOPICS, REGISTRY_NAME_OFFSET, REGISTRY_NAME_MAX, ENTRY_READY, MEMBER_CLAIM_OFFSET,
+  ENTRY_STATE_OFFSET, ENTRY_NAME_LENGTH_OFFSET, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE,
+  TOPIC_MAX_SUBSCRIBERS, TOPIC_PUBLISHER_CLAIM_OFFSET, SLOT_CLAIM_OFFSET, CLAIM_FREE, registryBytes, topicDataOffset,
+  memberOffset, entryOffset,
 } from '../assembly/layout.js';
 import { DirHandle } from './sys/dir.js';
+import { claimAlive, claimPid } from './claim.js';
 import { isProcessAlive } from './sys/proc.js';
 import { ShmbusError } from './errors.js';
 import type { Stats } from 'node:fs';
@@ -180,6 +180,12 @@ export function removedNames(report: ReapReport): string[] {
 // ------------------------------------------------------------------------------------------------ liveness
 
 /** Verdict on a process that created or uses an object: alive if the pid runs with the recorded start time. */
+/** Whether the process that holds a claim word (host/claim.ts: pid and start time in one word) runs. */
+function claimVerdict(role: string, claim: bigint): Verdict {
+  const pid = claimPid(claim);
+  return claimAlive(claim) ? { dead: false, why: `${role} pid ${pid} is alive` } : { dead: true, why: `${role} pid ${pid} is gone` };
+}
+
 export function processVerdict(role: string, pid: number, start?: bigint): Verdict {
   const startTime = start === undefined || start === 0n ? undefined : start;
   if (isProcessAlive(pid, startTime)) return { dead: false, why: `${role} pid ${pid} is alive` };
@@ -313,11 +319,10 @@ function registryVerdict(head: Buffer | undefined): Verdict {
   if (!creator.dead) return creator;
   let members = 0;
   for (let i = 0; i < REGISTRY_MEMBERS; i++) {
-    const slot = REGISTRY_MEMBERS_OFFSET + i * REGISTRY_MEMBER_SIZE;
-    const pid = head.readUInt32LE(slot + REGISTRY_MEMBER_PID_OFFSET);
-    if (pid === 0) continue;
+    const claim = head.readBigUInt64LE(memberOffset(i) + MEMBER_CLAIM_OFFSET);
+    if (claim === BigInt(CLAIM_FREE)) continue;
     members++;
-    const v = processVerdict('member', pid, head.readBigUInt64LE(slot + REGISTRY_MEMBER_START_OFFSET));
+    const v = claimVerdict('member', claim);
     if (!v.dead) return v;
   }
   return { dead: true, why: `creator pid ${h.creatorPid} and all ${members} member(s) are gone` };
@@ -327,9 +332,9 @@ function registryVerdict(head: Buffer | undefined): Verdict {
 function listedTopics(head: Buffer): string[] {
   const out: string[] = [];
   for (let i = 0; i < REGISTRY_TOPICS; i++) {
-    const e = REGISTRY_ENTRIES_OFFSET + i * REGISTRY_ENTRY_SIZE;
-    if (head.readUInt32LE(e + REGISTRY_ENTRY_STATE_OFFSET) !== ENTRY_READY) continue;
-    const length = head.readUInt32LE(e + REGISTRY_ENTRY_NAME_LENGTH_OFFSET);
+    const e = entryOffset(i);
+    if (head.readUInt32LE(e + ENTRY_STATE_OFFSET) !== ENTRY_READY) continue;
+    const length = head.readUInt32LE(e + ENTRY_NAME_LENGTH_OFFSET);
     if (length > REGISTRY_NAME_MAX) continue;
     const name = head.subarray(e + REGISTRY_NAME_OFFSET, e + REGISTRY_NAME_OFFSET + length).toString('latin1');
     if (TOPIC_NAME.test(name)) out.push(name);
@@ -434,17 +439,18 @@ function topicVerdict(head: Buffer): Verdict {
   if (!creator.dead) return creator;
   const topic = TOPIC_HEADER_OFFSET;
   if (head.length < topic + TOPIC_HEADER_SIZE) return { dead: false, why: 'topic header is cut short' };
-  const publisher = head.readUInt32LE(topic + TOPIC_PUBLISHER_PID_OFFSET);
-  if (publisher !== 0) {
-    const v = processVerdict('publisher', publisher, head.readBigUInt64LE(topic + TOPIC_PUBLISHER_START_OFFSET));
+  const publisher = head.readBigUInt64LE(topic + TOPIC_PUBLISHER_CLAIM_OFFSET);
+  if (publisher !== BigInt(CLAIM_FREE)) {
+    const v = claimVerdict('publisher', publisher);
     if (!v.dead) return v;
   }
   const slots = Math.min(h.count, TOPIC_MAX_SUBSCRIBERS);
   for (let i = 0; i < slots; i++) {
     const slot = topic + TOPIC_HEADER_SIZE + i * TOPIC_SLOT_SIZE;
     if (slot + TOPIC_SLOT_SIZE > head.length) return { dead: false, why: 'subscriber table is cut short' };
-    if (head.readUInt32LE(slot + SLOT_STATE_OFFSET) !== SLOT_ACTIVE) continue;
-    const v = processVerdict('subscriber', head.readUInt32LE(slot + SLOT_PID_OFFSET), head.readBigUInt64LE(slot + SLOT_START_OFFSET));
+    const claim = head.readBigUInt64LE(slot + SLOT_CLAIM_OFFSET);
+    if (claim === BigInt(CLAIM_FREE)) continue;
+    const v = claimVerdict('subscriber', claim);
     if (!v.dead) return v;
   }
   return { dead: true, why: `creator pid ${h.creatorPid}, its publisher and subscribers are gone` };

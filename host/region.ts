@@ -51,6 +51,19 @@ export interface ExclusiveOption {
   exclusive?: boolean;
 }
 
+/** Whom an attached POSIX or file segment may belong to (checked with fstat before it is mapped). */
+export interface Trust {
+  /** Accepted owner uids. Default: this process's effective uid only. */
+  uids?: number[];
+  /** Write bits for group/others (0o020, 0o002) the segment may carry. Default 0: neither. */
+  writableBy?: number;
+}
+
+export interface TrustOption {
+  /** Check owner and mode before attaching; without it any segment this process can open is attached. */
+  trust?: Trust;
+}
+
 /** A System V key: a number, a fresh private segment, or ftok(path, projId ?? 1). */
 export type SysVKey = number | 'private' | { path: string; projId?: number };
 
@@ -266,23 +279,51 @@ export class Region {
 
   // ------------------------------------------------------------------------------------------ POSIX
 
-  static createPosix(name: string, opts: CreateOptions & ExclusiveOption): Region {
+  static createPosix(name: string, opts: CreateOptions & ExclusiveOption & TrustOption): Region {
     checkPosixName(name);
     const size = checkSize(opts.size);
     const mode = checkMode(opts.mode);
     const create = () => {
-      const fd = sys.shmOpen(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+      // O_EXCL: never adopt an object someone else made; O_NOFOLLOW (glibc adds it too): never a planted symlink.
+      const fd = sys.shmOpen(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
       undoOnError(() => { sys.fchmod(fd, mode); reserve(fd, size); }, () => { sys.closeFd(fd); sys.shmUnlink(name); });
       return new Region({ kind: 'posix', name, size, fd, shmid: -1, created: true, removable: true });
     };
-    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachPosix(name));
+    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachPosix(name, opts));
   }
 
-  static attachPosix(name: string): Region {
+  /**
+   * Opens an existing POSIX segment. With `trust`, refuses (ERR_SHMBUS_PERMISSION_DENIED, naming the owner) one
+   * whose owner or mode `trust` does not accept, before anything is mapped or read.
+   */
+  static attachPosix(name: string, opts: TrustOption = {}): Region {
     checkPosixName(name);
-    const fd = sys.shmOpen(name, O_RDWR | O_CLOEXEC, 0);
-    const size = undoOnError(() => sys.fdSize(fd), () => sys.closeFd(fd));
+    const fd = sys.shmOpen(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    const size = undoOnError(() => Region.checkTrust(fd, name, opts.trust), () => sys.closeFd(fd));
     return new Region({ kind: 'posix', name, size, fd, shmid: -1, created: false, removable: true });
+  }
+
+  /**
+   * fstat of a segment we are about to attach: a regular file (or shm object), owned by a uid `trust` accepts,
+   * writable by group or others only where `trust` says so. Returns its size. Without `trust`, only the size.
+   */
+  private static checkTrust(fd: number, name: string, trust: Trust | undefined): number {
+    const st = sys.fdStat(fd);
+    if (!st.isFile()) throw new BadArgumentError('not a regular file or shared memory object', { name });
+    if (!trust) return st.size;
+    const uids = trust.uids ?? [process.geteuid?.() ?? 0];
+    if (!uids.includes(st.uid)) {
+      throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is owned by a user this process does not trust', {
+        details: { name, owner: st.uid, expected: uids.join(',') },
+      });
+    }
+    const loose = st.mode & 0o022 & ~(trust.writableBy ?? 0);
+    if (loose !== 0) {
+      throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is writable by group or others', {
+        details: { name, owner: st.uid, mode: '0o' + (st.mode & 0o777).toString(8) },
+      });
+    }
+    return st.size;
   }
 
   // ------------------------------------------------------------------------------------------ memfd
@@ -373,31 +414,37 @@ export class Region {
     return new Region({ kind: 'file', name: `${abs}/(anonymous)`, size, fd, shmid: -1, created: true, removable: false });
   }
 
-  static createFile(filePath: string, opts: CreateOptions & ExclusiveOption): Region {
+  static createFile(filePath: string, opts: CreateOptions & ExclusiveOption & TrustOption): Region {
     if (typeof filePath !== 'string' || filePath.length === 0) throw new BadArgumentError('bad file path', { path: filePath });
     const size = checkSize(opts.size);
     const mode = checkMode(opts.mode);
     // Absolute, so remove() still finds it after a chdir.
     const abs = path.resolve(filePath);
     const create = () => {
-      // O_EXCL also refuses to follow a symlink planted at the path.
-      const fd = sys.openFile(abs, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+      // O_EXCL also refuses to follow a symlink planted at the path; O_NOFOLLOW says so explicitly.
+      const fd = sys.openFile(abs, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
       undoOnError(() => { sys.fchmod(fd, mode); reserve(fd, size); }, () => { sys.closeFd(fd); sys.unlinkFile(abs); });
       return new Region({ kind: 'file', name: abs, size, fd, shmid: -1, created: true, removable: true });
     };
-    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachFile(abs));
+    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachFile(abs, opts));
   }
 
-  static attachFile(filePath: string): Region {
+  /** Opens an existing file segment (never through a symlink). `trust` as for attachPosix. */
+  static attachFile(filePath: string, opts: TrustOption = {}): Region {
     if (typeof filePath !== 'string' || filePath.length === 0) throw new BadArgumentError('bad file path', { path: filePath });
     const abs = path.resolve(filePath);
-    const fd = sys.openFile(abs, O_RDWR | O_CLOEXEC);
-    const size = undoOnError(() => {
-      const st = sys.fdStat(fd);
-      if (!st.isFile()) throw new BadArgumentError('not a regular file', { path: abs });
-      return st.size;
-    }, () => sys.closeFd(fd));
+    const fd = sys.openFile(abs, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    const size = undoOnError(() => Region.checkTrust(fd, abs, opts.trust), () => sys.closeFd(fd));
     return new Region({ kind: 'file', name: abs, size, fd, shmid: -1, created: false, removable: true });
+  }
+
+  /**
+   * fstat now: the segment's size may have changed since it was opened (a peer with write access can ftruncate a
+   * POSIX or file segment; touching a page past the end is SIGBUS). A caller checks this right after mapping.
+   */
+  currentSize(): number {
+    if (this.fd < 0) return this.size;
+    return sys.fdStat(this.fd).size;
   }
 
   // ------------------------------------------------------------------------------------------ mapping

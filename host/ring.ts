@@ -4,10 +4,22 @@
  */
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
-  BATCH_MAX, BATCH_ENTRY_SIZE, maxPayload,
+  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, maxPayload,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
-import { BadStateError, CorruptError, MessageTooLargeError, ShmbusError } from './errors.js';
+import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
+
+/**
+ * The last line of defence at the wasm boundary: the ring code checks every peer-written value so that it never
+ * traps, but should a trap (`WebAssembly.RuntimeError`: out-of-bounds access, unreachable) ever escape it, the
+ * caller gets a typed CORRUPT error on that one channel or topic instead of an untyped exception.
+ */
+export function trapAsCorrupt(error: unknown, detailFields: Record<string, unknown> = {}): unknown {
+  if (error instanceof WebAssembly.RuntimeError) {
+    return new CorruptError('ring code trapped on shared memory (corrupt or hostile peer)', { ...detailFields, trap: error.message });
+  }
+  return error;
+}
 
 /** Turns a negative ring result into the error it means. */
 export function ringError(code: number, detailFields: Record<string, unknown> = {}): ShmbusError {
@@ -17,6 +29,7 @@ export function ringError(code: number, detailFields: Record<string, unknown> = 
     case RING_E_HEADER: return new CorruptError('ring header does not match the segment header', detailFields);
     case RING_E_STATE: return new BadStateError('ring operation out of order (claim already open, or none open)', detailFields);
     case RING_E_TOO_LARGE: return new CorruptError('record too large', detailFields);
+    case RING_E_AGAIN: return new ShmbusError(ErrorCode.TIMEOUT, 'gave up after bounded retries against a fast publisher', { details: detailFields });
     default: return new CorruptError('unknown ring result', { code, ...detailFields });
   }
 }
@@ -29,13 +42,23 @@ export class RingEnd {
   readonly capacity: number;
   readonly maxPayload: number;
   readonly role: Role;
+  /** Consumer: address of this end's own batch area (allocated on the first read); 0 before. */
+  batch = 0;
   private closed = false;
+  /** A batch is out: read and not yet released. */
+  private inBatch = false;
 
   /** Opens the ring whose header is at linear-memory offset `ring`. */
   constructor(engine: Engine, ring: number, capacity: number, role: Role) {
     this.engine = engine;
     this.handle = engine.allocHandle();
-    const rc = engine.exports.ring_open(this.handle, ring, capacity, role === 'producer' ? ROLE_PRODUCER : ROLE_CONSUMER);
+    let rc: number;
+    try {
+      rc = engine.exports.ring_open(this.handle, ring, capacity, role === 'producer' ? ROLE_PRODUCER : ROLE_CONSUMER);
+    } catch (error) {
+      engine.freeHandle(this.handle);
+      throw trapAsCorrupt(error, { ring, capacity, role });
+    }
     if (rc < 0) {
       engine.freeHandle(this.handle);
       throw ringError(rc, { ring, capacity, role });
@@ -56,14 +79,24 @@ export class RingEnd {
    * has no room now. Throws MessageTooLargeError past maxPayload.
    */
   claim(length: number, type: number): number {
-    const rc = this.engine.exports.ring_claim(this.handle, length, type);
+    let rc: number;
+    try {
+      rc = this.engine.exports.ring_claim(this.handle, length, type);
+    } catch (error) {
+      throw trapAsCorrupt(error, { length, type });
+    }
     if (rc >= 0) return rc;
     if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
     throw ringError(rc, { length, type });
   }
 
   commit(length: number): void {
-    const rc = this.engine.exports.ring_commit(this.handle, length);
+    let rc: number;
+    try {
+      rc = this.engine.exports.ring_commit(this.handle, length);
+    } catch (error) {
+      throw trapAsCorrupt(error, { length });
+    }
     if (rc < 0) throw ringError(rc, { length });
   }
 
@@ -72,23 +105,43 @@ export class RingEnd {
     if (rc < 0) throw ringError(rc);
   }
 
-  /** Free bytes as the producer sees them now. */
+  /**
+   * Free bytes as the producer sees them now. Throws ERR_SHMBUS_CORRUPT when the consumer's head is impossible:
+   * a writer waiting for room must fail, not wait for space a scribbled head will never free.
+   */
   free(): number {
     if (this.closed) return 0;
-    return this.engine.exports.ring_free(this.handle) >>> 0;
+    const n = this.engine.exports.ring_free(this.handle);
+    if (n < 0) throw ringError(n, { role: this.role });
+    return n;
   }
 
   /**
-   * Reads up to `max` committed records; their (offset, length, type) triples are at `engine.batch`, readable
-   * through `engine.u32` at index `engine.batch / 4 + 3 * i`. Valid until release().
+   * Reads up to `max` committed records; their (offset, length, type) triples are at `this.batch` (also left in
+   * `engine.batch`), readable through `engine.u32` at index `batch / 4 + 3 * i`. Valid until release().
+   * Each end has its own batch area, so a handler may read other channels in between. Read again only after
+   * release(): while a batch is out, a nested read of this same end (a poll handler polling its own channel)
+   * returns 0, since those records are being handed out already.
    */
   read(max = BATCH_MAX): number {
-    const n = this.engine.exports.ring_read(this.handle, this.engine.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    if (this.inBatch || this.closed) return 0;
+    if (this.batch === 0) this.batch = this.engine.allocBatch();
+    this.engine.batch = this.batch;
+    let n: number;
+    try {
+      n = this.engine.exports.ring_read(this.handle, this.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    } catch (error) {
+      throw trapAsCorrupt(error);
+    }
     if (n < 0) throw ringError(n);
+    this.inBatch = n > 0;
     return n;
   }
 
   release(): void {
+    this.inBatch = false;
+    // A handler may have closed the channel (and freed this handle) while its batch was out.
+    if (this.closed) return;
     this.engine.exports.ring_release(this.handle);
   }
 
@@ -114,6 +167,7 @@ export class RingEnd {
 
   /** True once per peer park: the caller must ring the doorbell. */
   needsWake(): boolean {
+    if (this.closed) return false;
     return this.engine.exports.ring_needs_wake(this.handle) === 1;
   }
 
@@ -142,6 +196,7 @@ export class RingEnd {
     if (this.closed) return;
     this.closed = true;
     this.engine.freeHandle(this.handle);
+    if (this.batch !== 0) this.engine.freeBatch(this.batch);
   }
 }
 

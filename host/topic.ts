@@ -3,15 +3,16 @@
  * functions, plus formatting a topic segment. No ring logic lives here.
  */
 import {
-  TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_START_OFFSET,
-  SLOT_DROPPED_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_ACTIVE, TOPIC_TAIL_SEQ_OFFSET, TOPIC_PUBLISHER_PID_OFFSET,
+  TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, SLOT_CLAIM_OFFSET, SLOT_START_OFFSET,
+  SLOT_DROPPED_OFFSET, SLOT_CURSOR_SEQ_OFFSET, CLAIM_FREE, TOPIC_TAIL_SEQ_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET,
   TOPIC_PUBLISHER_START_OFFSET, TOPIC_POLICY_OFFSET, TOPIC_HISTORY_OFFSET, BC_BATCH_ENTRY_SIZE, BATCH_MAX,
-  POLICY_LOSSY, RING_E_TOO_LARGE, topicMaxPayload,
+  POLICY_LOSSY, RING_E_TOO_LARGE, RING_E_AGAIN, topicMaxPayload,
 } from '../assembly/layout.js';
 import type { Engine } from './engine.js';
-import { ringError } from './ring.js';
+import { ringError, trapAsCorrupt } from './ring.js';
 import { writeHeader, publishVersion, TOPIC_SEGMENT } from './segment.js';
-import { BadArgumentError, MessageTooLargeError } from './errors.js';
+import { claimOf, claimPid, claimStartLow } from './claim.js';
+import { BadArgumentError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
 
 export type Policy = 'lossless' | 'lossy';
 
@@ -31,7 +32,9 @@ export interface TopicState {
   published: number;
   publisherPid: number;
   publisherStart: bigint;
-  subscribers: { slot: number; pid: number; startTime: bigint; seq: number; dropped: number }[];
+  /** The publisher's claim word (see host/claim.ts), 0n when none. */
+  publisherClaim: bigint;
+  subscribers: { slot: number; pid: number; startTime: bigint; claim: bigint; seq: number; dropped: number }[];
 }
 
 export function readTopicState(engine: Engine, at: number, maxSubscribers: number): TopicState {
@@ -40,11 +43,13 @@ export function readTopicState(engine: Engine, at: number, maxSubscribers: numbe
   const subscribers: TopicState['subscribers'] = [];
   for (let i = 0; i < maxSubscribers; i++) {
     const slot = t + TOPIC_HEADER_SIZE + i * TOPIC_SLOT_SIZE;
-    if (view.getUint32(slot + SLOT_STATE_OFFSET, true) !== SLOT_ACTIVE) continue;
+    const claim = view.getBigUint64(slot + SLOT_CLAIM_OFFSET, true);
+    if (claim === BigInt(CLAIM_FREE)) continue;
     subscribers.push({
       slot: i,
-      pid: view.getUint32(slot + SLOT_PID_OFFSET, true),
+      pid: claimPid(claim),
       startTime: view.getBigUint64(slot + SLOT_START_OFFSET, true),
+      claim,
       seq: Number(view.getBigUint64(slot + SLOT_CURSOR_SEQ_OFFSET, true)),
       dropped: Number(view.getBigUint64(slot + SLOT_DROPPED_OFFSET, true)),
     });
@@ -53,8 +58,9 @@ export function readTopicState(engine: Engine, at: number, maxSubscribers: numbe
     policy: view.getUint32(t + TOPIC_POLICY_OFFSET, true) === POLICY_LOSSY ? 'lossy' : 'lossless',
     history: view.getUint32(t + TOPIC_HISTORY_OFFSET, true),
     published: Number(view.getBigUint64(t + TOPIC_TAIL_SEQ_OFFSET, true)),
-    publisherPid: view.getUint32(t + TOPIC_PUBLISHER_PID_OFFSET, true),
+    publisherPid: claimPid(view.getBigUint64(t + TOPIC_PUBLISHER_CLAIM_OFFSET, true)),
     publisherStart: view.getBigUint64(t + TOPIC_PUBLISHER_START_OFFSET, true),
+    publisherClaim: view.getBigUint64(t + TOPIC_PUBLISHER_CLAIM_OFFSET, true),
     subscribers,
   };
 }
@@ -66,10 +72,21 @@ export class TopicWriter {
   readonly maxPayload: number;
   private disposed = false;
 
+  private readonly at: number;
+  private readonly maxSubscribers: number;
+
   constructor(engine: Engine, at: number, capacity: number, maxSubscribers: number) {
     this.engine = engine;
+    this.at = at;
+    this.maxSubscribers = maxSubscribers;
     this.handle = engine.allocHandle();
-    const rc = engine.exports.topic_open_publisher(this.handle, at + TOPIC_HEADER_OFFSET, capacity, maxSubscribers);
+    let rc: number;
+    try {
+      rc = engine.exports.topic_open_publisher(this.handle, at + TOPIC_HEADER_OFFSET, capacity, maxSubscribers);
+    } catch (error) {
+      engine.freeHandle(this.handle);
+      throw trapAsCorrupt(error, { capacity, maxSubscribers });
+    }
     if (rc < 0) {
       engine.freeHandle(this.handle);
       throw ringError(rc, { capacity, maxSubscribers });
@@ -79,7 +96,12 @@ export class TopicWriter {
 
   /** Payload offset, or 0 when the topic cannot take it now (lossless: a subscriber is behind). */
   claim(length: number, type: number): number {
-    const rc = this.engine.exports.topic_claim(this.handle, length, type);
+    let rc: number;
+    try {
+      rc = this.engine.exports.topic_claim(this.handle, length, type);
+    } catch (error) {
+      throw trapAsCorrupt(error, { length });
+    }
     if (rc >= 0) return rc;
     if (rc === RING_E_TOO_LARGE) {
       if (length > this.maxPayload) throw new MessageTooLargeError(length, this.maxPayload);
@@ -90,7 +112,12 @@ export class TopicWriter {
 
   /** Publishes the claim; true when subscribers sleep and must be woken. */
   commit(length: number): boolean {
-    const rc = this.engine.exports.topic_commit(this.handle, length);
+    let rc: number;
+    try {
+      rc = this.engine.exports.topic_commit(this.handle, length);
+    } catch (error) {
+      throw trapAsCorrupt(error, { length });
+    }
     if (rc < 0) throw ringError(rc, { length });
     return rc === 1;
   }
@@ -100,9 +127,17 @@ export class TopicWriter {
     return this.engine.exports.topic_slowest(this.handle);
   }
 
-  /** Frees slot `index` (its owner is dead). */
-  evict(index: number): boolean {
-    return this.engine.exports.topic_evict(this.handle, index) === 1;
+  /**
+   * Frees slot `index` if it still holds `claim` (whose process the caller found dead; default: whatever claim
+   * it holds now). A slot taken by a newer subscriber meanwhile is left alone.
+   */
+  evict(index: number, claim?: bigint): boolean {
+    if (claim === undefined) {
+      if (!Number.isInteger(index) || index < 0 || index >= this.maxSubscribers) return false;
+      const slot = this.at + TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + index * TOPIC_SLOT_SIZE + SLOT_CLAIM_OFFSET;
+      claim = Atomics.load(new BigUint64Array(this.engine.memory.buffer), slot / 8);
+    }
+    return this.engine.exports.topic_evict(this.handle, index, claimPid(claim), claimStartLow(claim)) === 1;
   }
 
   /** Announces a wait for `need` bytes; true: sleep on waitWord(). */
@@ -136,14 +171,29 @@ export class TopicReader {
   readonly handle: number;
   private disposed = false;
 
-  /** Joins in the first free slot; throws LIMIT-coded errors when every slot is taken. */
+  /**
+   * Joins in the first free slot; throws ERR_SHMBUS_BAD_ARGUMENT when every slot is taken. Each batch of records is
+   * described in this reader's own batch area (see BATCH_AREA_SIZE), so a handler may read other topics.
+   */
   constructor(engine: Engine, at: number, capacity: number, maxSubscribers: number, fromEarliest: boolean, pid: number, start: bigint) {
     this.engine = engine;
     this.handle = engine.allocHandle();
+    const claim = claimOf(pid, start);
     try {
       for (let slot = 0; slot < maxSubscribers; slot++) {
-        const rc = engine.exports.topic_join(this.handle, at + TOPIC_HEADER_OFFSET, capacity, maxSubscribers, slot, fromEarliest ? 1 : 0, pid, Number(start));
-        if (rc === 0) return;
+        let rc: number;
+        try {
+          rc = engine.exports.topic_join(this.handle, at + TOPIC_HEADER_OFFSET, capacity, maxSubscribers, slot, fromEarliest ? 1 : 0, pid, claimStartLow(claim), Number(start));
+        } catch (error) {
+          throw trapAsCorrupt(error, { slot });
+        }
+        if (rc === 0) {
+          this.batch = engine.allocBatch();
+          return;
+        }
+        if (rc === RING_E_AGAIN) {
+          throw new ShmbusError(ErrorCode.TIMEOUT, 'the publisher lapped every attempt to join the topic', { details: { slot } });
+        }
         if (rc < 0) throw ringError(rc, { slot });
       }
       throw new BadArgumentError('every subscriber slot of the topic is taken', { maxSubscribers });
@@ -153,10 +203,26 @@ export class TopicReader {
     }
   }
 
-  /** Reads a batch; entries at engine.batch, BC_BATCH_ENTRY_SIZE bytes each (address, length, type, seq). */
+  /** Address of this reader's batch area: entries of BC_BATCH_ENTRY_SIZE bytes (address, length, type, seq). */
+  readonly batch: number = 0;
+  private inBatch = false;
+
+  /**
+   * Reads a batch into `batch` (also left in `engine.batch`). Read again only after release(): while a batch is
+   * out, a nested read of this same reader (a poll handler polling its own subscription) returns 0, since those
+   * records are being handed out already.
+   */
   read(max = BATCH_MAX): number {
-    const n = this.engine.exports.topic_read(this.handle, this.engine.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    if (this.inBatch || this.disposed) return 0;
+    this.engine.batch = this.batch;
+    let n: number;
+    try {
+      n = this.engine.exports.topic_read(this.handle, this.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    } catch (error) {
+      throw trapAsCorrupt(error);
+    }
     if (n < 0) throw ringError(n);
+    this.inBatch = n > 0;
     return n;
   }
 
@@ -175,6 +241,9 @@ export class TopicReader {
 
   /** Releases what was read; true when the publisher sleeps waiting for room. */
   release(): boolean {
+    this.inBatch = false;
+    // A poll handler may have closed the subscription (and freed this handle) while its batch was out.
+    if (this.disposed) return false;
     return this.engine.exports.topic_release(this.handle) === 1;
   }
 
@@ -216,6 +285,7 @@ export class TopicReader {
     this.disposed = true;
     this.leave();
     this.engine.freeHandle(this.handle);
+    this.engine.freeBatch(this.batch);
   }
 }
 
