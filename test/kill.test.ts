@@ -12,7 +12,8 @@
 //     owned, FIFOs, segments) is counted, reported, and removed so the next kill starts clean.
 //
 // Kills per transport: 1000 at stress scale (SHMBUS_TEST_SCALE=10, four senders at a time), 2 by default. The kill points come from a
-// seeded generator; reproduce with SHMBUS_KILL_SEED=<seed> (printed) and KILL=<transport,...> to run some only.
+// seeded generator; reproduce with SHMBUS_KILL_SEED=<seed> (printed), KILL=<transport,...> to run some only,
+// SHMBUS_KILLS=<n> for another number of kills.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
@@ -23,7 +24,7 @@ import { orphansSettled } from '../transports/sysvmq.js';
 import { checkSeq } from './fixtures/conn-peer.js';
 import { adoptChild, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';
 
-const KILLS = SCALE >= STRESS_SCALE ? 1000 : Math.max(2, Math.round(2 * SCALE));
+const KILLS = Number(process.env.SHMBUS_KILLS) || (SCALE >= STRESS_SCALE ? 1000 : Math.max(2, Math.round(2 * SCALE)));
 /** Messages a sender would send if nobody killed it: several times what any transport here buffers. */
 const N = 4000;
 const pid = process.pid;

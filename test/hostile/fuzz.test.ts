@@ -12,6 +12,8 @@
 // and the counterexample stays visible until the fix lands.
 import t from 'tap';
 import fc from 'fast-check';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import {
   RING_HEADER_SIZE, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_CAPACITY_OFFSET, RING_PRODUCER_CLOSED_OFFSET,
   RING_PRODUCER_PARK_OFFSET, RING_PRODUCER_WAKE_OFFSET, RING_CONSUMER_CLOSED_OFFSET, RING_CONSUMER_PARK_OFFSET,
@@ -65,6 +67,7 @@ function area(key: string, name: string, fn: (t: Sub) => Promise<void>): void {
  */
 async function check<T>(t: Sub, name: string, runs: number, prop: fc.IProperty<T> | fc.IAsyncProperty<T>, todo?: string): Promise<void> {
   const started = performance.now();
+  const heapBefore = liveHeap();
   // A known failure is not shrunk at the default scale (shrinking a channel case takes a minute): the stress
   // run, or SHMBUS_FUZZ_SHRINK=1, shrinks it to a minimal counterexample.
   const shrink = !todo || SCALE >= 10 || !!process.env.SHMBUS_FUZZ_SHRINK;
@@ -73,6 +76,9 @@ async function check<T>(t: Sub, name: string, runs: number, prop: fc.IProperty<T
   };
   const details = await fc.check(prop as fc.IAsyncProperty<T>, params);
   ran.push([name, details.numRuns, Math.round(performance.now() - started)]);
+  // Bounded memory: whatever a case decoded or queued is garbage once the case is over.
+  const grown = liveHeap() - heapBefore;
+  t.ok(grown < HEAP_GROWTH_MAX, `${name}: live heap grew ${Math.round(grown / 1048576)} MiB over the run (bound ${HEAP_GROWTH_MAX / 1048576} MiB)`);
   const diagnostic = details.failed ? {
     seed: details.seed,
     path: details.counterexamplePath,
@@ -82,6 +88,15 @@ async function check<T>(t: Sub, name: string, runs: number, prop: fc.IProperty<T
   if (details.failed) t.comment(`${name} failed: SHMBUS_FUZZ_SEED=${details.seed} SHMBUS_FUZZ_PATH=${details.counterexamplePath}\n${diagnostic!.error}\n${diagnostic!.counterexample}`);
   t.ok(!details.failed, `${name}: ${details.numRuns} cases, only typed errors`, { todo, diagnostic: !!diagnostic, ...diagnostic });
 }
+
+/** The live JS heap after a full collection (gc exposed through V8's flag, as tap does not pass --expose-gc). */
+v8.setFlagsFromString('--expose-gc');
+const collect = runInNewContext('gc') as () => void;
+function liveHeap(): number {
+  collect();
+  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+}
+const HEAP_GROWTH_MAX = 64 * 1048576;
 
 function describe(error: unknown): string {
   if (error instanceof Error) return `${error.constructor.name}: ${error.message}\n${(error.stack ?? '').split('\n').slice(1, 6).join('\n')}`;
