@@ -33,6 +33,8 @@ const only = process.env.KILL?.split(',').filter(Boolean);
 const CHILD_ENV = { ...process.env, NODE_OPTIONS: '' };
 
 t.setTimeout(SCALE >= STRESS_SCALE ? 6 * 3_600_000 : 600_000);
+// The transports run side by side: a kill costs mostly the sender's start-up, which waits for the CPU, not on it.
+t.jobs = 4;
 t.comment(`kill points from SHMBUS_KILL_SEED=${SEED}, ${KILLS} kills per transport, n=${N}`);
 
 /** mulberry32: a small seeded generator, so a run's kill points can be replayed. */
