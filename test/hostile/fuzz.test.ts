@@ -139,6 +139,7 @@ const GUARD = 4096;
 const canaries = Buffer.alloc(GUARD, CANARY);
 
 function atArenaEnd(size: number) {
+  if (arena + ARENA !== engine.memory.buffer.byteLength) throw new Error('the fuzz arena no longer ends the wasm memory');
   const at = arena + ARENA - size;
   if ((at & 15) !== 0 || at - GUARD < arena) throw new Error(`bad placement ${at}`);
   return {
@@ -360,9 +361,15 @@ const topicCase = (alignedHead: boolean): fc.Arbitrary<TopicCase> => fc.record({
   const dataAt = topicDataOffset(SUBS);
   const size = dataAt + capacity;
   const recordWords = Array.from({ length: 32 }, (_, i) => dataAt + ((i * 1031 * 16) % capacity) + (i % 4) * 4);
-  const scribble = scribbleArb(size, capacity, [...topicWords64, ...slotWords64], topicWords32, recordWords)
+  const anyScribble = scribbleArb(size, capacity, [...topicWords64, ...slotWords64], topicWords32, recordWords)
     .map((s) => (!alignedHead ? s : s.kind === 'u64' ? { ...s, delta: s.delta & ~15n } : s.kind === 'index' ? { ...s, index: s.index & ~15 } : s))
     .filter((s) => !alignedHead || s.kind !== 'bytes' || !overlapsPositions(s.at, s.bytes.length));
+  // Head and tail just before the wrap, 8 bytes off the record alignment: where a bounds check is easiest to miss.
+  const nearWrap = fc.record({
+    kind: fc.constant('index' as const), at: fc.constantFrom(TOPIC_HEADER_OFFSET + TOPIC_HEAD_OFFSET, TOPIC_HEADER_OFFSET + TOPIC_TAIL_OFFSET),
+    lap: fc.integer({ min: -1, max: 0 }), index: fc.constantFrom(capacity - 8, capacity - 24, capacity - 40),
+  });
+  const scribble = alignedHead ? anyScribble : fc.oneof({ weight: 4, arbitrary: anyScribble }, { weight: 1, arbitrary: nearWrap });
   return fc.record({
     capacity: fc.constant(capacity), policy: fc.constant(policy), history: fc.constant(history),
     before: fc.array(topicOp(topicMaxPayload(capacity)), { maxLength: 30 }),
@@ -474,9 +481,11 @@ area('topic', 'topic: scribbled headers, slots and records give typed errors onl
 // --- live shm channels --------------------------------------------------------------------------------------------
 // Both ends of a real shm:// connection live in this process (two mappings of one segment). A case sends in both
 // directions, injects raw records (random bytes as msgpack, requests, replies, unknown types) and scribbles the
-// shared segment between the steps, then closes one side while the other drains. Every call must return or
-// throw a typed error, every 'error' event must be typed, and both sides must end within a watchdog unless the
-// scribble left positions that look like a stalled peer (a full ring nobody reads: allowed, the peer may stall).
+// shared segment between the steps, then ends it: either one side closes while the other drains, or the reader
+// stops and the writer waits for its queue to drain. Every call must return or throw a typed error, every
+// 'error' event must be typed, and the end must come within a watchdog unless the positions a waiting side
+// trusts are possible ones (a full ring nobody reads is a stalled peer: waiting for it is allowed). A side
+// waiting on impossible positions is a hang the properties report.
 
 const CHANNEL_CAPACITY = 4096;
 const WATCHDOG_MS = 3000;
