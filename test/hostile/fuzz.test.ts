@@ -796,7 +796,12 @@ const lineOf = (fields: Record<string, fc.Arbitrary<unknown>>) => fc.oneof(
   fc.constantFrom(Buffer.from('\n'), Buffer.from('{}\n'), Buffer.from('[]\n'), Buffer.from('null\n'), Buffer.from('"x"\n'), Buffer.from('{"__proto__":{"ok":true}}\n'), Buffer.alloc(5000, 0x41)),
 );
 
-const helloLine = lineOf({ shmbus: fc.oneof(fc.constant(1), jsonish), version: fc.oneof(fc.constant(LAYOUT_VERSION), fc.integer(), jsonish), pid: fc.oneof(fc.integer(), jsonish), wake: wakeLine });
+const helloLine = fc.oneof(
+  lineOf({ shmbus: fc.oneof(fc.constant(1), jsonish), version: fc.oneof(fc.constant(LAYOUT_VERSION), fc.integer(), jsonish), pid: fc.oneof(fc.integer(), jsonish), wake: wakeLine }),
+  // A hello the listener accepts, so that the ack (random) decides: a segment is made, then kept or released.
+  fc.record({ pid: fc.integer(), wake: fc.record({ mode: fc.constantFrom('doorbell', 'futex'), params: fc.oneof(jsonish, fc.dictionary(fc.string({ maxLength: 6 }), jsonish, { maxKeys: 3 })) }) })
+    .map((h) => Buffer.from(JSON.stringify({ shmbus: 1, version: LAYOUT_VERSION, ...h }) + '\n')),
+);
 const ackLine = lineOf({ attached: fc.oneof(fc.constant(true), jsonish), code: fc.oneof(fc.constant('ERR_SHMBUS_CORRUPT'), jsonish), message: jsonish });
 const replyLine = lineOf({
   ok: fc.oneof(fc.constant(true), jsonish),
