@@ -4,7 +4,7 @@
 // our code, an address handed out that lies outside the ring, a write outside it, or a hang (async properties run
 // under a watchdog; the synchronous ones are bounded by tap's per-file timeout).
 //
-// Cases: the counts below are the stress size (SHMBUS_TEST_SCALE=10): 120,000 in total, and over 100,000 even
+// Cases: the counts below are the stress size (SHMBUS_TEST_SCALE=10): 129,000 in total, and over 100,000 even
 // while the todo properties stop at their first failure; `npm test` runs a tenth. Reproduce a failure with the seed and path it prints:
 //   SHMBUS_FUZZ_SEED=<seed> SHMBUS_FUZZ_PATH=<path> npx tap test/hostile/fuzz.test.ts
 // FUZZ=<area,...> runs only some areas (ring, topic, channel, registry, handshake).
