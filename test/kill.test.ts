@@ -11,9 +11,9 @@
 //   - after closing, nothing of the connection is left in the system: what is left (queues the dead sender
 //     owned, FIFOs, segments) is counted, reported, and removed so the next kill starts clean.
 //
-// Kills per transport: 1000 at stress scale (SHMBUS_TEST_SCALE=10, four senders at a time), 2 by default. The kill points come from a
-// seeded generator; reproduce with SHMBUS_KILL_SEED=<seed> (printed), KILL=<transport,...> to run some only,
-// SHMBUS_KILLS=<n> for another number of kills.
+// Kills per transport: 1000 at stress scale (SHMBUS_TEST_SCALE=10, four senders at a time), 2 by default. The
+// kill points come from a seeded generator; reproduce with SHMBUS_KILL_SEED=<seed> (printed), KILL=<transport,...>
+// to run some only, SHMBUS_KILLS=<n> for another number of kills.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
@@ -33,7 +33,8 @@ const only = process.env.KILL?.split(',').filter(Boolean);
 const CHILD_ENV = { ...process.env, NODE_OPTIONS: '' };
 
 t.setTimeout(SCALE >= STRESS_SCALE ? 6 * 3_600_000 : 600_000);
-// The transports run side by side: a kill costs mostly the sender's start-up, which waits for the CPU, not on it.
+// The transports run side by side: most of a kill's time is a sender starting up (Node, wasm, koffi), and on a
+// busy machine that is mostly waiting for a turn on the CPU.
 t.jobs = 4;
 t.comment(`kill points from SHMBUS_KILL_SEED=${SEED}, ${KILLS} kills per transport, n=${N}`);
 
