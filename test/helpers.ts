@@ -98,6 +98,14 @@ export function startChild(t: TestLike, argv: string[], opts: { env?: NodeJS.Pro
     detached: true,
     env: opts.env ?? process.env,
   });
+  return adoptChild(t, proc, argv);
+}
+
+/**
+ * The same guarantees as startChild for a child someone else spawned (spawnWithPipe, ...): it must have been
+ * started with `detached: true` (a process group of its own) and stdout/stderr 'pipe'. `argv` names it in errors.
+ */
+export function adoptChild(t: TestLike, proc: ChildProcess, argv: string[]): Child {
   if (proc.pid === undefined) throw new Error(`could not start ${argv.join(' ')}`);
   const pid = proc.pid;
   let out = '';
