@@ -20,9 +20,9 @@ import {
   RING_CONSUMER_WAKE_OFFSET, RECORD_HEADER_SIZE, BATCH_MAX, maxPayload,
   TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_CAPACITY_OFFSET, TOPIC_MAX_SUBSCRIBERS_OFFSET,
   TOPIC_POLICY_OFFSET, TOPIC_HISTORY_OFFSET, TOPIC_TAIL_OFFSET, TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET,
-  TOPIC_HEAD_SEQ_OFFSET, TOPIC_WAKE_OFFSET, TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_CLOSED_OFFSET,
+  TOPIC_HEAD_SEQ_OFFSET, TOPIC_WAKE_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET, TOPIC_PUBLISHER_CLOSED_OFFSET,
   TOPIC_RECLAIM_GEN_OFFSET, TOPIC_PUBLISHER_PARK_OFFSET, TOPIC_SLEEPERS_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
-  SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_PARKED_OFFSET,
+  SLOT_CLAIM_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_PARKED_OFFSET,
   BC_RECORD_HEADER_SIZE, BC_BATCH_ENTRY_SIZE, topicDataOffset, topicMaxPayload, ringOffset, RECORD_BYTES,
   RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR, RING_TO_CONNECTOR, RING_TO_LISTENER, H_POSITION_OFFSET,
   SEGMENT_HEADER_SIZE, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET,
@@ -34,7 +34,7 @@ import { RingEnd } from '../../host/ring.js';
 import { formatTopic, TopicReader, TopicWriter, type Policy } from '../../host/topic.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { listen, connect, Bus, type Channel, type Listener } from '../../host/index.js';
-import { reapDeadBuses } from '../../host/bus.js';
+import { reapDeadBuses } from '../../host/reap.js';
 import { readLine } from '../../host/control.js';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
@@ -131,6 +131,9 @@ function typed<R>(fn: () => R): R | string {
  * arena is the first window of this process and sits at the end of the memory until a later test maps more.
  */
 const ARENA = 65536;
+// Reading ends take their batch areas from window space on their first read (pooled after): take a few now,
+// below the arena, so that no read during the fuzz grows the memory past it.
+for (const b of Array.from({ length: 8 }, () => engine.allocBatch())) engine.freeBatch(b);
 const arena = engine.allocWindow(ARENA);
 if (arena + ARENA !== engine.memory.buffer.byteLength) throw new Error('the fuzz arena must end the wasm memory');
 const CANARY = 0xa5;
@@ -339,14 +342,14 @@ const topicOp = (max: number): fc.Arbitrary<TopicOp> => fc.oneof(
   fc.constantFrom('abort', 'slowest', 'punpark', 'close', 'reopen').map((op) => ({ op }) as TopicOp),
 );
 
-const topicWords64 = [TOPIC_TAIL_OFFSET, TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET].map((o) => TOPIC_HEADER_OFFSET + o);
-const slotWords64 = Array.from({ length: SUBS }, (_, i) => [SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET]
+const topicWords64 = [TOPIC_TAIL_OFFSET, TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET].map((o) => TOPIC_HEADER_OFFSET + o);
+const slotWords64 = Array.from({ length: SUBS }, (_, i) => [SLOT_CLAIM_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET]
   .map((o) => TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + i * TOPIC_SLOT_SIZE + o)).flat();
 const topicWords32 = [
   ...[TOPIC_CAPACITY_OFFSET, TOPIC_MAX_SUBSCRIBERS_OFFSET, TOPIC_POLICY_OFFSET, TOPIC_HISTORY_OFFSET, TOPIC_WAKE_OFFSET,
-    TOPIC_PUBLISHER_PID_OFFSET, TOPIC_PUBLISHER_CLOSED_OFFSET, TOPIC_RECLAIM_GEN_OFFSET, TOPIC_PUBLISHER_PARK_OFFSET,
+    TOPIC_PUBLISHER_CLOSED_OFFSET, TOPIC_RECLAIM_GEN_OFFSET, TOPIC_PUBLISHER_PARK_OFFSET,
     TOPIC_SLEEPERS_OFFSET, TOPIC_SPACE_WAKE_OFFSET].map((o) => TOPIC_HEADER_OFFSET + o),
-  ...Array.from({ length: SUBS }, (_, i) => [SLOT_STATE_OFFSET, SLOT_PID_OFFSET, SLOT_PARKED_OFFSET]
+  ...Array.from({ length: SUBS }, (_, i) => [SLOT_PARKED_OFFSET]
     .map((o) => TOPIC_HEADER_OFFSET + TOPIC_HEADER_SIZE + i * TOPIC_SLOT_SIZE + o)).flat(),
 ];
 
@@ -476,8 +479,7 @@ function runTopicCase(c: TopicCase): void {
 
 area('topic', 'topic: scribbled headers, slots and records give typed errors only', async (t) => {
   await check(t, 'topic (positions kept 16-byte aligned)', scaled(20_000), fc.property(topicCase(true), (c) => { runTopicCase(c); }));
-  await check(t, 'topic (any bytes)', scaled(20_000), fc.property(topicCase(false), (c) => { runTopicCase(c); }),
-    'issue 9: a lossy topic whose head is not 16-byte aligned (index near the end of the data) makes topic_read load past the data: RuntimeError: memory access out of bounds');
+  await check(t, 'topic (any bytes)', scaled(20_000), fc.property(topicCase(false), (c) => { runTopicCase(c); }));
 });
 
 // --- live shm channels --------------------------------------------------------------------------------------------
@@ -650,7 +652,7 @@ area('channel', 'shm channel: scribbled segments and raw records end in typed er
   const ops = fc.array(chanOp, { minLength: 1, maxLength: 20 });
   await check(t, 'shm channel', scaled(5_000), fc.asyncProperty(fc.record({ ops, closer: fc.nat(1), end: fc.constant('close' as const) }), (c) => runChannelCase(c)));
   await check(t, 'shm channel, writer facing a reader that stopped', scaled(2_000), fc.asyncProperty(fc.record({ ops, closer: fc.nat(1), end: fc.constant('stuck' as const) }), (c) => runChannelCase(c)),
-    'issue 9: ring_free reports impossible positions (head past the writer\'s position) as 0 free bytes: a writer with queued messages parks forever, drained() never settles, instead of ERR_SHMBUS_CORRUPT');
+    'issue 9: a writer parked for room looks at the ring again only when the reader rings; impossible positions written while it sleeps stay unnoticed, even by a later send that queues');
   await check(t, 'shm channel, failed after a corrupt send', scaled(2_000), fc.asyncProperty(fc.record({ ops, closer: fc.nat(1), end: fc.constant('close' as const) }), (c) => runChannelCase(c, true)),
     'issue 9: a CORRUPT thrown by send does not fail the channel: the next send is taken');
 });
@@ -777,7 +779,7 @@ area('registry', 'bus registry: scribbled registry entries and topic headers giv
   await check(t, 'registry reaper', scaled(4_000), fc.property(fc.record({
     names: fc.array(plantedName, { minLength: 1, maxLength: 4 }),
     raw: fc.array(fc.record({ file: fc.constant('registry' as const), at: fc.nat(REGISTRY_ENTRIES + 4 * REGISTRY_ENTRY_SIZE), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }) }), { maxLength: 3 }),
-  }), (c) => { runReaperCase(c); }), 'issue 9 (finding 5): the reaper unlinks paths built from registry names; a planted name d/../victim removes a file the bus does not own');
+  }), (c) => { runReaperCase(c); }));
 });
 
 // --- handshake lines ------------------------------------------------------------------------------------------------
