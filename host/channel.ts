@@ -19,6 +19,8 @@ import { RingEnd } from './ring.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
 import type { ShmEndpoint } from './url.js';
+import type { PeerCredentials } from './peer.js';
+import { socketPeerCredentials } from './sys/proc.js';
 import {
   BadArgumentError, BadStateError, ClosedError, CorruptError, MessageTooLargeError, PeerDeadError, QueueFullError,
   ShmbusError,
@@ -61,6 +63,10 @@ export interface WakeParts {
   peerParams: Record<string, unknown>;
   /** What we sent the peer for our own mechanism (its `params()`), handed to our sleeper. */
   myParams?: Record<string, unknown>;
+  /** Who the peer is, from SO_PEERCRED of the control socket (the handshake's verified credentials). When
+   * absent the channel reads SO_PEERCRED itself; mechanisms that name kernel objects refuse a peer whose
+   * credentials cannot be known. */
+  peerCred?: PeerCredentials;
 }
 
 interface Queued { type: number; bytes: Uint8Array }
@@ -181,7 +187,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
     const { engine, tx, rx, socket } = parts;
-    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams });
+    const peer = parts.wake.peerCred ?? socketPeerCredentials((socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1);
+    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer });
     this.sleeper = parts.wake.mine.sleeper({
       engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
       params: parts.wake.myParams,

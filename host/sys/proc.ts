@@ -3,6 +3,7 @@
  * (pid, start time) and a segment's owner counts as alive only if both still match.
  */
 import * as fs from 'node:fs';
+import koffi from 'koffi';
 
 interface ProcStat {
   state: string;
@@ -53,4 +54,40 @@ export function isProcessAlive(pid: number, startTime?: bigint): boolean {
   if (stat === undefined) return !fs.existsSync('/proc/self/stat');
   if (stat.state === 'Z' || stat.state === 'X') return false;
   return startTime === undefined || stat.startTime === startTime;
+}
+
+/** Whether `tid` is a thread of process `pid` (its /proc/<pid>/task/<tid> exists). */
+export function isThreadOf(pid: number, tid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || !Number.isInteger(tid) || tid <= 0) return false;
+  return fs.existsSync(`/proc/${pid}/task/${tid}`);
+}
+
+/** The effective uid of a running process (the Uid: line of /proc/<pid>/status), or undefined. */
+export function processEuid(pid: number): number | undefined {
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/status`, 'latin1').split('\n').find((l) => l.startsWith('Uid:'));
+    const euid = line?.slice(4).trim().split(/\s+/)[1];
+    return euid === undefined ? undefined : Number(euid);
+  } catch {
+    return undefined;
+  }
+}
+
+const libc = koffi.load('libc.so.6');
+const getsockopt = libc.func('int getsockopt(int fd, int level, int name, void *value, void *length)') as
+  (fd: number, level: number, name: number, value: Int32Array, length: Uint32Array) => number;
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+
+/**
+ * The kernel's SO_PEERCRED of a connected Unix socket: the pid, uid and gid the peer had when it connected (or
+ * listened), or undefined when the descriptor is not a Unix socket or the call fails.
+ */
+export function socketPeerCredentials(fd: number): { pid: number; uid: number; gid: number } | undefined {
+  if (!Number.isInteger(fd) || fd < 0) return undefined;
+  const ucred = new Int32Array(3);
+  const length = new Uint32Array([12]);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, ucred, length) < 0 || length[0] !== 12 || ucred[0]! <= 0) return undefined;
+  return { pid: ucred[0]!, uid: ucred[1]! >>> 0, gid: ucred[2]! >>> 0 };
 }
