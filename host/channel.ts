@@ -16,13 +16,14 @@ import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
 import type { Engine } from './engine.js';
 import type { Region } from './region.js';
 import { RingEnd } from './ring.js';
+import { decodeLimits, decodeMsgpack, type DecodeLimits } from './codec.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
 import type { ShmEndpoint } from './url.js';
 import type { PeerCredentials } from './peer.js';
 import { socketPeerCredentials } from './sys/proc.js';
 import {
-  BadArgumentError, BadStateError, ClosedError, CorruptError, MessageTooLargeError, PeerDeadError, QueueFullError,
+  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
   ShmbusError,
 } from './errors.js';
 
@@ -51,6 +52,8 @@ export interface ChannelParts {
   endpoint: ShmEndpoint;
   /** Doorbell bytes that arrived together with the last handshake line. */
   pendingBytes: Buffer;
+  /** Limits on decoding the peer's msgpack records (defaults: DEFAULT_DECODE_LIMITS). */
+  decodeLimits?: Partial<DecodeLimits>;
   /** 'listener' or 'connector', for messages. */
   side: string;
   wake: WakeParts;
@@ -148,6 +151,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly packr = new Packr({ useRecords: false });
   // copyBuffers: binary fields of a decoded value must not stay views into the ring, which the peer reuses.
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+  /** What decoding one of the peer's records may cost (host/codec.ts). */
+  private readonly decodeLimits: DecodeLimits;
 
   private state: 'open' | 'closing' | 'closed' = 'open';
   /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
@@ -186,6 +191,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.side = parts.side;
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
+    this.decodeLimits = decodeLimits(parts.decodeLimits);
     const { engine, tx, rx, socket } = parts;
     const peer = parts.wake.peerCred ?? socketPeerCredentials((socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1);
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer });
@@ -264,7 +270,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
     if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
     if (this.queueLength() > 0) return null;
-    const at = this.tx.claim(size, RECORD_BYTES);
+    let at: number;
+    try {
+      at = this.tx.claim(size, RECORD_BYTES);
+    } catch (error) {
+      this.ringFailed(error);
+    }
     if (at === 0) {
       this.waitForRoom(size);
       return null;
@@ -277,7 +288,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   _commitClaim(claim: Claim, length: number): void {
     if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
     this.openClaim = undefined;
-    this.tx.commit(length);
+    try {
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
+    }
     this.afterCommit();
   }
 
@@ -308,6 +323,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.queue.length - this.queueHead;
   }
 
+  /**
+   * A ring call on the send path threw. CORRUPT means the shared positions are impossible (a broken or hostile
+   * peer): the ring cannot be used again, so the channel fails with that error (later calls throw it, the
+   * iterator ends with it, 'error' listeners hear it) instead of staying half alive. Anything else (a message
+   * too large) is the caller's and leaves the channel as it was.
+   */
+  private ringFailed(error: unknown): never {
+    if (error instanceof ShmbusError && error.code === ErrorCode.CORRUPT) this.fail(error);
+    throw error;
+  }
+
   private checkSendable(): void {
     if (this.failure) throw this.failure;
     if (this.state !== 'open') throw new ClosedError('channel is closed', { url: this.url });
@@ -320,10 +346,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const length = bytes.length;
     if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
     if (this.queueHead === this.queue.length && this.openClaim === undefined) {
-      const at = this.tx.claim(length, type);
+      let at: number;
+      try {
+        at = this.tx.claim(length, type);
+        if (at !== 0) {
+          this.engine.u8.set(bytes, at);
+          this.tx.commit(length);
+        }
+      } catch (error) {
+        this.ringFailed(error);
+      }
       if (at !== 0) {
-        this.engine.u8.set(bytes, at);
-        this.tx.commit(length);
         this.afterCommit();
         return true;
       }
@@ -340,13 +373,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const length = bytes.length;
     if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
     if (this.queueLength() > 0 || this.openClaim) return false;
-    const at = this.tx.claim(length, type);
-    if (at === 0) {
-      this.waitForRoom(length);
-      return false;
+    try {
+      const at = this.tx.claim(length, type);
+      if (at === 0) {
+        this.waitForRoom(length);
+        return false;
+      }
+      this.engine.u8.set(bytes, at);
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
     }
-    this.engine.u8.set(bytes, at);
-    this.tx.commit(length);
     this.afterCommit();
     return true;
   }
@@ -584,19 +621,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private readonly decodeInto: RecordHandler = (memory, offset, length, type) => {
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
-      let decoded: unknown;
-      try {
-        decoded = this.unpackr.unpack(memory.subarray(offset, offset + length));
-      } catch (cause) {
-        throw new CorruptError('request/reply record does not decode', { length, cause: String(cause) });
-      }
-      this.rpc.incoming(type, decoded);
+      this.rpc.incoming(type, decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
     } else if (type === RECORD_MSGPACK) {
-      try {
-        this.inbox.push(this.unpackr.unpack(memory.subarray(offset, offset + length)));
-      } catch (cause) {
-        throw new CorruptError('msgpack record does not decode', { length, cause: String(cause) });
-      }
+      this.inbox.push(decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       this.inbox.push(memory.slice(offset, offset + length));
     } else {

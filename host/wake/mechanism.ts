@@ -80,24 +80,31 @@ export interface WakeMechanism {
 
 const BYTES = [Buffer.from([DOORBELL_DATA]), Buffer.from([DOORBELL_SPACE])] as const;
 
-/** Per control socket: whether a doorbell byte of each kind is still in Node's write queue (not yet in the kernel). */
-const unflushed = new WeakMap<net.Socket, [boolean, boolean]>();
+/** Per control socket and kind: the write generation of a doorbell byte that went into Node's write queue and
+ * has not been flushed to the kernel yet, or 0. */
+const queuedBells = new WeakMap<net.Socket, [number, number]>();
+let generation = 0;
 
 /**
- * Writes a doorbell byte of `kind`, unless one of that kind is still waiting to be flushed. A doorbell only says
- * "look at the ring", and the peer has not looked yet while the byte waits, so a second one adds nothing; a
- * peer that stops reading its control socket thus costs us at most one queued byte per kind, never a queue
- * that grows with every ring.
+ * Writes a doorbell byte of `kind`, unless a byte of that kind still waits in Node's write queue. A doorbell
+ * only says "look at the ring", and the peer cannot have looked because of a byte it has not received, so a
+ * second one adds nothing: a peer that stops reading its control socket costs us at most one queued byte per
+ * kind, never a queue that grows with every ring.
+ *
+ * A byte counts as queued only when the write left it in user space (writableLength > 0 right after it) and
+ * until its write callback runs. A byte handed to the kernel at once is never "queued", even though its
+ * callback comes a tick later: the peer may already have read it and parked again, and skipping the next ring
+ * then would lose a wakeup.
  */
 export function writeDoorbell(socket: net.Socket, kind: WakeKind): void {
   if (socket.destroyed || socket.writableEnded) return;
-  let pending = unflushed.get(socket);
-  if (pending === undefined) unflushed.set(socket, (pending = [false, false]));
-  if (pending[kind]) return;
-  pending[kind] = true;
-  const flags = pending;
-  // Called once the byte reached the kernel (or the write failed: the socket is going away then anyway).
-  socket.write(BYTES[kind], () => { flags[kind] = false; });
+  let queued = queuedBells.get(socket);
+  if (queued === undefined) queuedBells.set(socket, (queued = [0, 0]));
+  if (queued[kind] !== 0 && socket.writableLength > 0) return;
+  const gen = ++generation;
+  const flags = queued;
+  socket.write(BYTES[kind], () => { if (flags[kind] === gen) flags[kind] = 0; });
+  flags[kind] = socket.writableLength > 0 ? gen : 0;
 }
 
 /**
