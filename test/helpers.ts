@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 /** The test type tap hands to every callback (kept structural so helpers do not depend on tap's internals). */
 export interface TestLike {
   teardown(fn: () => unknown): void;
-  fail(message: string, extra?: Record<string, unknown>): unknown;
+  fail(message: string): unknown;
 }
 
 let serial = 0;
