@@ -619,7 +619,21 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.state === 'closed' || this.failure !== undefined;
   }
 
+  /** Set once a record of the peer's failed to decode: the rest of that batch is not handed out either (the
+   * channel fails right after the batch). */
+  private decodeFailed = false;
+
   private readonly decodeInto: RecordHandler = (memory, offset, length, type) => {
+    if (this.decodeFailed) return;
+    try {
+      this.decodeRecord(memory, offset, length, type);
+    } catch (error) {
+      this.decodeFailed = true;
+      throw error;
+    }
+  };
+
+  private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       this.rpc.incoming(type, decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
     } else if (type === RECORD_MSGPACK) {
@@ -629,7 +643,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
-  };
+  }
 
   private async next(): Promise<IteratorResult<unknown>> {
     for (;;) {

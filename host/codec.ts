@@ -156,11 +156,11 @@ export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_D
       pos += skip;
     }
     if (children > 0) {
-      // Checked here (and once at the end) rather than per value: only containers grow the cost fast.
-      if (cost > budget) tooLarge(limits, end, cost);
       // Every value takes at least one byte: a count past what is left cannot be right (and must not be trusted
       // for anything, msgpackr allocates arrays by it).
       if (children > end - pos) refuse('truncated', { at: pos, declared: children, left: end - pos });
+      // Checked here (and once at the end) rather than per value: only containers grow the cost fast.
+      if (cost > budget) tooLarge(limits, end, cost);
       if (depth >= limits.maxDepth) refuse('nested too deeply', { limit: 'maxDepth', maxDepth: limits.maxDepth });
       if (depth === stack.length) {
         const bigger = new Float64Array(stack.length * 2);
