@@ -140,8 +140,8 @@ function signalTarget(params: Record<string, unknown>, peer: PeerCredentials | u
 }
 
 /**
- * Checks, once a pidfd pins the thread (or right before the first ring without one), that the thread belongs to
- * the peer: a thread of the peer's pid, in a process that started when the peer says it did and runs as the
+ * Checks, after a pidfd pins the thread (where the kernel has PIDFD_THREAD), that the thread belongs to the
+ * peer: a thread of the peer's pid, in a process that started when the peer says it did and runs as the
  * peer's uid. The start time rules out a process that got the peer's pid after the peer died.
  */
 function verifyTarget(t: SignalTarget, peer: PeerCredentials): void {
