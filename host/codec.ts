@@ -96,8 +96,15 @@ export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_D
     need--;
     cost += HEAP_VALUE;
     if (t < 0x80 || t >= 0xe0) {
-      // fixint, the commonest token: nothing more to look at.
-      if (need === 0) while (need === 0 && depth > 0) need = stack[--depth]!;
+      // fixint, the commonest token: take the whole run of them at this level in one tight loop.
+      while (need > 0 && pos < end) {
+        const u = bytes[pos]!;
+        if (u >= 0x80 && u < 0xe0) break;
+        pos++;
+        need--;
+        cost += HEAP_VALUE;
+      }
+      while (need === 0 && depth > 0) need = stack[--depth]!;
       continue;
     }
     let children = 0;
