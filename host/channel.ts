@@ -17,11 +17,12 @@ import type { Engine } from './engine.js';
 import type { Region } from './region.js';
 import type { PeerCredentials } from './peer.js';
 import { RingEnd } from './ring.js';
+import { decodeLimits, decodeMsgpack, type DecodeLimits } from './codec.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
 import type { ShmEndpoint } from './url.js';
 import {
-  BadArgumentError, BadStateError, ClosedError, CorruptError, MessageTooLargeError, PeerDeadError, QueueFullError,
+  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
   ShmbusError,
 } from './errors.js';
 
@@ -50,6 +51,8 @@ export interface ChannelParts {
   endpoint: ShmEndpoint;
   /** Doorbell bytes that arrived together with the last handshake line. */
   pendingBytes: Buffer;
+  /** Limits on decoding the peer's msgpack records (defaults: DEFAULT_DECODE_LIMITS). */
+  decodeLimits?: Partial<DecodeLimits>;
   /** 'listener' or 'connector', for messages. */
   side: string;
   wake: WakeParts;
@@ -63,7 +66,7 @@ export interface WakeParts {
   /** What we sent the peer for our own mechanism (its `params()`), handed to our sleeper. */
   myParams?: Record<string, unknown>;
   /** Who the peer is, as the kernel says (SO_PEERCRED of the control socket): what `peerParams` must name. */
-  peerCred?: PeerCredentials;
+  peerCred: PeerCredentials;
 }
 
 interface Queued { type: number; bytes: Uint8Array }
@@ -145,6 +148,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly packr = new Packr({ useRecords: false });
   // copyBuffers: binary fields of a decoded value must not stay views into the ring, which the peer reuses.
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+  /** What decoding one of the peer's records may cost (host/codec.ts). */
+  private readonly decodeLimits: DecodeLimits;
 
   private state: 'open' | 'closing' | 'closed' = 'open';
   /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
@@ -183,8 +188,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.side = parts.side;
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
+    this.decodeLimits = decodeLimits(parts.decodeLimits);
     const { engine, tx, rx, socket } = parts;
-    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams });
+    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
     this.sleeper = parts.wake.mine.sleeper({
       engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
       params: parts.wake.myParams,
@@ -260,7 +266,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
     if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
     if (this.queueLength() > 0) return null;
-    const at = this.tx.claim(size, RECORD_BYTES);
+    let at: number;
+    try {
+      at = this.tx.claim(size, RECORD_BYTES);
+    } catch (error) {
+      this.ringFailed(error);
+    }
     if (at === 0) {
       this.waitForRoom(size);
       return null;
@@ -273,7 +284,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   _commitClaim(claim: Claim, length: number): void {
     if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
     this.openClaim = undefined;
-    this.tx.commit(length);
+    try {
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
+    }
     this.afterCommit();
   }
 
@@ -304,6 +319,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.queue.length - this.queueHead;
   }
 
+  /**
+   * A ring call on the send path threw. CORRUPT means the shared positions are impossible (a broken or hostile
+   * peer): the ring cannot be used again, so the channel fails with that error (later calls throw it, the
+   * iterator ends with it, 'error' listeners hear it) instead of staying half alive. Anything else (a message
+   * too large) is the caller's and leaves the channel as it was.
+   */
+  private ringFailed(error: unknown): never {
+    if (error instanceof ShmbusError && error.code === ErrorCode.CORRUPT) this.fail(error);
+    throw error;
+  }
+
   private checkSendable(): void {
     if (this.failure) throw this.failure;
     if (this.state !== 'open') throw new ClosedError('channel is closed', { url: this.url });
@@ -316,15 +342,25 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const length = bytes.length;
     if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
     if (this.queueHead === this.queue.length && this.openClaim === undefined) {
-      const at = this.tx.claim(length, type);
+      let at: number;
+      try {
+        at = this.tx.claim(length, type);
+        if (at !== 0) {
+          this.engine.u8.set(bytes, at);
+          this.tx.commit(length);
+        }
+      } catch (error) {
+        this.ringFailed(error);
+      }
       if (at !== 0) {
-        this.engine.u8.set(bytes, at);
-        this.tx.commit(length);
         this.afterCommit();
         return true;
       }
     }
     if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
+    // The slow path anyway: look at the ring's positions, so that impossible ones a peer wrote while this side
+    // waited for room (nothing rings a parked writer for that) fail the channel now instead of stalling it.
+    try { this.tx.free(); } catch (error) { this.ringFailed(error); }
     if (this.queueLength() >= this.maxQueued) throw new QueueFullError(this.maxQueued);
     // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
     this.queue.push({ type, bytes: new Uint8Array(bytes) });
@@ -336,13 +372,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const length = bytes.length;
     if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
     if (this.queueLength() > 0 || this.openClaim) return false;
-    const at = this.tx.claim(length, type);
-    if (at === 0) {
-      this.waitForRoom(length);
-      return false;
+    try {
+      const at = this.tx.claim(length, type);
+      if (at === 0) {
+        this.waitForRoom(length);
+        return false;
+      }
+      this.engine.u8.set(bytes, at);
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
     }
-    this.engine.u8.set(bytes, at);
-    this.tx.commit(length);
     this.afterCommit();
     return true;
   }
@@ -578,27 +618,31 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.state === 'closed' || this.failure !== undefined;
   }
 
+  /** Set once a record of the peer's failed to decode: the rest of that batch is not handed out either (the
+   * channel fails right after the batch). */
+  private decodeFailed = false;
+
   private readonly decodeInto: RecordHandler = (memory, offset, length, type) => {
+    if (this.decodeFailed) return;
+    try {
+      this.decodeRecord(memory, offset, length, type);
+    } catch (error) {
+      this.decodeFailed = true;
+      throw error;
+    }
+  };
+
+  private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
-      let decoded: unknown;
-      try {
-        decoded = this.unpackr.unpack(memory.subarray(offset, offset + length));
-      } catch (cause) {
-        throw new CorruptError('request/reply record does not decode', { length, cause: String(cause) });
-      }
-      this.rpc.incoming(type, decoded);
+      this.rpc.incoming(type, decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
     } else if (type === RECORD_MSGPACK) {
-      try {
-        this.inbox.push(this.unpackr.unpack(memory.subarray(offset, offset + length)));
-      } catch (cause) {
-        throw new CorruptError('msgpack record does not decode', { length, cause: String(cause) });
-      }
+      this.inbox.push(decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       this.inbox.push(memory.slice(offset, offset + length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
-  };
+  }
 
   private async next(): Promise<IteratorResult<unknown>> {
     for (;;) {

@@ -350,7 +350,9 @@ t.test('a peer with bad wake parameters is a typed error, not a ring into the vo
   ];
   const socket = new net.Socket();
   for (const [mode, params, code] of cases) {
-    const ctx = { params, socket } as unknown as BellContext;
+    // The peer as SO_PEERCRED would report it: the pid its params claim (1 when they name none).
+    const peer = { pid: typeof params.pid === 'number' ? params.pid : 1, uid: process.getuid!(), gid: process.getgid!() };
+    const ctx = { params, socket, peer } as unknown as BellContext;
     t.throws(() => mechanismFor(mode).bell(ctx), { code }, `${mode} ${JSON.stringify(params)}`);
   }
   t.throws(() => mechanismFor('carrier-pigeon'), { code: ErrorCode.BAD_URL }, 'a peer asking for an unknown mechanism');

@@ -17,6 +17,7 @@
 import { EventEmitter } from 'node:events';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr } from 'msgpackr';
+import { decodeMsgpack } from '../host/codec.js';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
 import {
@@ -169,16 +170,16 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     let value: unknown;
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       try {
-        this.rpc.incoming(type, (owned ? this.unpackrOwned : this.unpackr).unpack(bytes));
+        this.rpc.incoming(type, decodeMsgpack(owned ? this.unpackrOwned : this.unpackr, bytes));
       } catch (cause) {
-        this.fail(new CorruptError('request/reply message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
+        this.fail(cause instanceof CorruptError ? cause : new CorruptError('request/reply message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
       }
       return;
     } else if (type === RECORD_MSGPACK) {
       try {
-        value = (owned ? this.unpackrOwned : this.unpackr).unpack(bytes);
+        value = decodeMsgpack(owned ? this.unpackrOwned : this.unpackr, bytes);
       } catch (cause) {
-        this.fail(new CorruptError('msgpack message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
+        this.fail(cause instanceof CorruptError ? cause : new CorruptError('msgpack message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
         return;
       }
     } else if (type === RECORD_BYTES) {

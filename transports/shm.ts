@@ -138,12 +138,12 @@ function peerWake(endpoint: ShmEndpoint, line: unknown, cred: PeerCredentials): 
     throw new HandshakeError('peer did not say how to wake it');
   }
   const { mode, params } = line as { mode: string; params?: unknown };
-  return {
-    mine: mechanismFor(endpoint.wake, endpoint.url),
-    peer: mechanismFor(mode, endpoint.url),
-    peerParams: typeof params === 'object' && params !== null ? params as Record<string, unknown> : {},
-    peerCred: cred,
-  };
+  const peer = mechanismFor(mode, endpoint.url);
+  const peerParams = typeof params === 'object' && params !== null ? params as Record<string, unknown> : {};
+  // Whatever the peer names for us to ring (a pid, a semaphore, a queue) must be its own: refused here, before
+  // anything is allocated for it.
+  peer.checkPeer(peerParams, cred);
+  return { mine: mechanismFor(endpoint.wake, endpoint.url), peer, peerParams, peerCred: cred };
 }
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry

@@ -54,3 +54,21 @@ export function isProcessAlive(pid: number, startTime?: bigint): boolean {
   if (stat.state === 'Z' || stat.state === 'X') return false;
   return startTime === undefined || stat.startTime === startTime;
 }
+
+/** Whether `tid` is a thread of process `pid` (its /proc/<pid>/task/<tid> exists). */
+export function isThreadOf(pid: number, tid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || !Number.isInteger(tid) || tid <= 0) return false;
+  return fs.existsSync(`/proc/${pid}/task/${tid}`);
+}
+
+/** The effective uid of a running process (the Uid: line of /proc/<pid>/status), or undefined. */
+export function processEuid(pid: number): number | undefined {
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/status`, 'latin1').split('\n').find((l) => l.startsWith('Uid:'));
+    const euid = line?.slice(4).trim().split(/\s+/)[1];
+    return euid === undefined ? undefined : Number(euid);
+  } catch {
+    return undefined;
+  }
+}

@@ -17,14 +17,17 @@
  */
 import * as fs from 'node:fs';
 import koffi from 'koffi';
-import { BadArgumentError, ErrorCode, Errno, SystemError, type ErrorCodeValue } from '../errors.js';
-import { GETVAL, IPC_NOWAIT, IPC_RMID, SEMBUF_SIZE } from './constants.js';
+import { BadArgumentError, ErrorCode, Errno, ShmbusError, SystemError, type ErrorCodeValue } from '../errors.js';
+import {
+  GETPID, GETVAL, IPC_NOWAIT, IPC_RMID, IPC_STAT, SEMBUF_SIZE, O_RDWR, O_NOFOLLOW, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED,
+} from './constants.js';
 
 const lib = koffi.load('libc.so.6');
 
 /** errno values the shared table in errors.ts does not have. */
 export const ERANGE = 34;
 export const EOVERFLOW = 75;
+export const ELOOP = 40;
 
 const c = {
   sem_open: lib.func('intptr_t sem_open(const char *name, int oflag, uint32_t mode, uint32_t value)') as
@@ -37,6 +40,10 @@ const c = {
   semget: lib.func('int semget(int key, int nsems, int semflg)') as (key: number, nsems: number, flags: number) => number,
   semop: lib.func('int semop(int semid, void *sops, size_t nsops)') as (semid: number, sops: Uint8Array, nsops: number) => number,
   semctl: lib.func('int semctl(int semid, int semnum, int cmd, intptr_t arg)') as (semid: number, num: number, cmd: number, arg: number) => number,
+  semctlBuf: lib.func('semctl', 'int', ['int', 'int', 'int', 'void *']) as (semid: number, num: number, cmd: number, buf: Uint8Array) => number,
+  mmap: lib.func('intptr_t mmap(intptr_t addr, size_t len, int prot, int flags, int fd, int64_t offset)') as
+    (addr: number, len: number, prot: number, flags: number, fd: number, offset: number) => number,
+  munmap: lib.func('int munmap(intptr_t addr, size_t len)') as (addr: number, len: number) => number,
 };
 
 function fail(syscall: string, errno: number, details: Record<string, unknown>, code?: ErrorCodeValue): never {
@@ -111,6 +118,48 @@ export function semTryWait(sem: number): boolean {
   const errno = koffi.errno();
   if (errno === Errno.EAGAIN || errno === Errno.EINTR) return false;
   fail('sem_trywait', errno, {});
+}
+
+/** sizeof(sem_t) on x86_64 glibc: the size of every /dev/shm/sem.* file sem_open creates. */
+export const SEM_T_SIZE = 32;
+
+/**
+ * Opens an EXISTING named semaphore that must belong to `ownerUid`, the way sem_open does it (open the file in
+ * /dev/shm, map it shared), but checking the file through the descriptor before mapping it: no O_CREAT (a
+ * missing name is NOT_FOUND, never created), O_NOFOLLOW (a symlink planted under the name is refused), and fstat
+ * must show a regular file of sizeof(sem_t) with one link, owned by `ownerUid` (PERMISSION_DENIED otherwise).
+ * Returns the sem_t address for semPost; release it with semUnmap (not semClose: glibc's sem_close only knows
+ * the semaphores its own sem_open mapped).
+ */
+export function semOpenOwned(name: string, ownerUid: number, dir = '/dev/shm'): number {
+  checkSemName(name);
+  const path = `${dir}/sem.${name.slice(1)}`;
+  let fd: number;
+  try {
+    fd = fs.openSync(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  } catch (error) {
+    const errno = -Number((error as NodeJS.ErrnoException).errno ?? 0);
+    // ELOOP: a symlink planted under the name.
+    fail('open', errno, { path }, errno === ELOOP ? ErrorCode.PERMISSION_DENIED : undefined);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.nlink !== 1 || st.size !== SEM_T_SIZE || st.uid !== ownerUid) {
+      throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'the semaphore file is not one the peer created', {
+        details: { path, uid: st.uid, expectedUid: ownerUid, size: st.size, nlink: st.nlink, file: st.isFile() },
+      });
+    }
+    const addr = c.mmap(0, SEM_T_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (addr === -1) fail('mmap', koffi.errno(), { path, length: SEM_T_SIZE });
+    return addr;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Unmaps a semaphore mapped by semOpenOwned. */
+export function semUnmap(sem: number): void {
+  if (c.munmap(sem, SEM_T_SIZE) < 0) fail('munmap', koffi.errno(), {});
 }
 
 // ---------------------------------------------------------------------------------------------- System V
@@ -230,4 +279,32 @@ export function listSemSets(): { key: number; semid: number; nsems: number; uid:
     const f = line.trim().split(/\s+/).map(Number);
     return { key: f[0]! >>> 0, semid: f[1]!, nsems: f[3]!, uid: f[4]! };
   });
+}
+
+/** What IPC_STAT says about a semaphore set (struct semid_ds, x86_64: ipc_perm key@0 uid@4 gid@8 cuid@12
+ * cgid@16 mode@20, then sem_otime@48, sem_ctime@64, sem_nsems@80). */
+export interface SemStat { key: number; uid: number; gid: number; cuid: number; cgid: number; mode: number; nsems: number }
+
+/** semctl(IPC_STAT). NOT_FOUND when the set is gone, PERMISSION_DENIED without read permission. */
+export function semStat(semid: number): SemStat {
+  const buf = new Uint8Array(128);
+  if (c.semctlBuf(semid, 0, IPC_STAT, buf) < 0) {
+    const errno = koffi.errno();
+    fail('semctl', errno, { cmd: 'IPC_STAT', semid }, errno === Errno.EINVAL || errno === Errno.EIDRM ? ErrorCode.NOT_FOUND : undefined);
+  }
+  const v = new DataView(buf.buffer);
+  return {
+    key: v.getUint32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true), cuid: v.getUint32(12, true),
+    cgid: v.getUint32(16, true), mode: v.getUint32(20, true) & 0o777, nsems: Number(v.getBigUint64(80, true)),
+  };
+}
+
+/** semctl(GETPID): the pid of the last process that did a semop on semaphore `num`. */
+export function semGetPid(semid: number, num: number): number {
+  const v = c.semctl(semid, num, GETPID, 0);
+  if (v < 0) {
+    const errno = koffi.errno();
+    fail('semctl', errno, { cmd: 'GETPID', semid, num }, errno === Errno.EINVAL || errno === Errno.EIDRM ? ErrorCode.NOT_FOUND : undefined);
+  }
+  return v;
 }

@@ -19,9 +19,9 @@
  * instead: the parked side always reads that socket (it is how it learns of peer death), so the wakeup arrives.
  */
 import type net from 'node:net';
-import { DOORBELL_DATA, DOORBELL_SPACE } from '../control.js';
 import { ErrorCode, HandshakeError, ShmbusError } from '../errors.js';
-import { WAKE_DATA, type Bell, type BellContext, type Sleeper, type SleeperContext, type WakeKind, type WakeMechanism } from './mechanism.js';
+import type { PeerCredentials } from '../peer.js';
+import { WAKE_DATA, writeDoorbell, type Bell, type BellContext, type Sleeper, type SleeperContext, type WakeKind, type WakeMechanism } from './mechanism.js';
 
 // --- statistics ----------------------------------------------------------------------------------------------------
 
@@ -54,12 +54,10 @@ export function wakeStats(): Record<string, WakeStats> {
   return Object.fromEntries([...allStats].map(([k, v]) => [k, { ...v }]));
 }
 
-const DOORBELL = [Buffer.from([DOORBELL_DATA]), Buffer.from([DOORBELL_SPACE])] as const;
-
 /** Rings through the control socket instead (see "Falling back" above). */
 export function ringFallback(socket: net.Socket, kind: WakeKind, stats: WakeStats): void {
   stats.fallbacks++;
-  if (!socket.destroyed) socket.write(DOORBELL[kind]);
+  writeDoorbell(socket, kind);
 }
 
 // --- a sleeper that watches ring words -----------------------------------------------------------------------------
@@ -269,6 +267,7 @@ export abstract class ObjectMechanism implements WakeMechanism {
   /** Creates the object; `gen` tells incarnations apart (names include it). */
   protected abstract create(gen: number, incarnation: Incarnation): ProcessObject;
   abstract bell(ctx: BellContext): Bell;
+  abstract checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void;
 
   params(): Record<string, unknown> {
     const incarnation = this.current ?? this.open();
@@ -335,6 +334,34 @@ export function param<T>(params: Record<string, unknown>, key: string, check: (v
 }
 
 export const isInt = (v: unknown): v is number => Number.isSafeInteger(v);
+
+/**
+ * The peer's kernel-verified credentials, or a refusal: a mechanism that acts on an object the peer names must
+ * know who the peer is (fail closed).
+ */
+export function requirePeer(peer: PeerCredentials | undefined, mechanism: string): PeerCredentials {
+  if (peer === undefined) {
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, `the peer's credentials are unknown, so its ${mechanism} wake object cannot be verified`, { details: { wake: mechanism } });
+  }
+  return peer;
+}
+
+/** Names the sem and mq mechanisms create: /shmbus-wake.<pid>.<n>. */
+export const WAKE_OBJECT_NAME = /^\/shmbus-wake\.([1-9]\d{0,9})\.(\d{1,10})$/;
+
+/**
+ * The peer's `key` param when it is a name this project creates for the peer's own pid
+ * (`/shmbus-wake.<peer pid>.<n>`); a name of another form is a bad handshake, one of another pid is refused.
+ */
+export function peerObjectName(params: Record<string, unknown>, key: string, mechanism: string, peer: PeerCredentials): string {
+  const name = param(params, key, isString, mechanism);
+  const m = WAKE_OBJECT_NAME.exec(name);
+  if (!m) throw new HandshakeError(`the peer named a ${mechanism} wake object that is not a shmbus one`, { details: { [key]: name } });
+  if (Number(m[1]) !== peer.pid) {
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, `the peer named a ${mechanism} wake object of another process`, { details: { [key]: name, peerPid: peer.pid } });
+  }
+  return name;
+}
 export const isString = (v: unknown): v is string => typeof v === 'string';
 
 export { ErrorCode, ShmbusError };

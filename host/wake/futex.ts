@@ -254,4 +254,6 @@ export const futex: WakeMechanism = {
     return new WordSleeper(ctx, hub, stats);
   },
   bell: (ctx) => new FutexBell(ctx),
+  // A futex bell wakes words of this channel's own rings; the peer's params name nothing.
+  checkPeer() {},
 };

@@ -14,6 +14,7 @@ import type { Engine } from '../engine.js';
 import type { RingEnd } from '../ring.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../control.js';
 import { BadUrlError } from '../errors.js';
+import type { PeerCredentials } from '../peer.js';
 
 /** The peer has records to read. */
 export const WAKE_DATA = 0;
@@ -54,6 +55,10 @@ export interface BellContext {
   socket: net.Socket;
   /** What the peer put in the handshake for its mechanism. */
   params: Record<string, unknown>;
+  /** Who the peer is, as the kernel says (SO_PEERCRED of the control socket). A mechanism whose params name a
+   * kernel object (a thread to signal, a semaphore, a queue) rings only objects that provably belong to this
+   * peer, and refuses to build a bell at all when it is unknown. */
+  peer?: PeerCredentials;
 }
 
 export interface WakeMechanism {
@@ -62,10 +67,45 @@ export interface WakeMechanism {
   /** What the peer needs to ring us (JSON). Called once per connection, before the handshake line is sent. */
   params(): Record<string, unknown>;
   sleeper(ctx: SleeperContext): Sleeper;
+  /** How to ring a peer; throws (ERR_SHMBUS_HANDSHAKE, PERMISSION_DENIED, PEER_DEAD) when `params` do not name
+   * this peer's own object (see `checkPeer`). */
   bell(ctx: BellContext): Bell;
+  /**
+   * Checks a peer's params against its kernel-verified credentials without keeping anything open: the same
+   * checks `bell` makes (which keeps what it verified, so nothing can be swapped between check and use). Throws
+   * as `bell` does. Lets a handshake refuse a peer before allocating anything for it.
+   */
+  checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void;
 }
 
 const BYTES = [Buffer.from([DOORBELL_DATA]), Buffer.from([DOORBELL_SPACE])] as const;
+
+/** Per control socket and kind: the write generation of a doorbell byte that went into Node's write queue and
+ * has not been flushed to the kernel yet, or 0. */
+const queuedBells = new WeakMap<net.Socket, [number, number]>();
+let generation = 0;
+
+/**
+ * Writes a doorbell byte of `kind`, unless a byte of that kind still waits in Node's write queue. A doorbell
+ * only says "look at the ring", and the peer cannot have looked because of a byte it has not received, so a
+ * second one adds nothing: a peer that stops reading its control socket costs us at most one queued byte per
+ * kind, never a queue that grows with every ring.
+ *
+ * A byte counts as queued only when the write left it in user space (writableLength > 0 right after it) and
+ * until its write callback runs. A byte handed to the kernel at once is never "queued", even though its
+ * callback comes a tick later: the peer may already have read it and parked again, and skipping the next ring
+ * then would lose a wakeup.
+ */
+export function writeDoorbell(socket: net.Socket, kind: WakeKind): void {
+  if (socket.destroyed || socket.writableEnded) return;
+  let queued = queuedBells.get(socket);
+  if (queued === undefined) queuedBells.set(socket, (queued = [0, 0]));
+  if (queued[kind] !== 0 && socket.writableLength > 0) return;
+  const gen = ++generation;
+  const flags = queued;
+  socket.write(BYTES[kind], () => { if (flags[kind] === gen) flags[kind] = 0; });
+  flags[kind] = socket.writableLength > 0 ? gen : 0;
+}
 
 /**
  * The default park path: one byte on the channel's control socket, read through the event loop (epoll), so no
@@ -77,10 +117,12 @@ export const doorbell: WakeMechanism = {
   sleeper: () => ({ wait() {}, cancel() {}, close() {} }),
   bell: ({ socket }) => ({
     ring(kind) {
-      if (!socket.destroyed) socket.write(BYTES[kind]);
+      writeDoorbell(socket, kind);
     },
     close() {},
   }),
+  // The bytes go on the connection itself: nothing outside it is named.
+  checkPeer() {},
 };
 
 const mechanisms = new Map<string, WakeMechanism>([['doorbell', doorbell]]);

@@ -13,17 +13,22 @@
  *
  * Lifetime: created by the first handshake that asks for `mq`, unlinked when its last channel closes and at
  * process exit (a crash leaves /dev/mqueue/shmbus-wake.<pid>.<n>; `shmbus clean` removes those of dead pids).
+ *
+ * Trust: a bell sends only to the peer's own queue: /shmbus-wake.<the peer's pid>.<n> (pid from SO_PEERCRED),
+ * opened without O_CREAT, owned by the peer's uid.
  */
+import { fstatSync } from 'node:fs';
 import koffi from 'koffi';
 import { wakeMqOpen, wakeMqClose, wakeMqUnlink, wakeMqSendRaw, wakeMqReceiveRaw, mqMsgMax } from '../sys/wakemq.js';
 import { O_CREAT, O_EXCL, O_RDONLY, O_WRONLY, O_NONBLOCK } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
-import { ObjectMechanism, ringFallback, param, isString, isInt, type Incarnation, type ProcessObject } from './common.js';
+import { ObjectMechanism, ringFallback, param, isInt, requirePeer, peerObjectName, WAKE_OBJECT_NAME, type Incarnation, type ProcessObject } from './common.js';
+import type { PeerCredentials } from '../peer.js';
 import { onProcessExit } from './thread.js';
 
 /** Names this mechanism creates: /shmbus-wake.<pid>.<n>. */
-export const MQ_NAME = /^\/shmbus-wake\.\d+\.\d+$/;
+export const MQ_NAME = WAKE_OBJECT_NAME;
 const MESSAGE_BYTES = 4;
 
 class MqObject implements ProcessObject {
@@ -91,6 +96,29 @@ function openExclusive(name: string): number {
   }
 }
 
+/**
+ * Opens the peer's queue for sending after checking it is the peer's own: named for the peer's pid, opened
+ * without O_CREAT (a missing queue is NOT_FOUND, never created), and owned by the peer's uid (fstat of the
+ * queue descriptor). The mqueue file system has no symlinks, so the name cannot lead elsewhere.
+ */
+function openPeerQueue(params: Record<string, unknown>, peer: PeerCredentials | undefined): number {
+  const who = requirePeer(peer, 'mq');
+  const name = peerObjectName(params, 'name', 'mq', who);
+  const mqd = wakeMqOpen(name, O_WRONLY | O_NONBLOCK);
+  let uid: number;
+  try {
+    uid = fstatSync(mqd).uid;
+  } catch (error) {
+    wakeMqClose(mqd);
+    throw new ShmbusError(ErrorCode.SYSCALL, 'cannot fstat the peer\'s wake queue', { cause: error, details: { name } });
+  }
+  if (uid !== who.uid) {
+    wakeMqClose(mqd);
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'the peer\'s wake queue belongs to another user', { details: { name, uid, expectedUid: who.uid } });
+  }
+  return mqd;
+}
+
 class MqBell implements Bell {
   private readonly ctx: BellContext;
   private mqd: number;
@@ -99,10 +127,8 @@ class MqBell implements Bell {
 
   constructor(ctx: BellContext) {
     this.ctx = ctx;
-    const name = param(ctx.params, 'name', isString, 'mq');
     this.id = param(ctx.params, 'id', isInt, 'mq');
-    if (!MQ_NAME.test(name)) throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer named a queue that is not a shmbus wake queue', { details: { name } });
-    this.mqd = wakeMqOpen(name, O_WRONLY | O_NONBLOCK);
+    this.mqd = openPeerQueue(ctx.params, ctx.peer);
   }
 
   ring(kind: WakeKind): void {
@@ -132,6 +158,11 @@ class MqMechanism extends ObjectMechanism {
 
   bell(ctx: BellContext): Bell {
     return new MqBell(ctx);
+  }
+
+  checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void {
+    param(params, 'id', isInt, 'mq');
+    wakeMqClose(openPeerQueue(params, peer));
   }
 }
 

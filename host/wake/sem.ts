@@ -11,16 +11,20 @@
  * Lifetime: created by the first handshake that asks for `sem`, unlinked when its last channel closes and at
  * process exit (a crash leaves the file; `shmbus clean` removes those of dead pids). The peer keeps its own
  * mapping open until its channel closes, so an unlinked semaphore stays valid for it; a new one gets a new name.
+ *
+ * Trust: a bell posts only the peer's own semaphore: the name must be /shmbus-wake.<the peer's pid>.<n> (pid
+ * from SO_PEERCRED), and the file, opened without O_CREAT and with O_NOFOLLOW, must belong to the peer's uid.
  */
-import { semOpen, semClose, semUnlink, semPost } from '../sys/sem.js';
+import { semOpen, semClose, semUnlink, semPost, semOpenOwned, semUnmap } from '../sys/sem.js';
+import type { PeerCredentials } from '../peer.js';
 import { O_CREAT, O_EXCL } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
-import { ObjectMechanism, ringFallback, param, isString, type Incarnation, type ProcessObject } from './common.js';
+import { ObjectMechanism, ringFallback, requirePeer, peerObjectName, WAKE_OBJECT_NAME, type Incarnation, type ProcessObject } from './common.js';
 import { WaitThread, onProcessExit } from './thread.js';
 
 /** Names this mechanism creates: /shmbus-wake.<pid>.<n>. */
-export const SEM_NAME = /^\/shmbus-wake\.\d+\.\d+$/;
+export const SEM_NAME = WAKE_OBJECT_NAME;
 
 class SemObject implements ProcessObject {
   readonly name: string;
@@ -80,15 +84,22 @@ function openExclusive(name: string): number {
   }
 }
 
+/**
+ * Maps the peer's semaphore after checking it is the peer's own: named for the peer's pid, opened without
+ * O_CREAT and with O_NOFOLLOW, and owned by the peer's uid (host/sys/sem.ts semOpenOwned).
+ */
+function openPeerSem(params: Record<string, unknown>, peer: PeerCredentials | undefined): number {
+  const who = requirePeer(peer, 'sem');
+  return semOpenOwned(peerObjectName(params, 'name', 'sem', who), who.uid);
+}
+
 class SemBell implements Bell {
   private readonly ctx: BellContext;
   private sem: number;
 
   constructor(ctx: BellContext) {
     this.ctx = ctx;
-    const name = param(ctx.params, 'name', isString, 'sem');
-    if (!SEM_NAME.test(name)) throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer named a semaphore that is not a shmbus wake semaphore', { details: { name } });
-    this.sem = semOpen(name, 0);
+    this.sem = openPeerSem(ctx.params, ctx.peer);
   }
 
   ring(kind: WakeKind): void {
@@ -104,7 +115,7 @@ class SemBell implements Bell {
     if (this.sem === 0) return;
     const sem = this.sem;
     this.sem = 0;
-    semClose(sem);
+    semUnmap(sem);
   }
 }
 
@@ -121,6 +132,10 @@ class SemMechanism extends ObjectMechanism {
 
   bell(ctx: BellContext): Bell {
     return new SemBell(ctx);
+  }
+
+  checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void {
+    semUnmap(openPeerSem(params, peer));
   }
 }
 

@@ -17,6 +17,11 @@
  * aimed at one thread. A pidfd names one thread for as long as it is open, so a ring can never reach another
  * process, even after we die and our pid is reused.
  *
+ * Trust: the peer chooses what it puts in the handshake, so none of it is taken on its word. The pid must be
+ * the peer's own (SO_PEERCRED of the control socket), the tid one of that process's threads, the start time
+ * that process's, its effective uid the peer's, and the signal exactly the wake signal; anything else refuses
+ * the handshake (PERMISSION_DENIED, or HANDSHAKE for a malformed or foreign signal number).
+ *
  * No lost wakeup, even when signals coalesce: real-time signals queue one entry per send (they do not coalesce
  * like standard signals), so every ring arrives with its own id. When the queue is full (RLIMIT_SIGPENDING of
  * the receiving user: EAGAIN), or the thread is gone (ESRCH), the bell falls back to the doorbell byte on the
@@ -28,18 +33,18 @@
  * blocks that one signal (threads it starts meanwhile inherit the block, which only means the signal is not
  * delivered to them either).
  */
-import { existsSync } from 'node:fs';
 import koffi from 'koffi';
 import {
-  sigrtmin, sigrtmax, installNoopHandler, pidfdOpenThread, pidfdSendSignalRaw, tgsigqueueRaw, makeSiginfo,
+  sigrtmin, installNoopHandler, pidfdOpenThread, pidfdSendSignalRaw, tgsigqueueRaw, makeSiginfo,
   setSiginfoValue, closeFd, blockInThisThread, unblockInThisThread, signalfdOpen, signalfdReadRaw, signalfdValue,
   SIGNALFD_SIGINFO_SIZE,
 } from '../sys/signal.js';
 import { gettid } from '../sys/futex.js';
-import { processStartTime } from '../sys/proc.js';
+import { processStartTime, processEuid, isProcessAlive, isThreadOf } from '../sys/proc.js';
+import type { PeerCredentials } from '../peer.js';
 import { Errno, ErrorCode, PeerDeadError, ShmbusError, SystemError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
-import { ObjectMechanism, ringFallback, param, isInt, isString, type Incarnation, type ProcessObject } from './common.js';
+import { ObjectMechanism, ringFallback, param, isInt, isString, requirePeer, type Incarnation, type ProcessObject } from './common.js';
 
 /** SIGRTMIN + this is the wake signal (glibc reserves the two below SIGRTMIN; low RT signals are popular). */
 const SIGNAL_OFFSET = 6;
@@ -110,6 +115,65 @@ class SignalObject implements ProcessObject {
 /** pidfd_open(PIDFD_THREAD) exists (Linux ≥ 6.9); else rings go through rt_tgsigqueueinfo. */
 let pidfdThreads: boolean | undefined;
 
+/** What a peer's signal params name, after the checks that need no kernel object (see verifyTarget). */
+interface SignalTarget { pid: number; tid: number; signal: number; id: number; startTime: bigint }
+
+function signalTarget(params: Record<string, unknown>, peer: PeerCredentials | undefined): SignalTarget {
+  const who = requirePeer(peer, 'signal');
+  const pid = param(params, 'pid', isInt, 'signal');
+  const tid = param(params, 'tid', isInt, 'signal');
+  const signal = param(params, 'signal', isInt, 'signal');
+  const id = param(params, 'id', isInt, 'signal');
+  const startTime = param(params, 'startTime', isString, 'signal');
+  if (tid <= 0 || !/^\d{1,20}$/.test(startTime)) {
+    throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer\'s signal wake parameters are out of range', { details: { pid, tid, startTime } });
+  }
+  // Only the wake signal: any other number could be one the peer's process (or, if the checks below were ever
+  // fooled, a victim) does not expect, with its default action.
+  if (signal !== wakeSignal()) {
+    throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer asked to be woken with a signal other than the wake signal', { details: { signal, expected: wakeSignal() } });
+  }
+  if (pid !== who.pid) {
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'the peer named another process as its wake target', { details: { pid, peerPid: who.pid } });
+  }
+  return { pid, tid, signal, id, startTime: BigInt(startTime) };
+}
+
+/**
+ * Checks, after a pidfd pins the thread (where the kernel has PIDFD_THREAD), that the thread belongs to the
+ * peer: a thread of the peer's pid, in a process that started when the peer says it did and runs as the
+ * peer's uid. The start time rules out a process that got the peer's pid after the peer died.
+ */
+function verifyTarget(t: SignalTarget, peer: PeerCredentials): void {
+  if (!isProcessAlive(t.pid)) throw new PeerDeadError('the peer\'s wake thread is not running any more', { pid: t.pid, tid: t.tid });
+  const refuse = (why: string, details: Record<string, unknown>) => {
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, `the peer's wake thread is not its own: ${why}`, { details: { pid: t.pid, tid: t.tid, ...details } });
+  };
+  if (!isThreadOf(t.pid, t.tid)) refuse('not a thread of the peer', {});
+  // The pid is the one the kernel gave for the peer when it connected; a process with another start time there
+  // means the peer has gone (its pid reused), or it lied about itself: either way nothing to ring.
+  const started = processStartTime(t.pid);
+  if (started !== t.startTime) {
+    throw new PeerDeadError('the process with the peer\'s pid is not the one that connected', { pid: t.pid, startTime: String(t.startTime), found: String(started) });
+  }
+  const euid = processEuid(t.pid);
+  if (euid !== peer.uid) refuse('the process runs as another user', { uid: euid, expectedUid: peer.uid });
+}
+
+/** pidfd_open(tid, PIDFD_THREAD) when the kernel has it, else -1 (rings then go by pid and tid). */
+function openThread(tid: number): number {
+  if (pidfdThreads === false) return -1;
+  try {
+    const fd = pidfdOpenThread(tid);
+    pidfdThreads = true;
+    return fd;
+  } catch (error) {
+    if (!(error instanceof SystemError) || error.errno !== Errno.EINVAL) throw error;
+    pidfdThreads = false;
+    return -1;
+  }
+}
+
 class SignalBell implements Bell {
   private readonly ctx: BellContext;
   private readonly pid: number;
@@ -121,29 +185,15 @@ class SignalBell implements Bell {
 
   constructor(ctx: BellContext) {
     this.ctx = ctx;
-    const p = ctx.params;
-    this.pid = param(p, 'pid', isInt, 'signal');
-    this.tid = param(p, 'tid', isInt, 'signal');
-    this.signal = param(p, 'signal', isInt, 'signal');
-    this.id = param(p, 'id', isInt, 'signal');
-    const startTime = param(p, 'startTime', isString, 'signal');
-    if (this.pid <= 0 || this.tid <= 0 || this.signal < sigrtmin() || this.signal > sigrtmax() || !/^\d+$/.test(startTime)) {
-      throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer\'s signal wake parameters are out of range', { details: { pid: this.pid, tid: this.tid, signal: this.signal } });
-    }
-    if (pidfdThreads !== false) {
-      try {
-        this.pidfd = pidfdOpenThread(this.tid);
-        pidfdThreads = true;
-      } catch (error) {
-        if (!(error instanceof SystemError) || error.errno !== Errno.EINVAL) throw error;
-        pidfdThreads = false;
-      }
-    }
+    const target = signalTarget(ctx.params, ctx.peer);
+    ({ pid: this.pid, tid: this.tid, signal: this.signal, id: this.id } = target);
+    this.pidfd = openThread(this.tid);
     // Checked after the pidfd is open: from then on the pidfd names this thread whatever happens to the ids.
-    const sameProcess = existsSync(`/proc/${this.pid}/task/${this.tid}`) && processStartTime(this.pid) === BigInt(startTime);
-    if (!sameProcess) {
+    try {
+      verifyTarget(target, ctx.peer!);
+    } catch (error) {
       this.close();
-      throw new PeerDeadError('the peer\'s wake thread is not running any more', { pid: this.pid, tid: this.tid });
+      throw error;
     }
     this.info = makeSiginfo(this.signal, 0);
   }
@@ -178,6 +228,16 @@ class SignalMechanism extends ObjectMechanism {
 
   bell(ctx: BellContext): Bell {
     return new SignalBell(ctx);
+  }
+
+  checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void {
+    const target = signalTarget(params, peer);
+    const pidfd = openThread(target.tid);
+    try {
+      verifyTarget(target, peer!);
+    } finally {
+      if (pidfd >= 0) closeFd(pidfd);
+    }
   }
 }
 

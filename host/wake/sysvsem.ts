@@ -15,12 +15,18 @@
  *
  * Lifetime: created by the first handshake that asks for `sysvsem`, removed (IPC_RMID, which also ends the
  * thread's semop with EIDRM) when its last channel closes and at process exit.
+ *
+ * Trust: a bell adds only to the peer's own set, checked once at the handshake (verifyPeerSet): key, owner,
+ * creator and the pid holding #1 must all be the peer's (pid and uid from SO_PEERCRED). A semid is then
+ * trusted for the life of the channel: the kernel gives a removed set's slot a new sequence number, so the same
+ * semid names another set only after its slot in the kernel's table has been reused some 65,000 times.
  */
-import { semGet, semOp, semOpRaw, semGetVal, semRemove, encodeSemOps } from '../sys/sem.js';
+import { semGet, semOp, semOpRaw, semGetVal, semGetPid, semStat, semRemove, encodeSemOps } from '../sys/sem.js';
+import type { PeerCredentials } from '../peer.js';
 import { IPC_CREAT, IPC_EXCL, SEM_UNDO } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
-import { ObjectMechanism, ringFallback, param, isInt, type Incarnation, type ProcessObject } from './common.js';
+import { ObjectMechanism, ringFallback, param, isInt, requirePeer, type Incarnation, type ProcessObject } from './common.js';
 import { WaitThread } from './thread.js';
 
 /** The key of a process's wake set: this tag in the top byte, the pid (up to 2^24) below. */
@@ -87,17 +93,38 @@ function createSet(key: number): number {
 
 const PLUS_ONE = encodeSemOps([{ num: 0, op: 1, flags: 0 }]);
 
+/**
+ * The peer's semid, after checking that the set is the peer's own wake set: its key is the one for the peer's
+ * pid, it has two semaphores, its owner and creator are the peer's uid, the last process to touch the liveness
+ * semaphore (#1, which only the owner ever changes) is the peer's pid, and that semaphore is still held.
+ */
+function verifyPeerSet(params: Record<string, unknown>, peer: PeerCredentials | undefined): number {
+  const who = requirePeer(peer, 'sysvsem');
+  const semid = param(params, 'semid', isInt, 'sysvsem');
+  if (semid < 0) throw new ShmbusError(ErrorCode.HANDSHAKE, 'the peer\'s sysvsem wake parameters are invalid', { details: { semid } });
+  const st = semStat(semid);
+  const expectedKey = sysvsemKey(who.pid);
+  const refuse = (why: string, details: Record<string, unknown>) => {
+    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, `the peer named a semaphore set that is not its wake set: ${why}`, { details: { semid, ...details } });
+  };
+  if (st.key !== expectedKey) refuse('another key', { key: '0x' + st.key.toString(16), expectedKey: '0x' + expectedKey.toString(16) });
+  if (st.uid !== who.uid || st.cuid !== who.uid) refuse('another owner', { uid: st.uid, cuid: st.cuid, expectedUid: who.uid });
+  if (st.nsems !== 2) refuse('another shape', { nsems: st.nsems });
+  if (semGetVal(semid, 1) === 0) {
+    throw new ShmbusError(ErrorCode.PEER_DEAD, 'the peer\'s wake semaphore set belongs to a dead process', { details: { semid } });
+  }
+  const holder = semGetPid(semid, 1);
+  if (holder !== who.pid) refuse('held by another process', { pid: holder, expectedPid: who.pid });
+  return semid;
+}
+
 class SysvSemBell implements Bell {
   private readonly ctx: BellContext;
   private readonly semid: number;
 
   constructor(ctx: BellContext) {
     this.ctx = ctx;
-    this.semid = param(ctx.params, 'semid', isInt, 'sysvsem');
-    // A set that does not exist (or whose owner is dead) fails the handshake now rather than every ring later.
-    if (semGetVal(this.semid, 1) === 0) {
-      throw new ShmbusError(ErrorCode.PEER_DEAD, 'the peer\'s wake semaphore set belongs to a dead process', { details: { semid: this.semid } });
-    }
+    this.semid = verifyPeerSet(ctx.params, ctx.peer);
   }
 
   ring(kind: WakeKind): void {
@@ -121,6 +148,10 @@ class SysvSemMechanism extends ObjectMechanism {
 
   bell(ctx: BellContext): Bell {
     return new SysvSemBell(ctx);
+  }
+
+  checkPeer(params: Record<string, unknown>, peer: PeerCredentials | undefined): void {
+    verifyPeerSet(params, peer);
   }
 }
 
