@@ -3,7 +3,7 @@ import t from 'tap';
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Bus, reapDeadBuses } from '../host/bus.js';
+import { Bus } from '../host/bus.js';
 import { ErrorCode } from '../host/errors.js';
 import { fileTimeout, startFixture, unique, within, type Child, type TestLike } from './helpers.js';
 
@@ -148,16 +148,4 @@ t.test('file-backed topics keep their history across restarts', async (t) => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-t.test('shmbus clean reaps a bus whose members were all killed', async (t) => {
-  const url = busUrl();
-  const ns = url.slice('shm://'.length);
-  const killed = peer(t, url, 'orphan', 'pubstall');
-  await killed.ready();
-  // Only this bus's names count: other processes may leave dead buses of their own meanwhile.
-  const ours = (names: string[]) => names.filter((n) => n === `shmbus.bus.${ns}` || n.startsWith(`shmbus.bus.${ns}.`)).sort();
-  t.same(ours(reapDeadBuses()), [], 'a bus with a live member is kept');
-  killed.child.kill('SIGKILL');
-  await killed.exit;
-  t.same(shmFiles().sort(), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`], 'left behind by the killed process');
-  t.same(ours(reapDeadBuses()), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`]);
-});
+// The reaper of dead buses is tested in test/reap.test.ts, which runs alone (reapers act on every dead process).

@@ -8,6 +8,10 @@ import {
 import { getEngine, REQUIRED_EXPORTS } from '../host/engine.js';
 import { RingEnd } from '../host/ring.js';
 import { ErrorCode } from '../host/errors.js';
+import { fileTimeout } from './helpers.js';
+
+// ~1 s on an idle 2-core machine (no child processes, no heavy loops).
+fileTimeout(t, 30);
 
 const engine = getEngine();
 const CAP = 4096;

@@ -9,6 +9,10 @@ import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
 import { formatSegment, readSegment } from '../host/segment.js';
 import { ErrorCode } from '../host/errors.js';
+import { fileTimeout } from './helpers.js';
+
+// ~1 s on an idle 2-core machine (no child processes, no heavy loops).
+fileTimeout(t, 30);
 
 const engine = getEngine();
 const CAP = 64 * 1024;

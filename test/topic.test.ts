@@ -4,6 +4,10 @@ import { RECORD_BYTES, TOPIC_HEADER_OFFSET, TOPIC_TAIL_OFFSET, BC_BATCH_ENTRY_SI
 import { getEngine } from '../host/engine.js';
 import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from '../host/topic.js';
 import { ErrorCode } from '../host/errors.js';
+import { fileTimeout } from './helpers.js';
+
+// ~1 s on an idle 2-core machine (no child processes, no heavy loops).
+fileTimeout(t, 30);
 
 const engine = getEngine();
 const CAP = 4096;
