@@ -8,8 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { reapDeadBuses } from '../host/bus.js';
 import { fileTimeout, startFixture, unique, within } from './helpers.js';
 
-// ~3 s on an idle 2-core machine.
-fileTimeout(t, 30);
+// Measured on a busy 2-core machine (load 10-20): ~8 s. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 const CLI = fileURLToPath(new URL('../dist/bin/shmbus.js', import.meta.url));
 
 /** POSIX semaphores, POSIX queues and System V semaphore sets (keys 0xb5<pid>) of the processes `pids`. */

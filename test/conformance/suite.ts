@@ -28,7 +28,7 @@ type Sub = Parameters<Parameters<typeof t.test>[0]>[0];
 
 /**
  * Runs the suite for the cases of `group` (and, for 'streams', every case no group names). `seconds`: the file's
- * timeout per case, about 4x what one case takes on an idle 2-core machine.
+ * timeout per case (4x what one case takes; see the group files).
  */
 export function runConformance(group: string, seconds: number): void {
   const only = process.env.CONFORMANCE?.split(',').filter(Boolean);
