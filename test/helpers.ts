@@ -135,7 +135,10 @@ function dieWithParent(argv: string[]): string[] {
  * `argv` is the command line (a prefix such as `setpriv …` or `prlimit …` may come first: they exec).
  */
 export function startChild(t: TestLike, argv: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore'; cwd?: string } = {}): Child {
-  const command = dieWithParent(argv);
+  // NODE_OPTIONS '' asks for a plain child, but tap's process-info hook puts its loader (and coverage) back into
+  // NODE_OPTIONS of every child spawned from a test: `env -u` takes it out again, after the hook.
+  const plain = opts.env?.NODE_OPTIONS === '' ? ['env', '-u', 'NODE_OPTIONS'] : [];
+  const command = [...plain, ...dieWithParent(argv)];
   const proc = spawn(command[0]!, command.slice(1), {
     stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
     detached: true,
