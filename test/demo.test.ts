@@ -5,7 +5,10 @@ import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CAP_NS, LatencyHistogram, formatNs, formatQuantile } from '../examples/pubsub/histogram.js';
-import { eventually, groupMembers, startChild, within, type Child, type TestLike } from './helpers.js';
+import { fileTimeout, eventually, groupMembers, startChild, within, type Child, type TestLike } from './helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 120);
 
 const DEMO = fileURLToPath(new URL('../dist/examples/pubsub/main.js', import.meta.url));
 /** The demo's segments carry its pid: `shmbus.bus.market-<pid>` and `shmbus.bus.market-<pid>.ticks`. */

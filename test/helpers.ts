@@ -1,6 +1,6 @@
 // What every test file shares: unique names, the scale knob for heavy tests, watchdogs that fail instead of
 // hanging, waiting for a condition (never a bare sleep), and child processes that cannot outlive their test.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -29,6 +29,26 @@ export const SCALE = (() => {
 export const STRESS_SCALE = 10;
 export function scaled(full: number, min = 1): number {
   return Math.max(min, Math.round((full * Math.min(SCALE, STRESS_SCALE)) / STRESS_SCALE));
+}
+
+/**
+ * How much longer than usual this machine may take: `SHMBUS_TEST_TIMEOUT_FACTOR` (default 1) multiplies every
+ * file's timeout (fileTimeout). Watchdogs inside tests are far above need already and do not use it.
+ */
+export const TIMEOUT_FACTOR = (() => {
+  const raw = process.env.SHMBUS_TEST_TIMEOUT_FACTOR;
+  const n = raw === undefined ? 1 : Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`SHMBUS_TEST_TIMEOUT_FACTOR must be a positive number, got ${raw}`);
+  return n;
+})();
+
+/**
+ * Sets the timeout of the whole test file (tap reads it from the file's root test): `fixed` seconds plus
+ * `perScale` seconds per unit of SCALE, i.e. about 4x what the file takes on an idle 2-core machine, times
+ * TIMEOUT_FACTOR. A file that ends past it is a hang, not a slow machine.
+ */
+export function fileTimeout(root: { setTimeout(ms: number): void }, fixed: number, perScale = 0): void {
+  root.setTimeout(Math.round((fixed + perScale * Math.min(SCALE, STRESS_SCALE)) * 1000 * TIMEOUT_FACTOR));
 }
 
 /**
@@ -87,35 +107,64 @@ export function groupMembers(pgid: number): number[] {
   return out;
 }
 
+/** Process groups of children still running, killed synchronously if this process exits first. */
+const liveGroups = new Set<number>();
+process.on('exit', () => {
+  for (const pgid of liveGroups) { try { process.kill(-pgid, 'SIGKILL'); } catch { /* gone */ } }
+});
+
 /**
- * Starts a child in a process group of its own. When the test ends (passes, fails or times out) the whole group
- * is SIGKILLed; if any member is still alive after that, the test fails, naming it.
- * `argv` is the command line (a prefix such as `setpriv …` or `prlimit …` may come first: they exec).
+ * Whether `setpriv --pdeathsig` is there: with it, a child gets SIGKILL when this process dies, even by SIGKILL
+ * (a tap timeout ends in one), instead of living on with PPID 1.
  */
-export function startChild(t: TestLike, argv: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {}): Child {
-  const proc = spawn(argv[0]!, argv.slice(1), {
-    stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
-    detached: true,
-    env: opts.env ?? process.env,
-  });
-  return adoptChild(t, proc, argv);
+const hasPdeathsig = (() => {
+  try { return spawnSync('setpriv', ['--pdeathsig', 'KILL', '--', 'true']).status === 0; } catch { return false; }
+})();
+
+/** `argv` with the parent-death signal set as late as possible (a change of uid clears it, so after setpriv's). */
+function dieWithParent(argv: string[]): string[] {
+  if (!hasPdeathsig) return argv;
+  if (argv[0] === 'setpriv') return ['setpriv', '--pdeathsig', 'KILL', ...argv.slice(1)];
+  return ['setpriv', '--pdeathsig', 'KILL', '--', ...argv];
 }
 
 /**
- * The same guarantees as startChild for a child someone else spawned (spawnWithPipe, ...): it must have been
- * started with `detached: true` (a process group of its own) and stdout/stderr 'pipe'. `argv` names it in errors.
+ * Starts a child in a process group of its own. When the test ends (passes, fails or times out) the whole group
+ * is SIGKILLed; if any member is still alive after that, the test fails, naming it. If this process dies first
+ * the child is killed too (parent-death signal, and an exit hook for the group).
+ * `argv` is the command line (a prefix such as `setpriv …` or `prlimit …` may come first: they exec).
  */
-export function adoptChild(t: TestLike, proc: ChildProcess, argv: string[]): Child {
-  if (proc.pid === undefined) throw new Error(`could not start ${argv.join(' ')}`);
+export function startChild(t: TestLike, argv: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore'; cwd?: string } = {}): Child {
+  // NODE_OPTIONS '' asks for a plain child, but tap's process-info hook puts its loader (and coverage) back into
+  // NODE_OPTIONS of every child spawned from a test: `env -u` takes it out again, after the hook.
+  const plain = opts.env?.NODE_OPTIONS === '' ? ['env', '-u', 'NODE_OPTIONS'] : [];
+  const command = [...plain, ...dieWithParent(argv)];
+  const proc = spawn(command[0]!, command.slice(1), {
+    stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
+    detached: true,
+    env: opts.env ?? process.env,
+    cwd: opts.cwd,
+  });
+  return adoptChild(t, proc, argv.join(' '));
+}
+
+/**
+ * Gives a child that something else started (e.g. spawnWithPipe) the same care as startChild: it must have been
+ * spawned with `detached: true` (its own process group) and piped stdout/stderr.
+ */
+export function adoptChild(t: TestLike, proc: ChildProcess, what: string): Child {
+  if (proc.pid === undefined) throw new Error(`could not start ${what}`);
   const pid = proc.pid;
+  liveGroups.add(pid);
   let out = '';
   let err = '';
   let exited = false;
   const lineWaiters = new Set<() => void>();
-  proc.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; for (const w of lineWaiters) w(); });
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  proc.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; for (const w of lineWaiters) w(); });
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d; });
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    proc.once('exit', (code, signal) => { exited = true; for (const w of lineWaiters) w(); resolve({ code, signal }); });
+    // 'close', not 'exit': by then everything the child wrote to stdout and stderr has been read.
+    proc.once('close', (code, signal) => { exited = true; for (const w of lineWaiters) w(); resolve({ code, signal }); });
   });
   const killGroup = (signal: NodeJS.Signals = 'SIGKILL') => {
     try { process.kill(-pid, signal); } catch { /* the group is gone */ }
@@ -136,17 +185,18 @@ export function adoptChild(t: TestLike, proc: ChildProcess, argv: string[]): Chi
     await within(30_000, exit, `child ${pid} did not die after SIGKILL`);
     let left: number[] = [];
     await eventually(() => (left = groupMembers(pid)).length === 0, 'group members to exit', 5000).catch(() => {});
+    liveGroups.delete(pid);
     if (left.length) {
       for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
-      t.fail(`processes outlived their test: ${left.join(' ')} (started by ${argv.join(' ')})`);
+      t.fail(`processes outlived their test: ${left.join(' ')} (started by ${what})`);
     }
   });
   return { process: proc, pid, exit, stdout: () => out, stderr: () => err, line, kill: killGroup };
 }
 
 /** Runs compiled fixture `name` (see fixture()) with plain Node: tap's loader hooks are not passed on. */
-export function startFixture(t: TestLike, name: string, args: string[], opts: { prefix?: string[]; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {}): Child {
-  return startChild(t, [...(opts.prefix ?? []), process.execPath, fixture(name), ...args], {
+export function startFixture(t: TestLike, name: string, args: string[], opts: { prefix?: string[]; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore'; execArgv?: string[] } = {}): Child {
+  return startChild(t, [...(opts.prefix ?? []), process.execPath, ...(opts.execArgv ?? []), fixture(name), ...args], {
     stdin: opts.stdin,
     env: { ...process.env, ...opts.env, NODE_OPTIONS: '' },
   });

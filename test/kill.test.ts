@@ -22,7 +22,10 @@ import { join } from 'node:path';
 import { listen, spawnWithPipe, ShmbusError, ErrorCode, type Connection, type ConnectionListener } from '../host/index.js';
 import { orphansSettled } from '../transports/sysvmq.js';
 import { checkSeq } from './fixtures/conn-peer.js';
-import { adoptChild, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';
+import { fileTimeout, adoptChild, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 120, 700);
 
 const KILLS = Number(process.env.SHMBUS_KILLS) || (SCALE >= STRESS_SCALE ? 1000 : Math.max(2, Math.round(2 * SCALE)));
 /** Messages a sender would send if nobody killed it: several times what any transport here buffers. */
@@ -163,7 +166,7 @@ async function killOnce(t: { fail(m: string, e: Record<string, unknown>): unknow
     } else {
       const argv = [process.execPath, fixture('kill-sender'), 'pipe:', String(N)];
       const spawned = spawnWithPipe(argv[1]!, argv.slice(2), { url: 'pipe:', detached: true, env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
-      child = adoptChild(scope.like, spawned.child, argv);
+      child = adoptChild(scope.like, spawned.child, argv.join(" "));
       conn = spawned.connection;
     }
     ourPids.add(child.pid);

@@ -8,12 +8,16 @@ import ts from 'typescript';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Region, type RegionKind } from '../host/region.js';
 import { ErrorCode, SystemError, ShmbusError, Errno, type ErrorCodeValue } from '../host/errors.js';
 import * as sys from '../host/sys/shm.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
+import { asUnprivileged, eventually, fileTimeout, startChild, within } from './helpers.js';
+
+// Measured on a busy 2-core machine (load 10-20): ~8 s. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 
 const PID = process.pid;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -425,14 +429,12 @@ test('attaching a 0600 segment of another user is PERMISSION_DENIED', async (t) 
   ];
   // `env -i`: tap's process-info hook adds its loader to NODE_OPTIONS of every child it sees spawned, and that
   // loader (which writes under .tap/ as root's files) has no business in a child running as nobody.
-  const child = spawn('env', ['-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, process.execPath, path.join(out, 'child.mjs'), JSON.stringify(cases)], {
-    uid: 65534, gid: 65534, cwd: out,
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => { stdout += d; });
-  child.stderr.on('data', (d: Buffer) => { stderr += d; });
-  const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const nobody = asUnprivileged();
+  if ('skip' in nobody) throw new Error(nobody.skip);
+  const child = startChild(t, [...nobody.prefix, 'env', '-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, process.execPath, path.join(out, 'child.mjs'), JSON.stringify(cases)], { cwd: out });
+  const { code: status } = await within(60_000, child.exit, () => `the unprivileged child did not end: ${child.stderr()}`);
+  const stdout = child.stdout();
+  const stderr = child.stderr();
   for (const r of [...mine, ...open]) r.close();
   t.equal(status, 0, `child ran (${stderr.trim().slice(0, 500)})`);
   const results = JSON.parse(stdout) as Record<string, string>;
@@ -479,14 +481,15 @@ test('process identity', async (t) => {
   const odd = path.join(tmp, 'a) b c');
   fs.copyFileSync('/bin/sleep', odd);
   fs.chmodSync(odd, 0o755);
-  const child = spawn(odd, ['30'], { stdio: 'ignore' });
-  await new Promise((resolve) => child.once('spawn', resolve));
-  const childStart = processStartTime(child.pid!);
+  const child = startChild(t, [odd, '30']);
+  // A prefix (setpriv) may run first in the child's pid: wait until the odd name is the one in /proc.
+  await eventually(() => { try { return fs.readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim() === 'a) b c'; } catch { return false; } }, 'the child to run under its odd name');
+  const childStart = processStartTime(child.pid);
   t.type(childStart, 'bigint');
   t.ok(childStart! >= start!, 'started after us');
-  t.ok(isProcessAlive(child.pid!, childStart));
+  t.ok(isProcessAlive(child.pid, childStart));
   child.kill('SIGKILL');
-  await new Promise((resolve) => child.once('exit', resolve));
-  t.notOk(isProcessAlive(child.pid!, childStart), 'dead after SIGKILL');
+  await child.exit;
+  t.notOk(isProcessAlive(child.pid, childStart), 'dead after SIGKILL');
   t.equal(processStartTime(0x7ffffff), undefined);
 });

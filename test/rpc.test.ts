@@ -1,12 +1,11 @@
 // Request/reply over shm channels: concurrency, many clients, timeouts, aborts, remote errors, dead clients.
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { listen, connect, serve, ErrorCode, type Channel } from '../host/index.js';
+import { eventually, fileTimeout, startFixture, unique, within } from './helpers.js';
 
-const PEER = fileURLToPath(new URL('../dist/test/fixtures/peer.js', import.meta.url));
-let serial = 0;
-const url = () => `shm://rpc-${process.pid}-${++serial}?size=64KiB` as const;
+// Measured on a busy 2-core machine (load 10-20): ~19 s. Timeout: 4x that.
+fileTimeout(t, 80);
+const url = () => `shm://${unique('rpc')}?size=64KiB` as const;
 
 t.test('many clients, many concurrent requests each: every reply reaches its request', async (t) => {
   const u = url();
@@ -47,9 +46,11 @@ t.test('timeouts, aborts and remote errors reject with typed errors; a late repl
   const u = url();
   const listener = await listen(u);
   const [client, server] = await Promise.all([connect(u), listener.acceptNext()]) as [Channel, Channel];
+  let lateDone = 0;
   server.handle(async (v) => {
     const { wait, fail } = v as { wait?: number; fail?: string };
-    if (wait) await new Promise((r) => setTimeout(r, wait));
+    // Longer than the request's timeout: the reply comes after the caller gave up, however slow the machine.
+    if (wait) { await new Promise((r) => setTimeout(r, wait)); lateDone++; }
     if (fail === 'typed') throw new Error('plain failure');
     if (fail === 'shmbus') throw Object.assign(new Error('x'), { code: 'nope' });
     return 'ok';
@@ -61,7 +62,8 @@ t.test('timeouts, aborts and remote errors reject with typed errors; a late repl
   await t.rejects(aborted, { code: ErrorCode.CLOSED });
   await t.rejects(client.request({ fail: 'typed' }), { code: ErrorCode.REMOTE, message: /plain failure/ });
   t.equal(await client.request({}), 'ok', 'the channel still works');
-  await new Promise((r) => setTimeout(r, 250)); // the late replies arrive and are dropped
+  // Both late replies were sent before the next reply (one channel, in order): they arrive first and are dropped.
+  await eventually(() => lateDone === 2, 'the two slow handlers to finish');
   t.equal(await client.request({}), 'ok');
   await t.rejects(client.request(1, { timeout: -1 }), { code: ErrorCode.BAD_ARGUMENT });
   await client.close();
@@ -74,26 +76,36 @@ t.test('a request waits for a handler to be set; a dead client\'s reply is dropp
   const u = url();
   const listener = await listen(u);
   const [client, server] = await Promise.all([connect(u), listener.acceptNext()]) as [Channel, Channel];
-  const iterating = (async () => { for await (const _ of server); })().catch(() => {});
-  const early = client.request(20, { timeout: 5000 });
-  await new Promise((r) => setTimeout(r, 50));
+  // A plain message sent after the request: once the server's iterator sees it, the request is there too.
+  let sawMarker!: () => void;
+  const marker = new Promise<void>((r) => { sawMarker = r; });
+  const iterating = (async () => { for await (const m of server) if (m === 'after the request') sawMarker(); })().catch(() => {});
+  const early = client.request(20, { timeout: 60_000 });
+  client.send('after the request');
+  await within(30_000, marker, 'the server to receive the request');
   server.handle((v) => (v as number) + 1);
   t.equal(await early, 21, 'answered once a handler was set');
   await client.close();
   await iterating;
   await server.close();
 
-  // A client process that dies with a request pending on the server: the reply is dropped cleanly.
+  // A client process that dies with a request pending on the server: the reply is dropped cleanly. The handler
+  // answers only once the client is dead (events, not a sleep: the child may take seconds to start on a busy machine).
   let handled = 0;
-  const serving = serve(listener, async () => { await new Promise((r) => setTimeout(r, 300)); handled++; return 'late'; });
-  const child = spawn(process.execPath, [PEER, u, 'request'], { stdio: 'ignore', env: { ...process.env, NODE_OPTIONS: '' } });
-  await new Promise((r) => setTimeout(r, 500));
+  let entered!: () => void;
+  const handlerEntered = new Promise<void>((r) => { entered = r; });
+  let release!: () => void;
+  const clientDead = new Promise<void>((r) => { release = r; });
+  const serving = serve(listener, async () => { entered(); await clientDead; handled++; return 'late'; });
+  const child = startFixture(t, 'peer', [u, 'request']);
+  await within(60_000, Promise.race([handlerEntered, child.exit.then(() => { throw new Error(`the client exited: ${child.stderr()}`); })]), 'the client\'s request to reach the handler');
   child.kill('SIGKILL');
-  await new Promise((r) => child.once('exit', r));
-  await new Promise((r) => setTimeout(r, 400));
+  await child.exit;
+  release();
+  await eventually(() => handled === 1, 'the handler to answer the dead client');
   t.equal(handled, 1, 'the handler ran and its reply went nowhere, without an error');
   const again = await connect(u);
-  await t.resolves(again.request(1, { timeout: 2000 }));
+  await t.resolves(again.request(1, { timeout: 30_000 }));
   await again.close();
   await listener.close();
   await serving;

@@ -9,6 +9,10 @@ import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
 import { formatSegment, readSegment } from '../host/segment.js';
 import { ErrorCode } from '../host/errors.js';
+import { fileTimeout } from './helpers.js';
+
+// Measured on a busy 2-core machine (load 10-20): ~10 s, mostly loading. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 
 const engine = getEngine();
 const CAP = 64 * 1024;

@@ -4,6 +4,10 @@ import { RECORD_BYTES, TOPIC_HEADER_OFFSET, TOPIC_TAIL_OFFSET, BC_BATCH_ENTRY_SI
 import { getEngine } from '../host/engine.js';
 import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from '../host/topic.js';
 import { ErrorCode } from '../host/errors.js';
+import { fileTimeout } from './helpers.js';
+
+// Measured on a busy 2-core machine (load 10-20): ~10 s, mostly loading. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 
 const engine = getEngine();
 const CAP = 4096;

@@ -2,21 +2,16 @@
 // channels cost nothing and never hold a threadpool thread, a killed peer is noticed while parked, the process
 // exits by itself, kernel refusals and bad peers are typed errors, and nothing is left behind.
 import t from 'tap';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, promises as fsp } from 'node:fs';
 import net from 'node:net';
-import v8 from 'node:v8';
-import vm from 'node:vm';
-import { fileURLToPath } from 'node:url';
 import { listen, connect, ErrorCode, type Channel, type ShmUrl } from '../host/index.js';
 import { wakeStats, mechanismFor, type BellContext } from '../host/wake/index.js';
 import { reapDeadWakeObjects } from '../host/wake/reap.js';
 import { sendStream, receiveStream, mulberry32 } from './fixtures/stream.js';
+import { eventually, fileTimeout, scaled, SCALE, startFixture, unique, within, type TestLike } from './helpers.js';
 
-const PEER = fileURLToPath(new URL('../dist/test/fixtures/wake-peer.js', import.meta.url));
-const CLI = fileURLToPath(new URL('../dist/bin/shmbus.js', import.meta.url));
 let serial = 0;
-const unique = (prefix: string) => `${prefix}-${process.pid}-${++serial}`;
 
 /** Every mode `wake=` accepts; the first three need no kernel object of their own. */
 const MODES = ['spin', 'adaptive', 'doorbell', 'futex', 'sem', 'sysvsem', 'signal', 'mq'] as const;
@@ -43,58 +38,29 @@ function leftovers(): string[] {
 
 const before = leftovers();
 t.afterEach(async (sub) => {
-  // Wake objects go away when their last channel closes; a thread being stopped finishes within a moment.
-  for (let i = 0; i < 50 && leftovers().length > before.length; i++) await sleep(20);
+  // Wake objects go away when their last channel closes; a thread being stopped finishes a moment later.
+  await eventually(() => leftovers().length <= before.length, 'wake objects to go away').catch(() => {});
   t.same(leftovers(), before, `nothing left behind by: ${sub.name}`);
 });
 
-const children = new Set<ChildProcess>();
-t.teardown(() => { for (const c of children) c.kill('SIGKILL'); });
-
-function startPeer(args: string[], opts: { prefix?: string[] } = {}): { child: ChildProcess; exit: Promise<number | null>; stdout: () => string; stderr: () => string } {
-  const argv = [...(opts.prefix ?? []), process.execPath, PEER, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    // tap preloads its own hooks through NODE_OPTIONS; the peer runs plain compiled JS.
-    env: { ...process.env, NODE_OPTIONS: '' },
-  });
-  children.add(child);
-  if (child.pid) ours.add(child.pid);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { err += d; });
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code); }));
-  return { child, exit, stdout: () => out, stderr: () => err };
-}
-
-/** A full garbage collection (V8's gc(), reached without --expose-gc on the command line). */
-const collectGarbage: () => void = (() => {
-  v8.setFlagsFromString('--expose-gc');
-  return vm.runInNewContext('gc') as () => void;
-})();
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Fails instead of hanging. */
-function within<T>(ms: number, p: Promise<T>, what: () => string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`watchdog: ${what()}`)), ms); })])
-    .finally(() => clearTimeout(timer));
+/** test/fixtures/wake-peer.ts with `args`, killed at the end of `t` at the latest; its objects count as ours. */
+function startPeer(t: TestLike, args: string[], opts: { prefix?: string[] } = {}) {
+  const child = startFixture(t, 'wake-peer', args, { prefix: opts.prefix });
+  ours.add(child.pid);
+  return { child, exit: child.exit.then((e) => e.code), stdout: () => child.stdout(), stderr: () => child.stderr() };
 }
 
 function threadCount(): number {
   return readdirSync('/proc/self/task').length;
 }
 
-/** CPU clock ticks (user + system) per thread of this process, by tid. */
-function threadTicks(): Map<string, number> {
-  const out = new Map<string, number>();
+/** The scheduler state of each thread of this process ('R' running or runnable, 'S' asleep, …), by tid. */
+function threadStates(): Map<string, string> {
+  const out = new Map<string, string>();
   for (const tid of readdirSync('/proc/self/task')) {
     try {
       const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'latin1');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out.set(tid, Number(f[11]) + Number(f[12]));
+      out.set(tid, stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]!);
     } catch { /* the thread ended */ }
   }
   return out;
@@ -102,8 +68,12 @@ function threadTicks(): Map<string, number> {
 
 // --- no lost wakeups -------------------------------------------------------------------------------------------------
 
-const TOTAL = 1_000_000;
+/** Records per mode in the lossless test: 1,000,000 at stress scale (a multiple of 4: the peer sends back a quarter). */
+const TOTAL = scaled(250_000) * 4;
 const BACK = TOTAL / 4;
+// Measured on a busy 2-core machine (load 10-20): ~120 s at scale 1, of which ~30 s scale (eight modes x 100,000
+// records). Timeout: 4x that.
+fileTimeout(t, 360, 110);
 
 for (const mode of MODES) {
   t.test(`wake=${mode}: ${TOTAL} messages with random pauses on both sides, none lost`, async (t) => {
@@ -113,21 +83,21 @@ for (const mode of MODES) {
     const seed = (process.pid * 31 + serial) >>> 0;
     const statsBefore = wakeStats()[mode];
     const listener = await listen(url);
-    const peer = startPeer([url, 'stream', String(TOTAL), String(seed)]);
-    const conn = await within(10_000, listener.acceptNext(), () => `accept (${peer.stderr()})`).catch(async (e: unknown) => {
+    const peer = startPeer(t, [url, 'stream', String(TOTAL), String(seed)]);
+    const conn = await within(60_000, listener.acceptNext(), () => `accept (${peer.stderr()})`).catch(async (e: unknown) => {
       await listener.close();
       throw e;
     }) as Channel;
     // On failure: no hang, and nothing left (the peer is killed, our side closed, its wake object reaped).
     t.teardown(async () => {
-      if (peer.child.exitCode === null) peer.child.kill('SIGKILL');
+      peer.child.kill();
       await peer.exit;
       await conn.close();
       await listener.close();
       reapDeadWakeObjects();
     });
     const progress = { sent: 0, received: 0 };
-    const [, got] = await within(Number(process.env.WAKE_WATCHDOG_MS ?? 90_000), Promise.all([
+    const [, got] = await within(Number(process.env.WAKE_WATCHDOG_MS ?? 90_000 * Math.max(1, SCALE)), Promise.all([
       sendStream(conn, TOTAL, mulberry32(seed + 2), progress),
       receiveStream(conn, BACK, mulberry32(seed + 3), true, progress),
     ]), () => `wake=${mode} seed=${seed} stalled: sent ${progress.sent}/${TOTAL}, received ${progress.received}/${BACK}, ` +
@@ -135,15 +105,16 @@ for (const mode of MODES) {
     const verdict = got.verdict as { received: number; bad: number; sent: number; stats: Record<string, { parks: number; wakes: number; fallbacks: number }> };
     t.same({ received: verdict.received, bad: verdict.bad }, { received: TOTAL, bad: 0 }, 'the peer got every record, in order');
     t.same({ received: got.received, bad: got.bad }, { received: BACK, bad: 0 }, 'we got every record the peer sent, in order');
-    t.equal(await within(10_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
+    t.equal(await within(30_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
     if ((KERNEL_MODES as readonly string[]).includes(mode)) {
       // The mechanism really carried the wakeups (with it broken, a parked side would only wake through the
       // socket's end, and this test would time out): in both processes, for both kinds of wait.
       const mine = wakeStats()[mode]!;
       const wakes = mine.wakes - (statsBefore?.wakes ?? 0);
       const theirs = verdict.stats[mode]!;
-      t.ok(wakes > 100, `we woke ${wakes} times through ${mode}`);
-      t.ok(theirs.wakes > 100, `the peer woke ${theirs.wakes} times through ${mode}`);
+      // How many times depends on the machine's timing; that it happened at all is the point.
+      t.ok(wakes > 0, `we woke ${wakes} times through ${mode}`);
+      t.ok(theirs.wakes > 0, `the peer woke ${theirs.wakes} times through ${mode}`);
       t.comment(`${mode}: parks here ${mine.parks - (statsBefore?.parks ?? 0)}, there ${theirs.parks}; fallbacks to the socket: ${mine.fallbacks - (statsBefore?.fallbacks ?? 0)} + ${theirs.fallbacks}`);
     }
   });
@@ -152,19 +123,19 @@ for (const mode of MODES) {
 t.test('wake=signal: when the signal queue is full (RLIMIT_SIGPENDING), rings fall back to the doorbell and none is lost', async (t) => {
   // The peer may have no queued signal pending at all: every signal we send it fails with EAGAIN.
   const url = `shm://${unique('sigpending')}?size=4KiB&wake=signal` as ShmUrl;
-  const count = 100_000;
+  const count = scaled(1_000_000);
   const statsBefore = wakeStats().signal;
   const listener = await listen(url);
-  const peer = startPeer([url, 'stream', String(count), '7'], { prefix: ['prlimit', '--sigpending=0'] });
-  const conn = await within(10_000, listener.acceptNext(), () => `accept (${peer.stderr()})`) as Channel;
+  const peer = startPeer(t, [url, 'stream', String(count), '7'], { prefix: ['prlimit', '--sigpending=0'] });
+  const conn = await within(60_000, listener.acceptNext(), () => `accept (${peer.stderr()})`) as Channel;
   t.teardown(async () => {
-    if (peer.child.exitCode === null) peer.child.kill('SIGKILL');
+    peer.child.kill();
     await peer.exit;
     await conn.close();
     await listener.close();
   });
   const progress = { sent: 0, received: 0 };
-  const [, got] = await within(60_000, Promise.all([
+  const [, got] = await within(60_000 * Math.max(1, SCALE), Promise.all([
     sendStream(conn, count, mulberry32(9), progress),
     receiveStream(conn, count / 4, mulberry32(10), true, progress),
   ]), () => `stalled: sent ${progress.sent}, received ${progress.received}, stats ${JSON.stringify(wakeStats().signal)}`);
@@ -172,14 +143,16 @@ t.test('wake=signal: when the signal queue is full (RLIMIT_SIGPENDING), rings fa
   t.same({ received: verdict.received, bad: verdict.bad }, { received: count, bad: 0 }, 'the peer got every record');
   t.same({ received: got.received, bad: got.bad }, { received: count / 4, bad: 0 }, 'we got every record');
   const fallbacks = wakeStats().signal!.fallbacks - (statsBefore?.fallbacks ?? 0);
-  t.ok(fallbacks > 100, `${fallbacks} rings to the peer went to the doorbell instead`);
-  t.equal(await within(10_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
+  t.ok(fallbacks > 0, `${fallbacks} rings to the peer went to the doorbell instead`);
+  t.equal(await within(30_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
 });
 
 // --- idle channels ---------------------------------------------------------------------------------------------------
 
+// What a parked channel costs while idle (CPU share, wakeups) is measured by bench/idle.ts; here only what does not
+// depend on the machine's speed: the wait threads are few, asleep, and leave the threadpool alone.
 for (const mode of PARKING_MODES) {
-  t.test(`wake=${mode}: 64 idle channels cost nothing and hold no threadpool thread`, async (t) => {
+  t.test(`wake=${mode}: 64 idle channels park without spinning and hold no threadpool thread`, async (t) => {
     const threadsBefore = threadCount();
     const url = `shm://${unique(`idle-${mode}`)}?size=4KiB&wake=${mode}` as ShmUrl;
     const listener = await listen(url);
@@ -189,58 +162,53 @@ for (const mode of PARKING_MODES) {
       for (const [a, b] of pairs) { await a.close(); await b.close(); }
       await listener.close();
     });
+    const parks = () => wakeStats()[mode]?.parks ?? 0;
+    /** Every receive so far is armed on the mechanism (modes that count their parks), and its thread is up. */
+    const parked = async (n: number, parksBefore: number) => {
+      if ((KERNEL_MODES as readonly string[]).includes(mode)) {
+        await eventually(() => parks() - parksBefore >= n, `${n} receives to park (wake=${mode})`);
+      }
+      // A wait thread started for them settles into its wait (asleep) rather than still starting up.
+      await eventually(() => [...threadStates()].every(([tid, s]) => tid === String(process.pid) || s !== 'R'), 'the threads to settle').catch(() => {});
+    };
     let threadsForOne = 0;
+    const parksBefore = parks();
     for (let i = 0; i < 64; i++) {
       const pair = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
       pairs.push(pair);
       // Every end parks waiting for a message (128 parked waits in this process).
       waits.push(pair[0].receive(), pair[1].receive());
       if (i === 0) {
-        await sleep(200);
+        await parked(2, parksBefore);
         threadsForOne = threadCount();
       }
     }
-    // Let every wait thread start and settle before measuring, and collect the garbage of the earlier tests
-    // (1,000,000 messages each) now: a major GC's helper threads would otherwise bill seconds-old work to us.
-    await sleep(500);
-    collectGarbage();
-    await sleep(500);
+    await parked(128, parksBefore);
     // A wait thread per mechanism (futex: per 127 words, so 128 waits take a second one), never one per channel.
     const more = threadCount() - threadsForOne;
     t.ok(more <= (mode === 'futex' ? 2 : 0), `${threadCount() - threadsBefore} thread(s) more in all; ${more} more for 127 more parked waits than for 1`);
 
-    // Up to three 2-s windows: a mechanism that costs something while idle (a poll, a spin) fails all of them;
-    // V8's own idle-time GC (its memory reducer runs a collection when allocation stops) may land in one.
-    const windows: string[] = [];
-    let worstStat = 0;
-    let best = Infinity;
-    for (let attempt = 0; attempt < 3 && best >= 0.02; attempt++) {
-      const cpu = process.cpuUsage();
-      const ticks = threadTicks();
-      const start = performance.now();
-      while (performance.now() - start < 2000) {
-        const t0 = performance.now();
-        await within(1000, fsp.stat('/'), () => 'fs.stat did not answer: the threadpool is blocked');
-        worstStat = Math.max(worstStat, performance.now() - t0);
-        await sleep(100);
-      }
-      const used = process.cpuUsage(cpu);
-      const share = (used.user + used.system) / 1000 / (performance.now() - start);
-      best = Math.min(best, share);
-      const busiest = [...threadTicks()].map(([tid, n]) => [tid === String(process.pid) ? 'main' : tid, n - (ticks.get(tid) ?? 0)] as const)
-        .filter(([, n]) => n > 0).sort((x, y) => y[1] - x[1]).map(([tid, n]) => `${tid}:${n}`).join(' ');
-      windows.push(`${(share * 100).toFixed(2)}% (ticks per thread: ${busiest || 'none'})`);
+    // No thread spins: sampled 50 times while everything is parked, every thread but this one (which samples) is
+    // asleep now and then. A spinning (or busy-polling) thread is running or runnable at every look, however
+    // busy the machine. Meanwhile fs.stat answers at all: the threadpool is not held by the waits.
+    const running = new Map<string, number>();
+    const SAMPLES = 50;
+    for (let i = 0; i < SAMPLES; i++) {
+      for (const [tid, state] of threadStates()) if (state === 'R') running.set(tid, (running.get(tid) ?? 0) + 1);
+      await within(30_000, fsp.stat('/'), () => `fs.stat did not answer while 128 receives are parked (wake=${mode}): the threadpool is blocked`);
+      await new Promise((r) => setTimeout(r, 10));
     }
-    t.ok(worstStat < 50, `fs.stat answered within ${worstStat.toFixed(1)} ms`);
-    t.ok(best < 0.02, `the process used ${(best * 100).toFixed(2)}% of a core over 2 s; windows: ${windows.join(', ')}`);
+    const spinning = [...running].filter(([tid, n]) => tid !== String(process.pid) && n === SAMPLES).map(([tid]) => tid);
+    t.same(spinning, [], `no thread was running at every one of ${SAMPLES} looks (runnable per thread: ${[...running].map(([tid, n]) => `${tid === String(process.pid) ? 'main' : tid}:${n}`).join(' ')})`);
 
     // And they still work: one message each way wakes every parked end.
     for (const [a, b] of pairs) { a.send('ping'); b.send('pong'); }
-    const got = await within(5000, Promise.all(waits), () => `parked ends did not wake (wake=${mode})`);
+    const got = await within(30_000, Promise.all(waits), () => `parked ends did not wake (wake=${mode})`);
     t.equal(got.filter((m, i) => m === (i % 2 === 0 ? 'pong' : 'ping')).length, 128, 'every parked end woke with its message');
     for (const [a, b] of pairs) { await a.close(); await b.close(); }
+    pairs.length = 0;
     // Threads of a mechanism stop when its last channel closes.
-    for (let i = 0; i < 100 && threadCount() > threadsBefore; i++) await sleep(20);
+    await eventually(() => threadCount() <= threadsBefore, 'the wait threads to stop').catch(() => {});
     t.ok(threadCount() <= threadsBefore, 'the wait threads stopped');
   });
 }
@@ -248,35 +216,40 @@ for (const mode of PARKING_MODES) {
 // --- a peer killed while we are parked -------------------------------------------------------------------------------
 
 for (const mode of MODES) {
-  t.test(`wake=${mode}: a peer killed with SIGKILL while we are parked is a typed error within 1 s`, async (t) => {
+  t.test(`wake=${mode}: a peer killed with SIGKILL while we are parked is a typed error`, async (t) => {
     const url = `shm://${unique(`kill-${mode}`)}?size=4KiB&wake=${mode}` as ShmUrl;
     const listener = await listen(url);
-    const peer = startPeer([url, 'hang']);
+    const peer = startPeer(t, [url, 'hang']);
     let conn: Channel | undefined;
     t.teardown(async () => {
-      if (peer.child.exitCode === null) peer.child.kill('SIGKILL');
+      peer.child.kill();
       await peer.exit;
       await conn?.close();
       await listener.close();
       // SIGKILL leaves the peer's wake object behind (the crash case): remove it as `shmbus clean` would.
       reapDeadWakeObjects();
     });
-    conn = (await within(10_000, listener.acceptNext(), () => `accept (${peer.stderr()})`))!;
-    t.same(Buffer.from(await conn.receive() as Uint8Array).toString(), 'R');
+    conn = (await within(60_000, listener.acceptNext(), () => `accept (${peer.stderr()})`))!;
+    t.same(Buffer.from(await within(60_000, conn.receive(), () => 'the peer\'s first record') as Uint8Array).toString(), 'R');
     // Park both ways: the reader waits for data, the writer for room (the peer never reads).
     while (conn.trySendBytes(new Uint8Array(64))) { /* fill the ring */ }
     const parked = conn;
+    const parksBefore = wakeStats()[mode]?.parks ?? 0;
     const reading = parked.receive().then(() => 'ended', (e: { code: string }) => e.code);
     const draining = parked.drained().then(() => 'drained', (e: { code: string }) => e.code);
     parked.sendBytes(new Uint8Array(64));
-    await sleep(100);
-    const killedAt = performance.now();
+    // Kill once the channel is parked on the mechanism (modes that count parks: one park arms both waits; the
+    // other modes park at once or spin).
+    if ((KERNEL_MODES as readonly string[]).includes(mode)) {
+      await eventually(() => (wakeStats()[mode]?.parks ?? 0) > parksBefore, 'the channel to park');
+    } else {
+      await new Promise((r) => setImmediate(r));
+    }
     peer.child.kill('SIGKILL');
-    const [read, drained] = await within(5000, Promise.all([reading, draining]), () => 'no error after the peer died');
-    const ms = performance.now() - killedAt;
+    // Any delay is fine; never noticing is the failure (the watchdog turns that hang into a failure).
+    const [read, drained] = await within(30_000, Promise.all([reading, draining]), () => 'no error after the peer died');
     t.equal(read, ErrorCode.PEER_DEAD, `the parked reader got PEER_DEAD (${read})`);
     t.equal(drained, ErrorCode.PEER_DEAD, `the parked writer got PEER_DEAD (${drained})`);
-    t.ok(ms < 1000, `within ${ms.toFixed(0)} ms`);
   });
 }
 
@@ -286,17 +259,19 @@ t.test('the process stays alive while a parked channel is awaited, and exits by 
   for (const mode of KERNEL_MODES) {
     const url = `shm://${unique(`exit-${mode}`)}?wake=${mode}` as ShmUrl;
     const listener = await listen(url);
-    const peer = startPeer([url, 'await']);
-    t.teardown(() => { if (peer.child.exitCode === null) peer.child.kill('SIGKILL'); return listener.close(); });
-    const conn = (await within(10_000, listener.acceptNext(), () => `accept (${peer.stderr()})`))!;
+    const peer = startPeer(t, [url, 'await']);
+    t.teardown(() => listener.close());
+    const conn = (await within(60_000, listener.acceptNext(), () => `accept (${peer.stderr()})`))!;
     t.teardown(() => conn.close());
-    await conn.receive();
+    await within(60_000, conn.receive(), () => 'the peer\'s first record');
     let exited = false;
     void peer.exit.then(() => { exited = true; });
-    await sleep(500);
+    // A window for a wrongly empty event loop to end the peer. Not a synchronisation: a correct peer waits
+    // however long this takes, and a peer that ended early would also have exited 13 (top-level await unsettled).
+    await new Promise((r) => setTimeout(r, 500));
     t.notOk(exited, `${mode}: the peer is still alive while it awaits a message`);
     conn.send('bye');
-    const code = await within(5000, peer.exit, () => `${mode}: the peer did not exit by itself after closing its channel`);
+    const code = await within(30_000, peer.exit, () => `${mode}: the peer did not exit by itself after closing its channel`);
     t.equal(code, 0, `${mode}: the peer exited by itself ${peer.stderr()}`);
   }
 });
@@ -313,8 +288,8 @@ t.test('a semaphore limit (SEMMNI) refuses wake=sysvsem with a typed LIMIT error
   const url = `shm://${unique('semmni')}?wake=sysvsem` as ShmUrl;
   const listener = await listen(url);
   // In a fresh IPC namespace with SEMMNI = 0, semget must fail (the namespace's own limits; ours are untouched).
-  const peer = startPeer([url, 'error'], { prefix: ['unshare', '--ipc', 'sh', '-c', 'echo "32000 1024000000 500 0" > /proc/sys/kernel/sem && exec "$@"', 'sh'] });
-  t.equal(await within(10_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
+  const peer = startPeer(t, [url, 'error'], { prefix: ['unshare', '--ipc', 'sh', '-c', 'echo "32000 1024000000 500 0" > /proc/sys/kernel/sem && exec "$@"', 'sh'] });
+  t.equal(await within(60_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
   const result = JSON.parse(peer.stdout()) as { code: string; details: { syscall: string; limit: string } };
   t.equal(result.code, ErrorCode.LIMIT, result.code);
   t.equal(result.details.syscall, 'semget');
@@ -325,8 +300,8 @@ t.test('a semaphore limit (SEMMNI) refuses wake=sysvsem with a typed LIMIT error
 t.test('the message queue limit (RLIMIT_MSGQUEUE) refuses wake=mq with a typed LIMIT error', async (t) => {
   const url = `shm://${unique('mqlimit')}?wake=mq` as ShmUrl;
   const listener = await listen(url);
-  const peer = startPeer([url, 'error'], { prefix: ['prlimit', '--msgqueue=0'] });
-  t.equal(await within(10_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
+  const peer = startPeer(t, [url, 'error'], { prefix: ['prlimit', '--msgqueue=0'] });
+  t.equal(await within(60_000, peer.exit, () => 'peer exit'), 0, peer.stderr());
   const result = JSON.parse(peer.stdout()) as { code: string; details: { syscall: string; limit: string } };
   t.equal(result.code, ErrorCode.LIMIT, result.code);
   t.equal(result.details.syscall, 'mq_open');
@@ -358,22 +333,5 @@ t.test('a peer with bad wake parameters is a typed error, not a ring into the vo
   t.throws(() => mechanismFor('carrier-pigeon'), { code: ErrorCode.BAD_URL }, 'a peer asking for an unknown mechanism');
 });
 
-// --- crash cleanup ---------------------------------------------------------------------------------------------------
-
-t.test('shmbus clean removes the wake objects of a process that was killed', async (t) => {
-  const dead: string[] = [];
-  for (const mode of ['sem', 'sysvsem', 'mq']) {
-    const url = `shm://${unique(`leak-${mode}`)}?wake=${mode}`;
-    const peer = startPeer([url, 'leak']);
-    await within(10_000, peer.exit, () => `leaking peer (${peer.stderr()})`);
-    t.match(peer.stdout(), /ready/, `${mode}: the peer made its wake object, then was killed`);
-    dead.push(String(peer.child.pid));
-  }
-  const left = leftovers().filter((l) => !before.includes(l));
-  t.ok(left.some((l) => l.includes('sem.shmbus-wake.')), 'a POSIX semaphore was left behind');
-  t.ok(left.some((l) => l.includes('/dev/mqueue/shmbus-wake.')), 'a queue was left behind');
-  t.ok(left.some((l) => l.startsWith('ipcs: 0xb5')), 'a System V semaphore set was left behind');
-  const out = execFileSync(process.execPath, [CLI, 'clean'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
-  t.match(out, /removed/, out.trim());
-  t.same(leftovers(), before, 'all of them were removed');
-});
+// `shmbus clean` (which reaps every dead process's objects, not only ours) is tested in test/reap.test.ts, which
+// runs alone.

@@ -75,8 +75,8 @@ const sysvKey = () => `0x${((KEY_PREFIX | (++serial & 0xff)) >>> 0).toString(16)
 function settleOrphans(c: ConformanceCase): ConformanceCase {
   return {
     ...c,
-    async open(mode, args, query) {
-      const s = await c.open(mode, args, query);
+    async open(mode, args, query, owner) {
+      const s = await c.open(mode, args, query, owner);
       return { ...s, close: async (graceMs) => { await s.close(graceMs); await orphansSettled(); } };
     },
   };

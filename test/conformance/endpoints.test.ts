@@ -10,12 +10,15 @@ import { listen, connect, spawnWithPipe, ErrorCode, RECORD_MSGPACK, type Connect
 import { mkfifo, pipe } from '../../host/sys/fifo.js';
 import { encodeFrame } from '../../transports/stream.js';
 import { within } from './harness.js';
+import { eventually, fileTimeout } from '../helpers.js';
+
+// Measured on a busy 2-core machine (load 10-20): ~13 s. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 
 const dir = fs.mkdtempSync(join(tmpdir(), 'shmbus-endpoints-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 let serial = 0;
 const path = (prefix: string) => join(dir, `${prefix}${++serial}`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A pid that surely belongs to no process: one that just exited. */
 function deadPid(): number {
@@ -129,7 +132,7 @@ t.test('fifo: a garbage request or one naming foreign files is refused; the list
   fs.writeSync(fd, encodeFrame(RECORD_MSGPACK, pack({ shmbus: 1, c2l: `${p}.1.1.c2l`, l2c: neighbour, pid: 1 })));
   fs.writeSync(fd, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x02, 0x00]));
   fs.closeSync(fd);
-  await sleep(100);
+  await eventually(() => errors.length >= 3, 'the listener to report the three bad requests');
   t.same(errors, [ErrorCode.HANDSHAKE, ErrorCode.HANDSHAKE, ErrorCode.CORRUPT], 'all three were reported to error listeners');
   t.equal(fs.readFileSync(victim, 'utf8'), 'secret', 'a file elsewhere was not touched');
   t.equal(fs.readFileSync(neighbour, 'utf8'), 'secret', 'a regular file named like a connection FIFO is left alone');

@@ -7,8 +7,11 @@ import { pack } from 'msgpackr';
 import { listen, ErrorCode, RECORD_BYTES, RECORD_MSGPACK, type Connection } from '../../host/index.js';
 import { FrameReader, FRAME_END, FRAME_HEADER_SIZE, encodeFrame } from '../../transports/stream.js';
 import { within } from './harness.js';
+import { fileTimeout } from '../helpers.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+// Measured on a busy 2-core machine (load 10-20): ~13 s. Timeout: 4x that, at least tap's 60 s.
+fileTimeout(t, 60);
 
 t.test('FrameReader reassembles frames split at every possible boundary, copying whole frames not at all', async (t) => {
   // Deterministic pseudo-random frames: sizes 0 … 3000, both record types.
@@ -77,6 +80,7 @@ for (const [name, makeUrl] of endpoints) {
     r.socket.write(frame.subarray(0, 3));
     let delivered = false;
     const next = r.conn.receive().then((m) => { delivered = true; return m; });
+    // Windows for a wrong delivery to show; a correct reader waits however long they are.
     await sleep(50);
     r.socket.write(frame.subarray(3, frame.length - 1));
     await sleep(50);

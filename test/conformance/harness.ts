@@ -4,10 +4,14 @@
 // A case either listens (listenerCase: listen here, the child connects to the URL) or starts its child itself
 // (pipe:, spawnWithPipe). Every case names what it leaves in the system (files, sockets, segments, queues), so
 // each test can check that nothing is left behind.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import tap from 'tap';
 import { listen, spawnWithPipe, type Connection, type ConnectionListener } from '../../host/index.js';
+import { adoptChild, startChild, within, type Child, type TestLike } from '../helpers.js';
+
+export { within };
 
 export const PEER = fileURLToPath(new URL('../../dist/test/fixtures/conn-peer.js', import.meta.url));
 /** The peer measures its live memory after gc(). */
@@ -19,6 +23,8 @@ export type Query = Record<string, string | number>;
 
 export interface Peer {
   child: ChildProcess;
+  /** The helper's handle: kills the peer's process group, waits for stdout lines. */
+  handle: Child;
   /** Exit code, or the signal's name. */
   exit: Promise<number | string>;
   stderr(): string;
@@ -41,8 +47,9 @@ export interface ConformanceCase {
   listens: boolean;
   /** A fresh URL for this case, with `query` as options; nothing listens on it yet. */
   url(query?: Query): string;
-  /** Starts a child running `mode` of conn-peer and returns our end of its connection. */
-  open(mode: string, args?: Record<string, number>, query?: Query): Promise<Session>;
+  /** Starts a child running `mode` of conn-peer and returns our end of its connection. The child is killed
+   * when test `owner` ends (default: when the file ends). */
+  open(mode: string, args?: Record<string, number>, query?: Query, owner?: TestLike): Promise<Session>;
   /** What of this transport exists in the system now (file names, socket names, segment names, queues). */
   leftovers(): string[];
   /** URLs of this scheme that are malformed: listen and connect must refuse them with ERR_SHMBUS_BAD_URL. */
@@ -57,13 +64,13 @@ export interface ConformanceCase {
   knownIssues?: Record<string, string>;
 }
 
-const children = new Set<ChildProcess>();
+const children = new Set<Child>();
 /** Sessions not closed yet: a test that failed half-way leaves its own, and they would keep tap waiting. */
 const sessions = new Set<Session>();
 
 /** Kills every child still running and closes every session a failed test left open (suite teardown). */
 export async function killAll(): Promise<void> {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children) c.kill('SIGKILL');
   // With the peers dead, close() has nothing left to wait for.
   await Promise.all([...sessions].map((s) => within(5000, s.close(0), 'teardown close').catch(() => {})));
 }
@@ -75,29 +82,24 @@ function track(session: Session): Session {
   return session;
 }
 
-function watch(child: ChildProcess): Peer {
-  children.add(child);
-  let err = '';
-  let out = '';
-  child.stderr?.on('data', (d) => { err += d; });
-  child.stdout?.on('data', (d) => { out += d; });
-  // 'close' rather than 'exit': it comes once the child's stdio pipes are closed too.
-  const exit = new Promise<number | string>((resolve) => child.once('close', (code, signal) => {
-    children.delete(child);
-    resolve(code ?? signal ?? 'unknown');
-  }));
-  return { child, exit, stderr: () => err, stdout: () => out };
+function watch(handle: Child): Peer {
+  children.add(handle);
+  // The helper's exit comes once the child's stdio pipes are closed too.
+  const exit = handle.exit.then(({ code, signal }) => {
+    children.delete(handle);
+    return code ?? signal ?? 'unknown';
+  });
+  return { child: handle.process, handle, exit, stderr: () => handle.stderr(), stdout: () => handle.stdout() };
 }
 
-/** Starts conn-peer with `url` in `mode` (used by listener cases and by the listen-wait tests). */
-export function startPeer(url: string, mode: string, args: Record<string, number> = {}, stdin: 'ignore' | 'pipe' = 'ignore'): Peer {
-  return watch(spawn(process.execPath, [...PEER_EXEC_ARGV, PEER, url, mode, JSON.stringify(args)], {
-    stdio: [stdin, 'pipe', 'pipe'], env: PEER_ENV,
-  }));
+/** Starts conn-peer with `url` in `mode` (used by listener cases and by the listen-wait tests); it is killed when
+ * test `owner` ends at the latest (default: the file's root test). */
+export function startPeer(url: string, mode: string, args: Record<string, number> = {}, stdin: 'ignore' | 'pipe' = 'ignore', owner: TestLike = tap): Peer {
+  return watch(startChild(owner, [process.execPath, ...PEER_EXEC_ARGV, PEER, url, mode, JSON.stringify(args)], { stdin, env: PEER_ENV }));
 }
 
-/** Waits for the child; kills it if it takes longer than `graceMs`. */
-export async function reap(peer: Peer, graceMs = 5000): Promise<number | string> {
+/** Waits for the child; kills it if it takes longer than `graceMs` (a watchdog: far above a normal exit). */
+export async function reap(peer: Peer, graceMs = 30_000): Promise<number | string> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<'late'>((r) => { timer = setTimeout(() => r('late'), graceMs); });
   const first = await Promise.race([peer.exit, late]);
@@ -105,13 +107,6 @@ export async function reap(peer: Peer, graceMs = 5000): Promise<number | string>
   if (first !== 'late') return first;
   peer.child.kill('SIGKILL');
   return peer.exit;
-}
-
-/** Fails instead of hanging. */
-export function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms); })])
-    .finally(() => clearTimeout(timer));
 }
 
 export function withQuery(url: string, query: Query = {}): string {
@@ -134,12 +129,12 @@ export function listenerCase(spec: {
     idleUrl: async () => spec.url(),
     ...spec,
     listens: true,
-    async open(mode, args = {}, query = {}) {
+    async open(mode, args = {}, query = {}, owner = tap) {
       const listener = await listen(spec.url(query));
-      const peer = startPeer(listener.url, mode, args);
+      const peer = startPeer(listener.url, mode, args, 'ignore', owner);
       let conn: Connection | undefined;
       try {
-        conn = await within(10_000, Promise.race([
+        conn = await within(60_000, Promise.race([
           listener.acceptNext(),
           peer.exit.then((code) => { throw new Error(`peer exited (${code}) before connecting: ${peer.stderr()}`); }),
         ]), 'accept');
@@ -154,8 +149,8 @@ export function listenerCase(spec: {
       const c = conn;
       return track({
         conn: c, peer, listener,
-        async close(graceMs = 5000) {
-          await within(10_000, c.close(), 'close');
+        async close(graceMs) {
+          await within(60_000, c.close(), 'close');
           await listener.close();
           await reap(peer, graceMs);
         },
@@ -174,17 +169,18 @@ export function pipeCase(spec: { name: string; leftovers: () => string[] }): Con
     url: (query) => withQuery('pipe:', query),
     idleUrl: async () => 'pipe:',
     badUrls: ['pipe://x', 'pipe:/dev/null', 'pipe:?in=abc', 'pipe:?in=3&out=3'],
-    async open(mode, args = {}, query = {}) {
+    async open(mode, args = {}, query = {}, owner = tap) {
       const url = withQuery('pipe:', query);
+      // detached: its own process group, which adoptChild kills when `owner` ends.
       const { child, connection } = spawnWithPipe(PEER, [url, mode, JSON.stringify(args)], {
-        url, execArgv: PEER_EXEC_ARGV, env: PEER_ENV, stdio: ['ignore', 'pipe', 'pipe'],
+        url, execArgv: PEER_EXEC_ARGV, env: PEER_ENV, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
       });
-      const peer = watch(child);
+      const peer = watch(adoptChild(owner, child, `${PEER} ${url} ${mode}`));
       connection.on('error', () => {});
       return track({
         conn: connection, peer,
-        async close(graceMs = 5000) {
-          await within(10_000, connection.close(), 'close');
+        async close(graceMs) {
+          await within(60_000, connection.close(), 'close');
           await reap(peer, graceMs);
         },
       });

@@ -11,7 +11,10 @@ import {
 import { Bus } from '../../host/bus.js';
 import { claimOf } from '../../host/claim.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { NOBODY, asUnprivileged, startChild, unique, within, type TestLike } from '../helpers.js';
+import { fileTimeout, NOBODY, asUnprivileged, startChild, unique, within, type TestLike } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 60);
 
 /** A pid that cannot exist (above the kernel's largest pid_max), so its claim is dead. */
 const DEAD_PID = 0x3ffffff0;

@@ -19,7 +19,10 @@ import { mqClose, mqOpen, mqUnlinkIfExists } from '../../host/sys/mq.js';
 import { mkfifo } from '../../host/sys/fifo.js';
 import { O_CREAT, O_EXCL, O_RDONLY } from '../../host/sys/constants.js';
 import { sysvsemKey } from '../../host/wake/sysvsem.js';
-import { asUnprivileged, eventually, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
+import { fileTimeout, asUnprivileged, eventually, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 90);
 
 const CLI = fileURLToPath(new URL('../../dist/bin/shmbus.js', import.meta.url));
 const SHM = '/dev/shm';

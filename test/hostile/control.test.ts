@@ -14,7 +14,10 @@ import { Region } from '../../host/region.js';
 import { getEngine } from '../../host/engine.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { Channel } from '../../host/channel.js';
-import { asUnprivileged, NOBODY, startFixture, unique, within, eventually } from '../helpers.js';
+import { fileTimeout, asUnprivileged, NOBODY, startFixture, unique, within, eventually } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 120);
 
 const attacker = asUnprivileged();
 /** The prefix that runs a child as the attacker; the tests that use it are skipped (with the reason) otherwise. */

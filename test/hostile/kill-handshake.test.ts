@@ -11,7 +11,10 @@ import path from 'node:path';
 import { listen, connect } from '../../transports/shm.js';
 import { Channel } from '../../host/channel.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { startFixture, unique, within, eventually } from '../helpers.js';
+import { fileTimeout, startFixture, unique, within, eventually } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 120);
 
 const WATCHDOG = 60_000;
 type Scheme = 'shm' | 'sysv' | 'file';

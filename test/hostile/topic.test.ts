@@ -12,7 +12,10 @@ import { getEngine } from '../../host/engine.js';
 import { formatTopic, TopicReader, TopicWriter, type Policy } from '../../host/topic.js';
 import { Bus } from '../../host/bus.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { scaled, unique, within } from '../helpers.js';
+import { fileTimeout, scaled, unique, within } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 60, 10);
 
 const engine = getEngine();
 const CAP = 1024;

@@ -14,7 +14,10 @@ import { semGet, semGetVal, semOp, semRemove, semOpen, semClose, semUnlink } fro
 import { wakeMqOpen, wakeMqClose, wakeMqUnlink } from '../../host/sys/wakemq.js';
 import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE, O_CREAT, O_EXCL, O_RDONLY, O_NONBLOCK } from '../../host/sys/constants.js';
 import type { PeerCredentials } from '../../host/peer.js';
-import { startChild, startFixture, asUnprivileged, within, unique, NOBODY } from '../helpers.js';
+import { fileTimeout, startChild, startFixture, asUnprivileged, within, unique, NOBODY } from '../helpers.js';
+
+// About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
+fileTimeout(t, 60);
 
 const me: PeerCredentials = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() };
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
