@@ -138,7 +138,7 @@ class Mapped {
   /**
    * Maps `region`, then checks with fstat that the segment still covers the whole mapping: a member that shrank
    * it would otherwise make our first touch past the new end a SIGBUS. (It can still shrink it later: see
-   * docs/security-bus.md.)
+   * docs/security.md, "Buses and topics".)
    */
   static map(engine: Engine, region: Region): Mapped {
     const at = engine.allocWindow(region.size);

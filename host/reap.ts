@@ -6,7 +6,7 @@
  * file://) have no reaper because they never have a name: a memfd or an O_TMPFILE file passed by descriptor, a
  * System V segment removed right after its creator's own attach (transports/shm.ts).
  *
- * What may be removed (docs/security-clean.md):
+ * What may be removed (docs/security.md, "shmbus clean"):
  * - Only a name that one exact pattern of a name shmbus creates matches, and whose content proves it (a bus
  *   file's magic, the semaphore set's shape). Everything else is not looked at.
  * - Only what the caller owns; root removes every user's and says so.
