@@ -25,6 +25,7 @@ import {
   SEG_VERSION_OFFSET, POLICY_LOSSY, POLICY_LOSSLESS, CLAIM_FREE, memberOffset, entryOffset, registryBytes, topicBytes,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from './engine.js';
+import { decodeMsgpack } from './codec.js';
 import { Region, type Trust } from './region.js';
 import { claimAlive, dropClaim, ownClaim, takeClaim } from './claim.js';
 import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGMENT } from './segment.js';
@@ -803,7 +804,7 @@ export class Subscription implements AsyncIterable<unknown> {
       seqs.push(seq);
       if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
-        this.inbox.push(type === RECORD_MSGPACK ? this.unpackr.unpack(u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
+        this.inbox.push(type === RECORD_MSGPACK ? decodeMsgpack(this.unpackr, u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
       } catch {
         this.inbox.push(TORN); // a lossy record overwritten mid-read decodes as garbage: checked below
       }

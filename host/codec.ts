@@ -23,7 +23,7 @@
  * Cost: a loop over the tokens (strings and binaries are skipped, not read), a few ns per value; see
  * bench/decode.ts for numbers next to msgpackr's own decode.
  */
-import type { Unpackr } from 'msgpackr';
+import { Unpackr } from 'msgpackr';
 import { BadArgumentError, CorruptError } from './errors.js';
 
 /** How much a peer's record may cost us to decode. */
@@ -215,4 +215,11 @@ export function decodeMsgpack(unpackr: Unpackr, bytes: Uint8Array, limits: Decod
   } catch (cause) {
     throw new CorruptError('peer data does not decode', { reason: 'msgpack', length: bytes.length, cause: String(cause) });
   }
+}
+
+const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+
+/** `decodeMsgpack` with a plain decoder (no shared structures), for handshake lines and other one-off records. */
+export function decodePeer(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): unknown {
+  return decodeMsgpack(plainUnpackr, bytes, limits);
 }

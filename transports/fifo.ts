@@ -29,7 +29,8 @@ import net from 'node:net';
 import fs from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { fifoHandshakeFiles, reap, type FileCandidate, type Reaper } from '../host/reap.js';
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
+import { decodePeer } from '../host/codec.js';
 import { RECORD_MSGPACK } from '../assembly/layout.js';
 import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
@@ -87,7 +88,7 @@ function decodeFrame(f: { type: number; payload: Uint8Array }): Record<string, u
   if (f.type !== RECORD_MSGPACK) throw new HandshakeError('handshake frame of the wrong type', { details: { type: f.type } });
   let value: unknown;
   try {
-    value = unpack(f.payload);
+    value = decodePeer(f.payload);
   } catch (cause) {
     throw new HandshakeError('handshake frame does not decode', { cause });
   }

@@ -43,7 +43,8 @@
  *   unix:                 43-48 µs         57 / 1200 µs      1.3-2.3 M msg/s  1.5-1.7 GB/s
  * Each wakeup crosses one thread hop (epoll thread → main, ~15 µs) that a socket read through libuv does not.
  */
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
+import { decodePeer } from '../host/codec.js';
 import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
@@ -252,7 +253,7 @@ export class MqListener extends ListenerBase<MqConnection> {
   private accept(bytes: Uint8Array): void {
     let hello: Record<string, unknown>;
     try {
-      hello = unpack(bytes) as Record<string, unknown>;
+      hello = decodePeer(bytes) as Record<string, unknown>;
     } catch (cause) {
       throw new HandshakeError('hello does not decode', { cause });
     }
@@ -445,7 +446,7 @@ function awaitReply(rx: number, deadline: number, timeout: number, url: string, 
           watch.arm(EPOLLIN);
           return;
         }
-        const reply = unpack(buf.subarray(0, n)) as Record<string, unknown>;
+        const reply = decodePeer(buf.subarray(0, n)) as Record<string, unknown>;
         if (typeof reply !== 'object' || reply === null) throw new HandshakeError('reply is not a map');
         finish(undefined, reply);
       } catch (error) {

@@ -52,7 +52,8 @@
  * queue holds two 8 KiB packets, so every 16 KiB costs a WANT/SPACE exchange (two thread hops). qbytes (with
  * CAP_SYS_RESOURCE) or mq: with maxmsg=10 are the faster choices for large messages.
  */
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
+import { decodePeer } from '../host/codec.js';
 import {
   BadUrlError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
@@ -244,7 +245,7 @@ class Port {
 
 function decode(payload: Uint8Array): Record<string, unknown> | undefined {
   try {
-    const v = unpack(payload) as unknown;
+    const v = decodePeer(payload);
     return typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Record<string, unknown> : undefined;
   } catch {
     return undefined;
