@@ -27,6 +27,8 @@ import {
 } from './errors.js';
 
 /** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
+/** How often a writer parked for room looks at the ring's positions on its own (see waitWritable). */
+const LOOK_WHILE_PARKED_MS = 1000;
 const SPIN_MIN_NS = 1_000;
 const SPIN_MAX_NS = 100_000;
 /** wake=spin: busy-poll this long at a time, then let the event loop run once. */
@@ -524,7 +526,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     for (;;) {
       if (this.isOver() || this.peerGone || this.tx.peerClosed()) return;
       if (!this.tx.park(need)) return this.learnFromPark(parkedAt);
+      // Also wake now and then without a ring: a reader that wrote impossible positions and went quiet would
+      // otherwise keep this writer parked forever; the look at free() below turns that into CORRUPT.
+      const look = setTimeout(() => this.wakeWriter(), LOOK_WHILE_PARKED_MS);
+      look.unref();
       await this.park(WAKE_SPACE);
+      clearTimeout(look);
       this.sleeper.cancel(WAKE_SPACE);
       this.tx.unpark();
       if (this.tx.free() >= need) return this.learnFromPark(parkedAt);
