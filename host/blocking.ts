@@ -155,7 +155,11 @@ abstract class EventThread {
       worker.once('message', () => resolve());
       worker.once('exit', () => resolve());
     });
-    if (this.refs === 0) worker.unref();
+    // Loading the worker's modules (koffi's native addon among them) must not be cut short by the process exiting
+    // on its own: Node then aborts the whole process (a napi_throw in a terminating worker). Hold the process
+    // until the worker is online; from then on only the users' refs count.
+    this.addRef();
+    void this.online.then(() => this.releaseRef());
     worker.on('error', (error) => this.died(error));
     worker.on('exit', (code) => {
       if (this.worker === worker) this.worker = undefined;

@@ -59,7 +59,8 @@ export const FUTEX_SLOTS = 127;
 export type WaitFamily = 'futex' | 'sem' | 'sysvsem';
 
 /** What the thread posts: a notification (0), or its failure. */
-export type ThreadMessage = 0 | { error: string; errno?: number };
+/** From the thread: 'ready' once its modules are loaded, 0 for a notification, or the error that stopped it. */
+export type ThreadMessage = 'ready' | 0 | { error: string; errno?: number };
 
 // --- process exit --------------------------------------------------------------------------------------------------
 
@@ -114,6 +115,8 @@ export class WaitThread {
   private readonly worker: Worker;
   private readonly options: WaitThreadOptions;
   private holds = 0;
+  /** Until the thread's 'ready': it keeps the process alive whatever the holds (see the constructor). */
+  private starting = true;
   private stopping = false;
   private exited = false;
   private readonly exitPromise: Promise<void>;
@@ -131,8 +134,15 @@ export class WaitThread {
       // The thread only runs a loop of system calls.
       resourceLimits: { maxOldGenerationSizeMb: 16, maxYoungGenerationSizeMb: 4 },
     });
-    this.worker.unref();
+    // The worker stays ref'd until it says 'ready': loading its modules (koffi's native addon among them) must not
+    // be cut short by the process exiting on its own, which makes Node abort the whole process (a napi_throw in a
+    // terminating worker). From then on it keeps the process alive only while a channel waits on it (hold).
     this.worker.on('message', (message: ThreadMessage) => {
+      if (message === 'ready') {
+        this.starting = false;
+        if (this.holds === 0 || this.stopping) this.worker.unref();
+        return;
+      }
       if (message === 0) Atomics.store(this.ctl, CTL_NOTIFY, 0);
       else if (typeof message === 'object' && 'error' in message) {
         this.fail(new ShmbusError(ErrorCode.SYSCALL, `the ${this.family} wait thread failed: ${message.error}`, { details: { errno: message.errno } }));
@@ -158,7 +168,7 @@ export class WaitThread {
   }
 
   release(): void {
-    if (this.holds > 0 && --this.holds === 0) this.worker.unref();
+    if (this.holds > 0 && --this.holds === 0 && !this.starting) this.worker.unref();
   }
 
   /** Tells the thread to exit and kicks it. Resolves once it has (then whatever it used may be freed). */
@@ -174,7 +184,7 @@ export class WaitThread {
   private requestStop(): void {
     if (this.stopping || this.exited) return;
     this.stopping = true;
-    this.worker.unref();
+    if (!this.starting) this.worker.unref();
     Atomics.store(this.ctl, CTL_STOP, 1);
     this.options.kick(this);
   }

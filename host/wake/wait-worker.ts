@@ -23,6 +23,8 @@ const ctl = data.ctl;
 const port = parentPort!;
 
 const post = (message: ThreadMessage) => port.postMessage(message);
+// Every module is loaded: the process may now exit without waiting for this thread (see WaitThread).
+post('ready');
 
 /** One notification in flight at most: the main thread clears CTL_NOTIFY when it looks. */
 function notify(): void {
