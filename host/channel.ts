@@ -163,6 +163,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Bytes a failed trySend/claim needs; 'drain' fires once the ring has that much room. */
   private wantRoom = 0;
   private pumping = false;
+  /** Free bytes the first queued message's refused claim needed (0: unknown). */
+  private queueNeed = 0;
   private wakeScheduled = false;
   private openClaim: Claim | undefined;
   private readerWake: (() => void) | undefined;
@@ -476,8 +478,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       for (;;) {
         this.flushQueue();
         if (this.failure || this.state === 'closed') break;
+        // A queued message waits for exactly its room (from the refused claim), not roomFor's worst case: a
+        // large record then goes in after one reader release instead of parking again for room it does not need.
         const needBytes = this.queueLength() > 0
-          ? roomFor(this.queue[this.queueHead]!.bytes.length)
+          ? this.queueNeed || roomFor(this.queue[this.queueHead]!.bytes.length)
           : this.wantRoom;
         if (needBytes === 0 || (this.queueLength() === 0 && this.tx.free() >= needBytes)) {
           this.wantRoom = 0;
@@ -508,10 +512,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private flushQueue(): void {
     let moved = false;
+    this.queueNeed = 0;
     while (this.queueHead < this.queue.length) {
       const item = this.queue[this.queueHead]!;
       const at = this.tx.claim(item.bytes.length, item.type);
-      if (at === 0) break;
+      if (at === 0) {
+        // Nothing else claims while messages are queued (trySend and claim() refuse), so this stays exact.
+        this.queueNeed = this.tx.needed();
+        break;
+      }
       if (COUNTING) { perf.copies++; perf.bytesCopied += item.bytes.length; }
       this.engine.u8.set(item.bytes, at);
       this.tx.commit(item.bytes.length);

@@ -4,7 +4,7 @@
  */
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
-  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, maxPayload,
+  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
@@ -104,6 +104,14 @@ export class RingEnd {
     if (rc >= 0) return rc;
     if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
     throw ringError(rc, { length, type });
+  }
+
+  /**
+   * After claim() returned 0: the free bytes (see free()) at which that same claim succeeds, from this end's
+   * private handle (exact, where roomFor-style estimates must assume padding). Valid until the next claim.
+   */
+  needed(): number {
+    return this.engine.u32[(this.handle + H_NEED_OFFSET) >>> 2]!;
   }
 
   commit(length: number): void {

@@ -5,6 +5,9 @@ import { pack, Unpackr } from 'msgpackr';
 import { listen, connect, ErrorCode, type Channel } from '../host/index.js';
 import { checkMsgpack, checkMsgpackRange, decodeMsgpackAt, decodeMsgpack, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { unique, within, type TestLike } from './helpers.js';
+import { RING_HEADER_SIZE, RECORD_BYTES } from '../assembly/layout.js';
+import { getEngine } from '../host/engine.js';
+import { RingEnd } from '../host/ring.js';
 
 const unpackr = () => new Unpackr({ useRecords: false, copyBuffers: true });
 
@@ -124,4 +127,37 @@ t.test('large records on a small ring: every byte arrives, in order, with small 
   }
   await sending;
   t.pass(`${count} large records intact`);
+});
+
+t.test('a refused claim reports exactly the free bytes it needs, padding included', async (t) => {
+  const engine = await getEngine();
+  const cap = 4096;
+  const size = RING_HEADER_SIZE + cap;
+  const win = engine.allocWindow(size);
+  t.teardown(() => engine.freeWindow(win, size));
+  engine.u8.fill(0, win, win + size);
+  RingEnd.format(engine, win, cap);
+  const producer = new RingEnd(engine, win, cap, 'producer');
+  const consumer = new RingEnd(engine, win, cap, 'consumer');
+  t.teardown(() => { producer.dispose(); consumer.dispose(); });
+  // Records of 1000 + 8 bytes: four fit before the end (4032), the fifth would need 64 bytes of padding first.
+  for (let i = 0; i < 4; i++) { t.not(producer.claim(1000, RECORD_BYTES), 0); producer.commit(1000); }
+  t.equal(producer.claim(1000, RECORD_BYTES), 0, 'full');
+  t.equal(producer.needed(), 64 + 1008, 'padding to the end plus the record');
+  // Free exactly that much (one record is 1008; two are 2016 >= 1072): the same claim now succeeds.
+  t.equal(consumer.read(2), 2);
+  consumer.release();
+  t.ok(producer.free() >= producer.needed());
+  t.not(producer.claim(1000, RECORD_BYTES), 0, 'claim succeeds once free() reaches needed()');
+  producer.commit(1000);
+  // The rest is readable as before: two records up to the tail seen first, then the padding and the new one.
+  t.equal(consumer.read(), 2);
+  consumer.release();
+  t.equal(consumer.read(), 1, 'the padding is skipped');
+  consumer.release();
+  // Four more (the last one after padding again) fill the ring exactly; then a record needs only itself.
+  for (let i = 0; i < 4; i++) { t.not(producer.claim(1000, RECORD_BYTES), 0); producer.commit(1000); }
+  t.equal(producer.free(), 0);
+  t.equal(producer.claim(1000, RECORD_BYTES), 0, 'full again');
+  t.equal(producer.needed(), 1008, 'no padding needed at this position');
 });
