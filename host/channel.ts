@@ -751,10 +751,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         if (error) throw error;
         return { value: undefined, done: true };
       }
-      // Data that arrived while readable() spun is read at once: awaiting its resolved promise would cost a
-      // microtask turn per wait, a good part of a round trip. The loop still yields every YIELD_MS above.
-      const ready = this.readable();
-      if (ready !== RESOLVED) await ready;
+      await this.readable();
     }
   }
 
