@@ -156,6 +156,7 @@ export const H_CLAIM_MAX_OFFSET = 32; //  u32 bytes claimed
 export const H_RUNG_OFFSET = 36; //       u32 the peer's park sequence we last rang the doorbell for
 export const H_CLAIM_TYPE_OFFSET = 40; // u32 type of the open claim
 export const H_WAIT_VALUE_OFFSET = 44; // u32 the peer's wake sequence seen when this end parked (futex expected value)
+export const H_NEED_OFFSET = 48; //       u32 producer: free bytes the last refused claim needed (record + padding)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;

@@ -12,7 +12,7 @@ import {
   RECORD_LENGTH_OFFSET, RECORD_TYPE_OFFSET, RECORD_HEADER_SIZE, RECORD_ALIGNMENT, RECORD_PADDING,
   RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   H_RING_OFFSET, H_CAPACITY_OFFSET, H_ROLE_OFFSET, H_CLAIM_OFFSET, H_POSITION_OFFSET, H_CACHED_OFFSET,
-  H_CLAIM_MAX_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, H_WAIT_VALUE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
+  H_CLAIM_MAX_OFFSET, H_NEED_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, H_WAIT_VALUE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
   BATCH_ENTRY_SIZE, maxPayload,
 } from './layout';
 
@@ -94,7 +94,12 @@ export function ring_claim(h: usize, length: u32, type: u32): i32 {
     head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
     if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
     store<u64>(h, head, H_CACHED_OFFSET);
-    if (position + needed - head > <u64>capacity) return 0;
+    if (position + needed - head > <u64>capacity) {
+      // Exactly what free() must reach for this claim to succeed from this position (a writer waits for that,
+      // not for the worst case with padding). needed <= capacity: maxPayload leaves room for any padding.
+      store<u32>(h, <u32>needed, H_NEED_OFFSET);
+      return 0;
+    }
   }
 
   const data = dataOf(h);

@@ -7,6 +7,9 @@
 //   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
+// With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
+// each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
+// host/ring.ts and host/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
 // for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
 //
@@ -19,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import { listen, connect, type Connection } from '../host/index.js';
+import { COUNTING, perf } from '../host/ring.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
@@ -115,6 +119,7 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
       for await (const m of conn) if (!conn.send(m)) await conn.drained();
     }
     await conn.close();
+    if (COUNTING) process.stdout.write(`COUNTERS ${JSON.stringify(perf)}\n`);
     return;
   }
   const socket = net.connect(url.startsWith('@') ? `\0${url.slice(1)}` : url);
@@ -244,17 +249,34 @@ function socketPeer(socket: net.Socket): Peer {
   };
 }
 
+/** The last producer's counters (SHMBUS_COUNTERS=1), from its COUNTERS line. */
+let childCounters: typeof perf | undefined;
+
 function startChild(args: string[]): Promise<number | null> {
-  const c = spawn(process.execPath, [SELF, '--child', ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
-  return new Promise((resolve) => c.once('exit', (code) => resolve(code)));
+  const c = spawn(process.execPath, [SELF, '--child', ...args], { stdio: ['ignore', COUNTING ? 'pipe' : 'inherit', 'inherit'] });
+  let out = '';
+  c.stdout?.on('data', (b: Buffer) => { out += b.toString(); });
+  return new Promise((resolve) => c.once('exit', (code) => {
+    const line = out.split('\n').find((l) => l.startsWith('COUNTERS '));
+    if (line) childCounters = JSON.parse(line.slice(9)) as typeof perf;
+    resolve(code);
+  }));
 }
+
+type Counts = typeof perf;
+const snapshot = (): Counts => ({ ...perf });
+const minus = (a: Counts, b: Counts): Counts => Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - b[k as keyof Counts]])) as Counts;
+/** Per-message counters of the last shm run of each row: [producer, consumer]. */
+const costs = new Map<Row, [Counts, Counts, number]>();
 
 async function throughputOnce(kind: Kind, row: Row, count: number): Promise<number> {
   const s = await server(kind);
+  const before = snapshot();
   const exited = startChild(['produce', kind, s.url, row, String(count)]);
   const peer = await s.accept();
   const seconds = await peer.consume(row, count);
   if ((await exited) !== 0) throw new Error(`${kind} ${row}: producer failed`);
+  if (COUNTING && kind === 'shm' && childCounters) costs.set(row, [childCounters, minus(snapshot(), before), count]);
   await peer.close();
   await s.close();
   return (count - 1) / seconds;
@@ -317,6 +339,16 @@ async function main(): Promise<void> {
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
   console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  if (COUNTING) {
+    const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
+    console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
+    console.log(`| row | side | wasm calls | copies | bytes copied | allocs | queued | promises | decodes | batches | doorbells | parks |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|`);
+    for (const [row, [producer, consumer, n]] of costs) {
+      for (const [side, c] of [['producer', producer], ['consumer', consumer]] as const) {
+        console.log(`| ${row} | ${side} | ${per(c, n, 'wasmCalls')} | ${per(c, n, 'copies')} | ${(c.bytesCopied / n).toFixed(0)} | ${per(c, n, 'allocs')} | ${per(c, n, 'queued')} | ${per(c, n, 'promises')} | ${per(c, n, 'decodes')} | ${per(c, n, 'batches')} | ${per(c, n, 'doorbells')} | ${per(c, n, 'parks')} |`);
+      }
+    }
+  }
   console.log(`\n${rounds} rotated rounds, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
 }
 

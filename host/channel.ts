@@ -10,14 +10,14 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Packr, Unpackr } from 'msgpackr';
+import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
 import type { Engine } from './engine.js';
 import type { Region } from './region.js';
 import type { PeerCredentials } from './peer.js';
-import { RingEnd } from './ring.js';
-import { decodeLimits, decodeMsgpack, type DecodeLimits } from './codec.js';
+import { RingEnd, COUNTING, perf } from './ring.js';
+import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from './codec.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
 import type { ShmEndpoint } from './url.js';
@@ -163,6 +163,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Bytes a failed trySend/claim needs; 'drain' fires once the ring has that much room. */
   private wantRoom = 0;
   private pumping = false;
+  /** Free bytes the first queued message's refused claim needed (0: unknown). */
+  private queueNeed = 0;
   private wakeScheduled = false;
   private openClaim: Claim | undefined;
   private readerWake: (() => void) | undefined;
@@ -202,6 +204,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.spinAlways = spin === 'always';
     this.spinNs = spin === 'auto' ? 20_000 : spin === 'always' ? SPIN_SLICE_NS : spin;
     this.maxMessageSize = this.tx.maxPayload;
+    this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
     this.socket.setNoDelay(true);
     this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
     this.socket.on('close', () => this.onPeerGone());
@@ -215,7 +218,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Sends a value (msgpack). Always takes it; returns false once messages wait locally (see drained()). */
   send(value: unknown): boolean {
     this.checkSendable();
-    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+    if (COUNTING) { perf.sends++; perf.allocs++; }
+    return this.enqueue(RECORD_MSGPACK, this.pack(value));
   }
 
   /**
@@ -235,20 +239,30 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private sendRecord(type: number, value: unknown): void {
     this.checkSendable();
-    this.enqueue(type, this.packr.pack(value));
+    this.enqueue(type, this.pack(value));
+  }
+
+  /**
+   * Encodes into msgpackr's buffer from the same place every time (RESET_BUFFER_MODE): the result is valid only
+   * until the next pack, which is enough since every send path copies it at once (into the ring or the queue).
+   * Packing on from where the last result ended would need a fresh 8 KiB buffer every hundred small messages.
+   */
+  private pack(value: unknown): Uint8Array {
+    return this.packr.pack(value, RESET_BUFFER_MODE);
   }
 
   /** Sends raw bytes. Always takes them (copied); returns false once messages wait locally. */
   sendBytes(bytes: Uint8Array): boolean {
     this.checkSendable();
     if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('sendBytes takes a Uint8Array', { type: typeof bytes });
+    if (COUNTING) perf.sends++;
     return this.enqueue(RECORD_BYTES, bytes);
   }
 
   /** Sends a value only if it fits in the ring now; false means "not taken" (then wait for drained()). */
   trySend(value: unknown): boolean {
     this.checkSendable();
-    return this.tryWrite(RECORD_MSGPACK, this.packr.pack(value));
+    return this.tryWrite(RECORD_MSGPACK, this.pack(value));
   }
 
   /** Sends raw bytes only if they fit in the ring now; false means "not taken". */
@@ -347,7 +361,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       let at: number;
       try {
         at = this.tx.claim(length, type);
+        if (at === 0 && length >= this.largeRecord) {
+          // A large message that does not fit now: copying it into the queue costs about as long as the reader
+          // takes to free its room, so spin for the room instead (within the spin budget) and copy it once.
+          this.spinFor(() => (at = this.tx.claim(length, type)) !== 0 || this.peerGone);
+        }
         if (at !== 0) {
+          if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
           this.engine.u8.set(bytes, at);
           this.tx.commit(length);
         }
@@ -365,6 +385,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     try { this.tx.free(); } catch (error) { this.ringFailed(error); }
     if (this.queueLength() >= this.maxQueued) throw new QueueFullError(this.maxQueued);
     // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
+    if (COUNTING) { perf.queued++; perf.copies++; perf.allocs += 2; perf.bytesCopied += length; }
     this.queue.push({ type, bytes: new Uint8Array(bytes) });
     void this.pump();
     return false;
@@ -392,6 +413,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. */
   private afterCommit(): void {
     if (this.wakeScheduled) return;
+    if (COUNTING) perf.microtasks++;
     this.wakeScheduled = true;
     queueMicrotask(this.checkPeerWake);
   }
@@ -402,6 +424,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private ring(kind: WakeKind): void {
+    if (COUNTING) perf.doorbells++;
     if (!this.peerGone) this.bell.ring(kind);
   }
 
@@ -442,6 +465,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   /** Sleeps until rung for `kind` (or woken by peer death / close). */
   private park(kind: WakeKind): Promise<void> {
+    if (COUNTING) perf.parks++;
     return new Promise<void>((resolve) => {
       if (kind === WAKE_DATA) this.readerWake = resolve;
       else this.writerWake = resolve;
@@ -463,8 +487,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       for (;;) {
         this.flushQueue();
         if (this.failure || this.state === 'closed') break;
+        // A queued message waits for exactly its room (from the refused claim), not roomFor's worst case: a
+        // large record then goes in after one reader release instead of parking again for room it does not need.
         const needBytes = this.queueLength() > 0
-          ? roomFor(this.queue[this.queueHead]!.bytes.length)
+          ? this.queueNeed || roomFor(this.queue[this.queueHead]!.bytes.length)
           : this.wantRoom;
         if (needBytes === 0 || (this.queueLength() === 0 && this.tx.free() >= needBytes)) {
           this.wantRoom = 0;
@@ -495,10 +521,16 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private flushQueue(): void {
     let moved = false;
+    this.queueNeed = 0;
     while (this.queueHead < this.queue.length) {
       const item = this.queue[this.queueHead]!;
       const at = this.tx.claim(item.bytes.length, item.type);
-      if (at === 0) break;
+      if (at === 0) {
+        // Nothing else claims while messages are queued (trySend and claim() refuse), so this stays exact.
+        this.queueNeed = this.tx.needed();
+        break;
+      }
+      if (COUNTING) { perf.copies++; perf.bytesCopied += item.bytes.length; }
       this.engine.u8.set(item.bytes, at);
       this.tx.commit(item.bytes.length);
       this.queue[this.queueHead++] = undefined as unknown as Queued;
@@ -556,6 +588,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       throw error;
     }
     if (n === 0) return 0;
+    if (COUNTING) { perf.received += n; perf.batches++; }
     const memory = this.engine.u8;
     const u32 = this.engine.u32;
     const d = this.engine.batch >>> 2;
@@ -641,30 +674,52 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
-      this.rpc.incoming(type, decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
+      this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_MSGPACK) {
-      this.inbox.push(decodeMsgpack(this.unpackr, memory.subarray(offset, offset + length), this.decodeLimits));
+      if (COUNTING) perf.decodes++;
+      this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
+      if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
       this.inbox.push(memory.slice(offset, offset + length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
+    // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
+    // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
+    this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
   }
 
-  private async next(): Promise<IteratorResult<unknown>> {
+  /** How many records the iterator reads at a time (see decodeRecord). */
+  private readMax = BATCH_MAX;
+  /** A record this large (a sixteenth of the ring) is read on its own. */
+  private readonly largeRecord: number;
+
+  /**
+   * The iterator's next(). Records already decoded into the inbox (a whole batch is decoded per read) are handed
+   * out from here without entering an async function: a plain resolved promise is the only cost per record.
+   */
+  private next(): Promise<IteratorResult<unknown>> {
+    if (COUNTING) perf.promises++;
+    if (this.inboxHead < this.inbox.length) return Promise.resolve(this.takeInbox());
+    return this.nextSlow();
+  }
+
+  private takeInbox(): IteratorResult<unknown> {
+    const value = this.inbox[this.inboxHead];
+    this.inbox[this.inboxHead++] = undefined;
+    if (this.inboxHead === this.inbox.length) {
+      this.inbox.length = 0;
+      this.inboxHead = 0;
+      const space = this.inboxSpace;
+      this.inboxSpace = undefined;
+      space?.();
+    }
+    return { value, done: false };
+  }
+
+  private async nextSlow(): Promise<IteratorResult<unknown>> {
     for (;;) {
-      if (this.inboxHead < this.inbox.length) {
-        const value = this.inbox[this.inboxHead];
-        this.inbox[this.inboxHead++] = undefined;
-        if (this.inboxHead === this.inbox.length) {
-          this.inbox.length = 0;
-          this.inboxHead = 0;
-          const space = this.inboxSpace;
-          this.inboxSpace = undefined;
-          space?.();
-        }
-        return { value, done: false };
-      }
+      if (this.inboxHead < this.inbox.length) return this.takeInbox();
       if (this.state === 'closed') {
         if (this.failure) throw this.failure;
         return { value: undefined, done: true };
@@ -678,7 +733,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       }
       let n: number;
       try {
-        n = this.poll(this.decodeInto);
+        n = this.poll(this.decodeInto, this.readMax);
       } catch (error) {
         const failure = asShmbusError(error);
         this.fail(failure);

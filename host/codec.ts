@@ -83,15 +83,25 @@ function refuse(reason: string, details: Record<string, unknown>): never {
  * ERR_SHMBUS_CORRUPT otherwise. Never reads outside `bytes`.
  */
 export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): void {
-  const end = bytes.length;
-  const budget = limits.maxDecodedRatio * end + limits.slackBytes;
-  let pos = 0;
+  checkMsgpackRange(bytes, 0, bytes.length, limits);
+}
+
+/**
+ * `checkMsgpack` for the record `bytes[start … end)` of a larger buffer (a ring's whole memory): nothing outside
+ * the range is read, and positions in errors count from `start`. Lets a receiver check and decode in place,
+ * without a view per record.
+ */
+export function checkMsgpackRange(bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): void {
+  if (!(start >= 0 && end >= start && end <= bytes.length)) throw new BadArgumentError('record range outside the buffer', { start, end, length: bytes.length });
+  const length = end - start;
+  const budget = limits.maxDecodedRatio * length + limits.slackBytes;
+  let pos = start;
   let cost = 0;
   let depth = 0;
   // Values still to read at the current level; the levels above wait on `stack`.
   let need = 1;
   while (need > 0) {
-    if (pos >= end) refuse('truncated', { at: pos, length: end });
+    if (pos >= end) refuse('truncated', { at: pos - start, length });
     const t = bytes[pos++]!;
     need--;
     cost += HEAP_VALUE;
@@ -121,53 +131,53 @@ export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_D
     } else {
       switch (t) {
         case 0xc0: case 0xc2: case 0xc3: break;
-        case 0xc1: refuse('byte 0xc1 is never used in msgpack', { at: pos - 1 });
-        case 0xc4: case 0xd9: skip = len(bytes, pos, 1); pos += 1; cost += (t === 0xc4 ? HEAP_BINARY : HEAP_STRING) + skip; break;
-        case 0xc5: case 0xda: skip = len(bytes, pos, 2); pos += 2; cost += (t === 0xc5 ? HEAP_BINARY : HEAP_STRING) + skip; break;
-        case 0xc6: case 0xdb: skip = len(bytes, pos, 4); pos += 4; cost += (t === 0xc6 ? HEAP_BINARY : HEAP_STRING) + skip; break;
+        case 0xc1: refuse('byte 0xc1 is never used in msgpack', { at: pos - 1 - start });
+        case 0xc4: case 0xd9: skip = len(bytes, start, end, pos, 1); pos += 1; cost += (t === 0xc4 ? HEAP_BINARY : HEAP_STRING) + skip; break;
+        case 0xc5: case 0xda: skip = len(bytes, start, end, pos, 2); pos += 2; cost += (t === 0xc5 ? HEAP_BINARY : HEAP_STRING) + skip; break;
+        case 0xc6: case 0xdb: skip = len(bytes, start, end, pos, 4); pos += 4; cost += (t === 0xc6 ? HEAP_BINARY : HEAP_STRING) + skip; break;
         case 0xca: case 0xcc: case 0xcd: case 0xce: case 0xd0: case 0xd1: case 0xd2:
           skip = t === 0xca || t === 0xce || t === 0xd2 ? 4 : t === 0xcd || t === 0xd1 ? 2 : 1;
           break;
         case 0xcb: case 0xcf: case 0xd3: skip = 8; cost += HEAP_BOXED; break;
         case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-          pos = ext(bytes, pos, 1 << (t - 0xd4));
+          pos = ext(bytes, start, end, pos, 1 << (t - 0xd4));
           cost += HEAP_BOXED;
           break;
         case 0xc7: case 0xc8: case 0xc9: {
           const size = t === 0xc7 ? 1 : t === 0xc8 ? 2 : 4;
-          const n = len(bytes, pos, size);
-          pos = ext(bytes, pos + size, n);
+          const n = len(bytes, start, end, pos, size);
+          pos = ext(bytes, start, end, pos + size, n);
           cost += HEAP_BOXED;
           break;
         }
         case 0xdc: case 0xdd: {
           const size = t === 0xdc ? 2 : 4;
-          children = len(bytes, pos, size);
+          children = len(bytes, start, end, pos, size);
           pos += size;
           cost += HEAP_ARRAY;
           break;
         }
         case 0xde: case 0xdf: {
           const size = t === 0xde ? 2 : 4;
-          const n = len(bytes, pos, size);
+          const n = len(bytes, start, end, pos, size);
           pos += size;
           children = n * 2;
           cost += HEAP_MAP + n * HEAP_ENTRY;
           break;
         }
-        default: refuse('unknown msgpack token', { at: pos - 1, token: '0x' + t.toString(16) });
+        default: refuse('unknown msgpack token', { at: pos - 1 - start, token: '0x' + t.toString(16) });
       }
     }
     if (skip > 0) {
-      if (skip > end - pos) refuse('truncated', { at: pos, need: skip, length: end });
+      if (skip > end - pos) refuse('truncated', { at: pos - start, need: skip, length });
       pos += skip;
     }
     if (children > 0) {
       // Every value takes at least one byte: a count past what is left cannot be right (and must not be trusted
       // for anything, msgpackr allocates arrays by it).
-      if (children > end - pos) refuse('truncated', { at: pos, declared: children, left: end - pos });
+      if (children > end - pos) refuse('truncated', { at: pos - start, declared: children, left: end - pos });
       // Checked here (and once at the end) rather than per value: only containers grow the cost fast.
-      if (cost > budget) tooLarge(limits, end, cost);
+      if (cost > budget) tooLarge(limits, length, cost);
       if (depth >= limits.maxDepth) refuse('nested too deeply', { limit: 'maxDepth', maxDepth: limits.maxDepth });
       if (depth === stack.length) {
         const bigger = new Float64Array(stack.length * 2);
@@ -179,8 +189,8 @@ export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_D
     }
     while (need === 0 && depth > 0) need = stack[--depth]!;
   }
-  if (pos !== end) refuse('trailing bytes after the value', { at: pos, length: end });
-  if (cost > budget) tooLarge(limits, end, cost);
+  if (pos !== end) refuse('trailing bytes after the value', { at: pos - start, length });
+  if (cost > budget) tooLarge(limits, length, cost);
 }
 
 function tooLarge(limits: DecodeLimits, length: number, estimatedBytes: number): never {
@@ -188,19 +198,19 @@ function tooLarge(limits: DecodeLimits, length: number, estimatedBytes: number):
 }
 
 /** A big-endian length of `size` bytes at `pos`. */
-function len(bytes: Uint8Array, pos: number, size: number): number {
-  if (size > bytes.length - pos) refuse('truncated', { at: pos, need: size, length: bytes.length });
+function len(bytes: Uint8Array, start: number, end: number, pos: number, size: number): number {
+  if (size > end - pos) refuse('truncated', { at: pos - start, need: size, length: end - start });
   let n = 0;
   for (let i = 0; i < size; i++) n = n * 256 + bytes[pos + i]!;
   return n;
 }
 
 /** An extension of `n` data bytes whose type byte is at `pos`; returns the position after it. */
-function ext(bytes: Uint8Array, pos: number, n: number): number {
-  if (n + 1 > bytes.length - pos) refuse('truncated', { at: pos, need: n + 1, length: bytes.length });
+function ext(bytes: Uint8Array, start: number, end: number, pos: number, n: number): number {
+  if (n + 1 > end - pos) refuse('truncated', { at: pos - start, need: n + 1, length: end - start });
   const type = bytes[pos]!;
   const ok = type === EXT_UNDEFINED ? n === 1 : type === EXT_TIMESTAMP && (n === 4 || n === 8 || n === 12);
-  if (!ok) refuse('msgpack extension type not accepted', { at: pos, type: type > 127 ? type - 256 : type, length: n });
+  if (!ok) refuse('msgpack extension type not accepted', { at: pos - start, type: type > 127 ? type - 256 : type, length: n });
   return pos + 1 + n;
 }
 
@@ -214,6 +224,39 @@ export function decodeMsgpack(unpackr: Unpackr, bytes: Uint8Array, limits: Decod
     return unpackr.unpack(bytes);
   } catch (cause) {
     throw new CorruptError('peer data does not decode', { reason: 'msgpack', length: bytes.length, cause: String(cause) });
+  }
+}
+
+/** Records up to this long are decoded from a private copy (see decodeMsgpackAt). */
+const SMALL_RECORD = 128;
+const scratch = Buffer.allocUnsafeSlow(SMALL_RECORD);
+const scratchRange = { start: 0, end: 0 };
+
+/**
+ * `decodeMsgpack` of the record `bytes[start … end)` (a ring's whole memory), bounded the same way. A small
+ * record is first copied into one reused private buffer, then checked and decoded there: no view and no DataView
+ * per record (msgpackr caches its DataView on the buffer), msgpackr reads short strings in JS (it takes its
+ * native extractor, slow for a few bytes, once the buffer's end is past ~140), and a peer rewriting the shared
+ * bytes cannot change them between the check and the decode. Larger records decode from a view, as before.
+ */
+export function decodeMsgpackAt(unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): unknown {
+  const length = end - start;
+  let source: Uint8Array;
+  let range: { start: number; end: number } | undefined;
+  if (length <= SMALL_RECORD && start >= 0 && end <= bytes.length) {
+    for (let i = 0; i < length; i++) scratch[i] = bytes[start + i]!;
+    checkMsgpackRange(scratch, 0, length, limits);
+    source = scratch;
+    scratchRange.end = length;
+    range = scratchRange;
+  } else {
+    checkMsgpackRange(bytes, start, end, limits);
+    source = bytes.subarray(start, end);
+  }
+  try {
+    return unpackr.unpack(source, range);
+  } catch (cause) {
+    throw new CorruptError('peer data does not decode', { reason: 'msgpack', length, cause: String(cause) });
   }
 }
 

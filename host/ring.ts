@@ -4,7 +4,7 @@
  */
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
-  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, maxPayload,
+  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
@@ -33,6 +33,22 @@ export function ringError(code: number, detailFields: Record<string, unknown> = 
     default: return new CorruptError('unknown ring result', { code, ...detailFields });
   }
 }
+
+/**
+ * Per-message cost counters for bench/everyday.ts, on only when SHMBUS_COUNTERS=1 is in the environment at
+ * load (a constant, so the checks fold away otherwise). Counted where the work happens: `wasmCalls` in RingEnd
+ * (every call into the ring code), the rest in host/channel.ts: `copies`/`bytesCopied` (payload copies: into
+ * the ring, into the send queue, out of the ring for bytes), `allocs` (per-message JS objects we make: msgpackr's
+ * result view, queue entries, received byte arrays; not counting what msgpackr allocates while decoding, nor
+ * iterator results), `promises` (iterator next() calls), `decodes`, `doorbells` (rings of the peer's
+ * bell), `parks`, `microtasks` (commit wake checks), `batches` (ring reads that returned records).
+ */
+export const COUNTING = typeof process !== 'undefined' && process.env.SHMBUS_COUNTERS === '1';
+/** The counters (see COUNTING); zero unless enabled. */
+export const perf = {
+  sends: 0, received: 0, wasmCalls: 0, copies: 0, bytesCopied: 0, allocs: 0, promises: 0, decodes: 0, doorbells: 0,
+  parks: 0, microtasks: 0, batches: 0, queued: 0,
+};
 
 export type Role = 'producer' | 'consumer';
 
@@ -81,7 +97,7 @@ export class RingEnd {
   claim(length: number, type: number): number {
     let rc: number;
     try {
-      rc = this.engine.exports.ring_claim(this.handle, length, type);
+      if (COUNTING) perf.wasmCalls++; rc = this.engine.exports.ring_claim(this.handle, length, type);
     } catch (error) {
       throw trapAsCorrupt(error, { length, type });
     }
@@ -90,10 +106,18 @@ export class RingEnd {
     throw ringError(rc, { length, type });
   }
 
+  /**
+   * After claim() returned 0: the free bytes (see free()) at which that same claim succeeds, from this end's
+   * private handle (exact, where roomFor-style estimates must assume padding). Valid until the next claim.
+   */
+  needed(): number {
+    return this.engine.u32[(this.handle + H_NEED_OFFSET) >>> 2]!;
+  }
+
   commit(length: number): void {
     let rc: number;
     try {
-      rc = this.engine.exports.ring_commit(this.handle, length);
+      if (COUNTING) perf.wasmCalls++; rc = this.engine.exports.ring_commit(this.handle, length);
     } catch (error) {
       throw trapAsCorrupt(error, { length });
     }
@@ -101,7 +125,7 @@ export class RingEnd {
   }
 
   abort(): void {
-    const rc = this.engine.exports.ring_abort(this.handle);
+    if (COUNTING) perf.wasmCalls++; const rc = this.engine.exports.ring_abort(this.handle);
     if (rc < 0) throw ringError(rc);
   }
 
@@ -111,7 +135,7 @@ export class RingEnd {
    */
   free(): number {
     if (this.closed) return 0;
-    const n = this.engine.exports.ring_free(this.handle);
+    if (COUNTING) perf.wasmCalls++; const n = this.engine.exports.ring_free(this.handle);
     if (n < 0) throw ringError(n, { role: this.role });
     return n;
   }
@@ -129,7 +153,7 @@ export class RingEnd {
     this.engine.batch = this.batch;
     let n: number;
     try {
-      n = this.engine.exports.ring_read(this.handle, this.batch, max > BATCH_MAX ? BATCH_MAX : max);
+      if (COUNTING) perf.wasmCalls++; n = this.engine.exports.ring_read(this.handle, this.batch, max > BATCH_MAX ? BATCH_MAX : max);
     } catch (error) {
       throw trapAsCorrupt(error);
     }
@@ -142,13 +166,13 @@ export class RingEnd {
     this.inBatch = false;
     // A handler may have closed the channel (and freed this handle) while its batch was out.
     if (this.closed) return;
-    this.engine.exports.ring_release(this.handle);
+    if (COUNTING) perf.wasmCalls++; this.engine.exports.ring_release(this.handle);
   }
 
   /** Committed bytes not yet read. */
   pending(): number {
     if (this.closed) return 0;
-    const n = this.engine.exports.ring_pending(this.handle);
+    if (COUNTING) perf.wasmCalls++; const n = this.engine.exports.ring_pending(this.handle);
     if (n < 0) throw ringError(n);
     return n;
   }
@@ -156,39 +180,40 @@ export class RingEnd {
   /** Announces a sleep; true when the caller should wait for the doorbell (see ring_park). */
   park(need = 0): boolean {
     if (this.closed) return false;
-    return this.engine.exports.ring_park(this.handle, need) === 1;
+    if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_park(this.handle, need) === 1;
   }
 
   unpark(): void {
     // A waiter may wake after the channel closed and freed this handle: never touch a freed handle.
     if (this.closed) return;
-    this.engine.exports.ring_unpark(this.handle);
+    if (COUNTING) perf.wasmCalls++; this.engine.exports.ring_unpark(this.handle);
   }
 
   /** True once per peer park: the caller must ring the doorbell. */
   needsWake(): boolean {
     if (this.closed) return false;
-    return this.engine.exports.ring_needs_wake(this.handle) === 1;
+    if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_needs_wake(this.handle) === 1;
   }
 
   /** Linear-memory offset of the word this end sleeps on while parked, and its value at park (for futex). */
   waitWord(): { offset: number; value: number } {
+    if (COUNTING) perf.wasmCalls += 2;
     return { offset: this.engine.exports.ring_wait_address(this.handle), value: this.engine.exports.ring_wait_value(this.handle) >>> 0 };
   }
 
   /** Linear-memory offset of the word the parked peer sleeps on (bumped by needsWake): the futex to wake. */
   wakeWordOffset(): number {
-    return this.engine.exports.ring_wake_address(this.handle);
+    if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_wake_address(this.handle);
   }
 
   /** Marks this end closed in the shared header. */
   markClosed(): void {
-    this.engine.exports.ring_close(this.handle);
+    if (COUNTING) perf.wasmCalls++; this.engine.exports.ring_close(this.handle);
   }
 
   peerClosed(): boolean {
     if (this.closed) return true;
-    return this.engine.exports.ring_peer_closed(this.handle) === 1;
+    if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_peer_closed(this.handle) === 1;
   }
 
   /** Frees the private handle. The shared ring is untouched. */
