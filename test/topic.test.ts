@@ -1,43 +1,18 @@
 // Byte-level tests of the broadcast ring over plain wasm memory: one publisher, several subscribers.
 import t from 'tap';
 import { RECORD_BYTES, TOPIC_HEADER_OFFSET, TOPIC_TAIL_OFFSET, BC_BATCH_ENTRY_SIZE, topicBytes, topicMaxPayload } from '../assembly/layout.js';
-import { getEngine } from '../host/engine.js';
 import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from '../host/topic.js';
 import { ErrorCode } from '../host/errors.js';
 import { fileTimeout } from './helpers.js';
+import { engine, makeTopic as makeArenaTopic, publish as publishArena } from './topic-arena.js';
 
 // Measured on a busy 2-core machine (load 10-20): ~10 s, mostly loading. Timeout: 4x that, at least tap's 60 s.
 fileTimeout(t, 60);
 
-const engine = getEngine();
 const CAP = 4096;
 const SUBS = 8;
-
-function makeTopic(policy: Policy, history = 0) {
-  const size = topicBytes(SUBS, CAP);
-  const at = engine.allocWindow(size);
-  engine.u8.fill(0, at, at + size);
-  formatTopic(engine, at, { capacity: CAP, maxSubscribers: SUBS, policy, history }, process.pid, 1n);
-  const pub = new TopicWriter(engine, at, CAP, SUBS);
-  const readers: TopicReader[] = [];
-  return {
-    at, pub,
-    join(fromEarliest = false) {
-      const r = new TopicReader(engine, at, CAP, SUBS, fromEarliest, process.pid, 1n);
-      readers.push(r);
-      return r;
-    },
-    dispose() { for (const r of readers) r.dispose(); pub.dispose(); engine.freeWindow(at, size); },
-  };
-}
-
-function publish(pub: TopicWriter, n: number, len = 100): boolean {
-  const at = pub.claim(len, RECORD_BYTES);
-  if (at === 0) return false;
-  new DataView(engine.memory.buffer).setUint32(at, n, true);
-  pub.commit(len);
-  return true;
-}
+const makeTopic = (policy: Policy, history = 0) => makeArenaTopic(CAP, SUBS, policy, history);
+const publish = (pub: TopicWriter, n: number, len = 100) => publishArena(pub, n, len);
 
 /** Reads everything; returns the numbers found in the payloads (lossy batches are validated). */
 function drain(r: TopicReader): number[] {

@@ -1,15 +1,17 @@
 // A healthy lossy topic at full speed on a 1 KiB ring, its publisher in another process: no read ever errors,
 // drops are counted exactly (received + dropped = published), and joining never gives up. (Before: 279 of 23M
 // reads failed and topic_join gave up 102 times.)
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Bus } from '../../host/bus.js';
 import { fileTimeout, scaled, startFixture, unique, within } from '../helpers.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
 fileTimeout(t, 90, 30);
 
-t.test('healthy lossy topic at full speed on a 1 KiB ring, publisher in another process: no error, drops exact', async (t) => {
-  const url = `shm://${unique('lossy')}`;
+/** A publisher process at full speed on a lossy 1 KiB topic for the scaled duration, and our subscription to it,
+ * started together ('go' once both are there). */
+async function lossyRun(t: Test, tag: string) {
+  const url = `shm://${unique(tag)}`;
   const duration = scaled(10_000, 1000);
   const child = startFixture(t, 'lossy-pub', [url, 'ticks', '1024', '0', String(duration)], { stdin: 'pipe' });
   await child.line('ready');
@@ -17,6 +19,11 @@ t.test('healthy lossy topic at full speed on a 1 KiB ring, publisher in another 
   t.teardown(() => bus.destroy());
   const sub = bus.subscribe('ticks', { create: false });
   child.process.stdin!.write('go\n');
+  return { duration, child, sub };
+}
+
+t.test('healthy lossy topic at full speed on a 1 KiB ring, publisher in another process: no error, drops exact', async (t) => {
+  const { duration, child, sub } = await lossyRun(t, 'lossy');
   let received = 0;
   let last = -1;
   let disorder = 0;
@@ -67,14 +74,7 @@ t.test('joining a lossy topic under a full-speed publisher does not give up (lat
 });
 
 t.test('the same topic read by poll() in a tight loop (every read call counts): no read ever errors', async (t) => {
-  const url = `shm://${unique('lossypoll')}`;
-  const duration = scaled(10_000, 1000);
-  const child = startFixture(t, 'lossy-pub', [url, 'ticks', '1024', '0', String(duration)], { stdin: 'pipe' });
-  await child.line('ready');
-  const bus = await Bus.open(url);
-  t.teardown(() => bus.destroy());
-  const sub = bus.subscribe('ticks', { create: false });
-  child.process.stdin!.write('go\n');
+  const { duration, child, sub } = await lossyRun(t, 'lossypoll');
   let reads = 0, handed = 0, errors = 0;
   let firstError: unknown;
   // Synchronous reads while the publisher runs, yielding now and then so the child's output is seen.

@@ -4,51 +4,23 @@
 import t from 'tap';
 import fc from 'fast-check';
 import {
-  RECORD_BYTES, TOPIC_HEADER_OFFSET, TOPIC_TAIL_OFFSET, TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET,
+  TOPIC_HEADER_OFFSET, TOPIC_TAIL_OFFSET, TOPIC_TAIL_SEQ_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET,
   TOPIC_RECLAIM_GEN_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, SLOT_CURSOR_OFFSET, BC_BATCH_ENTRY_SIZE,
-  topicBytes, topicDataOffset,
+  topicDataOffset,
 } from '../../assembly/layout.js';
-import { getEngine } from '../../host/engine.js';
-import { formatTopic, TopicReader, TopicWriter, type Policy } from '../../host/topic.js';
+import { TopicWriter, type Policy } from '../../host/topic.js';
 import { Bus } from '../../host/bus.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { fileTimeout, scaled, unique, within } from '../helpers.js';
+import { engine, makeTopic as makeArenaTopic, publish as publishArena } from '../topic-arena.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
 fileTimeout(t, 60, 10);
 
-const engine = getEngine();
 const CAP = 1024;
 const SUBS = 4;
-
-function makeTopic(policy: Policy, history = 0) {
-  const size = topicBytes(SUBS, CAP);
-  const at = engine.allocWindow(size);
-  engine.u8.fill(0, at, at + size);
-  formatTopic(engine, at, { capacity: CAP, maxSubscribers: SUBS, policy, history }, process.pid, 1n);
-  const pub = new TopicWriter(engine, at, CAP, SUBS);
-  const readers: TopicReader[] = [];
-  const view = () => new DataView(engine.memory.buffer);
-  return {
-    at, pub, size,
-    join(fromEarliest = false) {
-      const r = new TopicReader(engine, at, CAP, SUBS, fromEarliest, process.pid, 1n);
-      readers.push(r);
-      return r;
-    },
-    word64(offset: number, value: bigint) { view().setBigUint64(at + TOPIC_HEADER_OFFSET + offset, value, true); },
-    word32(offset: number, value: number) { view().setUint32(at + TOPIC_HEADER_OFFSET + offset, value, true); },
-    dispose() { for (const r of readers) r.dispose(); pub.dispose(); engine.freeWindow(at, size); },
-  };
-}
-
-function publish(pub: TopicWriter, n: number, len = 24): boolean {
-  const at = pub.claim(len, RECORD_BYTES);
-  if (at === 0) return false;
-  new DataView(engine.memory.buffer).setUint32(at, n, true);
-  pub.commit(len);
-  return true;
-}
+const makeTopic = (policy: Policy, history = 0) => makeArenaTopic(CAP, SUBS, policy, history);
+const publish = (pub: TopicWriter, n: number, len = 24) => publishArena(pub, n, len);
 
 /** Every outcome of a call on scribbled memory must be a value or a typed shmbus error; anything else fails. */
 function typedOnly(fn: () => unknown): void {
