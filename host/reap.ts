@@ -253,6 +253,15 @@ export function removeFile<C extends FileCandidate>(c: C, isDead: () => Verdict)
   return c.dir.unlink(c.entry) ? verdict : { dead: false, why: 'already gone' };
 }
 
+/**
+ * A reaper of files whose name carries the pid of the process that made them (`role`): dead exactly when that
+ * process is; removed through removeFile's last look. `find` lists the candidates (with listFiles).
+ */
+export function pidFileReaper(kind: string, pattern: string, role: string, find: (scope: Scope, kind: string) => FileCandidate[]): Reaper<FileCandidate> {
+  const isDead = (c: FileCandidate) => processVerdict(role, c.pid);
+  return { kind, pattern, find: (scope) => find(scope, kind), isDead, remove: (c) => removeFile(c, () => isDead(c)) };
+}
+
 /** The first `bytes` of a candidate file, only if it is still the same inode (undefined otherwise). */
 function readSame(c: FileCandidate, bytes: number): Buffer | undefined {
   const got = c.dir.readHead(c.entry, bytes);
@@ -473,38 +482,16 @@ function endpointOf(entry: string): string {
  * names are the application's, so a pair is taken only next to its endpoint: the listener's queue `<endpoint>`
  * (live, or left by a killed listener) is in the same listing.
  */
-export const mqHandshakeQueues: Reaper<FileCandidate> = {
-  kind: 'mq-handshake',
-  pattern: '/dev/mqueue/<endpoint>.<pid>.<n>.u|d next to the queue <endpoint>',
-  find(scope) {
-    return listFiles(scope, this.kind, scope.mqDir, MQ_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFile() === true);
-  },
-  isDead(c) {
-    return processVerdict('connector', c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
+export const mqHandshakeQueues = pidFileReaper('mq-handshake', '/dev/mqueue/<endpoint>.<pid>.<n>.u|d next to the queue <endpoint>', 'connector',
+  (scope, kind) => listFiles(scope, kind, scope.mqDir, MQ_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFile() === true));
 
 /**
  * The two FIFOs a fifo:// connector creates next to the endpoint, `<endpoint>.<pid>.<n>.c2l|l2c`
  * (transports/fifo.ts); left only by a connector killed mid-handshake. `shmbus clean` looks in --dir only,
  * and only next to the endpoint's own FIFO `<endpoint>`.
  */
-export const fifoHandshakeFiles: Reaper<FileCandidate> = {
-  kind: 'fifo-handshake',
-  pattern: '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs next to the FIFO <endpoint> (only with --dir <dir>)',
-  find(scope) {
-    return scope.dirs.flatMap((path) => listFiles(scope, this.kind, path, FIFO_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFIFO() === true, 'fifo'));
-  },
-  isDead(c) {
-    return processVerdict('connector', c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
+export const fifoHandshakeFiles = pidFileReaper('fifo-handshake', '<dir>/<endpoint>.<pid>.<n>.c2l|l2c FIFOs next to the FIFO <endpoint> (only with --dir <dir>)', 'connector',
+  (scope, kind) => scope.dirs.flatMap((path) => listFiles(scope, kind, path, FIFO_HANDSHAKE_NAME, (entry, dir) => dir.lstat(endpointOf(entry))?.isFIFO() === true, 'fifo')));
 
 /** The reapers of shm:// buses (the wake objects' are in host/wake/reap.ts). Topics before registries: an
  * unwritten topic counts only while the dead registry that lists it is still there. */

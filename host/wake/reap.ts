@@ -8,7 +8,7 @@
  *                                           with SEM_UNDO by the owner) the kernel has taken back, and whose pid
  *                                           is not running
  */
-import { listFiles, processVerdict, reap, removeFile, removedNames, type Candidate, type FileCandidate, type ReapOptions, type Reaper } from '../reap.js';
+import { listFiles, pidFileReaper, processVerdict, reap, removedNames, type Candidate, type ReapOptions, type Reaper } from '../reap.js';
 import { listSemSets, semGetVal, semRemove } from '../sys/sem.js';
 import { SYSVSEM_KEY_TAG } from './sysvsem.js';
 
@@ -18,34 +18,12 @@ const SEM_FILE = /^sem\.shmbus-wake\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}$/;
 const MQ_FILE = /^shmbus-wake\.([1-9][0-9]{0,9})\.[1-9][0-9]{0,15}$/;
 
 /** A wake semaphore (host/wake/sem.ts): its name carries the owner's pid. */
-export const wakeSemaphores: Reaper<FileCandidate> = {
-  kind: 'wake-sem',
-  pattern: '/dev/shm/sem.shmbus-wake.<pid>.<n>',
-  find(scope) {
-    return listFiles(scope, this.kind, scope.shmDir, SEM_FILE, (entry, dir) => dir.lstat(entry)?.size === SEM_FILE_BYTES);
-  },
-  isDead(c) {
-    return processVerdict('owner', c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
+export const wakeSemaphores = pidFileReaper('wake-sem', '/dev/shm/sem.shmbus-wake.<pid>.<n>', 'owner',
+  (scope, kind) => listFiles(scope, kind, scope.shmDir, SEM_FILE, (entry, dir) => dir.lstat(entry)?.size === SEM_FILE_BYTES));
 
 /** A wake queue (host/wake/mq.ts); unlinking its file in the mqueue file system is mq_unlink. */
-export const wakeQueues: Reaper<FileCandidate> = {
-  kind: 'wake-mq',
-  pattern: '/dev/mqueue/shmbus-wake.<pid>.<n>',
-  find(scope) {
-    return listFiles(scope, this.kind, scope.mqDir, MQ_FILE);
-  },
-  isDead(c) {
-    return processVerdict('owner', c.pid);
-  },
-  remove(c, scope) {
-    return removeFile(c, () => this.isDead(c, scope));
-  },
-};
+export const wakeQueues = pidFileReaper('wake-mq', '/dev/mqueue/shmbus-wake.<pid>.<n>', 'owner',
+  (scope, kind) => listFiles(scope, kind, scope.mqDir, MQ_FILE));
 
 interface SemSetCandidate extends Candidate {
   readonly semid: number;
