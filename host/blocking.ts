@@ -42,6 +42,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { ShmbusError, ErrorCode } from './errors.js';
+import { onProcessExit } from './exit.js';
 import { isProcessAlive } from './sys/proc.js';
 import { closeFd, epollCreate, epollCtl, eventfdCreate, eventfdSignal, pidfdOpen } from './sys/mq.js';
 import { msgSend, setMsgType, MSG_HEADER } from './sys/msg.js';
@@ -93,20 +94,6 @@ const WORKER_URL = new URL(`./blocking-worker${FROM_SOURCE ? '.ts' : '.js'}`, im
  * process's module loader (the TypeScript hooks the test runner installed).
  */
 const WORKER_EXEC_ARGV = FROM_SOURCE ? process.execArgv.filter((a) => !a.startsWith('--input-type')) : [];
-
-const exitHooks = new Set<() => void>();
-let exitHooked = false;
-function onExit(hook: () => void): void {
-  exitHooks.add(hook);
-  if (exitHooked) return;
-  exitHooked = true;
-  // Node joins worker threads at exit; one blocked in epoll_wait or msgrcv would hang the exit forever.
-  process.on('exit', () => {
-    for (const h of exitHooks) {
-      try { h(); } catch { /* best effort while exiting */ }
-    }
-  });
-}
 
 /** The part both threads share: the entry ring, the worker's lifetime, ref counting. */
 abstract class EventThread {
@@ -165,7 +152,7 @@ abstract class EventThread {
       if (this.worker === worker) this.worker = undefined;
       if (code !== 0 && !this.stopping) this.died(new Error(`exit code ${code}`));
     });
-    onExit(() => this.stop());
+    onProcessExit(() => this.stop());
     if (!this.running) void this.pump();
   }
 

@@ -8,7 +8,6 @@
  *   (writable, deliver, ended, peerDied, fail). `host/channel.ts` is the reference these semantics follow.
  * - `ListenerBase`: the accept queue behind `acceptNext` and the listener's async iterator.
  * - `parseTransportQuery`: the URL options every kernel transport shares (`maxQueued`), unknown ones refused.
- * - `onNormalExit`: owners register how to remove what they created if the process exits without closing.
  *
  * Receiving is push-based here (the kernel hands us messages through the event loop), so the inbox is bounded:
  * above a high-water mark the subclass stops pulling from the kernel, and the kernel's own buffer then stops the
@@ -548,27 +547,4 @@ export function splitUrl(url: string, scheme: string): { rest: string; query: st
   if (body.includes('#')) throw new BadUrlError('URL must not have a fragment', url);
   const q = body.indexOf('?');
   return q < 0 ? { rest: body, query: '' } : { rest: body.slice(0, q), query: body.slice(q + 1) };
-}
-
-// --- cleanup on exit -----------------------------------------------------------------------------------------------
-
-const exitCleanups = new Set<() => void>();
-let exitHooked = false;
-
-/**
- * Runs `cleanup` (synchronous: unlink a file, remove a queue) if the process exits normally (end of the event
- * loop, process.exit, an uncaught exception) before the returned function is called. Signals that kill the
- * process skip it; those leftovers are what a later creator reaps (stale socket files, FIFOs).
- */
-export function onNormalExit(cleanup: () => void): () => void {
-  if (!exitHooked) {
-    exitHooked = true;
-    process.on('exit', () => {
-      for (const c of exitCleanups) {
-        try { c(); } catch { /* best effort while exiting */ }
-      }
-    });
-  }
-  exitCleanups.add(cleanup);
-  return () => { exitCleanups.delete(cleanup); };
 }

@@ -36,7 +36,8 @@ import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { growPipe, mkfifo } from '../host/sys/fifo.js';
-import { ListenerBase, onNormalExit, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, parseTransportQuery, splitUrl } from './base.js';
+import { onProcessExit } from '../host/exit.js';
 import { FrameReader, StreamConnection, encodeFrame, readHandshakeFrame } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection } from './contract.js';
 
@@ -140,7 +141,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
     super(ep.url);
     this.ep = ep;
     this.handshakeTimeout = handshakeTimeout;
-    this.forget = onNormalExit(() => this.unlinkIfOurs(ino));
+    this.forget = onProcessExit(() => this.unlinkIfOurs(ino));
     this.ino = ino;
     this.rendezvous = reader(fd);
     const requests = new FrameReader(4096, (type, payload) => void this.accept(type, payload));
@@ -240,7 +241,7 @@ async function connect(url: string, options: ConnectOptions = {}): Promise<Conne
   const c2l = `${base}.c2l`;
   const l2c = `${base}.l2c`;
   const removeFifos = () => { unlinkQuietly(c2l); unlinkQuietly(l2c); };
-  const forget = onNormalExit(removeFifos);
+  const forget = onProcessExit(removeFifos);
   let input: net.Socket | undefined;
   let output: net.Socket | undefined;
   try {

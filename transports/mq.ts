@@ -58,7 +58,8 @@ import {
 import {
   EPOLLIN, EPOLLOUT, LOCK_EX, LOCK_SH, LOCK_UN, O_CREAT, O_EXCL, O_NONBLOCK, O_RDONLY, O_WRONLY,
 } from '../host/sys/constants.js';
-import { ListenerBase, onNormalExit, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, parseTransportQuery, splitUrl } from './base.js';
+import { onProcessExit } from '../host/exit.js';
 import { MIN_PACKET, QueueConnection } from './fragment.js';
 import type { ConnectOptions, ListenOptions, Transport } from './contract.js';
 
@@ -225,7 +226,7 @@ export class MqListener extends ListenerBase<MqConnection> {
     this.fd = fd;
     this.buf = new Uint8Array(mqGetattr(fd).msgsize);
     const name = endpoint.name;
-    this.cancelExit = onNormalExit(() => { mqUnlinkIfExists(name); });
+    this.cancelExit = onProcessExit(() => { mqUnlinkIfExists(name); });
     this.watch = EpollThread.get().watch(fd, () => this.onHellos(), (error) => this.reportError(error));
     this.onHellos();
   }
@@ -392,7 +393,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   try {
     if (!listenerAlive()) throw new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL (the queue is stale)', { details: { url, queue: ep.name } });
     const geo = geometry(ep);
-    cancelExit = onNormalExit(unlinkNames);
+    cancelExit = onProcessExit(unlinkNames);
     rx = mqOpen(down, O_RDONLY | O_NONBLOCK | O_CREAT | O_EXCL, ep.perm, geo);
     tx = mqOpen(up, O_WRONLY | O_NONBLOCK | O_CREAT | O_EXCL, ep.perm, geo);
     const hello = pack({ shmbus: 1, proto: PROTOCOL, pid: process.pid, start: startText(process.pid), up, down, max: ep.maxMessage });

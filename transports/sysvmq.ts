@@ -41,7 +41,7 @@
  * are missing), so a SIGKILL is seen in ~10 ms. The survivor then removes what the dead peer owned (its inbound
  * queue, its port), delivers what the peer left in our queue, and ends with ERR_SHMBUS_PEER_DEAD. A peer that
  * dies just after we closed is still reaped ("orphans" below). Normal exit removes everything owned
- * (onNormalExit); queues of a process killed with no surviving peer stay until `ipcrm` (System V ids have no
+ * (onProcessExit); queues of a process killed with no surviving peer stay until `ipcrm` (System V ids have no
  * owner-death cleanup).
  *
  * Threads: a process using sysvmq: runs the msgrcv thread (its port) and the epoll thread (peer pidfds); both
@@ -65,7 +65,8 @@ import {
   msgSetMode, msgSetQbytes, msgStat, msgType, setMsgType,
 } from '../host/sys/msg.js';
 import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE } from '../host/sys/constants.js';
-import { ListenerBase, asShmbusError, onNormalExit, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, asShmbusError, parseTransportQuery, splitUrl } from './base.js';
+import { onProcessExit } from '../host/exit.js';
 import { MIN_PACKET, QueueConnection } from './fragment.js';
 import type { ConnectOptions, ListenOptions, Transport } from './contract.js';
 
@@ -153,7 +154,7 @@ class Port {
     this.mode = writeOnlyFor(perm);
     this.msqid = msgGet(IPC_PRIVATE, IPC_CREAT | this.mode);
     const msqid = this.msqid;
-    this.cancelExit = onNormalExit(() => { msgRemoveIfExists(msqid); });
+    this.cancelExit = onProcessExit(() => { msgRemoveIfExists(msqid); });
     try {
       MsgrcvThread.get().attach(msqid, (mtype, payload) => this.route(mtype, payload), (error) => this.failAll(error));
     } catch (error) {
@@ -315,7 +316,7 @@ export class SysvMqConnection extends QueueConnection implements PortUser {
     this.peerPort = parts.peerPort;
     this.peerId = parts.peerId;
     const rxq = this.rxq;
-    this.cancelExit = onNormalExit(() => { msgRemoveIfExists(rxq); });
+    this.cancelExit = onProcessExit(() => { msgRemoveIfExists(rxq); });
     this.port.register(this.id, this);
     // Packets that arrived before we listened for doorbells.
     this.startReading();
@@ -533,7 +534,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
     this.kid = kid;
     this.port = port;
     this.id = id;
-    this.cancelExit = onNormalExit(() => { msgRemoveIfExists(kid); });
+    this.cancelExit = onProcessExit(() => { msgRemoveIfExists(kid); });
     port.register(id, this);
   }
 
@@ -698,7 +699,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   try {
     inbound = createInbound(ep);
     const rxq = inbound.msqid;
-    cancelExit = onNormalExit(() => { msgRemoveIfExists(rxq); });
+    cancelExit = onProcessExit(() => { msgRemoveIfExists(rxq); });
     const hello = pack({
       shmbus: 1, proto: PROTOCOL, pid: process.pid, start: startText(process.pid), port: port.msqid, id, q: rxq,
       max: ep.maxMessage, packet: inbound.packet,

@@ -18,7 +18,8 @@ import net from 'node:net';
 import fs from 'node:fs';
 import { BadArgumentError, BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
 import { checkConnector, checkListener, credentialsOf, OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from '../host/control.js';
-import { onNormalExit, parseTransportQuery, splitUrl } from './base.js';
+import { parseTransportQuery, splitUrl } from './base.js';
+import { onProcessExit } from '../host/exit.js';
 import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection, ConnectionListener } from './contract.js';
 
@@ -129,7 +130,7 @@ async function listen(url: string, options: ListenOptions = {}): Promise<Connect
   if (!ep.abstract) {
     // Remove the file at exit only while it is still ours (same inode): a later listener may own the name.
     const ino = fs.lstatSync(ep.path).ino;
-    forget = onNormalExit(() => {
+    forget = onProcessExit(() => {
       if (fs.lstatSync(ep.path, { throwIfNoEntry: false })?.ino === ino) fs.unlinkSync(ep.path);
     });
   }

@@ -25,7 +25,7 @@ import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
 import { ObjectMechanism, ringFallback, param, isInt, requirePeer, peerObjectName, WAKE_OBJECT_NAME, type Incarnation, type ProcessObject } from './common.js';
 import type { PeerCredentials } from '../peer.js';
-import { onProcessExit } from './thread.js';
+import { onProcessExit } from '../exit.js';
 
 /** Names this mechanism creates: /shmbus-wake.<pid>.<n>. */
 export const MQ_NAME = WAKE_OBJECT_NAME;

@@ -21,7 +21,8 @@ import { O_CREAT, O_EXCL } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
 import { ObjectMechanism, ringFallback, requirePeer, peerObjectName, WAKE_OBJECT_NAME, type Incarnation, type ProcessObject } from './common.js';
-import { WaitThread, onProcessExit } from './thread.js';
+import { WaitThread } from './thread.js';
+import { onProcessExit } from '../exit.js';
 
 /** Names this mechanism creates: /shmbus-wake.<pid>.<n>. */
 export const SEM_NAME = WAKE_OBJECT_NAME;

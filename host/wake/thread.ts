@@ -27,6 +27,7 @@ import { Worker } from 'node:worker_threads';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, ShmbusError } from '../errors.js';
+import { onProcessExit } from '../exit.js';
 
 // --- the control block shared with the thread (an Int32Array over a SharedArrayBuffer) --------------------------
 
@@ -63,23 +64,6 @@ export type WaitFamily = 'futex' | 'sem' | 'sysvsem';
 export type ThreadMessage = 'ready' | 0 | { error: string; errno?: number };
 
 // --- process exit --------------------------------------------------------------------------------------------------
-
-const exitHooks = new Set<() => void>();
-let exitHooked = false;
-
-/** Runs `hook` (synchronously) when the process exits; returns the function that unregisters it. */
-export function onProcessExit(hook: () => void): () => void {
-  exitHooks.add(hook);
-  if (!exitHooked) {
-    exitHooked = true;
-    process.on('exit', () => {
-      for (const h of [...exitHooks]) {
-        try { h(); } catch { /* best effort while exiting */ }
-      }
-    });
-  }
-  return () => exitHooks.delete(hook);
-}
 
 // --- the worker script ---------------------------------------------------------------------------------------------
 
