@@ -386,6 +386,7 @@ export const GUEST_E_SEGMENT = -16; // the segment header is wrong (magic, versi
 export const GUEST_E_NOT_ATTACHED = -17; // shmbus_poll before a successful shmbus_attach
 export const GUEST_E_OUTBOX_FULL = -18; // send/reply/publish while GUEST_OUTBOX_MAX bytes already wait
 export const GUEST_E_TOO_LARGE = -19; // a message larger than maxPayload(capacity)
+export const GUEST_E_STATE = -20; // reply to a message, or a second reply to one request
 
 // Results of the guest msgpack codec (assembly/guest/msgpack.ts): 0 is success, each failure its own code.
 export const MSGPACK_OK = 0;

@@ -37,6 +37,7 @@ function build({ what, inputs, outputs, stampFile, compile }) {
     console.log(`${what} is up to date (node scripts/build-wasm.mjs --force rebuilds)`);
     return;
   }
+  console.log(`building ${what}`);
   for (const out of outputs) mkdirSync(dirname(out), { recursive: true });
   compile();
   writeFileSync(stampFile, `${stamp}\n`);
