@@ -6,7 +6,8 @@ import {
   RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_MSGPACK, GUEST_RECORD_PUBLISH, GUEST_RECORD_LOG,
   GUEST_E_NOT_ATTACHED, GUEST_E_SEGMENT, GUEST_RING_CAPACITY, GUEST_RING_OUT, GUEST_WAKE_OUT, GUEST_WAKE_IN,
   GUEST_REGION_ALIGN, CHANNEL_RING_COUNT, SEG_MAGIC_OFFSET, SEG_RING_CAPACITY_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_PRODUCER_PARK_OFFSET,
-  GUEST_RING_IN, GUEST_LOG_ERROR, segmentBytes, maxPayload,
+  GUEST_RING_IN, GUEST_LOG_ERROR, RING_HEADER_SIZE, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_E_RECORD, RING_E_POSITIONS,
+  segmentBytes, maxPayload,
 } from '../../assembly/layout.js';
 import { scaled } from '../helpers.js';
 import { attachPlugin, HostRings, instantiatePlugin, packr } from './plugin-rings.js';
@@ -188,4 +189,28 @@ t.test('spin never returns and hog traps when its memory cannot grow: the host s
   const spin = await instantiatePlugin('spin');
   t.equal(typeof spin.x.shmbus_poll, 'function');
   t.equal(RECORD_REPLY_ERROR, 5);
+});
+
+t.test('garbage on the rings is a negative code from poll, never a trap', async (t) => {
+  const { x, memory, aborts } = await instantiatePlugin('echo');
+  const rings = attachPlugin(x, memory, 4096);
+  const v = new DataView(memory.buffer);
+  const dataIn = rings.ring(GUEST_RING_IN) + RING_HEADER_SIZE;
+  // A record whose length runs past the ring's end.
+  rings.write(RECORD_REQUEST, packr.pack([1, 'a']));
+  v.setInt32(dataIn, 1 << 20, true);
+  t.equal(x.shmbus_poll(16), RING_E_RECORD, 'a record longer than the ring');
+  // A tail the host could never have written.
+  const { x: x2, memory: m2 } = await instantiatePlugin('echo');
+  const r2 = attachPlugin(x2, m2, 4096);
+  Atomics.store(new BigInt64Array(m2.buffer, r2.ring(GUEST_RING_IN) + RING_TAIL_OFFSET, 1), 0, 1n << 40n);
+  t.equal(x2.shmbus_poll(16), RING_E_POSITIONS, 'a tail far past the head');
+  // A head of ring OUT moved backwards past the plugin's tail: the reply cannot be written.
+  const { x: x3, memory: m3 } = await instantiatePlugin('echo');
+  const r3 = attachPlugin(x3, m3, 1024);
+  for (let i = 0; i < 40; i++) { r3.write(RECORD_REQUEST, packr.pack([i, 'x'.repeat(40)])); x3.shmbus_poll(16); }
+  Atomics.store(new BigInt64Array(m3.buffer, r3.ring(GUEST_RING_OUT) + RING_HEAD_OFFSET, 1), 0, 1n << 40n);
+  r3.write(RECORD_REQUEST, packr.pack([99, 'y']));
+  t.equal(x3.shmbus_poll(16), RING_E_POSITIONS, 'the outbox cannot drain into a ring with an impossible head');
+  t.same(aborts, []);
 });
