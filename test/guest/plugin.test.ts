@@ -214,3 +214,25 @@ t.test('garbage on the rings is a negative code from poll, never a trap', async 
   t.equal(x3.shmbus_poll(16), RING_E_POSITIONS, 'the outbox cannot drain into a ring with an impossible head');
   t.same(aborts, []);
 });
+
+t.test('random record payloads to plugins that decode them: records out, never a trap', async (t) => {
+  const { default: fc } = await import('fast-check');
+  for (const name of ['wordcount', 'template', 'echo']) {
+    const { x, memory, aborts } = await instantiatePlugin(name);
+    const rings = attachPlugin(x, memory, 1 << 14);
+    const payload = fc.oneof(
+      fc.uint8Array({ maxLength: 200 }),
+      fc.anything({ maxDepth: 3 }).map((v) => Uint8Array.from(packr.pack([1, v]))),
+      fc.string({ maxLength: 200 }).map((s) => Uint8Array.from(packr.pack([2, { text: s }]))),
+    );
+    let records = 0;
+    fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom(RECORD_REQUEST, RECORD_MSGPACK, 99), payload), { maxLength: 8 }), (batch) => {
+      for (const [type, bytes] of batch) if (!rings.write(type, bytes)) throw new Error('ring IN full');
+      const n = x.shmbus_poll(256);
+      if (n !== batch.length) throw new Error(`poll returned ${n} for ${batch.length} records`);
+      records += rings.read().length;
+      return true;
+    }), { numRuns: scaled(2_000) });
+    t.same(aborts, [], `${name} never aborted (${records} records came out)`);
+  }
+});
