@@ -8,14 +8,21 @@
 //   node scripts/build-wasm.mjs [--force]
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const force = process.argv.includes('--force');
-const bin = join(root, 'node_modules', '.bin', 'asc');
-const asc = JSON.parse(readFileSync(join(root, 'node_modules', 'assemblyscript', 'package.json'), 'utf8')).version;
+// Relative paths (entries, the configs' outFile) are the repository's.
+process.chdir(root);
+
+/** Runs the compiler in this process (one load of asc for every module: each separate `asc` costs seconds). */
+async function asc(args) {
+  const { default: compiler } = await import('assemblyscript/asc');
+  const { error } = await compiler.main(args, { stdout: process.stdout, stderr: process.stderr });
+  if (error) throw new Error(`asc ${args.join(' ')}: ${error.message}`);
+}
+const ascVersion = JSON.parse(readFileSync(join(root, 'node_modules', 'assemblyscript', 'package.json'), 'utf8')).version;
 
 function files(dir) {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(join(dir, e.name)) : [join(dir, e.name)]));
@@ -24,13 +31,13 @@ function files(dir) {
 /** Hash of the compiler's version and every input file (path and content). */
 function stampOf(inputs) {
   const hash = createHash('sha256');
-  hash.update(`asc ${asc}\n`);
+  hash.update(`asc ${ascVersion}\n`);
   for (const file of inputs) hash.update(`${relative(root, file)}\n`).update(readFileSync(file));
   return hash.digest('hex');
 }
 
 /** Runs `compile` unless every output exists and the stamp file records the inputs' current hash. */
-function build({ what, inputs, outputs, stampFile, compile }) {
+async function build({ what, inputs, outputs, stampFile, compile }) {
   const stamp = stampOf(inputs);
   const upToDate = !force && outputs.every((f) => existsSync(f)) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === stamp;
   if (upToDate) {
@@ -39,7 +46,7 @@ function build({ what, inputs, outputs, stampFile, compile }) {
   }
   console.log(`building ${what}`);
   for (const out of outputs) mkdirSync(dirname(out), { recursive: true });
-  compile();
+  await compile();
   writeFileSync(stampFile, `${stamp}\n`);
 }
 
@@ -48,27 +55,23 @@ const guestDir = join(root, 'assembly', 'guest');
 
 // The ring module: assembly/ without the guest SDK (it does not import it).
 const config = JSON.parse(readFileSync(join(root, 'asconfig.json'), 'utf8'));
-build({
+await build({
   what: 'build/*.wasm',
   inputs: [join(root, 'asconfig.json'), ...assemblyFiles.filter((f) => !f.startsWith(guestDir + '/'))],
   outputs: Object.values(config.targets).map((target) => join(root, target.outFile)),
   stampFile: join(root, 'build', '.wasm-inputs'),
-  compile() {
-    for (const target of Object.keys(config.targets)) {
-      execFileSync(bin, ['assembly/index.ts', '--target', target], { cwd: root, stdio: 'inherit' });
-    }
+  async compile() {
+    for (const target of Object.keys(config.targets)) await asc(['assembly/index.ts', '--config', join(root, 'asconfig.json'), '--target', target]);
   },
 });
 
 // The guest codec's test module.
-build({
+await build({
   what: 'build/guest/codec-test.wasm',
   inputs: [join(root, 'asconfig.guest-test.json'), ...assemblyFiles],
   outputs: [join(root, 'build', 'guest', 'codec-test.wasm')],
   stampFile: join(root, 'build', 'guest', '.codec-test-inputs'),
-  compile() {
-    execFileSync(bin, ['assembly/guest/codec-test.ts', '--config', 'asconfig.guest-test.json', '--target', 'release'], { cwd: root, stdio: 'inherit' });
-  },
+  compile: () => asc(['assembly/guest/codec-test.ts', '--config', join(root, 'asconfig.guest-test.json'), '--target', 'release']),
 });
 
 // Every plugin folder with an index.ts.
@@ -79,13 +82,11 @@ const plugins = existsSync(pluginsDir)
 for (const name of plugins) {
   const dir = join(pluginsDir, name);
   const out = join(root, 'build', 'plugins', `${name}.wasm`);
-  build({
+  await build({
     what: `build/plugins/${name}.wasm`,
     inputs: [join(root, 'asconfig.plugin.json'), ...assemblyFiles, ...files(dir).filter((f) => f.endsWith('.ts') || f.endsWith('.json')).sort()],
     outputs: [out],
     stampFile: join(root, 'build', 'plugins', `.${name}-inputs`),
-    compile() {
-      execFileSync(bin, [join(dir, 'index.ts'), '--config', join(dir, 'asconfig.json'), '--target', 'release', '--outFile', out], { cwd: root, stdio: 'inherit' });
-    },
+    compile: () => asc([relative(root, join(dir, 'index.ts')), '--config', join(dir, 'asconfig.json'), '--target', 'release', '--outFile', out]),
   });
 }
