@@ -78,6 +78,9 @@ export function validUtf8(start: usize, length: usize): bool {
   return true;
 }
 
+/** maxDepth is clamped to this: deeper recursion could exhaust the wasm stack, a trap no caller can handle. */
+export const DEPTH_CAP: i32 = 512;
+
 /** Typed reads over [start, start + length) of linear memory. See the file comment for the error contract. */
 export class Reader {
   /** Address of the next byte to read. */
@@ -90,8 +93,10 @@ export class Reader {
   errorAt: usize = 0;
   /** Type byte of the last ext header read. */
   extType: i8 = 0;
-  /** Deepest nesting readValue and skip accept. */
-  maxDepth: i32 = MSGPACK_MAX_DEPTH;
+  private depthLimit: i32 = MSGPACK_MAX_DEPTH;
+  /** Deepest nesting of arrays and maps readValue and skip accept (at most DEPTH_CAP). */
+  get maxDepth(): i32 { return this.depthLimit; }
+  set maxDepth(depth: i32) { this.depthLimit = depth < 0 ? 0 : depth > DEPTH_CAP ? DEPTH_CAP : depth; }
   /** Most bytes of one string, binary or ext, and most items of one array or map. */
   maxSize: u32 = MSGPACK_MAX_SIZE;
 

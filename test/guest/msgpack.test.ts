@@ -155,6 +155,9 @@ t.test('nesting past the depth limit is DEPTH, for both readValue and skip; at t
   t.equal(codec.skip(nested(64), 64), MSGPACK_OK);
   t.equal(codec.roundtrip(nested(100_000), 64), MSGPACK_E_DEPTH, '100000 levels: an error, not a stack overflow');
   t.equal(codec.skip(nested(100_000), 64), MSGPACK_E_DEPTH);
+  t.same(codec.roundtrip(nested(512), 1e9), nested(512), 'a limit above 512 is clamped to 512: 512 levels decode');
+  t.equal(codec.roundtrip(nested(513), 1e9), MSGPACK_E_DEPTH, 'and 513 do not');
+  t.equal(codec.skip(nested(513), 1e9), MSGPACK_E_DEPTH);
   const maps = Uint8Array.from([...Array(70).fill(0).flatMap(() => [0x81, 0xa0]), 0xc0]);
   t.equal(codec.roundtrip(maps, 64), MSGPACK_E_DEPTH, 'maps count as levels too');
   t.same(codec.aborts, [], 'the module never aborted');
