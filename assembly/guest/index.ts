@@ -40,7 +40,11 @@ export class Incoming {
   valueStart: usize = 0;
   /** Length of the value's msgpack bytes. */
   valueLength: u32 = 0;
-  /** A request's id, as the msgpack bytes the host sent (a reply carries them back unchanged); null for a message. */
+  /** Address and length of a request's id, as the msgpack bytes the host sent (a reply carries them back
+   * unchanged); length 0 for a message. In the ring, so valid while the handler runs; see `id`. */
+  idStart: usize = 0;
+  idLength: u32 = 0;
+  /** A copy of the id bytes, made when the handler returns without replying (so a later reply still can). */
   id: Uint8Array | null = null;
   /** True once reply / replyError was called. */
   replied: bool = false;
@@ -48,7 +52,7 @@ export class Incoming {
   /** MSGPACK_OK, or why the value could not be decoded (then `value` is nil). */
   error: i32 = MSGPACK_OK;
 
-  get isRequest(): bool { return this.id != null; }
+  get isRequest(): bool { return this.idLength != 0; }
 
   /** The value, decoded on first use (nil with `error` set if its bytes are bad). */
   get value(): Value {
@@ -87,38 +91,35 @@ export function onMessage(handler: MessageHandler): void { messageHandler = hand
 
 const out = new Writer(1024);
 
-/** Replies to `req` with `value`. Returns RING_OK or a negative code (GUEST_E_TOO_LARGE, GUEST_E_OUTBOX_FULL, …). */
-export function reply(req: Incoming, value: Value): i32 {
-  const id = req.id;
-  if (id == null || req.replied) return GUEST_E_STATE; // not a request, or answered already
+/** Writes `[id, ` of a reply to `req` into `out`; false when `req` is not a request or was answered already. */
+function startReply(req: Incoming): bool {
+  if (!req.isRequest || req.replied) return false;
   req.replied = true;
   out.reset();
   out.writeArrayHeader(2);
-  out.writeRaw(id.dataStart, <u32>id.length);
+  const id = req.id;
+  if (id != null) out.writeRaw(id.dataStart, <u32>id.length);
+  else out.writeRaw(req.idStart, req.idLength);
+  return true;
+}
+
+/** Replies to `req` with `value`. Returns RING_OK or a negative code (GUEST_E_TOO_LARGE, GUEST_E_OUTBOX_FULL, …). */
+export function reply(req: Incoming, value: Value): i32 {
+  if (!startReply(req)) return GUEST_E_STATE; // not a request, or answered already
   out.writeValue(value);
   return emit(RECORD_REPLY);
 }
 
 /** Replies to `req` with the msgpack bytes [start, start + length) as the value (they must be one valid value). */
 export function replyRaw(req: Incoming, start: usize, length: u32): i32 {
-  const id = req.id;
-  if (id == null || req.replied) return GUEST_E_STATE;
-  req.replied = true;
-  out.reset();
-  out.writeArrayHeader(2);
-  out.writeRaw(id.dataStart, <u32>id.length);
+  if (!startReply(req)) return GUEST_E_STATE;
   out.writeRaw(start, length);
   return emit(RECORD_REPLY);
 }
 
 /** Fails `req`: the host's request() rejects with an error of this `code` (an ERR_* string) and `message`. */
 export function replyError(req: Incoming, code: string, message: string): i32 {
-  const id = req.id;
-  if (id == null || req.replied) return GUEST_E_STATE;
-  req.replied = true;
-  out.reset();
-  out.writeArrayHeader(2);
-  out.writeRaw(id.dataStart, <u32>id.length);
+  if (!startReply(req)) return GUEST_E_STATE;
   out.writeMapHeader(2);
   out.writeString('code');
   out.writeString(code);
@@ -299,7 +300,8 @@ function dispatch(payload: usize, length: u32, type: u32): void {
   }
   if (type != RECORD_REQUEST) return; // nothing else is meant for a plugin
   // msgpack [id, value]: the id is kept as bytes, so the reply carries back exactly what the host sent.
-  const r = new Reader(payload, length);
+  const r = scratch;
+  r.reset(payload, length);
   const count = r.readArrayHeader();
   const idStart = r.position;
   r.skip();
@@ -308,10 +310,8 @@ function dispatch(payload: usize, length: u32, type: u32): void {
     return;
   }
   const req = new Incoming();
-  const idLength = <i32>(r.position - idStart);
-  const id = new Uint8Array(idLength);
-  memory.copy(id.dataStart, idStart, idLength);
-  req.id = id;
+  req.idStart = idStart;
+  req.idLength = <u32>(r.position - idStart);
   req.valueStart = r.position;
   req.valueLength = <u32>(payload + length - r.position);
   const handler = requestHandler;
@@ -321,4 +321,13 @@ function dispatch(payload: usize, length: u32, type: u32): void {
   }
   const result = handler(req);
   if (result != null && !req.replied) reply(req, result);
+  if (!req.replied) {
+    // The handler may reply later, after the record is released: keep the id.
+    const id = new Uint8Array(<i32>req.idLength);
+    memory.copy(id.dataStart, req.idStart, req.idLength);
+    req.id = id;
+  }
 }
+
+/** The reader dispatch reuses for every request's envelope. */
+const scratch = new Reader(0, 0);

@@ -86,7 +86,7 @@ export class Reader {
   /** Address of the next byte to read. */
   position: usize;
   /** Address one past the last byte. */
-  readonly end: usize;
+  end: usize;
   /** MSGPACK_OK, or the first error met (sticky). */
   error: i32 = MSGPACK_OK;
   /** Address where the first error was met. */
@@ -104,6 +104,15 @@ export class Reader {
     this.position = start;
     // A range that would wrap the address space is empty: every read fails with TRUNCATED.
     this.end = start + length >= start ? start + length : start;
+  }
+
+  /** Starts over on another range, keeping the limits (a reader reused saves an allocation per message). */
+  reset(start: usize, length: usize): void {
+    this.position = start;
+    this.end = start + length >= start ? start + length : start;
+    this.error = MSGPACK_OK;
+    this.errorAt = 0;
+    this.extType = 0;
   }
 
   /** A reader over the bytes of `bytes` (they must stay alive while it reads). */
