@@ -175,6 +175,22 @@ t.test('template: greets by name, acknowledges messages, logs', async (t) => {
   t.same(out[0], [RECORD_REPLY, [1, { greeting: 'hello ann', count: 1 }]]);
   t.equal(out[1]![0], GUEST_RECORD_LOG);
   t.same(out[2], [RECORD_MSGPACK, { ack: true }]);
+
+  // A reply after the request's record was released: the id was kept.
+  rings.write(RECORD_REQUEST, packr.pack([0x1234567, { name: 'bob', wait: true }]));
+  t.equal(x.shmbus_poll(16), 1);
+  t.same(rings.read(), [], 'no reply yet');
+  // The record was released: the host may overwrite its bytes (all of ring IN's data is released now).
+  new Uint8Array(memory.buffer, rings.ring(GUEST_RING_IN) + RING_HEADER_SIZE, 4096).fill(0xc1);
+  rings.write(RECORD_REQUEST, Uint8Array.from(packr.pack(['filler', 'x'.repeat(300)])));
+  rings.write(RECORD_MSGPACK, packr.pack('now'));
+  t.equal(x.shmbus_poll(16), 2);
+  const later = rings.read().map((r) => [r.type, packr.unpack(r.payload)]);
+  t.same(later.filter(([type]) => type !== GUEST_RECORD_LOG), [
+    [RECORD_REPLY, ['filler', { greeting: 'hello stranger', count: 2 }]],
+    [RECORD_REPLY, [0x1234567, { greeting: 'hello bob', count: 3 }]],
+    [RECORD_MSGPACK, { ack: true }],
+  ], 'the waiting request is answered with its own id');
   t.same(aborts, []);
 });
 
