@@ -332,3 +332,80 @@ export function entryOffset(index: u32): u32 {
 export function registryBytes(topics: u32, members: u32): u32 {
   return ((SEGMENT_HEADER_SIZE + members * REGISTRY_MEMBER_SIZE + topics * REGISTRY_ENTRY_SIZE + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
 }
+
+// ─── Plugin (guest) rings and codec ───────────────────────────────────────────────────────────────────────
+// A plugin is an AssemblyScript module (assembly/guest/ is its SDK) that talks to its host through one channel
+// segment in exactly the format above (header, then CHANNEL_RING_COUNT rings), mapped onto a region of the
+// plugin's OWN linear memory. The plugin's memory is imported (`env.memory`, shared), so the host sets its limit.
+//
+//   plugin linear memory
+//   0 … heap            static data, the plugin's stack and heap (the AssemblyScript runtime owns it)
+//   region              GUEST_REGION_ALIGN aligned, `bytes` long, taken by memory.grow OUTSIDE the runtime's heap:
+//     region + 0          segment header (SEGMENT_MAGIC, ringCount = 2, ringCapacity = capacity)
+//     region + ringOffset(GUEST_RING_IN, capacity)    host → plugin (host produces, plugin consumes)
+//     region + ringOffset(GUEST_RING_OUT, capacity)   plugin → host (plugin produces, host consumes)
+//
+// Handshake (every step a call of a plugin export, always by the host's runner of that plugin):
+//   1. shmbus_reserve(bytes) → address: the plugin grows its memory by whole wasm pages and returns the region's
+//      address (a multiple of GUEST_REGION_ALIGN), or 0 when its memory cannot grow. Asking again with the same or
+//      fewer bytes returns the same address. This is how the plugin tells the host where its rings live.
+//   2. The host creates the segment (a sealed memfd), formats it (formatSegment), and maps it MAP_FIXED over
+//      [address, address + bytes) of the plugin's memory (or formats it there directly when it runs the plugin in
+//      its own thread over memory it can see); `bytes` is segmentBytes(2, capacity), a multiple of PAGE_SIZE.
+//   3. shmbus_attach(address, bytes) → RING_OK or a RING_E_* / GUEST_E_* code: the plugin checks the header (magic,
+//      major version, ring count, that the rings fit in `bytes`) and opens its two ends.
+//   4. shmbus_poll(max) → records handled (≥ 0) or a negative code: the plugin first retries what waits in its
+//      private outbox (ring OUT was full), then reads up to `max` records from ring IN, runs the handlers, releases
+//      them. The runner calls it when ring IN has records or ring OUT gained room (shmbus_outbox() > 0).
+//   5. shmbus_wakes() → GUEST_WAKE_* bits: whether the host's end of either ring parked and must be rung (the
+//      plugin cannot make system calls; its runner rings the doorbell).
+// Record types on the rings: RECORD_MSGPACK (send), RECORD_REQUEST / RECORD_REPLY / RECORD_REPLY_ERROR as on any
+// channel, plus GUEST_RECORD_PUBLISH (msgpack [topic, value], only topics the host granted are honoured) and
+// GUEST_RECORD_LOG (msgpack [level, text]).
+export const GUEST_RING_IN = RING_TO_CONNECTOR;
+export const GUEST_RING_OUT = RING_TO_LISTENER;
+/** The region is aligned to whole wasm pages (a multiple of PAGE_SIZE, as mmap needs). */
+export const GUEST_REGION_ALIGN = WASM_PAGE_SIZE;
+/** Default data capacity of each guest ring: messages up to maxPayload (1 MiB - 8 bytes) each way. */
+export const GUEST_RING_CAPACITY = 1 << 21;
+/** Records shmbus_poll reads per call at most. */
+export const GUEST_BATCH_MAX = 256;
+/** Bytes a plugin keeps in its private outbox while ring OUT is full; past it send/reply/publish fail. */
+export const GUEST_OUTBOX_MAX = 1 << 24;
+export const GUEST_RECORD_PUBLISH = 16;
+export const GUEST_RECORD_LOG = 17;
+export const GUEST_LOG_DEBUG = 0;
+export const GUEST_LOG_INFO = 1;
+export const GUEST_LOG_WARN = 2;
+export const GUEST_LOG_ERROR = 3;
+/** shmbus_wakes bits: the host's consumer of ring OUT is parked and has records; its producer of ring IN has room. */
+export const GUEST_WAKE_OUT = 1;
+export const GUEST_WAKE_IN = 2;
+/** shmbus_attach / shmbus_poll results beyond RING_E_*. */
+export const GUEST_E_SEGMENT = -16; // the segment header is wrong (magic, version, ring count, size)
+export const GUEST_E_NOT_ATTACHED = -17; // shmbus_poll before a successful shmbus_attach
+export const GUEST_E_OUTBOX_FULL = -18; // send/reply/publish while GUEST_OUTBOX_MAX bytes already wait
+export const GUEST_E_TOO_LARGE = -19; // a message larger than maxPayload(capacity)
+export const GUEST_E_STATE = -20; // reply to a message, or a second reply to one request
+
+// Results of the guest msgpack codec (assembly/guest/msgpack.ts): 0 is success, each failure its own code.
+export const MSGPACK_OK = 0;
+/** The input ended inside a value (a header or a fixed-size number cut short). */
+export const MSGPACK_E_TRUNCATED = -1;
+/** 0xc1 (never used), or a type other than the typed reader asked for. */
+export const MSGPACK_E_TYPE = -2;
+/** A string, binary, ext, array or map declares more bytes or items than the input still holds. */
+export const MSGPACK_E_LENGTH = -3;
+/** Arrays and maps nested deeper than the reader's depth limit. */
+export const MSGPACK_E_DEPTH = -4;
+/** A string, binary, ext or container larger than the reader's size limit. */
+export const MSGPACK_E_LIMIT = -5;
+/** A string that is not valid UTF-8. */
+export const MSGPACK_E_UTF8 = -6;
+/** A number that does not fit the typed reader's type (readU32 of -1, readI64 of 2^63). */
+export const MSGPACK_E_RANGE = -7;
+/** Bytes left after the one value the input should hold. */
+export const MSGPACK_E_TRAILING = -8;
+/** Default limits of a Reader: nesting depth, and bytes or items of one string, binary, ext or container. */
+export const MSGPACK_MAX_DEPTH = 64;
+export const MSGPACK_MAX_SIZE = 1 << 26;
