@@ -24,21 +24,21 @@ import {
   ENTRY_MAX_SUBSCRIBERS_OFFSET, ENTRY_POLICY_OFFSET, ENTRY_HISTORY_OFFSET, ENTRY_CREATOR_PID_OFFSET, SEG_MAGIC_OFFSET,
   SEG_VERSION_OFFSET, POLICY_LOSSY, POLICY_LOSSLESS, CLAIM_FREE, memberOffset, entryOffset, registryBytes, topicBytes,
 } from '../assembly/layout.js';
-import { getEngine, type Engine } from './engine.js';
-import { decodeMsgpack } from './codec.js';
-import { Region, type Trust } from './region.js';
-import { claimAlive, dropClaim, ownClaim, takeClaim } from './claim.js';
-import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGMENT } from './segment.js';
-import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from './topic.js';
-import { parseSize, schemeOf } from './url.js';
-import { isProcessAlive, processStartTime } from './sys/proc.js';
-import { futexWake } from './sys/futex.js';
-import { futex } from './wake/futex.js';
-import { WAKE_DATA, type Sleeper } from './wake/mechanism.js';
+import { getEngine, type Engine } from '../host/engine.js';
+import { decodeMsgpack } from '../host/codec.js';
+import { Region, type Trust } from '../host/region.js';
+import { claimAlive, dropClaim, ownClaim, takeClaim } from '../host/claim.js';
+import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGMENT } from '../host/segment.js';
+import { formatTopic, readTopicState, TopicReader, TopicWriter, type Policy } from '../host/topic.js';
+import { parseSize, schemeOf } from '../host/url.js';
+import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
+import { futexWake } from '../host/sys/futex.js';
+import { futex } from '../host/wake/futex.js';
+import { WAKE_DATA, type Sleeper } from '../host/wake/mechanism.js';
 import {
   BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, QueueFullError,
   ShmbusError, TimeoutError, UnknownSchemeError,
-} from './errors.js';
+} from '../host/errors.js';
 
 /** A lossless publisher held by a subscriber checks that subscriber's process this often. */
 export const LIVENESS_MS = 250;
