@@ -44,6 +44,7 @@ import { Worker } from 'node:worker_threads';
 import { ShmbusError, ErrorCode } from './errors.js';
 import { onProcessExit } from './exit.js';
 import { isProcessAlive } from './sys/proc.js';
+import { LIVENESS_MS } from './liveness.js';
 import { closeFd, epollCreate, epollCtl, eventfdCreate, eventfdSignal, pidfdOpen } from './sys/mq.js';
 import { msgSend, setMsgType, MSG_HEADER } from './sys/msg.js';
 import { EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD, EPOLLIN, EPOLLONESHOT } from './sys/constants.js';
@@ -82,8 +83,6 @@ const waitAsync = (Atomics as unknown as {
   waitAsync(array: Int32Array, index: number, value: number): { async: boolean; value: Promise<string> | string };
 }).waitAsync;
 
-/** How often peer processes are checked where no pidfd can watch them. */
-export const LIVENESS_MS = 200;
 
 /** The worker script next to this file: .ts when running from source (tap), .js when compiled. */
 const FROM_SOURCE = import.meta.url.endsWith('.ts');

@@ -49,7 +49,8 @@ import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
-import { EpollThread, LIVENESS_MS, type FdWatch } from '../host/blocking.js';
+import { EpollThread, type FdWatch } from '../host/blocking.js';
+import { LIVENESS_MS } from '../host/liveness.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
 import { mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
 import {

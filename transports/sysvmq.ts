@@ -58,7 +58,8 @@ import {
   BadUrlError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
-import { EpollThread, LIVENESS_MS, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
+import { EpollThread, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
+import { LIVENESS_MS } from '../host/liveness.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
 import {
   E2BIG, MSG_HEADER, formatMsgKey, msgExists, msgGet, msgLimits, msgPeek, msgReceive, msgRemoveIfExists, msgSend,
