@@ -292,7 +292,7 @@ function unformatted(head: Uint8Array): boolean {
 
 // ------------------------------------------------------------------------------------------------ names
 
-/** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, host/bus.ts). */
+/** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, bus/naming.ts). */
 const NAME_CHARS = '[A-Za-z0-9_.-]';
 const PID = '([1-9][0-9]{0,9})';
 const COUNTER = '[1-9][0-9]{0,15}';
