@@ -52,7 +52,7 @@ import { parseSize } from '../host/url.js';
 import { EpollThread, type FdWatch } from '../host/blocking.js';
 import { LIVENESS_MS } from '../host/liveness.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
-import { mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
+import { MQ_ENDPOINT_MAXMSG, MQ_ENDPOINT_MSGSIZE, mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
 import {
   checkMqName, mqClose, mqGetattr, mqLimits, mqOpen, mqReceive, mqSend, mqUnlinkIfExists, tryFlock,
 } from '../host/sys/mq.js';
@@ -71,8 +71,8 @@ export const DEFAULT_MAXMSG = 2;
 export const DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024;
 const MAX_MAX_MESSAGE = 1024 * 1024 * 1024;
 /** The listener's queue carries only hellos (~200 bytes). */
-const HELLO_MSGSIZE = 1024;
-const HELLO_MAXMSG = 10;
+const HELLO_MSGSIZE = MQ_ENDPOINT_MSGSIZE;
+const HELLO_MAXMSG = MQ_ENDPOINT_MAXMSG;
 /** How long a connector waits between tries when the listener's queue is full. */
 const HELLO_RETRY_MS = 5;
 
