@@ -601,9 +601,11 @@ function readListenerCard(msqid: number): ListenerCard | string {
   return { pid: c.pid as number, start, port: c.port as number };
 }
 
-interface MsgQueueCandidate extends Candidate {
+export interface MsgQueueCandidate extends Candidate {
   readonly msqid: number;
   readonly key: number;
+  /** The key of the sysvmq:// endpoint it belongs to (a port: the key whose dead card names it). */
+  readonly endpointKey: number;
 }
 
 const msgName = (q: { msqid: number; key: number }) => `msqid=${q.msqid} key=0x${q.key.toString(16).padStart(8, '0')}`;
@@ -633,7 +635,7 @@ export const sysvmqEndpoints: Reaper<MsgQueueCandidate> = {
   find(scope) {
     // Only queues whose first message is a listener card; another user's is not read (nor listed).
     return listMsgQueues().filter((q) => q.key !== 0 && (scope.root || q.uid === scope.uid) && typeof readListenerCard(q.msqid) !== 'string')
-      .map((q) => ({ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key }));
+      .map((q) => ({ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key, endpointKey: q.key }));
   },
   isDead(c) {
     if (!sameQueue(c)) return { dead: false, why: 'changed since the scan' };
@@ -667,8 +669,10 @@ export const sysvmqPorts: Reaper<MsgQueueCandidate> = {
   pattern: 'System V private queues of a dead sysvmq:// listener (its port, the queues it received from)',
   find() {
     const queues = listMsgQueues();
-    return queues.filter((q) => q.key === 0 && deadListenerOf(q, queues) !== undefined)
-      .map((q) => ({ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key }));
+    return queues.flatMap((q) => {
+      const owner = q.key === 0 ? deadListenerOf(q, queues) : undefined;
+      return owner ? [{ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key, endpointKey: owner.endpoint.key }] : [];
+    });
   },
   isDead(c) {
     if (!sameQueue(c)) return { dead: false, why: 'changed since the scan' };
@@ -689,6 +693,9 @@ export const sysvmqPorts: Reaper<MsgQueueCandidate> = {
  * queues before the endpoints: only a dead listener's card ties them to shmbus.
  */
 export const endpointReapers: readonly Reaper[] = [sysvmqPorts as Reaper, sysvmqEndpoints as Reaper, mqEndpointQueues as Reaper];
+
+/** The reapers of a killed sysvmq:// listener, ports first (a sysvmq:// listener runs them for its key). */
+export const sysvmqReapers: readonly Reaper[] = [sysvmqPorts as Reaper, sysvmqEndpoints as Reaper];
 
 /**
  * Removes the shm:// buses nobody uses any more: registries in `dir` whose creator and members are all dead, and
