@@ -1,5 +1,5 @@
 /**
- * The Bus: pub/sub on one machine. a Bus is a namespace of topics, each a broadcast ring in its own segment, plus a
+ * The Bus: pub/sub on one machine. A Bus is a namespace of topics, each a broadcast ring in its own segment, plus a
  * registry segment that lists the topics and the processes using the bus.
  *
  *   const bus = await Bus.open('shm://market');

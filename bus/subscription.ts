@@ -17,6 +17,10 @@ import { WordWaiter, wakeWord } from './waiter.js';
 
 /** A subscriber that has kept the event loop busy this long (ms) yields a turn to it. */
 const YIELD_MS = 2;
+/** Stands in the inbox for a record lost while it was read (lossy): skipped, counted in `dropped`. */
+const TORN = Symbol('torn');
+// Batch entry fields as Uint32Array indexes.
+const A = BC_BATCH_ADDRESS_OFFSET >>> 2, LEN = BC_BATCH_LENGTH_OFFSET >>> 2, TYPE = BC_BATCH_TYPE_OFFSET >>> 2, SEQ = BC_BATCH_SEQ_OFFSET >>> 2;
 
 export interface SubscribeOptions {
   /** 'latest' (default): only messages published from now on; 'earliest': the retained history first. */
@@ -287,6 +291,3 @@ export class Subscription implements AsyncIterable<unknown> {
   }
 }
 
-const TORN = Symbol('torn');
-// Batch entry fields as Uint32Array indexes.
-const A = BC_BATCH_ADDRESS_OFFSET >>> 2, LEN = BC_BATCH_LENGTH_OFFSET >>> 2, TYPE = BC_BATCH_TYPE_OFFSET >>> 2, SEQ = BC_BATCH_SEQ_OFFSET >>> 2;

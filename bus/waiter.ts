@@ -3,6 +3,7 @@ import type { Engine } from '../host/engine.js';
 import { futexWake } from '../host/sys/futex.js';
 import { futex } from '../host/wake/futex.js';
 import { WAKE_DATA, type Sleeper } from '../host/wake/mechanism.js';
+
 /**
  * Sleeps until the 32-bit word at `offset` differs from `value`, or `timeoutMs` passed, by polling with a
  * growing interval (0.25 → 8 ms). The fallback of WordWaiter when futex waits are not available.
