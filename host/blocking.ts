@@ -442,9 +442,9 @@ function poll(w: Watched): void {
  * Calls `onGone` once, asynchronously, when process `pid` (with that start time, against pid reuse) is no longer
  * alive. Returns the function that stops watching. Watching never keeps the process alive by itself.
  *
- * Where the kernel has pidfd_open, the process's pidfd sits in the epoll thread's set, so a death is seen at
- * once (tens of µs); otherwise a shared timer checks /proc every LIVENESS_MS. One pidfd serves every watcher
- * of the same process.
+ * Where the kernel has pidfd_open, the process's pidfd sits in the epoll thread's set, so a death is seen as
+ * soon as the thread wakes (one thread hop, host/thread.ts); otherwise a shared timer checks /proc every
+ * LIVENESS_MS. One pidfd serves every watcher of the same process.
  */
 export function watchProcess(pid: number, startTime: bigint | undefined, onGone: () => void): () => void {
   const key = `${pid}:${startTime ?? ''}`;
