@@ -24,7 +24,7 @@
 // same way, and counts every record it skipped as dropped. Payloads are checked after copying: the host compares
 // the record's sequence number with the oldest one still there (topic_oldest_seq).
 //
-// Handles are private blocks of HANDLE_SIZE bytes in this process's memory (fields TH_* below); geometry is
+// Handles are private blocks of HANDLE_SIZE bytes in this process's memory (fields TH_*_OFFSET in layout.ts); geometry is
 // copied there once and never reread from the shared header.
 
 import {
@@ -36,34 +36,10 @@ import {
   SLOT_PARKED_OFFSET, CLAIM_FREE, POLICY_LOSSLESS, POLICY_LOSSY, BC_RECORD_HEADER_SIZE,
   BC_RECORD_SEQ_OFFSET, BC_BATCH_ENTRY_SIZE, BC_RECORD_ALIGNMENT, RECORD_PADDING, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
   RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER, RING_E_AGAIN, HANDLE_SIZE,
-  topicMaxPayload,
+  topicMaxPayload, BC_BATCH_LENGTH_OFFSET, BC_BATCH_TYPE_OFFSET, BC_BATCH_SEQ_OFFSET, BC_RECORD_TYPE_OFFSET,
+  BC_BATCH_ADDRESS_OFFSET, BC_RECORD_LENGTH_OFFSET,
+  TH_TOPIC_OFFSET, TH_CAPACITY_OFFSET, TH_MAX_SUBS_OFFSET, TH_POLICY_OFFSET, TH_HISTORY_OFFSET, TH_SLOT_OFFSET, TH_CLAIM_OFFSET, TH_CLAIM_MAX_OFFSET, TH_CLAIM_TYPE_OFFSET, TH_WAIT_VALUE_OFFSET, TH_POSITION_OFFSET, TH_SEQ_OFFSET, TH_HEAD_OFFSET, TH_HEAD_SEQ_OFFSET, TH_MIN_OFFSET, TH_DROPPED_OFFSET, TH_SLOT_INDEX_OFFSET, TH_CLAIM_WORD_OFFSET, TH_SCRATCH_POS_OFFSET, TH_SCRATCH_SEQ_OFFSET, TH_SCRATCH_GEN_OFFSET, TH_SCRATCH_TAIL_OFFSET, TH_SCRATCH_TAIL_SEQ_OFFSET,
 } from './layout';
-
-// --- private handle fields -------------------------------------------------------------------------------------
-const TH_TOPIC = 0; //       u32 address of the topic header
-const TH_CAPACITY = 4; //    u32
-const TH_MAX_SUBS = 8; //    u32
-const TH_POLICY = 12; //     u32
-const TH_HISTORY = 16; //    u32
-const TH_SLOT = 20; //       u32 subscriber: address of its slot
-const TH_CLAIM = 24; //      u32 publisher: payload address of the open claim, 0 when none
-const TH_CLAIM_MAX = 28; //  u32
-const TH_CLAIM_TYPE = 32; // u32
-const TH_WAIT_VALUE = 36; // u32 value of the word this end sleeps on, read before it announced the park
-const TH_POSITION = 40; //   u64 publisher: tail; subscriber: next read position
-const TH_SEQ = 48; //        u64 publisher: next seq; subscriber: seq expected next
-const TH_HEAD = 56; //       u64 publisher: head
-const TH_HEAD_SEQ = 64; //   u64 publisher: head's seq
-const TH_MIN = 72; //        u64 publisher: last minimum of the active cursors (lossless)
-const TH_DROPPED = 80; //    u64 subscriber: records lost to lapping
-const TH_SLOT_INDEX = 88; // u32 subscriber: its slot number
-const TH_CLAIM_WORD = 96; // u64 subscriber: the claim it holds its slot with
-const TH_SCRATCH_POS = 104; // u64 result of snapshot / walk: a position
-const TH_SCRATCH_SEQ = 112; // u64 … and the sequence number of the record there
-const TH_SCRATCH_GEN = 120; // u32 … and the reclaim generation the snapshot was taken in
-// Scratch for snapshot's tail: the publisher's TH_HEAD / TH_HEAD_SEQ fields, unused by a subscriber.
-const TH_SCRATCH_TAIL = 56; // u64 subscriber: tail seen by snapshot
-const TH_SCRATCH_TAIL_SEQ = 64; // u64 subscriber: tailSeq seen by snapshot
 
 /** Bounded retries while a (possibly dead) publisher holds the reclaim seqlock, or a fast one laps a joiner. */
 const JOIN_ATTEMPTS = 1 << 16;
@@ -82,10 +58,10 @@ const WALK_CORRUPT = 2;
 @inline function align(n: u64): u64 {
   return (n + (BC_RECORD_ALIGNMENT - 1)) & ~(<u64>BC_RECORD_ALIGNMENT - 1);
 }
-@inline function topicOf(h: usize): usize { return <usize>load<u32>(h, TH_TOPIC); }
-@inline function capOf(h: usize): u32 { return load<u32>(h, TH_CAPACITY); }
+@inline function topicOf(h: usize): usize { return <usize>load<u32>(h, TH_TOPIC_OFFSET); }
+@inline function capOf(h: usize): u32 { return load<u32>(h, TH_CAPACITY_OFFSET); }
 @inline function dataOf(h: usize): usize {
-  return topicOf(h) + TOPIC_HEADER_SIZE + <usize>load<u32>(h, TH_MAX_SUBS) * TOPIC_SLOT_SIZE;
+  return topicOf(h) + TOPIC_HEADER_SIZE + <usize>load<u32>(h, TH_MAX_SUBS_OFFSET) * TOPIC_SLOT_SIZE;
 }
 @inline function slotAt(topic: usize, index: u32): usize {
   return topic + TOPIC_HEADER_SIZE + <usize>index * TOPIC_SLOT_SIZE;
@@ -118,11 +94,11 @@ function openCommon(h: usize, topic: usize, capacity: u32, maxSubs: u32): i32 {
   if (load<u32>(topic, TOPIC_CAPACITY_OFFSET) != capacity || load<u32>(topic, TOPIC_MAX_SUBSCRIBERS_OFFSET) != maxSubs) return RING_E_HEADER;
   const history = load<u32>(topic, TOPIC_HISTORY_OFFSET);
   if (<u64>history * BC_RECORD_HEADER_SIZE > <u64>(capacity >>> 1)) return RING_E_HEADER;
-  store<u32>(h, <u32>topic, TH_TOPIC);
-  store<u32>(h, capacity, TH_CAPACITY);
-  store<u32>(h, maxSubs, TH_MAX_SUBS);
-  store<u32>(h, policy, TH_POLICY);
-  store<u32>(h, history, TH_HISTORY);
+  store<u32>(h, <u32>topic, TH_TOPIC_OFFSET);
+  store<u32>(h, capacity, TH_CAPACITY_OFFSET);
+  store<u32>(h, maxSubs, TH_MAX_SUBS_OFFSET);
+  store<u32>(h, policy, TH_POLICY_OFFSET);
+  store<u32>(h, history, TH_HISTORY_OFFSET);
   return RING_OK;
 }
 
@@ -150,11 +126,11 @@ export function topic_open_publisher(h: usize, topic: usize, capacity: u32, maxS
   // A new publisher reopens a closed topic (its subscribers had ended; new ones may join).
   // SYNC: pairs with the load in topic_publisher_closed.
   atomic.store<u32>(topic, 0, TOPIC_PUBLISHER_CLOSED_OFFSET);
-  store<u64>(h, tail, TH_POSITION);
-  store<u64>(h, tailSeq, TH_SEQ);
-  store<u64>(h, head, TH_HEAD);
-  store<u64>(h, headSeq, TH_HEAD_SEQ);
-  store<u64>(h, head, TH_MIN);
+  store<u64>(h, tail, TH_POSITION_OFFSET);
+  store<u64>(h, tailSeq, TH_SEQ_OFFSET);
+  store<u64>(h, head, TH_HEAD_OFFSET);
+  store<u64>(h, headSeq, TH_HEAD_SEQ_OFFSET);
+  store<u64>(h, head, TH_MIN_OFFSET);
   return RING_OK;
 }
 
@@ -164,9 +140,9 @@ export function topic_open_publisher(h: usize, topic: usize, capacity: u32, maxS
  */
 function minCursor(h: usize): u64 {
   const topic = topicOf(h);
-  const maxSubs = load<u32>(h, TH_MAX_SUBS);
-  const head = load<u64>(h, TH_HEAD);
-  const tail = load<u64>(h, TH_POSITION);
+  const maxSubs = load<u32>(h, TH_MAX_SUBS_OFFSET);
+  const head = load<u64>(h, TH_HEAD_OFFSET);
+  const tail = load<u64>(h, TH_POSITION_OFFSET);
   let min = u64.MAX_VALUE;
   for (let i: u32 = 0; i < maxSubs; i++) {
     const slot = slotAt(topic, i);
@@ -192,26 +168,26 @@ function reclaim(h: usize, needed: u64): i32 {
   const capacity = capOf(h);
   const mask = <u64>capacity - 1;
   const data = dataOf(h);
-  const tail = load<u64>(h, TH_POSITION);
-  const tailSeq = load<u64>(h, TH_SEQ);
-  const history = <u64>load<u32>(h, TH_HISTORY);
-  const lossless = load<u32>(h, TH_POLICY) == POLICY_LOSSLESS;
-  let head = load<u64>(h, TH_HEAD);
-  let headSeq = load<u64>(h, TH_HEAD_SEQ);
+  const tail = load<u64>(h, TH_POSITION_OFFSET);
+  const tailSeq = load<u64>(h, TH_SEQ_OFFSET);
+  const history = <u64>load<u32>(h, TH_HISTORY_OFFSET);
+  const lossless = load<u32>(h, TH_POLICY_OFFSET) == POLICY_LOSSLESS;
+  let head = load<u64>(h, TH_HEAD_OFFSET);
+  let headSeq = load<u64>(h, TH_HEAD_SEQ_OFFSET);
 
   const gen = atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET);
   // SYNC: seqlock write side; pairs with the generation loads in topic_join. Sequentially consistent, so the
   // slot scan below cannot move before it.
   atomic.store<u32>(topic, gen + 1, TOPIC_RECLAIM_GEN_OFFSET);
   const limit = lossless ? minCursor(h) : u64.MAX_VALUE;
-  if (lossless) store<u64>(h, limit, TH_MIN);
+  if (lossless) store<u64>(h, limit, TH_MIN_OFFSET);
   let steps: u32 = 0;
   let heldByHistory = false;
   while (tail + needed - head > <u64>capacity && head < tail && steps++ < capacity) {
     const index = head & mask;
     const record = data + <usize>index;
-    const type = load<u32>(record, 4);
-    const length = load<i32>(record, 0);
+    const type = load<u32>(record, BC_RECORD_TYPE_OFFSET);
+    const length = load<i32>(record, BC_RECORD_LENGTH_OFFSET);
     const toEnd = <u64>capacity - index;
     let size: u64;
     if (type == RECORD_PADDING) {
@@ -226,8 +202,8 @@ function reclaim(h: usize, needed: u64): i32 {
     head += size;
     if (type != RECORD_PADDING) headSeq++;
   }
-  store<u64>(h, head, TH_HEAD);
-  store<u64>(h, headSeq, TH_HEAD_SEQ);
+  store<u64>(h, head, TH_HEAD_OFFSET);
+  store<u64>(h, headSeq, TH_HEAD_SEQ_OFFSET);
   // SYNC: pairs with the loads of head in topic_read (lossy lapping) and topic_join. Sequentially consistent
   // stores: the records below head are overwritten only after these are visible.
   atomic.store<u64>(topic, headSeq, TOPIC_HEAD_SEQ_OFFSET);
@@ -245,49 +221,49 @@ function reclaim(h: usize, needed: u64): i32 {
  * subscriber (or the newest `history` records fill the ring), or a negative RING_E_* code.
  */
 export function topic_claim(h: usize, length: u32, type: u32): i32 {
-  if (load<u32>(h, TH_CLAIM) != 0 || type == RECORD_PADDING) return RING_E_STATE;
+  if (load<u32>(h, TH_CLAIM_OFFSET) != 0 || type == RECORD_PADDING) return RING_E_STATE;
   const capacity = capOf(h);
   if (length > topicMaxPayload(capacity)) return RING_E_TOO_LARGE;
   const mask = <u64>capacity - 1;
-  const tail = load<u64>(h, TH_POSITION);
+  const tail = load<u64>(h, TH_POSITION_OFFSET);
   const index = tail & mask;
   const size = align(<u64>length + BC_RECORD_HEADER_SIZE);
   const toEnd = <u64>capacity - index;
   const padding: u64 = size > toEnd ? toEnd : 0;
   const needed = padding + size;
-  if (tail + needed - load<u64>(h, TH_HEAD) > <u64>capacity) {
+  if (tail + needed - load<u64>(h, TH_HEAD_OFFSET) > <u64>capacity) {
     const rc = reclaim(h, needed);
     if (rc <= 0) return rc;
   }
   const data = dataOf(h);
   let position = tail;
   if (padding != 0) {
-    store<i32>(data + <usize>index, <i32>(padding - BC_RECORD_HEADER_SIZE), 0);
-    store<u32>(data + <usize>index, RECORD_PADDING, 4);
+    store<i32>(data + <usize>index, <i32>(padding - BC_RECORD_HEADER_SIZE), BC_RECORD_LENGTH_OFFSET);
+    store<u32>(data + <usize>index, RECORD_PADDING, BC_RECORD_TYPE_OFFSET);
     store<u64>(data + <usize>index, 0, BC_RECORD_SEQ_OFFSET);
     position += padding;
-    store<u64>(h, position, TH_POSITION);
+    store<u64>(h, position, TH_POSITION_OFFSET);
   }
   const record = data + <usize>(position & mask);
-  store<u32>(h, length, TH_CLAIM_MAX);
-  store<u32>(h, type, TH_CLAIM_TYPE);
-  store<u32>(h, <u32>(record + BC_RECORD_HEADER_SIZE), TH_CLAIM);
+  store<u32>(h, length, TH_CLAIM_MAX_OFFSET);
+  store<u32>(h, type, TH_CLAIM_TYPE_OFFSET);
+  store<u32>(h, <u32>(record + BC_RECORD_HEADER_SIZE), TH_CLAIM_OFFSET);
   return <i32>(record + BC_RECORD_HEADER_SIZE);
 }
 
 /** Publishes the open claim. Returns 1 when subscribers sleep (the caller wakes them), 0 if not, or < 0. */
 export function topic_commit(h: usize, length: u32): i32 {
-  const payload = <usize>load<u32>(h, TH_CLAIM);
-  if (payload == 0 || length > load<u32>(h, TH_CLAIM_MAX)) return RING_E_STATE;
+  const payload = <usize>load<u32>(h, TH_CLAIM_OFFSET);
+  if (payload == 0 || length > load<u32>(h, TH_CLAIM_MAX_OFFSET)) return RING_E_STATE;
   const record = payload - BC_RECORD_HEADER_SIZE;
-  const seq = load<u64>(h, TH_SEQ);
-  store<i32>(record, <i32>length, 0);
-  store<u32>(record, load<u32>(h, TH_CLAIM_TYPE), 4);
+  const seq = load<u64>(h, TH_SEQ_OFFSET);
+  store<i32>(record, <i32>length, BC_RECORD_LENGTH_OFFSET);
+  store<u32>(record, load<u32>(h, TH_CLAIM_TYPE_OFFSET), BC_RECORD_TYPE_OFFSET);
   store<u64>(record, seq, BC_RECORD_SEQ_OFFSET);
-  store<u32>(h, 0, TH_CLAIM);
-  const tail = load<u64>(h, TH_POSITION) + align(<u64>length + BC_RECORD_HEADER_SIZE);
-  store<u64>(h, tail, TH_POSITION);
-  store<u64>(h, seq + 1, TH_SEQ);
+  store<u32>(h, 0, TH_CLAIM_OFFSET);
+  const tail = load<u64>(h, TH_POSITION_OFFSET) + align(<u64>length + BC_RECORD_HEADER_SIZE);
+  store<u64>(h, tail, TH_POSITION_OFFSET);
+  store<u64>(h, seq + 1, TH_SEQ_OFFSET);
   const topic = topicOf(h);
   // SYNC: pairs with the atomic loads of tail in topic_read / topic_park. Sequentially consistent: the sleepers
   // load below cannot move before it (a subscriber either sees this record or is counted as asleep).
@@ -301,16 +277,16 @@ export function topic_commit(h: usize, length: u32): i32 {
 }
 
 export function topic_abort(h: usize): i32 {
-  if (load<u32>(h, TH_CLAIM) == 0) return RING_E_STATE;
-  store<u32>(h, 0, TH_CLAIM);
+  if (load<u32>(h, TH_CLAIM_OFFSET) == 0) return RING_E_STATE;
+  store<u32>(h, 0, TH_CLAIM_OFFSET);
   return RING_OK;
 }
 
 /** Index of the active subscriber with the smallest cursor (the one holding a lossless publisher), or -1. */
 export function topic_slowest(h: usize): i32 {
   const topic = topicOf(h);
-  const maxSubs = load<u32>(h, TH_MAX_SUBS);
-  const tail = load<u64>(h, TH_POSITION);
+  const maxSubs = load<u32>(h, TH_MAX_SUBS_OFFSET);
+  const tail = load<u64>(h, TH_POSITION_OFFSET);
   let best: i32 = -1;
   let min = u64.MAX_VALUE;
   for (let i: u32 = 0; i < maxSubs; i++) {
@@ -329,7 +305,7 @@ export function topic_slowest(h: usize): i32 {
  * slot and uncounts it from the sleepers. 1: evicted; 0: the slot changed hands meanwhile (nothing done).
  */
 export function topic_evict(h: usize, index: u32, pid: u32, startLow: u32): i32 {
-  if (index >= load<u32>(h, TH_MAX_SUBS)) return RING_E_STATE;
+  if (index >= load<u32>(h, TH_MAX_SUBS_OFFSET)) return RING_E_STATE;
   const slot = slotAt(topicOf(h), index);
   const claim = makeClaim(pid, startLow);
   if (claim == <u64>CLAIM_FREE) return 0;
@@ -357,7 +333,7 @@ export function topic_close_publisher(h: usize): void {
 export function topic_publisher_park(h: usize, need: u32): i32 {
   const topic = topicOf(h);
   // SYNC: pairs with the atomic.add in topic_release (futex expected value read before announcing the park).
-  store<u32>(h, atomic.load<u32>(topic, TOPIC_SPACE_WAKE_OFFSET), TH_WAIT_VALUE);
+  store<u32>(h, atomic.load<u32>(topic, TOPIC_SPACE_WAKE_OFFSET), TH_WAIT_VALUE_OFFSET);
   // SYNC: pairs with the load in topic_release. Sequentially consistent with the cursor scan below.
   atomic.store<u32>(topic, 1, TOPIC_PUBLISHER_PARK_OFFSET);
   if (reclaim(h, <u64>need + BC_RECORD_HEADER_SIZE) == 1) {
@@ -406,11 +382,11 @@ function snapshot(h: usize): i32 {
     if (((head | tail) & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < head || tailSeq < headSeq) return SNAP_CORRUPT;
     // SYNC: pairs with the store of head in reclaim.
     if (tail - head > <u64>capacity && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) == head) return SNAP_CORRUPT;
-    store<u64>(h, head, TH_SCRATCH_POS);
-    store<u64>(h, headSeq, TH_SCRATCH_SEQ);
-    store<u32>(h, gen, TH_SCRATCH_GEN);
-    store<u64>(h, tail, TH_SCRATCH_TAIL);
-    store<u64>(h, tailSeq, TH_SCRATCH_TAIL_SEQ);
+    store<u64>(h, head, TH_SCRATCH_POS_OFFSET);
+    store<u64>(h, headSeq, TH_SCRATCH_SEQ_OFFSET);
+    store<u32>(h, gen, TH_SCRATCH_GEN_OFFSET);
+    store<u64>(h, tail, TH_SCRATCH_TAIL_OFFSET);
+    store<u64>(h, tailSeq, TH_SCRATCH_TAIL_SEQ_OFFSET);
     return SNAP_OK;
   }
   return SNAP_BUSY;
@@ -427,7 +403,7 @@ function walk(h: usize, position: u64, seq: u64, tail: u64, stopPosition: u64, s
   const capacity = capOf(h);
   const mask = <u64>capacity - 1;
   const data = dataOf(h);
-  const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
+  const lossy = load<u32>(h, TH_POLICY_OFFSET) == POLICY_LOSSY;
   const limit = <u64>topicMaxPayload(capacity);
   while (position < stopPosition && seq < stopSeq) {
     // Unsigned: a position past the tail fails the same test as one too far behind it. Lossy, a tail more than
@@ -439,8 +415,8 @@ function walk(h: usize, position: u64, seq: u64, tail: u64, stopPosition: u64, s
     }
     const index = position & mask;
     const record = data + <usize>index;
-    const length = <u64><u32>load<i32>(record, 0);
-    const type = load<u32>(record, 4);
+    const length = <u64><u32>load<i32>(record, BC_RECORD_LENGTH_OFFSET);
+    const type = load<u32>(record, BC_RECORD_TYPE_OFFSET);
     const recordSeq = load<u64>(record, BC_RECORD_SEQ_OFFSET);
     // SYNC: pairs with the stores of head in reclaim (made before the publisher overwrites anything below head).
     if (lossy && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) return WALK_LAPPED;
@@ -457,8 +433,8 @@ function walk(h: usize, position: u64, seq: u64, tail: u64, stopPosition: u64, s
     position += size;
     seq++;
   }
-  store<u64>(h, position, TH_SCRATCH_POS);
-  store<u64>(h, seq, TH_SCRATCH_SEQ);
+  store<u64>(h, position, TH_SCRATCH_POS_OFFSET);
+  store<u64>(h, seq, TH_SCRATCH_SEQ_OFFSET);
   return WALK_OK;
 }
 
@@ -483,26 +459,26 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
   store<u64>(slot, <u64>start, SLOT_START_OFFSET);
   store<u64>(slot, 0, SLOT_DROPPED_OFFSET);
   store<u32>(slot, 0, SLOT_PARKED_OFFSET);
-  store<u32>(h, <u32>slot, TH_SLOT);
-  store<u32>(h, index, TH_SLOT_INDEX);
-  store<u64>(h, claim, TH_CLAIM_WORD);
-  const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
-  const history = <u64>load<u32>(h, TH_HISTORY);
+  store<u32>(h, <u32>slot, TH_SLOT_OFFSET);
+  store<u32>(h, index, TH_SLOT_INDEX_OFFSET);
+  store<u64>(h, claim, TH_CLAIM_WORD_OFFSET);
+  const lossy = load<u32>(h, TH_POLICY_OFFSET) == POLICY_LOSSY;
+  const history = <u64>load<u32>(h, TH_HISTORY_OFFSET);
   for (let attempt = 0; attempt < JOIN_ATTEMPTS; attempt++) {
     const snap = snapshot(h);
     if (snap == SNAP_BUSY) continue;
     if (snap == SNAP_CORRUPT) { topic_leave(h); return RING_E_POSITIONS; }
-    const head = load<u64>(h, TH_SCRATCH_POS);
-    const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
-    const tail = load<u64>(h, TH_SCRATCH_TAIL);
-    const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ);
+    const head = load<u64>(h, TH_SCRATCH_POS_OFFSET);
+    const headSeq = load<u64>(h, TH_SCRATCH_SEQ_OFFSET);
+    const tail = load<u64>(h, TH_SCRATCH_TAIL_OFFSET);
+    const tailSeq = load<u64>(h, TH_SCRATCH_TAIL_SEQ_OFFSET);
     if (!lossy) {
       // Hold everything from head on before looking further.
       // SYNC: pairs with the cursor loads in minCursor / topic_slowest.
       atomic.store<u64>(slot, headSeq, SLOT_CURSOR_SEQ_OFFSET);
       atomic.store<u64>(slot, head, SLOT_CURSOR_OFFSET);
       // SYNC: seqlock; a reclaim that overlapped our cursor store may have missed it: take a newer head.
-      if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != load<u32>(h, TH_SCRATCH_GEN)) continue;
+      if (atomic.load<u32>(topic, TOPIC_RECLAIM_GEN_OFFSET) != load<u32>(h, TH_SCRATCH_GEN_OFFSET)) continue;
     }
     let stopSeq = u64.MAX_VALUE;
     if (fromEarliest && history != 0) {
@@ -512,10 +488,10 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
     const walked = walk(h, head, headSeq, tail, tail, stopSeq);
     if (walked == WALK_LAPPED) continue;
     if (walked == WALK_CORRUPT) { topic_leave(h); return RING_E_RECORD; }
-    const position = load<u64>(h, TH_SCRATCH_POS);
-    const seq = load<u64>(h, TH_SCRATCH_SEQ);
-    store<u64>(h, position, TH_POSITION);
-    store<u64>(h, seq, TH_SEQ);
+    const position = load<u64>(h, TH_SCRATCH_POS_OFFSET);
+    const seq = load<u64>(h, TH_SCRATCH_SEQ_OFFSET);
+    store<u64>(h, position, TH_POSITION_OFFSET);
+    store<u64>(h, seq, TH_SEQ_OFFSET);
     // SYNC: pairs with the cursor loads in minCursor / topic_slowest.
     atomic.store<u64>(slot, seq, SLOT_CURSOR_SEQ_OFFSET);
     atomic.store<u64>(slot, position, SLOT_CURSOR_OFFSET);
@@ -527,22 +503,22 @@ export function topic_join(h: usize, topic: usize, capacity: u32, maxSubs: u32, 
 
 /** Leaves the slot (frees it), if it is still ours. */
 export function topic_leave(h: usize): void {
-  const slot = <usize>load<u32>(h, TH_SLOT);
+  const slot = <usize>load<u32>(h, TH_SLOT_OFFSET);
   if (slot == 0) return;
   const parked = atomic.load<u32>(slot, SLOT_PARKED_OFFSET);
-  const claim = load<u64>(h, TH_CLAIM_WORD);
+  const claim = load<u64>(h, TH_CLAIM_WORD_OFFSET);
   // SYNC: pairs with the CAS in topic_evict: if the publisher evicted us, it already uncounted our park.
   if (atomic.cmpxchg<u64>(slot, claim, <u64>CLAIM_FREE, SLOT_CLAIM_OFFSET) == claim && parked) {
     atomic.sub<u32>(topicOf(h) + TOPIC_SLEEPERS_OFFSET, 1);
   }
-  store<u32>(h, 0, TH_SLOT);
+  store<u32>(h, 0, TH_SLOT_OFFSET);
 }
 
 /** 1 while our slot is ours (not evicted). */
 export function topic_member(h: usize): i32 {
-  const slot = <usize>load<u32>(h, TH_SLOT);
+  const slot = <usize>load<u32>(h, TH_SLOT_OFFSET);
   // SYNC: pairs with the CAS in topic_evict.
-  return slot != 0 && atomic.load<u64>(slot, SLOT_CLAIM_OFFSET) == load<u64>(h, TH_CLAIM_WORD) ? 1 : 0;
+  return slot != 0 && atomic.load<u64>(slot, SLOT_CLAIM_OFFSET) == load<u64>(h, TH_CLAIM_WORD_OFFSET) ? 1 : 0;
 }
 
 /**
@@ -559,9 +535,9 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
   const mask = <u64>capacity - 1;
   const data = dataOf(h);
   const limit = <u64>topicMaxPayload(capacity);
-  const lossy = load<u32>(h, TH_POLICY) == POLICY_LOSSY;
-  let position = load<u64>(h, TH_POSITION);
-  let seq = load<u64>(h, TH_SEQ);
+  const lossy = load<u32>(h, TH_POLICY_OFFSET) == POLICY_LOSSY;
+  let position = load<u64>(h, TH_POSITION_OFFSET);
+  let seq = load<u64>(h, TH_SEQ_OFFSET);
   // SYNC: pairs with the atomic stores of tail in topic_commit.
   let tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
   // Our position is a record boundary we reached; a tail behind it or off the 16-byte grid is impossible.
@@ -576,8 +552,8 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
     }
     const index = position & mask;
     const record = data + <usize>index;
-    const length = <u64><u32>load<i32>(record, 0);
-    const type = load<u32>(record, 4);
+    const length = <u64><u32>load<i32>(record, BC_RECORD_LENGTH_OFFSET);
+    const type = load<u32>(record, BC_RECORD_TYPE_OFFSET);
     const recordSeq = load<u64>(record, BC_RECORD_SEQ_OFFSET);
     // SYNC: pairs with the stores of head in reclaim: head <= position now means the header above was intact.
     if (lossy && !lapped && atomic.load<u64>(topic, TOPIC_HEAD_OFFSET) > position) lapped = true;
@@ -586,8 +562,8 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
       const rc = relocate(h, seq);
       if (rc < 0) return rc;
       if (rc == 0) continue; // lapped again while walking: try once more
-      position = load<u64>(h, TH_SCRATCH_POS);
-      seq = load<u64>(h, TH_SCRATCH_SEQ);
+      position = load<u64>(h, TH_SCRATCH_POS_OFFSET);
+      seq = load<u64>(h, TH_SCRATCH_SEQ_OFFSET);
       // SYNC: relocate loaded a newer tail; reread it so the batch can go on to it.
       tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
       if ((tail & (BC_RECORD_ALIGNMENT - 1)) != 0 || tail < position) return RING_E_POSITIONS;
@@ -605,15 +581,15 @@ export function topic_read(h: usize, out: usize, max: u32): i32 {
     if (size > toEnd || size > available) return RING_E_RECORD;
     position += size;
     const entry = out + <usize>count * BC_BATCH_ENTRY_SIZE;
-    store<u32>(entry, <u32>(record + BC_RECORD_HEADER_SIZE), 0);
-    store<u32>(entry, <u32>length, 4);
-    store<u32>(entry, type, 8);
-    store<u32>(entry, <u32>seq, 12);
+    store<u32>(entry, <u32>(record + BC_RECORD_HEADER_SIZE), BC_BATCH_ADDRESS_OFFSET);
+    store<u32>(entry, <u32>length, BC_BATCH_LENGTH_OFFSET);
+    store<u32>(entry, type, BC_BATCH_TYPE_OFFSET);
+    store<u32>(entry, <u32>seq, BC_BATCH_SEQ_OFFSET);
     seq++;
     count++;
   }
-  store<u64>(h, position, TH_POSITION);
-  store<u64>(h, seq, TH_SEQ);
+  store<u64>(h, position, TH_POSITION_OFFSET);
+  store<u64>(h, seq, TH_SEQ_OFFSET);
   return <i32>count;
 }
 
@@ -629,9 +605,9 @@ function relocate(h: usize, seq: u64): i32 {
   const snap = snapshot(h);
   if (snap == SNAP_BUSY) return 0;
   if (snap == SNAP_CORRUPT) return RING_E_POSITIONS;
-  const head = load<u64>(h, TH_SCRATCH_POS);
-  const headSeq = load<u64>(h, TH_SCRATCH_SEQ);
-  const tail = load<u64>(h, TH_SCRATCH_TAIL);
+  const head = load<u64>(h, TH_SCRATCH_POS_OFFSET);
+  const headSeq = load<u64>(h, TH_SCRATCH_SEQ_OFFSET);
+  const tail = load<u64>(h, TH_SCRATCH_TAIL_OFFSET);
   // We were lapped, so head passed our record: an older headSeq cannot be right.
   if (headSeq < seq) return RING_E_POSITIONS;
   const half = <u64>(capacity >>> 1);
@@ -639,7 +615,7 @@ function relocate(h: usize, seq: u64): i32 {
   const walked = walk(h, head, headSeq, tail, stop, u64.MAX_VALUE);
   if (walked == WALK_LAPPED) return 0;
   if (walked == WALK_CORRUPT) return RING_E_RECORD;
-  store<u64>(h, load<u64>(h, TH_DROPPED) + (load<u64>(h, TH_SCRATCH_SEQ) - seq), TH_DROPPED);
+  store<u64>(h, load<u64>(h, TH_DROPPED_OFFSET) + (load<u64>(h, TH_SCRATCH_SEQ_OFFSET) - seq), TH_DROPPED_OFFSET);
   return 1;
 }
 
@@ -654,22 +630,22 @@ export function topic_oldest_seq(h: usize): u32 {
 
 /** Adds `n` records to the dropped count (the host discarded torn records). */
 export function topic_add_dropped(h: usize, n: u32): void {
-  store<u64>(h, load<u64>(h, TH_DROPPED) + <u64>n, TH_DROPPED);
+  store<u64>(h, load<u64>(h, TH_DROPPED_OFFSET) + <u64>n, TH_DROPPED_OFFSET);
 }
 
 /** Records lost to lapping so far. */
 export function topic_dropped(h: usize): f64 {
-  return <f64>load<u64>(h, TH_DROPPED);
+  return <f64>load<u64>(h, TH_DROPPED_OFFSET);
 }
 
 /** Publishes our cursor (everything read so far is released). 1 when the publisher sleeps waiting for room. */
 export function topic_release(h: usize): i32 {
-  const slot = <usize>load<u32>(h, TH_SLOT);
+  const slot = <usize>load<u32>(h, TH_SLOT_OFFSET);
   if (slot == 0) return 0;
-  store<u64>(slot, load<u64>(h, TH_DROPPED), SLOT_DROPPED_OFFSET);
+  store<u64>(slot, load<u64>(h, TH_DROPPED_OFFSET), SLOT_DROPPED_OFFSET);
   // SYNC: pairs with the cursor loads in minCursor. Sequentially consistent: the park load below cannot pass it.
-  atomic.store<u64>(slot, load<u64>(h, TH_SEQ), SLOT_CURSOR_SEQ_OFFSET);
-  atomic.store<u64>(slot, load<u64>(h, TH_POSITION), SLOT_CURSOR_OFFSET);
+  atomic.store<u64>(slot, load<u64>(h, TH_SEQ_OFFSET), SLOT_CURSOR_SEQ_OFFSET);
+  atomic.store<u64>(slot, load<u64>(h, TH_POSITION_OFFSET), SLOT_CURSOR_OFFSET);
   const topic = topicOf(h);
   // SYNC: pairs with the store in topic_publisher_park.
   if (atomic.load<u32>(topic, TOPIC_PUBLISHER_PARK_OFFSET) == 0) return 0;
@@ -685,8 +661,8 @@ export function topic_pending(h: usize): i32 {
   const topic = topicOf(h);
   // SYNC: pairs with the atomic stores of tail / tailSeq in topic_commit.
   const tail = atomic.load<u64>(topic, TOPIC_TAIL_OFFSET);
-  if (tail == load<u64>(h, TH_POSITION)) return 0;
-  const behind = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET) - load<u64>(h, TH_SEQ);
+  if (tail == load<u64>(h, TH_POSITION_OFFSET)) return 0;
+  const behind = atomic.load<u64>(topic, TOPIC_TAIL_SEQ_OFFSET) - load<u64>(h, TH_SEQ_OFFSET);
   return behind == 0 || behind > 0x7fffffff ? 1 : <i32>behind;
 }
 
@@ -699,9 +675,9 @@ export function topic_publisher_closed(h: usize): i32 {
 /** Subscriber about to sleep: counts itself asleep, checks once more. 1: sleep on the wake word; 0: records came. */
 export function topic_park(h: usize): i32 {
   const topic = topicOf(h);
-  const slot = <usize>load<u32>(h, TH_SLOT);
+  const slot = <usize>load<u32>(h, TH_SLOT_OFFSET);
   // SYNC: pairs with the atomic.add of the wake word in topic_commit (futex expected value).
-  store<u32>(h, atomic.load<u32>(topic, TOPIC_WAKE_OFFSET), TH_WAIT_VALUE);
+  store<u32>(h, atomic.load<u32>(topic, TOPIC_WAKE_OFFSET), TH_WAIT_VALUE_OFFSET);
   store<u32>(slot, 1, SLOT_PARKED_OFFSET);
   // SYNC: pairs with the sleepers load in topic_commit; sequentially consistent with the tail load below.
   atomic.add<u32>(topic + TOPIC_SLEEPERS_OFFSET, 1);
@@ -713,7 +689,7 @@ export function topic_park(h: usize): i32 {
 }
 
 export function topic_unpark(h: usize): void {
-  const slot = <usize>load<u32>(h, TH_SLOT);
+  const slot = <usize>load<u32>(h, TH_SLOT_OFFSET);
   if (slot == 0 || load<u32>(slot, SLOT_PARKED_OFFSET) == 0) return;
   store<u32>(slot, 0, SLOT_PARKED_OFFSET);
   // SYNC: pairs with the sleepers load in topic_commit.
@@ -722,14 +698,14 @@ export function topic_unpark(h: usize): void {
 
 /** Address of the word this end sleeps on (subscriber: wakeSeq; publisher: spaceWake) and its value at park. */
 export function topic_wait_address(h: usize): usize {
-  return topicOf(h) + (load<u32>(h, TH_SLOT) != 0 ? TOPIC_WAKE_OFFSET : TOPIC_SPACE_WAKE_OFFSET);
+  return topicOf(h) + (load<u32>(h, TH_SLOT_OFFSET) != 0 ? TOPIC_WAKE_OFFSET : TOPIC_SPACE_WAKE_OFFSET);
 }
 
 export function topic_wait_value(h: usize): u32 {
-  return load<u32>(h, TH_WAIT_VALUE);
+  return load<u32>(h, TH_WAIT_VALUE_OFFSET);
 }
 
 /** The slot of this subscriber, for tools (-1 for a publisher). */
 export function topic_slot(h: usize): i32 {
-  return load<u32>(h, TH_SLOT) != 0 ? <i32>load<u32>(h, TH_SLOT_INDEX) : -1;
+  return load<u32>(h, TH_SLOT_OFFSET) != 0 ? <i32>load<u32>(h, TH_SLOT_INDEX_OFFSET) : -1;
 }

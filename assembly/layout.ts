@@ -409,3 +409,54 @@ export const MSGPACK_E_TRAILING = -8;
 /** Default limits of a Reader: nesting depth, and bytes or items of one string, binary, ext or container. */
 export const MSGPACK_MAX_DEPTH = 64;
 export const MSGPACK_MAX_SIZE = 1 << 26;
+
+// ─── Topic batch entries and topic handles (private to one process) ───────────────────────────────────────
+// topic_read fills a reader's batch area with BC_BATCH_ENTRY_SIZE-byte entries, one per record:
+//   0        4        8        12       16
+//   ┌────────┬────────┬────────┬────────┐
+//   │address │ length │  type  │seq low │   address: the payload in this process's memory; seq: low 32 bits
+//   └────────┴────────┴────────┴────────┘
+export const BC_BATCH_ADDRESS_OFFSET = 0;
+export const BC_BATCH_LENGTH_OFFSET = BC_BATCH_ADDRESS_OFFSET + 4;
+export const BC_BATCH_TYPE_OFFSET = BC_BATCH_LENGTH_OFFSET + 4;
+export const BC_BATCH_SEQ_OFFSET = BC_BATCH_TYPE_OFFSET + 4;
+
+// A topic handle (one publisher or subscriber end, HANDLE_SIZE bytes in PRIVATE_BASE space), written only by the
+// wasm code of the process that owns it:
+//   0  topic u32       address of the topic header          40  position u64   publisher: tail; subscriber: next read
+//   4  capacity u32                                         48  seq u64        publisher: next seq; subscriber: expected
+//   8  maxSubs u32                                          56  head u64       publisher: head  (subscriber: scratch tail)
+//   12 policy u32                                           64  headSeq u64    publisher: head's seq (subscriber: scratch tailSeq)
+//   16 history u32                                          72  min u64        publisher: last minimum of the cursors (lossless)
+//   20 slot u32        subscriber: address of its slot      80  dropped u64    subscriber: records lost to lapping
+//   24 claim u32       publisher: payload of the open claim 88  slotIndex u32  subscriber: its slot number
+//   28 claimMax u32                                         96  claimWord u64  subscriber: the claim it holds its slot with
+//   32 claimType u32                                        104 scratchPos u64, 112 scratchSeq u64, 120 scratchGen u32:
+//   36 waitValue u32   the word's value read before parking     results of snapshot / walk
+export const TH_TOPIC_OFFSET = 0;
+export const TH_CAPACITY_OFFSET = TH_TOPIC_OFFSET + 4;
+export const TH_MAX_SUBS_OFFSET = TH_CAPACITY_OFFSET + 4;
+export const TH_POLICY_OFFSET = TH_MAX_SUBS_OFFSET + 4;
+export const TH_HISTORY_OFFSET = TH_POLICY_OFFSET + 4;
+export const TH_SLOT_OFFSET = TH_HISTORY_OFFSET + 4;
+export const TH_CLAIM_OFFSET = TH_SLOT_OFFSET + 4;
+export const TH_CLAIM_MAX_OFFSET = TH_CLAIM_OFFSET + 4;
+export const TH_CLAIM_TYPE_OFFSET = TH_CLAIM_MAX_OFFSET + 4;
+export const TH_WAIT_VALUE_OFFSET = TH_CLAIM_TYPE_OFFSET + 4;
+export const TH_POSITION_OFFSET = TH_WAIT_VALUE_OFFSET + 4;
+export const TH_SEQ_OFFSET = TH_POSITION_OFFSET + 8;
+export const TH_HEAD_OFFSET = TH_SEQ_OFFSET + 8;
+export const TH_HEAD_SEQ_OFFSET = TH_HEAD_OFFSET + 8;
+export const TH_MIN_OFFSET = TH_HEAD_SEQ_OFFSET + 8;
+export const TH_DROPPED_OFFSET = TH_MIN_OFFSET + 8;
+export const TH_SLOT_INDEX_OFFSET = TH_DROPPED_OFFSET + 8;
+export const TH_CLAIM_WORD_OFFSET = TH_SLOT_INDEX_OFFSET + 8;
+export const TH_SCRATCH_POS_OFFSET = TH_CLAIM_WORD_OFFSET + 8;
+export const TH_SCRATCH_SEQ_OFFSET = TH_SCRATCH_POS_OFFSET + 8;
+export const TH_SCRATCH_GEN_OFFSET = TH_SCRATCH_SEQ_OFFSET + 8;
+/** A subscriber has no head: snapshot keeps the tail it saw in the publisher's head fields. */
+export const TH_SCRATCH_TAIL_OFFSET = TH_HEAD_OFFSET;
+export const TH_SCRATCH_TAIL_SEQ_OFFSET = TH_HEAD_SEQ_OFFSET;
+/** Topic record header fields (drawn in "Topic segment": length i32 · type u32 · seq u64). */
+export const BC_RECORD_LENGTH_OFFSET = 0;
+export const BC_RECORD_TYPE_OFFSET = BC_RECORD_LENGTH_OFFSET + 4;

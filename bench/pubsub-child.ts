@@ -3,7 +3,7 @@
 //   pubsub-child.js unix <socketPath> <count> read length-prefixed frames from a Unix socket until `count`
 // Prints "ready" once subscribed/connected and "done <received>" at the end.
 import net from 'node:net';
-import { Bus } from '../host/bus.js';
+import { Bus } from '../bus/index.js';
 
 const [kind, address, countText] = process.argv.slice(2);
 const count = Number(countText);

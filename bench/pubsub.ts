@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { Bus } from '../host/bus.js';
+import { Bus } from '../bus/index.js';
 
 const CHILD = fileURLToPath(new URL('./pubsub-child.js', import.meta.url));
 

@@ -17,39 +17,35 @@
  *                  PORT_PAYLOAD_MAX bytes travel along (handshakes).
  *
  * Thread → main thread: a ring of fixed-size entries in a SharedArrayBuffer, and Atomics.notify on its head,
- * which the main thread awaits with Atomics.waitAsync. Measured on the 2-core VM (eventfd → thread → main, round
- * trip): Atomics p50 14 µs, p99 120-150 µs; worker.postMessage p50 16-17 µs, p99 350-520 µs. When the ring is
+ * which the main thread awaits with Atomics.waitAsync (what this wake costs: host/thread.ts). When the ring is
  * full the thread waits (Atomics.wait) for the main thread to consume; nothing is dropped.
  *
  * Why threads and not the alternatives: koffi's `.async` blocking calls hold one libuv pool thread each (4 idle
  * connections starve fs); msgrcv/mq_receive with IPC_NOWAIT on a timer costs latency or a core; mq_notify with
  * a signal would take a signal number from the application; a socket or FIFO doorbell per connection would make
- * the queue transports depend on another mechanism. A thread costs ~10-12 MB of RSS (its V8 isolate, measured)
- * once per process, and one wake hop per wakeup.
+ * the queue transports depend on another mechanism. A thread costs 8.5 MiB of RSS (its V8 isolate; measured in
+ * host/thread.ts) once per process, and one wake hop per wakeup.
  *
- * Start: a worker takes ~50 ms to load, so the transports `await start()` before handing out a listener or
- * connection; the thread then idles. It posts 'ready' just before its loop: from then on it holds everything it
- * will hold (its libuv loop's fds), which lets a test count a process's fds around a connection.
- *
- * Lifetime: a thread keeps the process alive (worker.ref) only while something that must keep it alive is
- * registered (an open connection or listener); otherwise it is unref'd and idles (epoll_wait on the eventfd
- * alone, or Atomics.wait for a port). A thread blocked in a native call cannot be terminated (V8 only stops
- * JavaScript), and Node joins every worker at exit, so at 'exit' both threads are woken and told to stop.
+ * Both are dedicated threads of the one runtime (host/thread.ts: start, 'ready', holds, stop at exit, failure),
+ * running the loops in blocking-loops.ts. The transports `await start()` before handing out a listener or
+ * connection, so the first message never waits for the thread to load; after 'ready' the thread holds everything
+ * it will hold (its libuv loop's fds), which lets a test count a process's fds around a connection. A thread
+ * keeps the process alive only while an open connection or listener uses it.
  *
  * Peer liveness: POSIX and System V queues do not tell a reader that the writer died. `watchProcess` puts the
  * peer's pidfd (pidfd_open, Linux 5.3+) into the same epoll set, so a death is an event like any other; where
  * pidfds are not available it checks (pid, start time) on a shared timer every LIVENESS_MS (unref'd).
  */
-import { Worker } from 'node:worker_threads';
 import { ShmbusError, ErrorCode } from './errors.js';
-import { onProcessExit } from './exit.js';
+import { DedicatedThread } from './thread.js';
 import { isProcessAlive } from './sys/proc.js';
+import { LIVENESS_MS } from './liveness.js';
 import { closeFd, epollCreate, epollCtl, eventfdCreate, eventfdSignal, pidfdOpen } from './sys/mq.js';
 import { msgSend, setMsgType, MSG_HEADER } from './sys/msg.js';
 import { EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD, EPOLLIN, EPOLLONESHOT } from './sys/constants.js';
 
 // --- the ring between a thread and the main thread (an Int32Array over a SharedArrayBuffer) ----------------------
-// Shared with blocking-worker.ts. Counters are int32 and wrap; an entry's slot is counter & (CAPACITY - 1).
+// Shared with blocking-loops.ts. Counters are int32 and wrap; an entry's slot is counter & (CAPACITY - 1).
 
 /** Entries the thread has written (written by the thread only). */
 export const HEAD = 0;
@@ -64,7 +60,11 @@ export const HEADER_INTS = 16;
 export const CAPACITY = 1024;
 /** One entry: [a, b, payload length, payload bytes…]: epoll (token, events); msgrcv (mtype low, high, text). */
 export const ENTRY_INTS = 64;
-export const ENTRY_PAYLOAD_OFFSET = 12;
+/** Fields of an entry, as Int32 indexes from its start; the payload starts at byte ENTRY_PAYLOAD_OFFSET. */
+export const ENTRY_A = 0;
+export const ENTRY_B = 1;
+export const ENTRY_LENGTH = 2;
+export const ENTRY_PAYLOAD_OFFSET = (ENTRY_LENGTH + 1) * 4;
 /** Longest message text the msgrcv thread hands over; longer port messages are truncated (MSG_NOERROR). */
 export const PORT_PAYLOAD_MAX = ENTRY_INTS * 4 - ENTRY_PAYLOAD_OFFSET;
 /** The epoll token of the eventfd that wakes the epoll thread. */
@@ -82,31 +82,15 @@ const waitAsync = (Atomics as unknown as {
   waitAsync(array: Int32Array, index: number, value: number): { async: boolean; value: Promise<string> | string };
 }).waitAsync;
 
-/** How often peer processes are checked where no pidfd can watch them. */
-export const LIVENESS_MS = 200;
 
-/** The worker script next to this file: .ts when running from source (tap), .js when compiled. */
-const FROM_SOURCE = import.meta.url.endsWith('.ts');
-const WORKER_URL = new URL(`./blocking-worker${FROM_SOURCE ? '.ts' : '.js'}`, import.meta.url);
-/**
- * Node flags for the worker. Compiled, it needs none, and inheriting the process's can break it
- * (`--input-type` refuses a file entry point, `--inspect` would want a second port). From source it needs the
- * process's module loader (the TypeScript hooks the test runner installed).
- */
-const WORKER_EXEC_ARGV = FROM_SOURCE ? process.execArgv.filter((a) => !a.startsWith('--input-type')) : [];
-
-/** The part both threads share: the entry ring, the worker's lifetime, ref counting. */
+/** The part both threads share: the entry ring and the dedicated thread that fills it. */
 abstract class EventThread {
   protected readonly sab = new SharedArrayBuffer(sabBytes());
   protected readonly ctrl = new Int32Array(this.sab);
   private readonly bytes = new Uint8Array(this.sab);
-  private worker: Worker | undefined;
-  private online: Promise<void> | undefined;
+  private thread: DedicatedThread | undefined;
   private tail = 0;
-  private refs = 0;
   private running = false;
-  /** stop() was called: the worker's exit is expected, not a failure. */
-  private stopping = false;
   private failure: ShmbusError | undefined;
 
   protected abstract readonly mode: 'epoll' | 'msgrcv';
@@ -126,74 +110,42 @@ abstract class EventThread {
    */
   protected ensureStarted(): void {
     if (this.failure) throw this.failure;
-    if (this.worker) return;
+    if (this.thread?.running) return;
     Atomics.store(this.ctrl, STOP, 0);
-    const worker = new Worker(WORKER_URL, {
-      workerData: { mode: this.mode, sab: this.sab, ...this.workerData() },
-      // No heap limit: the loop itself allocates almost nothing, but loading the module graph may (tap compiles
-      // TypeScript inside the worker), and a worker killed for memory would silence every connection.
-      stdin: false,
-      execArgv: WORKER_EXEC_ARGV,
+    this.thread = new DedicatedThread({
+      kind: this.mode,
+      data: { sab: this.sab, ...this.workerData() },
+      stop: () => {
+        Atomics.store(this.ctrl, STOP, 1);
+        Atomics.notify(this.ctrl, PORT);
+        Atomics.notify(this.ctrl, TAIL);
+        this.wake();
+      },
+      onFailure: (error) => {
+        if (this.failure) return;
+        this.failure = error;
+        this.onFailure(error);
+      },
     });
-    this.worker = worker;
-    // 'ready' comes from the worker once its modules are loaded, right before it blocks: only then does it hold
-    // everything it will hold (under a module loader, Node gives the worker a hooks thread of its own).
-    this.online = new Promise((resolve) => {
-      worker.once('message', () => resolve());
-      worker.once('exit', () => resolve());
-    });
-    // Loading the worker's modules (koffi's native addon among them) must not be cut short by the process exiting
-    // on its own: Node then aborts the whole process (a napi_throw in a terminating worker). Hold the process
-    // until the worker is online; from then on only the users' refs count.
-    this.addRef();
-    void this.online.then(() => this.releaseRef());
-    worker.on('error', (error) => this.died(error));
-    worker.on('exit', (code) => {
-      if (this.worker === worker) this.worker = undefined;
-      if (code !== 0 && !this.stopping) this.died(new Error(`exit code ${code}`));
-    });
-    onProcessExit(() => this.stop());
     if (!this.running) void this.pump();
   }
 
-  /** Resolves once the worker runs its loop (its libuv loop and fds exist). Someone awaits this: the process
-   * stays alive until then. */
-  protected async whenOnline(): Promise<void> {
-    this.addRef();
-    try {
-      await this.online;
-    } finally {
-      this.releaseRef();
-    }
-  }
-
-  /** Asks the thread to exit (at process exit). */
-  protected stop(): void {
-    if (!this.worker) return;
-    this.stopping = true;
-    Atomics.store(this.ctrl, STOP, 1);
-    Atomics.notify(this.ctrl, PORT);
-    Atomics.notify(this.ctrl, TAIL);
-    this.wake();
-  }
-
-  private died(cause: unknown): void {
-    if (this.failure) return;
-    this.failure = new ShmbusError(ErrorCode.SYSCALL, `the ${this.mode} receive thread failed`, { cause, details: { cause: String(cause) } });
-    this.onFailure(this.failure);
+  /** Resolves once the thread runs its loop (its libuv loop and fds exist); the process stays alive until then. */
+  protected whenOnline(): Promise<void> {
+    return this.thread?.ready ?? Promise.resolve();
   }
 
   /** Something that must keep the process alive (an open connection) started using the thread. */
   protected addRef(): void {
-    if (this.refs++ === 0) this.worker?.ref();
+    this.thread?.hold();
   }
 
   protected releaseRef(): void {
-    if (this.refs > 0 && --this.refs === 0) this.worker?.unref();
+    this.thread?.release();
   }
 
   /** Consumes entries as the thread produces them; waits with Atomics.waitAsync (not a libuv handle: the
-   * worker's ref decides whether the process stays alive). */
+   * thread's holds decide whether the process stays alive). */
   private async pump(): Promise<void> {
     this.running = true;
     const { ctrl, bytes } = this;
@@ -203,10 +155,10 @@ abstract class EventThread {
         if (head !== this.tail) {
           while (head !== this.tail) {
             const at = HEADER_INTS + (this.tail & (CAPACITY - 1)) * ENTRY_INTS;
-            const length = ctrl[at + 2]!;
+            const length = ctrl[at + ENTRY_LENGTH]!;
             const offset = at * 4 + ENTRY_PAYLOAD_OFFSET;
             try {
-              this.onEntry(ctrl[at]!, ctrl[at + 1]!, bytes.subarray(offset, offset + length));
+              this.onEntry(ctrl[at + ENTRY_A]!, ctrl[at + ENTRY_B]!, bytes.subarray(offset, offset + length));
             } catch (error) {
               // A handler's bug must not stop every other connection's receiving.
               queueMicrotask(() => { throw error; });
@@ -219,7 +171,7 @@ abstract class EventThread {
           Atomics.notify(ctrl, TAIL);
           continue;
         }
-        if (!this.worker && Atomics.load(ctrl, STOP)) return;
+        if (!this.thread?.running && Atomics.load(ctrl, STOP)) return;
         const w = waitAsync(ctrl, HEAD, head);
         if (w.async) await w.value;
       }
@@ -490,9 +442,9 @@ function poll(w: Watched): void {
  * Calls `onGone` once, asynchronously, when process `pid` (with that start time, against pid reuse) is no longer
  * alive. Returns the function that stops watching. Watching never keeps the process alive by itself.
  *
- * Where the kernel has pidfd_open, the process's pidfd sits in the epoll thread's set, so a death is seen at
- * once (tens of µs); otherwise a shared timer checks /proc every LIVENESS_MS. One pidfd serves every watcher
- * of the same process.
+ * Where the kernel has pidfd_open, the process's pidfd sits in the epoll thread's set, so a death is seen as
+ * soon as the thread wakes (one thread hop, host/thread.ts); otherwise a shared timer checks /proc every
+ * LIVENESS_MS. One pidfd serves every watcher of the same process.
  */
 export function watchProcess(pid: number, startTime: bigint | undefined, onGone: () => void): () => void {
   const key = `${pid}:${startTime ?? ''}`;

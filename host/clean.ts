@@ -2,11 +2,11 @@
  * `shmbus clean`: every reaper, one run, and its report as text. The list below is the one place a new kind of
  * object is added (its reaper lives with the code that creates the object).
  */
-import { busReapers, handshakeReapers, reap, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
+import { busReapers, endpointReapers, handshakeReapers, reap, type Candidate, type Outcome, type ReapOptions, type ReapReport, type Reaper } from './reap.js';
 import { wakeReapers } from './wake/reap.js';
 
 /** Every kind of object shmbus names, in the order `shmbus clean` visits them. */
-export const ALL_REAPERS: readonly Reaper[] = [...busReapers, ...wakeReapers, ...handshakeReapers];
+export const ALL_REAPERS: readonly Reaper[] = [...busReapers, ...wakeReapers, ...handshakeReapers, ...endpointReapers];
 
 export interface CleanOptions extends ReapOptions {
   /** Also list what was kept, and why. */

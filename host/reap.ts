@@ -29,7 +29,11 @@ import { DirHandle } from './sys/dir.js';
 import { claimAlive, claimPid } from './claim.js';
 import { isProcessAlive } from './sys/proc.js';
 import { ShmbusError } from './errors.js';
-import type { Stats } from 'node:fs';
+import { decodePeer } from './codec.js';
+import { MSG_HEADER, msgPeek, msgRemoveIfExists, msgStat, msgType } from './sys/msg.js';
+import { mqClose, mqGetattr, mqLimits, mqOpen, tryFlock } from './sys/mq.js';
+import { LOCK_EX, O_NONBLOCK, O_RDONLY } from './sys/constants.js';
+import { readFileSync, type Stats } from 'node:fs';
 
 // ------------------------------------------------------------------------------------------------ the contract
 
@@ -292,7 +296,7 @@ function unformatted(head: Uint8Array): boolean {
 
 // ------------------------------------------------------------------------------------------------ names
 
-/** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, host/bus.ts). */
+/** Names shmbus gives: shm:// endpoints and bus names are letters, digits, `_ . -` (host/url.ts, bus/naming.ts). */
 const NAME_CHARS = '[A-Za-z0-9_.-]';
 const PID = '([1-9][0-9]{0,9})';
 const COUNTER = '[1-9][0-9]{0,15}';
@@ -499,6 +503,199 @@ export const busReapers: readonly Reaper[] = [busTopics as Reaper, busRegistries
 
 /** The reapers of what transports' handshakes leave (a connector killed before it removed its names). */
 export const handshakeReapers: readonly Reaper[] = [mqHandshakeQueues as Reaper, fifoHandshakeFiles as Reaper];
+
+// ------------------------------------------------------------------------------------------------ queue endpoints
+
+/**
+ * The geometry of a mq:// listener's queue (transports/mq.ts creates it with these, capped by the system's
+ * msgsize_max and msg_max): hellos are small, and the reaper recognises the queue by it.
+ */
+export const MQ_ENDPOINT_MSGSIZE = 1024;
+export const MQ_ENDPOINT_MAXMSG = 10;
+const MQ_ENDPOINT_NAME = new RegExp(`^${NAME_CHARS}{1,200}$`);
+const WAKE_MQ_NAME = /^shmbus-wake\.[0-9]+\.[0-9]+$/;
+
+/**
+ * The queue a mq:// listener meets connectors at, `/dev/mqueue/<endpoint>` (transports/mq.ts). The listener holds
+ * an exclusive flock on it for its whole life, so a queue whose lock is free was left by a killed listener. A
+ * POSIX queue cannot be read without taking its messages, so what proves it shmbus's is the name, the exact
+ * hello geometry and the lock protocol: a queue of another program with that geometry and no lock would be
+ * taken too, which is why the caller's own queues only, and `--dry-run` first, are the rule for `shmbus clean`.
+ */
+export const mqEndpointQueues: Reaper<FileCandidate> = {
+  kind: 'mq-endpoint',
+  pattern: `/dev/mqueue/<endpoint> with msgsize ${MQ_ENDPOINT_MSGSIZE}, maxmsg ${MQ_ENDPOINT_MAXMSG} and no listener's lock`,
+  find(scope) {
+    return listFiles(scope, this.kind, scope.mqDir, MQ_ENDPOINT_NAME,
+      (entry) => !MQ_HANDSHAKE_NAME.test(entry) && !WAKE_MQ_NAME.test(entry) && mqEndpointLook(entry) !== 'not an endpoint');
+  },
+  isDead(c) {
+    const look = mqEndpointLook(c.entry);
+    if (look === 'free') return { dead: true, why: 'no listener holds its lock (the listener was killed)' };
+    return { dead: false, why: look === 'locked' ? 'its listener holds its lock: alive' : look === 'not an endpoint' ? 'not a mq:// endpoint any more' : look };
+  },
+  remove(c, scope) {
+    return removeFile(c, () => this.isDead(c, scope));
+  },
+};
+
+/** Whether queue `entry` has a mq:// endpoint's geometry, and whether a listener holds its lock (or why unknown). */
+function mqEndpointLook(entry: string): 'free' | 'locked' | 'not an endpoint' | string {
+  let fd: number;
+  try {
+    // `entry` comes from the directory listing, never from anything a queue holds.
+    fd = mqOpen(`/${entry}`, O_RDONLY | O_NONBLOCK);
+  } catch (error) {
+    return `cannot open it: ${error instanceof Error ? error.message : String(error)}`;
+  }
+  try {
+    const limits = mqLimits();
+    const attr = mqGetattr(fd);
+    if (attr.msgsize !== Math.min(MQ_ENDPOINT_MSGSIZE, limits.msgsizeMax) || attr.maxmsg !== Math.min(MQ_ENDPOINT_MAXMSG, limits.msgMax)) return 'not an endpoint';
+    // Taken: nobody holds it (closing our descriptor below gives it back at once).
+    return tryFlock(fd, LOCK_EX) ? 'free' : 'locked';
+  } finally {
+    mqClose(fd);
+  }
+}
+
+/** A System V queue as /proc/sysvipc/msg lists it. */
+interface MsgQueue { key: number; msqid: number; uid: number; lspid: number; lrpid: number }
+
+function listMsgQueues(): MsgQueue[] {
+  let text: string;
+  try {
+    text = readFileSync('/proc/sysvipc/msg', 'latin1');
+  } catch {
+    return [];
+  }
+  // Header: key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime
+  return text.trim().split('\n').slice(1).map((line) => {
+    const f = line.trim().split(/\s+/).map(Number);
+    return { key: f[0]! >>> 0, msqid: f[1]!, uid: f[7]!, lspid: f[5]!, lrpid: f[6]! };
+  }).filter((q) => Number.isInteger(q.msqid) && Number.isInteger(q.uid));
+}
+
+/** What a sysvmq:// listener's card says (transports/sysvmq.ts: mtype 1, msgpack {shmbus: 1, pid, start, port, …}). */
+interface ListenerCard { pid: number; start: bigint | undefined; port: number }
+
+/** The card in queue `msqid`, read without taking it (MSG_COPY), or why there is none. Bounded: at most 512 bytes. */
+function readListenerCard(msqid: number): ListenerCard | string {
+  const buf = new Uint8Array(MSG_HEADER + 512);
+  let n: number | undefined;
+  try {
+    n = msgPeek(msqid, buf, 0);
+  } catch (error) {
+    return `cannot read it: ${error instanceof Error ? error.message : String(error)}`;
+  }
+  if (n === undefined) return 'this kernel cannot read a message without taking it (no MSG_COPY)';
+  if (n < 0) return 'holds no listener card: not provably shmbus\'s';
+  if (msgType(buf) !== 1) return 'its first message is not a listener card';
+  let card: unknown;
+  try { card = decodePeer(buf.subarray(MSG_HEADER, MSG_HEADER + n)); } catch { return 'its first message is not a listener card'; }
+  const c = card as { shmbus?: unknown; pid?: unknown; start?: unknown; port?: unknown };
+  if (typeof card !== 'object' || card === null || c.shmbus !== 1 || !Number.isInteger(c.pid) || (c.pid as number) <= 0 || !Number.isInteger(c.port)) {
+    return 'its first message is not a listener card';
+  }
+  const start = typeof c.start === 'string' && /^[0-9]{1,20}$/.test(c.start) ? BigInt(c.start) : undefined;
+  return { pid: c.pid as number, start, port: c.port as number };
+}
+
+export interface MsgQueueCandidate extends Candidate {
+  readonly msqid: number;
+  readonly key: number;
+  /** The key of the sysvmq:// endpoint it belongs to (a port: the key whose dead card names it). */
+  readonly endpointKey: number;
+}
+
+const msgName = (q: { msqid: number; key: number }) => `msqid=${q.msqid} key=0x${q.key.toString(16).padStart(8, '0')}`;
+
+/** The queue still has the key and owner it was found with. */
+function sameQueue(c: MsgQueueCandidate): boolean {
+  try {
+    const st = msgStat(c.msqid);
+    return st.key >>> 0 === c.key && st.uid === c.uid;
+  } catch {
+    return false;
+  }
+}
+
+function removeQueue(c: MsgQueueCandidate, verdict: Verdict): Verdict {
+  if (!verdict.dead) return verdict;
+  return msgRemoveIfExists(c.msqid) ? verdict : { dead: false, why: 'already gone' };
+}
+
+/**
+ * The queue a sysvmq:// listener keeps under its key, holding its card (transports/sysvmq.ts): dead when the
+ * process the card names no longer runs (with the start time the card gives, against pid reuse).
+ */
+export const sysvmqEndpoints: Reaper<MsgQueueCandidate> = {
+  kind: 'sysvmq-key',
+  pattern: 'System V message queues with a key, holding a sysvmq:// listener card',
+  find(scope) {
+    // Only queues whose first message is a listener card; another user's is not read (nor listed).
+    return listMsgQueues().filter((q) => q.key !== 0 && (scope.root || q.uid === scope.uid) && typeof readListenerCard(q.msqid) !== 'string')
+      .map((q) => ({ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key, endpointKey: q.key }));
+  },
+  isDead(c) {
+    if (!sameQueue(c)) return { dead: false, why: 'changed since the scan' };
+    const card = readListenerCard(c.msqid);
+    if (typeof card === 'string') return { dead: false, why: card };
+    return processVerdict('listener', card.pid, card.start);
+  },
+  remove(c, scope) {
+    return removeQueue(c, this.isDead(c, scope));
+  },
+};
+
+/** The card of a dead listener that names private queue `q` as its port, or whose process last received from `q`. */
+function deadListenerOf(q: MsgQueue, queues: MsgQueue[]): { card: ListenerCard; endpoint: MsgQueue } | undefined {
+  for (const endpoint of queues) {
+    if (endpoint.key === 0 || endpoint.uid !== q.uid) continue;
+    const card = readListenerCard(endpoint.msqid);
+    if (typeof card === 'string' || !(card.port === q.msqid || (q.lrpid !== 0 && q.lrpid === card.pid))) continue;
+    if (processVerdict('listener', card.pid, card.start).dead) return { card, endpoint };
+  }
+  return undefined;
+}
+
+/**
+ * The private queues of a killed sysvmq:// listener: its port (named by its card, which must still be there:
+ * this reaper runs before the endpoints') and the inbound queues it was the last to receive from. A private
+ * queue it never received from cannot be told from any other program's and stays (`ipcrm`).
+ */
+export const sysvmqPorts: Reaper<MsgQueueCandidate> = {
+  kind: 'sysvmq-port',
+  pattern: 'System V private queues of a dead sysvmq:// listener (its port, the queues it received from)',
+  find() {
+    const queues = listMsgQueues();
+    return queues.flatMap((q) => {
+      const owner = q.key === 0 ? deadListenerOf(q, queues) : undefined;
+      return owner ? [{ kind: this.kind, name: msgName(q), uid: q.uid, msqid: q.msqid, key: q.key, endpointKey: owner.endpoint.key }] : [];
+    });
+  },
+  isDead(c) {
+    if (!sameQueue(c)) return { dead: false, why: 'changed since the scan' };
+    const queues = listMsgQueues();
+    const q = queues.find((x) => x.msqid === c.msqid);
+    const owner = q && deadListenerOf(q, queues);
+    if (!owner) return { dead: false, why: 'no dead listener\'s card names it any more' };
+    const role = owner.card.port === c.msqid ? 'port' : 'inbound queue';
+    return { dead: true, why: `the ${role} of listener pid ${owner.card.pid} (${msgName(owner.endpoint)}), which is gone` };
+  },
+  remove(c, scope) {
+    return removeQueue(c, this.isDead(c, scope));
+  },
+};
+
+/**
+ * The reapers of what a killed listener of a message-queue transport leaves under its endpoint's name. Private
+ * queues before the endpoints: only a dead listener's card ties them to shmbus.
+ */
+export const endpointReapers: readonly Reaper[] = [sysvmqPorts as Reaper, sysvmqEndpoints as Reaper, mqEndpointQueues as Reaper];
+
+/** The reapers of a killed sysvmq:// listener, ports first (a sysvmq:// listener runs them for its key). */
+export const sysvmqReapers: readonly Reaper[] = [sysvmqPorts as Reaper, sysvmqEndpoints as Reaper];
 
 /**
  * Removes the shm:// buses nobody uses any more: registries in `dir` whose creator and members are all dead, and

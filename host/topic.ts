@@ -6,7 +6,7 @@ import {
   TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, SLOT_CLAIM_OFFSET, SLOT_START_OFFSET,
   SLOT_DROPPED_OFFSET, SLOT_CURSOR_SEQ_OFFSET, CLAIM_FREE, TOPIC_TAIL_SEQ_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET,
   TOPIC_PUBLISHER_START_OFFSET, TOPIC_POLICY_OFFSET, TOPIC_HISTORY_OFFSET, BC_BATCH_ENTRY_SIZE, BATCH_MAX,
-  POLICY_LOSSY, RING_E_TOO_LARGE, RING_E_AGAIN, topicMaxPayload,
+  POLICY_LOSSY, RING_E_TOO_LARGE, RING_E_AGAIN, topicMaxPayload, POLICY_LOSSLESS,
 } from '../assembly/layout.js';
 import type { Engine } from './engine.js';
 import { ringError, trapAsCorrupt } from './ring.js';
@@ -19,7 +19,7 @@ export type Policy = 'lossless' | 'lossy';
 /** Formats a topic segment mapped at `at` (header, topic header, empty slot table), version last. */
 export function formatTopic(engine: Engine, at: number, opts: { capacity: number; maxSubscribers: number; policy: Policy; history: number }, pid: number, start: bigint): void {
   writeHeader(engine, at, TOPIC_SEGMENT, opts.maxSubscribers, opts.capacity, pid, start);
-  const rc = engine.exports.topic_format(at + TOPIC_HEADER_OFFSET, opts.capacity, opts.maxSubscribers, opts.policy === 'lossy' ? POLICY_LOSSY : 0, opts.history);
+  const rc = engine.exports.topic_format(at + TOPIC_HEADER_OFFSET, opts.capacity, opts.maxSubscribers, opts.policy === 'lossy' ? POLICY_LOSSY : POLICY_LOSSLESS, opts.history);
   if (rc === RING_E_TOO_LARGE) throw new BadArgumentError('history larger than the topic can hold', { history: opts.history, capacity: opts.capacity });
   if (rc < 0) throw ringError(rc, opts);
   publishVersion(engine, at);

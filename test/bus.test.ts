@@ -3,7 +3,7 @@ import t from 'tap';
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Bus } from '../host/bus.js';
+import { Bus } from '../bus/index.js';
 import { ErrorCode } from '../host/errors.js';
 import { fileTimeout, startFixture, unique, within, type Child, type TestLike } from './helpers.js';
 

@@ -3,7 +3,7 @@
 // see its own leftovers vanish before it looks at them: this file runs alone (`serial` in .taprc).
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { reapDeadBuses } from '../host/reap.js';
 import { fileTimeout, startFixture, unique, within } from './helpers.js';
@@ -57,4 +57,46 @@ t.test('the bus reaper removes a bus whose members were all killed, and keeps on
   t.same(files(), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`], 'left behind by the killed process');
   t.same(ours(reapDeadBuses()), [`shmbus.bus.${ns}`, `shmbus.bus.${ns}.orphan`]);
   t.same(files(), [], 'removed');
+});
+
+/** System V queues as /proc/sysvipc/msg lists them: msqid → key. */
+function msgQueues(): Map<number, number> {
+  const lines = readFileSync('/proc/sysvipc/msg', 'latin1').trim().split('\n').slice(1);
+  return new Map(lines.map((l) => l.trim().split(/\s+/)).map((f) => [Number(f[1]), Number(f[0]) >>> 0]));
+}
+
+t.test('shmbus clean --dry-run lists what a killed listener of mq:// and sysvmq:// leaves; clean removes it', async (t) => {
+  const mqName = unique('leakmq');
+  const key = (0x5b000000 | (process.pid & 0xffffff)) >>> 0;
+  const keyText = `0x${key.toString(16).padStart(8, '0')}`;
+  const before = msgQueues();
+  // This file runs alone: every queue that appears from here on is the peers'.
+  const ours = () => [...msgQueues().keys()].filter((id) => !before.has(id));
+  t.teardown(() => {
+    for (const id of ours()) { try { execFileSync('ipcrm', ['-q', String(id)]); } catch { /* gone */ } }
+    try { rmSync(`/dev/mqueue/${mqName}`); } catch { /* gone */ }
+  });
+  for (const url of [`mq:///${mqName}`, `sysvmq://${keyText}`]) {
+    // The peer listens, connects to itself, prints "ready", then SIGKILLs itself.
+    const peer = startFixture(t, 'wake-peer', [url, 'leak']);
+    await within(60_000, peer.exit, () => `leaking peer (${peer.stderr()})`);
+    t.match(peer.stdout(), /ready/, `${url}: the listener was killed`);
+  }
+  t.ok(existsSync(`/dev/mqueue/${mqName}`), 'the mq:// listener\'s queue was left behind');
+  const keyQueue = ours().find((id) => msgQueues().get(id) === key);
+  t.ok(keyQueue !== undefined, 'the sysvmq:// listener\'s key queue was left behind');
+  const env = { ...process.env, NODE_OPTIONS: '' };
+  const dry = execFileSync(process.execPath, [CLI, 'clean', '--dry-run'], { encoding: 'utf8', env });
+  t.match(dry, new RegExp(`would remove mq-endpoint +/dev/mqueue/${mqName} `), 'the mq:// endpoint queue is listed');
+  t.match(dry, new RegExp(`would remove sysvmq-key +msqid=${keyQueue} key=${keyText} `), 'the sysvmq:// key queue is listed');
+  t.match(dry, new RegExp(`would remove sysvmq-port +msqid=[0-9]+ key=0x00000000 .*\\(msqid=${keyQueue} key=${keyText}\\)`), 'the dead listener\'s port is listed');
+  t.ok(existsSync(`/dev/mqueue/${mqName}`) && msgQueues().has(keyQueue!), '--dry-run removed nothing');
+  const port = Number(/sysvmq-port +msqid=([0-9]+) /.exec(dry.split('\n').find((l) => l.includes(`(msqid=${keyQueue} `)) ?? '')?.[1]);
+  // Only ours: other worktrees' tests may be looking at what their own killed peers left.
+  const match = [`/dev/mqueue/${mqName}`, `msqid=${keyQueue} `, `msqid=${port} `].flatMap((m) => ['--match', m]);
+  const out = execFileSync(process.execPath, [CLI, 'clean', ...match], { encoding: 'utf8', env });
+  t.match(out, /^3 removed/m, out.trim());
+  t.notOk(existsSync(`/dev/mqueue/${mqName}`), 'the mq:// endpoint queue was removed');
+  t.notOk(msgQueues().has(keyQueue!), 'the sysvmq:// key queue was removed');
+  t.notOk(msgQueues().has(port), 'the port was removed');
 });

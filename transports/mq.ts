@@ -49,9 +49,10 @@ import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
-import { EpollThread, LIVENESS_MS, type FdWatch } from '../host/blocking.js';
+import { EpollThread, type FdWatch } from '../host/blocking.js';
+import { LIVENESS_MS } from '../host/liveness.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
-import { mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
+import { MQ_ENDPOINT_MAXMSG, MQ_ENDPOINT_MSGSIZE, mqEndpointQueues, mqHandshakeQueues, reap, type FileCandidate, type Reaper } from '../host/reap.js';
 import {
   checkMqName, mqClose, mqGetattr, mqLimits, mqOpen, mqReceive, mqSend, mqUnlinkIfExists, tryFlock,
 } from '../host/sys/mq.js';
@@ -70,8 +71,8 @@ export const DEFAULT_MAXMSG = 2;
 export const DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024;
 const MAX_MAX_MESSAGE = 1024 * 1024 * 1024;
 /** The listener's queue carries only hellos (~200 bytes). */
-const HELLO_MSGSIZE = 1024;
-const HELLO_MAXMSG = 10;
+const HELLO_MSGSIZE = MQ_ENDPOINT_MSGSIZE;
+const HELLO_MAXMSG = MQ_ENDPOINT_MAXMSG;
 /** How long a connector waits between tries when the listener's queue is full. */
 const HELLO_RETRY_MS = 5;
 
@@ -320,18 +321,14 @@ function createListenerQueue(ep: MqEndpoint): number {
       fd = mqOpen(ep.name, O_RDONLY | O_NONBLOCK | O_CREAT | O_EXCL, ep.perm, attr);
     } catch (error) {
       if (!(error instanceof ShmbusError) || error.code !== ErrorCode.EXISTS || attempt > 2) throw error;
-      // Someone's queue is there: a live listener holds its lock; a killed one's is free.
-      let old: number;
-      try {
-        old = mqOpen(ep.name, O_RDONLY | O_NONBLOCK);
-      } catch (e) {
-        if (e instanceof ShmbusError && e.code === ErrorCode.NOT_FOUND) continue;
-        throw e;
+      // Someone's queue is there: a live listener holds its lock; a killed one's is free, and its reaper (the one
+      // `shmbus clean` runs) takes it. Gone meanwhile: try again.
+      const entry = ep.name.slice(1);
+      const report = reap([mqEndpointQueues as Reaper], { select: (c) => (c as FileCandidate).entry === entry });
+      const taken = report.outcomes.some((o) => o.action === 'removed');
+      if (!taken && report.outcomes.length > 0) {
+        throw new ShmbusError(ErrorCode.EXISTS, 'an endpoint already listens at this URL', { details: { url: ep.url, queue: ep.name, why: report.outcomes[0]!.why } });
       }
-      const stale = tryFlock(old, LOCK_EX);
-      if (stale) mqUnlinkIfExists(ep.name);
-      mqClose(old);
-      if (!stale) throw new ShmbusError(ErrorCode.EXISTS, 'an endpoint already listens at this URL', { details: { url: ep.url, queue: ep.name } });
       continue;
     }
     if (!tryFlock(fd, LOCK_EX)) {

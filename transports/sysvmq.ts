@@ -58,7 +58,8 @@ import {
   BadUrlError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
-import { EpollThread, LIVENESS_MS, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
+import { EpollThread, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
+import { LIVENESS_MS } from '../host/liveness.js';
 import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
 import {
   E2BIG, MSG_HEADER, formatMsgKey, msgExists, msgGet, msgLimits, msgPeek, msgReceive, msgRemoveIfExists, msgSend,
@@ -67,6 +68,7 @@ import {
 import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE } from '../host/sys/constants.js';
 import { ListenerBase, asShmbusError, parseTransportQuery, splitUrl } from './base.js';
 import { onProcessExit } from '../host/exit.js';
+import { reap, sysvmqReapers, type MsgQueueCandidate } from '../host/reap.js';
 import { MIN_PACKET, QueueConnection } from './fragment.js';
 import type { ConnectOptions, ListenOptions, Transport } from './contract.js';
 
@@ -630,13 +632,15 @@ async function createListenerQueue(ep: SysvMqEndpoint, port: Port, id: number): 
         if (e instanceof ShmbusError && e.code === ErrorCode.NOT_FOUND) continue;
         throw e;
       }
-      const card = await readCard(old);
       const details = { url: ep.url, key: formatMsgKey(ep.key) };
+      const card = await readCard(old);
       if (!card) throw new ShmbusError(ErrorCode.EXISTS, 'the key names a queue that is not a shmbus listener', { details });
       if (isProcessAlive(card.pid, card.start)) throw new ShmbusError(ErrorCode.EXISTS, 'an endpoint already listens at this URL', { details: { ...details, pid: card.pid } });
-      // A killed listener's queue and port: nobody else will remove them.
-      msgRemoveIfExists(old);
-      if (card.port !== port.msqid) msgRemoveIfExists(card.port);
+      // A killed listener's queue, its port and the queues it received from: its reapers (the ones `shmbus clean`
+      // runs) take them, each checked to be that listener's (never a queue a card merely names).
+      const report = reap(sysvmqReapers, { select: (c) => (c as MsgQueueCandidate).endpointKey === ep.key });
+      const kept = report.outcomes.find((o) => o.kind === 'sysvmq-key' && o.action === 'kept');
+      if (kept) throw new ShmbusError(ErrorCode.EXISTS, 'a killed listener\'s queue holds the key and cannot be removed', { details: { ...details, why: kept.why } });
       continue;
     }
     try {

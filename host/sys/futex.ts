@@ -13,7 +13,7 @@
  * which skips the page lookup.
  *
  * The wait side is a raw call returning `{ result, errno }` instead of throwing: it runs in the wait thread's loop
- * (host/wake/wait-worker.ts), where EAGAIN (a word already changed), EINTR and ETIMEDOUT are ordinary outcomes.
+ * (host/wake/wait-loops.ts), where EAGAIN (a word already changed), EINTR and ETIMEDOUT are ordinary outcomes.
  */
 import koffi from 'koffi';
 import { SystemError, Errno } from '../errors.js';

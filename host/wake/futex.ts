@@ -93,7 +93,7 @@ class Shard {
     Atomics.store(this.ctl, at, ((Atomics.load(this.ctl, at) >>> 2) + 1) << 2 | SLOT_ARMED);
     if (this.armed++ === 0) this.thread.hold();
     Atomics.add(this.ctl, CTL_GEN, 1);
-    // SYNC: Dekker with the thread (wait-worker.ts futexLoop): GEN is bumped before SLEEPING is read. A thread
+    // SYNC: Dekker with the thread (wait-loops.ts futexLoop): GEN is bumped before SLEEPING is read. A thread
     // that sleeps already on this word with this value needs no wakeup: a ring wakes it, and it then finds the
     // slot armed.
     if (Atomics.load(this.ctl, CTL_SLEEPING) !== 0 &&

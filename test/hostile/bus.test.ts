@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import {
   REGISTRY_MEMBERS, TOPIC_HEADER_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET, memberOffset, MEMBER_CLAIM_OFFSET,
 } from '../../assembly/layout.js';
-import { Bus } from '../../host/bus.js';
+import { Bus } from '../../bus/index.js';
 import { claimOf } from '../../host/claim.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { fileTimeout, NOBODY, asUnprivileged, startChild, unique, within, type TestLike } from '../helpers.js';
@@ -170,7 +170,7 @@ t.test('bus: members and would-be publishers racing in threads over dead claims:
   // Planted while the topic is still mapped here; close() then leaves it (the claim is no longer ours).
   words[(topicAt + TOPIC_HEADER_OFFSET + TOPIC_PUBLISHER_CLAIM_OFFSET) / 8] = deadClaim;
   await pub.close();
-  const busUrl = pathToFileURL(fileURLToPath(new URL('../../dist/host/bus.js', import.meta.url))).href;
+  const busUrl = pathToFileURL(fileURLToPath(new URL('../../dist/bus/index.js', import.meta.url))).href;
   const threads = 6;
   const sab = new SharedArrayBuffer(8);
   const gate = new Int32Array(sab);

@@ -311,3 +311,35 @@ t.test('as a user other than root, clean says nothing about running as root', { 
   t.notMatch(out, /running as root/);
   t.match(out, /^0 would be removed, 0 kept$/m);
 });
+
+t.test('a sysvmq:// card planted by another user never makes root\'s clean remove a queue the card names', { skip: 'skip' in unprivileged ? unprivileged.skip : false }, async (t) => {
+  const { msgExists, msgGet, msgRemoveIfExists } = await import('../../host/sys/msg.js');
+  const { IPC_CREAT: CREAT, IPC_PRIVATE: PRIVATE } = await import('../../host/sys/constants.js');
+  const victim = msgGet(PRIVATE, CREAT | 0o600);
+  t.teardown(() => { msgRemoveIfExists(victim); });
+  // A pid that ran and is gone: the card's "dead listener".
+  const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+  const deadPid = Number(gone.stdout);
+  const key = (0x5c000000 | (process.pid & 0xffffff)) >>> 0;
+  const msgUrl = new URL('../../dist/host/sys/msg.js', import.meta.url).href;
+  const planter = `
+    import { msgGet, msgSend, setMsgType, MSG_HEADER } from '${msgUrl}';
+    import { pack } from 'msgpackr';
+    const kid = msgGet(${key}, 0o1000 | 0o2000 | 0o644);
+    const card = pack({ shmbus: 1, proto: 1, pid: ${deadPid}, start: '', port: ${victim}, id: 1 });
+    const buf = new Uint8Array(MSG_HEADER + card.length);
+    setMsgType(buf, 1);
+    buf.set(card, MSG_HEADER);
+    msgSend(kid, buf, card.length);
+    console.log('planted ' + kid);`;
+  const attacker = startChild(like(t), [...(unprivileged as { prefix: string[] }).prefix, process.execPath, '--input-type=module', '-e', planter],
+    { env: { ...process.env, NODE_OPTIONS: '' }, cwd: fileURLToPath(new URL('../..', import.meta.url)) });
+  const kid = Number((await attacker.line(/^planted /)).split(' ')[1]);
+  t.teardown(() => { msgRemoveIfExists(kid); });
+  const dry = await cli(like(t), ['clean', '--dry-run', '--match', `msqid=${victim} `, '--match', `msqid=${kid} `]);
+  t.match(dry.out, new RegExp(`would remove sysvmq-key +msqid=${kid} `), 'the planted card\'s own queue is a dead listener\'s key queue (nobody\'s, removable by root)');
+  t.notMatch(dry.out, new RegExp(`msqid=${victim} `), 'the queue the card names as its port is not even a candidate (another owner)');
+  await cli(like(t), ['clean', '--match', `msqid=${victim} `, '--match', `msqid=${kid} `]);
+  t.ok(msgExists(victim), 'root\'s queue is still there');
+  t.notOk(msgExists(kid), 'the planted key queue was removed');
+});

@@ -2,7 +2,7 @@
 // drops are counted exactly (received + dropped = published), and joining never gives up. (Before: 279 of 23M
 // reads failed and topic_join gave up 102 times.)
 import t, { type Test } from 'tap';
-import { Bus } from '../../host/bus.js';
+import { Bus } from '../../bus/index.js';
 import { fileTimeout, scaled, startFixture, unique, within } from '../helpers.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).

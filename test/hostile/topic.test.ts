@@ -9,7 +9,7 @@ import {
   topicDataOffset,
 } from '../../assembly/layout.js';
 import { TopicWriter, type Policy } from '../../host/topic.js';
-import { Bus } from '../../host/bus.js';
+import { Bus } from '../../bus/index.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { fileTimeout, scaled, unique, within } from '../helpers.js';
 import { engine, makeTopic as makeArenaTopic, publish as publishArena } from '../topic-arena.js';

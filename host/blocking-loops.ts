@@ -1,6 +1,6 @@
 /**
- * The body of a receive thread (see host/blocking.ts): a loop of blocking system calls that reports what it saw
- * through the shared ring and never runs anything else. `workerData.mode` picks the loop:
+ * The loops of the receive threads (host/blocking.ts), run on a dedicated thread (host/thread.ts): blocking system
+ * calls that report what they saw through the shared ring, and nothing else. The thread's kind picks the loop:
  *
  *   epoll   epoll_wait on the set the main thread manages; every fd is armed EPOLLONESHOT, so each reported fd
  *           stays quiet until the main thread has dealt with it and armed it again. The eventfd (token 0) only
@@ -10,20 +10,21 @@
  *           doorbells (same mtype, no payload) in one burst are reported once. When the port is removed
  *           (EIDRM/EINVAL) the thread idles in Atomics.wait until the main thread names a new one.
  */
-import { parentPort, workerData } from 'node:worker_threads';
 import { epollEventAt, epollWait, eventfdDrain } from './sys/mq.js';
 import { msgReceive, msgType, MSG_HEADER } from './sys/msg.js';
 import { MSG_NOERROR, EPOLL_EVENT_SIZE } from './sys/constants.js';
 import {
-  CAPACITY, ENTRY_INTS, ENTRY_PAYLOAD_OFFSET, HEAD, HEADER_INTS, PORT, PORT_GONE_MARK, PORT_NONE, PORT_PAYLOAD_MAX,
+  CAPACITY, ENTRY_A, ENTRY_B, ENTRY_LENGTH, ENTRY_INTS, ENTRY_PAYLOAD_OFFSET, HEAD, HEADER_INTS, PORT, PORT_GONE_MARK, PORT_NONE, PORT_PAYLOAD_MAX,
   PORT_STOP_TYPE, STOP, TAIL, WAKE_TOKEN,
 } from './blocking.js';
 
-const data = workerData as { mode: 'epoll' | 'msgrcv'; sab: SharedArrayBuffer; epfd?: number; wakefd?: number };
-const ctrl = new Int32Array(data.sab);
-const bytes = new Uint8Array(data.sab);
+/** What host/blocking.ts hands its thread. */
+export interface EventThreadData { kind: 'epoll' | 'msgrcv'; sab: SharedArrayBuffer; epfd?: number; wakefd?: number }
+
+let ctrl: Int32Array;
+let bytes: Uint8Array;
 /** Entries written but not yet published with a notify. */
-let head = Atomics.load(ctrl, HEAD);
+let head = 0;
 
 const stopping = () => Atomics.load(ctrl, STOP) !== 0;
 
@@ -37,10 +38,10 @@ function push(a: number, b: number, payload?: Uint8Array): boolean {
     if (stopping()) return false;
   }
   const at = HEADER_INTS + (head & (CAPACITY - 1)) * ENTRY_INTS;
-  ctrl[at] = a;
-  ctrl[at + 1] = b;
+  ctrl[at + ENTRY_A] = a;
+  ctrl[at + ENTRY_B] = b;
   const length = payload ? Math.min(payload.length, PORT_PAYLOAD_MAX) : 0;
-  ctrl[at + 2] = length;
+  ctrl[at + ENTRY_LENGTH] = length;
   if (length) bytes.set(payload!.subarray(0, length), at * 4 + ENTRY_PAYLOAD_OFFSET);
   head = (head + 1) | 0;
   return true;
@@ -110,7 +111,11 @@ function msgrcvLoop(): void {
   }
 }
 
-// Tell the main thread the loop is about to start (host/blocking.ts `start()` waits for this).
-parentPort?.postMessage('ready');
-if (data.mode === 'epoll') epollLoop(data.epfd!, data.wakefd!);
-else msgrcvLoop();
+/** Runs the loop of `data.kind` until the main thread sets STOP. */
+export function run(data: EventThreadData): void {
+  ctrl = new Int32Array(data.sab);
+  bytes = new Uint8Array(data.sab);
+  head = Atomics.load(ctrl, HEAD);
+  if (data.kind === 'epoll') epollLoop(data.epfd!, data.wakefd!);
+  else msgrcvLoop();
+}

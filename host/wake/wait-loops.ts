@@ -1,5 +1,6 @@
 /**
- * The body of a wait thread (see thread.ts): one loop of blocking system calls for one wake mechanism, serving
+ * The loops of the wait threads (see thread.ts), run on a dedicated thread (host/thread.ts): one loop of blocking
+ * system calls for one wake mechanism, serving
  * every channel of the process parked on it. It never touches a channel itself: it only tells the main thread
  * that something may have changed, and the main thread checks the rings' wake words.
  * A wakeup is therefore a hint: a spurious one costs a look at a few words, and one that arrives while nobody
@@ -8,23 +9,22 @@
  * Every loop re-checks CTL_STOP after each return from its system call; the main thread sets it and then makes
  * that call return (futex wake on the control word, sem_post, IPC_RMID).
  */
-import { parentPort, workerData } from 'node:worker_threads';
 import { futexWaitv, addressOf } from '../sys/futex.js';
 import { semWaitRaw, semTryWait, semOpRaw, encodeSemOps, semGetVal } from '../sys/sem.js';
 import { Errno } from '../errors.js';
 import { FUTEX2_SIZE_U32, FUTEX2_PRIVATE, IPC_NOWAIT } from '../sys/constants.js';
 import {
   CTL_STOP, CTL_NOTIFY, CTL_GEN, CTL_SLEEPING, CTL_SLOTS_USED, SLOT_BASE, SLOT_INTS, SLOT_ARMED, SLOT_FIRED,
-  FUTEX_SLOTS, type WaitFamily, type ThreadMessage,
+  FUTEX_SLOTS, type WaitFamily,
 } from './thread.js';
+import type { ThreadMessage } from '../thread.js';
 
-const data = workerData as { family: WaitFamily; ctl: Int32Array; memory?: WebAssembly.Memory; sem?: number; semid?: number };
-const ctl = data.ctl;
-const port = parentPort!;
+/** What a WaitThread hands its thread. */
+export interface WaitThreadData { kind: WaitFamily; ctl: Int32Array; memory?: WebAssembly.Memory; sem?: number; semid?: number }
 
-const post = (message: ThreadMessage) => port.postMessage(message);
-// Every module is loaded: the process may now exit without waiting for this thread (see WaitThread).
-post('ready');
+let data: WaitThreadData;
+let ctl: Int32Array;
+let post: (message: ThreadMessage) => void;
 
 /** One notification in flight at most: the main thread clears CTL_NOTIFY when it looks. */
 function notify(): void {
@@ -179,8 +179,14 @@ function sysvsemLoop(): void {
   }
 }
 
-switch (data.family) {
-  case 'futex': futexLoop(); break;
-  case 'sem': semLoop(); break;
-  case 'sysvsem': sysvsemLoop(); break;
+/** Runs the loop of `input.kind` until the main thread sets CTL_STOP. */
+export function run(input: WaitThreadData, postMessage: (message: ThreadMessage) => void): void {
+  data = input;
+  ctl = input.ctl;
+  post = postMessage;
+  switch (data.kind) {
+    case 'futex': futexLoop(); break;
+    case 'sem': semLoop(); break;
+    case 'sysvsem': sysvsemLoop(); break;
+  }
 }
