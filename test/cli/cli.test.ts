@@ -1,0 +1,186 @@
+// The shmbus command, run as a child process (dist/bin/shmbus.js) against endpoints and buses this test makes:
+// every command's --json output, --help on each, and usage errors.
+import t, { type Test } from 'tap';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listen, serve } from '../../host/index.js';
+import { Bus } from '../../host/bus.js';
+import type { Channel } from '../../host/channel.js';
+import { fileTimeout, scaled, startChild, startFixture, unique, within, type TestLike } from '../helpers.js';
+
+fileTimeout(t, 120);
+
+const CLI = fileURLToPath(new URL('../../dist/bin/shmbus.js', import.meta.url));
+
+/** Runs `shmbus <args>` to its end: exit code and output. */
+async function shmbus(tt: TestLike, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = startChild(tt, [process.execPath, CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const { code } = await within(90_000, child.exit, `shmbus ${args.join(' ')} to exit`);
+  return { code, stdout: child.stdout(), stderr: child.stderr() };
+}
+
+async function json<T>(tt: Test, args: string[]): Promise<T> {
+  const r = await shmbus(tt, args);
+  tt.equal(r.code, 0, `shmbus ${args.join(' ')} exits 0 (stderr: ${r.stderr.slice(-500)})`);
+  return JSON.parse(r.stdout) as T;
+}
+
+interface Proc { pid: number; alive: boolean }
+
+t.test('the shmbus command against live endpoints and buses', async (t) => {
+  // --- a live endpoint with a peer process that never reads, and a bus with a subscriber process that never reads
+
+  const endpointUrl = `shm://${unique('cli-ep')}?size=64KiB`;
+  const listener = await listen(endpointUrl);
+  const peer = startFixture(t, 'conn-peer', [endpointUrl, 'hang']);
+  const conn = (await within(30_000, listener.acceptNext(), 'the peer to connect')) as Channel;
+  // Every later connection (shmbus req) gets its request answered.
+  const serving = serve(listener, async (req: unknown) => ({ echo: req }));
+  t.same(await within(30_000, conn.receive(), 'the peer ready message'), { ready: true });
+  // Bytes waiting in the ring toward the peer, which never reads them.
+  const SENT = scaled(200, 20);
+  for (let i = 0; i < SENT; i++) conn.send({ i, pad: 'x'.repeat(20) });
+
+  const busName = unique('cli-bus');
+  const busUrl = `shm://${busName}`;
+  const bus = await Bus.open(busUrl);
+  const ticks = bus.publisher('ticks', { history: 16 });
+  const stall = startFixture(t, 'bus-peer', [busUrl, 'ticks', 'stall']);
+  await stall.line('ready');
+  const PUBLISHED = scaled(500, 50);
+  for (let i = 0; i < PUBLISHED; i++) if (!ticks.publish({ n: i })) await ticks.drained();
+
+  t.teardown(async () => {
+    await conn.close().catch(() => {});
+    await listener.close();
+    await serving;
+    await bus.close();
+  });
+
+  t.test('ls --json shows the endpoint with its peer, the bus with its topic and lagging subscriber, and its files', async (tt) => {
+    const out = await json<{ endpoints: any[]; buses: any[]; objects: any[] }>(tt, ['ls', '--json']);
+    const ep = out.endpoints.find((e) => e.url === endpointUrl.replace(/\?.*/, ''));
+    tt.ok(ep, 'the endpoint is listed');
+    tt.equal(ep.transport, 'shm');
+    tt.same(ep.listener, { pid: process.pid, alive: true });
+    tt.ok(ep.connections.some((c: { peers: Proc[] }) => c.peers.some((p) => p.pid === peer.pid && p.alive)), 'the peer process is a connection');
+    const b = out.buses.find((x) => x.url === busUrl);
+    tt.ok(b, 'the bus is listed');
+    tt.ok(b.alive);
+    tt.ok(b.members.some((m: Proc) => m.pid === process.pid && m.alive) && b.members.some((m: Proc) => m.pid === stall.pid), 'both members');
+    const topic = b.topics.find((x: { name: string }) => x.name === 'ticks');
+    tt.equal(topic.published, PUBLISHED);
+    tt.same(topic.publisher.pid, process.pid);
+    const sub = topic.subscribers.find((s: Proc) => s.pid === stall.pid);
+    tt.equal(sub.alive, true);
+    tt.equal(sub.lag, PUBLISHED, 'the subscriber that never reads lags by everything published');
+    const names = out.objects.map((o) => o.name);
+    tt.ok(names.includes(`/dev/shm/shmbus.bus.${busName}`) && names.includes(`/dev/shm/shmbus.bus.${busName}.ticks`), 'its files are kernel objects');
+    tt.ok(out.objects.filter((o) => o.name.includes(busName)).every((o) => o.alive === true), 'alive');
+  });
+
+  t.test('stat --once --json of the endpoint reads the rings: the bytes the peer has not read fill its ring', async (tt) => {
+    const s = await json<any>(tt, ['stat', endpointUrl, '--once', '--json', '--interval', '100']);
+    tt.equal(s.kind, 'endpoint');
+    const c = s.connections.find((x: { peers: Proc[] }) => x.peers.some((p) => p.pid === peer.pid));
+    tt.ok(c, 'the connection');
+    tt.equal(c.toConnector.capacity, 64 * 1024);
+    tt.ok(c.toConnector.tail - c.toConnector.head > SENT * 20, 'the unread messages are between head and tail');
+    tt.ok(c.toConnector.fill > 0 && c.toConnector.fill <= 1);
+    tt.equal(typeof c.toConnector.bytesPerSec, 'number');
+    tt.equal(c.toListener.producerClosed, false);
+  });
+
+  t.test('stat --once --json of the bus: published count, lag, rates', async (tt) => {
+    const s = await json<any>(tt, ['stat', busUrl, '--bus', '--once', '--json', '--interval', '100']);
+    tt.equal(s.kind, 'bus');
+    const topic = s.topics.find((x: { name: string }) => x.name === 'ticks');
+    tt.equal(topic.published, PUBLISHED);
+    tt.equal(topic.policy, 'lossless');
+    tt.equal(topic.subscribers.find((x: Proc) => x.pid === stall.pid).lag, PUBLISHED);
+    tt.equal(topic.messagesPerSec, 0, 'nothing was published between the two looks');
+    const missing = await shmbus(tt, ['stat', `shm://${unique('cli-none')}`, '--once']);
+    tt.equal(missing.code, 1, 'a URL with nothing behind it exits 1');
+    tt.match(missing.stderr, /ERR_SHMBUS_NOT_FOUND/);
+  });
+
+  t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {
+    const count = 5;
+    const r = await shmbus(tt, ['tail', busUrl, 'ticks', '--from', 'earliest', '--count', String(count)]);
+    tt.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { n: number });
+    tt.equal(lines.length, count);
+    for (let i = 1; i < count; i++) tt.equal(lines[i]!.n, lines[0]!.n + i, 'in order, none missing');
+    tt.ok(lines[0]!.n >= 0 && lines[count - 1]!.n < PUBLISHED);
+  });
+
+  t.test('pub creates a topic and publishes; a waiting tail gets the message', async (tt) => {
+    const tailer = startChild(tt, [process.execPath, CLI, 'tail', busUrl, 'news', '--from', 'earliest', '--count', '2', '--timeout', '60000'], { env: { ...process.env, NODE_OPTIONS: '' } });
+    const r = await shmbus(tt, ['pub', busUrl, 'news', '{"hello":"world"}', '{"$bytes":"AQID"}', '--history', '4']);
+    tt.equal(r.code, 0, r.stderr);
+    const { code } = await within(60_000, tailer.exit, 'tail to get the messages');
+    tt.equal(code, 0, tailer.stderr());
+    tt.same(tailer.stdout().trim().split('\n').map((l) => JSON.parse(l)), [{ hello: 'world' }, { $bytes: 'AQID' }]);
+    const bad = await shmbus(tt, ['pub', busUrl, 'news', '{not json']);
+    tt.equal(bad.code, 2, 'bad JSON is a usage error');
+  });
+
+  t.test('req sends a request and prints the reply', async (tt) => {
+    const r = await shmbus(tt, ['req', endpointUrl, '{"x":[1,2]}']);
+    tt.equal(r.code, 0, r.stderr);
+    tt.same(JSON.parse(r.stdout), { echo: { x: [1, 2] } });
+  });
+
+  t.test('doctor --json lists every check with its fix', async (tt) => {
+    const r = await shmbus(tt, ['doctor', '--json']);
+    const checks = JSON.parse(r.stdout) as { name: string; status: string; detail: string; fix: string }[];
+    tt.equal(r.code, checks.some((c) => c.status === 'fail') ? 1 : 0, 'exit code follows the failures');
+    for (const name of ['/dev/shm size and free space', '/dev/mqueue mounted', 'msgmni', 'msgmnb', 'SEMMNI', 'RLIMIT_MSGQUEUE', 'mqueue limits', 'futex_waitv', 'koffi', 'segment in wasm memory']) {
+      const c = checks.find((x) => x.name === name);
+      tt.ok(c && ['ok', 'warn', 'fail'].includes(c.status) && typeof c.detail === 'string', `check ${name}`);
+      if (c && c.status !== 'ok') tt.ok(c.fix.length > 0, `${name} says how to fix it`);
+    }
+    tt.equal(checks.find((x) => x.name === 'koffi')?.status, 'ok');
+    tt.equal(checks.find((x) => x.name === 'segment in wasm memory')?.status, 'ok');
+  });
+
+  t.test('clean --dry-run --json keeps a live bus and says why', async (tt) => {
+    const report = await json<{ outcomes: { name: string; action: string; why: string }[] }>(tt, ['clean', '--dry-run', '--json', '--match', busName]);
+    const mine = report.outcomes.filter((o) => o.name.includes(busName));
+    tt.ok(mine.length >= 2, 'registry and topics found');
+    tt.ok(mine.every((o) => o.action === 'kept' && /alive/.test(o.why)), 'all kept: alive');
+    tt.ok(existsSync(`/dev/shm/shmbus.bus.${busName}`));
+  });
+
+  t.test('version --json', async (tt) => {
+    const v = await json<{ version: string; layout: string }>(tt, ['version', '--json']);
+    tt.equal(v.version, JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version);
+    tt.match(v.layout, /^\d+\.\d+$/);
+  });
+
+  t.test('bench --json measures every peer and writes the chart', async (tt) => {
+    const svg = join(tmpdir(), `${unique('cli-bench')}.svg`);
+    tt.teardown(() => rmSync(svg, { force: true }));
+    const out = await json<{ rows: { kind: string; peer: string; msgPerSec: number; messages: number }[]; svg: string }>(tt, ['bench', '--json', '--messages', String(scaled(20_000, 2000)), '--svg', svg]);
+    tt.equal(out.rows.length, 8);
+    for (const peerName of ['shm', 'unix', 'fork', 'worker']) {
+      for (const kind of ['raw', 'object']) tt.ok(out.rows.some((r) => r.peer === peerName && r.kind === kind && r.msgPerSec > 0), `${peerName} ${kind}`);
+    }
+    tt.match(readFileSync(svg, 'utf8'), /^<svg [^]*<\/svg>\n$/);
+  });
+
+  t.test('--help on every command, usage errors exit 2', async (tt) => {
+    for (const name of ['ls', 'stat', 'tail', 'pub', 'req', 'doctor', 'bench', 'clean', 'version']) {
+      const r = await shmbus(tt, [name, '--help']);
+      tt.equal(r.code, 0);
+      tt.match(r.stdout, new RegExp(`^usage: shmbus ${name}`), `${name} --help`);
+    }
+    tt.equal((await shmbus(tt, ['ls', '--bogus'])).code, 2, 'unknown option');
+    tt.equal((await shmbus(tt, ['stat'])).code, 2, 'missing argument');
+    tt.equal((await shmbus(tt, ['nope'])).code, 2, 'unknown command');
+    const help = await shmbus(tt, ['help']);
+    tt.match(help.stdout, /ls .*\n.*stat/);
+  });
+});
