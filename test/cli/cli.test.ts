@@ -56,7 +56,10 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     await conn.close().catch(() => {});
     await listener.close();
     await serving;
-    await bus.close();
+    // The subscriber process is a bus member: once it is gone, the bus and its topics go with destroy().
+    stall.kill();
+    await stall.exit;
+    await bus.destroy();
   });
 
   t.test('ls --json shows the endpoint with its peer, the bus with its topic and lagging subscriber, and its files', async (tt) => {
@@ -169,6 +172,40 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
       for (const kind of ['raw', 'object']) tt.ok(out.rows.some((r) => r.peer === peerName && r.kind === kind && r.msgPerSec > 0), `${peerName} ${kind}`);
     }
     tt.match(readFileSync(svg, 'utf8'), /^<svg [^]*<\/svg>\n$/);
+  });
+
+  t.test('ls and stat see a sysv:// endpoint and its segment', async (tt) => {
+    const url = `sysv://0x${(0x5c000000 + ((process.pid & 0xffff) << 4)).toString(16)}?size=16KiB`;
+    const l = await listen(url);
+    const accepted = l.acceptNext();
+    const { connect } = await import('../../host/index.js');
+    const c = await connect(url);
+    const a = (await accepted)!;
+    tt.teardown(async () => { await c.close(); await a.close(); await l.close(); });
+    c.sendBytes(new Uint8Array(100));
+    const out = await json<{ endpoints: { url: string; transport: string; connections: { segment: string }[] }[] }>(tt, ['ls', '--json', '--endpoints']);
+    const ep = out.endpoints.find((e) => e.url === url.replace(/\?.*/, ''));
+    tt.equal(ep?.transport, 'sysv');
+    tt.match(ep?.connections[0]?.segment, /^sysv:[0-9]+$/);
+    const s = await json<{ connections: { toListener: { tail: number; capacity: number } }[] }>(tt, ['stat', url, '--once', '--json', '--interval', '50']);
+    tt.equal(s.connections[0]?.toListener.capacity, 16 * 1024);
+    tt.ok(s.connections[0]!.toListener.tail >= 100, 'the record sent is counted in the tail position');
+  });
+
+  t.test('a bus left by a killed process is listed dead, and clean removes it', async (tt) => {
+    const dead = `shm://${unique('cli-deadbus')}`;
+    const child = startFixture(tt, 'bus-peer', [dead, 'orphan', 'pubstall']);
+    await child.line('ready');
+    child.kill();
+    await child.exit;
+    const out = await json<{ buses: { url: string; alive: boolean }[]; objects: { name: string; alive: boolean }[] }>(tt, ['ls', '--json']);
+    tt.equal(out.buses.find((b) => b.url === dead)?.alive, false, 'the bus is dead');
+    const mine = out.objects.filter((o) => o.name.includes(dead.slice('shm://'.length)));
+    tt.equal(mine.length, 2, 'registry and topic');
+    tt.ok(mine.every((o) => o.alive === false), 'both dead');
+    const report = await json<{ outcomes: { action: string }[] }>(tt, ['clean', '--json', '--match', dead.slice('shm://'.length)]);
+    tt.same(report.outcomes.map((o) => o.action), ['removed', 'removed']);
+    tt.notOk(existsSync(`/dev/shm/shmbus.bus.${dead.slice('shm://'.length)}`));
   });
 
   t.test('--help on every command, usage errors exit 2', async (tt) => {
