@@ -28,7 +28,7 @@ import {
   SEGMENT_MAGIC, TOPIC_MAGIC, REGISTRY_MAGIC, SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_RING_COUNT_OFFSET,
   SEG_RING_CAPACITY_OFFSET, SEG_CREATOR_PID_OFFSET, CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MIN_CAPACITY,
   RING_MAX_CAPACITY, RING_HEADER_SIZE, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_PRODUCER_CLOSED_OFFSET, RING_PRODUCER_PARK_OFFSET,
-  RING_CONSUMER_CLOSED_OFFSET, RING_CONSUMER_PARK_OFFSET, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE,
+  RING_CONSUMER_CLOSED_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_COMMITTED_RECORDS_OFFSET, RING_READ_RECORDS_OFFSET, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE,
   TOPIC_MAX_SUBSCRIBERS, TOPIC_TAIL_OFFSET, TOPIC_HEAD_OFFSET, TOPIC_HEAD_SEQ_OFFSET, TOPIC_PUBLISHER_PARK_OFFSET,
   TOPIC_PUBLISHER_CLOSED_OFFSET, SLOT_PARKED_OFFSET, REGISTRY_MEMBERS, REGISTRY_TOPICS, MEMBER_CLAIM_OFFSET, CLAIM_FREE,
   ringOffset, segmentBytes, topicDataOffset, registryBytes, memberOffset,
@@ -194,6 +194,12 @@ export interface RingState {
   head: number;
   /** Bytes committed and not yet released, over the capacity (0 … 1). */
   fill: number;
+  /** Records ever committed, and ever handed to the reader (counters the ring keeps for tools; 0 from builds
+   * older than them). */
+  committed: number;
+  read: number;
+  /** Records committed and not yet handed to the reader. */
+  waiting: number;
   producerParked: boolean;
   consumerParked: boolean;
   producerClosed: boolean;
@@ -219,8 +225,10 @@ function readRings(scan: ProcScan, kind: SegmentKind, holders: readonly Mapping[
     const tail = Number(b.readBigUInt64LE(RING_TAIL_OFFSET));
     const head = Number(b.readBigUInt64LE(RING_HEAD_OFFSET));
     if (!(head <= tail && tail - head <= capacity)) return `positions out of range: head ${head}, tail ${tail}`;
+    const committed = Number(b.readBigUInt64LE(RING_COMMITTED_RECORDS_OFFSET));
+    const read = Number(b.readBigUInt64LE(RING_READ_RECORDS_OFFSET));
     return {
-      capacity, tail, head, fill: (tail - head) / capacity,
+      capacity, tail, head, fill: (tail - head) / capacity, committed, read, waiting: Math.max(0, committed - read),
       producerParked: (b.readUInt32LE(RING_PRODUCER_PARK_OFFSET) & 1) === 1,
       consumerParked: (b.readUInt32LE(RING_CONSUMER_PARK_OFFSET) & 1) === 1,
       producerClosed: b.readUInt32LE(RING_PRODUCER_CLOSED_OFFSET) !== 0,

@@ -9,7 +9,7 @@ import { findEndpoint, readBus, type BusInfo, type EndpointInfo, type RingState 
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 
 /** One direction of a connection between two samples. */
-export interface RingRate extends RingState { bytesPerSec: number }
+export interface RingRate extends RingState { bytesPerSec: number; messagesPerSec: number }
 
 export interface EndpointStat {
   kind: 'endpoint';
@@ -37,7 +37,11 @@ export interface BusStat {
 
 function rate(before: RingState | undefined, after: RingState | undefined, seconds: number): RingRate | undefined {
   if (!after) return undefined;
-  return { ...after, bytesPerSec: before ? Math.max(0, after.tail - before.tail) / seconds : 0 };
+  return {
+    ...after,
+    bytesPerSec: before ? Math.max(0, after.tail - before.tail) / seconds : 0,
+    messagesPerSec: before ? Math.max(0, after.committed - before.committed) / seconds : 0,
+  };
 }
 
 /** Two looks `intervalMs` apart at an endpoint, as rates. */
@@ -89,16 +93,15 @@ const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : '?
 const flags = (r: RingState) => [r.producerParked && 'producer parked', r.consumerParked && 'consumer parked', r.producerClosed && 'producer closed', r.consumerClosed && 'consumer closed'].filter(Boolean).join(', ') || '-';
 
 function formatEndpoint(s: EndpointStat): string {
-  const rows = [['SEGMENT', 'PEERS', 'DIRECTION', 'BYTES/S', 'FILL', 'FLAGS']];
+  const rows = [['SEGMENT', 'PEERS', 'DIRECTION', 'MSG/S', 'BYTES/S', 'WAITING', 'FILL', 'FLAGS']];
   for (const c of s.connections) {
     const peers = c.peers.map((p) => `${p.pid}${p.alive ? '' : ' (dead)'}`).join('+') || '?';
-    if (c.corrupt && !c.toConnector && !c.toListener) rows.push([c.segment, peers, '-', '-', '-', c.corrupt]);
+    if (c.corrupt && !c.toConnector && !c.toListener) rows.push([c.segment, peers, '-', '-', '-', '-', '-', c.corrupt]);
     for (const [dir, r] of [['listener→peer', c.toConnector], ['peer→listener', c.toListener]] as const) {
-      if (r) rows.push([c.segment, peers, dir, human(r.bytesPerSec, 'B'), pct(r.fill), flags(r)]);
+      if (r) rows.push([c.segment, peers, dir, human(r.messagesPerSec), human(r.bytesPerSec, 'B'), String(r.waiting), pct(r.fill), flags(r)]);
     }
   }
-  return [`${s.url}  listener ${s.listener.pid || '?'}  ${s.connections.length} connection(s)`, table(rows),
-    'Channel records are not counted in shared memory: rates are bytes (record headers included).'].join('\n');
+  return [`${s.url}  listener ${s.listener.pid || '?'}  ${s.connections.length} connection(s)`, table(rows)].join('\n');
 }
 
 function formatBus(s: BusStat): string {
@@ -120,8 +123,9 @@ export const stat = defineCommand({
   summary: 'live counters of an endpoint or a bus, refreshed like top',
   usage: `usage: shmbus stat <endpoint-url|bus-url> [--once] [--json] [--interval <ms>] [--bus|--endpoint]
 
-  An endpoint (shm://, sysv://, file://): per connection and direction, bytes per second, ring fill, parked and
-  closed flags. A bus (shm://name, file:///dir/name): per topic, messages and bytes per second, ring fill,
+  An endpoint (shm://, sysv://, file://): per connection and direction, messages and bytes per second, messages
+  waiting in the ring (committed, not yet read), ring fill, parked and closed flags. Messages waiting in a
+  sender's local queue (past a full ring) live in that process's memory and are not seen. A bus (shm://name, file:///dir/name): per topic, messages and bytes per second, ring fill,
   publisher (parked?), and per subscriber its lag (records published it has not read), drops and whether it
   is parked. Everything is read from shared memory: watching costs the watched processes nothing.
   A shm:// URL that names both a listening endpoint and a bus shows the endpoint unless --bus is given.

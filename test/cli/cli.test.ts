@@ -93,6 +93,10 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.ok(c.toConnector.tail - c.toConnector.head > SENT * 20, 'the unread messages are between head and tail');
     tt.ok(c.toConnector.fill > 0 && c.toConnector.fill <= 1);
     tt.equal(typeof c.toConnector.bytesPerSec, 'number');
+    tt.equal(c.toConnector.committed, SENT, 'the ring counts the records committed');
+    tt.equal(c.toConnector.waiting, SENT, 'none was read');
+    tt.equal(c.toListener.committed, 1, 'the peer sent one message');
+    tt.equal(c.toListener.read, 1, 'which was read');
     tt.equal(c.toListener.producerClosed, false);
   });
 
