@@ -28,10 +28,9 @@ async function runOne(peer: Peer, kind: Kind, messages: number): Promise<Through
   }
 }
 
-/** A grouped horizontal bar chart: one group per payload, one bar per peer, msg/s. */
+/** A grouped horizontal bar chart: one group per payload (each on its own scale), one bar per peer, msg/s. */
 export function chart(rows: readonly BenchRow[], title: string): string {
   const barH = 18, gap = 6, groupGap = 26, left = 150, width = 460, right = 110, top = 40;
-  const max = Math.max(...rows.map((r) => r.msgPerSec), 1);
   const groups = KINDS.filter((k) => rows.some((r) => r.kind === k));
   const height = top + groups.length * (PEERS.length * (barH + gap) + groupGap) + 10;
   const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
@@ -39,6 +38,7 @@ export function chart(rows: readonly BenchRow[], title: string): string {
     `<rect width="100%" height="100%" fill="white"/>`, `<text x="10" y="22" font-size="14" font-weight="bold">${esc(title)}</text>`];
   let y = top;
   for (const k of groups) {
+    const max = Math.max(...rows.filter((r) => r.kind === k).map((r) => r.msgPerSec), 1);
     out.push(`<text x="10" y="${y + 12}" font-weight="bold">${KIND_LABEL[k]}</text>`);
     y += 18;
     for (const p of PEERS) {
@@ -47,7 +47,7 @@ export function chart(rows: readonly BenchRow[], title: string): string {
       const w = Math.max(1, (r.msgPerSec / max) * width);
       out.push(`<text x="${left - 6}" y="${y + barH - 5}" text-anchor="end">${esc(LABEL[p])}</text>`,
         `<rect x="${left}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${COLOR[p]}"/>`,
-        `<text x="${left + w + 6}" y="${y + barH - 5}">${human(r.msgPerSec)} msg/s</text>`);
+        `<text x="${Math.round(left + w + 6)}" y="${y + barH - 5}">${human(r.msgPerSec)} msg/s</text>`);
       y += barH + gap;
     }
     y += groupGap - 18;
