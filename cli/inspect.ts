@@ -333,6 +333,9 @@ export interface SubscriberInfo extends Proc {
   seq: number;
   /** Records published that it has not read. */
   lag: number;
+  /** Of those, the ones a lossy topic already reclaimed (older than the oldest kept): it will count them as
+   * dropped when it reads next. */
+  lapped: number;
   dropped: number;
   parked: boolean;
 }
@@ -432,7 +435,8 @@ function readTopic(name: string, file: string): TopicStat | undefined {
       closed: head.readUInt32LE(t + TOPIC_PUBLISHER_CLOSED_OFFSET) !== 0,
     },
     subscribers: state.subscribers.map((s) => ({
-      slot: s.slot, pid: s.pid, alive: claimAlive(s.claim), seq: s.seq, lag: Math.max(0, state.published - s.seq), dropped: s.dropped,
+      slot: s.slot, pid: s.pid, alive: claimAlive(s.claim), seq: s.seq, lag: Math.max(0, state.published - s.seq),
+      lapped: Math.max(0, Math.min(oldest, state.published) - s.seq), dropped: s.dropped,
       parked: head.readUInt32LE(t + TOPIC_HEADER_SIZE + s.slot * TOPIC_SLOT_SIZE + SLOT_PARKED_OFFSET) !== 0,
     })),
   };

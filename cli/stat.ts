@@ -110,8 +110,8 @@ function formatBus(s: BusStat): string {
     const pub = t.publisher ? `${t.publisher.pid}${t.publisher.alive ? '' : ' (dead)'}${t.publisher.parked ? ' parked' : ''}` : '-';
     out.push(`topic ${t.name}  ${t.policy}  ${human(t.messagesPerSec)} msg/s  ${human(t.bytesPerSec, 'B')}/s  fill ${pct(t.fill)}  published ${t.published}  publisher ${pub}${t.corrupt ? `  CORRUPT: ${t.corrupt}` : ''}`);
     if (t.subscribers.length) {
-      const rows = [['  SUBSCRIBER', 'ALIVE', 'LAG', 'DROPPED', 'PARKED']];
-      for (const sub of t.subscribers) rows.push([`  ${sub.pid}`, sub.alive ? 'yes' : 'no', String(sub.lag), String(sub.dropped), sub.parked ? 'yes' : 'no']);
+      const rows = [['  SUBSCRIBER', 'ALIVE', 'LAG', 'LAPPED', 'DROPPED', 'PARKED']];
+      for (const sub of t.subscribers) rows.push([`  ${sub.pid}`, sub.alive ? 'yes' : 'no', String(sub.lag), String(sub.lapped), String(sub.dropped), sub.parked ? 'yes' : 'no']);
       out.push(table(rows));
     }
   }
@@ -123,11 +123,13 @@ export const stat = defineCommand({
   summary: 'live counters of an endpoint or a bus, refreshed like top',
   usage: `usage: shmbus stat <endpoint-url|bus-url> [--once] [--json] [--interval <ms>] [--bus|--endpoint]
 
-  An endpoint (shm://, sysv://, file://): per connection and direction, messages and bytes per second, messages
-  waiting in the ring (committed, not yet read), ring fill, parked and closed flags. Messages waiting in a
-  sender's local queue (past a full ring) live in that process's memory and are not seen. A bus (shm://name, file:///dir/name): per topic, messages and bytes per second, ring fill,
-  publisher (parked?), and per subscriber its lag (records published it has not read), drops and whether it
-  is parked. Everything is read from shared memory: watching costs the watched processes nothing.
+  An endpoint (shm://, sysv://, file://): per connection and direction, messages and bytes per second,
+  messages waiting in the ring (committed, not yet read), ring fill, parked and closed flags. Messages waiting
+  in a sender's local queue (past a full ring) live in that process's memory and are not seen.
+  A bus (shm://name, file:///dir/name): per topic, messages and bytes per second, ring fill, publisher (parked?),
+  and per subscriber its lag (records published it has not read), how many of those a lossy topic already
+  reclaimed (lapped: counted as dropped at its next read), drops, and whether it is parked.
+  Everything is read from shared memory: watching costs the watched processes nothing.
   A shm:// URL that names both a listening endpoint and a bus shows the endpoint unless --bus is given.
 
     --interval <ms>  time between two looks (default 1000)

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { listen, serve } from '../../host/index.js';
 import { Bus } from '../../host/bus.js';
 import type { Channel } from '../../host/channel.js';
-import { fileTimeout, scaled, startChild, startFixture, unique, within, type TestLike } from '../helpers.js';
+import { eventually, fileTimeout, scaled, startChild, startFixture, unique, within, type TestLike } from '../helpers.js';
 
 fileTimeout(t, 120);
 
@@ -111,6 +111,27 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     const missing = await shmbus(tt, ['stat', `shm://${unique('cli-none')}`, '--once']);
     tt.equal(missing.code, 1, 'a URL with nothing behind it exits 1');
     tt.match(missing.stderr, /ERR_SHMBUS_NOT_FOUND/);
+  });
+
+  t.test('stat of a lossy topic shows a stalled subscriber lapped; without --once it refreshes', async (tt) => {
+    const lossy = bus.publisher('lossy', { policy: 'lossy', capacity: 1024 });
+    const sub = startFixture(tt, 'bus-peer', [busUrl, 'lossy', 'stall']);
+    await sub.line('ready');
+    const n = scaled(400, 100);
+    for (let i = 0; i < n; i++) lossy.publish({ i, pad: 'z'.repeat(40) });
+    const s = await json<any>(tt, ['stat', busUrl, '--once', '--json', '--interval', '50']);
+    const topic = s.topics.find((x: { name: string }) => x.name === 'lossy');
+    tt.equal(topic.policy, 'lossy');
+    const me = topic.subscribers.find((x: Proc) => x.pid === sub.pid);
+    tt.equal(me.lag, n);
+    tt.ok(me.lapped > 0 && me.lapped < n, 'most of what it missed is gone from the 1 KiB ring');
+    await lossy.close();
+    // The live view: one JSON line per refresh, until it is stopped.
+    const live = startChild(tt, [process.execPath, CLI, 'stat', busUrl, '--json', '--interval', '50'], { env: { ...process.env, NODE_OPTIONS: '' } });
+    await live.line(/"kind":"bus"/);
+    await eventually(() => live.stdout().split('\n').filter((l) => l.includes('"kind":"bus"')).length >= 2, 'a second refresh');
+    live.kill('SIGINT');
+    tt.equal((await within(30_000, live.exit, 'stat to end on SIGINT')).code, 0, 'Ctrl-C ends it cleanly');
   });
 
   t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {
