@@ -105,7 +105,7 @@ async function wasmMapCheck(): Promise<Check> {
   const { getEngine } = await import('../host/engine.js');
   const { Region } = await import('../host/region.js');
   const engine = getEngine();
-  const region = Region.createMemfd('shmbus.doctor', { size: 65536 });
+  const region = Region.createMemfd('shmbus-doctor', { size: 65536 });
   try {
     const at = engine.allocWindow(region.size);
     try {

@@ -262,7 +262,9 @@ export interface ConnectionInfo {
 export interface EndpointInfo {
   url: string;
   transport: 'shm' | 'sysv' | 'file';
-  /** The process holding the listening socket; pid 0 when it is another user's (not readable). */
+  /** Whether a listener still accepts connections (a closed listener's channels live on). */
+  listening: boolean;
+  /** The process holding the listening socket; pid 0 when it is another user's (not readable) or closed. */
   listener: Proc;
   /** Accepted control connections in /proc/net/unix (seen even when the processes are not readable). */
   sockets: number;
@@ -309,9 +311,26 @@ export function listEndpoints(options: { rings?: boolean } = {}): EndpointInfo[]
       connections.push(c);
     }
     out.push({
-      url: endpointUrl(s.scheme, s.name), transport: s.scheme, listener: { pid, alive: pid !== 0 && isProcessAlive(pid) },
+      url: endpointUrl(s.scheme, s.name), transport: s.scheme, listening: true, listener: { pid, alive: pid !== 0 && isProcessAlive(pid) },
       sockets: accepted.length, connections,
     });
+  }
+  // shm:// channels whose listener was closed (its channels stay open): found by their segments' names.
+  const seen = new Set(out.flatMap((e) => e.connections.map((c) => c.segment)));
+  const orphans = new Map<string, ConnectionInfo[]>();
+  for (const [key, maps] of scan.segments) {
+    if (seen.has(key) || !key.startsWith('memfd:')) continue;
+    const m = /^\/memfd:shmbus\.([A-Za-z0-9_.-]{1,193}) \(deleted\)$/.exec(maps[0]!.path);
+    if (!m) continue;
+    const pids = [...new Set(maps.map((x) => x.pid))];
+    const c: ConnectionInfo = { segment: key, size: maps[0]!.length, peers: pids.map((p) => ({ pid: p, alive: isProcessAlive(p) })) };
+    if (options.rings) c.rings = readRings(scan, 'memfd', maps);
+    const list = orphans.get(m[1]!);
+    if (list) list.push(c); else orphans.set(m[1]!, [c]);
+  }
+  for (const [name, connections] of orphans) {
+    const url = endpointUrl('shm', name);
+    out.push({ url, transport: 'shm', listening: false, listener: { pid: 0, alive: false }, sockets: sockets.filter((x) => !x.listening && x.scheme === 'shm' && x.name === name).length, connections });
   }
   return out.sort((a, b) => a.url.localeCompare(b.url));
 }

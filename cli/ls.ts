@@ -41,7 +41,7 @@ export const ls = defineCommand({
       if (endpoints.length) {
         const rows = [['URL', 'TRANSPORT', 'LISTENER', 'CONNECTIONS', 'PEERS']];
         for (const e of endpoints) {
-          rows.push([e.url, e.transport, pidText(e.listener), String(Math.max(e.sockets, e.connections.length)),
+          rows.push([e.url, e.transport, e.listening ? pidText(e.listener) : 'closed', String(Math.max(e.sockets, e.connections.length)),
             e.connections.map((c) => c.peers.map(pidText).join('+') || '?').join(', ') || '-']);
         }
         out.push(table(rows));

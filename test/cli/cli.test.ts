@@ -68,6 +68,7 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.ok(ep, 'the endpoint is listed');
     tt.equal(ep.transport, 'shm');
     tt.same(ep.listener, { pid: process.pid, alive: true });
+    tt.equal(ep.listening, true);
     tt.ok(ep.connections.some((c: { peers: Proc[] }) => c.peers.some((p) => p.pid === peer.pid && p.alive)), 'the peer process is a connection');
     const b = out.buses.find((x) => x.url === busUrl);
     tt.ok(b, 'the bus is listed');
@@ -215,6 +216,22 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     const s = await json<{ connections: { toListener: { tail: number; capacity: number } }[] }>(tt, ['stat', url, '--once', '--json', '--interval', '50']);
     tt.equal(s.connections[0]?.toListener.capacity, 16 * 1024);
     tt.ok(s.connections[0]!.toListener.tail >= 100, 'the record sent is counted in the tail position');
+  });
+
+  t.test('the channels of a closed listener are still listed, by their segments', async (tt) => {
+    const url = `shm://${unique('cli-closed')}?size=16KiB`;
+    const l = await listen(url);
+    const accepted = l.acceptNext();
+    const { connect } = await import('../../host/index.js');
+    const c = await connect(url);
+    const a = (await accepted)!;
+    tt.teardown(async () => { await c.close(); await a.close(); });
+    await l.close();
+    const out = await json<{ endpoints: { url: string; listening: boolean; connections: { peers: Proc[] }[] }[] }>(tt, ['ls', '--json', '--endpoints']);
+    const ep = out.endpoints.find((e) => e.url === url.replace(/\?.*/, ''));
+    tt.equal(ep?.listening, false, 'not listening');
+    tt.equal(ep?.connections.length, 1, 'its one channel');
+    tt.same(ep?.connections[0]?.peers, [{ pid: process.pid, alive: true }]);
   });
 
   t.test('a bus left by a killed process is listed dead, and clean removes it', async (tt) => {
