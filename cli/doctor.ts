@@ -17,8 +17,8 @@ export interface Check {
 const MiB = 1 << 20;
 /** Docker gives a container a 64 MiB /dev/shm unless told otherwise. */
 const DOCKER_DEFAULT_SHM = 64 * MiB;
-/** The default ring (4 MiB each way) of one connection. */
-const ONE_CONNECTION = 8 * MiB;
+/** A bus topic's default ring: what /dev/shm must at least hold (channels use memfds, which it does not count). */
+const ONE_TOPIC = 1 * MiB;
 const ENOSYS = 38;
 
 function sysctl(file: string): number[] | undefined {
@@ -40,8 +40,8 @@ function shmCheck(): Check {
   const free = st.bavail * st.bsize;
   const detail = `${mb(size)} total, ${mb(free)} free`;
   const grow = 'in Docker: docker run --shm-size=1g (compose: shm_size: 1g); otherwise: mount -o remount,size=1G /dev/shm';
-  if (free < ONE_CONNECTION) return { name, status: 'fail', detail: `${detail}: less than one bus topic of 8 MiB fits`, fix: `free space (shmbus clean removes what dead processes left), or ${grow}` };
-  if (size <= DOCKER_DEFAULT_SHM) return { name, status: 'warn', detail: `${detail}: the 64 MiB Docker default or less; bus topics (/dev/shm) run out fast`, fix: grow };
+  if (free < ONE_TOPIC) return { name, status: 'fail', detail: `${detail}: not even one bus topic of the default 1 MiB fits`, fix: `free space (shmbus clean removes what dead processes left), or ${grow}` };
+  if (size <= DOCKER_DEFAULT_SHM) return { name, status: 'warn', detail: `${detail}: the 64 MiB Docker default or less; bus topics and semaphores (kept in /dev/shm) run out fast (channels use memfds, not counted here)`, fix: grow };
   return { name, status: 'ok', detail, fix: '' };
 }
 

@@ -175,6 +175,21 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.equal(checks.find((x) => x.name === 'segment in wasm memory')?.status, 'ok');
   });
 
+  t.test('doctor fails on a /dev/shm too small for a topic and warns on the 64 MiB Docker default', {
+    skip: process.getuid?.() !== 0 ? 'needs root: it mounts a small /dev/shm in a mount namespace of its own' : false,
+  }, async (tt) => {
+    for (const [size, status, code] of [['512k', 'fail', 1], ['64m', 'warn', 0]] as const) {
+      // unshare -m: the small tmpfs exists only in the child's own mount namespace.
+      const child = startChild(tt, ['unshare', '-m', '--', 'sh', '-c', `mount -t tmpfs -o size=${size} tmpfs /dev/shm && exec "$0" "$1" doctor --json`, process.execPath, CLI],
+        { env: { ...process.env, NODE_OPTIONS: '' } });
+      const exit = await within(60_000, child.exit, 'doctor in its own mount namespace');
+      const shm = (JSON.parse(child.stdout()) as { name: string; status: string; fix: string }[]).find((c) => c.name === '/dev/shm size and free space');
+      tt.equal(shm?.status, status, `/dev/shm of ${size}: ${status}`);
+      tt.match(shm?.fix, /shm-size/, 'the fix names Docker\'s --shm-size');
+      tt.equal(exit.code, code, `exit code ${code}`);
+    }
+  });
+
   t.test('clean --dry-run --json keeps a live bus and says why', async (tt) => {
     const report = await json<{ outcomes: { name: string; action: string; why: string }[] }>(tt, ['clean', '--dry-run', '--json', '--match', busName]);
     const mine = report.outcomes.filter((o) => o.name.includes(busName));
