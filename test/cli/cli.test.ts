@@ -215,23 +215,27 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.match(readFileSync(svg, 'utf8'), /^<svg [^]*<\/svg>\n$/);
   });
 
-  t.test('ls and stat see a sysv:// endpoint and its segment', async (tt) => {
-    const url = `sysv://0x${(0x5c000000 + ((process.pid & 0xffff) << 4)).toString(16)}?size=16KiB`;
-    const l = await listen(url);
-    const accepted = l.acceptNext();
-    const { connect } = await import('../../host/index.js');
-    const c = await connect(url);
-    const a = (await accepted)!;
-    tt.teardown(async () => { await c.close(); await a.close(); await l.close(); });
-    c.sendBytes(new Uint8Array(100));
-    const out = await json<{ endpoints: { url: string; transport: string; connections: { segment: string }[] }[] }>(tt, ['ls', '--json', '--endpoints']);
-    const ep = out.endpoints.find((e) => e.url === url.replace(/\?.*/, ''));
-    tt.equal(ep?.transport, 'sysv');
-    tt.match(ep?.connections[0]?.segment, /^sysv:[0-9]+$/);
-    const s = await json<{ connections: { toListener: { tail: number; capacity: number } }[] }>(tt, ['stat', url, '--once', '--json', '--interval', '50']);
-    tt.equal(s.connections[0]?.toListener.capacity, 16 * 1024);
-    tt.ok(s.connections[0]!.toListener.tail >= 100, 'the record sent is counted in the tail position');
-  });
+  for (const scheme of ['sysv', 'file'] as const) {
+    t.test(`ls and stat see a ${scheme}:// endpoint and its segment`, async (tt) => {
+      const name = scheme === 'sysv' ? `0x${(0x5c000000 + ((process.pid & 0xffff) << 4)).toString(16)}` : join(tmpdir(), unique('cli-file'));
+      const url = `${scheme}://${name}?size=16KiB`;
+      const l = await listen(url);
+      const accepted = l.acceptNext();
+      const { connect } = await import('../../host/index.js');
+      const c = await connect(url);
+      const a = (await accepted)!;
+      tt.teardown(async () => { await c.close(); await a.close(); await l.close(); });
+      c.sendBytes(new Uint8Array(100));
+      const out = await json<{ endpoints: { url: string; transport: string; connections: { segment: string }[] }[] }>(tt, ['ls', '--json', '--endpoints']);
+      const ep = out.endpoints.find((e) => e.url === url.replace(/\?.*/, ''));
+      tt.equal(ep?.transport, scheme);
+      tt.match(ep?.connections[0]?.segment, new RegExp(`^${scheme}:[0-9]+$`));
+      const s = await json<{ connections: { toListener: { tail: number; capacity: number; committed: number } }[] }>(tt, ['stat', url, '--once', '--json', '--interval', '50']);
+      tt.equal(s.connections[0]?.toListener.capacity, 16 * 1024);
+      tt.ok(s.connections[0]!.toListener.tail >= 100, 'the record sent is counted in the tail position');
+      tt.equal(s.connections[0]!.toListener.committed, 1);
+    });
+  }
 
   t.test('the channels of a closed listener are still listed, by their segments', async (tt) => {
     const url = `shm://${unique('cli-closed')}?size=16KiB`;
