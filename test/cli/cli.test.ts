@@ -270,11 +270,12 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
   });
 
   t.test('--help on every command, usage errors exit 2', async (tt) => {
-    for (const name of ['ls', 'stat', 'tail', 'pub', 'req', 'doctor', 'bench', 'clean', 'version']) {
-      const r = await shmbus(tt, [name, '--help']);
-      tt.equal(r.code, 0);
-      tt.match(r.stdout, new RegExp(`^usage: shmbus ${name}`), `${name} --help`);
-    }
+    const names = ['ls', 'stat', 'tail', 'pub', 'req', 'doctor', 'bench', 'clean', 'version'];
+    const helps = await Promise.all(names.map((name) => shmbus(tt, [name, '--help'])));
+    names.forEach((name, i) => {
+      tt.equal(helps[i]!.code, 0);
+      tt.match(helps[i]!.stdout, new RegExp(`^usage: shmbus ${name}`), `${name} --help`);
+    });
     tt.equal((await shmbus(tt, ['ls', '--bogus'])).code, 2, 'unknown option');
     tt.equal((await shmbus(tt, ['stat'])).code, 2, 'missing argument');
     tt.equal((await shmbus(tt, ['nope'])).code, 2, 'unknown command');
