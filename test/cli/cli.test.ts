@@ -156,6 +156,21 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.equal(bad.code, 2, 'bad JSON is a usage error');
   });
 
+  t.test('tail without --count runs until Ctrl-C, then leaves the topic', async (tt) => {
+    const tailer = startChild(tt, [process.execPath, CLI, 'tail', busUrl, 'ticks'], { env: { ...process.env, NODE_OPTIONS: '' } });
+    // It subscribed once ls shows it among the subscribers; then a message published reaches it.
+    const subscribed = async () => {
+      const out = await json<{ buses: { url: string; topics: { name: string; subscribers: Proc[] }[] }[] }>(tt, ['ls', '--json', '--buses']);
+      return out.buses.find((b) => b.url === busUrl)?.topics.find((x) => x.name === 'ticks')?.subscribers.some((x) => x.pid === tailer.pid) ?? false;
+    };
+    for (let i = 0; !(await subscribed()); i++) if (i > 100) throw new Error('tail never subscribed');
+    ticks.publish({ n: -1 });
+    tt.same(JSON.parse(await tailer.line('{')), { n: -1 });
+    tailer.kill('SIGINT');
+    tt.equal((await within(30_000, tailer.exit, 'tail to end on SIGINT')).code, 0, tailer.stderr());
+    tt.notOk(await subscribed(), 'its subscriber slot is free again');
+  });
+
   t.test('req sends a request and prints the reply', async (tt) => {
     const r = await shmbus(tt, ['req', endpointUrl, '{"x":[1,2]}']);
     tt.equal(r.code, 0, r.stderr);
