@@ -21,12 +21,16 @@
 //   136  producerClosed u32      producer     1 once the producer will commit nothing more
 //   140  producerParkSeq u32     producer     odd while the producer waits for space
 //   144  producerWakeSeq u32     producer     bumped each time the producer rings the parked consumer
-//   148…255 reserved             —
+//   148…151 reserved             —
+//   152  committedRecords u64    producer     records ever committed (for tools: `shmbus stat`)
+//   160…255 reserved             —
 //   256  headPosition u64        consumer     bytes ever released; only grows
 //   264  consumerClosed u32      consumer     1 once the consumer will read nothing more
 //   268  consumerParkSeq u32     consumer     odd while the consumer is parked waiting for data
 //   272  consumerWakeSeq u32     consumer     bumped each time the consumer rings the parked producer
-//   276…383 reserved             —
+//   276…279 reserved             —
+//   280  readRecords u64         consumer     records ever handed to the reader (for tools: `shmbus stat`)
+//   288…383 reserved             —
 //   384  data[capacity]
 //
 // Producer and consumer words sit 128 bytes apart so the two sides never write the same cache line pair.
@@ -460,3 +464,13 @@ export const TH_SCRATCH_TAIL_SEQ_OFFSET = TH_HEAD_SEQ_OFFSET;
 /** Topic record header fields (drawn in "Topic segment": length i32 · type u32 · seq u64). */
 export const BC_RECORD_LENGTH_OFFSET = 0;
 export const BC_RECORD_TYPE_OFFSET = BC_RECORD_LENGTH_OFFSET + 4;
+
+// --- ring counters for tools -----------------------------------------------------------------------------------
+// Two counters in words of the ring header that were reserved (zero in rings written by older builds), on the
+// cache line each side already writes: `shmbus stat` turns them into messages per second and messages waiting.
+// Each costs its writer one plain load and store per commit or per read batch, no atomic and no system call.
+
+/** u64, producer: records ever committed (ring_commit). */
+export const RING_COMMITTED_RECORDS_OFFSET = 152;
+/** u64, consumer: records ever handed to the reader (ring_read, padding excluded). */
+export const RING_READ_RECORDS_OFFSET = 280;

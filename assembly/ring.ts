@@ -9,6 +9,7 @@
 import {
   RING_CAPACITY_OFFSET, RING_TAIL_OFFSET, RING_HEAD_OFFSET, RING_PRODUCER_CLOSED_OFFSET, RING_CONSUMER_CLOSED_OFFSET,
   RING_PRODUCER_PARK_OFFSET, RING_CONSUMER_PARK_OFFSET, RING_PRODUCER_WAKE_OFFSET, RING_CONSUMER_WAKE_OFFSET, RING_HEADER_SIZE, RING_MIN_CAPACITY, RING_MAX_CAPACITY,
+  RING_COMMITTED_RECORDS_OFFSET, RING_READ_RECORDS_OFFSET,
   RECORD_LENGTH_OFFSET, RECORD_TYPE_OFFSET, RECORD_HEADER_SIZE, RECORD_ALIGNMENT, RECORD_PADDING,
   RING_OK, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   H_RING_OFFSET, H_CAPACITY_OFFSET, H_ROLE_OFFSET, H_CLAIM_OFFSET, H_POSITION_OFFSET, H_CACHED_OFFSET,
@@ -125,9 +126,12 @@ export function ring_commit(h: usize, length: u32): i32 {
   store<u32>(h, 0, H_CLAIM_OFFSET);
   const tail = load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE);
   store<u64>(h, tail, H_POSITION_OFFSET);
+  const ring = ringOf(h);
+  // A counter for tools only, published with the tail below (nobody acts on it).
+  store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + 1, RING_COMMITTED_RECORDS_OFFSET);
   // SYNC: pairs with the atomic load of tail in ring_read / ring_park; publishes the record written above.
   // Sequentially consistent, so the consumer-park check in ring_needs_wake cannot be reordered before it.
-  atomic.store<u64>(ringOf(h), tail, RING_TAIL_OFFSET);
+  atomic.store<u64>(ring, tail, RING_TAIL_OFFSET);
   return RING_OK;
 }
 
@@ -205,6 +209,8 @@ export function ring_read(h: usize, out: usize, max: u32): i32 {
     count++;
   }
   store<u64>(h, position, H_POSITION_OFFSET);
+  // A counter for tools only (nobody acts on it).
+  if (count != 0) store<u64>(ringOf(h), load<u64>(ringOf(h), RING_READ_RECORDS_OFFSET) + count, RING_READ_RECORDS_OFFSET);
   return <i32>count;
 }
 

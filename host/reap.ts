@@ -117,6 +117,42 @@ export interface ReapReport {
 
 /** Runs `reapers` over what they find: every candidate is removed or kept with a reason. */
 export function reap(reapers: readonly Reaper[], options: ReapOptions = {}): ReapReport {
+  const outcomes: Outcome[] = [];
+  const report = visit(reapers, options, (reaper, c, scope) => {
+    if (options.select && !options.select(c)) return;
+    outcomes.push({ kind: c.kind, name: c.name, uid: c.uid, ...decide(reaper, c, scope, options.dryRun === true) });
+  });
+  return { ...report, outcomes };
+}
+
+/** One object shmbus named, found by a reaper, and whether it is in use (`shmbus ls`). */
+export interface Sighting {
+  kind: string;
+  name: string;
+  uid: number;
+  /** false: its creator and users are gone (`shmbus clean` would take it, were it the caller's); undefined: cannot tell. */
+  alive: boolean | undefined;
+  why: string;
+}
+
+/** What `reapers` find, each with its liveness, every user's, touching nothing. */
+export function survey(reapers: readonly Reaper[], options: Omit<ReapOptions, 'dryRun' | 'uid'> = {}): { sightings: Sighting[]; notes: string[] } {
+  const sightings: Sighting[] = [];
+  const { notes } = visit(reapers, options, (reaper, c, scope) => {
+    if (options.select && !options.select(c)) return;
+    if (c.reject !== undefined) { sightings.push({ kind: c.kind, name: c.name, uid: c.uid, alive: undefined, why: c.reject }); return; }
+    try {
+      const v = reaper.isDead(c, scope);
+      sightings.push({ kind: c.kind, name: c.name, uid: c.uid, alive: !v.dead, why: v.why });
+    } catch (error) {
+      sightings.push({ kind: c.kind, name: c.name, uid: c.uid, alive: undefined, why: error instanceof Error ? error.message : String(error) });
+    }
+  });
+  return { sightings, notes };
+}
+
+/** Opens the scope of one run, hands every candidate of every reaper to `each`, and closes what it opened. */
+function visit(reapers: readonly Reaper[], options: ReapOptions, each: (reaper: Reaper, c: Candidate, scope: Scope) => void): Omit<ReapReport, 'outcomes'> {
   const uid = options.uid ?? process.geteuid?.() ?? -1;
   const dirs = new Map<string, DirHandle | undefined>();
   const notes: string[] = [];
@@ -140,7 +176,6 @@ export function reap(reapers: readonly Reaper[], options: ReapOptions = {}): Rea
     },
     note,
   };
-  const outcomes: Outcome[] = [];
   try {
     for (const reaper of reapers) {
       let found: Candidate[];
@@ -150,15 +185,12 @@ export function reap(reapers: readonly Reaper[], options: ReapOptions = {}): Rea
         note(`${reaper.kind}: cannot list: ${String(error instanceof Error ? error.message : error)}`);
         continue;
       }
-      for (const c of found) {
-        if (options.select && !options.select(c)) continue;
-        outcomes.push({ kind: c.kind, name: c.name, uid: c.uid, ...decide(reaper, c, scope, options.dryRun === true) });
-      }
+      for (const c of found) each(reaper, c, scope);
     }
   } finally {
     for (const handle of dirs.values()) handle?.close();
   }
-  return { root: scope.root, outcomes, notes };
+  return { root: scope.root, notes };
 }
 
 function decide(reaper: Reaper, c: Candidate, scope: Scope, dryRun: boolean): Pick<Outcome, 'action' | 'why'> {
@@ -342,7 +374,7 @@ function registryVerdict(head: Buffer | undefined): Verdict {
 }
 
 /** Topic names a registry lists as ready, each checked against the topic-name pattern (anything else is ignored). */
-function listedTopics(head: Buffer): string[] {
+export function listedTopics(head: Buffer): string[] {
   const out: string[] = [];
   for (let i = 0; i < REGISTRY_TOPICS; i++) {
     const e = entryOffset(i);
