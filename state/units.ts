@@ -116,8 +116,8 @@ export class Units {
   /** Waits for a unit (see the file comment). */
   async take(options?: WaitOptions): Promise<LockResult> {
     this.checkOpen();
-    if (this.takeFree() >= 0) return TAKEN;
     const { timeout, signal } = checkWaitOptions(options);
+    if (this.takeFree() >= 0) return TAKEN;
     const deadline = Date.now() + timeout;
     // SYNC: pairs with the load of waiters in release(): counted before the first try below.
     Atomics.add(this.words, 1, 1);
