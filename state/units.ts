@@ -40,6 +40,7 @@ export interface WaitOptions {
 
 const TAKEN: LockResult = Object.freeze({ recovered: false });
 const RECOVERED: LockResult = Object.freeze({ recovered: true });
+const TAKEN_NOW = Promise.resolve(TAKEN);
 const FREE = 0n;
 
 export function checkWaitOptions(options: WaitOptions | undefined): { timeout: number; signal?: AbortSignal } {
@@ -113,11 +114,19 @@ export class Units {
     return this.takeDead() >= 0 ? RECOVERED : false;
   }
 
-  /** Waits for a unit (see the file comment). */
-  async take(options?: WaitOptions): Promise<LockResult> {
-    this.checkOpen();
-    const { timeout, signal } = checkWaitOptions(options);
-    if (this.takeFree() >= 0) return TAKEN;
+  /** Waits for a unit (see the file comment). A free unit costs no new promise: an already-settled one is reused. */
+  take(options?: WaitOptions): Promise<LockResult> {
+    try {
+      this.checkOpen();
+      const checked = checkWaitOptions(options);
+      if (this.takeFree() >= 0) return TAKEN_NOW;
+      return this.wait(checked.timeout, checked.signal);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  private async wait(timeout: number, signal: AbortSignal | undefined): Promise<LockResult> {
     const deadline = Date.now() + timeout;
     // SYNC: pairs with the load of waiters in release(): counted before the first try below.
     Atomics.add(this.words, 1, 1);
