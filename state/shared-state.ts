@@ -59,6 +59,9 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
   readonly #writer: BigUint64Array;
   readonly #copies: [number, number];
   readonly #mine = ownClaim();
+  /** Scratch of update(): the fields it changes and their checked values (reused: no allocation per update). */
+  readonly #changedFields: Field[] = [];
+  readonly #changedValues: (number | bigint | Uint8Array)[] = [];
   #closed = false;
 
   private constructor(seg: SyncSegment, layout: Layout) {
@@ -131,14 +134,20 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
   /** Sets several fields as one change: a reader sees all of them or none. */
   update(values: Partial<Snapshot<F>>): void {
     if (typeof values !== 'object' || values === null) throw new BadArgumentError('update takes an object of field values');
-    const changes: [Field, number | bigint | Uint8Array][] = [];
-    for (const [name, value] of Object.entries(values)) {
+    // Every value is checked before the writer claim is taken: a bad one changes nothing.
+    const fields = this.#changedFields;
+    const converted = this.#changedValues;
+    let n = 0;
+    for (const name in values) {
+      if (!Object.hasOwn(values, name)) continue;
       const f = this.#field(name);
-      changes.push([f, checkValue(f, value)]);
+      fields[n] = f;
+      converted[n++] = checkValue(f, (values as Record<string, unknown>)[name]);
     }
     const base = this.#beginWrite();
-    for (const [f, v] of changes) writeField(this.#view, this.#u8, base, f, v);
+    for (let i = 0; i < n; i++) writeField(this.#view, this.#u8, base, fields[i]!, converted[i]!);
     this.#publish();
+    converted.fill(0, 0, n);
   }
 
   /** Adds `delta` to an integer field atomically (wrapping like the machine word) and returns the new value. */
