@@ -144,6 +144,13 @@ export class SyncSegment {
     } else {
       region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!);
     }
+    // A creator sizes its POSIX segment right after creating it: an opener may see it empty for a moment.
+    for (const deadline = Date.now() + FORMAT_WAIT_MS; !region.created && region.size < SYNC_HEADER_SIZE;) {
+      region.close();
+      if (Date.now() > deadline) throw new CorruptError(`${expect.kind} segment is smaller than its header`, { url: target.url, size: region.size });
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!);
+    }
     if (target.scheme === 'sysv' && !region.created) {
       try {
         checkSysVTrust(region, trust);
