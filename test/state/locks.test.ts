@@ -19,9 +19,11 @@ for (const scheme of ['shm', 'sysv'] as const) {
     const mutexUrl = stateUrl(scheme);
     const counterUrl = stateUrl(scheme);
     const mutex = await Mutex.open(mutexUrl);
-    const state = await SharedState.open(counterUrl, { fields: { n: 'u64' } });
+    const state = await SharedState.open(counterUrl, { fields: { n: 'u64', go: 'bool' } });
     const per = scaled(20_000, 200);
     const children = [0, 1, 2, 3].map(() => startFixture(t, 'state-peer', ['count', mutexUrl, counterUrl, String(per)]));
+    for (const c of children) await c.line(/^ready$/);
+    state.set('go', true);
     for (const c of children) t.match(await c.line(/^done /, 240_000), /^done 0$/, 'no lock was recovered');
     for (const c of children) t.equal((await c.exit).code, 0);
     t.equal(state.get('n'), 4 * per, 'no increment was lost');
