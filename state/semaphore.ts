@@ -55,6 +55,7 @@ export class Semaphore {
     return new Semaphore(new Units(seg, seg.shape));
   }
 
+  /** The URL it was opened with. */
   get url(): string {
     return this.#units.seg.url;
   }

@@ -96,6 +96,7 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
     return new SharedState<F>(seg, layout);
   }
 
+  /** The URL it was opened with. */
   get url(): string {
     return this.#seg.url;
   }
