@@ -41,10 +41,13 @@ export interface WaitOptions {
 const TAKEN: LockResult = Object.freeze({ recovered: false });
 const RECOVERED: LockResult = Object.freeze({ recovered: true });
 const TAKEN_NOW = Promise.resolve(TAKEN);
+const NO_LIMIT = Object.freeze({ timeout: Infinity });
+/** How long a waiter polls for a release before it sleeps (see take). */
+const SPIN_NS = BigInt(process.env.SHMBUS_LOCK_SPIN_NS ?? 20_000);
 const FREE = 0n;
 
 export function checkWaitOptions(options: WaitOptions | undefined): { timeout: number; signal?: AbortSignal } {
-  if (options === undefined) return { timeout: Infinity };
+  if (options === undefined) return NO_LIMIT;
   if (typeof options !== 'object' || options === null) throw new BadArgumentError('options must be an object', { options: String(options) });
   const { timeout, signal } = options;
   if (timeout !== undefined && (typeof timeout !== 'number' || !(timeout >= 0))) throw new BadArgumentError('timeout must be a non-negative number of milliseconds', { timeout: String(timeout) });
@@ -135,11 +138,15 @@ export class Units {
     // SYNC: pairs with the load of waiters in release(): counted before the first try below.
     Atomics.add(this.words, 1, 1);
     try {
-      let lookForDead = true;
-      for (;;) {
+      // Liveness costs a look in /proc per held unit: only after a sleep that ran out, never per contended lock.
+      let lookForDead = false;
+      for (let round = 0; ; round++) {
         // SYNC: pairs with the Atomics.add of releases in release(); read before trying, slept on after.
         const seen = Atomics.load(this.words, 0);
         if (this.takeFree() >= 0) return TAKEN;
+        // Once, a short bounded spin: a holder on another core often releases within microseconds, and catching
+        // that spares both sides the futex round trip through the wait thread.
+        if (round === 0 && this.spin(seen)) return TAKEN;
         if (lookForDead && this.takeDead() >= 0) return RECOVERED;
         if (signal?.aborted) throw new ClosedError('wait aborted', { reason: String(signal.reason) });
         const remaining = deadline - Date.now();
@@ -151,6 +158,15 @@ export class Units {
       }
     } finally {
       Atomics.sub(this.words, 1, 1);
+    }
+  }
+
+  /** Polls for a release for at most SPIN_NS; true if it then took a unit. */
+  private spin(seen: number): boolean {
+    const until = process.hrtime.bigint() + SPIN_NS;
+    for (let i = 0; ; i++) {
+      if (Atomics.load(this.words, 0) !== seen) return this.takeFree() >= 0;
+      if ((i & 31) === 31 && process.hrtime.bigint() > until) return false;
     }
   }
 
