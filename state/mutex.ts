@@ -87,7 +87,7 @@ export class Mutex {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#units.releaseAll();
+    this.#units.shutdown();
     this.#units.seg.close();
     unuseWaits();
   }

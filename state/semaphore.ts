@@ -94,7 +94,7 @@ export class Semaphore {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#units.releaseAll();
+    this.#units.shutdown();
     this.#units.seg.close();
     unuseWaits();
   }

@@ -62,6 +62,10 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
   /** Scratch of update(): the fields it changes and their checked values (reused: no allocation per update). */
   readonly #changedFields: Field[] = [];
   readonly #changedValues: (number | bigint | Uint8Array)[] = [];
+  /** watch() calls asleep now (each counted once in the shared `watchers`). */
+  #watching = 0;
+  /** Aborted by close(): ends the sleeps of watch(). */
+  readonly #closer = new AbortController();
   #closed = false;
 
   private constructor(seg: SyncSegment, layout: Layout) {
@@ -189,7 +193,7 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
   /**
    * Snapshots as writers change the state: each time the version moves past the last one yielded (starting from
    * the version at the call), the latest snapshot; changes made in between are coalesced. Sleeps on a futex
-   * between changes (no polling). Ends when `signal` aborts or the state is closed.
+   * between changes (no polling). Ends (returns) when `signal` aborts or the state is closed.
    */
   async *watch(options: { signal?: AbortSignal } = {}): AsyncGenerator<Snapshot<F>, void, undefined> {
     const signal = options.signal;
@@ -198,12 +202,14 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
     while (!this.#closed && !signal?.aborted) {
       // SYNC: pairs with the load of watchers in #publish: counted before seq is read.
       Atomics.add(this.#words, 1, 1);
-      let seq: number;
+      this.#watching++;
       try {
-        seq = Atomics.load(this.#words, 0);
-        if (seq >>> 1 === last) await waitWord(this.#seg.engine, this.#seg.at + STATE_SEQ_OFFSET, seq, LIVENESS_MS, signal);
+        const seq = Atomics.load(this.#words, 0);
+        if (seq >>> 1 === last) await waitWord(this.#seg.engine, this.#seg.at + STATE_SEQ_OFFSET, seq, LIVENESS_MS, signal, this.#closer.signal);
       } finally {
-        Atomics.sub(this.#words, 1, 1);
+        this.#watching--;
+        // After close(), which took our count back out of `watchers`, the window is not ours any more.
+        if (!this.#closed) Atomics.sub(this.#words, 1, 1);
       }
       if (this.#closed || signal?.aborted) return;
       if (this.version === last) continue;
@@ -216,7 +222,9 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
   /** Unmaps, and removes the name if this process created it. Idempotent. */
   close(): void {
     if (this.#closed) return;
+    if (this.#watching > 0) Atomics.sub(this.#words, 1, this.#watching);
     this.#closed = true;
+    this.#closer.abort();
     this.#seg.close();
     unuseWaits();
   }

@@ -67,6 +67,10 @@ export class Units {
   private readonly mine = ownClaim();
   /** Units this process holds now, most recent last. */
   private readonly held: number[] = [];
+  /** Waits of this handle in progress (each counted once in the shared `waiters`). */
+  private waiting = 0;
+  /** Aborted by shutdown(): ends this handle's sleeps. */
+  private readonly closer = new AbortController();
   /** Where this process starts looking for a free unit (spreads processes over a semaphore's units). */
   private readonly hint: number;
 
@@ -137,6 +141,7 @@ export class Units {
     const deadline = Date.now() + timeout;
     // SYNC: pairs with the load of waiters in release(): counted before the first try below.
     Atomics.add(this.words, 1, 1);
+    this.waiting++;
     try {
       // Liveness costs a look in /proc per held unit: only after a sleep that ran out, never per contended lock.
       let lookForDead = false;
@@ -151,13 +156,16 @@ export class Units {
         if (signal?.aborted) throw new ClosedError('wait aborted', { reason: String(signal.reason) });
         const remaining = deadline - Date.now();
         if (remaining <= 0) throw new TimeoutError('timed out waiting for a unit', { url: this.seg.url, timeout, holder: claimPid(Atomics.load(this.claims, 0)) });
+        const woken = await waitWord(this.seg.engine, this.seg.at + LOCK_RELEASES_OFFSET, seen, Math.min(LIVENESS_MS, remaining), signal, this.closer.signal);
+        // Closed while asleep: the window may already hold another segment; touch nothing.
         this.checkOpen();
-        const woken = await waitWord(this.seg.engine, this.seg.at + LOCK_RELEASES_OFFSET, seen, Math.min(LIVENESS_MS, remaining), signal);
         // A sleep that ran out without a release: time to ask whether a holder died.
         lookForDead = !woken;
       }
     } finally {
-      Atomics.sub(this.words, 1, 1);
+      this.waiting--;
+      // After close(), which already took our count back out of `waiters`, the window is not ours any more.
+      if (!this.seg.closed) Atomics.sub(this.words, 1, 1);
     }
   }
 
@@ -195,16 +203,16 @@ export class Units {
     return n;
   }
 
-  /** Whether unit `i` is held by this process. */
-  holds(i: number): boolean {
-    return Atomics.load(this.claims, i) === this.mine && this.held.includes(i);
-  }
-
-  /** Gives back every unit this process holds (on close). */
-  releaseAll(): void {
+  /**
+   * Before the segment is unmapped: gives back every unit this process holds, takes this handle's pending waits
+   * out of `waiters`, and ends them (they reject with ERR_SHMBUS_CLOSED).
+   */
+  shutdown(): void {
     while (this.held.length) {
       try { this.release(); } catch { /* taken over already */ }
     }
+    if (this.waiting > 0) Atomics.sub(this.words, 1, this.waiting);
+    this.closer.abort();
   }
 
   private checkOpen(): void {

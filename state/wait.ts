@@ -70,17 +70,18 @@ class Waits {
    * Resolves true once the 32-bit word at linear-memory `offset` no longer holds `value` (or may not: a wakeup is
    * a hint, the caller looks again), false after `ms` or when `signal` aborts.
    */
-  wait(engine: Engine, offset: number, value: number, ms: number, signal?: AbortSignal): Promise<boolean> {
-    if (this.broken) return sleep(Math.min(ms, FALLBACK_MS), signal);
+  wait(engine: Engine, offset: number, value: number, ms: number, signals: (AbortSignal | undefined)[]): Promise<boolean> {
+    if (signals.some((s) => s?.aborted)) return Promise.resolve(false);
+    if (this.broken) return sleep(Math.min(ms, FALLBACK_MS), signals);
     if (!this.thread) this.start(engine);
     const slot = this.pending.indexOf(undefined);
-    if (slot < 0) return sleep(Math.min(ms, FALLBACK_MS), signal);
+    if (slot < 0) return sleep(Math.min(ms, FALLBACK_MS), signals);
     return new Promise<boolean>((resolve) => {
       let timer: NodeJS.Timeout | undefined;
       const done = (woken: boolean) => {
         if (this.pending[slot] !== entry) return;
         clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
+        for (const s of signals) s?.removeEventListener('abort', onAbort);
         this.disarm(slot);
         resolve(woken);
       };
@@ -88,7 +89,7 @@ class Waits {
       const entry: Pending = { resolve: done };
       this.pending[slot] = entry;
       timer = setTimeout(() => done(false), ms);
-      signal?.addEventListener('abort', onAbort, { once: true });
+      for (const s of signals) s?.addEventListener('abort', onAbort, { once: true });
       this.arm(slot, offset, value);
     });
   }
@@ -143,11 +144,11 @@ class Waits {
   }
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+function sleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<boolean> {
   return new Promise((resolve) => {
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(true); }, ms);
-    const onAbort = () => { clearTimeout(timer); resolve(false); };
-    signal?.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(() => { for (const s of signals) s?.removeEventListener('abort', onAbort); resolve(true); }, ms);
+    const onAbort = () => { clearTimeout(timer); for (const s of signals) s?.removeEventListener('abort', onAbort); resolve(false); };
+    for (const s of signals) s?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -157,9 +158,9 @@ const waits = new Waits();
 export const useWaits = (): void => waits.use();
 export const unuseWaits = (): void => waits.unuse();
 
-/** See Waits.wait. */
-export function waitWord(engine: Engine, offset: number, value: number, ms: number, signal?: AbortSignal): Promise<boolean> {
-  return waits.wait(engine, offset, value, ms, signal);
+/** See Waits.wait; the wait ends early (false) when any of `signals` aborts (the caller's, the handle's close). */
+export function waitWord(engine: Engine, offset: number, value: number, ms: number, ...signals: (AbortSignal | undefined)[]): Promise<boolean> {
+  return waits.wait(engine, offset, value, ms, signals);
 }
 
 /** FUTEX_WAKE (shared) of every process sleeping on the word at `address`. */

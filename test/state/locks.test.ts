@@ -123,6 +123,28 @@ t.test('lock() waits for a release in the same process, times out, and aborts', 
   a.close();
 });
 
+t.test('close() ends a pending lock() (ERR_SHMBUS_CLOSED) and a pending watch(); the lock stays usable by others', async (t) => {
+  const url = stateUrl('shm');
+  const a = await Mutex.open(url);
+  const b = await Mutex.open(url);
+  await a.lock();
+  const pending = b.lock();
+  b.close();
+  await t.rejects(within(30_000, pending, 'the closed handle\'s lock()'), { code: ErrorCode.CLOSED });
+  const c = await Mutex.open(url);
+  const next = c.lock();
+  a.unlock();
+  t.same(await within(30_000, next, 'lock after unlock'), { recovered: false });
+  c.close();
+  a.close();
+
+  const s = await SharedState.open(stateUrl('shm'), { fields: { x: 'u32' } });
+  const watching = (async () => { let n = 0; for await (const _ of s.watch()) n++; return n; })();
+  await new Promise((resolve) => setImmediate(resolve));
+  s.close();
+  t.equal(await within(30_000, watching, 'watch to end on close'), 0);
+});
+
 t.test('misuse: unlock without the lock, release without a unit, a closed handle, bad options', async (t) => {
   const m = await Mutex.open(stateUrl('shm'));
   t.throws(() => m.unlock(), { code: ErrorCode.BAD_STATE });
