@@ -150,9 +150,16 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
       converted[n++] = checkValue(f, (values as Record<string, unknown>)[name]);
     }
     const base = this.#beginWrite();
-    for (let i = 0; i < n; i++) writeField(this.#view, this.#u8, base, fields[i]!, converted[i]!);
+    try {
+      for (let i = 0; i < n; i++) writeField(this.#view, this.#u8, base, fields[i]!, converted[i]!);
+    } catch (error) {
+      // Never leave our claim and an odd seq behind: the next write of this process would wait for itself.
+      this.#abandon();
+      throw error;
+    } finally {
+      converted.fill(0, 0, n);
+    }
     this.#publish();
-    converted.fill(0, 0, n);
   }
 
   /** Adds `delta` to an integer field atomically (wrapping like the machine word) and returns the new value. */
