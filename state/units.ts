@@ -106,10 +106,17 @@ export class Units {
 
   /** A unit whose holder is dead, taken over by compare-and-swap from that holder's claim; -1 if none. */
   private takeDead(): number {
+    // One look in /proc per holder, however many units it holds.
+    const verdicts = new Map<bigint, boolean>();
+    const alive = (claim: bigint) => {
+      let v = verdicts.get(claim);
+      if (v === undefined) verdicts.set(claim, v = claimAlive(claim));
+      return v;
+    };
     for (let i = 0; i < this.count; i++) {
       // SYNC: pairs with the compare-and-swaps in takeFree and release.
       const claim = Atomics.load(this.claims, i);
-      if (claim === FREE || claim === this.mine || claimAlive(claim)) continue;
+      if (claim === FREE || claim === this.mine || alive(claim)) continue;
       if (Atomics.compareExchange(this.claims, i, claim, this.mine) === claim) {
         this.held.push(i);
         return i;
@@ -195,10 +202,15 @@ export class Units {
   /** Units not held by a living process (free, or held by a dead one and so takeable). */
   available(): number {
     this.checkOpen();
+    const verdicts = new Map<bigint, boolean>();
     let n = 0;
     for (let i = 0; i < this.count; i++) {
       const claim = Atomics.load(this.claims, i);
-      if (claim === FREE || (claim !== this.mine && !claimAlive(claim))) n++;
+      if (claim === FREE) { n++; continue; }
+      if (claim === this.mine) continue;
+      let alive = verdicts.get(claim);
+      if (alive === undefined) verdicts.set(claim, alive = claimAlive(claim));
+      if (!alive) n++;
     }
     return n;
   }
