@@ -7,9 +7,8 @@ import {
 } from '../assembly/layout.js';
 import { BadArgumentError, ClosedError, CorruptError, ShmbusError, ErrorCode, TimeoutError } from '../host/errors.js';
 import { claimAlive, claimPid, ownClaim } from '../host/claim.js';
-import { LIVENESS_MS } from '../host/blocking.js';
 import { SyncSegment, parseTarget, type OpenOptions } from './segment.js';
-import { useWaits, unuseWaits, waitWord, wakeWord } from './wait.js';
+import { useWaits, unuseWaits, waitWord, wakeWord, LIVENESS_MS } from './wait.js';
 import {
   layoutOf, readField, checkValue, writeField, addInteger, big, type FieldSpec, type Snapshot, type IntegerField,
   type Layout, type Field, type Value,

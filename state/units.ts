@@ -17,8 +17,7 @@
 import { LOCK_RELEASES_OFFSET, LOCK_WAITERS_OFFSET, LOCK_UNITS_OFFSET } from '../assembly/layout.js';
 import { BadArgumentError, BadStateError, ClosedError, TimeoutError } from '../host/errors.js';
 import { claimAlive, claimPid, ownClaim } from '../host/claim.js';
-import { LIVENESS_MS } from '../host/blocking.js';
-import { waitWord, wakeWord } from './wait.js';
+import { waitWord, wakeWord, LIVENESS_MS } from './wait.js';
 import type { SyncSegment } from './segment.js';
 
 /** What lock() and acquire() report. */

@@ -17,6 +17,13 @@ import {
   WaitThread, CTL_GEN, CTL_SLEEPING, CTL_SLOTS_USED, SLOT_BASE, SLOT_INTS, SLOT_FREE, SLOT_ARMED, SLOT_FIRED, FUTEX_SLOTS,
 } from '../host/wake/thread.js';
 import type { Engine } from '../host/engine.js';
+import { LIVENESS_MS } from '../host/blocking.js';
+
+/**
+ * How long a sleep lasts at most before the sleeper checks a holder's liveness (the project's one liveness
+ * interval; re-exported here so that state/ depends on the thread runtime's files from this file only).
+ */
+export { LIVENESS_MS };
 import type { ShmbusError } from '../host/errors.js';
 
 /** How long a wait that found no free slot (or whose thread failed) sleeps before its caller looks again. */
