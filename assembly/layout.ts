@@ -474,3 +474,86 @@ export const BC_RECORD_TYPE_OFFSET = BC_RECORD_LENGTH_OFFSET + 4;
 export const RING_COMMITTED_RECORDS_OFFSET = 152;
 /** u64, consumer: records ever handed to the reader (ring_read, padding excluded). */
 export const RING_READ_RECORDS_OFFSET = 280;
+
+// ─── Shared state and lock segments (state/: SharedState, Mutex, Semaphore) ─────────────────────────────────
+// Three kinds share one 128-byte header of their own (not the ring header: no ring geometry), told apart by the
+// magic. All integers little-endian.
+//
+//   0        4        8        12       16                24       28       32                40       44    128
+//   ┌────────┬────────┬────────┬────────┬─────────────────┬────────┬────────┬─────────────────┬────────┬─────┐
+//   │ magic  │version │ shape  │hdrSize │ segmentSize u64 │creatPid│reserved│ creatStart u64  │ param  │ 0 … │
+//   └────────┴────────┴────────┴────────┴─────────────────┴────────┴────────┴─────────────────┴────────┴─────┘
+//   Every header word is written by the creator only, `version` last (an atomic store). An opener checks magic,
+//   major version, header size, shape and param against what it expects and that the segment holds the body.
+//   shape  state: FNV-1a hash of the field list ("name:type\n" per field, in order); mutex: 1; semaphore: units
+//   param  state: bytes of one copy of the fields (the block); mutex, semaphore: 0
+//
+// Lock body (Mutex: one unit; Semaphore: `shape` units, at most SYNC_MAX_UNITS):
+//   128  releases u32        any holder   bumped after every release; the futex word waiters sleep on
+//   132  waiters u32         any waiter   processes (asleep or about to be) in a futex wait on `releases`; a
+//                                         releaser makes the FUTEX_WAKE system call only when it is non-zero
+//   136 … 255 reserved
+//   256  unit claim words, u64 each: a claim word (see "Topic segment": pid | low 32 bits of start time << 32),
+//        0 = free. Taken by compare-and-swap from 0, or from a claim whose process is dead (that taker reports
+//        `recovered`); given back by its holder with a compare-and-swap from its own claim to 0.
+//
+// State body:
+//   128  seq u32             writer       2·version while stable, odd while the writer copies; futex word of watch()
+//   132  watchers u32        any watcher  processes in a futex wait on `seq`; the writer wakes only when non-zero
+//   136 … 191 reserved
+//   192  writer claim u64    writers      claim word serialising writers (taken from a dead writer too)
+//   200 … 255 reserved
+//   256  copy 0 of the block, then copy 1 at 256 + block rounded up to 8. Version v lives in copy (v & 1).
+//   A writer turning version v into v+1 stores seq = 2v+1, copies copy (v & 1) over copy ((v+1) & 1), changes
+//   that one, then stores seq = 2v+2. A reader that saw seq s reads copy ((s >> 1) & 1), which no writer touches
+//   until seq passes (s & ~1) + 2: a torn read is detected by rereading seq, and a writer that died mid-update
+//   leaves the previous version complete in its copy.
+//   Field i sits at an 8-aligned offset in the block: u32, i32, bool (u32 0/1) take 4 bytes; u64, i64, f64 take 8;
+//   string:N and bytes:N take a u32 length (≤ N, untrusted: a reader bounds it) then N bytes.
+/** "SHS1" in memory order. */
+export const STATE_MAGIC = 0x31534853;
+/** "SHX1". */
+export const MUTEX_MAGIC = 0x31584853;
+/** "SHN1". */
+export const SEMAPHORE_MAGIC = 0x314e4853;
+export const SYNC_LAYOUT_VERSION_MAJOR = 1;
+export const SYNC_LAYOUT_VERSION_MINOR = 0;
+export const SYNC_LAYOUT_VERSION = (SYNC_LAYOUT_VERSION_MAJOR << 16) | SYNC_LAYOUT_VERSION_MINOR;
+export const SYNC_MAGIC_OFFSET = 0;
+export const SYNC_VERSION_OFFSET = SYNC_MAGIC_OFFSET + 4;
+export const SYNC_SHAPE_OFFSET = SYNC_VERSION_OFFSET + 4;
+export const SYNC_HEADER_SIZE_OFFSET = SYNC_SHAPE_OFFSET + 4;
+export const SYNC_SIZE_OFFSET = SYNC_HEADER_SIZE_OFFSET + 4;
+export const SYNC_CREATOR_PID_OFFSET = SYNC_SIZE_OFFSET + 8;
+export const SYNC_CREATOR_START_OFFSET = SYNC_CREATOR_PID_OFFSET + 8;
+export const SYNC_PARAM_OFFSET = SYNC_CREATOR_START_OFFSET + 8;
+export const SYNC_HEADER_SIZE = 128;
+export const LOCK_RELEASES_OFFSET = SYNC_HEADER_SIZE;
+export const LOCK_WAITERS_OFFSET = LOCK_RELEASES_OFFSET + 4;
+export const LOCK_UNITS_OFFSET = 256;
+export const LOCK_UNIT_SIZE = 8;
+/** Most units a Semaphore may have (each is a claim word a waiter may scan). */
+export const SYNC_MAX_UNITS = 4096;
+export const STATE_SEQ_OFFSET = SYNC_HEADER_SIZE;
+export const STATE_WATCHERS_OFFSET = STATE_SEQ_OFFSET + 4;
+export const STATE_WRITER_OFFSET = 192;
+export const STATE_BLOCK_OFFSET = 256;
+/** Largest block of fields (one copy). */
+export const STATE_MAX_BLOCK = 1 << 20;
+/** Largest N of a string:N or bytes:N field. */
+export const STATE_MAX_FIELD_BYTES = 65536;
+
+/** Bytes of a lock segment with `units` units, whole pages. */
+export function lockBytes(units: u32): u32 {
+  return ((LOCK_UNITS_OFFSET + units * LOCK_UNIT_SIZE + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
+}
+
+/** Offset of copy `which` (0 or 1) of a state block of `block` bytes. */
+export function stateCopyOffset(block: u32, which: u32): u32 {
+  return STATE_BLOCK_OFFSET + which * ((block + 7) & ~7);
+}
+
+/** Bytes of a state segment whose block is `block` bytes, whole pages. */
+export function stateBytes(block: u32): u32 {
+  return ((stateCopyOffset(block, 2) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
+}

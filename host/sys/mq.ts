@@ -261,6 +261,11 @@ export function tryFlock(fd: number, op: number): boolean {
   fail('flock', errno, { fd, op });
 }
 
+/** Blocking flock (no LOCK_NB): 0 or the errno. Blocks the calling thread; the lock benchmark's file-lock peer. */
+export function flockRaw(fd: number, op: number): number {
+  return c.flock(fd, op) === 0 ? 0 : lastErrno();
+}
+
 // ---------------------------------------------------------------------------------------------- epoll, eventfd
 
 export function epollCreate(): number {
