@@ -25,7 +25,7 @@ import { parseSize } from '../host/url.js';
 import { processStartTime } from '../host/sys/proc.js';
 import { BadArgumentError, ClosedError, ErrorCode, ShmbusError } from '../host/errors.js';
 import { attachExisting, checkTopicName, createOrAttach, naming, type BusOptions, type Naming } from './naming.js';
-import { Mapped, readyHeader } from './mapped.js';
+import { Mapped, readyHeader } from '../host/mapped.js';
 import { joinMembers, leaveMembers, liveMembers, readEntries, registerTopic } from './registry.js';
 import { Publisher, type PublisherOptions } from './publisher.js';
 import { Subscription, type SubscribeOptions } from './subscription.js';

@@ -36,6 +36,14 @@ export function naming(url: string, options: BusOptions): Naming {
   return { ...kind, trust, mode };
 }
 
+/** The files of bus `url` as paths (shm:// names under /dev/shm), or undefined when `url` names no bus. */
+export function busFiles(url: string): { registry: string; topic(name: string): string } | undefined {
+  let names: Omit<Naming, 'trust' | 'mode'>;
+  try { names = namesOf(url); } catch { return undefined; }
+  if (names.kind === 'file') return names;
+  return { registry: `/dev/shm${names.registry}`, topic: (t) => `/dev/shm${names.topic(t)}` };
+}
+
 function namesOf(url: string): Omit<Naming, 'trust' | 'mode'> {
   const scheme = schemeOf(url);
   if (scheme !== 'shm' && scheme !== 'file') throw new UnknownSchemeError(url, scheme);

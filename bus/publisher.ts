@@ -13,7 +13,7 @@ import {
   BadArgumentError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, QueueFullError, ShmbusError,
 } from '../host/errors.js';
 import type { Bus } from './bus.js';
-import type { Mapped } from './mapped.js';
+import type { Mapped } from '../host/mapped.js';
 import { WordWaiter, wakeWord } from './waiter.js';
 
 export interface PublisherOptions {

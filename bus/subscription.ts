@@ -12,7 +12,7 @@ import { TopicReader } from '../host/topic.js';
 import { processStartTime } from '../host/sys/proc.js';
 import { CorruptError, ErrorCode, ShmbusError, TimeoutError } from '../host/errors.js';
 import type { Bus } from './bus.js';
-import { Mapped, unformatted } from './mapped.js';
+import { Mapped, unformatted } from '../host/mapped.js';
 import { WordWaiter, wakeWord } from './waiter.js';
 
 /** A subscriber that has kept the event loop busy this long (ms) yields a turn to it. */

@@ -39,6 +39,8 @@ import { isProcessAlive } from '../host/sys/proc.js';
 import { parseShmUrl, schemeOf } from '../host/url.js';
 import { BUS_REGISTRY_NAME, listedTopics, survey, type Sighting } from '../host/reap.js';
 import { ALL_REAPERS } from '../host/clean.js';
+import { busFiles } from '../bus/naming.js';
+export { busFiles };
 import type { Engine } from '../host/engine.js';
 
 /** Where POSIX shared memory lives (shm_open). */
@@ -403,21 +405,6 @@ function readHead(file: string, length: number): Buffer | undefined {
   }
 }
 
-/** The files of a bus URL (host/bus.ts names them): shm://bus or file:///dir/bus. */
-export function busFiles(url: string): { registry: string; topic(name: string): string } | undefined {
-  let parsed: URL;
-  try { parsed = new URL(url); } catch { return undefined; }
-  if (parsed.protocol === 'shm:') {
-    const ns = parsed.host + (parsed.pathname === '/' ? '' : parsed.pathname);
-    if (!/^[A-Za-z0-9_.-]{1,100}$/.test(ns)) return undefined;
-    return { registry: `${SHM_DIR}/${BUS_PREFIX}${ns}`, topic: (t) => `${SHM_DIR}/${BUS_PREFIX}${ns}.${t}` };
-  }
-  if (parsed.protocol === 'file:' && parsed.host === '' && parsed.pathname.startsWith('/')) {
-    const base = decodeURIComponent(parsed.pathname);
-    return { registry: `${base}.registry`, topic: (t) => `${base}.${t}.topic` };
-  }
-  return undefined;
-}
 
 /** A topic's state from its file (header fields through host/topic.ts readTopicState). */
 function readTopic(name: string, file: string): TopicStat | undefined {

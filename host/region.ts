@@ -221,7 +221,7 @@ export class Region {
 
   // ------------------------------------------------------------------------------------------ System V
 
-  static createSysV(key: SysVKey, opts: CreateOptions & ExclusiveOption): Region {
+  static createSysV(key: SysVKey, opts: CreateOptions & ExclusiveOption & TrustOption): Region {
     const size = checkSize(opts.size);
     const mode = checkMode(opts.mode);
     const k = resolveKey(key);
@@ -231,10 +231,14 @@ export class Region {
       // NO_SPACE), and SysV segments live on the kernel's internal tmpfs, which has no size limit to hit later.
       return new Region({ kind: 'sysv', name: keyName(k), size, fd: -1, shmid, created: true, removable: true });
     };
-    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachSysV(k));
+    return createOrAttach(opts.exclusive ?? true, create, () => Region.attachSysV(k, opts));
   }
 
-  static attachSysV(keyOrId: number | { shmid: number } | { path: string; projId?: number }): Region {
+  /**
+   * Attaches an existing System V segment by key (or id). With `trust`, refuses (ERR_SHMBUS_PERMISSION_DENIED) one
+   * whose owner or creator `trust` does not accept, or that group or others may write, before it is mapped.
+   */
+  static attachSysV(keyOrId: number | { shmid: number } | { path: string; projId?: number }, opts: TrustOption = {}): Region {
     let shmid: number;
     if (typeof keyOrId === 'object' && keyOrId !== null && 'shmid' in keyOrId) {
       if (!Number.isInteger(keyOrId.shmid) || keyOrId.shmid < 0) throw new BadArgumentError('bad shmid', { shmid: keyOrId.shmid });
@@ -247,6 +251,10 @@ export class Region {
       shmid = sys.shmGet(k, 0, 0o600);
     }
     const st = sys.shmStat(shmid);
+    if (opts.trust) {
+      Region.checkOwner(keyName(st.key), st.uid, st.mode, opts.trust);
+      Region.checkOwner(keyName(st.key), st.cuid, st.mode, opts.trust);
+    }
     return new Region({ kind: 'sysv', name: keyName(st.key), size: st.size, fd: -1, shmid, created: false, removable: true });
   }
 
@@ -311,19 +319,25 @@ export class Region {
     const st = sys.fdStat(fd);
     if (!st.isFile()) throw new BadArgumentError('not a regular file or shared memory object', { name });
     if (!trust) return st.size;
+    Region.checkOwner(name, st.uid, st.mode, trust);
+    return st.size;
+  }
+
+  /** The one trust rule for every kind: owned by a uid `trust` accepts, writable by group or others only where
+   * `trust` says so. ERR_SHMBUS_PERMISSION_DENIED otherwise. */
+  private static checkOwner(name: string, uid: number, mode: number, trust: Trust): void {
     const uids = trust.uids ?? [process.geteuid?.() ?? 0];
-    if (!uids.includes(st.uid)) {
+    if (!uids.includes(uid)) {
       throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is owned by a user this process does not trust', {
-        details: { name, owner: st.uid, expected: uids.join(',') },
+        details: { name, owner: uid, expected: uids.join(',') },
       });
     }
-    const loose = st.mode & 0o022 & ~(trust.writableBy ?? 0);
+    const loose = mode & 0o022 & ~(trust.writableBy ?? 0);
     if (loose !== 0) {
       throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is writable by group or others', {
-        details: { name, owner: st.uid, mode: '0o' + (st.mode & 0o777).toString(8) },
+        details: { name, owner: uid, mode: '0o' + (mode & 0o777).toString(8) },
       });
     }
-    return st.size;
   }
 
   // ------------------------------------------------------------------------------------------ memfd

@@ -24,9 +24,9 @@ import {
 import { parseShmUrl } from '../host/url.js';
 import { Region, type Trust } from '../host/region.js';
 import { getEngine, type Engine } from '../host/engine.js';
-import { shmStat } from '../host/sys/shm.js';
 import { processStartTime } from '../host/sys/proc.js';
 import { onProcessExit } from '../host/exit.js';
+import { Mapped } from '../host/mapped.js';
 
 /** What a URL names, once parsed. */
 export interface Target {
@@ -121,12 +121,7 @@ export class SyncSegment {
     if (this.#closed) return;
     this.#closed = true;
     this.#unhook();
-    try {
-      this.region.unmapAt(this.engine.address(this.at));
-      this.engine.freeWindow(this.at, this.region.size);
-    } finally {
-      this.region.close();
-    }
+    new Mapped(this.engine, this.region, this.at).unmap();
   }
 
   /** Creates or attaches the segment `target` names, checks it and maps it. */
@@ -140,40 +135,21 @@ export class SyncSegment {
       const size = expect.bytes(expect.createShape, expect.param);
       region = target.scheme === 'shm'
         ? Region.createPosix(target.name, { size, exclusive: false, mode: target.perm, trust })
-        : Region.createSysV(target.key!, { size, exclusive: false, mode: target.perm });
+        : Region.createSysV(target.key!, { size, exclusive: false, mode: target.perm, trust });
     } else {
-      region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!);
+      region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!, { trust });
     }
     // A creator sizes its POSIX segment right after creating it: an opener may see it empty for a moment.
     for (const deadline = Date.now() + FORMAT_WAIT_MS; !region.created && region.size < SYNC_HEADER_SIZE;) {
       region.close();
       if (Date.now() > deadline) throw new CorruptError(`${expect.kind} segment is smaller than its header`, { url: target.url, size: region.size });
       await new Promise((resolve) => setTimeout(resolve, 5));
-      region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!);
+      region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!, { trust });
     }
-    if (target.scheme === 'sysv' && !region.created) {
-      try {
-        checkSysVTrust(region, trust);
-      } catch (error) {
-        region.close();
-        throw error;
-      }
-    }
-    const engine = getEngine();
-    const at = engine.allocWindow(region.size);
+    // Maps, and refuses a segment already shorter than its mapping (touching past its end would be SIGBUS).
+    const mapped = Mapped.map(getEngine(), region);
+    const { engine, at } = mapped;
     try {
-      region.mapAt(engine.address(at));
-    } catch (error) {
-      engine.freeWindow(at, region.size);
-      region.close();
-      throw error;
-    }
-    const unmap = () => {
-      try { region.unmapAt(engine.address(at)); engine.freeWindow(at, region.size); } finally { region.close(); }
-    };
-    try {
-      // A peer with write access could have shrunk a POSIX segment: touching past its end would be SIGBUS.
-      if (region.currentSize() < region.mapLength) throw new CorruptError('segment is shorter than its mapping', { url: target.url });
       let shape: number;
       if (region.created) {
         shape = expect.createShape!;
@@ -183,25 +159,9 @@ export class SyncSegment {
       }
       return new SyncSegment(engine, region, at, shape, expect.param, target.url);
     } catch (error) {
-      unmap();
+      mapped.unmap();
       throw error;
     }
-  }
-}
-
-/** IPC_STAT of an attached System V segment: owned (or created) by a trusted uid, no loose write bits. */
-function checkSysVTrust(region: Region, trust: Trust): void {
-  const st = shmStat(region.shmid);
-  const uids = trust.uids ?? [];
-  if (!uids.includes(st.uid) || !uids.includes(st.cuid)) {
-    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is owned by a user this process does not trust', {
-      details: { name: region.name, owner: st.uid, creator: st.cuid, expected: uids.join(',') },
-    });
-  }
-  if ((st.mode & 0o022 & ~(trust.writableBy ?? 0)) !== 0) {
-    throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'segment is writable by group or others', {
-      details: { name: region.name, mode: '0o' + st.mode.toString(8) },
-    });
   }
 }
 

@@ -1,9 +1,9 @@
-/** A bus segment (registry or topic) mapped into a window of the process's engine, and its header checks. */
+/** A segment mapped into a window of the process's engine (bus registries and topics, shared state), and its header checks. */
 import { SEGMENT_HEADER_SIZE, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET } from '../assembly/layout.js';
-import type { Engine } from '../host/engine.js';
-import type { Region } from '../host/region.js';
-import { readSegment, type TOPIC_SEGMENT } from '../host/segment.js';
-import { CorruptError } from '../host/errors.js';
+import type { Engine } from './engine.js';
+import type { Region } from './region.js';
+import { readSegment, type TOPIC_SEGMENT } from './segment.js';
+import { CorruptError } from './errors.js';
 
 /** A segment mapped into a window of the engine. */
 export class Mapped {
