@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listen, serve } from '../../host/index.js';
-import { Bus } from '../../host/bus.js';
+import { Bus } from '../../bus/index.js';
 import type { Channel } from '../../host/channel.js';
 import { eventually, fileTimeout, scaled, startChild, startFixture, unique, within, type TestLike } from '../helpers.js';
 
