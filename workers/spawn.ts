@@ -6,7 +6,6 @@
  */
 import cp, { type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
@@ -16,20 +15,13 @@ import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 import { socketPair } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
 import { abandonParentPair, createParentPair, openParentChannel, pairGeometry, releaseWorkerEnds, type PairWakeMode, type ParentPair } from './pair.js';
+import { workerScript } from './script.js';
 import { CONTEXT_ENV, THREAD_TOOK_FDS, type Isolation, type WorkerContext } from './context.js';
 
 export type { Isolation } from './context.js';
 
-/** A bootstrap script next to this file, or in dist/ when this file runs from its TypeScript source (tests). */
-function entry(name: string): URL {
-  for (const rel of [`./${name}`, `../dist/workers/${name}`]) {
-    const url = new URL(rel, import.meta.url);
-    if (existsSync(url)) return url;
-  }
-  throw new ShmbusError(ErrorCode.NOT_FOUND, 'the worker bootstrap is not built; run npm run build', { details: { file: `dist/workers/${name}` } });
-}
-const CHILD_ENTRY = entry('child.js');
-const THREAD_ENTRY = entry('thread.js');
+const CHILD_ENTRY = workerScript('child.js');
+const THREAD_ENTRY = workerScript('thread.js');
 /** Where the child finds its two descriptors (after stdin, stdout, stderr). */
 const CHILD_SEGMENT_FD = 3;
 const CHILD_SOCKET_FD = 4;
