@@ -6,7 +6,8 @@
  *
  * The task module's default export is called with each task; the value it returns (or resolves to) is the
  * result. The same file works unchanged as a Piscina task module. Each worker runs one task at a time over its
- * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own.
+ * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own; with
+ * `tasksPerWorker` > 1 the next ones are sent ahead and wait in the worker's ring.
  *
  * Failures: a task that throws rejects with TaskError (ERR_SHMBUS_REMOTE); a worker that dies mid-task
  * (a signal, process.exit, an uncaught exception) rejects its task with WorkerExitError (ERR_SHMBUS_PEER_DEAD,
@@ -38,8 +39,17 @@ export interface PoolOptions {
   /** Ring data bytes per direction of each worker's channel (default 4 MiB): a task or result must fit in a
    * little under half of it. */
   ringSize?: number | string;
-  /** How an idle side waits (see spawn). */
+  /** How an idle side waits (see spawn). Default: 'adaptive' while the workers and this thread fit in the
+   * machine's cores, else 'doorbell' (spinning on a core someone else needs slows everyone down). */
   wake?: PairWakeMode;
+  /**
+   * Tasks sent ahead to each worker (default 1). A worker still runs one task at a time, in order; the ones sent
+   * ahead wait in its ring, so it never idles between tasks and reads and answers them in batches. They count
+   * as queued (wait time) until the one before them finishes, so taskTimeout still counts from the start of
+   * running; if the worker dies they go back to the head of the queue. Larger values raise throughput for small
+   * tasks and hurt balance for uneven ones (a long task holds up the ones sent ahead behind it).
+   */
+  tasksPerWorker?: number;
   /** The workers' environment, Node options and stdio (see spawn). */
   env?: NodeJS.ProcessEnv;
   execArgv?: readonly string[];
@@ -92,10 +102,12 @@ interface Task {
 
 interface Slot {
   handle?: WorkerHandle;
-  task?: Task;
+  /** Tasks sent to this worker, in order: the first runs (since startedAt), the others wait in its ring. A task
+   * given up while waiting there (aborted) stays until its reply comes, which is then dropped. */
+  tasks: Task[];
   startedAt: number;
   timer?: NodeJS.Timeout;
-  /** Killed on purpose (timeout, abort, destroy): its exit fails no task. */
+  /** Killed on purpose (timeout, abort, destroy): takes no more tasks. */
   doomed: boolean;
   gone: boolean;
   bornAt: number;
@@ -104,30 +116,33 @@ interface Slot {
   markEnded(): void;
 }
 
-const ms = (h: RecordableHistogram, n: number): DurationSummary => n === 0
+const ms = (h: RecordableHistogram): DurationSummary => h.count === 0
   ? { count: 0, p50: 0, p99: 0, max: 0, mean: 0 }
-  : { count: n, p50: h.percentile(50) / 1e6, p99: h.percentile(99) / 1e6, max: h.max / 1e6, mean: h.mean / 1e6 };
+  : { count: h.count, p50: h.percentile(50) / 1e6, p99: h.percentile(99) / 1e6, max: h.max / 1e6, mean: h.mean / 1e6 };
 
-function positiveInt(value: number | undefined, name: string, fallback: number): number {
+const ns = (fromMs: number, toMs: number) => Math.max(1, Math.round((toMs - fromMs) * 1e6));
+
+function positiveInt(value: number | undefined, name: string, fallback: number, min = 1): number {
   if (value === undefined) return fallback;
   if (value === Infinity && name === 'maxQueue') return value;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (name === 'maxQueue' ? 0 : 1)) {
-    throw new BadArgumentError(`${name} must be a positive integer`, { [name]: value });
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new BadArgumentError(`${name} must be an integer ≥ ${min}`, { [name]: value });
   }
   return value;
 }
 
 export class Pool {
-  /** The task module (as a URL string). */
+  /** The task module (as a URL string or path). */
   readonly module: string;
   readonly size: number;
   readonly isolation: Isolation;
   readonly maxQueue: number;
   readonly taskTimeout: number | undefined;
+  readonly tasksPerWorker: number;
 
   readonly #options: PoolOptions;
+  readonly #wake: PairWakeMode;
   readonly #slots = new Set<Slot>();
-  readonly #idle: Slot[] = [];
   readonly #queue: (Task | undefined)[] = [];
   #queueHead = 0;
   #queued = 0;
@@ -147,14 +162,18 @@ export class Pool {
 
   constructor(module: string | URL, options: PoolOptions = {}) {
     this.module = module instanceof URL ? module.href : module;
-    this.size = positiveInt(options.size, 'size', Math.max(1, availableParallelism()));
+    if (typeof this.module !== 'string' || this.module.length === 0) throw new BadArgumentError('module must be a path or a URL', { module: String(module) });
+    const cores = Math.max(1, availableParallelism());
+    this.size = positiveInt(options.size, 'size', cores);
     this.isolation = options.isolation ?? 'process';
     if (this.isolation !== 'process' && this.isolation !== 'thread') throw new BadArgumentError("isolation must be 'process' or 'thread'", { isolation: this.isolation });
-    this.maxQueue = positiveInt(options.maxQueue, 'maxQueue', Infinity);
+    this.maxQueue = positiveInt(options.maxQueue, 'maxQueue', Infinity, 0);
+    this.tasksPerWorker = positiveInt(options.tasksPerWorker, 'tasksPerWorker', 1);
     if (options.taskTimeout !== undefined && !(typeof options.taskTimeout === 'number' && options.taskTimeout > 0 && Number.isFinite(options.taskTimeout))) {
       throw new BadArgumentError('taskTimeout must be a positive number of milliseconds', { taskTimeout: options.taskTimeout });
     }
     this.taskTimeout = options.taskTimeout;
+    this.#wake = options.wake ?? (this.size + 1 <= cores ? 'adaptive' : 'doorbell');
     this.#options = options;
     for (let i = 0; i < this.size; i++) this.#start();
   }
@@ -168,7 +187,8 @@ export class Pool {
     if (this.#state !== 'open') return Promise.reject(new ClosedError('the pool is closed'));
     if (this.#broken) return Promise.reject(this.#broken);
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.#idle.length === 0 && this.#queued >= this.maxQueue) {
+    const slot = this.#freeSlot();
+    if (!slot && this.#queued >= this.maxQueue) {
       return Promise.reject(new ShmbusError(ErrorCode.QUEUE_FULL, 'the pool has as many tasks waiting as maxQueue allows', { details: { maxQueue: this.maxQueue } }));
     }
     return new Promise((resolve, reject) => {
@@ -179,9 +199,8 @@ export class Pool {
         t.onAbort = () => this.#abort(t);
         signal.addEventListener('abort', t.onAbort, { once: true });
       }
-      const slot = this.#idle.pop();
       if (slot) this.#dispatch(slot, t);
-      else { this.#queue.push(t); this.#queued++; }
+      else this.#enqueue(t);
     });
   }
 
@@ -190,8 +209,9 @@ export class Pool {
     if (this.#closing) return this.#closing;
     if (this.#state === 'open') this.#state = 'closing';
     this.#closing = (async () => {
-      while (this.#queued > 0 || this.#running() > 0) {
-        if (this.#broken && this.#running() === 0) break;
+      while (this.#queued > 0 || this.#inWorkers() > 0) {
+        if (this.#broken && this.#inWorkers() === 0) break;
+        if (this.#state === 'closed') break;
         await new Promise<void>((resolve) => { this.#drained = resolve; });
       }
       this.#failQueued(this.#broken ?? new ClosedError('the pool closed'));
@@ -206,7 +226,11 @@ export class Pool {
     this.#state = 'closed';
     const error = new ClosedError('the pool was destroyed');
     this.#failQueued(error);
-    for (const slot of this.#slots) if (slot.task) this.#settle(slot.task, error, false);
+    for (const slot of this.#slots) {
+      for (const task of slot.tasks) this.#settle(task, error, false);
+      this.#finishHead(slot);
+      slot.tasks.length = 0;
+    }
     this.#drained?.();
     await this.#stopAll(true);
     await this.#closing;
@@ -217,16 +241,19 @@ export class Pool {
     const now = performance.now();
     let busy = this.#busyMs;
     let alive = this.#aliveMs;
+    let running = 0;
+    let waiting = 0;
     for (const slot of this.#slots) {
-      if (slot.task) busy += now - slot.startedAt;
+      if (slot.tasks.length > 0) { busy += now - slot.startedAt; running++; }
+      waiting += Math.max(0, slot.tasks.length - 1);
       alive += now - slot.bornAt;
     }
     return {
-      waitTime: ms(this.#wait, this.#wait.count),
-      runTime: ms(this.#run, this.#run.count),
+      waitTime: ms(this.#wait),
+      runTime: ms(this.#run),
       utilization: alive > 0 ? Math.min(1, busy / alive) : 0,
-      queueLength: this.#queued,
-      running: this.#running(),
+      queueLength: this.#queued + waiting,
+      running,
       completed: this.#completed,
       failed: this.#failed,
       workers: this.#slots.size,
@@ -234,10 +261,21 @@ export class Pool {
     };
   }
 
-  #running(): number {
+  #inWorkers(): number {
     let n = 0;
-    for (const slot of this.#slots) if (slot.task) n++;
+    for (const slot of this.#slots) n += slot.tasks.length;
     return n;
+  }
+
+  /** The worker with the fewest tasks, if one can take another. */
+  #freeSlot(): Slot | undefined {
+    let best: Slot | undefined;
+    for (const slot of this.#slots) {
+      if (!slot.handle || slot.doomed || slot.gone || slot.tasks.length >= this.tasksPerWorker) continue;
+      if (!best || slot.tasks.length < best.tasks.length) best = slot;
+      if (slot.tasks.length === 0) break;
+    }
+    return best;
   }
 
   // --- workers ---------------------------------------------------------------------------------------------------
@@ -245,17 +283,17 @@ export class Pool {
   #start(): void {
     let markEnded!: () => void;
     const ended = new Promise<void>((resolve) => { markEnded = resolve; });
-    const slot: Slot = { startedAt: 0, doomed: false, gone: false, bornAt: performance.now(), ended, markEnded };
+    const slot: Slot = { tasks: [], startedAt: 0, doomed: false, gone: false, bornAt: performance.now(), ended, markEnded };
     this.#slots.add(slot);
     const o = this.#options;
     spawn(POOL_WORKER, {
-      isolation: this.isolation, args: [this.module], ringSize: o.ringSize, wake: o.wake, env: o.env, execArgv: o.execArgv, stdio: o.stdio,
+      isolation: this.isolation, args: [this.module], ringSize: o.ringSize, wake: this.#wake, env: o.env, execArgv: o.execArgv, stdio: o.stdio,
     }).then((handle) => {
       slot.handle = handle;
       if (this.#state === 'closed') { slot.doomed = true; handle.kill('SIGKILL'); }
       void handle.exited.then((exit) => this.#onExit(slot, exit));
       void this.#read(slot, handle);
-      if (!slot.doomed) this.#becameIdle(slot);
+      if (!slot.doomed) this.#fill(slot);
     }, (error: unknown) => {
       this.#slots.delete(slot);
       slot.gone = true;
@@ -280,59 +318,100 @@ export class Pool {
       // The module does not load: no worker ever will run a task.
       const error = new TaskError(value as ThrownDescription);
       this.#break(error);
-      if (slot.task) this.#settle(slot.task, error, false);
+      for (const task of slot.tasks) this.#settle(task, error, false);
+      this.#finishHead(slot);
+      slot.tasks.length = 0;
       return;
     }
-    const task = slot.task;
-    if (!task || task.id !== id) return; // a late reply to a task that timed out or was aborted
-    this.#settle(task, status === 0 ? value : new TaskError((value ?? {}) as ThrownDescription), status === 0);
-    if (!slot.doomed) this.#becameIdle(slot);
+    const head = slot.tasks[0];
+    // The worker answers in order: anything else is not an answer to the task it runs (ignored).
+    if (!head || head.id !== id) return;
+    this.#finishHead(slot);
+    slot.tasks.shift();
+    this.#settle(head, status === 0 ? value : new TaskError((value ?? {}) as ThrownDescription), status === 0);
+    if (slot.tasks.length > 0) this.#begin(slot);
+    if (!slot.doomed) this.#fill(slot);
+    if (this.#state === 'closing' && this.#queued === 0 && this.#inWorkers() === 0) this.#drained?.();
+  }
+
+  /** The first task of `slot` starts running now (from the parent's view: the one before it has just answered). */
+  #begin(slot: Slot): void {
+    const now = performance.now();
+    const head = slot.tasks[0]!;
+    slot.startedAt = now;
+    this.#wait.record(ns(head.queuedAt, now));
+    if (this.taskTimeout !== undefined) {
+      slot.timer = setTimeout(() => {
+        slot.timer = undefined;
+        this.#settle(head, new TimeoutError('task ran past taskTimeout', { taskTimeout: this.taskTimeout }), false);
+        this.#retire(slot);
+      }, this.taskTimeout);
+    }
+  }
+
+  /** The running task of `slot` is over (answered, or its worker gone): its run time counts, its timer stops. */
+  #finishHead(slot: Slot): void {
+    if (slot.tasks.length === 0) return;
+    if (slot.timer) { clearTimeout(slot.timer); slot.timer = undefined; }
+    const now = performance.now();
+    this.#busyMs += now - slot.startedAt;
+    this.#run.record(ns(slot.startedAt, now));
   }
 
   #onExit(slot: Slot, exit: WorkerExit): void {
     slot.gone = true;
     this.#slots.delete(slot);
-    const idle = this.#idle.indexOf(slot);
-    if (idle >= 0) this.#idle.splice(idle, 1);
     this.#aliveMs += performance.now() - slot.bornAt;
     void slot.handle?.channel.close().finally(() => slot.markEnded());
-    if (slot.task) this.#settle(slot.task, new WorkerExitError(exit.code, exit.signal, { pid: slot.handle?.pid, threadId: slot.handle?.threadId }), false);
+    const [head, ...ahead] = slot.tasks;
+    this.#finishHead(slot);
+    slot.tasks.length = 0;
+    if (head) this.#settle(head, new WorkerExitError(exit.code, exit.signal, { pid: slot.handle?.pid, threadId: slot.handle?.threadId }), false);
+    // Tasks sent ahead never started: they go back to the head of the queue, in order.
+    for (let i = ahead.length - 1; i >= 0; i--) {
+      const task = ahead[i]!;
+      if (task.settled) continue;
+      task.slot = undefined;
+      if (this.#state === 'closed' || this.#broken) this.#settle(task, this.#broken ?? new ClosedError('the pool closed'), false);
+      else this.#requeue(task);
+    }
     if (this.#state === 'closed' || this.#broken) { this.#drained?.(); return; }
     if (this.#state === 'closing' && this.#queued === 0) { this.#drained?.(); return; }
     this.#replaced++;
     this.#start();
   }
 
-  #becameIdle(slot: Slot): void {
-    const next = this.#takeQueued();
-    if (next) this.#dispatch(slot, next);
-    else {
-      this.#idle.push(slot);
-      if (this.#state === 'closing' && this.#running() === 0) this.#drained?.();
+  /** Sends queued tasks to `slot` while it can take more. */
+  #fill(slot: Slot): void {
+    while (slot.tasks.length < this.tasksPerWorker && !slot.doomed && !slot.gone) {
+      const next = this.#takeQueued();
+      if (!next) return;
+      this.#dispatch(slot, next);
     }
   }
 
   #dispatch(slot: Slot, task: Task): void {
-    const now = performance.now();
-    slot.task = task;
-    slot.startedAt = now;
-    task.slot = slot;
-    this.#wait.record(Math.max(1, Math.round((now - task.queuedAt) * 1e6)));
     try {
       slot.handle!.channel.send([task.id, task.value]);
     } catch (error) {
       // Too large for the ring, not encodable, or the channel ended: this task fails, the worker stays.
-      slot.task = undefined;
       this.#settle(task, error, false);
-      if (!slot.gone) this.#becameIdle(slot);
       return;
     }
-    if (this.taskTimeout !== undefined) {
-      slot.timer = setTimeout(() => {
-        this.#settle(task, new TimeoutError('task ran past taskTimeout', { taskTimeout: this.taskTimeout }), false);
-        this.#retire(slot);
-      }, this.taskTimeout);
-    }
+    task.slot = slot;
+    slot.tasks.push(task);
+    if (slot.tasks.length === 1) this.#begin(slot);
+  }
+
+  #enqueue(task: Task): void {
+    this.#queue.push(task);
+    this.#queued++;
+  }
+
+  #requeue(task: Task): void {
+    if (this.#queueHead > 0) this.#queue[--this.#queueHead] = task;
+    else this.#queue.unshift(task);
+    this.#queued++;
   }
 
   #takeQueued(): Task | undefined {
@@ -345,7 +424,7 @@ export class Pool {
     return undefined;
   }
 
-  /** A worker whose task was given up (timeout, abort): killed; its exit starts a replacement. */
+  /** A worker whose running task was given up (timeout, abort): killed; its exit starts a replacement. */
   #retire(slot: Slot): void {
     slot.doomed = true;
     slot.handle?.kill('SIGKILL');
@@ -356,21 +435,14 @@ export class Pool {
     const slot = task.slot;
     if (!slot) this.#queued--;
     this.#settle(task, task.signal!.reason, false);
-    if (slot) this.#retire(slot);
+    // Only the running task's worker must go; one sent ahead is skipped when its (ignored) answer comes.
+    if (slot && slot.tasks[0] === task) this.#retire(slot);
   }
 
   #settle(task: Task, outcome: unknown, ok: boolean): void {
     if (task.settled) return;
     task.settled = true;
     if (task.onAbort) task.signal!.removeEventListener('abort', task.onAbort);
-    const slot = task.slot;
-    if (slot && slot.task === task) {
-      slot.task = undefined;
-      if (slot.timer) { clearTimeout(slot.timer); slot.timer = undefined; }
-      const ran = performance.now() - slot.startedAt;
-      this.#busyMs += ran;
-      this.#run.record(Math.max(1, Math.round(ran * 1e6)));
-    }
     if (ok) { this.#completed++; task.resolve(outcome); } else { this.#failed++; task.reject(outcome); }
   }
 
@@ -395,7 +467,6 @@ export class Pool {
       if (kill) slot.handle.kill('SIGKILL');
       else void slot.handle.channel.close();
     }
-    this.#idle.length = 0;
     await Promise.all(ends);
   }
 }
