@@ -1,9 +1,11 @@
 // Task pools through the API users write (pool.run), in one run:
-//   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--json]
+//   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--ahead 16] [--json]
 //                                                                                             (npm run bench:pool)
 // Pools, all of `--size` workers over the same task module (bench/pool-task.ts, an echo):
-//   shm-thread    shmbus Pool, isolation 'thread'
+//   shm-thread    shmbus Pool, isolation 'thread'    (default options: one task at a time per worker)
 //   shm-process   shmbus Pool, isolation 'process'
+//   shm-thread+   the same with tasksPerWorker: --ahead (default 16): tasks sent ahead wait in the worker's ring
+//   shm-process+
 //   piscina       Piscina 5 (worker threads)
 //   fork          a minimal pool over child_process.fork (IPC, 'advanced' serialization), one task per worker
 // Rows: `object` (a 64 B msgpack object { i, s, f }, --tasks of them) and `bytes1M` (a 1 MiB Buffer, --big).
@@ -24,6 +26,7 @@ const { values: opts } = parseArgs({
     inflight: { type: 'string', default: '64' },
     size: { type: 'string', default: '2' },
     rounds: { type: 'string', default: '3' },
+    ahead: { type: 'string', default: '16' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -32,12 +35,13 @@ const BIG = Number(opts.big);
 const INFLIGHT = Number(opts.inflight);
 const SIZE = Number(opts.size);
 const ROUNDS = Number(opts.rounds);
+const AHEAD = Number(opts.ahead);
 const TASK_MODULE = fileURLToPath(new URL('./pool-task.js', import.meta.url));
 const FORK_WORKER = fileURLToPath(new URL('./fork-worker.js', import.meta.url));
 const MiB = 1 << 20;
 
-type Name = 'shm-thread' | 'shm-process' | 'piscina' | 'fork';
-const NAMES: Name[] = ['shm-thread', 'shm-process', 'piscina', 'fork'];
+type Name = 'shm-thread' | 'shm-process' | 'shm-thread+' | 'shm-process+' | 'piscina' | 'fork';
+const NAMES: Name[] = ['shm-thread', 'shm-process', 'shm-thread+', 'shm-process+', 'piscina', 'fork'];
 type Row = 'object' | 'bytes1M';
 
 interface Runner { run(task: unknown): Promise<unknown>; close(): Promise<void> }
@@ -80,8 +84,12 @@ class ForkPool implements Runner {
 function open(name: Name): Runner {
   switch (name) {
     case 'shm-thread':
-    case 'shm-process': {
-      const pool = new Pool(TASK_MODULE, { size: SIZE, isolation: name === 'shm-thread' ? 'thread' : 'process' });
+    case 'shm-process':
+    case 'shm-thread+':
+    case 'shm-process+': {
+      const pool = new Pool(TASK_MODULE, {
+        size: SIZE, isolation: name.startsWith('shm-thread') ? 'thread' : 'process', tasksPerWorker: name.endsWith('+') ? AHEAD : 1,
+      });
       return { run: (t) => pool.run(t), close: () => pool.close() };
     }
     case 'piscina': {
@@ -154,6 +162,9 @@ const ratios = {
   'bytes1M: shm-thread / piscina tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-thread', 'piscina', 'tasksPerSec'),
   'bytes1M: shm-process / piscina tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-process', 'piscina', 'tasksPerSec'),
   'bytes1M: shm-process / fork tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-process', 'fork', 'tasksPerSec'),
+  'object: shm-thread+ / piscina tasks/s': ratio('object', 'shm-thread+', 'piscina', 'tasksPerSec'),
+  'object: shm-process+ / piscina tasks/s': ratio('object', 'shm-process+', 'piscina', 'tasksPerSec'),
+  'object: shm-process+ / fork tasks/s': ratio('object', 'shm-process+', 'fork', 'tasksPerSec'),
 };
 
 if (opts.json) {

@@ -18,7 +18,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { createHistogram, type RecordableHistogram } from 'node:perf_hooks';
-import { BadArgumentError, ClosedError, ErrorCode, ShmbusError, TimeoutError } from '../host/errors.js';
+import { BadArgumentError, ClosedError, ErrorCode, MessageTooLargeError, ShmbusError, TimeoutError } from '../host/errors.js';
 import { spawn, type Isolation, type WorkerExit, type WorkerHandle } from './spawn.js';
 import type { PairWakeMode } from './pair.js';
 import { TaskError, WorkerExitError, type ThrownDescription } from './errors.js';
@@ -304,8 +304,20 @@ export class Pool {
 
   /** Reads one worker's replies until its channel ends. */
   async #read(slot: Slot, handle: WorkerHandle): Promise<void> {
+    // A result that is bytes comes as [id, 2], then a raw record (see pool-worker.ts).
+    let bytesFor = -1;
     try {
-      for await (const message of handle.channel) this.#onReply(slot, message);
+      for await (const message of handle.channel) {
+        if (bytesFor >= 0) {
+          const id = bytesFor;
+          bytesFor = -1;
+          if (message instanceof Uint8Array) this.#onReply(slot, [id, 0, message]);
+        } else if (Array.isArray(message) && message.length === 2 && message[1] === 2 && typeof message[0] === 'number') {
+          bytesFor = message[0];
+        } else {
+          this.#onReply(slot, message);
+        }
+      }
     } catch {
       /* the worker died: its exit settles what it ran (#onExit) */
     }
@@ -392,7 +404,17 @@ export class Pool {
 
   #dispatch(slot: Slot, task: Task): void {
     try {
-      slot.handle!.channel.send([task.id, task.value]);
+      const channel = slot.handle!.channel;
+      const value = task.value;
+      if (value instanceof Uint8Array) {
+        // Raw, after a header naming the task (see pool-worker.ts). Checked first: a header without its bytes
+        // would make the worker take the next task's header for them.
+        if (value.length > channel.maxMessageSize) throw new MessageTooLargeError(value.length, channel.maxMessageSize);
+        channel.send([task.id]);
+        channel.sendBytes(value);
+      } else {
+        channel.send([task.id, value]);
+      }
     } catch (error) {
       // Too large for the ring, not encodable, or the channel ended: this task fails, the worker stays.
       this.#settle(task, error, false);
