@@ -7,6 +7,7 @@
  *   worker → parent  [id, 0, value]     the function returned (or resolved to) value
  *                    [id, 2]  bytes     it returned a Uint8Array: the next record carries it raw
  *                    [id, 1, error]     it threw or rejected: { name, message, stack, code }
+ *                    [0, 0]             ready: the module is loaded (a task's run time starts from here at the earliest)
  *                    [0, 1, error]      the module could not be loaded or has no function to call; then it ends
  * Binary tasks and results go as raw records (sendBytes) instead of inside msgpack: that saves an encode and a
  * decode copy of every byte, which for large buffers is most of the cost. They arrive as Uint8Arrays (as a
@@ -40,6 +41,7 @@ try {
 }
 
 if (fn) {
+  conn.send([0, 0]);
   /** The id of a task whose bytes come in the next record. */
   let bytesFor = -1;
   for await (const message of conn) {

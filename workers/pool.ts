@@ -109,6 +109,8 @@ interface Slot {
   timer?: NodeJS.Timeout;
   /** Killed on purpose (timeout, abort, destroy): takes no more tasks. */
   doomed: boolean;
+  /** The worker said its module is loaded: until then nothing it was sent runs (nor counts as running). */
+  ready: boolean;
   gone: boolean;
   bornAt: number;
   /** Settles once the worker has ended (or could not start) and its channel is closed. */
@@ -244,8 +246,9 @@ export class Pool {
     let running = 0;
     let waiting = 0;
     for (const slot of this.#slots) {
-      if (slot.tasks.length > 0) { busy += now - slot.startedAt; running++; }
-      waiting += Math.max(0, slot.tasks.length - 1);
+      const started = slot.ready && slot.tasks.length > 0;
+      if (started) { busy += now - slot.startedAt; running++; }
+      waiting += slot.tasks.length - (started ? 1 : 0);
       alive += now - slot.bornAt;
     }
     return {
@@ -283,7 +286,7 @@ export class Pool {
   #start(): void {
     let markEnded!: () => void;
     const ended = new Promise<void>((resolve) => { markEnded = resolve; });
-    const slot: Slot = { tasks: [], startedAt: 0, doomed: false, gone: false, bornAt: performance.now(), ended, markEnded };
+    const slot: Slot = { tasks: [], startedAt: 0, doomed: false, ready: false, gone: false, bornAt: performance.now(), ended, markEnded };
     this.#slots.add(slot);
     const o = this.#options;
     spawn(POOL_WORKER, {
@@ -324,7 +327,12 @@ export class Pool {
   }
 
   #onReply(slot: Slot, message: unknown): void {
-    if (!Array.isArray(message) || message.length !== 3 || typeof message[0] !== 'number') return;
+    if (!Array.isArray(message) || message.length < 2 || message.length > 3 || typeof message[0] !== 'number') return;
+    if (message.length === 2 && message[0] === 0 && message[1] === 0 && !slot.ready) {
+      slot.ready = true;
+      if (slot.tasks.length > 0) this.#begin(slot);
+      return;
+    }
     const [id, status, value] = message as [number, number, unknown];
     if (id === 0 && status === 1) {
       // The module does not load: no worker ever will run a task.
@@ -337,7 +345,7 @@ export class Pool {
     }
     const head = slot.tasks[0];
     // The worker answers in order: anything else is not an answer to the task it runs (ignored).
-    if (!head || head.id !== id) return;
+    if (!head || head.id !== id || !slot.ready) return;
     this.#finishHead(slot);
     slot.tasks.shift();
     this.#settle(head, status === 0 ? value : new TaskError((value ?? {}) as ThrownDescription), status === 0);
@@ -363,7 +371,7 @@ export class Pool {
 
   /** The running task of `slot` is over (answered, or its worker gone): its run time counts, its timer stops. */
   #finishHead(slot: Slot): void {
-    if (slot.tasks.length === 0) return;
+    if (slot.tasks.length === 0 || !slot.ready) return;
     if (slot.timer) { clearTimeout(slot.timer); slot.timer = undefined; }
     const now = performance.now();
     this.#busyMs += now - slot.startedAt;
@@ -422,7 +430,7 @@ export class Pool {
     }
     task.slot = slot;
     slot.tasks.push(task);
-    if (slot.tasks.length === 1) this.#begin(slot);
+    if (slot.tasks.length === 1 && slot.ready) this.#begin(slot);
   }
 
   #enqueue(task: Task): void {
