@@ -126,6 +126,13 @@ for (const isolation of ['process', 'thread'] as const) {
     t.ok(fds().some((l) => l.startsWith('/memfd:')) === false, 'the parent closed its memfd once the worker held it');
     await within(30_000, w.close(), 'worker to end');
     t.same(fds(), before, 'every descriptor is closed after close()');
+    for (let i = 0; i < 3; i++) {
+      const idle = await spawn(fixture('worker-idle'), { isolation });
+      idle.kill('SIGKILL');
+      await within(30_000, idle.exited, 'idle worker to die');
+      await idle.channel.close();
+    }
+    t.same(fds(), before, 'nor when workers that never asked for their channel are killed');
   });
 }
 
