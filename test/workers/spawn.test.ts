@@ -75,6 +75,7 @@ for (const isolation of ['process', 'thread'] as const) {
     t.equal(info.env, 'seen', 'env reaches the worker');
     t.equal(info.ctx, null, 'the worker context is not left in the environment');
     t.equal(await w.channel.request({ cmd: 'again' }, { timeout: 30_000 }), true, 'parentChannel() gives the same channel twice');
+    if (isolation === 'process') t.equal(await w.channel.request({ cmd: 'pdeathsig' }, { timeout: 30_000 }), 9, 'the worker process has PR_SET_PDEATHSIG = SIGKILL');
     await t.rejects(w.channel.request({ cmd: 'fail' }, { timeout: 30_000 }), { code: ErrorCode.REMOTE }, 'a failed handler is a failed reply');
     await within(30_000, w.close(), 'worker to end');
   });
