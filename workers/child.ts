@@ -5,7 +5,7 @@
  * environment, makes the inherited descriptors close-on-exec (so the worker's own children inherit neither), puts
  * the module's path in `process.argv[1]` as if it had been started directly, and imports it.
  */
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setParentDeathSignal, parentPid } from '../host/sys/prctl.js';
 import { dupFd } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
@@ -32,5 +32,5 @@ closeFd(context.socketFd);
 setWorkerContext({ ...context, segmentFd, socketFd });
 
 const url = /^[a-z][a-z0-9+.-]*:/i.test(target) && !/^[a-z]:[\\/]/i.test(target) ? target : pathToFileURL(target).href;
-process.argv.splice(1, 2, target.startsWith('file:') ? new URL(target).pathname : target);
+process.argv.splice(1, 2, target.startsWith('file:') ? fileURLToPath(target) : target);
 await import(url);

@@ -8,7 +8,7 @@ import cp, { type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Channel } from '../host/channel.js';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
@@ -176,7 +176,7 @@ export async function spawn(module: string | URL, options: SpawnOptions = {}): P
 async function spawnProcess(pair: ParentPair, href: string, args: string[], execArgv: string[], env: NodeJS.ProcessEnv, stdio: 'inherit' | 'ignore' | 'pipe', context: WorkerContext): Promise<WorkerHandle> {
   let child: ChildProcess;
   try {
-    child = cp.spawn(process.execPath, [...execArgv, CHILD_ENTRY.pathname, href, ...args], {
+    child = cp.spawn(process.execPath, [...execArgv, fileURLToPath(CHILD_ENTRY), href, ...args], {
       stdio: [stdio === 'pipe' ? 'ignore' : stdio, stdio, stdio, pair.region.fd, pair.workerFd],
       env: { ...env, [CONTEXT_ENV]: JSON.stringify(context) },
     });

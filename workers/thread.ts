@@ -4,6 +4,7 @@
  * which then closes its own, so each side holds exactly one end. Then the module's path goes in
  * `process.argv[1]` and the module is imported.
  */
+import { fileURLToPath } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import { dupFd } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
@@ -20,5 +21,5 @@ process.once('exit', () => {
   const left = takeWorkerContext();
   if (left) { try { closeFd(left.segmentFd); } catch { /* gone */ } try { closeFd(left.socketFd); } catch { /* gone */ } }
 });
-process.argv[1] = data.module.startsWith('file:') ? new URL(data.module).pathname : data.module;
+process.argv[1] = data.module.startsWith('file:') ? fileURLToPath(data.module) : data.module;
 await import(data.module);
