@@ -170,3 +170,17 @@ export function receiveFd(socketFd: number, max = 1): Received | undefined {
   }
   return { bytes: data.subarray(0, n), fds, truncated: (flags & MSG_CTRUNC) !== 0, foreign };
 }
+
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const socketpair = lib.func('int socketpair(int domain, int type, int protocol, void *sv)') as
+  (domain: number, type: number, protocol: number, sv: Buffer) => number;
+
+/** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): two connected ends, for a parent and a worker it starts (the
+ * worker's end is handed over as an inherited descriptor or, to a thread, by number). */
+export function socketPair(): [number, number] {
+  const sv = Buffer.alloc(8);
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) !== 0) throw new SystemError('socketpair', libc.lastErrno());
+  return [sv.readInt32LE(0), sv.readInt32LE(4)];
+}

@@ -1,0 +1,182 @@
+/**
+ * A channel between a parent and a worker it starts, over a segment both already share: no listener, no endpoint
+ * name, no handshake. The parent creates a sealed memfd (two rings, formatted) and a Unix socketpair; the worker
+ * gets its ends as inherited descriptors (a child process) or by number (a thread: same fd table), checks the
+ * segment like any peer's (sealed, ours, of the size announced) and maps it into its own wasm memory.
+ *
+ * The socketpair is the control connection a Channel expects: its end-of-file is how each side learns the other
+ * died, and with the default wake mode (`adaptive`: spin briefly, then park) a parked side is rung with a
+ * doorbell byte on it, read through the event loop. Wake modes that need nothing from the peer (`doorbell`,
+ * `futex`: the ring's own words) work too; the others (`sem`, `signal`, `mq`, `sysvsem`) name a kernel object the
+ * peer makes, which would need the handshake this pair does without.
+ *
+ * Both sides close their segment descriptor as soon as the segment is mapped (the mapping keeps the memory), so a
+ * worker holds no descriptor of it and a grandchild can inherit none.
+ */
+import net from 'node:net';
+import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../assembly/layout.js';
+import { getEngine, type Engine } from '../host/engine.js';
+import { Region } from '../host/region.js';
+import { RingEnd } from '../host/ring.js';
+import { formatSegment, readSegment } from '../host/segment.js';
+import { Channel } from '../host/channel.js';
+import { parseShmUrl, DEFAULT_RING_SIZE, parseSize } from '../host/url.js';
+import { processStartTime } from '../host/sys/proc.js';
+import { ownIdentity } from '../host/sys/socket.js';
+import { mechanismFor } from '../host/wake/index.js';
+import { BadArgumentError, CorruptError } from '../host/errors.js';
+
+/** Wake modes a parent/worker pair can use without exchanging anything (see the file comment). */
+export const PAIR_WAKE_MODES = ['adaptive', 'spin', 'doorbell', 'futex'] as const;
+export type PairWakeMode = (typeof PAIR_WAKE_MODES)[number];
+
+/** The checked geometry of a pair's segment. */
+export interface PairGeometry {
+  /** Ring data bytes per direction (a power of two). */
+  capacity: number;
+  /** Bytes of the whole segment. */
+  size: number;
+  wake: PairWakeMode;
+}
+
+/** Checks `ringSize` (bytes or a size text such as '1MiB'; default 4 MiB) and `wake`. */
+export function pairGeometry(ringSize: number | string | undefined, wake: string | undefined): PairGeometry {
+  const capacity = ringSize === undefined ? DEFAULT_RING_SIZE : typeof ringSize === 'string' ? parseSize(ringSize) : ringSize;
+  if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
+    throw new BadArgumentError('ringSize must be a power of two', { ringSize, min: RING_MIN_CAPACITY, max: RING_MAX_CAPACITY });
+  }
+  const mode = wake ?? 'adaptive';
+  if (!(PAIR_WAKE_MODES as readonly string[]).includes(mode)) {
+    throw new BadArgumentError('wake mode not available between a parent and its worker', { wake: mode, supported: PAIR_WAKE_MODES.join(',') });
+  }
+  return { capacity, size: segmentBytes(CHANNEL_RING_COUNT, capacity), wake: mode as PairWakeMode };
+}
+
+/** A segment mapped into a window of this thread's engine. */
+interface Mapping { engine: Engine; region: Region; window: number; windowSize: number }
+
+function mapInto(engine: Engine, region: Region): Mapping {
+  const windowSize = region.size;
+  const window = engine.allocWindow(windowSize);
+  try {
+    region.mapAt(engine.address(window));
+  } catch (error) {
+    engine.freeWindow(window, windowSize);
+    throw error;
+  }
+  return { engine, region, window, windowSize };
+}
+
+function unmap(m: Mapping): void {
+  try {
+    m.region.unmapAt(m.engine.address(m.window));
+    m.engine.freeWindow(m.window, m.windowSize);
+  } finally {
+    m.region.close();
+  }
+}
+
+/** The parent's half before the worker exists: the segment (formatted, mapped) and the socketpair. */
+export interface ParentPair {
+  geometry: PairGeometry;
+  /** The memfd, open until `release()`: hand it to the worker first. */
+  region: Region;
+  mapping: Mapping;
+  /** Our end of the socketpair and the worker's. */
+  parentFd: number;
+  workerFd: number;
+}
+
+/**
+ * Creates the segment (a sealed memfd, mode 0600, pages reserved) and formats it. The caller passes
+ * `region.fd` and `workerFd` to the worker, then calls `openParentChannel`; on any failure before that, `abandon`.
+ */
+export function createParentPair(geometry: PairGeometry, fds: [number, number]): ParentPair {
+  const engine = getEngine();
+  const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
+  let mapping: Mapping;
+  try {
+    mapping = mapInto(engine, region);
+  } catch (error) {
+    region.close();
+    throw error;
+  }
+  try {
+    formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
+  } catch (error) {
+    unmap(mapping);
+    throw error;
+  }
+  return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1] };
+}
+
+/** Undoes createParentPair when the worker could not be started. */
+export function abandonParentPair(pair: ParentPair, closeFd: (fd: number) => void): void {
+  try { unmap(pair.mapping); } catch { /* report the first failure */ }
+  for (const fd of [pair.parentFd, pair.workerFd]) { try { closeFd(fd); } catch { /* idem */ } }
+}
+
+function endpointFor(geometry: PairGeometry, label: string) {
+  return parseShmUrl(`shm://${label}?size=${geometry.capacity}&wake=${geometry.wake}`);
+}
+
+function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side: 'parent' | 'worker', peerPid: number, label: string): Channel {
+  const { capacity } = geometry;
+  const ours = side === 'parent' ? RING_TO_CONNECTOR : RING_TO_LISTENER;
+  const theirs = side === 'parent' ? RING_TO_LISTENER : RING_TO_CONNECTOR;
+  const tx = new RingEnd(m.engine, m.window + ringOffset(ours, capacity), capacity, 'producer');
+  const rx = new RingEnd(m.engine, m.window + ringOffset(theirs, capacity), capacity, 'consumer');
+  const endpoint = endpointFor(geometry, label);
+  const mechanism = mechanismFor(geometry.wake, endpoint.url);
+  const { uid, gid } = ownIdentity();
+  const socket = new net.Socket({ fd: socketFd, readable: true, writable: true, allowHalfOpen: false });
+  socket.pause();
+  return new Channel({
+    ...m, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side,
+    wake: { mine: mechanism, peer: mechanism, peerParams: {}, myParams: mechanism.params(), peerCred: { pid: peerPid, uid, gid } },
+  });
+}
+
+/** The parent's channel. It works at once (the worker's side may not exist yet: what is sent waits in the
+ * ring); the segment's fd and the worker's socket end stay open until `releaseWorkerEnds`. */
+export function openParentChannel(pair: ParentPair, peerPid: number, label: string): Channel {
+  return makeChannel(pair.mapping, pair.geometry, pair.parentFd, 'parent', peerPid, label);
+}
+
+/** Closes the parent's copies of what the worker took (its socket end, the segment's fd): once the worker holds
+ * its own, or once it is gone. Idempotent. Until then the worker's death would not show as end-of-file. */
+export function releaseWorkerEnds(pair: ParentPair, closeFd: (fd: number) => void): void {
+  pair.region.close();
+  if (pair.workerFd >= 0) {
+    const fd = pair.workerFd;
+    pair.workerFd = -1;
+    closeFd(fd);
+  }
+}
+
+/**
+ * The worker's channel: checks the segment descriptor like any peer's (a memfd of our uid, sealed against
+ * resizing, of the announced size; Region.fromPeerFd takes it over), maps it, reads its header, closes the fd.
+ */
+export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string): Channel {
+  const engine = getEngine();
+  const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
+  let mapping: Mapping;
+  try {
+    mapping = mapInto(engine, region);
+  } catch (error) {
+    region.close();
+    throw error;
+  }
+  try {
+    region.close();
+    const info = readSegment(engine, mapping.window, region.size);
+    if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== geometry.capacity) {
+      throw new CorruptError('segment geometry differs from what the parent announced', { ringCount: info.ringCount, capacity: info.capacity });
+    }
+    return makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label);
+  } catch (error) {
+    unmap(mapping);
+    throw error;
+  }
+}

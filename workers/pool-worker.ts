@@ -1,0 +1,84 @@
+/**
+ * The worker a Pool starts (in a process or a thread): `node pool-worker.js <task module URL>`. It imports the
+ * task module, takes its default export (the function a Piscina task module exports too), and answers the
+ * parent's tasks one at a time over its parentChannel(). The protocol (see pool.ts):
+ *   parent → worker  [id, task]
+ *                    [id]  bytes        a task that is a Uint8Array (a Buffer): the next record carries it raw
+ *   worker → parent  [id, 0, value]     the function returned (or resolved to) value
+ *                    [id, 2]  bytes     it returned a Uint8Array: the next record carries it raw
+ *                    [id, 1, error]     it threw or rejected: { name, message, stack, code }
+ *                    [0, 0]             ready: the module is loaded (a task's run time starts from here at the earliest)
+ *                    [0, 1, error]      the module could not be loaded or has no function to call; then it ends
+ * Binary tasks and results go as raw records (sendBytes) instead of inside msgpack: that saves an encode and a
+ * decode copy of every byte, which for large buffers is most of the cost. They arrive as Uint8Arrays (as a
+ * Buffer does through Piscina's structured clone).
+ */
+import { parentChannel } from './parent.js';
+import { describeThrown } from './errors.js';
+import { MessageTooLargeError } from '../host/errors.js';
+
+type TaskFunction = (task: unknown) => unknown;
+
+/** The function a task module offers: its default export (an ES module's, or a CommonJS module.exports). */
+function taskFunction(mod: Record<string, unknown>): TaskFunction {
+  let candidate: unknown = mod.default;
+  if (typeof candidate === 'object' && candidate !== null && typeof (candidate as { default?: unknown }).default === 'function') {
+    candidate = (candidate as { default: unknown }).default;
+  }
+  if (typeof candidate !== 'function') throw new TypeError('the task module has no default export that is a function');
+  return candidate as TaskFunction;
+}
+
+const target = process.argv[2];
+const conn = await parentChannel();
+let fn: TaskFunction | undefined;
+try {
+  if (target === undefined) throw new TypeError('no task module given');
+  fn = taskFunction(await import(target) as Record<string, unknown>);
+} catch (error) {
+  conn.send([0, 1, describeThrown(error)]);
+  process.exitCode = 1;
+}
+
+if (fn) {
+  conn.send([0, 0]);
+  /** The id of a task whose bytes come in the next record. */
+  let bytesFor = -1;
+  for await (const message of conn) {
+    let id: number;
+    let task: unknown;
+    if (bytesFor >= 0) {
+      id = bytesFor;
+      bytesFor = -1;
+      if (!(message instanceof Uint8Array)) continue;
+      task = message;
+    } else {
+      if (!Array.isArray(message) || typeof message[0] !== 'number') continue;
+      if (message.length === 1) { bytesFor = message[0]; continue; }
+      if (message.length !== 2) continue;
+      id = message[0];
+      task = message[1];
+    }
+    let result: unknown;
+    let failed = false;
+    try {
+      result = fn(task);
+      if (typeof (result as { then?: unknown } | null)?.then === 'function') result = await result;
+    } catch (error) {
+      result = describeThrown(error);
+      failed = true;
+    }
+    try {
+      if (failed) conn.send([id, 1, result]);
+      else if (result instanceof Uint8Array) {
+        if (result.length > conn.maxMessageSize) throw new MessageTooLargeError(result.length, conn.maxMessageSize);
+        conn.send([id, 2]);
+        conn.sendBytes(result);
+      } else conn.send([id, 0, result]);
+    } catch (error) {
+      // The value could not be sent (too large for the ring, not encodable): the task fails with that reason.
+      conn.send([id, 1, describeThrown(error)]);
+    }
+  }
+}
+await conn.close();
