@@ -21,7 +21,6 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
-import { EventEmitter } from 'node:events';
 import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../assembly/layout.js';
 import { getEngine, type Engine } from '../host/engine.js';
 import { Region } from '../host/region.js';
@@ -42,7 +41,8 @@ import {
   BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 
-import type { Transport, ConnectOptions, ListenOptions, ConnectionListener } from './contract.js';
+import type { Transport, ConnectOptions, ListenOptions } from './contract.js';
+import { ListenerBase } from './base.js';
 
 const DEFAULT_TIMEOUT = 5000;
 const DEFAULT_MAX_PENDING = 64;
@@ -184,19 +184,16 @@ function positive(value: number | undefined, fallback: number, name: string): nu
   return value;
 }
 
-/** A listening endpoint: an async iterable of incoming channels. Emits 'connection' and 'error' (a connector
- * refused or a handshake that failed; the listener goes on). */
-export class Listener extends EventEmitter implements ConnectionListener {
-  readonly url: string;
+/** A listening endpoint: an async iterable of incoming channels (the accept queue is transports/base.ts's
+ * ListenerBase). Emits 'connection' and 'error' (a connector refused or a handshake that failed; the listener goes
+ * on). */
+export class Listener extends ListenerBase<Channel> {
   private readonly server: net.Server;
   private readonly endpoint: ShmEndpoint;
   private readonly handshakeTimeout: number;
   private readonly policy: PeerPolicy;
   private readonly maxPending: number;
   private readonly maxConnections: number;
-  private readonly accepted: Channel[] = [];
-  private waiter: ((c: Channel | undefined) => void) | undefined;
-  private closed = false;
   /** Sockets still in their handshake. */
   private readonly pending = new Set<net.Socket>();
   /** Channels this listener made that are not closed yet (maxConnections counts them). */
@@ -204,8 +201,7 @@ export class Listener extends EventEmitter implements ConnectionListener {
 
   /** @internal use listen() */
   constructor(endpoint: ShmEndpoint, server: net.Server, options: ListenOptions) {
-    super();
-    this.url = endpoint.url;
+    super(endpoint.url);
     this.endpoint = endpoint;
     this.server = server;
     this.handshakeTimeout = positive(options.handshakeTimeout, DEFAULT_TIMEOUT, 'handshakeTimeout');
@@ -290,9 +286,7 @@ export class Listener extends EventEmitter implements ConnectionListener {
       mapping = undefined;
       this.live++;
       channel.once('close', () => { this.live--; });
-      if (this.closed) { void channel.close(); return; }
-      this.emit('connection', channel);
-      if (this.waiter) { const w = this.waiter; this.waiter = undefined; w(channel); } else this.accepted.push(channel);
+      this.offer(channel);
     } catch (error) {
       this.pending.delete(socket);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
@@ -300,31 +294,9 @@ export class Listener extends EventEmitter implements ConnectionListener {
     }
   }
 
-  /** The next incoming channel, or undefined once the listener is closed. */
-  acceptNext(): Promise<Channel | undefined> {
-    const ready = this.accepted.shift();
-    if (ready) return Promise.resolve(ready);
-    if (this.closed) return Promise.resolve(undefined);
-    return new Promise((resolve) => { this.waiter = resolve; });
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Channel> {
-    return {
-      next: async () => {
-        const c = await this.acceptNext();
-        return c ? { value: c, done: false } : { value: undefined, done: true };
-      },
-      return: async () => ({ value: undefined, done: true }),
-    };
-  }
-
-  /** Stops accepting. Channels already handed out stay open; ones not yet taken are closed. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    for (const s of this.pending) s.destroy();
-    for (const c of this.accepted.splice(0)) await c.close();
-    if (this.waiter) { const w = this.waiter; this.waiter = undefined; w(undefined); }
+  /** Stops the handshakes in progress and the server (ListenerBase.close closes channels not yet taken). */
+  protected async stop(): Promise<void> {
+    for (const socket of this.pending) socket.destroy();
     // net.Server.close() stops listening at once, but its callback waits for every accepted socket to end:
     // channels handed out stay open (the contract), so do not wait for them.
     this.server.close();
