@@ -5,7 +5,7 @@
  *   QUEUE_FULL / MESSAGE_TOO_LARGE), the bounded inbox behind the async iterator and `receive`, msgpack encoding
  *   and decoding, orderly close, peer death and failure. A transport subclasses it and provides four hooks
  *   (writeFrame, pauseReading, resumeReading, closeTransport) and reports what the kernel did through five calls
- *   (writable, deliver, ended, peerDied, fail). `host/channel.ts` is the reference these semantics follow.
+ *   (writable, deliver, ended, peerDied, fail). `transports/shm/channel.ts` is the reference these semantics follow.
  * - `ListenerBase`: the accept queue behind `acceptNext` and the listener's async iterator.
  * - `parseTransportQuery`: the URL options every kernel transport shares (`maxQueued`), unknown ones refused.
  *
@@ -289,7 +289,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {
       next: () => this.next(),
-      // Leaving a for-await loop early does not close the connection (as with host/channel.ts).
+      // Leaving a for-await loop early does not close the connection (as with transports/shm/channel.ts).
       return: async () => ({ value: undefined, done: true }),
     };
   }
@@ -347,7 +347,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /**
    * Hands every queued message to the kernel, then closes the transport (the peer reads what was sent, then its
    * iterator ends). Messages that can no longer be delivered (the peer went away) are given up; drained() tells
-   * why. Idempotent. Like host/channel.ts, it waits as long as a live peer takes to make room.
+   * why. Idempotent. Like transports/shm/channel.ts, it waits as long as a live peer takes to make room.
    */
   close(): Promise<void> {
     this.closePromise ??= (async () => {

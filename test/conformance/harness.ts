@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import tap from 'tap';
-import { listen, spawnWithPipe, type Connection, type ConnectionListener } from '../../host/index.js';
+import { listen, spawnWithPipe, type Connection, type ConnectionListener } from '../../index.js';
 import { adoptChild, startChild, within, type Child, type TestLike } from '../helpers.js';
 
 export { within };

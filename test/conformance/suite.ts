@@ -7,7 +7,7 @@
 //   CONFORMANCE=unix,tcp npx tap test/conformance/*.test.ts   runs only the named cases.
 import t from 'tap';
 import { stat } from 'node:fs/promises';
-import { listen, connect, spawnWithPipe, ErrorCode, ShmbusError } from '../../host/index.js';
+import { listen, connect, spawnWithPipe, ErrorCode, ShmbusError } from '../../index.js';
 import { checkSeq, sendSequence, seqMessage } from '../fixtures/conn-peer.js';
 import { fileTimeout } from '../helpers.js';
 import { streamCases, cleanupStreamCases } from './cases-streams.js';

@@ -1,6 +1,6 @@
 /**
  * A duplex channel over one shared segment: one SPSC ring each way, plus the control socket for doorbells and
- * peer death. Created by `listen` (the listener's side) and `connect` (see host/shm.ts).
+ * peer death. Created by `listen` (the listener's side) and `connect` (see listener.ts and connect.ts here).
  *
  * Sending follows Node's `stream.write` convention: `send` always takes the message; once the ring is full the
  * message waits in a bounded local queue and `send` returns false until `drained()` / 'drain'. Receiving is
@@ -11,20 +11,20 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
-import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../assembly/layout.js';
-import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
-import type { Engine } from './engine.js';
-import type { Region } from './region.js';
-import type { PeerCredentials } from './peer.js';
-import { RingEnd, COUNTING, perf } from './ring.js';
-import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from './codec.js';
-import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
-import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from './send-queue.js';
-import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
-import type { ShmEndpoint } from './url.js';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../../assembly/layout.js';
+import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
+import type { Engine } from '../../host/engine.js';
+import type { Region } from '../../host/region.js';
+import type { PeerCredentials } from '../../host/peer.js';
+import { RingEnd, COUNTING, perf } from '../../host/ring.js';
+import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from '../../host/codec.js';
+import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
+import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
+import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
+import type { ShmEndpoint } from '../../host/url.js';
 import {
   BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, ShmbusError,
-} from './errors.js';
+} from '../../host/errors.js';
 
 /** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
 /** How often a writer parked for room looks at the ring's positions on its own (see waitWritable). */
@@ -41,7 +41,7 @@ const INBOX_LIMIT = 65536;
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
 export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
 
-/** What a channel is made of; built by host/shm.ts after the handshake. */
+/** What a channel is made of; built by listener.ts / connect.ts after the handshake. */
 export interface ChannelParts {
   engine: Engine;
   region: Region;
@@ -117,7 +117,6 @@ export class Claim {
 }
 
 export class Channel extends EventEmitter implements AsyncIterable<unknown> {
-  // Implements transports/contract.ts#Connection (structurally: host/ sits below transports/).
   /** The URL this channel was made from. */
   readonly url: string;
   /** Largest message in bytes (encoded) one send can carry. */
