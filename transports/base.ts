@@ -103,6 +103,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     });
     this.inboxMessages = Math.max(1, opts.inboxMessages ?? DEFAULT_INBOX_MESSAGES);
     this.inboxBytesMax = Math.max(1, opts.inboxBytes ?? DEFAULT_INBOX_BYTES);
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
   }
 
   // --- hooks the subclass implements -----------------------------------------------------------------------------
@@ -284,6 +285,37 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   async receive(): Promise<unknown> {
     const r = await this.next();
     return r.done ? undefined : r.value;
+  }
+
+  private dispatching = false;
+
+  /**
+   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message:
+   * everything that arrived together, synchronously, then one wait for more. Use either this or the iterator.
+   * Errors go to 'error' listeners as always; 'close' follows the last message.
+   */
+  private async dispatchMessages(): Promise<void> {
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      while (this.listenerCount('message') > 0) {
+        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.take());
+        if (this.listenerCount('message') === 0) break;
+        const r = await this.next();
+        if (r.done) break;
+        if (this.listenerCount('message') === 0) {
+          // The listener went away while we waited: the message stays first for the iterator.
+          this.inbox.splice(this.inboxHead, 0, r.value);
+          this.inboxSizes.splice(this.inboxHead, 0, 0);
+          break;
+        }
+        this.emit('message', r.value);
+      }
+    } catch {
+      /* the failure was reported to 'error' listeners (fail) */
+    } finally {
+      this.dispatching = false;
+    }
   }
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {

@@ -173,6 +173,34 @@ function conformance(c: ConformanceCase): void {
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
 
+  check("conn.on('message') hands over every message in order; removing the listener stops it", async (t, c) => {
+    const N = 5000;
+    const s = await c.open('echo');
+    const got: number[] = [];
+    let resolveAll!: () => void;
+    const all = new Promise<void>((resolve) => { resolveAll = resolve; });
+    const onMessage = (m: unknown) => {
+      got.push((m as { n: number }).n);
+      if (got.length === N) {
+        // Removed from inside a dispatch: nothing more is emitted, the next message waits for receive().
+        s.conn.off('message', onMessage);
+        resolveAll();
+      }
+    };
+    s.conn.on('message', onMessage);
+    const sending = (async () => {
+      for (let n = 0; n < N; n++) if (!s.conn.send({ n })) await s.conn.drained();
+    })();
+    await within(60_000, all, "every echo through 'message'");
+    await sending;
+    t.same(got, Array.from({ length: N }, (_, n) => n), 'every message once, in order');
+    s.conn.send({ n: -1 });
+    t.same(await within(60_000, s.conn.receive(), 'receive after off'), { n: -1 }, 'after off() the iterator gets the next message');
+    t.equal(got.length, N, 'nothing went to the removed listener');
+    await s.close();
+    t.equal(await s.peer.exit, 0, s.peer.stderr());
+  });
+
   check('back-pressure: a slow reader keeps memory bounded and the queue within maxQueued', async (t, c) => {
     const maxQueued = 32, size = 16 * 1024, count = 4000; // 64 MiB through a reader that sleeps 10 ms per 100
     const s = await c.open('slow', { count, every: 100, ms: 10, size }, { maxQueued });

@@ -204,6 +204,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.socket.on('error', () => { /* 'close' follows; peer death is reported from there */ });
     if (parts.pendingBytes.length) this.onDoorbells(parts.pendingBytes);
     this.socket.resume();
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
   }
 
   // --- sending ---------------------------------------------------------------------------------------------------
@@ -746,6 +747,37 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.fail(asShmbusError(error));
     } finally {
       this.rpcReading = false;
+    }
+  }
+
+  private dispatching = false;
+
+  /**
+   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message: a
+   * whole batch per wake, synchronously, then one wait for the next batch. Use either this or the iterator.
+   * Errors go to 'error' listeners as always; 'close' follows the last message.
+   */
+  private async dispatchMessages(): Promise<void> {
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      while (this.listenerCount('message') > 0) {
+        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.takeInbox().value);
+        if (this.listenerCount('message') === 0) break;
+        const r = await this.next();
+        if (r.done) break;
+        if (this.listenerCount('message') === 0) {
+          // The listener went away while we waited: the message stays first for the iterator.
+          if (this.inboxHead > 0) this.inbox[--this.inboxHead] = r.value;
+          else this.inbox.unshift(r.value);
+          break;
+        }
+        this.emit('message', r.value);
+      }
+    } catch {
+      /* the failure was reported to 'error' listeners (fail / peer death) */
+    } finally {
+      this.dispatching = false;
     }
   }
 
