@@ -35,6 +35,13 @@ export interface SendQueueOptions {
   write: WriteOne;
   /** Someone was told false (a send queued, a trySend refused) and now nothing waits: emit 'drain'. */
   onDrain?: () => void;
+  /**
+   * Whether a refused trySend (or `refused()`) holds later sends back until `writable()` (default true: a
+   * kernel writer that said "would block" is not asked again before it says so). False lets a later send try
+   * `write` at once (the shm ring: a smaller message may fit where the refused one did not); drained() still
+   * waits for `writable()` either way.
+   */
+  refusalBlocks?: boolean;
 }
 
 /** One message waiting in the queue, in its private copy. */
@@ -51,6 +58,9 @@ export class SendQueue {
   private head = 0;
   /** A write was refused and the owner has not said "writable" since: new messages queue behind it. */
   private blocked = false;
+  /** A trySend / claim was refused (refusalBlocks false): drained() waits for writable(), sends do not. */
+  private triedAndRefused = false;
+  private readonly refusalBlocks: boolean;
   /** Someone was told false: onDrain is owed once nothing waits. */
   private drainOwed = false;
   private flushing = false;
@@ -63,6 +73,7 @@ export class SendQueue {
     this.maxQueued = options.maxQueued;
     this.write = options.write;
     this.onDrain = options.onDrain;
+    this.refusalBlocks = options.refusalBlocks ?? true;
   }
 
   /** Messages waiting. */
@@ -72,7 +83,7 @@ export class SendQueue {
 
   /** Nothing waits and no refused write is outstanding: a send goes straight to `write`. */
   get idle(): boolean {
-    return this.head === this.items.length && !this.blocked;
+    return this.head === this.items.length && !this.blocked && !this.triedAndRefused;
   }
 
   /** The oldest waiting message (the next `write` of a flush), if any. */
@@ -104,7 +115,8 @@ export class SendQueue {
 
   /** A write the owner made on its own (a zero-copy claim) was refused: drained() waits, 'drain' is owed. */
   refused(): void {
-    this.blocked = true;
+    if (this.refusalBlocks) this.blocked = true;
+    else this.triedAndRefused = true;
     this.drainOwed = true;
   }
 
@@ -146,6 +158,7 @@ export class SendQueue {
     this.blocked = false;
     if (!this.flush()) return false;
     this.blocked = false;
+    this.triedAndRefused = false;
     const waiters = this.waiters;
     if (waiters.length) {
       this.waiters = [];
@@ -180,6 +193,7 @@ export class SendQueue {
     this.items.length = 0;
     this.head = 0;
     this.blocked = false;
+    this.triedAndRefused = false;
     this.drainOwed = false;
     return dropped;
   }

@@ -196,6 +196,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.maxMessageSize = this.tx.maxPayload;
     this.sendQueue = new SendQueue({
       maxMessageSize: this.maxMessageSize, maxQueued: this.maxQueued, write: this.writeRecord, onDrain: () => this.emit('drain'),
+      refusalBlocks: false,
     });
     this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
     this.socket.setNoDelay(true);
