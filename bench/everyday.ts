@@ -9,7 +9,7 @@
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
-// host/ring.ts and host/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
+// host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
 // for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
 //
@@ -21,7 +21,7 @@ import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
-import { listen, connect, type Connection } from '../host/index.js';
+import { listen, connect, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
 
 const SELF = fileURLToPath(import.meta.url);

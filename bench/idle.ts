@@ -9,7 +9,7 @@
 import { readdirSync, readFileSync, promises as fsp } from 'node:fs';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { listen, connect, type Channel, type ShmUrl } from '../host/index.js';
+import { listen, connect, type Channel, type ShmUrl } from '../index.js';
 
 const MODES = ['adaptive', 'doorbell', 'futex', 'sem', 'sysvsem', 'signal', 'mq'] as const;
 const PAIRS = 64;

@@ -17,7 +17,7 @@
 // processes used in that window, as a share of one core (spin is expected to burn a core per process).
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { listen, connect, type Channel, type ShmUrl } from '../host/index.js';
+import { listen, connect, type Channel, type ShmUrl } from '../index.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const MODES = ['spin', 'adaptive', 'doorbell', 'futex', 'sem', 'sysvsem', 'signal', 'mq'] as const;

@@ -1,7 +1,7 @@
 // Receiving side of bench/throughput.ts: connects to the URL in argv[2], receives argv[3] messages of kind
 // argv[4] ('raw': zero-copy poll; 'object': the async iterator, decoding msgpack), checks them, then replies
 // with one 'done' message and closes.
-import { connect, type ShmUrl } from '../host/index.js';
+import { connect, type ShmUrl } from '../index.js';
 
 const [url, countText, kind] = process.argv.slice(2) as [ShmUrl, string, string];
 const total = Number(countText);

@@ -3,7 +3,7 @@
 // Prints msg/s per variant and the ratios the targets are stated in.
 import { spawn } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { listen } from '../host/index.js';
+import { listen } from '../index.js';
 import { forkIpcThroughput, unixSocketThroughput, makeObject64, type ThroughputResult } from './baselines.js';
 
 const CHILD = fileURLToPath(new URL('./shm-child.js', import.meta.url));

@@ -11,7 +11,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { listen, connect, spawnWithPipe, transports, type Connection, type ConnectionListener } from '../host/index.js';
+import { listen, connect, spawnWithPipe, transports, type Connection, type ConnectionListener } from '../index.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const RESULTS = fileURLToPath(new URL('../../bench/results/', import.meta.url));

@@ -1,5 +1,5 @@
 /** `shmbus req <url> <json>`: one request to an endpoint, its reply printed as JSON. */
-import { connect } from '../host/index.js';
+import { connect } from '../index.js';
 import { defineCommand, fromJson, positiveInt, toJson } from './command.js';
 
 export const req = defineCommand({

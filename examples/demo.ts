@@ -3,7 +3,7 @@
 // 64-byte records, and the parent replies to each order batch. Uses the public API only.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { listen, connect } from '../host/index.js';
+import { listen, connect } from '../index.js';
 
 const URL_ = `shm://demo-${process.argv[3] ?? process.pid}?size=4MiB`;
 const SECONDS = 3;

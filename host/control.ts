@@ -1,38 +1,22 @@
 /**
- * The control connection of a shm channel: a Unix stream socket in the abstract namespace.
+ * What every socket-based endpoint checks and reads before it trusts a peer, written once for the shm control
+ * socket (transports/shm/control.ts) and the stream transports:
  *
- * Before a single byte is exchanged each side asks the kernel who is on the other end (SO_PEERCRED): the
- * listener admits only the connectors its policy allows (`allow`, default: its own uid and root) and the
- * connector only a listener of the uid it expects (`expectUid`, default: its own uid or root). The abstract
- * namespace has no permissions, so this is what stops another local user from squatting an endpoint.
- *
- * It then carries (1) the handshake, newline-terminated JSON lines, at most one in flight per side:
- *
- *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…}
- *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…}
- *                          or {"ok":false,"code":"ERR_SHMBUS_…","message":…}
- *   memfd and file only:
- *   connector → listener   {"fd":true}           (the connector has stopped its socket reads: see receivePassedFd)
- *   listener  → connector  one byte FD_BYTE with the segment's descriptor attached (SCM_RIGHTS)
- *   connector → listener   {"attached":true} or {"attached":false,"code":…,"message":…}
- *
- * and then (2) doorbell bytes, one per park of the peer: DOORBELL_DATA ("your inbound ring has records") and
- * DOORBELL_SPACE ("your outbound ring has room"). Its end-of-file tells a side that its peer is gone; whether
- * that was an orderly close is read from the ring's closed flags, not from the socket.
+ * - who is on the other end (SO_PEERCRED): the listener admits only the connectors its policy allows (`allow`,
+ *   default: its own uid and root) and the connector only a listener of the uid it expects (`expectUid`, default:
+ *   its own uid or root). The abstract namespace has no permissions, so this is what stops another local user
+ *   from squatting an endpoint;
+ * - `readHandshake`: one bounded handshake unit read from a socket, with a deadline;
+ * - the doorbell bytes a shm peer rings over its control socket (host/wake/ rings them too).
  */
 import net from 'node:net';
-import koffi from 'koffi';
-import { HandshakeError, ShmbusError, SystemError, TimeoutError, type ErrorCodeValue, ErrorCode } from './errors.js';
+import { HandshakeError, ShmbusError, TimeoutError, ErrorCode } from './errors.js';
 import type { PeerCredentials } from './peer.js';
-import { dupFd, ownIdentity, peerCredentials, peerGroups, receiveFd, sendFd } from './sys/socket.js';
-import { closeFd } from './sys/shm.js';
+import { ownIdentity, peerCredentials, peerGroups } from './sys/socket.js';
 
-export const PROTOCOL = 1;
-/** The data byte that carries the segment descriptor. */
-export const FD_BYTE = 0x46; // 'F'
+/** Doorbell bytes on a shm control socket: "your inbound ring has records", "your outbound ring has room". */
 export const DOORBELL_DATA = 0x44; // 'D'
 export const DOORBELL_SPACE = 0x53; // 'S'
-const MAX_LINE = 4096;
 
 /**
  * Reads from `socket` until `parse` finds one whole handshake unit in what arrived. `parse` returns the unit and
@@ -72,46 +56,6 @@ export function readHandshake<T>(socket: net.Socket, timeoutMs: number, parse: (
     socket.on('error', onError);
     socket.resume();
   });
-}
-
-/**
- * Reads one handshake line: resolves with the parsed JSON object and whatever bytes followed the line
- * (doorbells that arrived with it). Rejects on EOF, an over-long line, bad JSON or timeout.
- */
-export async function readLine(socket: net.Socket, timeoutMs: number): Promise<{ message: Record<string, unknown>; rest: Buffer }> {
-  const { value, rest } = await readHandshake(socket, timeoutMs, (buffered) => {
-    const nl = buffered.indexOf(0x0a);
-    if (nl < 0) {
-      if (buffered.length > MAX_LINE) throw new HandshakeError('handshake line too long');
-      return undefined;
-    }
-    let message: unknown;
-    try {
-      message = JSON.parse(buffered.subarray(0, nl).toString('utf8'));
-    } catch (cause) {
-      throw new HandshakeError('handshake line is not JSON', { cause });
-    }
-    if (typeof message !== 'object' || message === null) throw new HandshakeError('handshake line is not an object');
-    return { value: message as Record<string, unknown>, used: nl + 1 };
-  });
-  return { message: value, rest };
-}
-
-export function writeLine(socket: net.Socket, message: Record<string, unknown>): void {
-  socket.write(JSON.stringify(message) + '\n');
-}
-
-/** The error a peer reported in a handshake line, rebuilt with its code. */
-export function remoteError(message: Record<string, unknown>, fallback: string): ShmbusError {
-  const code = typeof message.code === 'string' && message.code.startsWith('ERR_SHMBUS_') ? (message.code as ErrorCodeValue) : ErrorCode.HANDSHAKE;
-  const text = typeof message.message === 'string' ? message.message : fallback;
-  return new ShmbusError(code, `peer refused: ${text}`);
-}
-
-/** The message to send back for an error. */
-export function errorLine(error: unknown, key: 'ok' | 'attached'): Record<string, unknown> {
-  const code = error instanceof ShmbusError ? error.code : ErrorCode.HANDSHAKE;
-  return { [key]: false, code, message: error instanceof Error ? error.message : String(error) };
 }
 
 // ------------------------------------------------------------------------------------------------ credentials
@@ -195,94 +139,4 @@ export function checkListener(cred: PeerCredentials, expectUid: number | undefin
   if (!ok) {
     throw refused(`the endpoint is held by uid ${cred.uid}, not by ${expectUid === undefined ? `uid ${me} or root` : `uid ${expectUid}`}`, cred);
   }
-}
-
-// ------------------------------------------------------------------------------------------------ descriptors
-
-interface StreamHandle { fd: number; reading?: boolean; readStop(): number; readStart(): number }
-
-function handleOf(socket: net.Socket): StreamHandle {
-  const handle = (socket as unknown as { _handle?: StreamHandle })._handle;
-  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') {
-    throw new HandshakeError('control socket has no descriptor (closed?)');
-  }
-  return handle;
-}
-
-/** Listener side: sends the segment's descriptor with one FD_BYTE. The socket's own writes must be done
- * (they are: the connector asked for the descriptor after reading our last line). */
-export function sendPassedFd(socket: net.Socket, fd: number): void {
-  if (socket.writableLength !== 0) throw new HandshakeError('control socket still has bytes to write before the descriptor');
-  sendFd(socketFd(socket), fd, FD_BYTE);
-}
-
-/**
- * Connector side: receives the one descriptor the listener sends with FD_BYTE, after `ask()` requested it.
- *
- * Node's own reads would throw the descriptor away (libuv reads a plain stream socket with read(2)), so libuv
- * stops reading this socket first, `ask` is sent only then, and the message is taken with recvmsg on a dup of
- * the socket, watched by a poll handle of its own (libuv allows one watcher per descriptor). Reading resumes
- * afterwards. Exactly one descriptor must come with exactly FD_BYTE; anything received besides is closed.
- * Rejects on end of file, a protocol violation, or `timeoutMs`.
- */
-export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () => void): Promise<number> {
-  const handle = handleOf(socket);
-  const wasReading = handle.reading !== false;
-  handle.readStop();
-  let dup: number;
-  try {
-    dup = dupFd(handle.fd);
-  } catch (error) {
-    if (wasReading) handle.readStart();
-    return Promise.reject(error);
-  }
-  return new Promise((resolve, reject) => {
-    let poll: ReturnType<typeof koffi.node.poll> | undefined;
-    let done = false;
-    const timer = setTimeout(() => finish(new TimeoutError('handshake timed out waiting for the segment descriptor', { timeoutMs })), timeoutMs);
-    function finish(error: ShmbusError | undefined, fd?: number): void {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      poll?.close();
-      try { closeFd(dup); } catch { /* keep the first outcome */ }
-      if (wasReading && !socket.destroyed) handle.readStart();
-      if (error) reject(error);
-      else resolve(fd!);
-    }
-    const onReadable = () => {
-      let got;
-      try {
-        got = receiveFd(dup, 1);
-      } catch (error) {
-        return finish(error instanceof ShmbusError ? error : new HandshakeError('cannot receive the segment descriptor', { cause: error }));
-      }
-      if (!got) return; // woken without data
-      const [first, ...extra] = got.fds;
-      for (const fd of extra) closeQuietly(fd);
-      if (got.bytes.length === 0) {
-        if (first !== undefined) closeQuietly(first);
-        return finish(new HandshakeError('peer went away during the handshake'));
-      }
-      if (got.bytes[0] !== FD_BYTE || first === undefined || extra.length > 0 || got.truncated || got.foreign) {
-        if (first !== undefined) closeQuietly(first);
-        return finish(new HandshakeError('expected exactly one segment descriptor', { details: { fds: got.fds.length, byte: got.bytes[0], truncated: got.truncated } }));
-      }
-      finish(undefined, first);
-    };
-    try {
-      poll = koffi.node.poll(dup, { readable: true, disconnect: true }, onReadable);
-    } catch (cause) {
-      return finish(new ShmbusError(ErrorCode.SYSCALL, 'cannot watch the control socket', { cause }));
-    }
-    try {
-      ask();
-    } catch (error) {
-      finish(error instanceof ShmbusError ? error : new HandshakeError('cannot ask for the segment descriptor', { cause: error }));
-    }
-  });
-}
-
-function closeQuietly(fd: number): void {
-  try { closeFd(fd); } catch (error) { if (!(error instanceof SystemError)) throw error; }
 }

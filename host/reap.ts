@@ -4,7 +4,7 @@
  * of object shmbus names is one `Reaper` here or in host/wake/reap.ts, and `reap()` runs them all the same way;
  * `shmbus clean` (host/clean.ts) and the library's own reaping call it. Channel segments (shm://, sysv://,
  * file://) have no reaper because they never have a name: a memfd or an O_TMPFILE file passed by descriptor, a
- * System V segment removed right after its creator's own attach (transports/shm.ts).
+ * System V segment removed right after its creator's own attach (transports/shm/).
  *
  * What may be removed (docs/security.md, "shmbus clean"):
  * - Only a name that one exact pattern of a name shmbus creates matches, and whose content proves it (a bus

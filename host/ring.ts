@@ -37,7 +37,7 @@ export function ringError(code: number, detailFields: Record<string, unknown> = 
 /**
  * Per-message cost counters for bench/everyday.ts, on only when SHMBUS_COUNTERS=1 is in the environment at
  * load (a constant, so the checks fold away otherwise). Counted where the work happens: `wasmCalls` in RingEnd
- * (every call into the ring code), the rest in host/channel.ts: `copies`/`bytesCopied` (payload copies: into
+ * (every call into the ring code), the rest in transports/shm/channel.ts: `copies`/`bytesCopied` (payload copies: into
  * the ring, into the send queue, out of the ring for bytes), `allocs` (per-message JS objects we make: msgpackr's
  * result view, queue entries, received byte arrays; not counting what msgpackr allocates while decoding, nor
  * iterator results), `promises` (iterator next() calls), `decodes`, `doorbells` (rings of the peer's

@@ -2,7 +2,7 @@
 // out a decoded batch, large records read one at a time and sent without a queue copy when room comes soon.
 import t from 'tap';
 import { pack, Unpackr } from 'msgpackr';
-import { listen, connect, ErrorCode, type Channel } from '../host/index.js';
+import { listen, connect, ErrorCode, type Channel } from '../index.js';
 import { checkMsgpack, checkMsgpackRange, decodeMsgpackAt, decodeMsgpack, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { unique, within, type TestLike } from './helpers.js';
 import { RING_HEADER_SIZE, RECORD_BYTES } from '../assembly/layout.js';

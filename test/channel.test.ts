@@ -5,7 +5,7 @@ import net from 'node:net';
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { listen, connect, ErrorCode, type Channel } from '../host/index.js';
+import { listen, connect, ErrorCode, type Channel } from '../index.js';
 import { checkPattern, fillPattern, patternLength } from './fixtures/pattern.js';
 import { asUnprivileged, eventually, fileTimeout, scaled, SCALE, startFixture, unique, within, type TestLike } from './helpers.js';
 

@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { listen, spawnWithPipe, ShmbusError, ErrorCode, type Connection, type ConnectionListener } from '../host/index.js';
+import { listen, spawnWithPipe, ShmbusError, ErrorCode, type Connection, type ConnectionListener } from '../index.js';
 import { orphansSettled } from '../transports/sysvmq.js';
 import { checkSeq } from './fixtures/conn-peer.js';
 import { fileTimeout, adoptChild, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';

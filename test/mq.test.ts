@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { pack } from 'msgpackr';
-import { listen, connect, ErrorCode, ShmbusError, type Connection, type ConnectionListener } from '../host/index.js';
+import { listen, connect, ErrorCode, ShmbusError, type Connection, type ConnectionListener } from '../index.js';
 import {
   PacketWriter, Reassembler, RECORD_HEADER, KIND_WHOLE, KIND_FIRST, KIND_MIDDLE, KIND_LAST, KIND_END,
 } from '../transports/fragment.js';
@@ -21,7 +21,7 @@ import { fileTimeout, startChild, within, type TestLike } from './helpers.js';
 // Measured on a busy 2-core machine (load 10-20): ~36 s. Timeout: 4x that.
 fileTimeout(t, 150);
 
-const INDEX = fileURLToPath(new URL('../dist/host/index.js', import.meta.url));
+const INDEX = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 const pid = process.pid;
 let serial = 0;
 const mqUrl = (query = '') => `mq:///mqt-${pid}-${++serial}${query}`;

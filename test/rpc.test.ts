@@ -1,6 +1,6 @@
 // Request/reply over shm channels: concurrency, many clients, timeouts, aborts, remote errors, dead clients.
 import t from 'tap';
-import { listen, connect, serve, ErrorCode, type Channel } from '../host/index.js';
+import { listen, connect, serve, ErrorCode, type Channel } from '../index.js';
 import { eventually, fileTimeout, startFixture, unique, within } from './helpers.js';
 
 // Measured on a busy 2-core machine (load 10-20): ~19 s. Timeout: 4x that.

@@ -5,7 +5,7 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, promises as fsp } from 'node:fs';
 import net from 'node:net';
-import { listen, connect, ErrorCode, type Channel, type ShmUrl } from '../host/index.js';
+import { listen, connect, ErrorCode, type Channel, type ShmUrl } from '../index.js';
 import { wakeStats, mechanismFor, type BellContext } from '../host/wake/index.js';
 import { reapDeadWakeObjects } from '../host/wake/reap.js';
 import { sendStream, receiveStream, mulberry32 } from './fixtures/stream.js';

@@ -1,5 +1,5 @@
 /**
- * Every kernel transport, in the order tables list them. host/index.ts registers each (plus shm://).
+ * Every kernel transport, in the order tables list them. index.ts registers each (plus shm://).
  * One line per transport.
  */
 import type { Transport } from './contract.js';

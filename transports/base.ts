@@ -5,7 +5,7 @@
  *   QUEUE_FULL / MESSAGE_TOO_LARGE), the bounded inbox behind the async iterator and `receive`, msgpack encoding
  *   and decoding, orderly close, peer death and failure. A transport subclasses it and provides four hooks
  *   (writeFrame, pauseReading, resumeReading, closeTransport) and reports what the kernel did through five calls
- *   (writable, deliver, ended, peerDied, fail). `host/channel.ts` is the reference these semantics follow.
+ *   (writable, deliver, ended, peerDied, fail). `transports/shm/channel.ts` is the reference these semantics follow.
  * - `ListenerBase`: the accept queue behind `acceptNext` and the listener's async iterator.
  * - `parseTransportQuery`: the URL options every kernel transport shares (`maxQueued`), unknown ones refused.
  *
@@ -20,10 +20,10 @@ import { decodeMsgpack } from '../host/codec.js';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
 import {
-  BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
-  ShmbusError,
+  BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, PeerDeadError, ShmbusError,
 } from '../host/errors.js';
 import { DEFAULT_MAX_QUEUED } from '../host/url.js';
+import { SendQueue, WRITE_QUEUED, type WriteKind } from '../host/send-queue.js';
 import type { Connection, ConnectionListener } from './contract.js';
 
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
@@ -45,8 +45,6 @@ export interface FramedConnectionOptions {
   inboxBytes?: number;
 }
 
-interface Queued { type: number; bytes: Uint8Array }
-
 export abstract class FramedConnection extends EventEmitter implements Connection {
   readonly url: string;
   readonly maxMessageSize: number;
@@ -67,14 +65,8 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /** What ended the connection abnormally (dead peer, corrupt frame); every later call reports it. */
   private failure: ShmbusError | undefined;
 
-  private readonly queue: Queued[] = [];
-  private queueHead = 0;
-  /** writeFrame said "would block"; only writable() clears it. New messages queue behind it to keep order. */
-  private blocked = false;
-  /** Someone was told false (send queued, trySend refused): 'drain' is owed once the queue empties. */
-  private drainOwed = false;
-  private flushing = false;
-  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** The send queue (host/send-queue.ts): a refused writeFrame blocks it until writable(). */
+  private readonly sendQueue: SendQueue;
 
   private readonly inbox: unknown[] = [];
   private readonly inboxSizes: number[] = [];
@@ -89,7 +81,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /** Request/reply: incoming frames are pushed to us, so replies are handled whether or not anyone iterates. */
   private readonly rpc = new Rpc((type, value) => {
     this.checkSendable();
-    this.enqueue(type, this.packr.pack(value));
+    this.sendQueue.send(type, this.packr.pack(value));
   }, () => {});
 
   constructor(opts: FramedConnectionOptions) {
@@ -103,8 +95,15 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     this.url = opts.url;
     this.maxMessageSize = opts.maxMessageSize;
     this.maxQueued = opts.maxQueued;
+    this.sendQueue = new SendQueue({
+      maxMessageSize: opts.maxMessageSize,
+      maxQueued: opts.maxQueued,
+      write: (type, bytes, kind) => this.write(type, bytes, kind),
+      onDrain: () => this.emit('drain'),
+    });
     this.inboxMessages = Math.max(1, opts.inboxMessages ?? DEFAULT_INBOX_MESSAGES);
     this.inboxBytesMax = Math.max(1, opts.inboxBytes ?? DEFAULT_INBOX_BYTES);
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
   }
 
   // --- hooks the subclass implements -----------------------------------------------------------------------------
@@ -131,31 +130,11 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   /** The kernel can take more: flush the queue, then resolve drained() and emit 'drain'. */
   protected writable(): void {
-    this.blocked = false;
-    if (this.flushing || this.state === 'closed') return;
-    this.flushing = true;
+    if (this.state === 'closed') return;
     try {
-      while (this.queueHead < this.queue.length) {
-        const item = this.queue[this.queueHead]!;
-        if (!this.write(item.type, item.bytes, true)) return;
-        this.queue[this.queueHead++] = undefined as unknown as Queued;
-      }
-      this.queue.length = 0;
-      this.queueHead = 0;
-    } finally {
-      this.flushing = false;
-      if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
-        this.queue.splice(0, this.queueHead);
-        this.queueHead = 0;
-      }
-    }
-    if (this.blocked || this.failure) return;
-    const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of waiters) w.resolve();
-    if (this.drainOwed) {
-      this.drainOwed = false;
-      this.emit('drain');
+      this.sendQueue.writable();
+    } catch {
+      /* write() already failed the connection with the reason */
     }
   }
 
@@ -216,7 +195,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   protected fail(error: ShmbusError): void {
     if (this.failure || this.state === 'closed') return;
     this.failure = error;
-    this.rejectDrainWaiters(error);
+    this.sendQueue.end(error, false);
     this.wakeReaders();
     if (this.listenerCount('error') > 0) this.emit('error', error);
     void this.shutdown();
@@ -236,7 +215,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   /** Messages waiting in the local queue. */
   get queued(): number {
-    return this.queue.length - this.queueHead;
+    return this.sendQueue.length;
   }
 
   /** Sends a request; resolves with the peer's reply (see host/rpc.ts for the outcomes). */
@@ -252,33 +231,33 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   send(value: unknown): boolean {
     this.checkSendable();
-    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+    return this.sendQueue.send(RECORD_MSGPACK, this.packr.pack(value));
   }
 
   sendBytes(bytes: Uint8Array): boolean {
     this.checkSendable();
     if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('sendBytes takes a Uint8Array', { type: typeof bytes });
-    return this.enqueue(RECORD_BYTES, bytes);
+    return this.sendQueue.send(RECORD_BYTES, bytes);
   }
 
   trySend(value: unknown): boolean {
     this.checkSendable();
-    return this.tryWrite(RECORD_MSGPACK, this.packr.pack(value));
+    return this.sendQueue.trySend(RECORD_MSGPACK, this.packr.pack(value));
   }
 
   trySendBytes(bytes: Uint8Array): boolean {
     this.checkSendable();
     if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('trySendBytes takes a Uint8Array', { type: typeof bytes });
-    return this.tryWrite(RECORD_BYTES, bytes);
+    return this.sendQueue.trySend(RECORD_BYTES, bytes);
   }
 
   /** Resolves when nothing waits locally and a refused trySend would be tried again; rejects with the reason
    * if the queued messages can no longer be delivered. */
   drained(): Promise<void> {
-    if (this.queued === 0 && !this.blocked) return Promise.resolve();
+    if (this.sendQueue.idle) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
     if (this.state === 'closed') return Promise.reject(new ClosedError('connection is closed', { url: this.url }));
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    return this.sendQueue.drained();
   }
 
   private checkSendable(): void {
@@ -287,46 +266,17 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     if (this.state !== 'open') throw new ClosedError('connection is closed', { url: this.url });
   }
 
-  private enqueue(type: number, bytes: Uint8Array): boolean {
-    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
-    if (this.queued === 0 && !this.blocked) {
-      if (this.write(type, bytes, false)) return true;
-      if (this.failure) throw this.failure;
-    }
-    if (this.queued >= this.maxQueued) throw new QueueFullError(this.maxQueued);
-    // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
-    this.queue.push({ type, bytes: new Uint8Array(bytes) });
-    this.drainOwed = true;
-    return false;
-  }
-
-  private tryWrite(type: number, bytes: Uint8Array): boolean {
-    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
-    if (this.queued === 0 && !this.blocked) {
-      if (this.write(type, bytes, false)) return true;
-      if (this.failure) throw this.failure;
-    }
-    this.drainOwed = true;
-    return false;
-  }
-
-  /** writeFrame with the bookkeeping: false marks the connection blocked until writable(). */
-  private write(type: number, bytes: Uint8Array, owned: boolean): boolean {
-    let taken: boolean;
+  /**
+   * writeFrame for the send queue. A throw fails the connection and reaches the sender as that failure (from a
+   * flush, writable() swallows it: the failure is reported everywhere already).
+   */
+  private write(type: number, bytes: Uint8Array, kind: WriteKind): boolean {
     try {
-      taken = this.writeFrame(type, bytes, owned);
+      return this.writeFrame(type, bytes, kind === WRITE_QUEUED);
     } catch (error) {
       this.fail(asShmbusError(error));
-      return false;
+      throw this.failure ?? asShmbusError(error);
     }
-    if (!taken) this.blocked = true;
-    return taken;
-  }
-
-  private rejectDrainWaiters(error: Error): void {
-    const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of waiters) w.reject(error);
   }
 
   // --- receiving -------------------------------------------------------------------------------------------------
@@ -337,10 +287,41 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     return r.done ? undefined : r.value;
   }
 
+  private dispatching = false;
+
+  /**
+   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message:
+   * everything that arrived together, synchronously, then one wait for more. Use either this or the iterator.
+   * Errors go to 'error' listeners as always; 'close' follows the last message.
+   */
+  private async dispatchMessages(): Promise<void> {
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      while (this.listenerCount('message') > 0) {
+        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.take());
+        if (this.listenerCount('message') === 0) break;
+        const r = await this.next();
+        if (r.done) break;
+        if (this.listenerCount('message') === 0) {
+          // The listener went away while we waited: the message stays first for the iterator.
+          this.inbox.splice(this.inboxHead, 0, r.value);
+          this.inboxSizes.splice(this.inboxHead, 0, 0);
+          break;
+        }
+        this.emit('message', r.value);
+      }
+    } catch {
+      /* the failure was reported to 'error' listeners (fail) */
+    } finally {
+      this.dispatching = false;
+    }
+  }
+
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {
       next: () => this.next(),
-      // Leaving a for-await loop early does not close the connection (as with host/channel.ts).
+      // Leaving a for-await loop early does not close the connection (as with transports/shm/channel.ts).
       return: async () => ({ value: undefined, done: true }),
     };
   }
@@ -398,7 +379,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /**
    * Hands every queued message to the kernel, then closes the transport (the peer reads what was sent, then its
    * iterator ends). Messages that can no longer be delivered (the peer went away) are given up; drained() tells
-   * why. Idempotent. Like host/channel.ts, it waits as long as a live peer takes to make room.
+   * why. Idempotent. Like transports/shm/channel.ts, it waits as long as a live peer takes to make room.
    */
   close(): Promise<void> {
     this.closePromise ??= (async () => {
@@ -419,14 +400,11 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     this.shutdownPromise ??= (async () => {
       this.state = 'closed';
       this.rpc.end(this.failure ?? new ClosedError(this.peerEnded ? 'peer closed the connection' : 'connection is closed', { url: this.url }));
-      if (this.queued > 0 || this.blocked) {
+      if (!this.sendQueue.idle) {
         const reason = this.failure ?? (this.peerEnded
           ? new ClosedError('peer closed the connection before queued messages were delivered', { url: this.url, queued: this.queued })
           : new ClosedError('connection closed before queued messages were delivered', { url: this.url, queued: this.queued }));
-        this.rejectDrainWaiters(reason);
-        this.queue.length = 0;
-        this.queueHead = 0;
-        this.blocked = false;
+        this.sendQueue.end(reason, true);
       }
       this.wakeReaders();
       try {

@@ -34,7 +34,13 @@ import { UnknownSchemeError } from '../host/errors.js';
 import { schemeOf } from '../host/url.js';
 import type { RequestHandler, RequestOptions } from '../host/rpc.js';
 
-/** One end of a duplex message connection. `Channel` (shared memory) is the reference implementation. */
+/**
+ * One end of a duplex message connection. `Channel` (shared memory) is the reference implementation.
+ *
+ * Events: 'drain' (the local queue emptied after a send returned false), 'close', 'error', and 'message': while
+ * a 'message' listener is attached (Node's `process.on('message')` style) every incoming message is emitted to
+ * it, a whole batch per wake; take messages either that way or through the iterator / `receive`, not both.
+ */
 export interface Connection extends EventEmitter, AsyncIterable<unknown> {
   /** The URL the connection was made from. */
   readonly url: string;

@@ -19,7 +19,7 @@ import { getEngine, type Engine } from '../host/engine.js';
 import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
 import { formatSegment, readSegment } from '../host/segment.js';
-import { Channel } from '../host/channel.js';
+import { Channel } from '../transports/shm/channel.js';
 import { parseShmUrl, DEFAULT_RING_SIZE, parseSize } from '../host/url.js';
 import { processStartTime } from '../host/sys/proc.js';
 import { ownIdentity } from '../host/sys/socket.js';

@@ -2,7 +2,7 @@
  * The worker's side: `parentChannel()` gives a module started by `spawn` (or by a Pool) its channel to the
  * parent, in a child process or a thread alike.
  */
-import type { Channel } from '../host/channel.js';
+import type { Channel } from '../transports/shm/channel.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 import { openWorkerChannel } from './pair.js';
 import { channelSlot, takeWorkerContext } from './context.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import type { Channel } from '../host/channel.js';
+import type { Channel } from '../transports/shm/channel.js';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 import { socketPair } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';

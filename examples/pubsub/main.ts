@@ -18,7 +18,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { pack } from 'msgpackr';
-import { Bus } from '../../host/index.js';
+import { Bus } from '../../index.js';
 import { LatencyHistogram, formatNs, formatQuantile, type Quantile } from './histogram.js';
 import type { EndOfPhase, Report, Tick } from './subscriber.js';
 

@@ -10,7 +10,7 @@
 // done or dead — or on SIGTERM/SIGHUP.
 import net from 'node:net';
 import { unpack } from 'msgpackr';
-import { Bus } from '../../host/index.js';
+import { Bus } from '../../index.js';
 import { LatencyHistogram, type HistogramData } from './histogram.js';
 
 /** A market-data tick as the publisher sends it; `ts` is its process.hrtime in ns when published. */

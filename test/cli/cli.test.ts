@@ -5,9 +5,9 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { listen, serve } from '../../host/index.js';
+import { listen, serve } from '../../index.js';
 import { Bus } from '../../bus/index.js';
-import type { Channel } from '../../host/channel.js';
+import type { Channel } from '../../transports/shm/channel.js';
 import { eventually, fileTimeout, scaled, startChild, startFixture, unique, within, type TestLike } from '../helpers.js';
 
 fileTimeout(t, 120);
@@ -236,7 +236,7 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
       const url = `${scheme}://${name}?size=16KiB`;
       const l = await listen(url);
       const accepted = l.acceptNext();
-      const { connect } = await import('../../host/index.js');
+      const { connect } = await import('../../index.js');
       const c = await connect(url);
       const a = (await accepted)!;
       tt.teardown(async () => { await c.close(); await a.close(); await l.close(); });
@@ -256,7 +256,7 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     const url = `shm://${unique('cli-closed')}?size=16KiB`;
     const l = await listen(url);
     const accepted = l.acceptNext();
-    const { connect } = await import('../../host/index.js');
+    const { connect } = await import('../../index.js');
     const c = await connect(url);
     const a = (await accepted)!;
     tt.teardown(async () => { await c.close(); await a.close(); });

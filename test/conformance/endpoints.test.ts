@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pack } from 'msgpackr';
-import { listen, connect, spawnWithPipe, ErrorCode, RECORD_MSGPACK, type Connection } from '../../host/index.js';
+import { listen, connect, spawnWithPipe, ErrorCode, RECORD_MSGPACK, type Connection } from '../../index.js';
 import { mkfifo, pipe } from '../../host/sys/fifo.js';
 import { encodeFrame } from '../../transports/stream.js';
 import { within } from './harness.js';

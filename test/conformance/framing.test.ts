@@ -4,7 +4,7 @@
 import t from 'tap';
 import net from 'node:net';
 import { pack } from 'msgpackr';
-import { listen, ErrorCode, RECORD_BYTES, RECORD_MSGPACK, type Connection } from '../../host/index.js';
+import { listen, ErrorCode, RECORD_BYTES, RECORD_MSGPACK, type Connection } from '../../index.js';
 import { FrameReader, FRAME_END, FRAME_HEADER_SIZE, encodeFrame } from '../../transports/stream.js';
 import { within } from './harness.js';
 import { fileTimeout } from '../helpers.js';

@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import tap from 'tap';
-import { listen, spawnWithPipe, type Connection, type ConnectionListener } from '../../host/index.js';
+import { listen, spawnWithPipe, type Connection, type ConnectionListener } from '../../index.js';
 import { adoptChild, startChild, within, type Child, type TestLike } from '../helpers.js';
 
 export { within };
@@ -59,9 +59,6 @@ export interface ConformanceCase {
   endpointVisible: boolean;
   /** A well-formed URL nobody listens on (connect must say ERR_SHMBUS_NOT_FOUND). */
   idleUrl(): Promise<string>;
-  /** Requirements this transport is known to miss, by test key, with the reason: run as tap `todo`, so they
-   * are reported (and show up once fixed) without failing the suite. */
-  knownIssues?: Record<string, string>;
 }
 
 const children = new Set<Child>();
@@ -123,7 +120,6 @@ export function listenerCase(spec: {
   badUrls: string[];
   endpointVisible: boolean;
   idleUrl?: () => Promise<string>;
-  knownIssues?: Record<string, string>;
 }): ConformanceCase {
   return {
     idleUrl: async () => spec.url(),

@@ -7,7 +7,7 @@
 //   CONFORMANCE=unix,tcp npx tap test/conformance/*.test.ts   runs only the named cases.
 import t from 'tap';
 import { stat } from 'node:fs/promises';
-import { listen, connect, spawnWithPipe, ErrorCode, ShmbusError } from '../../host/index.js';
+import { listen, connect, spawnWithPipe, ErrorCode, ShmbusError } from '../../index.js';
 import { checkSeq, sendSequence, seqMessage } from '../fixtures/conn-peer.js';
 import { fileTimeout } from '../helpers.js';
 import { streamCases, cleanupStreamCases } from './cases-streams.js';
@@ -65,14 +65,12 @@ const turn = () => new Promise((r) => setImmediate(r));
 
 function conformance(c: ConformanceCase): void {
   /** A test that also checks nothing is left behind: the case's kernel objects, and our sockets and pipes. */
-  // A requirement the case is known to miss still runs; its key assertion is marked todo (reported, and
-  // visible once fixed) instead of failing the suite.
-  const check = (name: string, body: (t: Sub, todo: string | undefined, c: ConformanceCase) => Promise<void>, key?: string) => t.test(`${c.name}: ${name}`, async (t) => {
+  const check = (name: string, body: (t: Sub, c: ConformanceCase) => Promise<void>) => t.test(`${c.name}: ${name}`, async (t) => {
     const before = c.leftovers();
     const fds = openSocketsAndPipes();
     // Every child this test starts is killed when it ends, passed or failed.
     const owned: ConformanceCase = { ...c, open: (mode, args, query) => c.open(mode, args, query, t) };
-    await body(t, key !== undefined ? c.knownIssues?.[key] : undefined, owned);
+    await body(t, owned);
     t.same(c.leftovers(), before, 'nothing of the transport is left behind');
     t.equal(openSocketsAndPipes(), fds, 'no socket or pipe is left open here');
   });
@@ -86,7 +84,7 @@ function conformance(c: ConformanceCase): void {
     await s.close();
   });
 
-  check('ordering: 100,000 messages arrive in order, none lost or duplicated', async (t, _todo, c) => {
+  check('ordering: 100,000 messages arrive in order, none lost or duplicated', async (t, c) => {
     const N = 100_000;
     const s = await c.open('sequence', { count: N, back: 0 });
     await within(120_000, sendSequence(s.conn, N), 'send');
@@ -95,7 +93,7 @@ function conformance(c: ConformanceCase): void {
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
 
-  check('request/reply: concurrent requests, a timeout, a remote error', async (t, _todo, c) => {
+  check('request/reply: concurrent requests, a timeout, a remote error', async (t, c) => {
     const s = await c.open('serve');
     const replies = await within(60_000, Promise.all(Array.from({ length: 1000 }, (_, n) => s.conn.request({ n }))), 'replies');
     t.same(replies, Array.from({ length: 1000 }, (_, n) => ({ doubled: n * 2 })), 'each reply reached its request');
@@ -109,7 +107,7 @@ function conformance(c: ConformanceCase): void {
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
 
-  check('duplex: 100,000 messages each way at the same time', async (t, _todo, c) => {
+  check('duplex: 100,000 messages each way at the same time', async (t, c) => {
     const N = 100_000;
     const s = await c.open('sequence', { count: N, back: N });
     const sending = sendSequence(s.conn, N);
@@ -134,7 +132,7 @@ function conformance(c: ConformanceCase): void {
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
 
-  check('payloads from 0 bytes to the maximum, raw and msgpack, come back intact; max+1 is refused', async (t, todo, c) => {
+  check('payloads from 0 bytes to the maximum, raw and msgpack, come back intact; max+1 is refused', async (t, c) => {
     const s = await c.open('echo');
     const conn = s.conn;
     const max = conn.maxMessageSize;
@@ -167,15 +165,43 @@ function conformance(c: ConformanceCase): void {
     }
     values.forEach((v, i) => {
       const label = `msgpack ${JSON.stringify(v)?.slice(0, 40)}`;
-      if (v && typeof v === 'object' && 'bin' in v) t.same(plain(got[i]), plain(v), `${label}: binary inside a value stays intact after later traffic`, todo ? { todo } : {});
+      if (v && typeof v === 'object' && 'bin' in v) t.same(plain(got[i]), plain(v), `${label}: binary inside a value stays intact after later traffic`);
       else t.same(plain(got[i]), plain(v), label);
     });
     await sending;
     await s.close();
     t.equal(await s.peer.exit, 0, s.peer.stderr());
-  }, 'msgpack-binary');
+  });
 
-  check('back-pressure: a slow reader keeps memory bounded and the queue within maxQueued', async (t, _todo, c) => {
+  check("conn.on('message') hands over every message in order; removing the listener stops it", async (t, c) => {
+    const N = 5000;
+    const s = await c.open('echo');
+    const got: number[] = [];
+    let resolveAll!: () => void;
+    const all = new Promise<void>((resolve) => { resolveAll = resolve; });
+    const onMessage = (m: unknown) => {
+      got.push((m as { n: number }).n);
+      if (got.length === N) {
+        // Removed from inside a dispatch: nothing more is emitted, the next message waits for receive().
+        s.conn.off('message', onMessage);
+        resolveAll();
+      }
+    };
+    s.conn.on('message', onMessage);
+    const sending = (async () => {
+      for (let n = 0; n < N; n++) if (!s.conn.send({ n })) await s.conn.drained();
+    })();
+    await within(60_000, all, "every echo through 'message'");
+    await sending;
+    t.same(got, Array.from({ length: N }, (_, n) => n), 'every message once, in order');
+    s.conn.send({ n: -1 });
+    t.same(await within(60_000, s.conn.receive(), 'receive after off'), { n: -1 }, 'after off() the iterator gets the next message');
+    t.equal(got.length, N, 'nothing went to the removed listener');
+    await s.close();
+    t.equal(await s.peer.exit, 0, s.peer.stderr());
+  });
+
+  check('back-pressure: a slow reader keeps memory bounded and the queue within maxQueued', async (t, c) => {
     const maxQueued = 32, size = 16 * 1024, count = 4000; // 64 MiB through a reader that sleeps 10 ms per 100
     const s = await c.open('slow', { count, every: 100, ms: 10, size }, { maxQueued });
     t.equal(s.conn.maxQueued, maxQueued, 'maxQueued from the URL');
@@ -201,7 +227,7 @@ function conformance(c: ConformanceCase): void {
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
 
-  check('orderly close is seen by the peer, both ways, after every message', async (t, _todo, c) => {
+  check('orderly close is seen by the peer, both ways, after every message', async (t, c) => {
     const a = await c.open('send-close', { count: 1000 });
     let received = 0, bad = 0;
     await within(60_000, (async () => {
@@ -227,7 +253,7 @@ function conformance(c: ConformanceCase): void {
     await b.close();
   });
 
-  check('peer killed with SIGKILL: the reader gets PEER_DEAD (or the end)', async (t, _todo, c) => {
+  check('peer killed with SIGKILL: the reader gets PEER_DEAD (or the end)', async (t, c) => {
     const s = await c.open('hang');
     t.same(await within(60_000, s.conn.receive(), 'ready'), { ready: true });
     const pending = s.conn.receive().then((value) => ({ value }), (error: unknown) => ({ error }));
@@ -243,7 +269,7 @@ function conformance(c: ConformanceCase): void {
     await s.close();
   });
 
-  check('peer killed while we wait to send: QUEUE_FULL past maxQueued, then drained() rejects', async (t, _todo, c) => {
+  check('peer killed while we wait to send: QUEUE_FULL past maxQueued, then drained() rejects', async (t, c) => {
     const maxQueued = 8;
     const s = await c.open('hang', {}, { maxQueued });
     t.same(await within(60_000, s.conn.receive(), 'ready'), { ready: true });
@@ -283,7 +309,7 @@ function conformance(c: ConformanceCase): void {
     await s.close();
   });
 
-  check('receiving never starves the event loop: a timer fires while messages stream in', async (t, _todo, c) => {
+  check('receiving never starves the event loop: a timer fires while messages stream in', async (t, c) => {
     const s = await c.open('flood', { count: 20_000_000 });
     // The peer says when the kernel's (or the ring's) buffer is full: from then on the reader never finds it empty.
     await s.peer.handle.line('full');
@@ -302,7 +328,7 @@ function conformance(c: ConformanceCase): void {
     await s.close();
   });
 
-  check('waiting to receive holds no libuv threadpool thread: fs answers with 5 idle connections open', async (t, _todo, c) => {
+  check('waiting to receive holds no libuv threadpool thread: fs answers with 5 idle connections open', async (t, c) => {
     // The pool has 4 threads (UV_THREADPOOL_SIZE); a transport that parks one per waiting receive starves fs.
     const opened = await Promise.allSettled(Array.from({ length: 5 }, () => c.open('hang')));
     const sessions = opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value] : []));
@@ -323,7 +349,7 @@ function conformance(c: ConformanceCase): void {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  check('bad URLs, unsupported options and missing endpoints are typed errors', async (t, _todo, c) => {
+  check('bad URLs, unsupported options and missing endpoints are typed errors', async (t, c) => {
     for (const url of c.badUrls) {
       await t.rejects(listen(url), { code: ErrorCode.BAD_URL }, `listen ${url}`);
       await t.rejects(connect(url), { code: ErrorCode.BAD_URL }, `connect ${url}`);
@@ -346,17 +372,41 @@ function conformance(c: ConformanceCase): void {
   });
 
   if (c.listens) {
-    check('closing the listener leaves handed-out connections open and working', async (t, todo, c) => {
+    check('closing the listener leaves handed-out connections open and working', async (t, c) => {
       const s = await c.open('echo');
       const closed = await within(30_000, s.listener!.close(), 'listener.close()').then(() => 'closed', () => 'still waiting');
-      t.equal(closed, 'closed', 'listener.close() returned while a connection is open', todo ? { todo } : {});
+      t.equal(closed, 'closed', 'listener.close() returned while a connection is open');
       s.conn.send({ after: 'listener closed' });
       t.same(await within(60_000, s.conn.receive(), 'echo'), { after: 'listener closed' }, 'the connection still works');
       await s.close();
       t.equal(await s.peer.exit, 0, s.peer.stderr());
-    }, 'listener-close');
+    });
 
-    check('the endpoint is removed at normal exit; one left by a killed listener does not block the next', async (t, _todo, c) => {
+    check('two acceptNext() waiting at once each get a connection', async (t, c) => {
+      // Both wait before anyone connects: a listener that kept one waiter would leave the first one hanging.
+      const l = await listen(c.url());
+      const opened: { close(): Promise<void> }[] = [];
+      // Closed whatever happens, so a failure here does not keep the file waiting on open connections.
+      t.teardown(() => Promise.all(opened.map((x) => x.close().catch(() => {}))).then(() => l.close()));
+      const first = l.acceptNext();
+      const second = l.acceptNext();
+      const a = await within(60_000, connect(l.url), 'first connect');
+      opened.push(a);
+      const b = await within(60_000, connect(l.url), 'second connect');
+      opened.push(b);
+      void first.then((x) => x && opened.push(x));
+      void second.then((x) => x && opened.push(x));
+      const accepted = await within(30_000, Promise.all([first, second]), 'both acceptNext()');
+      t.ok(accepted[0] && accepted[1] && accepted[0] !== accepted[1], 'two different connections');
+      a.send('to the first');
+      b.send('to the second');
+      const got = (await Promise.all(accepted.map((conn) => within(30_000, conn!.receive(), 'receive')))).sort();
+      t.same(got, ['to the first', 'to the second'], 'each accepted connection is one of the two');
+      await Promise.all(opened.map((x) => x.close()));
+      await l.close();
+    });
+
+    check('the endpoint is removed at normal exit; one left by a killed listener does not block the next', async (t, c) => {
       const before = c.leftovers();
       const url = c.url();
       const p = startPeer(url, 'listen-wait', {}, 'pipe', t);

@@ -8,12 +8,12 @@ import t from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { listen, connect, type Listener } from '../../transports/shm.js';
-import { listen as listenAny, connect as connectAny } from '../../host/index.js';
+import { listen, connect, type Listener } from '../../transports/shm/index.js';
+import { listen as listenAny, connect as connectAny } from '../../index.js';
 import { Region } from '../../host/region.js';
 import { getEngine } from '../../host/engine.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { Channel } from '../../host/channel.js';
+import { Channel } from '../../transports/shm/channel.js';
 import { fileTimeout, asUnprivileged, NOBODY, startFixture, unique, within, eventually } from '../helpers.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).

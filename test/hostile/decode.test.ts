@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
-import { listen, connect, ErrorCode, type Channel, type ShmbusError } from '../../host/index.js';
+import { listen, connect, ErrorCode, type Channel, type ShmbusError } from '../../index.js';
 import { checkMsgpack, decodeMsgpack, decodeLimits, DEFAULT_DECODE_LIMITS } from '../../host/codec.js';
 import { RECORD_MSGPACK, RING_HEAD_OFFSET, RING_TO_LISTENER, ringOffset } from '../../assembly/layout.js';
 import type { RingEnd } from '../../host/ring.js';

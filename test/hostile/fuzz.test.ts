@@ -33,9 +33,9 @@ import { getEngine } from '../../host/engine.js';
 import { RingEnd } from '../../host/ring.js';
 import { formatTopic, TopicReader, TopicWriter, type Policy } from '../../host/topic.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { listen, connect, Bus, type Channel, type Listener } from '../../host/index.js';
+import { listen, connect, Bus, type Channel, type Listener } from '../../index.js';
 import { reapDeadBuses } from '../../host/reap.js';
-import { readLine } from '../../host/control.js';
+import { readLine } from '../../transports/shm/control.js';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -784,7 +784,7 @@ area('registry', 'bus registry: scribbled registry entries and topic headers giv
 });
 
 // --- handshake lines ------------------------------------------------------------------------------------------------
-// (1) readLine (host/control.ts) fed random chunks over a real Unix socket; (2) a shm:// listener answering a
+// (1) readLine (transports/shm/control.ts) fed random chunks over a real Unix socket; (2) a shm:// listener answering a
 // connector that sends random hello and ack lines; (3) connect() against a fake listener that answers random
 // reply lines. Wake modes in the lines are limited to those whose parameters name nothing outside the connection
 // (doorbell, futex, and unknown names): a peer-named pid or semaphore set is finding 1 of issue 9, tested by the

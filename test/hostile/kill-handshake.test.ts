@@ -2,14 +2,14 @@
  * SIGKILL of either side at every step of the shm handshake leaves nothing behind: no /dev/shm entry, no System
  * V segment, no file, no descriptor in the survivor, and the survivor gets a typed error (or, once the channel
  * exists, PEER_DEAD). The child runs the real handshake with SHMBUS_TEST_STOP_AT=<side>:<step>, which makes it
- * print `step <side>:<step>` and stop exactly there (transports/shm.ts); the test kills it on that line.
+ * print `step <side>:<step>` and stop exactly there (transports/shm/); the test kills it on that line.
  */
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { listen, connect } from '../../transports/shm.js';
-import { Channel } from '../../host/channel.js';
+import { listen, connect } from '../../transports/shm/index.js';
+import { Channel } from '../../transports/shm/channel.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { fileTimeout, startFixture, unique, within, eventually } from '../helpers.js';
 
@@ -18,7 +18,7 @@ fileTimeout(t, 120);
 
 const WATCHDOG = 60_000;
 type Scheme = 'shm' | 'sysv' | 'file';
-/** The steps each side has (transports/shm.ts `reached`): System V passes no descriptor, so no listener:4. */
+/** The steps each side has (transports/shm/ `reached`): System V passes no descriptor, so no listener:4. */
 const STEPS: Record<'listener' | 'connector', Record<Scheme, number[]>> = {
   listener: { shm: [1, 2, 3, 4, 5], file: [1, 2, 3, 4, 5], sysv: [1, 2, 3, 5] },
   connector: { shm: [1, 2, 3, 4, 5, 6], file: [1, 2, 3, 4, 5, 6], sysv: [1, 2, 3, 4, 5, 6] },

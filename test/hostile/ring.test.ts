@@ -4,7 +4,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { RING_HEAD_OFFSET, RING_TAIL_OFFSET, RING_HEADER_SIZE, RECORD_BYTES, H_RING_OFFSET } from '../../assembly/layout.js';
-import { listen, connect, ErrorCode, ShmbusError, type Channel } from '../../host/index.js';
+import { listen, connect, ErrorCode, ShmbusError, type Channel } from '../../index.js';
 import { getEngine } from '../../host/engine.js';
 import { RingEnd } from '../../host/ring.js';
 import { fileTimeout, scaled, unique } from '../helpers.js';

@@ -201,7 +201,7 @@ t.test('a poll handler that closes its own subscription or channel leaves no fre
   witness.poll((m, o) => seen.push(m[o]!));
   t.same(seen, [0, 1, 2, 3, 4]);
   t.equal(witness.dropped, 0);
-  const { listen, connect } = await import('../../host/index.js');
+  const { listen, connect } = await import('../../index.js');
   const chUrl = `shm://${unique('closech')}` as const;
   const listener = await listen(chUrl);
   t.teardown(() => listener.close());

@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { existsSync, readFileSync, symlinkSync, unlinkSync } from 'node:fs';
-import { listen, ErrorCode, type ShmbusError } from '../../host/index.js';
+import { listen, ErrorCode, type ShmbusError } from '../../index.js';
 import { mechanismFor, doorbell, writeDoorbell, WAKE_DATA, WAKE_SPACE, type BellContext, type SleeperContext } from '../../host/wake/index.js';
 import { wakeSignal } from '../../host/wake/signal.js';
 import { sysvsemKey } from '../../host/wake/sysvsem.js';

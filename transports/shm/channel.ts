@@ -1,6 +1,6 @@
 /**
  * A duplex channel over one shared segment: one SPSC ring each way, plus the control socket for doorbells and
- * peer death. Created by `listen` (the listener's side) and `connect` (see host/shm.ts).
+ * peer death. Created by `listen` (the listener's side) and `connect` (see listener.ts and connect.ts here).
  *
  * Sending follows Node's `stream.write` convention: `send` always takes the message; once the ring is full the
  * message waits in a bounded local queue and `send` returns false until `drained()` / 'drain'. Receiving is
@@ -11,20 +11,20 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
-import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../assembly/layout.js';
-import { Rpc, type RequestHandler, type RequestOptions } from './rpc.js';
-import type { Engine } from './engine.js';
-import type { Region } from './region.js';
-import type { PeerCredentials } from './peer.js';
-import { RingEnd, COUNTING, perf } from './ring.js';
-import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from './codec.js';
-import { DOORBELL_DATA, DOORBELL_SPACE } from './control.js';
-import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from './wake/index.js';
-import type { ShmEndpoint } from './url.js';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../../assembly/layout.js';
+import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
+import type { Engine } from '../../host/engine.js';
+import type { Region } from '../../host/region.js';
+import type { PeerCredentials } from '../../host/peer.js';
+import { RingEnd, COUNTING, perf } from '../../host/ring.js';
+import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from '../../host/codec.js';
+import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
+import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
+import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
+import type { ShmEndpoint } from '../../host/url.js';
 import {
-  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
-  ShmbusError,
-} from './errors.js';
+  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, ShmbusError,
+} from '../../host/errors.js';
 
 /** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
 /** How often a writer parked for room looks at the ring's positions on its own (see waitWritable). */
@@ -41,7 +41,7 @@ const INBOX_LIMIT = 65536;
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
 export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
 
-/** What a channel is made of; built by host/shm.ts after the handshake. */
+/** What a channel is made of; built by listener.ts / connect.ts after the handshake. */
 export interface ChannelParts {
   engine: Engine;
   region: Region;
@@ -70,8 +70,6 @@ export interface WakeParts {
   /** Who the peer is, as the kernel says (SO_PEERCRED of the control socket): what `peerParams` must name. */
   peerCred: PeerCredentials;
 }
-
-interface Queued { type: number; bytes: Uint8Array }
 
 /**
  * Free bytes that guarantee a record of `length` payload bytes can be claimed wherever the tail is: the record
@@ -118,14 +116,7 @@ export class Claim {
   }
 }
 
-export interface ChannelEvents {
-  drain: [];
-  close: [];
-  error: [ShmbusError];
-}
-
 export class Channel extends EventEmitter implements AsyncIterable<unknown> {
-  // Implements transports/contract.ts#Connection (structurally: host/ sits below transports/).
   /** The URL this channel was made from. */
   readonly url: string;
   /** Largest message in bytes (encoded) one send can carry. */
@@ -158,8 +149,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private peerGone = false;
   /** The error that ended the channel (corrupt ring, dead peer), reported to every later caller. */
   private failure: ShmbusError | undefined;
-  private readonly queue: Queued[] = [];
-  private queueHead = 0;
+  /** The send queue (host/send-queue.ts); `pump` tells it when the ring has room again. */
+  private readonly sendQueue: SendQueue;
   /** Bytes a failed trySend/claim needs; 'drain' fires once the ring has that much room. */
   private wantRoom = 0;
   private pumping = false;
@@ -169,7 +160,6 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private openClaim: Claim | undefined;
   private readerWake: (() => void) | undefined;
   private writerWake: (() => void) | undefined;
-  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private readonly inbox: unknown[] = [];
   private inboxHead = 0;
   private closePromise: Promise<void> | undefined;
@@ -204,6 +194,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.spinAlways = spin === 'always';
     this.spinNs = spin === 'auto' ? 20_000 : spin === 'always' ? SPIN_SLICE_NS : spin;
     this.maxMessageSize = this.tx.maxPayload;
+    this.sendQueue = new SendQueue({
+      maxMessageSize: this.maxMessageSize, maxQueued: this.maxQueued, write: this.writeRecord, onDrain: () => this.emit('drain'),
+      refusalBlocks: false,
+    });
     this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
     this.socket.setNoDelay(true);
     this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
@@ -211,6 +205,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.socket.on('error', () => { /* 'close' follows; peer death is reported from there */ });
     if (parts.pendingBytes.length) this.onDoorbells(parts.pendingBytes);
     this.socket.resume();
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
   }
 
   // --- sending ---------------------------------------------------------------------------------------------------
@@ -262,14 +257,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Sends a value only if it fits in the ring now; false means "not taken" (then wait for drained()). */
   trySend(value: unknown): boolean {
     this.checkSendable();
-    return this.tryWrite(RECORD_MSGPACK, this.pack(value));
+    return this.tryEnqueue(RECORD_MSGPACK, this.pack(value));
   }
 
   /** Sends raw bytes only if they fit in the ring now; false means "not taken". */
   trySendBytes(bytes: Uint8Array): boolean {
     this.checkSendable();
     if (!(bytes instanceof Uint8Array)) throw new BadArgumentError('trySendBytes takes a Uint8Array', { type: typeof bytes });
-    return this.tryWrite(RECORD_BYTES, bytes);
+    return this.tryEnqueue(RECORD_BYTES, bytes);
   }
 
   /**
@@ -281,7 +276,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
     if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
     if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
-    if (this.queueLength() > 0) return null;
+    if (this.sendQueue.length > 0) return null;
     let at: number;
     try {
       at = this.tx.claim(size, RECORD_BYTES);
@@ -289,6 +284,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.ringFailed(error);
     }
     if (at === 0) {
+      this.sendQueue.refused();
       this.waitForRoom(size);
       return null;
     }
@@ -317,7 +313,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   /** Messages waiting in the local queue. */
   get queued(): number {
-    return this.queueLength();
+    return this.sendQueue.length;
   }
 
   /**
@@ -325,14 +321,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * ends before that, with the reason.
    */
   drained(): Promise<void> {
-    if (this.queueLength() === 0 && this.wantRoom === 0) return Promise.resolve();
+    if (this.sendQueue.idle) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
     if (this.state === 'closed') return Promise.reject(new ClosedError());
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
-  }
-
-  private queueLength(): number {
-    return this.queue.length - this.queueHead;
+    return this.sendQueue.drained();
   }
 
   /**
@@ -354,61 +346,64 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.peerGone) throw new ClosedError('peer closed the channel', { url: this.url });
   }
 
+  /** send / sendBytes: into the ring now, or into the send queue (then `pump` moves it once there is room). */
   private enqueue(type: number, bytes: Uint8Array): boolean {
-    const length = bytes.length;
-    if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
-    if (this.queueHead === this.queue.length && this.openClaim === undefined) {
-      let at: number;
-      try {
-        at = this.tx.claim(length, type);
-        if (at === 0 && length >= this.largeRecord) {
-          // A large message that does not fit now: copying it into the queue costs about as long as the reader
-          // takes to free its room, so spin for the room instead (within the spin budget) and copy it once.
-          this.spinFor(() => (at = this.tx.claim(length, type)) !== 0 || this.peerGone);
-        }
-        if (at !== 0) {
-          if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
-          this.engine.u8.set(bytes, at);
-          this.tx.commit(length);
-        }
-      } catch (error) {
-        this.ringFailed(error);
-      }
-      if (at !== 0) {
-        this.afterCommit();
-        return true;
-      }
-    }
-    if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
-    // The slow path anyway: look at the ring's positions, so that impossible ones a peer wrote while this side
-    // waited for room (nothing rings a parked writer for that) fail the channel now instead of stalling it.
-    try { this.tx.free(); } catch (error) { this.ringFailed(error); }
-    if (this.queueLength() >= this.maxQueued) throw new QueueFullError(this.maxQueued);
-    // The caller may reuse its buffer, and msgpackr reuses its own: keep a private copy.
-    if (COUNTING) { perf.queued++; perf.copies++; perf.allocs += 2; perf.bytesCopied += length; }
-    this.queue.push({ type, bytes: new Uint8Array(bytes) });
+    if (this.sendQueue.send(type, bytes)) return true;
     void this.pump();
     return false;
   }
 
-  private tryWrite(type: number, bytes: Uint8Array): boolean {
+  /** trySend / trySendBytes: into the ring now or not at all; a refusal starts `pump` waiting for the room. */
+  private tryEnqueue(type: number, bytes: Uint8Array): boolean {
+    if (this.sendQueue.trySend(type, bytes)) return true;
+    void this.pump();
+    return false;
+  }
+
+  /**
+   * Writes one record into the outbound ring now, or nothing (the send queue's `write`). A refusal leaves in
+   * `queueNeed` the free bytes the ring needs for it; `pump` waits for those.
+   */
+  private readonly writeRecord = (type: number, bytes: Uint8Array, kind: WriteKind): boolean => {
+    if (kind !== WRITE_QUEUED && this.openClaim !== undefined) {
+      this.queueNeed = 0;
+      return false;
+    }
     const length = bytes.length;
-    if (length > this.maxMessageSize) throw new MessageTooLargeError(length, this.maxMessageSize);
-    if (this.queueLength() > 0 || this.openClaim) return false;
+    let at = 0;
     try {
-      const at = this.tx.claim(length, type);
-      if (at === 0) {
-        this.waitForRoom(length);
+      at = this.tx.claim(length, type);
+      if (at === 0 && kind === WRITE_SEND && length >= this.largeRecord) {
+        // A large message that does not fit now: copying it into the queue costs about as long as the reader
+        // takes to free its room, so spin for the room instead (within the spin budget) and copy it once.
+        this.spinFor(() => (at = this.tx.claim(length, type)) !== 0 || this.peerGone);
+      }
+      if (at !== 0) {
+        if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
+        this.engine.u8.set(bytes, at);
+        this.tx.commit(length);
+      } else {
+        // Nothing else claims while messages are queued (trySend and claim() refuse), so this stays exact.
+        this.queueNeed = this.tx.needed();
+        if (kind === WRITE_SEND) {
+          if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
+          // The slow path anyway: look at the ring's positions, so that impossible ones a peer wrote while this
+          // side waited for room (nothing rings a parked writer for that) fail the channel now instead of
+          // stalling it.
+          this.tx.free();
+          if (COUNTING) { perf.queued++; perf.copies++; perf.allocs += 2; perf.bytesCopied += length; }
+        } else if (kind === WRITE_TRY) {
+          const need = roomFor(length);
+          if (need > this.wantRoom) this.wantRoom = need;
+        }
         return false;
       }
-      this.engine.u8.set(bytes, at);
-      this.tx.commit(length);
     } catch (error) {
       this.ringFailed(error);
     }
     this.afterCommit();
     return true;
-  }
+  };
 
   /** After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. */
   private afterCommit(): void {
@@ -479,29 +474,32 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     void this.pump();
   }
 
-  /** Moves queued messages into the ring as room appears; resolves drain waiters when done. */
+  /**
+   * Moves queued messages into the ring as room appears; tells the send queue once nothing waits and a refused
+   * trySend/claim would fit (drained() resolves, 'drain' fires).
+   */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
+    let idle = false;
     try {
       for (;;) {
-        this.flushQueue();
+        const empty = this.sendQueue.flush();
         if (this.failure || this.state === 'closed') break;
         // A queued message waits for exactly its room (from the refused claim), not roomFor's worst case: a
         // large record then goes in after one reader release instead of parking again for room it does not need.
-        const needBytes = this.queueLength() > 0
-          ? this.queueNeed || roomFor(this.queue[this.queueHead]!.bytes.length)
-          : this.wantRoom;
-        if (needBytes === 0 || (this.queueLength() === 0 && this.tx.free() >= needBytes)) {
+        const needBytes = !empty ? this.queueNeed || roomFor(this.sendQueue.peek()!.bytes.length) : this.wantRoom;
+        if (needBytes === 0 || (empty && this.tx.free() >= needBytes)) {
           this.wantRoom = 0;
+          idle = true;
           break;
         }
         if (this.peerGone || this.tx.peerClosed()) {
           // A peer that died (no closed flag) is PEER_DEAD for every waiter, not a close: this failure is the one
           // the reader sees too.
           this.fail(this.peerGone && !this.rx.peerClosed()
-            ? new PeerDeadError('peer went away without closing', { url: this.url, side: this.side, queued: this.queueLength() })
-            : new ClosedError('peer closed the channel before queued messages were delivered', { queued: this.queueLength() }));
+            ? new PeerDeadError('peer went away without closing', { url: this.url, side: this.side, queued: this.sendQueue.length })
+            : new ClosedError('peer closed the channel before queued messages were delivered', { queued: this.sendQueue.length }));
           break;
         }
         await this.waitWritable(needBytes);
@@ -511,39 +509,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     } finally {
       this.pumping = false;
     }
-    if (this.queueLength() === 0 && this.wantRoom === 0) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w.resolve();
-      this.emit('drain');
-    }
-  }
-
-  private flushQueue(): void {
-    let moved = false;
-    this.queueNeed = 0;
-    while (this.queueHead < this.queue.length) {
-      const item = this.queue[this.queueHead]!;
-      const at = this.tx.claim(item.bytes.length, item.type);
-      if (at === 0) {
-        // Nothing else claims while messages are queued (trySend and claim() refuse), so this stays exact.
-        this.queueNeed = this.tx.needed();
-        break;
-      }
-      if (COUNTING) { perf.copies++; perf.bytesCopied += item.bytes.length; }
-      this.engine.u8.set(item.bytes, at);
-      this.tx.commit(item.bytes.length);
-      this.queue[this.queueHead++] = undefined as unknown as Queued;
-      moved = true;
-    }
-    if (this.queueHead === this.queue.length) {
-      this.queue.length = 0;
-      this.queueHead = 0;
-    } else if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
-      this.queue.splice(0, this.queueHead);
-      this.queueHead = 0;
-    }
-    if (moved) this.afterCommit();
+    if (idle) this.sendQueue.writable();
   }
 
   /** Waits until the outbound ring has `need` free bytes (spin a little, then park on the doorbell). */
@@ -785,6 +751,37 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     }
   }
 
+  private dispatching = false;
+
+  /**
+   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message: a
+   * whole batch per wake, synchronously, then one wait for the next batch. Use either this or the iterator.
+   * Errors go to 'error' listeners as always; 'close' follows the last message.
+   */
+  private async dispatchMessages(): Promise<void> {
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      while (this.listenerCount('message') > 0) {
+        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.takeInbox().value);
+        if (this.listenerCount('message') === 0) break;
+        const r = await this.next();
+        if (r.done) break;
+        if (this.listenerCount('message') === 0) {
+          // The listener went away while we waited: the message stays first for the iterator.
+          if (this.inboxHead > 0) this.inbox[--this.inboxHead] = r.value;
+          else this.inbox.unshift(r.value);
+          break;
+        }
+        this.emit('message', r.value);
+      }
+    } catch {
+      /* the failure was reported to 'error' listeners (fail / peer death) */
+    } finally {
+      this.dispatching = false;
+    }
+  }
+
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {
       next: () => this.next(),
@@ -827,23 +824,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       // Crash or kill: what was committed is still readable through our mapping. Report it to listeners now;
       // the iterator delivers what is left, then throws.
       const error = new PeerDeadError('peer went away without closing', { url: this.url, side: this.side });
-      if (this.queueLength() > 0) this.rejectDrainWaiters(error);
+      if (this.sendQueue.length > 0) this.sendQueue.end(error, false);
       if (this.listenerCount('error') > 0) this.emit('error', error);
     }
-    if (this.queueLength() > 0 || this.wantRoom > 0) void this.pump();
-  }
-
-  private rejectDrainWaiters(error: Error): void {
-    const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of waiters) w.reject(error);
+    if (!this.sendQueue.idle) void this.pump();
   }
 
   /** Ends the channel with an error: reported to waiters, to 'error' listeners, and to later calls. */
   private fail(error: ShmbusError): void {
     if (this.failure || this.state === 'closed') return;
     this.failure = error;
-    this.rejectDrainWaiters(error);
+    this.sendQueue.end(error, false);
     this.wakeReader();
     this.wakeWriter();
     if (this.listenerCount('error') > 0) this.emit('error', error);
@@ -860,7 +851,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.closePromise = (async () => {
       if (this.state === 'open') this.state = 'closing';
       this.openClaim?.abort();
-      if (this.queueLength() > 0 && !this.failure) {
+      if (this.sendQueue.length > 0 && !this.failure) {
         try {
           // pump() ends early when the peer is gone; drained() then rejects, and we close anyway.
           void this.pump();
@@ -886,11 +877,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.rx.markClosed();
     this.wakeReader();
     this.wakeWriter();
-    if (this.queueLength() > 0 || this.wantRoom > 0) {
-      const reason = this.failure ?? new ClosedError('channel closed before queued messages were delivered', { queued: this.queueLength() });
-      this.rejectDrainWaiters(reason);
-      this.queue.length = 0;
-      this.queueHead = 0;
+    if (!this.sendQueue.idle) {
+      const reason = this.failure ?? new ClosedError('channel closed before queued messages were delivered', { queued: this.sendQueue.length });
+      this.sendQueue.end(reason, true);
       this.wantRoom = 0;
     }
     if (!this.socket.destroyed) {

@@ -8,11 +8,10 @@
  *   const conn = await connect('shm://orders?size=4MiB');
  *   if (!conn.send({ id: 1 })) await conn.drained();
  */
-import { registerTransport, transportFor, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
-import { shmTransport, type Listener } from '../transports/shm.js';
-import { allTransports } from '../transports/all.js';
-import type { Channel } from './channel.js';
-import type { RequestHandler } from './rpc.js';
+import { registerTransport, transportFor, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from './transports/contract.js';
+import { shmTransport, type Listener, type Channel } from './transports/shm/index.js';
+import { allTransports } from './transports/all.js';
+import type { RequestHandler } from './host/rpc.js';
 
 registerTransport(shmTransport);
 for (const transport of allTransports) registerTransport(transport);
@@ -42,13 +41,14 @@ export async function serve(listener: AsyncIterable<Connection>, handler: Reques
   for await (const conn of listener) conn.handle(handler);
 }
 
-export { Listener } from '../transports/shm.js';
-export { Bus, Publisher, Subscription, type BusOptions, type PublisherOptions, type SubscribeOptions, type TopicInfo } from '../bus/index.js';
-export type { RequestHandler, RequestOptions } from './rpc.js';
-export { spawnWithPipe, type PipeChild, type PipeSpawnOptions } from '../transports/pipe.js';
-export { registerTransport, transportFor, transports, type Transport, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from '../transports/contract.js';
-export { Channel, Claim, type RecordHandler } from './channel.js';
-export { Region, type RegionKind, type CreateOptions } from './region.js';
-export { parseShmUrl, parseSize, type ShmEndpoint, type WakeMode } from './url.js';
-export * from './errors.js';
-export { RECORD_BYTES, RECORD_MSGPACK, LAYOUT_VERSION } from '../assembly/layout.js';
+export { Listener, Channel, Claim, type RecordHandler } from './transports/shm/index.js';
+export { Bus, Publisher, Subscription, type BusOptions, type PublisherOptions, type SubscribeOptions, type TopicInfo } from './bus/index.js';
+export type { RequestHandler, RequestOptions } from './host/rpc.js';
+export { spawnWithPipe, type PipeChild, type PipeSpawnOptions } from './transports/pipe.js';
+export { registerTransport, transportFor, transports, type Transport, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from './transports/contract.js';
+export { Region, type RegionKind, type CreateOptions } from './host/region.js';
+export { parseShmUrl, parseSize, type ShmEndpoint, type WakeMode } from './host/url.js';
+export * from './host/errors.js';
+export { RECORD_BYTES, RECORD_MSGPACK, LAYOUT_VERSION } from './assembly/layout.js';
+export * from './state/index.js';
+export * from './workers/index.js';

@@ -1,0 +1,118 @@
+/**
+ * The connector's side of the shm handshake (the protocol: transports/shm/control.ts; the listener's side:
+ * transports/shm/listener.ts).
+ */
+import net from 'node:net';
+import path from 'node:path';
+import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../../assembly/layout.js';
+import { getEngine } from '../../host/engine.js';
+import { Region } from '../../host/region.js';
+import { RingEnd } from '../../host/ring.js';
+import { readSegment } from '../../host/segment.js';
+import { credentialsOf, checkListener } from '../../host/control.js';
+import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
+import type { PeerCredentials } from '../../host/peer.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError } from '../../host/errors.js';
+import type { ConnectOptions } from '../contract.js';
+import { Channel } from './channel.js';
+import { PROTOCOL, readLine, writeLine, remoteError, errorLine, receivePassedFd } from './control.js';
+import { DEFAULT_TIMEOUT, KIND, reached, left, mapRegion, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
+
+/** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
+ * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
+function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { capacity: number; size: number } {
+  const { capacity, size, kind } = reply;
+  if (kind !== KIND[endpoint.scheme]) throw new HandshakeError('listener offers another kind of segment', { details: { kind: String(kind), expected: KIND[endpoint.scheme] } });
+  if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
+    throw new HandshakeError('listener announced a bad ring capacity', { details: { capacity: String(capacity) } });
+  }
+  const expected = segmentBytes(CHANNEL_RING_COUNT, capacity);
+  if (size !== expected) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: String(size), expected } });
+  return { capacity, size: expected };
+}
+
+/** Attaches the segment the verified listener `cred` made, after checking it is that one (host/region.ts). */
+async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: Record<string, unknown>, size: number, cred: PeerCredentials, deadline: number, timeout: number): Promise<Region> {
+  if (endpoint.scheme === 'sysv') {
+    if (typeof reply.shmid !== 'number') throw new HandshakeError('listener sent no shmid');
+    return Region.attachPeerSysV(reply.shmid, { size, uid: cred.uid, pid: cred.pid });
+  }
+  const fd = await receivePassedFd(socket, left(deadline, timeout), () => writeLine(socket, { fd: true }));
+  return Region.fromPeerFd(fd, endpoint.scheme === 'shm' ? 'memfd' : 'file', { size, uid: cred.uid });
+}
+
+function connectSocket(endpoint: ShmEndpoint, url: string, ms: number): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect({ path: endpoint.controlPath, allowHalfOpen: false });
+    const timer = setTimeout(() => { s.destroy(); reject(new TimeoutError('connect timed out', { url, timeoutMs: ms })); }, ms);
+    s.once('connect', () => { clearTimeout(timer); s.removeAllListeners('error'); s.on('error', () => {}); resolve(s); });
+    s.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(error.code === 'ECONNREFUSED' || error.code === 'ENOENT'
+        ? new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } })
+        : error.code === 'EAGAIN'
+          ? new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } })
+          : new ShmbusError(ErrorCode.SYSCALL, 'cannot connect', { cause: error, details: { url } }));
+    });
+  });
+}
+
+/** Connects to a shared-memory endpoint URL. The listener must run as `options.expectUid` (or the URL's
+ * `expectUid`; by default our own uid or root): anyone else gets not a single byte from us. */
+export async function connect(url: string, options: ConnectOptions = {}): Promise<Channel> {
+  const endpoint = parseShmUrl(url);
+  const timeout = positive(options.timeout, DEFAULT_TIMEOUT, 'timeout');
+  const expectUid = options.expectUid ?? endpoint.expectUid;
+  if (expectUid !== undefined && (!Number.isInteger(expectUid) || expectUid < 0 || expectUid > 0xfffffffe)) {
+    throw new BadArgumentError('expectUid must be a uid', { expectUid });
+  }
+  const deadline = Date.now() + timeout;
+  const socket = await connectSocket(endpoint, url, timeout);
+  let mapping: Mapping | undefined;
+  let region: Region | undefined;
+  try {
+    const cred = credentialsOf(socket);
+    checkListener(cred, expectUid);
+    await reached('connector', 1);
+    const mine = wakeLine(endpoint);
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine });
+    await reached('connector', 2);
+    const { message: reply, rest } = await readLine(socket, left(deadline, timeout));
+    if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
+    try {
+      if (rest.length !== 0) throw new HandshakeError('listener sent more than its reply');
+      const { capacity, size } = checkReply(endpoint, reply);
+      const wake = peerWake(endpoint, reply.wake, cred);
+      wake.myParams = mine.params as Record<string, unknown>;
+      await reached('connector', 3);
+      region = await receiveRegion(endpoint, socket, reply, size, cred, deadline, timeout);
+      await reached('connector', 4);
+      const engine = getEngine();
+      const r = region;
+      region = undefined;
+      mapping = mapRegion(engine, r);
+      const info = readSegment(engine, mapping.window, r.size);
+      if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== capacity) {
+        throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
+      }
+      await reached('connector', 5);
+      const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'producer');
+      const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'consumer');
+      left(deadline, timeout);
+      writeLine(socket, { attached: true });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake });
+      mapping = undefined;
+      await reached('connector', 6);
+      return channel;
+    } catch (error) {
+      if (!socket.destroyed) writeLine(socket, errorLine(error, 'attached'));
+      throw error;
+    }
+  } catch (error) {
+    if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
+    if (region) { try { region.close(); } catch { /* idem */ } }
+    socket.destroy();
+    if (error instanceof ShmbusError) throw error;
+    throw new ClosedError('connection failed', { url, cause: String(error) });
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * What both sides of the shm handshake share (transports/shm/listener.ts, transports/shm/connect.ts): the one
+ * deadline, the test hook that stops at a step, mapping a segment into the engine, and the wake lines.
+ */
+import fs from 'node:fs';
+import { type Engine } from '../../host/engine.js';
+import { Region } from '../../host/region.js';
+import { type ShmEndpoint } from '../../host/url.js';
+import type { PeerCredentials } from '../../host/peer.js';
+import { mechanismFor } from '../../host/wake/index.js';
+import { BadArgumentError, HandshakeError, TimeoutError } from '../../host/errors.js';
+import { type WakeParts } from './channel.js';
+
+export const DEFAULT_TIMEOUT = 5000;
+
+/** The kind of segment each scheme hands over. */
+export const KIND = { shm: 'memfd', sysv: 'sysv', file: 'file' } as const;
+
+/**
+ * Test hook: with SHMBUS_TEST_STOP_AT=<side>:<step> in the environment, the handshake prints `step <side>:<step>`
+ * on stdout when it reaches that step and goes no further, so a test can SIGKILL the process at exactly that
+ * point. Read once; without it the hook costs one comparison per step.
+ */
+export const STOP_AT = process.env.SHMBUS_TEST_STOP_AT;
+export function reached(side: 'listener' | 'connector', step: number): Promise<void> | undefined {
+  if (STOP_AT === undefined || STOP_AT !== `${side}:${step}`) return undefined;
+  fs.writeSync(1, `step ${side}:${step}\n`);
+  return new Promise(() => {});
+}
+
+/** Milliseconds left until `deadline`, or a TIMEOUT error once it passed: one deadline covers every step. */
+export function left(deadline: number, timeoutMs: number): number {
+  const ms = deadline - Date.now();
+  if (ms <= 0) throw new TimeoutError('handshake timed out', { timeoutMs });
+  return ms;
+}
+
+/** A mapped segment plus the window it occupies; undone in reverse order on any failure. */
+export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number }
+
+/** Maps `region` into a fresh window of the engine's memory. On failure the region is closed too (removed if we
+ * own it), so a caller never has to remember it: nothing made for a failed setup outlives it. */
+export function mapRegion(engine: Engine, region: Region): Mapping {
+  try {
+    const windowSize = region.size;
+    const window = engine.allocWindow(windowSize);
+    try {
+      region.mapAt(engine.address(window));
+    } catch (error) {
+      engine.freeWindow(window, windowSize);
+      throw error;
+    }
+    return { engine, region, window, windowSize };
+  } catch (error) {
+    try { region.close(); } catch { /* the first failure is the one to report */ }
+    throw error;
+  }
+}
+
+export function unmap(m: Mapping): void {
+  try {
+    m.region.unmapAt(m.engine.address(m.window));
+    m.engine.freeWindow(m.window, m.windowSize);
+  } finally {
+    m.region.close();
+  }
+}
+
+/** What a side says about how it sleeps: its mechanism's name and what a peer needs to ring it. */
+export function wakeLine(endpoint: ShmEndpoint): Record<string, unknown> {
+  const mechanism = mechanismFor(endpoint.wake, endpoint.url);
+  return { mode: mechanism.name, params: mechanism.params() };
+}
+
+/**
+ * How to ring the peer, from its handshake line: its mechanism and that mechanism's parameters, with the
+ * peer's verified credentials, which those parameters must name (checked by the mechanism).
+ */
+export function peerWake(endpoint: ShmEndpoint, line: unknown, cred: PeerCredentials): WakeParts {
+  if (typeof line !== 'object' || line === null || typeof (line as { mode?: unknown }).mode !== 'string') {
+    throw new HandshakeError('peer did not say how to wake it');
+  }
+  const { mode, params } = line as { mode: string; params?: unknown };
+  const peer = mechanismFor(mode, endpoint.url);
+  const peerParams = typeof params === 'object' && params !== null ? params as Record<string, unknown> : {};
+  // Whatever the peer names for us to ring (a pid, a semaphore, a queue) must be its own: refused here, before
+  // anything is allocated for it.
+  peer.checkPeer(peerParams, cred);
+  return { mine: mechanismFor(endpoint.wake, endpoint.url), peer, peerParams, peerCred: cred };
+}
+
+export function positive(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 1) throw new BadArgumentError(`${name} must be a positive integer`, { [name]: value });
+  return value;
+}
+
+export const versionText = (v: number) => `${v >>> 16}.${v & 0xffff}`;

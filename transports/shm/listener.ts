@@ -1,0 +1,214 @@
+/**
+ * listen / connect for shared-memory endpoints (shm://, sysv://, file://).
+ *
+ * The URL names an endpoint: a control socket in the abstract namespace (host/control.ts). Both sides first ask
+ * the kernel who the other is (SO_PEERCRED) and refuse anyone they do not expect, before anything is read,
+ * allocated or sent. For every admitted connection the listener then creates a fresh segment (two rings), maps
+ * and formats it, and hands it over:
+ *
+ * - shm://   a memfd sealed against shrinking and growing, passed as a descriptor (SCM_RIGHTS): it never has a
+ *            name, so nothing can be squatted, opened by others or left behind, and no peer can SIGBUS us.
+ * - file://  an unnamed file (O_TMPFILE) in the URL's directory, passed the same way. Files cannot be sealed:
+ *            a peer holding the descriptor can shrink it (see docs/security.md).
+ * - sysv://  a private System V segment, marked for removal (IPC_RMID) right after the listener's own attach;
+ *            Linux still lets the peer attach it by id, after checking it was made by the verified listener.
+ *            For a peer of another uid the listener makes that uid the segment's owner (it stays the creator).
+ *
+ * So even SIGKILL of either side at any step leaves nothing in /dev/shm, on disk or in the kernel's tables.
+ * Work before authentication is bounded: handshakes in progress and open connections are capped per listener,
+ * and the whole handshake has one deadline on each side.
+ */
+import net from 'node:net';
+import path from 'node:path';
+import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, ringOffset, segmentBytes } from '../../assembly/layout.js';
+import { getEngine } from '../../host/engine.js';
+import { Region } from '../../host/region.js';
+import { RingEnd } from '../../host/ring.js';
+import { formatSegment } from '../../host/segment.js';
+import { credentialsOf, checkConnector, parseAllow, type PeerPolicy } from '../../host/control.js';
+import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
+import type { PeerCredentials } from '../../host/peer.js';
+import { processStartTime } from '../../host/sys/proc.js';
+import { ownIdentity } from '../../host/sys/socket.js';
+import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError } from '../../host/errors.js';
+import type { ListenOptions } from '../contract.js';
+import { ListenerBase } from '../base.js';
+import { Channel } from './channel.js';
+import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } from './control.js';
+import { DEFAULT_TIMEOUT, reached, left, mapRegion, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
+
+const DEFAULT_MAX_PENDING = 64;
+const DEFAULT_MAX_CONNECTIONS = 1024;
+
+/**
+ * A fresh segment for one connection with the verified peer `cred`. Only `sysv` has a name, and only until
+ * `seal` below: memfd and unnamed files never have one.
+ */
+function createRegion(endpoint: ShmEndpoint, size: number, cred: PeerCredentials): Region {
+  const mode = endpoint.perm;
+  switch (endpoint.scheme) {
+    case 'shm': return Region.createMemfd(`shmbus.${endpoint.name}`.slice(0, 200), { size, mode });
+    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode });
+    case 'sysv': {
+      const region = Region.createSysV('private', { size, mode });
+      try {
+        if (cred.uid !== ownIdentity().uid && cred.uid !== 0) region.grantTo(cred.uid, cred.gid);
+      } catch (error) {
+        region.close();
+        throw error;
+      }
+      return region;
+    }
+  }
+}
+
+function policyOf(endpoint: ShmEndpoint, options: ListenOptions): PeerPolicy {
+  if (options.allow === undefined) return endpoint.allow;
+  try {
+    return parseAllow(options.allow);
+  } catch (cause) {
+    throw new BadArgumentError((cause as Error).message, { allow: options.allow });
+  }
+}
+
+/** A listening endpoint: an async iterable of incoming channels (the accept queue is transports/base.ts's
+ * ListenerBase). Emits 'connection' and 'error' (a connector refused or a handshake that failed; the listener goes
+ * on). */
+export class Listener extends ListenerBase<Channel> {
+  private readonly server: net.Server;
+  private readonly endpoint: ShmEndpoint;
+  private readonly handshakeTimeout: number;
+  private readonly policy: PeerPolicy;
+  private readonly maxPending: number;
+  private readonly maxConnections: number;
+  /** Sockets still in their handshake. */
+  private readonly pending = new Set<net.Socket>();
+  /** Channels this listener made that are not closed yet (maxConnections counts them). */
+  private live = 0;
+
+  /** @internal use listen() */
+  constructor(endpoint: ShmEndpoint, server: net.Server, options: ListenOptions) {
+    super(endpoint.url);
+    this.endpoint = endpoint;
+    this.server = server;
+    this.handshakeTimeout = positive(options.handshakeTimeout, DEFAULT_TIMEOUT, 'handshakeTimeout');
+    this.policy = policyOf(endpoint, options);
+    this.maxPending = positive(options.maxPending, DEFAULT_MAX_PENDING, 'maxPending');
+    this.maxConnections = positive(options.maxConnections, DEFAULT_MAX_CONNECTIONS, 'maxConnections');
+    server.on('connection', (socket) => this.admit(socket));
+  }
+
+  /** Handshakes in progress and connections open now. */
+  get load(): { pending: number; connections: number } {
+    return { pending: this.pending.size, connections: this.live };
+  }
+
+  /** Everything before the handshake, all synchronous and allocation-free: who it is, then the caps. */
+  private admit(socket: net.Socket): void {
+    // A connector that dies mid-handshake makes our writes fail; readLine and the Channel report it.
+    socket.on('error', () => {});
+    if (this.closed) { socket.destroy(); return; }
+    let cred: PeerCredentials;
+    try {
+      cred = credentialsOf(socket);
+      checkConnector(socket, cred, this.policy);
+    } catch (error) {
+      return this.refuse(socket, error);
+    }
+    // Over the cap nothing is read or written: the connector just sees the socket close.
+    if (this.pending.size >= this.maxPending) { socket.destroy(); return; }
+    if (this.live + this.pending.size >= this.maxConnections) {
+      return this.refuse(socket, new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } }));
+    }
+    void this.accept(socket, cred);
+  }
+
+  private refuse(socket: net.Socket, error: unknown): void {
+    if (!socket.destroyed) { try { writeLine(socket, errorLine(error, 'ok')); } catch { /* peer gone */ } socket.end(); }
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+
+  private async accept(socket: net.Socket, cred: PeerCredentials): Promise<void> {
+    const timeout = this.handshakeTimeout;
+    const deadline = Date.now() + timeout;
+    // Every wait below is a read bounded by what is left of this one deadline.
+    this.pending.add(socket);
+    let mapping: Mapping | undefined;
+    try {
+      await reached('listener', 1);
+      const { message: hello } = await readLine(socket, left(deadline, timeout));
+      if (hello.shmbus !== PROTOCOL || typeof hello.version !== 'number') throw new HandshakeError('connector does not speak the shmbus protocol');
+      if (hello.version >>> 16 !== LAYOUT_VERSION_MAJOR) {
+        throw new VersionMismatchError('connector layout', versionText(hello.version), versionText(LAYOUT_VERSION));
+      }
+      const wake = peerWake(this.endpoint, hello.wake, cred);
+      const mine = wakeLine(this.endpoint);
+      wake.myParams = mine.params as Record<string, unknown>;
+      const engine = getEngine();
+      const capacity = this.endpoint.size;
+      const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
+      const region = createRegion(this.endpoint, size, cred);
+      mapping = mapRegion(engine, region);
+      // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
+      // happens next, and the peer can still attach it by id (Linux).
+      if (region.kind === 'sysv') region.remove();
+      formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, processStartTime(process.pid) ?? 0n);
+      await reached('listener', 2);
+      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine });
+      await reached('listener', 3);
+      if (region.fd >= 0) {
+        const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
+        if (ask.fd !== true) throw remoteError(ask, 'connector did not ask for the segment');
+        if (rest.length !== 0) throw new HandshakeError('connector sent more than its request for the segment');
+        sendPassedFd(socket, region.fd);
+        await reached('listener', 4);
+      }
+      const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
+      if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
+      await reached('listener', 5);
+      const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'producer');
+      const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'consumer');
+      this.pending.delete(socket);
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake });
+      mapping = undefined;
+      this.live++;
+      channel.once('close', () => { this.live--; });
+      this.offer(channel);
+    } catch (error) {
+      this.pending.delete(socket);
+      if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
+      this.refuse(socket, error);
+    }
+  }
+
+  /** Stops the handshakes in progress and the server (ListenerBase.close closes channels not yet taken). */
+  protected async stop(): Promise<void> {
+    for (const socket of this.pending) socket.destroy();
+    // net.Server.close() stops listening at once, but its callback waits for every accepted socket to end:
+    // channels handed out stay open (the contract), so do not wait for them.
+    this.server.close();
+  }
+}
+
+/** Listens on a shared-memory endpoint URL. Fails with ERR_SHMBUS_EXISTS when anyone, of any uid, already
+ * listens there (the abstract namespace has no owners: see docs/security.md). */
+export async function listen(url: string, options: ListenOptions = {}): Promise<Listener> {
+  const endpoint = parseShmUrl(url);
+  // Options are checked before the name is taken.
+  policyOf(endpoint, options);
+  const server = net.createServer({ allowHalfOpen: false, pauseOnConnect: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      reject(error.code === 'EADDRINUSE'
+        ? new ShmbusError(ErrorCode.EXISTS, 'an endpoint already listens at this URL', { details: { url } })
+        : new ShmbusError(ErrorCode.SYSCALL, 'cannot listen', { cause: error, details: { url } }));
+    });
+    server.listen({ path: endpoint.controlPath }, () => resolve());
+  });
+  try {
+    return new Listener(endpoint, server, options);
+  } catch (error) {
+    server.close();
+    throw error;
+  }
+}
