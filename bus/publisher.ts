@@ -9,9 +9,8 @@ import { claimAlive, dropClaim, ownClaim, takeClaim } from '../host/claim.js';
 import { TopicWriter, type Policy } from '../host/topic.js';
 import { LIVENESS_MS } from '../host/liveness.js';
 import { processStartTime } from '../host/sys/proc.js';
-import {
-  BadArgumentError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, QueueFullError, ShmbusError,
-} from '../host/errors.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError } from '../host/errors.js';
+import { SendQueue } from '../host/send-queue.js';
 import type { Bus } from './bus.js';
 import type { Mapped } from '../host/mapped.js';
 import { WordWaiter, wakeWord } from './waiter.js';
@@ -29,8 +28,6 @@ export interface PublisherOptions {
   maxQueued?: number;
 }
 
-interface Queued { type: number; bytes: Uint8Array }
-
 /**
  * The publishing end of a topic. `publish` follows `send`'s conventions: always takes the message, returns
  * false once messages wait locally (a lossless topic held by a slow subscriber); `drained()` says when to go on.
@@ -43,12 +40,12 @@ export class Publisher extends EventEmitter {
   private readonly mapped: Mapped;
   private readonly writer: TopicWriter;
   private readonly packr = new Packr({ useRecords: false });
-  private readonly queue: Queued[] = [];
+  /** Messages waiting for room in the topic (the one send queue, host/send-queue.ts). */
+  private readonly sendQueue: SendQueue;
   private pumping = false;
   private closed = false;
   private wakeScheduled = false;
   private waiter: WordWaiter | undefined;
-  private drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   /** Set when the topic turned out corrupt while queued messages were moved in: every later call throws it. */
   private failure: Error | undefined;
 
@@ -76,10 +73,18 @@ export class Publisher extends EventEmitter {
       throw error;
     }
     this.maxMessageSize = this.writer.maxPayload;
+    this.sendQueue = new SendQueue({
+      maxMessageSize: this.maxMessageSize,
+      maxQueued,
+      write: (type, bytes) => this.write(type, bytes),
+      onDrain: () => this.emit('drain'),
+      // A smaller message may fit where a refused one did not.
+      refusalBlocks: false,
+    });
   }
 
   /** Messages waiting locally. */
-  get queued(): number { return this.queue.length; }
+  get queued(): number { return this.sendQueue.length; }
 
   /** Publishes a value (msgpack). */
   publish(value: unknown): boolean {
@@ -97,17 +102,17 @@ export class Publisher extends EventEmitter {
   /** Publishes only if the topic takes it now; false = not taken. */
   tryPublish(value: unknown): boolean {
     this.checkOpen();
-    const bytes = this.packr.pack(value);
-    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
-    return this.queue.length === 0 && this.write(RECORD_MSGPACK, bytes);
+    if (this.sendQueue.trySend(RECORD_MSGPACK, this.packr.pack(value))) return true;
+    // drained() now waits for room: the pump notices it.
+    void this.pump();
+    return false;
   }
 
   /** Resolves when no message waits locally. */
   drained(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (this.queue.length === 0) return Promise.resolve();
-    if (this.closed) return Promise.reject(new ClosedError('publisher is closed'));
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    if (this.closed && this.sendQueue.length) return Promise.reject(new ClosedError('publisher is closed'));
+    return this.sendQueue.drained();
   }
 
   private checkOpen(): void {
@@ -116,10 +121,7 @@ export class Publisher extends EventEmitter {
   }
 
   private enqueue(type: number, bytes: Uint8Array): boolean {
-    if (bytes.length > this.maxMessageSize) throw new MessageTooLargeError(bytes.length, this.maxMessageSize);
-    if (this.queue.length === 0 && this.write(type, bytes)) return true;
-    if (this.queue.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
-    this.queue.push({ type, bytes: new Uint8Array(bytes) });
+    if (this.sendQueue.send(type, bytes)) return true;
     void this.pump();
     return false;
   }
@@ -150,10 +152,10 @@ export class Publisher extends EventEmitter {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (this.queue.length && !this.closed) {
-        const next = this.queue[0]!;
-        if (this.write(next.type, next.bytes)) { this.queue.shift(); continue; }
+      while (!this.closed) {
+        if (this.sendQueue.flush()) break;
         if (this.evictDead()) continue;
+        const next = this.sendQueue.peek()!;
         if (this.writer.park(next.bytes.length)) {
           // Woken by a subscriber's release, or after LIVENESS_MS to check the slowest one is still alive.
           this.waiter ??= new WordWaiter(this.mapped.engine, this.writer);
@@ -165,20 +167,13 @@ export class Publisher extends EventEmitter {
       // A corrupt topic (a member scribbled it): the publisher is unusable. Nobody awaits pump(), so the error
       // goes to drained() and to every later publish, never to an unhandled rejection.
       this.failure = error instanceof Error ? error : new CorruptError('publisher failed', { cause: String(error) });
-      this.queue.length = 0;
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w.reject(this.failure);
+      this.sendQueue.end(this.failure, true);
       return;
     } finally {
       this.pumping = false;
     }
-    if (this.queue.length === 0) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w.resolve();
-      this.emit('drain');
-    }
+    // Nothing waits: settle drained() and emit 'drain' (if someone was told false).
+    if (this.sendQueue.length === 0) this.sendQueue.writable();
   }
 
   /** If the subscriber holding us back is dead, evicts it. */
@@ -196,8 +191,9 @@ export class Publisher extends EventEmitter {
   /** Stops publishing: queued messages are delivered first (as long as subscribers read), then subscribers end. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.queue.length) await this.drained().catch(() => {});
+    if (this.sendQueue.length) await this.drained().catch(() => {});
     this.closed = true;
+    this.sendQueue.end(new ClosedError('publisher is closed', { topic: this.topic }), true);
     this.waiter?.close();
     this.writer.close();
     // Sleeping subscribers must see the close now, not at their next timeout.
