@@ -190,18 +190,26 @@ class FifoListener extends ListenerBase<StreamConnection> {
       output.write(frame({ ok: true }));
       const reply = await readHandshakeFrame(input, this.handshakeTimeout);
       if (decodeFrame(reply).opened !== true) throw new HandshakeError('connector did not open its FIFO');
+      // Both ends are open: the names have served. The connector removes them next, but one killed right after
+      // {opened} would leave them, so the listener removes them too.
+      this.removeRequestFifos(request);
       this.pending.delete(input);
       output.removeAllListeners('error');
       this.offer(new StreamConnection({ url: this.url, maxQueued: this.ep.maxQueued, input, output, pending: reply.rest }));
     } catch (error) {
       if (input) { this.pending.delete(input); input.destroy(); }
       output?.destroy();
-      // The connector failed or lied; its FIFOs must not outlive this (FIFOs only: a request cannot make us
-      // remove a regular file).
-      for (const p of [request.c2l, request.l2c]) {
-        if (typeof p === 'string' && p.startsWith(this.ep.path + '.') && fs.lstatSync(p, { throwIfNoEntry: false })?.isFIFO()) unlinkQuietly(p);
-      }
+      // The connector failed or lied; its FIFOs must not outlive this.
+      this.removeRequestFifos(request);
       this.reportError(error);
+    }
+  }
+
+  /** Removes the connection FIFOs a request named: FIFOs next to the endpoint only (a request cannot make us
+   * remove a regular file or anything elsewhere). */
+  private removeRequestFifos(request: Record<string, unknown>): void {
+    for (const p of [request.c2l, request.l2c]) {
+      if (typeof p === 'string' && p.startsWith(this.ep.path + '.') && fs.lstatSync(p, { throwIfNoEntry: false })?.isFIFO()) unlinkQuietly(p);
     }
   }
 
