@@ -89,8 +89,6 @@ export class Link {
     const options: ConnectionOptions = {
       servers,
       name: 'shmbus-bridge',
-      // Our own exports never come back to our own imports or services (core NATS; JetStream uses the origin).
-      noEcho: true,
       maxReconnectAttempts: -1,
       reconnectDelayHandler: () => backoff(attempt++),
       pingInterval: 10_000,
