@@ -56,7 +56,8 @@ export function serve(nc: NatsConnection, prefix: string, name: string, handler:
   const sub: NatsSubscription = nc.subscribe(subject, { queue: QUEUE, callback: (error, m) => { if (!error) void answer(m); } });
   return {
     name, subject,
-    async close() { sub.unsubscribe(); },
+    // Resolves once nats-server has dropped the interest: no request is routed here any more.
+    async close() { sub.unsubscribe(); await nc.flush().catch(() => {}); },
   };
 }
 
