@@ -60,6 +60,8 @@ export function natsServers(url: unknown): string[] {
 
 /** How long a JetStream call (stream and KV management, position writes) waits: a busy server answers late. */
 const JS_TIMEOUT_MS = 20_000;
+/** close() gives a drain this long before it closes the connection anyway. */
+const DRAIN_MS = 2000;
 
 /** What the topics and services of one bridge share. */
 export class Link {
@@ -194,6 +196,13 @@ export class Link {
     if (this.closed) return;
     this.closed = true;
     for (const w of [...this.upWaiters]) w();
-    try { await this.nc.drain(); } catch { await this.nc.close().catch(() => {}); }
+    // Drain (deliver what is buffered, let handlers answer) only while connected, and not for long: a drain
+    // waits for the server, and a connection still reconnecting must stop doing so now.
+    if (this.up && !this.nc.isClosed()) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.nc.drain(), new Promise((r) => { timer = setTimeout(r, DRAIN_MS); })]).catch(() => {});
+      clearTimeout(timer);
+    }
+    await this.nc.close().catch(() => {});
   }
 }
