@@ -24,6 +24,8 @@ import { errorText, localPolicy, publishedCount, retry, Signal, typeHeaders, typ
 
 /** Lossless records out of the topic and not yet acknowledged by JetStream. */
 export const WINDOW = 256;
+/** Records are copied out of the topic into chunks of this size (see copy()). */
+const ARENA_BYTES = 256 * 1024;
 /** The acknowledged position is written to the KV bucket at most this often. */
 const SAVE_MS = 100;
 /**
@@ -120,7 +122,7 @@ export class Exporter {
     const take = (memory: Uint8Array, offset: number, length: number, type: number) => {
       // The read is done (its skips counted): what the count gains from here on is records torn while we copied.
       if (batch.length === 0) droppedAtRead = this.sub.dropped;
-      batch.push({ seq: 0, type, bytes: memory.slice(offset, offset + length) });
+      batch.push({ seq: 0, type, bytes: this.copy(memory, offset, length) });
     };
     while (!this.closed) {
       const n = this.sub.poll(take);
@@ -145,6 +147,25 @@ export class Exporter {
       }
       batch.length = 0;
     }
+  }
+
+  private arena = new Uint8Array(0);
+  private arenaUsed = 0;
+
+  /**
+   * A copy of a record that outlives the poll (the client sends it later, from a view): carved out of a shared
+   * chunk rather than one allocation per record. A chunk is never reused; the views keep it alive until sent.
+   */
+  private copy(memory: Uint8Array, offset: number, length: number): Uint8Array {
+    if (length > ARENA_BYTES >>> 4) return memory.slice(offset, offset + length);
+    if (this.arenaUsed + length > this.arena.length) {
+      this.arena = new Uint8Array(ARENA_BYTES);
+      this.arenaUsed = 0;
+    }
+    const at = this.arenaUsed;
+    this.arena.set(memory.subarray(offset, offset + length), at);
+    this.arenaUsed = at + length;
+    return this.arena.subarray(at, at + length);
   }
 
   /** Waits for records (or, once the topic's publisher closed, for a new one). */
@@ -193,7 +214,7 @@ export class Exporter {
   private async runLossless(): Promise<void> {
     const fresh: Record[] = [];
     const take = (memory: Uint8Array, offset: number, length: number, type: number) => {
-      fresh.push({ seq: this.seqAt(memory, offset), type, bytes: memory.slice(offset, offset + length) });
+      fresh.push({ seq: this.seqAt(memory, offset), type, bytes: this.copy(memory, offset, length) });
     };
     let expected = this.acked + 1;
     let first = true;
