@@ -103,7 +103,8 @@ export class Importer {
     this.published = publishedCount(this.bus, this.spec.topic) ?? 0;
     this.position = resumePoint(marker, this.published);
     this.received = this.position;
-    const committing = this.committer(key);
+    // A failure here (the local topic turned corrupt) stops the import; it is reported in stats().
+    const committing = this.committer(key).catch((error) => { this.stats.error = errorText(error); this.closed = true; this.messages?.stop(); });
     for (let attempt = 0; !this.closed; attempt++) {
       try {
         // Resume after what we hold already (committed, or queued to be): the consumer delivers in stream order.
@@ -157,6 +158,11 @@ export class Importer {
     const id = parseMessageId(m.headers?.get(MSG_ID_HEADER));
     // Our own export coming back (this bridge exports and imports the subject through one stream): not again.
     if (id && id.origin === this.origin) return { seq: m.seq, skip: true, msgpack: false };
+    if (m.data.length > this.publisher.maxMessageSize) {
+      this.stats.rejected++;
+      this.stats.error = `message of ${m.data.length} bytes is larger than the local topic takes (${this.publisher.maxMessageSize})`;
+      return { seq: m.seq, skip: true, msgpack: false };
+    }
     if (!isMsgpack(m.headers)) return { seq: m.seq, skip: false, bytes: m.data, msgpack: false };
     try {
       return { seq: m.seq, skip: false, value: decodePeer(m.data), msgpack: true };
