@@ -44,6 +44,8 @@ export class Importer {
   private readonly subject: string;
   private readonly publisher: Publisher;
   private closed = false;
+  /** The local topic failed under the import: it stops (the error is in stats). */
+  private failed = false;
   private running: Promise<void> | undefined;
   private core: NatsSubscription | undefined;
   private messages: ConsumerMessages | undefined;
@@ -104,8 +106,8 @@ export class Importer {
     this.position = resumePoint(marker, this.published);
     this.received = this.position;
     // A failure here (the local topic turned corrupt) stops the import; it is reported in stats().
-    const committing = this.committer(key).catch((error) => { this.stats.error = errorText(error); this.closed = true; this.messages?.stop(); });
-    for (let attempt = 0; !this.closed; attempt++) {
+    const committing = this.committer(key).catch((error) => { this.stats.error = errorText(error); this.failed = true; this.messages?.stop(); });
+    for (let attempt = 0; !this.closed && !this.failed; attempt++) {
       try {
         // Resume after what we hold already (committed, or queued to be): the consumer delivers in stream order.
         const consumer = await this.link.js.consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.received + 1 });
@@ -120,7 +122,7 @@ export class Importer {
       } finally {
         this.messages = undefined;
       }
-      if (!this.closed) await new Promise((r) => setTimeout(r, backoff(attempt)));
+      if (!this.closed && !this.failed) await new Promise((r) => setTimeout(r, backoff(attempt)));
     }
     this.arrived.fire();
     await committing;
@@ -129,7 +131,7 @@ export class Importer {
   /** Queues what the consumer delivers (skipping what was seen already); holds the consumer while the queue is full. */
   private async consume(messages: ConsumerMessages): Promise<void> {
     for await (const m of messages) {
-      if (this.closed) break;
+      if (this.closed || this.failed) break;
       // Delivered again (a consumer recreated after a reconnect starts where we asked; this covers the rest).
       if (m.seq <= this.received) { this.stats.redelivered++; continue; }
       this.received = m.seq;
@@ -145,7 +147,7 @@ export class Importer {
    * load the batches grow (to BATCH) and the marker costs little per message.
    */
   private async committer(key: string): Promise<void> {
-    while (!this.closed) {
+    while (!this.closed && !this.failed) {
       if (this.queue.length === 0) { await this.arrived.wait(1000); continue; }
       const batch = this.queue.splice(0, BATCH);
       this.room.fire();
