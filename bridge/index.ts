@@ -9,7 +9,6 @@
  * NATS, lossless ones a JetStream stream (bridge/export.ts, bridge/import.ts say how nothing is lost or doubled).
  * See docs/scale-out.md.
  */
-import { EventEmitter } from 'node:events';
 import { Bus, type BusOptions } from '../host/bus.js';
 import type { RequestHandler, RequestOptions } from '../host/rpc.js';
 import { BadArgumentError, ClosedError } from '../host/errors.js';
@@ -64,9 +63,9 @@ export interface BridgeStats {
  */
 export async function bridge(busUrl: string, natsUrl: string, options: BridgeOptions = {}): Promise<Bridge> {
   const prefix = checkPrefix(options.prefix ?? DEFAULT_PREFIX);
+  if (!Array.isArray(options.export ?? []) || !Array.isArray(options.import ?? [])) throw new BadArgumentError('export and import are arrays of topics');
   const exports = (options.export ?? []).map((e) => normalizeSpec(e, 'export'));
   const imports = (options.import ?? []).map((e) => normalizeSpec(e, 'import'));
-  if (!Array.isArray(options.export ?? []) || !Array.isArray(options.import ?? [])) throw new BadArgumentError('export and import are arrays');
   const names = [...exports, ...imports].map((s) => s.topic);
   const twice = names.find((n, i) => names.indexOf(n) !== i);
   if (twice !== undefined) {
@@ -92,8 +91,8 @@ export async function bridge(busUrl: string, natsUrl: string, options: BridgeOpt
   return new Bridge(bus, link, exporters, importers, origin);
 }
 
-/** A running bridge (see bridge()). Emits nothing; its state is in stats(). */
-export class Bridge extends EventEmitter {
+/** A running bridge (see bridge()). Its state, errors included, is in stats(). */
+export class Bridge {
   /** This bridge's identity (BridgeOptions.name or the derived one). */
   readonly name: string;
   private readonly services = new Set<Service>();
@@ -108,7 +107,6 @@ export class Bridge extends EventEmitter {
     private readonly importers: Importer[],
     name: string,
   ) {
-    super();
     this.name = name;
   }
 
