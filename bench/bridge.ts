@@ -2,8 +2,10 @@
 //   direct:  a process publishing with the `nats` client → nats-server → a process subscribing with it;
 //   bridged: a process publishing on a bus topic → `shmbus bridge` (export) → nats-server → `shmbus bridge`
 //            (import) → a topic on a second bus → a subscriber process (this one).
-// Both run over core NATS (the bridge's lossy path: a lossless topic rides JetStream, acknowledged, far slower,
-// and is not what the direct client does). Rounds alternate; medians are reported with the ratio bridged/direct.
+// Both run over core NATS: the bridge exports with `--export bench:lossy` (a lossless topic would ride JetStream,
+// acknowledged, far slower, and is not what the direct client does). The local topic itself is lossless, so the
+// exporter holds the bus publisher back to the pace it forwards at rather than being lapped; the importing side's
+// topic is lossy. Rounds alternate; medians are reported with the ratio bridged/direct.
 //   npm run bench:bridge [-- messages=500000 rounds=3]
 // Needs nats-server (apt-get install nats-server); starts its own on 127.0.0.1 with a random port.
 import { spawn, type ChildProcess } from 'node:child_process';
