@@ -40,7 +40,15 @@ export async function startNats(t: TapLike): Promise<NatsServer> {
   };
   // -1: the server picks a free port itself (no window where another process could take it).
   const port = await launch(-1);
-  t.teardown(() => rmSync(storeDir, { recursive: true, force: true }));
+  // The server that runs last (after a restart) must be gone before its store is removed, or it writes it anew.
+  const remove = () => rmSync(storeDir, { recursive: true, force: true });
+  process.once('exit', remove);
+  t.teardown(async () => {
+    child.kill('SIGKILL');
+    await child.exit;
+    remove();
+    process.off('exit', remove);
+  });
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
