@@ -6,7 +6,7 @@
 // acknowledged, far slower, and is not what the direct client does). The local topic itself is lossless, so the
 // exporter holds the bus publisher back to the pace it forwards at rather than being lapped; the importing side's
 // topic is lossy. Rounds alternate; medians are reported with the ratio bridged/direct.
-//   npm run bench:bridge [-- messages=500000 rounds=3]
+//   npm run bench:bridge [-- messages=500000 rounds=3]     (BENCH_PROF=<dir>: CPU profiles of the two bridges there)
 // Needs nats-server (apt-get install nats-server); starts its own on 127.0.0.1 with a random port.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,6 +18,7 @@ import { connect } from 'nats';
 import { Bus } from '../host/bus.js';
 
 const CHILD = fileURLToPath(new URL('./bridge-child.js', import.meta.url));
+const PROF = process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : [];
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1) ?? fallback);
 const MESSAGES = arg('messages', 500_000);
 const ROUNDS = arg('rounds', 3);
@@ -105,8 +106,8 @@ async function bridged(natsUrl: string, round: number): Promise<{ received: numb
   const prefix = `bench${round}`;
   const pub = start([process.execPath, CHILD, 'bus-pub', a, String(MESSAGES)]);
   await pub.line(/^ready$/);
-  const exporter = start([process.execPath, CHILD, 'bridge', a, natsUrl, '--export', 'bench:lossy', '--prefix', prefix, '--stats', '500']);
-  const importer = start([process.execPath, CHILD, 'bridge', b, natsUrl, '--import', 'bench:lossy', '--prefix', prefix, '--stats', '500']);
+  const exporter = start([process.execPath, ...PROF, CHILD, 'bridge', a, natsUrl, '--export', 'bench:lossy', '--prefix', prefix, '--stats', '500']);
+  const importer = start([process.execPath, ...PROF, CHILD, 'bridge', b, natsUrl, '--import', 'bench:lossy', '--prefix', prefix, '--stats', '500']);
   await exporter.line(/^bridge ready/);
   await importer.line(/^bridge ready/);
   const bus = await Bus.open(b);

@@ -230,7 +230,7 @@ export class Exporter {
         continue;
       }
       for (const r of fresh) {
-        if (r.seq < expected) { if (!first) this.stats.redelivered++; continue; } // exported before a restart
+        if (r.seq < expected) continue; // exported before a restart: the history read again
         // Published while no bridge read the topic and gone from its history before we came back.
         if (r.seq > expected && (!first || this.acked >= 0)) this.stats.dropped += r.seq - expected;
         expected = r.seq + 1;
