@@ -60,6 +60,8 @@ export function natsServers(url: unknown): string[] {
 
 /** How long a JetStream call (stream and KV management, position writes) waits: a busy server answers late. */
 const JS_TIMEOUT_MS = 20_000;
+/** A stream, KV or position request unanswered this long is given up (and retried by its caller). */
+const GUARD_MS = 4000;
 /** close() gives a drain this long before it closes the connection anyway. */
 const DRAIN_MS = 2000;
 
@@ -75,6 +77,8 @@ export class Link {
   private kvPromise: Promise<KV> | undefined;
   private readonly streams = new Map<string, Promise<string>>();
   private readonly upWaiters = new Set<() => void>();
+  private readonly inFlight = new Set<() => void>();
+  private slow = 0;
   private closed = false;
 
   private constructor(nc: NatsConnection, prefix: string) {
@@ -123,7 +127,11 @@ export class Link {
 
   private async watch(): Promise<void> {
     for await (const s of this.nc.status()) {
-      if (s.type === 'disconnect') this.up = false;
+      if (s.type === 'disconnect') {
+        this.up = false;
+        // Replies to requests sent before the disconnect never come: fail them now, not at their timeout.
+        for (const fail of [...this.inFlight]) fail();
+      }
       else if (s.type === 'reconnect') {
         this.up = true;
         this.reconnects++;
@@ -143,6 +151,27 @@ export class Link {
     });
   }
 
+  /**
+   * `request`'s outcome, or a rejection as soon as the connection drops while it is pending, or after `ms` (a
+   * request sent around a server restart may never be answered; the callers retry, their requests are idempotent).
+   */
+  guard<T>(request: Promise<T>): Promise<T> {
+    // A server that is merely busy answers late: each timeout in a row doubles the next wait (up to 8x).
+    const ms = GUARD_MS << this.slow;
+    let fail!: () => void;
+    let timer: NodeJS.Timeout | undefined;
+    const lost = new Promise<never>((_, reject) => {
+      fail = () => reject(new ShmbusError(ErrorCode.CLOSED, 'connection to nats-server lost before the reply'));
+      timer = setTimeout(() => {
+        this.slow = Math.min(this.slow + 1, 3);
+        reject(new ShmbusError(ErrorCode.TIMEOUT, 'nats-server did not answer', { details: { ms } }));
+      }, ms);
+    });
+    this.inFlight.add(fail);
+    request.then(() => { this.slow = 0; }, () => {}); // a late rejection (its own timeout) has nobody to tell
+    return Promise.race([request, lost]).finally(() => { clearTimeout(timer); this.inFlight.delete(fail); });
+  }
+
   jsm(): Promise<JetStreamManager> {
     this.jsmPromise ??= this.nc.jetstreamManager().catch((error) => { this.jsmPromise = undefined; throw error; });
     return this.jsmPromise;
@@ -157,13 +186,13 @@ export class Link {
 
   /** Reads a JSON value from the bucket (undefined when absent). */
   async getPosition<T>(key: string): Promise<T | undefined> {
-    const entry = await (await this.kv()).get(key);
+    const entry = await this.guard((await this.kv()).get(key));
     if (!entry || entry.length === 0) return undefined;
     try { return entry.json<T>(); } catch { return undefined; }
   }
 
   async putPosition(key: string, value: unknown): Promise<void> {
-    await (await this.kv()).put(key, new TextEncoder().encode(JSON.stringify(value)));
+    await this.guard((await this.kv()).put(key, new TextEncoder().encode(JSON.stringify(value))));
   }
 
   /** Creates the stream of lossless topic `topic` if it does not exist yet; returns its name. */
@@ -174,14 +203,14 @@ export class Link {
       made = (async () => {
         const jsm = await this.jsm();
         try {
-          await jsm.streams.info(name);
+          await this.guard(jsm.streams.info(name));
         } catch (error) {
           if ((error as { code?: string }).code !== '404') throw error;
           try {
-            await jsm.streams.add({ name, subjects: [subjectOf(this.prefix, topic)], storage: StorageType.File, retention: RetentionPolicy.Limits });
+            await this.guard(jsm.streams.add({ name, subjects: [subjectOf(this.prefix, topic)], storage: StorageType.File, retention: RetentionPolicy.Limits }));
           } catch (again) {
             // Another bridge made it meanwhile: fine if it is there now.
-            await jsm.streams.info(name).catch(() => { throw again; });
+            await this.guard(jsm.streams.info(name)).catch(() => { throw again; });
           }
         }
         return name;

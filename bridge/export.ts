@@ -196,7 +196,7 @@ export class Exporter {
     const last = await retry(async () => {
       const jsm = await this.link.jsm();
       try {
-        const m = await jsm.streams.getMessage(stream, { last_by_subj: this.subject });
+        const m = await this.link.guard(jsm.streams.getMessage(stream, { last_by_subj: this.subject }));
         return m.header.get(MSG_ID_HEADER) || '';
       } catch (error) {
         if ((error as { code?: string }).code === '404') return '';
@@ -359,7 +359,7 @@ export class Exporter {
     const jsm = await this.link.jsm();
     const stream = await this.link.ensureStream(this.spec.topic);
     try {
-      return (await jsm.streams.getMessage(stream, { last_by_subj: this.subject })).header.get(MSG_ID_HEADER) || '';
+      return (await this.link.guard(jsm.streams.getMessage(stream, { last_by_subj: this.subject }))).header.get(MSG_ID_HEADER) || '';
     } catch (error) {
       if ((error as { code?: string }).code === '404') return '';
       throw error;
