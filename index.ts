@@ -52,3 +52,12 @@ export * from './host/errors.js';
 export { RECORD_BYTES, RECORD_MSGPACK, LAYOUT_VERSION } from './assembly/layout.js';
 export * from './state/index.js';
 export * from './workers/index.js';
+export type { Bridge, BridgeOptions, BridgeStats, Credentials, TopicSpec, TopicStats, Service } from './bridge/index.js';
+
+/**
+ * Bridges the topics and request/reply of the bus at `busUrl` to the NATS server at `natsUrl` (see bridge/index.ts
+ * and docs/scale-out.md). The NATS client is loaded on first use, so programs that never bridge do not load it.
+ */
+export async function bridge(...args: Parameters<typeof import('./bridge/index.js').bridge>): Promise<import('./bridge/index.js').Bridge> {
+  return (await import('./bridge/index.js')).bridge(...args);
+}

@@ -15,6 +15,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   bench: async () => (await import('../cli/bench.js')).bench,
   clean: async () => (await import('../cli/clean.js')).clean,
   version: async () => (await import('../cli/version.js')).version,
+  bridge: async () => (await import('../bridge/command.js')).bridgeCliCommand,
 };
 
 async function usage(): Promise<string> {

@@ -121,10 +121,7 @@ export class Rpc {
       result = await this.handler(value);
     } catch (error) {
       type = RECORD_REPLY_ERROR;
-      result = {
-        code: error instanceof ShmbusError ? error.code : ErrorCode.REMOTE,
-        message: error instanceof Error ? error.message : String(error),
-      };
+      result = errorReply(error);
     }
     try {
       this.send(type, [id, result]);
@@ -140,7 +137,16 @@ export class Rpc {
   }
 }
 
-function remoteError(value: unknown): ShmbusError {
+/** What a failed reply carries: the error's shmbus code (ERR_SHMBUS_REMOTE when it has none) and message. */
+export function errorReply(error: unknown): { code: string; message: string } {
+  return {
+    code: error instanceof ShmbusError ? error.code : ErrorCode.REMOTE,
+    message: error instanceof Error ? error.message : String(error),
+  };
+}
+
+/** The error a requester sees for a failed reply (errorReply's value): its code if a shmbus one, else REMOTE. */
+export function remoteError(value: unknown): ShmbusError {
   const v = (typeof value === 'object' && value !== null ? value : {}) as { code?: unknown; message?: unknown };
   const code = (typeof v.code === 'string' && v.code.startsWith('ERR_SHMBUS_') ? v.code : ErrorCode.REMOTE) as ErrorCodeValue;
   const error = new ShmbusError(code, `request failed on the peer: ${typeof v.message === 'string' ? v.message : 'unknown error'}`);
