@@ -69,6 +69,8 @@ export class Subscription implements AsyncIterable<unknown> {
 
   private tryJoin(): boolean {
     if (this.reader) return true;
+    // Closed: never join again (a readable() or poll() after close() would take a slot and a mapping for good).
+    if (this.closed) return false;
     let region: Region;
     try {
       region = this.bus._topicRegion(this.topic);

@@ -93,6 +93,19 @@ t.test('subscribe before the publisher starts', async (t) => {
   await bus.close();
 });
 
+t.test('a closed subscription stays closed: readable() after close() does not join the topic again', async (t) => {
+  const bus = await Bus.open(busUrl());
+  const pub = bus.publisher('closed-sub');
+  const sub = bus.subscribe('closed-sub');
+  t.equal(bus.topics()[0]!.subscribers.length, 1, 'joined');
+  await sub.close();
+  t.same(bus.topics()[0]!.subscribers, [], 'left');
+  await sub.readable();
+  t.same(bus.topics()[0]!.subscribers, [], 'still no subscriber after readable()');
+  await pub.close();
+  await bus.close();
+});
+
 t.test('a subscriber killed mid-stream no longer holds a lossless publisher once it is found dead', async (t) => {
   const url = busUrl();
   const bus = await Bus.open(url);
