@@ -288,8 +288,9 @@ function remoteError(value: unknown): ShmbusError {
 
 /**
  * A loaded plugin: one or more instances behind one handle. Emits 'publish' ({ topic, value }) for publications on
- * granted topics, 'refused' (ERR_SHMBUS_FORBIDDEN) for the others, 'log' ({ level, text }), 'error' when an
- * instance fails (only if someone listens: the instance is replaced either way), 'exit' after `close()`.
+ * granted topics, 'refused' (ERR_SHMBUS_FORBIDDEN) for the others, 'log' ({ level, text }), 'message' for each
+ * message it sends, 'error' when an instance fails (only if someone listens: the instance is replaced either way),
+ * 'restart' (the error) once a replacement is ready, 'exit' after `close()`.
  */
 export class Plugin extends EventEmitter {
   readonly isolation: Isolation;
@@ -353,7 +354,7 @@ export class Plugin extends EventEmitter {
     }
     this.instances[i] = fresh;
     this.restarts++;
-    fresh.start().catch(() => { /* fail() already replaced it or reported */ });
+    fresh.start().then(() => this.emit('restart', error), () => { /* fail() already replaced it again */ });
   }
 
   /** Sends `value` to an instance's request handler; resolves with its reply. */
