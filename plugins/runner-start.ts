@@ -5,7 +5,9 @@
  */
 import { Worker } from 'node:worker_threads';
 import { CTL_INTS, CTL_IN_SEQ, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
-import { BadArgumentError } from '../host/errors.js';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 
 /** The host's grip on one running runner. */
 export interface RunnerHandle {
@@ -26,16 +28,24 @@ export interface RunnerEvents {
 /** Isolation modes a runner can be started in. */
 export type Isolation = 'thread' | 'process';
 
-const FROM_SOURCE = import.meta.url.endsWith('.ts');
-const THREAD_URL = new URL(`./runner-thread${FROM_SOURCE ? '.ts' : '.js'}`, import.meta.url);
-/** From source the worker needs the test runner's TypeScript loader; compiled it needs no flags at all. */
-const EXEC_ARGV = FROM_SOURCE ? process.execArgv.filter((a) => !a.startsWith('--input-type')) : [];
+/**
+ * The compiled runner script: next to this file when compiled; from the sources (tap runs .ts files) the copy
+ * in dist/ that `npm run build` made, so the thread runs plain JavaScript without a loader and starts fast (as
+ * host/wake/thread.ts does).
+ */
+function threadScript(): string {
+  for (const rel of ['./runner-thread.js', '../dist/plugins/runner-thread.js']) {
+    const path = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  throw new ShmbusError(ErrorCode.NOT_FOUND, 'the plugin runner script is not built; run npm run build', { details: { file: 'dist/plugins/runner-thread.js' } });
+}
 
 /** Starts a runner with `config`; its reports and bells arrive through `events`. */
 export function startRunner(isolation: Isolation, config: RunnerConfig, events: RunnerEvents): RunnerHandle {
   if (isolation !== 'thread') throw new BadArgumentError('isolation not supported yet', { isolation });
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_INTS * 4));
-  const worker = new Worker(THREAD_URL, { workerData: { config, ctl }, execArgv: EXEC_ARGV, stdin: false });
+  const worker = new Worker(threadScript(), { workerData: { config, ctl }, execArgv: [], stdin: false });
   let gone = false;
   const exited = new Promise<void>((resolve) => {
     let failure: Error | undefined;
