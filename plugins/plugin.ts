@@ -127,7 +127,7 @@ class Instance {
     this.runner = startRunner(p.isolation, {
       module: p.module, fd: this.region.fd, bytes: this.bytes, maximumPages: p.maximumPages,
       initialPages: p.initialPages, spin: p.spin,
-    }, {
+    }, p.wasm, {
       onBell: () => this.onBell(),
       onReport: (r) => this.onReport(r),
       onExit: (error) => {
@@ -312,7 +312,7 @@ export class Plugin extends EventEmitter {
   private readonly bytes: number;
 
   /** @internal use loadPlugin */
-  constructor(readonly module: WebAssembly.Module, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin'>> & {
+  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin'>> & {
     memoryLimit: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
   }) {
     super();
@@ -518,7 +518,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   if (Math.floor(memoryLimit / WASM_PAGE_SIZE) < initialPages + ringPages + 1) {
     throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
   }
-  const plugin = new Plugin(module, {
+  const plugin = new Plugin(module, bytes, {
     isolation, timeout, maxQueued: options.maxQueued ?? 1024, spin: options.spin ?? 2000, memoryLimit, ringCapacity, allow, initialPages,
   });
   try {

@@ -5,7 +5,12 @@
  */
 import { Worker } from 'node:worker_threads';
 import { CTL_INTS, CTL_IN_SEQ, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
+import { spawn, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { getEngine } from '../host/engine.js';
+import { Region } from '../host/region.js';
+import { futexWake } from '../host/sys/futex.js';
 import { fileURLToPath } from 'node:url';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 
@@ -33,19 +38,20 @@ export type Isolation = 'thread' | 'process';
  * in dist/ that `npm run build` made, so the thread runs plain JavaScript without a loader and starts fast (as
  * host/wake/thread.ts does).
  */
-function threadScript(): string {
-  for (const rel of ['./runner-thread.js', '../dist/plugins/runner-thread.js']) {
+function script(name: string): string {
+  for (const rel of [`./${name}.js`, `../dist/plugins/${name}.js`]) {
     const path = fileURLToPath(new URL(rel, import.meta.url));
     if (existsSync(path)) return path;
   }
-  throw new ShmbusError(ErrorCode.NOT_FOUND, 'the plugin runner script is not built; run npm run build', { details: { file: 'dist/plugins/runner-thread.js' } });
+  throw new ShmbusError(ErrorCode.NOT_FOUND, 'the plugin runner script is not built; run npm run build', { details: { file: `dist/plugins/${name}.js` } });
 }
 
-/** Starts a runner with `config`; its reports and bells arrive through `events`. */
-export function startRunner(isolation: Isolation, config: RunnerConfig, events: RunnerEvents): RunnerHandle {
-  if (isolation !== 'thread') throw new BadArgumentError('isolation not supported yet', { isolation });
+/** Starts a runner with `config` (`wasm`: the module's bytes, for a process); reports and bells arrive through `events`. */
+export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Uint8Array, events: RunnerEvents): RunnerHandle {
+  if (isolation === 'process') return startProcess(config, wasm, events);
+  if (isolation !== 'thread') throw new BadArgumentError('unknown isolation', { isolation });
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_INTS * 4));
-  const worker = new Worker(threadScript(), { workerData: { config, ctl }, execArgv: [], stdin: false });
+  const worker = new Worker(script('runner-thread'), { workerData: { config, ctl }, execArgv: [], stdin: false });
   let gone = false;
   const exited = new Promise<void>((resolve) => {
     let failure: Error | undefined;
@@ -68,6 +74,73 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, events: 
         Atomics.notify(ctl, CTL_IN_SEQ);
         await worker.terminate();
       }
+      await exited;
+    },
+  };
+}
+
+/** The control page of a process runner: a sealed memfd mapped into this process's engine and the child's. */
+const CONTROL_BYTES = 4096;
+
+function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEvents): RunnerHandle {
+  const engine = getEngine();
+  const control = Region.createMemfd(`shmbus-plugin-ctl-${process.pid}`, { size: CONTROL_BYTES });
+  let window: number;
+  try {
+    window = engine.allocWindow(CONTROL_BYTES);
+    control.mapAt(engine.address(window));
+  } catch (error) {
+    control.close();
+    throw error;
+  }
+  const ctl = new Int32Array(engine.memory.buffer, window, CTL_INTS);
+  const wakeAddress = engine.address(window + CTL_IN_SEQ * 4);
+  const { module: _module, fd: _fd, ...rest } = config;
+  const child = spawn(process.execPath, [script('runner-process'), JSON.stringify({ ...rest, parent: process.pid })], {
+    stdio: ['pipe', 'inherit', 'inherit', config.fd, control.fd, 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: '' },
+    execArgv: [],
+  } as SpawnOptions);
+  child.stdin!.on('error', () => { /* the child died before reading: its exit says so */ });
+  child.stdin!.end(wasm);
+  const host = (child.stdio as unknown as Readable[])[5]!;
+  let line = '';
+  host.on('data', (chunk: Buffer) => {
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk[i]!;
+      if (line.length === 0 && c === 0x21) { events.onBell(); continue; }
+      if (c !== 0x0a) {
+        line += String.fromCharCode(c);
+        if (line.length > 65536) { child.kill('SIGKILL'); line = ''; }
+        continue;
+      }
+      let report: RunnerReport | undefined;
+      try { report = JSON.parse(Buffer.from(line, 'latin1').toString('utf8')) as RunnerReport; } catch { /* not ours */ }
+      line = '';
+      if (report) events.onReport(report);
+    }
+  });
+  host.on('error', () => { /* exit follows */ });
+  let gone = false;
+  const exited = new Promise<void>((resolve) => {
+    child.on('exit', (code, signal) => {
+      gone = true;
+      const ownHostWindow = engine.address(window);
+      control.unmapAt(ownHostWindow);
+      engine.freeWindow(window, CONTROL_BYTES);
+      control.close();
+      resolve();
+      events.onExit(code === 0 ? undefined : new Error(`runner process exited (code=${code} signal=${signal})`));
+    });
+  });
+  return {
+    kick() {
+      // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its futex_waitv on the word.
+      Atomics.add(ctl, CTL_IN_SEQ, 1);
+      if (Atomics.load(ctl, CTL_SLEEPING) !== 0) futexWake(wakeAddress, true);
+    },
+    async terminate() {
+      if (!gone) child.kill('SIGKILL');
       await exited;
     },
   };

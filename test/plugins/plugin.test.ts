@@ -1,94 +1,99 @@
-// loadPlugin with 'thread' isolation: requests, messages both ways, large messages, topics, pools, closing.
+// loadPlugin in both isolations: requests, messages both ways, large messages, topics, pools, closing.
 import t from 'tap';
 import { once } from 'node:events';
 import { loadPlugin, type Publication } from '../../plugins/index.js';
 import { ErrorCode } from '../../host/errors.js';
+import type { Isolation } from '../../plugins/index.js';
 import { eventually, within } from '../helpers.js';
 import { openPluginSegments, pluginPath } from './plugin-helpers.js';
 
+const ISOLATIONS: Isolation[] = ['thread', 'process'];
+
 t.teardown(() => eventually(() => openPluginSegments() === 0, 'every plugin segment closed'));
 
-t.test('echo: request, send, for await, close', async (t) => {
-  const plugin = await loadPlugin(pluginPath('echo'));
-  t.teardown(() => plugin.close());
-  t.same(await plugin.request({ hello: 'world', n: [1, 2.5, null, true] }), { hello: 'world', n: [1, 2.5, null, true] });
-  const many = await Promise.all(Array.from({ length: 100 }, (_, i) => plugin.request(i)));
-  t.same(many, Array.from({ length: 100 }, (_, i) => i), 'many in flight, each answered with its own reply');
+for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) => {
+  t.test('echo: request, send, for await, close', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation });
+    t.teardown(() => plugin.close());
+    t.same(await plugin.request({ hello: 'world', n: [1, 2.5, null, true] }), { hello: 'world', n: [1, 2.5, null, true] });
+    const many = await Promise.all(Array.from({ length: 100 }, (_, i) => plugin.request(i)));
+    t.same(many, Array.from({ length: 100 }, (_, i) => i), 'many in flight, each answered with its own reply');
 
-  for (let i = 0; i < 5; i++) plugin.send({ i });
-  const got: unknown[] = [];
-  for await (const m of plugin) { got.push(m); if (got.length === 5) break; }
-  t.same(got, [0, 1, 2, 3, 4].map((i) => ({ i })), 'echo sends messages back, in order');
+    for (let i = 0; i < 5; i++) plugin.send({ i });
+    const got: unknown[] = [];
+    for await (const m of plugin) { got.push(m); if (got.length === 5) break; }
+    t.same(got, [0, 1, 2, 3, 4].map((i) => ({ i })), 'echo sends messages back, in order');
 
-  const exit = once(plugin, 'exit');
-  const pending = plugin.request('x', { timeout: 0 }).then(() => 'answered', (e) => e.code);
-  await plugin.close();
-  await exit;
-  t.ok(['answered', ErrorCode.CLOSED].includes(await pending), 'in flight at close: answered or ERR_SHMBUS_CLOSED');
-  await t.rejects(plugin.request(1), { code: ErrorCode.CLOSED }, 'a closed plugin refuses requests');
-  t.throws(() => plugin.send(1), { code: ErrorCode.CLOSED });
-});
+    const exit = once(plugin, 'exit');
+    const pending = plugin.request('x', { timeout: 0 }).then(() => 'answered', (e) => e.code);
+    await plugin.close();
+    await exit;
+    t.ok(['answered', ErrorCode.CLOSED].includes(await pending), 'in flight at close: answered or ERR_SHMBUS_CLOSED');
+    await t.rejects(plugin.request(1), { code: ErrorCode.CLOSED }, 'a closed plugin refuses requests');
+    t.throws(() => plugin.send(1), { code: ErrorCode.CLOSED });
+  });
 
-t.test('messages of 1 MiB each way; larger than the ring allows is refused', async (t) => {
-  const plugin = await loadPlugin(pluginPath('echo'));
-  t.teardown(() => plugin.close());
-  const big = Buffer.alloc(1 << 20);
-  for (let i = 0; i < big.length; i += 4096) big[i] = i & 0xff;
-  for (let round = 0; round < 3; round++) {
-    const back = await plugin.request(big) as Uint8Array;
-    t.equal(back.length, big.length);
-    t.ok(Buffer.from(back).equals(big), `round ${round}: the same 1 MiB came back`);
-  }
-  plugin.send(big);
-  const it = plugin[Symbol.asyncIterator]();
-  const m = await it.next();
-  t.ok(Buffer.from(m.value as Uint8Array).equals(big), 'a 1 MiB message sent back');
-  await t.rejects(plugin.request(Buffer.alloc(4 << 20)), { code: ErrorCode.MESSAGE_TOO_LARGE });
-  t.same(await plugin.request('still fine'), 'still fine');
-});
+  t.test('messages of 1 MiB each way; larger than the ring allows is refused', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation });
+    t.teardown(() => plugin.close());
+    const big = Buffer.alloc(1 << 20);
+    for (let i = 0; i < big.length; i += 4096) big[i] = i & 0xff;
+    for (let round = 0; round < 3; round++) {
+      const back = await plugin.request(big) as Uint8Array;
+      t.equal(back.length, big.length);
+      t.ok(Buffer.from(back).equals(big), `round ${round}: the same 1 MiB came back`);
+    }
+    plugin.send(big);
+    const it = plugin[Symbol.asyncIterator]();
+    const m = await it.next();
+    t.ok(Buffer.from(m.value as Uint8Array).equals(big), 'a 1 MiB message sent back');
+    await t.rejects(plugin.request(Buffer.alloc(4 << 20)), { code: ErrorCode.MESSAGE_TOO_LARGE });
+    t.same(await plugin.request('still fine'), 'still fine');
+  });
 
-t.test('aborted requests', async (t) => {
-  const plugin = await loadPlugin(pluginPath('echo'));
-  t.teardown(() => plugin.close());
-  const ac = new AbortController();
-  ac.abort(new Error('not wanted'));
-  await t.rejects(plugin.request(1, { signal: ac.signal }), { message: 'not wanted' });
-  const ac2 = new AbortController();
-  const p = plugin.request(2, { signal: ac2.signal });
-  ac2.abort(new Error('changed my mind'));
-  await p.then((v) => t.equal(v, 2, 'replied before the abort'), (e) => t.equal(e.message, 'changed my mind'));
-  t.equal(await plugin.request(3), 3);
-});
+  t.test('aborted requests', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation });
+    t.teardown(() => plugin.close());
+    const ac = new AbortController();
+    ac.abort(new Error('not wanted'));
+    await t.rejects(plugin.request(1, { signal: ac.signal }), { message: 'not wanted' });
+    const ac2 = new AbortController();
+    const p = plugin.request(2, { signal: ac2.signal });
+    ac2.abort(new Error('changed my mind'));
+    await p.then((v) => t.equal(v, 2, 'replied before the abort'), (e) => t.equal(e.message, 'changed my mind'));
+    t.equal(await plugin.request(3), 3);
+  });
 
-t.test('wordcount: replies and publishes on a granted topic', async (t) => {
-  const plugin = await loadPlugin(pluginPath('wordcount'), { allow: ['wordcount.totals'] });
-  t.teardown(() => plugin.close());
-  const pubs: Publication[] = [];
-  plugin.on('publish', (p: Publication) => pubs.push(p));
-  plugin.on('refused', () => t.fail('nothing refused'));
-  t.same(await plugin.request('one two three'), { words: 3, total: 3, texts: 1 });
-  t.same(await plugin.request({ text: 'four five' }), { words: 2, total: 5, texts: 2 });
-  await eventually(() => pubs.length === 2, 'both publications arrived');
-  t.same(pubs, [
-    { topic: 'wordcount.totals', value: { total: 3, texts: 1 } },
-    { topic: 'wordcount.totals', value: { total: 5, texts: 2 } },
-  ]);
-});
+  t.test('wordcount: replies and publishes on a granted topic', async (t) => {
+    const plugin = await loadPlugin(pluginPath('wordcount'), { isolation, allow: ['wordcount.totals'] });
+    t.teardown(() => plugin.close());
+    const pubs: Publication[] = [];
+    plugin.on('publish', (p: Publication) => pubs.push(p));
+    plugin.on('refused', () => t.fail('nothing refused'));
+    t.same(await plugin.request('one two three'), { words: 3, total: 3, texts: 1 });
+    t.same(await plugin.request({ text: 'four five' }), { words: 2, total: 5, texts: 2 });
+    await eventually(() => pubs.length === 2, 'both publications arrived');
+    t.same(pubs, [
+      { topic: 'wordcount.totals', value: { total: 3, texts: 1 } },
+      { topic: 'wordcount.totals', value: { total: 5, texts: 2 } },
+    ]);
+  });
 
-t.test('instances: requests spread over a pool', async (t) => {
-  const plugin = await loadPlugin(pluginPath('wordcount'), { instances: 3, allow: ['wordcount.totals'] });
-  t.teardown(() => plugin.close());
-  const replies = await Promise.all(Array.from({ length: 30 }, () => plugin.request('a b')));
-  const texts = replies.map((r) => (r as { texts: number }).texts);
-  t.equal(Math.max(...texts), 10, 'each of the 3 instances (counting its own texts) took 10 of 30');
-  t.equal(texts.filter((n) => n === 1).length, 3, 'three instances started from zero');
-});
+  t.test('instances: requests spread over a pool', async (t) => {
+    const plugin = await loadPlugin(pluginPath('wordcount'), { isolation, instances: 3, allow: ['wordcount.totals'] });
+    t.teardown(() => plugin.close());
+    const replies = await Promise.all(Array.from({ length: 30 }, () => plugin.request('a b')));
+    const texts = replies.map((r) => (r as { texts: number }).texts);
+    t.equal(Math.max(...texts), 10, 'each of the 3 instances (counting its own texts) took 10 of 30');
+    t.equal(texts.filter((n) => n === 1).length, 3, 'three instances started from zero');
+  });
 
-t.test('bad options and modules are typed errors', async (t) => {
-  await t.rejects(loadPlugin(pluginPath('echo'), { isolation: 'fiber' as 'thread' }), { code: ErrorCode.BAD_ARGUMENT });
-  await t.rejects(loadPlugin(pluginPath('echo'), { memoryLimit: 'lots' }), { code: ErrorCode.BAD_ARGUMENT });
-  await t.rejects(loadPlugin(pluginPath('echo'), { memoryLimit: '1MiB' }), { code: ErrorCode.LIMIT }, 'no room for the rings');
-  await t.rejects(loadPlugin(pluginPath('echo'), { instances: 0 }), { code: ErrorCode.BAD_ARGUMENT });
-  await t.rejects(loadPlugin(new Uint8Array([1, 2, 3])), { code: ErrorCode.BAD_ARGUMENT });
-  await within(10_000, t.rejects(loadPlugin('/nonexistent/x.wasm'), { code: 'ENOENT' }), 'missing file');
+  t.test('bad options and modules are typed errors', async (t) => {
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation: 'fiber' as 'thread' }), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation, memoryLimit: 'lots' }), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation, memoryLimit: '1MiB' }), { code: ErrorCode.LIMIT }, 'no room for the rings');
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation, instances: 0 }), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(loadPlugin(new Uint8Array([1, 2, 3])), { code: ErrorCode.BAD_ARGUMENT });
+    await within(10_000, t.rejects(loadPlugin('/nonexistent/x.wasm'), { code: 'ENOENT' }), 'missing file');
+  });
 });
