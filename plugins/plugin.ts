@@ -46,7 +46,7 @@ export interface PluginOptions {
   instances?: number;
   /** Each ring's capacity in bytes (a power of two); the largest message is half of it. Default 4 MiB. */
   ringCapacity?: number;
-  /** Messages waiting for room in ring IN, per instance, before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
+  /** Messages waiting for room in the instances' rings before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
   maxQueued?: number;
   /** Polls of an idle ring before a runner sleeps. Default 2000. */
   spin?: number;
@@ -66,6 +66,8 @@ const DEFAULT_MEMORY_LIMIT = 64 << 20;
 const DEFAULT_RING_CAPACITY = 4 << 20;
 const GRANTED_IMPORTS = new Set(['env.memory', 'env.abort']);
 const MAX_PAGES = 65536;
+/** Messages from the plugin kept for `for await` before the plugin is made to wait. */
+const MAX_INBOX = 1024;
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
@@ -152,20 +154,24 @@ class Instance {
     if (this.dead) return;
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     if (this.parkedTx) { this.parkedTx = false; this.tx.unpark(); }
+    // Room in ring IN is handed out even while the reader of ring OUT lags (drain may stop early for it).
+    if (this.queue.length > 0) this.flush();
     this.drain();
   }
 
-  /** Appends one record to ring IN (or the local queue); false when it waits in the queue. */
-  write(type: number, bytes: Uint8Array): boolean {
-    if (bytes.length > maxPayload(this.capacity)) throw new MessageTooLargeError(bytes.length, maxPayload(this.capacity));
+  /** Whether dispatch may hand this instance a record: ready, and nothing waits for room in its ring IN. */
+  get canTake(): boolean {
+    return this.ready && !this.dead && this.queue.length === 0;
+  }
+
+  /** Appends one record to ring IN; when it has no room the record waits here (at most one: see canTake). */
+  write(type: number, bytes: Uint8Array): void {
     if (this.queue.length === 0 && this.put(type, bytes)) {
       this.runner!.kick();
-      return true;
+      return;
     }
-    if (this.queue.length >= this.plugin.maxQueued) throw new QueueFullError(this.plugin.maxQueued);
     this.queue.push({ type, bytes });
     this.parkTx();
-    return false;
   }
 
   private put(type: number, bytes: Uint8Array): boolean {
@@ -188,6 +194,7 @@ class Instance {
     while (this.queue.length > 0 && this.put(this.queue[0]!.type, this.queue[0]!.bytes)) { this.queue.shift(); moved = true; }
     if (moved) this.runner!.kick();
     if (this.queue.length > 0) this.parkTx();
+    else if (moved) this.plugin.dispatch();
   }
 
   /** Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more). */
@@ -195,6 +202,8 @@ class Instance {
     if (this.dead || !this.ready) return;
     try {
       for (;;) {
+        // Back-pressure: while the host's reader lags, the plugin's records wait in its ring and outbox.
+        if (this.plugin.inboxFull(this)) return;
         const n = this.rx.read();
         if (n === 0) {
           if (this.queue.length > 0) this.flush();
@@ -241,15 +250,19 @@ class Instance {
     // Other record types are ignored, as the guest ignores unknown records from us.
   }
 
-  /** Ends this instance with `error`: every request in flight on it fails, and the plugin replaces it. */
+  /**
+   * Ends this instance with `error`: every request in flight on it fails, and the plugin replaces it, unless it
+   * never became ready (a plugin that cannot start is not restarted in a loop).
+   */
   fail(error: ShmbusError): void {
     if (this.dead) return;
+    const wasReady = this.ready;
     this.startReject(error);
     for (const pending of [...this.inFlight.values()]) {
       this.plugin.settle(pending);
       pending.reject(error);
     }
-    void this.dispose().then(() => this.plugin.replace(this, error));
+    void this.dispose().then(() => this.plugin.replace(this, error, wasReady));
   }
 
   /** Stops the runner and frees the segment. */
@@ -288,8 +301,8 @@ function remoteError(value: unknown): ShmbusError {
 
 /**
  * A loaded plugin: one or more instances behind one handle. Emits 'publish' ({ topic, value }) for publications on
- * granted topics, 'refused' (ERR_SHMBUS_FORBIDDEN) for the others, 'log' ({ level, text }), 'message' for each
- * message it sends, 'error' when an instance fails (only if someone listens: the instance is replaced either way),
+ * granted topics, 'refused' (ERR_SHMBUS_FORBIDDEN) for the others, 'log' ({ level, text }), 'drain' when messages
+ * that waited for room are all handed over, 'error' when an instance fails (only if someone listens: the instance is replaced either way),
  * 'restart' (the error) once a replacement is ready, 'exit' after `close()`.
  */
 export class Plugin extends EventEmitter {
@@ -304,8 +317,10 @@ export class Plugin extends EventEmitter {
   restarts = 0;
   private readonly instances: Instance[] = [];
   private readonly pending = new Map<number, Pending>();
-  private readonly waiting: { type: number; value: unknown; pending?: Pending }[] = [];
+  private readonly waiting: { type: number; bytes: Uint8Array; pending?: Pending }[] = [];
+  private sendBlocked = false;
   private readonly inbox: unknown[] = [];
+  private readonly stalled = new Set<Instance>();
   private readonly readers: ((r: IteratorResult<unknown>) => void)[] = [];
   private nextId = 1;
   private closed = false;
@@ -339,17 +354,23 @@ export class Plugin extends EventEmitter {
     await Promise.all(started);
   }
 
-  /** @internal a failed instance is replaced by a fresh one (unless the plugin is closed). */
-  replace(instance: Instance, error: ShmbusError): void {
+  /** @internal a failed instance is replaced by a fresh one (unless the plugin is closed, or it never started). */
+  replace(instance: Instance, error: ShmbusError, wasReady: boolean): void {
     const i = this.instances.indexOf(instance);
     if (i < 0 || this.closed) return;
     if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (!wasReady) {
+      this.instances.splice(i, 1);
+      if (this.instances.length === 0) this.failWaiting(error);
+      return;
+    }
     let fresh: Instance;
     try {
       fresh = new Instance(this, this.bytes, this.capacity);
     } catch (e) {
       this.instances.splice(i, 1);
       if (this.listenerCount('error') > 0) this.emit('error', e);
+      if (this.instances.length === 0) this.failWaiting(e as Error);
       return;
     }
     this.instances[i] = fresh;
@@ -381,36 +402,68 @@ export class Plugin extends EventEmitter {
         pending.onAbort = () => { this.settle(pending); reject(options.signal!.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted')); };
         options.signal.addEventListener('abort', pending.onAbort, { once: true });
       }
-      this.waiting.push({ type: RECORD_REQUEST, value, pending });
+      let bytes: Uint8Array;
+      try {
+        bytes = this.encode([pending.id, value]);
+      } catch (error) {
+        this.settle(pending);
+        reject(error);
+        return;
+      }
+      this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
       this.dispatch();
     });
   }
 
-  /** Sends a message to an instance's message handler (no reply). False when it waits for room. */
+  /**
+   * Sends a message to an instance's message handler (no reply). Like stream.write, the message is taken either
+   * way; false means it waits for room ('drain' follows). Throws ERR_SHMBUS_QUEUE_FULL past `maxQueued` waiting,
+   * ERR_SHMBUS_MESSAGE_TOO_LARGE past half the ring.
+   */
   send(value: unknown): boolean {
     if (this.closed) throw new ClosedError('plugin is closed');
-    this.waiting.push({ type: RECORD_MSGPACK, value });
+    if (this.waiting.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    this.waiting.push({ type: RECORD_MSGPACK, bytes: this.encode(value) });
     this.dispatch();
-    return this.waiting.length === 0;
+    if (this.waiting.length === 0) return true;
+    this.sendBlocked = true;
+    return false;
+  }
+
+  private encode(value: unknown): Uint8Array {
+    const bytes = packr.pack(value);
+    const max = maxPayload(this.capacity);
+    if (bytes.length > max) throw new MessageTooLargeError(bytes.length, max);
+    return bytes;
+  }
+
+  /** Requests that wait for an instance fail when none is left to take them. */
+  private failWaiting(error: Error): void {
+    for (const item of this.waiting.splice(0)) {
+      if (item.pending && this.pending.has(item.pending.id)) { this.settle(item.pending); item.pending.reject(error); }
+    }
   }
 
   /** @internal hands waiting requests and messages to ready instances, the least busy first. */
   dispatch(): void {
     while (this.waiting.length > 0) {
       let best: Instance | undefined;
-      for (const i of this.instances) if (i.ready && !i.dead && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+      for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
       if (!best) return;
       const item = this.waiting.shift()!;
       const p = item.pending;
       if (p && !this.pending.has(p.id)) continue; // timed out or aborted while waiting
-      let bytes: Uint8Array;
+      if (p) { p.instance = best; best.inFlight.set(p.id, p); }
       try {
-        bytes = packr.pack(p ? [p.id, item.value] : item.value);
-        if (p) { p.instance = best; best.inFlight.set(p.id, p); }
-        best.write(item.type, bytes);
+        best.write(item.type, item.bytes);
       } catch (error) {
-        if (p) { this.settle(p); p.reject(error as Error); } else throw error;
+        // The ring itself refused (corrupt): that instance is done.
+        best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
       }
+    }
+    if (this.sendBlocked) {
+      this.sendBlocked = false;
+      this.emit('drain');
     }
   }
 
@@ -427,7 +480,20 @@ export class Plugin extends EventEmitter {
     const reader = this.readers.shift();
     if (reader) reader({ value, done: false });
     else this.inbox.push(value);
-    this.emit('message', value);
+  }
+
+  /** @internal whether `instance` must stop reading its ring until the reader catches up (it is then resumed). */
+  inboxFull(instance: Instance): boolean {
+    if (this.inbox.length < MAX_INBOX) return false;
+    this.stalled.add(instance);
+    return true;
+  }
+
+  private resumeStalled(): void {
+    if (this.stalled.size === 0 || this.inbox.length >= MAX_INBOX / 2) return;
+    const stalled = [...this.stalled];
+    this.stalled.clear();
+    for (const instance of stalled) instance.drain();
   }
 
   /** @internal */
@@ -442,7 +508,12 @@ export class Plugin extends EventEmitter {
   /** What the plugin sends (its `send`), in order, until `close()`. */
   async *[Symbol.asyncIterator](): AsyncIterator<unknown> {
     for (;;) {
-      if (this.inbox.length > 0) { yield this.inbox.shift(); continue; }
+      if (this.inbox.length > 0) {
+        const value = this.inbox.shift();
+        this.resumeStalled();
+        yield value;
+        continue;
+      }
       if (this.closed) return;
       const r = await new Promise<IteratorResult<unknown>>((resolve) => this.readers.push(resolve));
       if (r.done) return;
@@ -461,6 +532,11 @@ export class Plugin extends EventEmitter {
     this.instances.length = 0;
     for (const r of this.readers.splice(0)) r({ value: undefined, done: true });
     this.emit('exit');
+  }
+
+  /** @internal for tests: how many instances wait for the reader to catch up. */
+  stalledForTest(): number {
+    return this.stalled.size;
   }
 
   /** @internal for tests: the host's view of instance `i`'s rings. */

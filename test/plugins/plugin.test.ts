@@ -51,6 +51,40 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     t.same(await plugin.request('still fine'), 'still fine');
   });
 
+  t.test('back-pressure: a reader that lags stalls the plugin instead of the host buffering, nothing is lost', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation, maxQueued: 100_000 });
+    t.teardown(() => plugin.close());
+    // 3000 x 4 KiB = 12 MiB: more than the host keeps for a reader (1024 messages) and more than ring OUT holds,
+    // less than ring OUT plus the plugin's outbox (16 MiB), where echo keeps what it cannot send yet.
+    const count = 3000;
+    const pad = 'p'.repeat(4096);
+    let waited = false;
+    for (let i = 0; i < count; i++) {
+      if (!plugin.send({ i, pad })) { waited = true; await new Promise((resolve) => plugin.once('drain', resolve)); }
+    }
+    t.comment(waited ? 'send had to wait for room' : 'the plugin kept up with send');
+    await eventually(() => plugin.stalledForTest() > 0, 'the host stopped reading ring OUT once 1024 messages waited');
+    let next = 0;
+    for await (const m of plugin) {
+      if ((m as { i: number }).i !== next) break;
+      if (++next === count) break;
+    }
+    t.equal(next, count, 'every message came back, in order');
+    t.equal(await plugin.request('after'), 'after');
+  });
+
+  t.test('send: false once the ring is full, ERR_SHMBUS_QUEUE_FULL past maxQueued', async (t) => {
+    const plugin = await loadPlugin(pluginPath('misbehave'), { isolation, maxQueued: 10, timeout: 0 });
+    t.teardown(() => plugin.close());
+    plugin.request('spin').catch(() => {}); // the instance never reads ring IN again
+    const pad = 'p'.repeat(4096);
+    let sent = 0;
+    while (plugin.send({ pad }) && sent < 10_000) sent++;
+    t.ok(sent < 10_000, `send returned false once the ring was full (after ${sent})`);
+    for (let i = 1; i < 10; i++) plugin.send({ pad });
+    t.throws(() => plugin.send({ pad }), { code: ErrorCode.QUEUE_FULL });
+  });
+
   t.test('aborted requests', async (t) => {
     const plugin = await loadPlugin(pluginPath('echo'), { isolation });
     t.teardown(() => plugin.close());
