@@ -1,5 +1,7 @@
 // Plugin round trips, side by side in one run: an echo of a 64-byte msgpack request through
 //   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value)
+//   shmbus thread spinning   the same with the runner spinning longer before it sleeps (spin 50000) and the
+//                    host waiting up to 20 µs on its event loop for a lone request's reply (hostSpin 20)
 //   shmbus process   the same with isolation 'process'
 //   postMessage      a worker_threads Worker that posts the request's msgpack bytes back (decoded on return)
 //   extism           @extism/extism, the same echo in AssemblyScript against Extism's host imports
@@ -36,9 +38,10 @@ function request64(): Record<string, unknown> {
   return value;
 }
 
-async function shmbusPeer(isolation: 'thread' | 'process'): Promise<Peer> {
-  const plugin = await loadPlugin(join(root, 'build/plugins/echo.wasm'), { isolation, timeout: 0 });
-  return { name: `shmbus ${isolation}`, call: (v) => plugin.request(v), close: () => plugin.close() };
+async function shmbusPeer(isolation: 'thread' | 'process', spinning = false): Promise<Peer> {
+  const options = spinning ? { spin: 50_000, hostSpin: 20 } : {};
+  const plugin = await loadPlugin(join(root, 'build/plugins/echo.wasm'), { isolation, timeout: 0, ...options });
+  return { name: `shmbus ${isolation}${spinning ? ' spinning' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
 }
 
 async function postMessagePeer(): Promise<Peer> {
@@ -118,7 +121,7 @@ async function main(): Promise<void> {
   const value = request64();
   const wasm = await extismWasm();
   const makers: (() => Promise<Peer>)[] = [
-    () => shmbusPeer('thread'), () => shmbusPeer('process'), postMessagePeer,
+    () => shmbusPeer('thread'), () => shmbusPeer('thread', true), () => shmbusPeer('process'), postMessagePeer,
     () => extismPeer(wasm, false), () => extismPeer(wasm, true),
   ];
   const results = new Map<string, Result[]>();
@@ -138,7 +141,7 @@ async function main(): Promise<void> {
     name, p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)),
     rate1: median(rs.map((r) => r.rate1)), rate16: median(rs.map((r) => r.rate16)),
   }));
-  const order = ['shmbus thread', 'shmbus process', 'postMessage', 'extism', 'extism worker'];
+  const order = ['shmbus thread', 'shmbus thread spinning', 'shmbus process', 'postMessage', 'extism', 'extism worker'];
   rows.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
   const lines = [
     `echo round trip, 64 B msgpack request, ${calls} calls x ${rounds} rounds (median of rounds)`,

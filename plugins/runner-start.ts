@@ -16,8 +16,9 @@ import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 
 /** The host's grip on one running runner. */
 export interface RunnerHandle {
-  /** Tells a sleeping runner to look at ring IN again (call after committing to ring IN or releasing ring OUT). */
-  kick(): void;
+  /** Tells a sleeping runner to look at ring IN again (call after committing to ring IN or releasing ring OUT).
+   * True when the runner was awake (it will see the records within its spin, without a wakeup). */
+  kick(): boolean;
   /** Ends the runner now, even inside an endless loop of the plugin. Resolves once it is gone. */
   terminate(): Promise<void>;
 }
@@ -66,7 +67,9 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
     kick() {
       // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its Atomics.wait on the word.
       Atomics.add(ctl, CTL_IN_SEQ, 1);
-      if (Atomics.load(ctl, CTL_SLEEPING) !== 0) Atomics.notify(ctl, CTL_IN_SEQ);
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) return true;
+      Atomics.notify(ctl, CTL_IN_SEQ);
+      return false;
     },
     async terminate() {
       if (!gone) {
@@ -137,7 +140,9 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
     kick() {
       // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its futex_waitv on the word.
       Atomics.add(ctl, CTL_IN_SEQ, 1);
-      if (Atomics.load(ctl, CTL_SLEEPING) !== 0) futexWake(wakeAddress, true);
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) return true;
+      futexWake(wakeAddress, true);
+      return false;
     },
     async terminate() {
       if (!gone) child.kill('SIGKILL');
