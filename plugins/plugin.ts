@@ -29,6 +29,7 @@ import { formatSegment } from '../host/segment.js';
 import { parseSize } from '../host/url.js';
 import { startRunner, type Isolation, type RunnerHandle } from './runner-start.js';
 import type { RunnerReport } from './runner.js';
+import { memoryImportLimits } from './module.js';
 
 /** Options of `loadPlugin`. */
 export interface PluginOptions {
@@ -348,7 +349,7 @@ export class Plugin extends EventEmitter {
 
   /** @internal use loadPlugin */
   constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin'>> & {
-    memoryLimit: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
+    memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
   }) {
     super();
     this.isolation = options.isolation;
@@ -357,7 +358,7 @@ export class Plugin extends EventEmitter {
     this.spin = options.spin;
     this.hostSpin = options.hostSpin;
     this.allow = new Set(options.allow);
-    this.maximumPages = Math.floor(options.memoryLimit / WASM_PAGE_SIZE);
+    this.maximumPages = options.maximumPages;
     this.initialPages = options.initialPages;
     this.bytes = segmentBytes(CHANNEL_RING_COUNT, options.ringCapacity);
     this.capacity = options.ringCapacity;
@@ -467,6 +468,7 @@ export class Plugin extends EventEmitter {
 
   /** @internal hands waiting requests and messages to ready instances, the least busy first. */
   dispatch(): void {
+    if (this.instances.length === 0 && !this.closed) this.failWaiting(new PeerDeadError('no instance of the plugin is left (each failed to start)'));
     while (this.waiting.length > 0) {
       let best: Instance | undefined;
       for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
@@ -610,14 +612,17 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
       throw new ShmbusError(ErrorCode.FORBIDDEN, 'plugin imports something the host does not grant', { details: { import: name, kind: imp.kind, granted: [...GRANTED_IMPORTS].join(',') } });
     }
   }
-  // The module's declared initial memory is not visible through the JS API; instantiation tells (see runner).
-  initialPages = Math.max(initialPages, 2);
+  const declared = memoryImportLimits(bytes);
+  if (!declared?.shared) throw new ShmbusError(ErrorCode.FORBIDDEN, 'a plugin must import a shared memory (env.memory): see docs/plugins.md', {});
+  initialPages = Math.max(initialPages, declared.initial);
+  let maximumPages = Math.floor(memoryLimit / WASM_PAGE_SIZE);
+  if (declared.maximum !== undefined && declared.maximum < maximumPages) maximumPages = declared.maximum;
   const ringPages = Math.ceil(segmentBytes(CHANNEL_RING_COUNT, ringCapacity) / WASM_PAGE_SIZE);
-  if (Math.floor(memoryLimit / WASM_PAGE_SIZE) < initialPages + ringPages + 1) {
+  if (maximumPages < initialPages + ringPages + 1) {
     throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
   }
   const plugin = new Plugin(module, bytes, {
-    isolation, timeout, maxQueued: options.maxQueued ?? 1024, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, memoryLimit, ringCapacity, allow, initialPages,
+    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, memoryLimit, ringCapacity, allow, initialPages,
   });
   try {
     await plugin.startInstances(instances);

@@ -126,15 +126,18 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
   host.on('error', () => { /* exit follows */ });
   let gone = false;
   const exited = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
+    const finish = (why: string | undefined) => {
+      if (gone) return;
       gone = true;
-      const ownHostWindow = engine.address(window);
-      control.unmapAt(ownHostWindow);
+      control.unmapAt(engine.address(window));
       engine.freeWindow(window, CONTROL_BYTES);
       control.close();
       resolve();
-      events.onExit(code === 0 ? undefined : new Error(`runner process exited (code=${code} signal=${signal})`));
-    });
+      events.onExit(why === undefined ? undefined : new Error(why));
+    };
+    // A child that could not be spawned at all gets 'error' and never 'exit'.
+    child.on('error', (error) => { if (child.pid === undefined) finish(`runner process did not start: ${error.message}`); });
+    child.on('exit', (code, signal) => finish(code === 0 ? undefined : `runner process exited (code=${code} signal=${signal})`));
   });
   return {
     kick() {

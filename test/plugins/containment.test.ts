@@ -61,6 +61,8 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
 
   t.test('only granted imports: an unknown import fails loadPlugin', async (t) => {
     await t.rejects(loadPlugin(EVIL_IMPORT), { code: ErrorCode.FORBIDDEN, message: /env\.evil/ });
+    const empty = new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+    await t.rejects(loadPlugin(empty, { isolation }), { code: ErrorCode.FORBIDDEN, message: /shared memory/ }, 'no memory import: not a plugin');
   });
 
   t.test('publishing to a topic not in allow is refused', async (t) => {

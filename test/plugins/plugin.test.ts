@@ -85,6 +85,15 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     t.throws(() => plugin.send({ pad }), { code: ErrorCode.QUEUE_FULL });
   });
 
+  t.test('a host that waits for lone replies on its event loop (hostSpin) gets the same answers', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation, spin: 100_000, hostSpin: 2000 });
+    t.teardown(() => plugin.close());
+    const got: unknown[] = [];
+    for (let i = 0; i < 200; i++) got.push(await plugin.request({ i }));
+    t.same(got, Array.from({ length: 200 }, (_, i) => ({ i })));
+    t.same(await Promise.all([plugin.request('a'), plugin.request('b')]), ['a', 'b']);
+  });
+
   t.test('aborted requests', async (t) => {
     const plugin = await loadPlugin(pluginPath('echo'), { isolation });
     t.teardown(() => plugin.close());
