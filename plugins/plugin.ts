@@ -596,6 +596,9 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   if (!Number.isInteger(ringCapacity) || ringCapacity < 4096 || (ringCapacity & (ringCapacity - 1)) !== 0) {
     throw new BadArgumentError('ringCapacity must be a power of two of at least 4096', { ringCapacity });
   }
+  if (options.env !== undefined && (options.env === null || typeof options.env !== 'object' || Object.values(options.env).some((v) => typeof v !== 'string'))) {
+    throw new BadArgumentError('env must be an object of strings', {});
+  }
   const allow = options.allow ?? [];
   if (!Array.isArray(allow) || allow.some((t) => typeof t !== 'string')) throw new BadArgumentError('allow must be an array of topic names', {});
   const bytes = typeof wasm === 'string' || wasm instanceof URL ? await readFile(wasm instanceof URL ? fileURLToPath(wasm) : wasm) : wasm;

@@ -80,7 +80,9 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     const bad = await loadPlugin(pluginPath('misbehave'), { isolation, timeout: 30_000 });
     t.teardown(() => bad.close());
     await t.rejects(bad.request('scribble'), { code: ErrorCode.CORRUPT });
+    await t.rejects(bad.request('garbage'), { code: ErrorCode.CORRUPT }, 'a record that is not msgpack');
     t.equal(await bad.request('fine'), 'fine', 'a fresh instance answers');
+    t.equal(bad.restarts, 2);
   });
 
   t.test('in a pool, a stuck instance is replaced and the others keep answering', async (t) => {

@@ -1,8 +1,8 @@
 // misbehave: does what a hostile or buggy plugin does, on request, so the host's containment can be tested.
 // The request is a string: 'unreachable', 'oob' (a load far past its memory), 'abort' (a failed assertion),
-// 'spin' (never returns), 'scribble' (replies, then overwrites the reply record's length in its own ring OUT with
+// 'spin' (never returns), 'garbage' (sends bytes that are not msgpack), 'scribble' (replies, then overwrites the reply record's length in its own ring OUT with
 // garbage before the host reads it), or anything else (replied as is).
-import { onRequest, Incoming, Value, Kind, reserve, reply } from '../../../assembly/guest';
+import { onRequest, Incoming, Value, Kind, reserve, reply, sendRaw } from '../../../assembly/guest';
 import { SEG_RING_CAPACITY_OFFSET, RING_TAIL_OFFSET, RING_HEADER_SIZE, GUEST_RING_OUT, ringOffset } from '../../../assembly/layout';
 
 let turns: u64 = 0;
@@ -23,6 +23,12 @@ onRequest((req: Incoming): Value | null => {
     reply(req, Value.nil());
     store<i32>(ring + RING_HEADER_SIZE + <usize>(tail % <u64>capacity), 0x7ffffff0);
     return null;
+  }
+  if (what == 'garbage') {
+    // 0xc1 is never valid msgpack: a message the host cannot decode, then a reply.
+    const bytes = memory.data<u8>([0xc1, 0xc1, 0xc1, 0xc1]);
+    sendRaw(bytes, 4);
+    return Value.nil();
   }
   if (what == 'spin') {
     while (true) turns++;
