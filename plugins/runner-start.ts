@@ -67,7 +67,8 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
     kick() {
       // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its Atomics.wait on the word.
       Atomics.add(ctl, CTL_IN_SEQ, 1);
-      if (Atomics.load(ctl, CTL_SLEEPING) === 0) return true;
+      // Taking the flag: the kicks that follow before the runner is up make no second system call.
+      if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
       Atomics.notify(ctl, CTL_IN_SEQ);
       return false;
     },
@@ -143,7 +144,8 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
     kick() {
       // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its futex_waitv on the word.
       Atomics.add(ctl, CTL_IN_SEQ, 1);
-      if (Atomics.load(ctl, CTL_SLEEPING) === 0) return true;
+      // Taking the flag: the kicks that follow before the runner is up make no second system call.
+      if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
       futexWake(wakeAddress, true);
       return false;
     },

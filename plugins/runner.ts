@@ -20,7 +20,7 @@ import koffi from 'koffi';
 
 /** Words of the control array the host and the runner share (Int32 indexes). */
 export const CTL_IN_SEQ = 0; // written by the host: bumped after each commit to ring IN / release of ring OUT
-export const CTL_SLEEPING = 1; // written by the runner: 1 while it sleeps (or is about to) on CTL_IN_SEQ
+export const CTL_SLEEPING = 1; // runner sets 1 before it sleeps on CTL_IN_SEQ; the host takes it (0) when it wakes it
 export const CTL_STOP = 2; // written by the host: 1 asks the runner to return
 export const CTL_INTS = 4;
 
@@ -138,8 +138,9 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
     let spins = config.spin;
     while (spins-- > 0 && Atomics.load(ctl, CTL_IN_SEQ) === seq);
     if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) continue;
-    // SYNC: pairs with the host's load of CTL_SLEEPING after its Atomics.add of CTL_IN_SEQ (both sequentially
-    // consistent): either the host sees us asleep and notifies, or its add lands before our wait compares.
+    // SYNC: pairs with the host's Atomics.exchange of CTL_SLEEPING after its Atomics.add of CTL_IN_SEQ (both
+    // sequentially consistent): either the host sees us asleep and wakes us (taking the flag, so a burst of
+    // commits costs one wakeup), or its add lands before our wait compares the word.
     Atomics.store(ctl, CTL_SLEEPING, 1);
     bell.sleep(seq);
     Atomics.store(ctl, CTL_SLEEPING, 0);
