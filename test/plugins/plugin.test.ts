@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { loadPlugin, type Publication } from '../../plugins/index.js';
 import { ErrorCode } from '../../host/errors.js';
 import type { Isolation } from '../../plugins/index.js';
-import { eventually, within } from '../helpers.js';
+import { eventually, scaled, within } from '../helpers.js';
 import { openPluginSegments, pluginPath } from './plugin-helpers.js';
 
 const ISOLATIONS: Isolation[] = ['thread', 'process'];
@@ -92,6 +92,25 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     for (let i = 0; i < 200; i++) got.push(await plugin.request({ i }));
     t.same(got, Array.from({ length: 200 }, (_, i) => ({ i })));
     t.same(await Promise.all([plugin.request('a'), plugin.request('b')]), ['a', 'b']);
+  });
+
+  t.test('no lost wakeup: a runner that sleeps at once (spin 0), bursts of 1 to 32 requests and messages', async (t) => {
+    const plugin = await loadPlugin(pluginPath('echo'), { isolation, spin: 0 });
+    t.teardown(() => plugin.close());
+    const rounds = scaled(300);
+    let bad = 0;
+    let next = 0;
+    const reader = (async () => {
+      for await (const m of plugin) if (m !== next++) bad++; else if (next === rounds) break;
+    })();
+    for (let round = 0; round < rounds; round++) {
+      const n = 1 + ((round * 7919) % 32);
+      const replies = await Promise.all(Array.from({ length: n }, (_, i) => plugin.request(i)));
+      if (replies.some((r, i) => r !== i)) bad++;
+      plugin.send(round);
+    }
+    await within(60_000, reader, 'every message came back');
+    t.equal(bad, 0, `${rounds} bursts answered right, every message back in order`);
   });
 
   t.test('aborted requests', async (t) => {
