@@ -113,6 +113,20 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     t.equal(bad, 0, `${rounds} bursts answered right, every message back in order`);
   });
 
+  t.test("the plugin's replyError and log", async (t) => {
+    const bad = await loadPlugin(pluginPath('misbehave'), { isolation });
+    t.teardown(() => bad.close());
+    await t.rejects(bad.request('fail'), { code: ErrorCode.LIMIT, message: /told to fail/ }, 'a shmbus code is kept');
+    await t.rejects(bad.request('fail-custom'), { code: ErrorCode.REMOTE, message: /its own way/, details: { remoteCode: 'E_MINE' } });
+    t.equal(await bad.request('fine'), 'fine', 'a replyError does not end the instance');
+    t.equal(bad.restarts, 0);
+    const wc = await loadPlugin(pluginPath('wordcount'), { isolation });
+    t.teardown(() => wc.close());
+    const logged = new Promise((resolve) => wc.once('log', resolve));
+    wc.send(42);
+    t.match(await logged, { level: 2, text: /without text/ });
+  });
+
   t.test('aborted requests', async (t) => {
     const plugin = await loadPlugin(pluginPath('echo'), { isolation });
     t.teardown(() => plugin.close());

@@ -1,8 +1,8 @@
 // misbehave: does what a hostile or buggy plugin does, on request, so the host's containment can be tested.
 // The request is a string: 'unreachable', 'oob' (a load far past its memory), 'abort' (a failed assertion),
-// 'spin' (never returns), 'garbage' (sends bytes that are not msgpack), 'scribble' (replies, then overwrites the reply record's length in its own ring OUT with
+// 'fail' / 'fail-custom' (replyError with a shmbus code / another code), 'spin' (never returns), 'garbage' (sends bytes that are not msgpack), 'scribble' (replies, then overwrites the reply record's length in its own ring OUT with
 // garbage before the host reads it), or anything else (replied as is).
-import { onRequest, Incoming, Value, Kind, reserve, reply, sendRaw } from '../../../assembly/guest';
+import { onRequest, Incoming, Value, Kind, reserve, reply, replyError, sendRaw } from '../../../assembly/guest';
 import { SEG_RING_CAPACITY_OFFSET, RING_TAIL_OFFSET, RING_HEADER_SIZE, GUEST_RING_OUT, ringOffset } from '../../../assembly/layout';
 
 let turns: u64 = 0;
@@ -24,6 +24,8 @@ onRequest((req: Incoming): Value | null => {
     store<i32>(ring + RING_HEADER_SIZE + <usize>(tail % <u64>capacity), 0x7ffffff0);
     return null;
   }
+  if (what == 'fail') { replyError(req, 'ERR_SHMBUS_LIMIT', 'told to fail'); return null; }
+  if (what == 'fail-custom') { replyError(req, 'E_MINE', 'told to fail its own way'); return null; }
   if (what == 'garbage') {
     // 0xc1 is never valid msgpack: a message the host cannot decode, then a reply.
     const bytes = memory.data<u8>([0xc1, 0xc1, 0xc1, 0xc1]);
