@@ -68,7 +68,8 @@ export interface Publication { topic: string; value: unknown }
 
 const DEFAULT_MEMORY_LIMIT = 64 << 20;
 const DEFAULT_RING_CAPACITY = 4 << 20;
-const GRANTED_IMPORTS = new Set(['env.memory', 'env.abort']);
+/** The only imports a plugin gets, and their kinds. */
+const GRANTED_IMPORTS = new Map<string, string>([['env.memory', 'memory'], ['env.abort', 'function']]);
 const MAX_PAGES = 65536;
 /** Messages from the plugin kept for `for await` before the plugin is made to wait. */
 const MAX_INBOX = 1024;
@@ -346,6 +347,7 @@ export class Plugin extends EventEmitter {
   private nextId = 1;
   private closed = false;
   private readonly bytes: number;
+  private readonly capacity: number;
 
   /** @internal use loadPlugin */
   constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin'>> & {
@@ -363,7 +365,6 @@ export class Plugin extends EventEmitter {
     this.bytes = segmentBytes(CHANNEL_RING_COUNT, options.ringCapacity);
     this.capacity = options.ringCapacity;
   }
-  private readonly capacity: number;
 
   /** @internal */
   async startInstances(count: number): Promise<void> {
@@ -599,6 +600,9 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   if (options.env !== undefined && (options.env === null || typeof options.env !== 'object' || Object.values(options.env).some((v) => typeof v !== 'string'))) {
     throw new BadArgumentError('env must be an object of strings', {});
   }
+  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', options.hostSpin]] as const) {
+    if (value !== undefined && (!Number.isInteger(value) || value < 0)) throw new BadArgumentError(`${name} must be an integer >= 0`, { [name]: value });
+  }
   const allow = options.allow ?? [];
   if (!Array.isArray(allow) || allow.some((t) => typeof t !== 'string')) throw new BadArgumentError('allow must be an array of topic names', {});
   const bytes = typeof wasm === 'string' || wasm instanceof URL ? await readFile(wasm instanceof URL ? fileURLToPath(wasm) : wasm) : wasm;
@@ -608,16 +612,15 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   } catch (cause) {
     throw new BadArgumentError('not a WebAssembly module', { cause: String(cause) });
   }
-  let initialPages = 1;
   for (const imp of WebAssembly.Module.imports(module)) {
     const name = `${imp.module}.${imp.name}`;
-    if (!GRANTED_IMPORTS.has(name)) {
-      throw new ShmbusError(ErrorCode.FORBIDDEN, 'plugin imports something the host does not grant', { details: { import: name, kind: imp.kind, granted: [...GRANTED_IMPORTS].join(',') } });
+    if (GRANTED_IMPORTS.get(name) !== imp.kind) {
+      throw new ShmbusError(ErrorCode.FORBIDDEN, 'plugin imports something the host does not grant', { details: { import: name, kind: imp.kind, granted: [...GRANTED_IMPORTS.keys()].join(',') } });
     }
   }
   const declared = memoryImportLimits(bytes);
   if (!declared?.shared) throw new ShmbusError(ErrorCode.FORBIDDEN, 'a plugin must import a shared memory (env.memory): see docs/plugins.md', {});
-  initialPages = Math.max(initialPages, declared.initial);
+  const initialPages = Math.max(1, declared.initial);
   let maximumPages = Math.floor(memoryLimit / WASM_PAGE_SIZE);
   if (declared.maximum !== undefined && declared.maximum < maximumPages) maximumPages = declared.maximum;
   const ringPages = Math.ceil(segmentBytes(CHANNEL_RING_COUNT, ringCapacity) / WASM_PAGE_SIZE);

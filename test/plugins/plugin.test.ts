@@ -169,6 +169,8 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation, memoryLimit: 'lots' }), { code: ErrorCode.BAD_ARGUMENT });
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation, memoryLimit: '1MiB' }), { code: ErrorCode.LIMIT }, 'no room for the rings');
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation, instances: 0 }), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation, spin: -1 }), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(loadPlugin(pluginPath('echo'), { isolation, ringCapacity: 5000 }), { code: ErrorCode.BAD_ARGUMENT });
     await t.rejects(loadPlugin(new Uint8Array([1, 2, 3])), { code: ErrorCode.BAD_ARGUMENT });
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation, env: { a: 1 } as unknown as Record<string, string> }), { code: ErrorCode.BAD_ARGUMENT });
     await within(10_000, t.rejects(loadPlugin('/nonexistent/x.wasm'), { code: 'ENOENT' }), 'missing file');
