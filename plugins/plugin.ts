@@ -54,6 +54,8 @@ export interface PluginOptions {
   /** µs the host waits on its event loop for the reply to a lone request sent to an awake runner (0: never). Default 0:
    * measured on a loaded 2-core machine it made round trips slower (the host's spin took the runner's core). */
   hostSpin?: number;
+  /** ms an instance may take to start (instantiate, run its start function, attach). Default 30000. */
+  startTimeout?: number;
 }
 
 /** Options of one request. */
@@ -102,6 +104,7 @@ class Instance {
   private parkedTx = false;
   private readonly queue: { type: number; bytes: Uint8Array }[] = [];
   private readonly started: Promise<void>;
+  private startTimer: NodeJS.Timeout | undefined;
   private startResolve!: () => void;
   private startReject!: (e: Error) => void;
 
@@ -131,6 +134,8 @@ class Instance {
 
   start(): Promise<void> {
     const p = this.plugin;
+    // A start function that never returns (top-level code in a loop) holds instantiation: bounded here.
+    this.startTimer = setTimeout(() => this.fail(new TimeoutError('plugin did not start in time', { startTimeout: p.startTimeout })), p.startTimeout);
     this.runner = startRunner(p.isolation, {
       module: p.module, fd: this.region.fd, bytes: this.bytes, maximumPages: p.maximumPages,
       initialPages: p.initialPages, spin: p.spin,
@@ -145,6 +150,7 @@ class Instance {
   }
 
   private onReport(r: RunnerReport): void {
+    clearTimeout(this.startTimer);
     if (r.type === 'ready') {
       this.ready = true;
       this.startResolve();
@@ -278,6 +284,7 @@ class Instance {
   fail(error: ShmbusError): void {
     if (this.dead) return;
     const wasReady = this.ready;
+    clearTimeout(this.startTimer);
     this.startReject(error);
     for (const pending of [...this.inFlight.values()]) {
       this.plugin.settle(pending);
@@ -335,6 +342,7 @@ export class Plugin extends EventEmitter {
   readonly maxQueued: number;
   readonly spin: number;
   readonly hostSpin: number;
+  readonly startTimeout: number;
   /** Instances replaced after a failure so far. */
   restarts = 0;
   private readonly instances: Instance[] = [];
@@ -350,7 +358,7 @@ export class Plugin extends EventEmitter {
   private readonly capacity: number;
 
   /** @internal use loadPlugin */
-  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin'>> & {
+  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin' | 'startTimeout'>> & {
     memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
   }) {
     super();
@@ -359,6 +367,7 @@ export class Plugin extends EventEmitter {
     this.maxQueued = options.maxQueued;
     this.spin = options.spin;
     this.hostSpin = options.hostSpin;
+    this.startTimeout = options.startTimeout;
     this.allow = new Set(options.allow);
     this.maximumPages = options.maximumPages;
     this.initialPages = options.initialPages;
@@ -600,7 +609,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   if (options.env !== undefined && (options.env === null || typeof options.env !== 'object' || Object.values(options.env).some((v) => typeof v !== 'string'))) {
     throw new BadArgumentError('env must be an object of strings', {});
   }
-  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', options.hostSpin]] as const) {
+  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', options.hostSpin], ['startTimeout', options.startTimeout]] as const) {
     if (value !== undefined && (!Number.isInteger(value) || value < 0)) throw new BadArgumentError(`${name} must be an integer >= 0`, { [name]: value });
   }
   const allow = options.allow ?? [];
@@ -628,7 +637,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
     throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
   }
   const plugin = new Plugin(module, bytes, {
-    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, memoryLimit, ringCapacity, allow, initialPages,
+    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
   });
   try {
     await plugin.startInstances(instances);

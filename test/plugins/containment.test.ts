@@ -7,7 +7,7 @@ import { loadPlugin } from '../../plugins/index.js';
 import { ErrorCode, type ShmbusError } from '../../host/errors.js';
 import type { Isolation } from '../../plugins/index.js';
 import { eventually } from '../helpers.js';
-import { EVIL_IMPORT, openPluginSegments, pluginPath } from './plugin-helpers.js';
+import { ENDLESS_START, EVIL_IMPORT, openPluginSegments, pluginPath } from './plugin-helpers.js';
 
 const ISOLATIONS: Isolation[] = ['thread', 'process'];
 
@@ -63,6 +63,13 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     await t.rejects(loadPlugin(EVIL_IMPORT), { code: ErrorCode.FORBIDDEN, message: /env\.evil/ });
     const empty = new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
     await t.rejects(loadPlugin(empty, { isolation }), { code: ErrorCode.FORBIDDEN, message: /shared memory/ }, 'no memory import: not a plugin');
+  });
+
+  t.test('a start function that never returns fails loadPlugin with ERR_SHMBUS_TIMEOUT', async (t) => {
+    await t.rejects(loadPlugin(ENDLESS_START, { isolation, startTimeout: 500 }), { code: ErrorCode.TIMEOUT, message: /did not start/ });
+    const echo = await loadPlugin(pluginPath('echo'), { isolation });
+    t.teardown(() => echo.close());
+    t.equal(await echo.request('next'), 'next');
   });
 
   t.test('publishing to a topic not in allow is refused', async (t) => {
