@@ -52,6 +52,7 @@ export * from './host/errors.js';
 export { RECORD_BYTES, RECORD_MSGPACK, LAYOUT_VERSION } from './assembly/layout.js';
 export * from './state/index.js';
 export * from './workers/index.js';
+export * from './plugins/index.js';
 export type { Bridge, BridgeOptions, BridgeStats, Credentials, TopicSpec, TopicStats, Service } from './bridge/index.js';
 
 /**

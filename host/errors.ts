@@ -46,6 +46,10 @@ export const ErrorCode = {
   LIMIT: 'ERR_SHMBUS_LIMIT',
   /** A request handler on the peer failed with an error that has no shmbus code. */
   REMOTE: 'ERR_SHMBUS_REMOTE',
+  /** A WebAssembly plugin trapped (unreachable, out-of-bounds access, abort); the message carries the trap's. */
+  TRAP: 'ERR_SHMBUS_TRAP',
+  /** Something the host did not grant: a plugin import, a topic not in `allow`. */
+  FORBIDDEN: 'ERR_SHMBUS_FORBIDDEN',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -88,3 +88,8 @@ export function lastErrno(): number {
 export function clearErrno(): void {
   koffi.errno(0);
 }
+
+// Process control. prctl is variadic in glibc; declared with a fixed prototype of five integer arguments
+// (ABI-compatible on x86_64, as syscall(2) is in futex.ts).
+export const prctl = lib.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)') as
+  (option: number, a2: number, a3: number, a4: number, a5: number) => number;

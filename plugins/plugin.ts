@@ -1,0 +1,649 @@
+/**
+ * loadPlugin: runs an AssemblyScript plugin (docs/plugins.md) in a sandbox the host controls and talks to it
+ * through rings in a sealed memfd segment mapped both into this process's engine and over the plugin's own
+ * memory. Message bytes never travel through postMessage: the runner's thread only rings a doorbell.
+ *
+ * Containment. Each instance runs on a runner of its own (plugins/runner-start.ts). A request that outlives its
+ * timeout, a trap, memory growth past `memoryLimit` or a corrupt ring ends that instance: its runner is
+ * terminated (Worker.terminate interrupts wasm, even an endless loop), every request in flight on it fails with a
+ * typed error, and a fresh instance replaces it. The plugin's state in that instance is lost.
+ */
+import { EventEmitter } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { Packr, Unpackr } from 'msgpackr';
+import {
+  CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
+  RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
+  maxPayload,
+} from '../assembly/layout.js';
+import { getEngine, type Engine } from '../host/engine.js';
+import {
+  BadArgumentError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
+  ShmbusError, TimeoutError, type ErrorCodeValue,
+} from '../host/errors.js';
+import { decodeMsgpackAt } from '../host/codec.js';
+import { Region } from '../host/region.js';
+import { RingEnd } from '../host/ring.js';
+import { formatSegment } from '../host/segment.js';
+import { parseSize } from '../host/url.js';
+import { startRunner, type Isolation, type RunnerHandle } from './runner-start.js';
+import type { RunnerReport } from './runner.js';
+import { memoryImportLimits } from './module.js';
+
+/** Options of `loadPlugin`. */
+export interface PluginOptions {
+  /** Where each instance runs: a worker thread of this process (default) or a child process. */
+  isolation?: Isolation;
+  /** The most memory one instance may have (bytes or a size like '64MiB'): its memory's `maximum`. Default 64 MiB. */
+  memoryLimit?: number | string;
+  /** Default timeout of `request` in ms (0: none). An instance that overruns it is terminated and replaced. Default 5000. */
+  timeout?: number;
+  /** Topics the plugin may publish to. Anything else is refused ('refused' event, ERR_SHMBUS_FORBIDDEN). */
+  allow?: readonly string[];
+  /** Reserved for configuration values handed to the plugin; the guest SDK has no call to read them yet. */
+  env?: Record<string, string>;
+  /** Instances behind this Plugin; requests go to the one with the fewest in flight. Default 1. */
+  instances?: number;
+  /** Each ring's capacity in bytes (a power of two); the largest message is half of it. Default 4 MiB. */
+  ringCapacity?: number;
+  /** Messages waiting for room in the instances' rings before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
+  maxQueued?: number;
+  /** Polls of an idle ring before a runner sleeps. Default 2000. */
+  spin?: number;
+  /** µs the host waits on its event loop for the reply to a lone request sent to an awake runner (0: never). Default 0:
+   * measured on a loaded 2-core machine it made round trips slower (the host's spin took the runner's core). */
+  hostSpin?: number;
+  /** ms an instance may take to start (instantiate, run its start function, attach). Default 30000. */
+  startTimeout?: number;
+}
+
+/** Options of one request. */
+export interface PluginRequestOptions {
+  /** ms; overrides the plugin's default. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+/** A message the plugin published on a topic it was granted. */
+export interface Publication { topic: string; value: unknown }
+
+const DEFAULT_MEMORY_LIMIT = 64 << 20;
+const DEFAULT_RING_CAPACITY = 4 << 20;
+/** The only imports a plugin gets, and their kinds. */
+const GRANTED_IMPORTS = new Map<string, string>([['env.memory', 'memory'], ['env.abort', 'function']]);
+const MAX_PAGES = 65536;
+/** Messages from the plugin kept for `for await` before the plugin is made to wait. */
+const MAX_INBOX = 1024;
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+const unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+
+interface Pending {
+  id: number;
+  instance: Instance;
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+  timer?: NodeJS.Timeout;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** Internal: one running instance and its segment. */
+class Instance {
+  readonly engine: Engine = getEngine();
+  readonly region: Region;
+  readonly window: number;
+  readonly tx: RingEnd;
+  readonly rx: RingEnd;
+  readonly inFlight = new Map<number, Pending>();
+  runner: RunnerHandle | undefined;
+  ready = false;
+  dead = false;
+  private parkedRx = false;
+  private parkedTx = false;
+  private readonly queue: { type: number; bytes: Uint8Array }[] = [];
+  private readonly started: Promise<void>;
+  private startTimer: NodeJS.Timeout | undefined;
+  private startResolve!: () => void;
+  private startReject!: (e: Error) => void;
+
+  constructor(readonly plugin: Plugin, readonly bytes: number, readonly capacity: number) {
+    this.region = Region.createMemfd(`shmbus-plugin-${process.pid}`, { size: bytes });
+    let window = -1;
+    try {
+      window = this.engine.allocWindow(bytes);
+      this.region.mapAt(this.engine.address(window));
+      formatSegment(this.engine, window, CHANNEL_RING_COUNT, capacity, process.pid, 0n);
+      this.tx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_IN, capacity), capacity, 'producer');
+      this.rx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_OUT, capacity), capacity, 'consumer');
+    } catch (error) {
+      if (window >= 0) this.releaseWindow(window);
+      this.region.close();
+      throw error;
+    }
+    this.window = window;
+    this.started = new Promise((resolve, reject) => { this.startResolve = resolve; this.startReject = reject; });
+    this.started.catch(() => {});
+  }
+
+  private releaseWindow(window: number): void {
+    try { this.region.unmapAt(this.engine.address(window)); } catch { /* never mapped */ }
+    this.engine.freeWindow(window, this.bytes);
+  }
+
+  start(): Promise<void> {
+    const p = this.plugin;
+    // A start function that never returns (top-level code in a loop) holds instantiation: bounded here.
+    this.startTimer = setTimeout(() => this.fail(new TimeoutError('plugin did not start in time', { startTimeout: p.startTimeout })), p.startTimeout);
+    this.runner = startRunner(p.isolation, {
+      module: p.module, fd: this.region.fd, bytes: this.bytes, maximumPages: p.maximumPages,
+      initialPages: p.initialPages, spin: p.spin,
+    }, p.wasm, {
+      onBell: () => this.onBell(),
+      onReport: (r) => this.onReport(r),
+      onExit: (error) => {
+        if (!this.dead) this.fail(new PeerDeadError('plugin runner exited', { cause: String(error?.message ?? 'exit') }));
+      },
+    });
+    return this.started;
+  }
+
+  private onReport(r: RunnerReport): void {
+    clearTimeout(this.startTimer);
+    if (r.type === 'ready') {
+      this.ready = true;
+      this.startResolve();
+      this.drain();
+      this.plugin.dispatch();
+      return;
+    }
+    this.fail(reportError(r));
+  }
+
+  private onBell(): void {
+    if (this.dead) return;
+    if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
+    if (this.parkedTx) { this.parkedTx = false; this.tx.unpark(); }
+    // Room in ring IN is handed out even while the reader of ring OUT lags (drain may stop early for it).
+    if (this.queue.length > 0) this.flush();
+    this.drain();
+  }
+
+  /** Whether dispatch may hand this instance a record: ready, and nothing waits for room in its ring IN. */
+  get canTake(): boolean {
+    return this.ready && !this.dead && this.queue.length === 0;
+  }
+
+  /** Appends one record to ring IN; when it has no room the record waits here (at most one: see canTake).
+   * True when it went into the ring and the runner was awake. */
+  write(type: number, bytes: Uint8Array): boolean {
+    if (this.queue.length === 0 && this.put(type, bytes)) return this.runner!.kick();
+    this.queue.push({ type, bytes });
+    this.parkTx();
+    return false;
+  }
+
+  /**
+   * Waits here, on the event loop, for up to `hostSpin` µs for records on ring OUT, and reads them: a lone
+   * request to an awake runner is answered within microseconds, far sooner than the runner's doorbell (a
+   * postMessage or a socket byte) would wake the event loop. Costs the host that much CPU when the plugin is slower.
+   */
+  spinForReply(): void {
+    const deadline = performance.now() + this.plugin.hostSpin / 1000;
+    for (let i = 1; ; i++) {
+      if (this.rx.pending() > 0) {
+        if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
+        this.drain();
+        return;
+      }
+      if ((i & 31) === 0 && performance.now() > deadline) return;
+    }
+  }
+
+  private put(type: number, bytes: Uint8Array): boolean {
+    const at = this.tx.claim(bytes.length, type);
+    if (at === 0) return false;
+    this.engine.u8.set(bytes, at);
+    this.tx.commit(bytes.length);
+    return true;
+  }
+
+  private parkTx(): void {
+    if (this.parkedTx) return;
+    if (this.tx.park(this.tx.needed())) this.parkedTx = true;
+    else queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    if (this.dead) return;
+    let moved = false;
+    while (this.queue.length > 0 && this.put(this.queue[0]!.type, this.queue[0]!.bytes)) { this.queue.shift(); moved = true; }
+    if (moved) this.runner!.kick();
+    if (this.queue.length > 0) this.parkTx();
+    else if (moved) this.plugin.dispatch();
+  }
+
+  /** Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more). */
+  drain(): void {
+    if (this.dead || !this.ready) return;
+    try {
+      for (;;) {
+        // Back-pressure: while the host's reader lags, the plugin's records wait in its ring and outbox.
+        if (this.plugin.inboxFull(this)) return;
+        const n = this.rx.read();
+        if (n === 0) {
+          if (this.queue.length > 0) this.flush();
+          if (this.rx.park()) { this.parkedRx = true; return; }
+          continue;
+        }
+        const u32 = this.engine.u32;
+        const base = this.rx.batch >>> 2;
+        for (let i = 0; i < n; i++) {
+          const e = base + i * (BATCH_ENTRY_SIZE >>> 2);
+          this.handle(u32[e + 2]!, u32[e]!, u32[e + 1]!);
+          if (this.dead) return;
+        }
+        this.rx.release();
+        this.runner!.kick();
+      }
+    } catch (error) {
+      this.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring read failed', { cause: String(error) }));
+    }
+  }
+
+  private handle(type: number, offset: number, length: number): void {
+    const u8 = this.engine.u8;
+    if (type === RECORD_REPLY || type === RECORD_REPLY_ERROR) {
+      const reply = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+      if (!Array.isArray(reply) || reply.length !== 2 || typeof reply[0] !== 'number') {
+        throw new CorruptError('plugin reply is not [id, value]', { type });
+      }
+      const pending = this.inFlight.get(reply[0]);
+      if (!pending) return; // timed out or aborted meanwhile
+      this.plugin.settle(pending);
+      if (type === RECORD_REPLY) pending.resolve(reply[1]);
+      else pending.reject(remoteError(reply[1]));
+    } else if (type === RECORD_MSGPACK) {
+      this.plugin.deliver(decodeMsgpackAt(unpackr, u8, offset, offset + length));
+    } else if (type === GUEST_RECORD_PUBLISH) {
+      const pub = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+      if (!Array.isArray(pub) || pub.length !== 2 || typeof pub[0] !== 'string') throw new CorruptError('plugin publication is not [topic, value]');
+      this.plugin.published(pub[0], pub[1]);
+    } else if (type === GUEST_RECORD_LOG) {
+      const log = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+      if (Array.isArray(log) && log.length === 2) this.plugin.emit('log', { level: Number(log[0]), text: String(log[1]) });
+    }
+    // Other record types are ignored, as the guest ignores unknown records from us.
+  }
+
+  /**
+   * Ends this instance with `error`: every request in flight on it fails, and the plugin replaces it, unless it
+   * never became ready (a plugin that cannot start is not restarted in a loop).
+   */
+  fail(error: ShmbusError): void {
+    if (this.dead) return;
+    const wasReady = this.ready;
+    clearTimeout(this.startTimer);
+    this.startReject(error);
+    for (const pending of [...this.inFlight.values()]) {
+      this.plugin.settle(pending);
+      pending.reject(error);
+    }
+    void this.dispose().then(() => this.plugin.replace(this, error, wasReady));
+  }
+
+  /** Stops the runner and frees the segment. */
+  async dispose(): Promise<void> {
+    if (this.dead) return;
+    this.dead = true;
+    this.ready = false;
+    this.queue.length = 0;
+    await this.runner?.terminate();
+    this.tx.dispose();
+    this.rx.dispose();
+    this.releaseWindow(this.window);
+    this.region.close();
+  }
+}
+
+function reportError(r: Extract<RunnerReport, { type: 'failed' }>): ShmbusError {
+  switch (r.code) {
+    case 'limit': return new ShmbusError(ErrorCode.LIMIT, 'plugin ran out of memory under its memoryLimit', { details: { trap: r.message } });
+    case 'trap': return new ShmbusError(ErrorCode.TRAP, `plugin trapped: ${r.message}`, { details: { trap: r.message } });
+    case 'corrupt': return new CorruptError('the plugin found its rings corrupt', { ring: r.ring });
+    case 'import': return new ShmbusError(ErrorCode.FORBIDDEN, `plugin failed to instantiate: ${r.message}`);
+    default: return new CorruptError('plugin refused its segment', { ring: r.ring });
+  }
+}
+
+const CODES = new Set<string>(Object.values(ErrorCode));
+
+/** A plugin's replyError: its code when it is a shmbus code, else ERR_SHMBUS_REMOTE. */
+function remoteError(value: unknown): ShmbusError {
+  const o = (value !== null && typeof value === 'object' ? value : {}) as { code?: unknown; message?: unknown };
+  const code = typeof o.code === 'string' && CODES.has(o.code) ? o.code as ErrorCodeValue : ErrorCode.REMOTE;
+  const message = typeof o.message === 'string' ? o.message.slice(0, 4096) : 'plugin failed the request';
+  return new ShmbusError(code, message, { details: { remoteCode: typeof o.code === 'string' ? o.code.slice(0, 64) : undefined } });
+}
+
+/**
+ * A loaded plugin: one or more instances behind one handle. Emits 'publish' ({ topic, value }) for publications on
+ * granted topics, 'refused' (ERR_SHMBUS_FORBIDDEN) for the others, 'log' ({ level, text }), 'drain' when messages
+ * that waited for room are all handed over, 'error' when an instance fails (only if someone listens: the instance is replaced either way),
+ * 'restart' (the error) once a replacement is ready, 'exit' after `close()`.
+ */
+export class Plugin extends EventEmitter {
+  readonly isolation: Isolation;
+  readonly maximumPages: number;
+  readonly initialPages: number;
+  readonly timeout: number;
+  readonly allow: ReadonlySet<string>;
+  readonly maxQueued: number;
+  readonly spin: number;
+  readonly hostSpin: number;
+  readonly startTimeout: number;
+  /** Instances replaced after a failure so far. */
+  restarts = 0;
+  private readonly instances: Instance[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private readonly waiting: { type: number; bytes: Uint8Array; pending?: Pending }[] = [];
+  private sendBlocked = false;
+  private readonly inbox: unknown[] = [];
+  private readonly stalled = new Set<Instance>();
+  private readonly readers: ((r: IteratorResult<unknown>) => void)[] = [];
+  private nextId = 1;
+  private closed = false;
+  private readonly bytes: number;
+  private readonly capacity: number;
+
+  /** @internal use loadPlugin */
+  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin' | 'startTimeout'>> & {
+    memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
+  }) {
+    super();
+    this.isolation = options.isolation;
+    this.timeout = options.timeout;
+    this.maxQueued = options.maxQueued;
+    this.spin = options.spin;
+    this.hostSpin = options.hostSpin;
+    this.startTimeout = options.startTimeout;
+    this.allow = new Set(options.allow);
+    this.maximumPages = options.maximumPages;
+    this.initialPages = options.initialPages;
+    this.bytes = segmentBytes(CHANNEL_RING_COUNT, options.ringCapacity);
+    this.capacity = options.ringCapacity;
+  }
+
+  /** @internal */
+  async startInstances(count: number): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (let i = 0; i < count; i++) {
+      const instance = new Instance(this, this.bytes, this.capacity);
+      this.instances.push(instance);
+      started.push(instance.start());
+    }
+    await Promise.all(started);
+  }
+
+  /** @internal a failed instance is replaced by a fresh one (unless the plugin is closed, or it never started). */
+  replace(instance: Instance, error: ShmbusError, wasReady: boolean): void {
+    const i = this.instances.indexOf(instance);
+    if (i < 0 || this.closed) return;
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (!wasReady) {
+      this.instances.splice(i, 1);
+      if (this.instances.length === 0) this.failWaiting(error);
+      return;
+    }
+    let fresh: Instance;
+    try {
+      fresh = new Instance(this, this.bytes, this.capacity);
+    } catch (e) {
+      this.instances.splice(i, 1);
+      if (this.listenerCount('error') > 0) this.emit('error', e);
+      if (this.instances.length === 0) this.failWaiting(e as Error);
+      return;
+    }
+    this.instances[i] = fresh;
+    this.restarts++;
+    fresh.start().then(() => this.emit('restart', error), () => { /* fail() already replaced it again */ });
+  }
+
+  /** Sends `value` to an instance's request handler; resolves with its reply. */
+  request(value: unknown, options: PluginRequestOptions = {}): Promise<unknown> {
+    if (this.closed) return Promise.reject(new ClosedError('plugin is closed'));
+    const timeout = options.timeout ?? this.timeout;
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted'));
+    return new Promise((resolve, reject) => {
+      const pending: Pending = { id: this.nextId++ >>> 0, instance: undefined as unknown as Instance, resolve, reject };
+      if (this.nextId > 0x7fffffff) this.nextId = 1;
+      this.pending.set(pending.id, pending);
+      if (timeout > 0) {
+        pending.timer = setTimeout(() => {
+          const error = new TimeoutError('plugin did not reply in time; its instance is replaced', { timeout });
+          const instance = pending.instance;
+          this.settle(pending);
+          reject(error);
+          // A request still waiting for an instance has held none up; one in a ring may be stuck in the plugin.
+          if (instance) instance.fail(error);
+        }, timeout);
+      }
+      if (options.signal) {
+        pending.signal = options.signal;
+        pending.onAbort = () => { this.settle(pending); reject(options.signal!.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted')); };
+        options.signal.addEventListener('abort', pending.onAbort, { once: true });
+      }
+      let bytes: Uint8Array;
+      try {
+        bytes = this.encode([pending.id, value]);
+      } catch (error) {
+        this.settle(pending);
+        reject(error);
+        return;
+      }
+      this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
+      this.dispatch();
+    });
+  }
+
+  /**
+   * Sends a message to an instance's message handler (no reply). Like stream.write, the message is taken either
+   * way; false means it waits for room ('drain' follows). Throws ERR_SHMBUS_QUEUE_FULL past `maxQueued` waiting,
+   * ERR_SHMBUS_MESSAGE_TOO_LARGE past half the ring.
+   */
+  send(value: unknown): boolean {
+    if (this.closed) throw new ClosedError('plugin is closed');
+    if (this.waiting.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    this.waiting.push({ type: RECORD_MSGPACK, bytes: this.encode(value) });
+    this.dispatch();
+    if (this.waiting.length === 0) return true;
+    this.sendBlocked = true;
+    return false;
+  }
+
+  private encode(value: unknown): Uint8Array {
+    const bytes = packr.pack(value);
+    const max = maxPayload(this.capacity);
+    if (bytes.length > max) throw new MessageTooLargeError(bytes.length, max);
+    return bytes;
+  }
+
+  /** Requests that wait for an instance fail when none is left to take them. */
+  private failWaiting(error: Error): void {
+    for (const item of this.waiting.splice(0)) {
+      if (item.pending && this.pending.has(item.pending.id)) { this.settle(item.pending); item.pending.reject(error); }
+    }
+  }
+
+  /** @internal hands waiting requests and messages to ready instances, the least busy first. */
+  dispatch(): void {
+    if (this.instances.length === 0 && !this.closed) this.failWaiting(new PeerDeadError('no instance of the plugin is left (each failed to start)'));
+    while (this.waiting.length > 0) {
+      let best: Instance | undefined;
+      for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+      if (!best) return;
+      const item = this.waiting.shift()!;
+      const p = item.pending;
+      if (p && !this.pending.has(p.id)) continue; // timed out or aborted while waiting
+      if (p) { p.instance = best; best.inFlight.set(p.id, p); }
+      try {
+        const awake = best.write(item.type, item.bytes);
+        if (awake && p && this.hostSpin > 0 && best.inFlight.size === 1 && this.waiting.length === 0) best.spinForReply();
+      } catch (error) {
+        // The ring itself refused (corrupt): that instance is done.
+        best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
+      }
+    }
+    if (this.sendBlocked) {
+      this.sendBlocked = false;
+      this.emit('drain');
+    }
+  }
+
+  /** @internal a request is over (replied, failed, timed out, aborted). */
+  settle(p: Pending): void {
+    this.pending.delete(p.id);
+    p.instance?.inFlight.delete(p.id);
+    if (p.timer) clearTimeout(p.timer);
+    if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
+  }
+
+  /** @internal */
+  deliver(value: unknown): void {
+    const reader = this.readers.shift();
+    if (reader) reader({ value, done: false });
+    else this.inbox.push(value);
+  }
+
+  /** @internal whether `instance` must stop reading its ring until the reader catches up (it is then resumed). */
+  inboxFull(instance: Instance): boolean {
+    if (this.inbox.length < MAX_INBOX) return false;
+    this.stalled.add(instance);
+    return true;
+  }
+
+  private resumeStalled(): void {
+    if (this.stalled.size === 0 || this.inbox.length >= MAX_INBOX / 2) return;
+    const stalled = [...this.stalled];
+    this.stalled.clear();
+    for (const instance of stalled) instance.drain();
+  }
+
+  /** @internal */
+  published(topic: string, value: unknown): void {
+    if (!this.allow.has(topic)) {
+      this.emit('refused', new ShmbusError(ErrorCode.FORBIDDEN, 'plugin published to a topic it was not granted', { details: { topic: topic.slice(0, 256) } }));
+      return;
+    }
+    this.emit('publish', { topic, value } satisfies Publication);
+  }
+
+  /** What the plugin sends (its `send`), in order, until `close()`. */
+  async *[Symbol.asyncIterator](): AsyncIterator<unknown> {
+    for (;;) {
+      if (this.inbox.length > 0) {
+        const value = this.inbox.shift();
+        this.resumeStalled();
+        yield value;
+        continue;
+      }
+      if (this.closed) return;
+      const r = await new Promise<IteratorResult<unknown>>((resolve) => this.readers.push(resolve));
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+
+  /** Stops every instance, fails what is in flight with ERR_SHMBUS_CLOSED and frees every segment. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const error = new ClosedError('plugin is closed');
+    for (const p of [...this.pending.values()]) { this.settle(p); p.reject(error); }
+    this.waiting.length = 0;
+    await Promise.all(this.instances.map((i) => i.dispose()));
+    this.instances.length = 0;
+    for (const r of this.readers.splice(0)) r({ value: undefined, done: true });
+    this.emit('exit');
+  }
+
+  /** @internal for tests: how many instances wait for the reader to catch up. */
+  stalledForTest(): number {
+    return this.stalled.size;
+  }
+
+  /** @internal for tests: the host's view of instance `i`'s rings. */
+  instanceForTest(i = 0): { engine: Engine; window: number; capacity: number } | undefined {
+    const inst = this.instances[i];
+    return inst && { engine: inst.engine, window: inst.window, capacity: inst.capacity };
+  }
+}
+
+function memoryLimitOf(value: number | string | undefined): number {
+  if (value === undefined) return DEFAULT_MEMORY_LIMIT;
+  const bytes = typeof value === 'number' ? value : parseSize(value);
+  if (bytes === undefined || !Number.isInteger(bytes) || bytes < WASM_PAGE_SIZE || bytes > MAX_PAGES * WASM_PAGE_SIZE) {
+    throw new BadArgumentError('memoryLimit must be a size between 64KiB and 4GiB', { memoryLimit: value });
+  }
+  return bytes;
+}
+
+/**
+ * Loads a plugin and starts its instances. `wasm` is a path, a file URL or the module's bytes. Rejects with
+ * ERR_SHMBUS_FORBIDDEN when the module imports anything but `env.memory` and `env.abort`, ERR_SHMBUS_LIMIT when
+ * `memoryLimit` cannot hold the plugin and its rings, ERR_SHMBUS_BAD_ARGUMENT for bad options.
+ */
+export async function loadPlugin(wasm: string | URL | Uint8Array, options: PluginOptions = {}): Promise<Plugin> {
+  const isolation = options.isolation ?? 'thread';
+  if (isolation !== 'thread' && isolation !== 'process') throw new BadArgumentError('isolation must be thread or process', { isolation });
+  const memoryLimit = memoryLimitOf(options.memoryLimit);
+  const timeout = options.timeout ?? 5000;
+  if (!Number.isFinite(timeout) || timeout < 0) throw new BadArgumentError('timeout must be a number of ms >= 0', { timeout });
+  const instances = options.instances ?? 1;
+  if (!Number.isInteger(instances) || instances < 1 || instances > 256) throw new BadArgumentError('instances must be an integer from 1 to 256', { instances });
+  const ringCapacity = options.ringCapacity ?? DEFAULT_RING_CAPACITY;
+  if (!Number.isInteger(ringCapacity) || ringCapacity < 4096 || (ringCapacity & (ringCapacity - 1)) !== 0) {
+    throw new BadArgumentError('ringCapacity must be a power of two of at least 4096', { ringCapacity });
+  }
+  if (options.env !== undefined && (options.env === null || typeof options.env !== 'object' || Object.values(options.env).some((v) => typeof v !== 'string'))) {
+    throw new BadArgumentError('env must be an object of strings', {});
+  }
+  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', options.hostSpin], ['startTimeout', options.startTimeout]] as const) {
+    if (value !== undefined && (!Number.isInteger(value) || value < 0)) throw new BadArgumentError(`${name} must be an integer >= 0`, { [name]: value });
+  }
+  const allow = options.allow ?? [];
+  if (!Array.isArray(allow) || allow.some((t) => typeof t !== 'string')) throw new BadArgumentError('allow must be an array of topic names', {});
+  const bytes = typeof wasm === 'string' || wasm instanceof URL ? await readFile(wasm instanceof URL ? fileURLToPath(wasm) : wasm) : wasm;
+  let module: WebAssembly.Module;
+  try {
+    module = new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>);
+  } catch (cause) {
+    throw new BadArgumentError('not a WebAssembly module', { cause: String(cause) });
+  }
+  for (const imp of WebAssembly.Module.imports(module)) {
+    const name = `${imp.module}.${imp.name}`;
+    if (GRANTED_IMPORTS.get(name) !== imp.kind) {
+      throw new ShmbusError(ErrorCode.FORBIDDEN, 'plugin imports something the host does not grant', { details: { import: name, kind: imp.kind, granted: [...GRANTED_IMPORTS.keys()].join(',') } });
+    }
+  }
+  const declared = memoryImportLimits(bytes);
+  if (!declared?.shared) throw new ShmbusError(ErrorCode.FORBIDDEN, 'a plugin must import a shared memory (env.memory): see docs/plugins.md', {});
+  const initialPages = Math.max(1, declared.initial);
+  let maximumPages = Math.floor(memoryLimit / WASM_PAGE_SIZE);
+  if (declared.maximum !== undefined && declared.maximum < maximumPages) maximumPages = declared.maximum;
+  const ringPages = Math.ceil(segmentBytes(CHANNEL_RING_COUNT, ringCapacity) / WASM_PAGE_SIZE);
+  if (maximumPages < initialPages + ringPages + 1) {
+    throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
+  }
+  const plugin = new Plugin(module, bytes, {
+    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
+  });
+  try {
+    await plugin.startInstances(instances);
+  } catch (error) {
+    await plugin.close();
+    throw error;
+  }
+  return plugin;
+}

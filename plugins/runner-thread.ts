@@ -1,0 +1,16 @@
+/**
+ * Entry of a plugin runner on a worker thread (started by plugins/runner-start.ts). Sleeps with Atomics.wait on
+ * the control array the host shares (interruptible by Worker.terminate), rings the host with a one-byte
+ * postMessage: the only thing that wakes another thread's event loop in Node 20, which has no Atomics.waitAsync.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { CTL_IN_SEQ, runPlugin, type RunnerConfig } from './runner.js';
+
+const { config, ctl } = workerData as { config: RunnerConfig; ctl: Int32Array };
+const port = parentPort!;
+
+runPlugin(config, {
+  ctl,
+  sleep(seq) { Atomics.wait(ctl, CTL_IN_SEQ, seq); },
+  ringHost() { port.postMessage(0); },
+}, (report) => port.postMessage(report));
