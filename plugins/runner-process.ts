@@ -11,7 +11,7 @@
  */
 import { readFileSync, writeSync } from 'node:fs';
 import koffi from 'koffi';
-import { dieWithParent } from '../host/sys/proc.js';
+import { setParentDeathSignal, parentPid } from '../host/sys/prctl.js';
 import { futexWaitv } from '../host/sys/futex.js';
 import { mmapFixed } from '../host/sys/shm.js';
 import { FUTEX2_SIZE_U32 } from '../host/sys/constants.js';
@@ -23,7 +23,9 @@ const CONTROL_FD = 4;
 const HOST_FD = 5;
 
 const given = JSON.parse(process.argv[2] ?? '{}') as Omit<RunnerConfig, 'module' | 'fd'> & { parent: number };
-if (!dieWithParent(SIGKILL, given.parent)) process.exit(1);
+// Die with the parent; if it is already gone (we were reparented before asking), leave now.
+setParentDeathSignal(SIGKILL);
+if (parentPid() !== given.parent) process.exit(1);
 
 const controlMemory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
 const controlBase = BigInt(koffi.address(new Uint8Array(controlMemory.buffer, 0, 0)) as bigint);

@@ -13,8 +13,6 @@ import * as libc from './libc.js';
 
 const lib = koffi.load('libc.so.6');
 const c = {
-  prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)') as
-    (option: number, a2: number, a3: number, a4: number, a5: number) => number,
   prctlGet: lib.func('prctl', 'int', ['int', koffi.out(koffi.pointer('int')), 'unsigned long', 'unsigned long', 'unsigned long']) as
     (option: number, out: number[], a3: number, a4: number, a5: number) => number,
   getppid: lib.func('int getppid()') as () => number,
@@ -26,7 +24,7 @@ const PR_GET_PDEATHSIG = 2;
 
 /** Asks the kernel to send `signal` (a number, e.g. 9) to this process when its parent thread dies. */
 export function setParentDeathSignal(signal: number): void {
-  if (c.prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0) !== 0) {
+  if (libc.prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0) !== 0) {
     throw new SystemError('prctl', libc.lastErrno(), { option: 'PR_SET_PDEATHSIG', signal });
   }
 }

@@ -3,8 +3,6 @@
  * (pid, start time) and a segment's owner counts as alive only if both still match.
  */
 import * as fs from 'node:fs';
-import { prctl, lastErrno } from './libc.js';
-import { SystemError } from '../errors.js';
 
 interface ProcStat {
   state: string;
@@ -75,14 +73,3 @@ export function processEuid(pid: number): number | undefined {
   }
 }
 
-const PR_SET_PDEATHSIG = 1;
-
-/**
- * prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when the thread that forked it
- * ends. Returns false when the parent `expectedParent` is already gone (the signal would never come), so the
- * caller exits instead of outliving it. Throws SystemError when prctl fails.
- */
-export function dieWithParent(signal: number, expectedParent: number): boolean {
-  if (prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0) !== 0) throw new SystemError('prctl', lastErrno(), { option: 'PR_SET_PDEATHSIG' });
-  return process.ppid === expectedParent;
-}
