@@ -20,6 +20,7 @@ import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
 import { formatSegment, readSegment } from '../host/segment.js';
 import { Channel } from '../transports/shm/channel.js';
+import { mapRegion, unmap, type Mapping } from '../transports/shm/handshake.js';
 import { parseShmUrl, DEFAULT_RING_SIZE, parseSize } from '../host/url.js';
 import { processStartTime } from '../host/sys/proc.js';
 import { ownIdentity } from '../host/sys/socket.js';
@@ -52,29 +53,6 @@ export function pairGeometry(ringSize: number | string | undefined, wake: string
   return { capacity, size: segmentBytes(CHANNEL_RING_COUNT, capacity), wake: mode as PairWakeMode };
 }
 
-/** A segment mapped into a window of this thread's engine. */
-interface Mapping { engine: Engine; region: Region; window: number; windowSize: number }
-
-function mapInto(engine: Engine, region: Region): Mapping {
-  const windowSize = region.size;
-  const window = engine.allocWindow(windowSize);
-  try {
-    region.mapAt(engine.address(window));
-  } catch (error) {
-    engine.freeWindow(window, windowSize);
-    throw error;
-  }
-  return { engine, region, window, windowSize };
-}
-
-function unmap(m: Mapping): void {
-  try {
-    m.region.unmapAt(m.engine.address(m.window));
-    m.engine.freeWindow(m.window, m.windowSize);
-  } finally {
-    m.region.close();
-  }
-}
 
 /** The parent's half before the worker exists: the segment (formatted, mapped) and the socketpair. */
 export interface ParentPair {
@@ -94,13 +72,8 @@ export interface ParentPair {
 export function createParentPair(geometry: PairGeometry, fds: [number, number]): ParentPair {
   const engine = getEngine();
   const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
-  let mapping: Mapping;
-  try {
-    mapping = mapInto(engine, region);
-  } catch (error) {
-    region.close();
-    throw error;
-  }
+  // On failure mapRegion closes the region too.
+  const mapping = mapRegion(engine, region);
   try {
     formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
   } catch (error) {
@@ -161,13 +134,8 @@ export function releaseWorkerEnds(pair: ParentPair, closeFd: (fd: number) => voi
 export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string): Channel {
   const engine = getEngine();
   const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
-  let mapping: Mapping;
-  try {
-    mapping = mapInto(engine, region);
-  } catch (error) {
-    region.close();
-    throw error;
-  }
+  // On failure mapRegion closes the region too.
+  const mapping = mapRegion(engine, region);
   try {
     region.close();
     const info = readSegment(engine, mapping.window, region.size);
