@@ -135,6 +135,18 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.equal((await within(30_000, live.exit, 'stat to end on SIGINT')).code, 0, 'Ctrl-C ends it cleanly');
   });
 
+  t.test('stat: Ctrl-C ends the wait between two looks at once; an interval no timer can wait is a usage error', async (tt) => {
+    // A preload says on stdout when the command adds its SIGINT listener: from then on Ctrl-C is its to handle.
+    const announce = 'data:text/javascript,process.on("newListener",(e)=>{if(e==="SIGINT")process.stdout.write("sigint-listener\\n")})';
+    const live = startChild(tt, [process.execPath, '--import', announce, CLI, 'stat', busUrl, '--bus', '--interval', '600000'], { env: { ...process.env, NODE_OPTIONS: '' } });
+    await live.line('sigint-listener');
+    live.kill('SIGINT');
+    tt.equal((await within(30_000, live.exit, 'stat to end on SIGINT within its 10-minute interval')).code, 0, live.stderr());
+    const huge = await shmbus(tt, ['stat', busUrl, '--bus', '--once', '--interval', '9999999999']);
+    tt.equal(huge.code, 2, 'an interval past 2^31-1 ms is refused');
+    tt.match(huge.stderr, /--interval must be at most/);
+  });
+
   t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {
     const count = 5;
     const r = await shmbus(tt, ['tail', busUrl, 'ticks', '--from', 'earliest', '--count', String(count)]);
