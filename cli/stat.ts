@@ -4,7 +4,7 @@
  * watched processes nothing, not even a system call.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defineCommand, human, positiveInt, table, toJson, UsageError } from './command.js';
+import { defineCommand, human, milliseconds, table, toJson, UsageError } from './command.js';
 import { findEndpoint, readBus, type BusInfo, type EndpointInfo, type RingState } from './inspect.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 
@@ -43,9 +43,6 @@ function rate(before: RingState | undefined, after: RingState | undefined, secon
     messagesPerSec: before ? Math.max(0, after.committed - before.committed) / seconds : 0,
   };
 }
-
-/** The longest wait a Node timer takes (longer ones fire at once, with a warning). */
-const MAX_INTERVAL_MS = 2 ** 31 - 1;
 
 /** Waits `ms`; false when `signal` (Ctrl-C) ends the wait first. */
 async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
@@ -160,8 +157,7 @@ export const stat = defineCommand({
   positionals: [1, 1],
   async run({ values, positionals }) {
     const url = positionals[0]!;
-    const intervalMs = positiveInt(values.interval, 'interval', 1000);
-    if (intervalMs > MAX_INTERVAL_MS) throw new UsageError(`--interval must be at most ${MAX_INTERVAL_MS} ms, got ${intervalMs}`);
+    const intervalMs = milliseconds(values.interval, 'interval', 1000);
     if (values.bus && values.endpoint) throw new UsageError('--bus and --endpoint exclude each other');
     // Ctrl-C ends the wait between two looks at once, not after the interval.
     const stop = new AbortController();

@@ -145,6 +145,12 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     const huge = await shmbus(tt, ['stat', busUrl, '--bus', '--once', '--interval', '9999999999']);
     tt.equal(huge.code, 2, 'an interval past 2^31-1 ms is refused');
     tt.match(huge.stderr, /--interval must be at most/);
+    const never = `never-${unique('topic')}`;
+    const tail = await shmbus(tt, ['tail', busUrl, never, '--timeout', '9999999999']);
+    tt.equal(tail.code, 2, 'so is a tail --timeout past it (it would give up at once)');
+    tt.match(tail.stderr, /--timeout must be at most/);
+    const req = await shmbus(tt, ['req', endpointUrl, '1', '--timeout', '9999999999']);
+    tt.equal(req.code, 2, 'and a req --timeout past it');
   });
 
   t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {
