@@ -2,6 +2,7 @@
 // every command's --json output, --help on each, and usage errors.
 import t, { type Test } from 'tap';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -151,6 +152,20 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     tt.match(tail.stderr, /--timeout must be at most/);
     const req = await shmbus(tt, ['req', endpointUrl, '1', '--timeout', '9999999999']);
     tt.equal(req.code, 2, 'and a req --timeout past it');
+  });
+
+  t.test('ls shows no endpoint whose socket name holds control characters (any local user can bind one)', async (tt) => {
+    const planted = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      planted.once('error', reject);
+      planted.listen(`\0shmbus/shm/evil-${process.pid}\x1b[2J\x1b]0;owned\x07`, resolve);
+    });
+    tt.teardown(() => new Promise<void>((resolve) => planted.close(() => resolve())));
+    const r = await shmbus(tt, ['ls', '--endpoints']);
+    tt.equal(r.code, 0, r.stderr);
+    tt.notOk(r.stdout.includes('\x1b'), 'no escape sequence reaches the terminal');
+    tt.notOk(r.stdout.includes(`evil-${process.pid}`), 'the planted name is not listed');
+    tt.ok(r.stdout.includes(endpointUrl.split('?')[0]!), 'the real endpoint still is');
   });
 
   t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {
