@@ -72,6 +72,16 @@ export function positiveInt(text: string | undefined, name: string, fallback: nu
   return Number(text);
 }
 
+/** The longest wait a Node timer takes: a longer one fires at once (with a warning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A positive number of milliseconds that a timer can wait, or a usage error naming the option. */
+export function milliseconds(text: string | undefined, name: string, fallback: number): number {
+  const ms = positiveInt(text, name, fallback);
+  if (ms > MAX_TIMER_MS) throw new UsageError(`--${name} must be at most ${MAX_TIMER_MS} ms, got ${text}`);
+  return ms;
+}
+
 /**
  * JSON text for anything a message can hold: bytes as `{ "$bytes": "<base64>" }`, bigints as strings, Maps as
  * objects. Used by every command that prints values.

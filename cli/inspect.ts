@@ -149,7 +149,10 @@ function controlSockets(): ControlSocket[] {
     // Abstract names are shown with '@' for every NUL, the padding included.
     const p = f.slice(7).join(' ').replace(/@+$/, '');
     if (!p.startsWith(CONTROL_PREFIX)) continue;
-    const rest = p.slice(CONTROL_PREFIX.length);
+    // Any local user may bind an abstract socket under our prefix: its name is shown only if it is text without
+    // control characters (a planted name must not drive the terminal of whoever runs `shmbus ls`).
+    const rest = Buffer.from(p.slice(CONTROL_PREFIX.length), 'latin1').toString('utf8');
+    if (/[\u0000-\u001f\u007f-\u009f\ufffd]/u.test(rest)) continue;
     const slash = rest.indexOf('/');
     if (slash < 0) continue;
     const flags = parseInt(f[3]!, 16);

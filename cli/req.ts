@@ -1,6 +1,6 @@
 /** `shmbus req <url> <json>`: one request to an endpoint, its reply printed as JSON. */
 import { connect } from '../index.js';
-import { defineCommand, fromJson, positiveInt, toJson } from './command.js';
+import { defineCommand, fromJson, milliseconds, toJson } from './command.js';
 
 export const req = defineCommand({
   name: 'req',
@@ -19,7 +19,7 @@ export const req = defineCommand({
   async run({ values, positionals }) {
     const [url, text] = positionals as [string, string];
     const value = fromJson(text, 'the request');
-    const timeout = positiveInt(values.timeout, 'timeout', 5000);
+    const timeout = milliseconds(values.timeout, 'timeout', 5000);
     const conn = await connect(url, { timeout });
     try {
       console.log(toJson(await conn.request(value, { timeout })));

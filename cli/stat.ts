@@ -4,7 +4,7 @@
  * watched processes nothing, not even a system call.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defineCommand, human, positiveInt, table, toJson, UsageError } from './command.js';
+import { defineCommand, human, milliseconds, table, toJson, UsageError } from './command.js';
 import { findEndpoint, readBus, type BusInfo, type EndpointInfo, type RingState } from './inspect.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 
@@ -44,12 +44,23 @@ function rate(before: RingState | undefined, after: RingState | undefined, secon
   };
 }
 
-/** Two looks `intervalMs` apart at an endpoint, as rates. */
-async function endpointStat(url: string, intervalMs: number): Promise<EndpointStat | undefined> {
+/** Waits `ms`; false when `signal` (Ctrl-C) ends the wait first. */
+async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
+  try {
+    await sleep(ms, undefined, { signal });
+    return true;
+  } catch (error) {
+    if (signal.aborted) return false;
+    throw error;
+  }
+}
+
+/** Two looks `intervalMs` apart at an endpoint, as rates; undefined when there is none or Ctrl-C came between. */
+async function endpointStat(url: string, intervalMs: number, signal: AbortSignal): Promise<EndpointStat | undefined> {
   const a = findEndpoint(url, { rings: true });
   if (!a) return undefined;
   const t0 = performance.now();
-  await sleep(intervalMs);
+  if (!(await pause(intervalMs, signal))) return undefined;
   const b = findEndpoint(url, { rings: true }) ?? { ...a, connections: [] };
   const seconds = (performance.now() - t0) / 1000;
   return {
@@ -66,12 +77,12 @@ async function endpointStat(url: string, intervalMs: number): Promise<EndpointSt
   };
 }
 
-/** Two looks `intervalMs` apart at a bus, as rates. */
-async function busStat(url: string, intervalMs: number): Promise<BusStat | undefined> {
+/** Two looks `intervalMs` apart at a bus, as rates; undefined when there is none or Ctrl-C came between. */
+async function busStat(url: string, intervalMs: number, signal: AbortSignal): Promise<BusStat | undefined> {
   const a = readBus(url);
   if (!a) return undefined;
   const t0 = performance.now();
-  await sleep(intervalMs);
+  if (!(await pause(intervalMs, signal))) return undefined;
   const b = readBus(url) ?? { ...a, topics: [] };
   const seconds = (performance.now() - t0) / 1000;
   return {
@@ -146,15 +157,17 @@ export const stat = defineCommand({
   positionals: [1, 1],
   async run({ values, positionals }) {
     const url = positionals[0]!;
-    const intervalMs = positiveInt(values.interval, 'interval', 1000);
+    const intervalMs = milliseconds(values.interval, 'interval', 1000);
     if (values.bus && values.endpoint) throw new UsageError('--bus and --endpoint exclude each other');
-    let stop = false;
-    const onSigint = () => { stop = true; };
+    // Ctrl-C ends the wait between two looks at once, not after the interval.
+    const stop = new AbortController();
+    const onSigint = () => { stop.abort(); };
     process.once('SIGINT', onSigint);
     try {
-      while (!stop) {
-        const s = (!values.bus ? await endpointStat(url, intervalMs) : undefined)
-          ?? (!values.endpoint ? await busStat(url, intervalMs) : undefined);
+      while (!stop.signal.aborted) {
+        const s = (!values.bus ? await endpointStat(url, intervalMs, stop.signal) : undefined)
+          ?? (!values.endpoint && !stop.signal.aborted ? await busStat(url, intervalMs, stop.signal) : undefined);
+        if (stop.signal.aborted) break;
         if (!s) throw new ShmbusError(ErrorCode.NOT_FOUND, `no endpoint listens and no bus exists at ${url}`, { details: { url } });
         if (values.json) console.log(toJson(s, values.once ? 2 : undefined));
         else {

@@ -1,7 +1,7 @@
 /** `shmbus tail <bus> <topic>`: a topic's messages as JSON lines. */
 import { Bus } from '../bus/index.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
-import { defineCommand, positiveInt, toJson, UsageError } from './command.js';
+import { defineCommand, milliseconds, positiveInt, toJson, UsageError } from './command.js';
 import { readBus } from './inspect.js';
 
 export const tail = defineCommand({
@@ -27,7 +27,7 @@ export const tail = defineCommand({
     const from = values.from ?? 'latest';
     if (from !== 'earliest' && from !== 'latest') throw new UsageError(`--from is earliest or latest, got ${from}`);
     const count = positiveInt(values.count, 'count', Infinity);
-    const timeout = values.timeout === undefined ? undefined : positiveInt(values.timeout, 'timeout', 0);
+    const timeout = values.timeout === undefined ? undefined : milliseconds(values.timeout, 'timeout', 0);
     // Opening a bus creates it: a tail of a bus nobody made would leave one behind, so it must exist.
     if (!readBus(url)) throw new ShmbusError(ErrorCode.NOT_FOUND, `no bus at ${url}`, { details: { url } });
     const bus = await Bus.open(url);

@@ -10,7 +10,7 @@ import { useWaits } from './wait.js';
 export async function openLockSegment(url: string, kind: 'mutex' | 'semaphore', magic: number, units: number | undefined, options: OpenOptions): Promise<SyncSegment> {
   const target = parseTarget(url, kind, options.perm);
   const seg = await SyncSegment.open(target, {
-    kind, magic, shape: units, param: 0, createShape: units ?? 1,
+    kind, magic, shape: units, param: 0, createShape: units ?? 1, most: lockBytes(units ?? SYNC_MAX_UNITS),
     bytes: (shape) => {
       if (shape < 1 || shape > SYNC_MAX_UNITS) throw new CorruptError('unit count out of range', { units: shape });
       return lockBytes(shape);

@@ -51,6 +51,9 @@ export interface Expect {
   bytes(shape: number, param: number): number;
   /** Shape written by a creator (required when creating). */
   createShape?: number;
+  /** Most bytes a segment of this kind can need for this opener: a larger one is refused before it is mapped (its
+   * size is a peer's choice, and every byte of it would take a window of this process's memory). */
+  most: number;
 }
 
 export interface OpenOptions {
@@ -147,7 +150,16 @@ export class SyncSegment {
       region = target.scheme === 'shm' ? Region.attachPosix(target.name, { trust }) : Region.attachSysV(target.key!, { trust });
     }
     // Maps, and refuses a segment already shorter than its mapping (touching past its end would be SIGBUS).
-    const mapped = Mapped.map(getEngine(), region);
+    let mapped: Mapped;
+    try {
+      if (region.size > expect.most) {
+        throw new CorruptError(`${expect.kind} segment is larger than its body can be`, { url: target.url, size: region.size, most: expect.most });
+      }
+      mapped = Mapped.map(getEngine(), region);
+    } catch (error) {
+      region.close(); // Mapped.map closes it on some failures, not all (no window, no engine); closing twice is fine
+      throw error;
+    }
     const { engine, at } = mapped;
     try {
       let shape: number;

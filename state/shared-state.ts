@@ -89,7 +89,7 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
     const layout = layoutOf(options.fields);
     const target = parseTarget(url, 'state', options.perm);
     const seg = await SyncSegment.open(target, {
-      kind: 'state', magic: STATE_MAGIC, shape: layout.hash, param: layout.block, createShape: layout.hash,
+      kind: 'state', magic: STATE_MAGIC, shape: layout.hash, param: layout.block, createShape: layout.hash, most: stateBytes(layout.block),
       bytes: (_shape, block) => {
         if (block > STATE_MAX_BLOCK) throw new CorruptError('block size out of range', { block });
         return stateBytes(block);

@@ -19,7 +19,7 @@
 import { availableParallelism } from 'node:os';
 import { createHistogram, type RecordableHistogram } from 'node:perf_hooks';
 import { BadArgumentError, ClosedError, ErrorCode, MessageTooLargeError, ShmbusError, TimeoutError } from '../host/errors.js';
-import { spawn, type Isolation, type WorkerExit, type WorkerHandle } from './spawn.js';
+import { checkSpawnOptions, spawn, type Isolation, type WorkerExit, type WorkerHandle } from './spawn.js';
 import type { PairWakeMode } from './pair.js';
 import { TaskError, WorkerExitError, type ThrownDescription } from './errors.js';
 import { workerScript } from './script.js';
@@ -163,6 +163,7 @@ export class Pool {
   #aliveMs = 0;
 
   constructor(module: string | URL, options: PoolOptions = {}) {
+    if (typeof options !== 'object' || options === null) throw new BadArgumentError('options must be an object', { options: String(options) });
     this.module = module instanceof URL ? module.href : module;
     if (typeof this.module !== 'string' || this.module.length === 0) throw new BadArgumentError('module must be a path or a URL', { module: String(module) });
     const cores = Math.max(1, availableParallelism());
@@ -176,6 +177,8 @@ export class Pool {
     }
     this.taskTimeout = options.taskTimeout;
     this.#wake = options.wake ?? (this.size + 1 <= cores ? 'adaptive' : 'doorbell');
+    // What every worker's spawn would refuse, refused here: a pool that could never start a worker is an error now.
+    checkSpawnOptions({ isolation: this.isolation, ringSize: options.ringSize, wake: this.#wake, env: options.env, execArgv: options.execArgv, stdio: options.stdio });
     this.#options = options;
     for (let i = 0; i < this.size; i++) this.#start();
   }

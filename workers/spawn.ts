@@ -137,20 +137,28 @@ function errorHandler(handle: () => WorkerHandle | undefined, early: (e: Error) 
   };
 }
 
+/** The options of spawn, checked (ERR_SHMBUS_BAD_ARGUMENT for anything off); a Pool checks its own with it too. */
+export function checkSpawnOptions(options: SpawnOptions) {
+  if (typeof options !== 'object' || options === null) throw new BadArgumentError('options must be an object', { options: String(options) });
+  const isolation = options.isolation ?? 'process';
+  if (isolation !== 'process' && isolation !== 'thread') throw new BadArgumentError("isolation must be 'process' or 'thread'", { isolation });
+  const args = stringList(options.args, 'args');
+  const execArgv = stringList(options.execArgv, 'execArgv');
+  const geometry = pairGeometry(options.ringSize, options.wake);
+  const stdio = options.stdio ?? 'inherit';
+  if (!['inherit', 'ignore', 'pipe'].includes(stdio)) throw new BadArgumentError("stdio must be 'inherit', 'ignore' or 'pipe'", { stdio });
+  if (options.env !== undefined && (typeof options.env !== 'object' || options.env === null)) throw new BadArgumentError('env must be an object', { env: String(options.env) });
+  return { isolation, args, execArgv, geometry, stdio };
+}
+
 /**
  * Starts `module` as a worker with a channel to it. The module gets its end with `await parentChannel()`.
  * A child process dies with this one (PR_SET_PDEATHSIG, SIGKILL), even when this one is SIGKILLed.
  * Rejects with ERR_SHMBUS_BAD_ARGUMENT for bad options and ERR_SHMBUS_SYSCALL when the worker cannot start.
  */
 export async function spawn(module: string | URL, options: SpawnOptions = {}): Promise<WorkerHandle> {
-  const isolation = options.isolation ?? 'process';
-  if (isolation !== 'process' && isolation !== 'thread') throw new BadArgumentError("isolation must be 'process' or 'thread'", { isolation });
+  const { isolation, args, execArgv, geometry, stdio } = checkSpawnOptions(options);
   const href = moduleHref(module);
-  const args = stringList(options.args, 'args');
-  const execArgv = stringList(options.execArgv, 'execArgv');
-  const geometry = pairGeometry(options.ringSize, options.wake);
-  const stdio = options.stdio ?? 'inherit';
-  if (!['inherit', 'ignore', 'pipe'].includes(stdio)) throw new BadArgumentError("stdio must be 'inherit', 'ignore' or 'pipe'", { stdio });
   const fds = socketPair();
   let pair: ParentPair;
   try {

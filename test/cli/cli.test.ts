@@ -2,6 +2,7 @@
 // every command's --json output, --help on each, and usage errors.
 import t, { type Test } from 'tap';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,6 +134,38 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     await eventually(() => live.stdout().split('\n').filter((l) => l.includes('"kind":"bus"')).length >= 2, 'a second refresh');
     live.kill('SIGINT');
     tt.equal((await within(30_000, live.exit, 'stat to end on SIGINT')).code, 0, 'Ctrl-C ends it cleanly');
+  });
+
+  t.test('stat: Ctrl-C ends the wait between two looks at once; an interval no timer can wait is a usage error', async (tt) => {
+    // A preload says on stdout when the command adds its SIGINT listener: from then on Ctrl-C is its to handle.
+    const announce = 'data:text/javascript,process.on("newListener",(e)=>{if(e==="SIGINT")process.stdout.write("sigint-listener\\n")})';
+    const live = startChild(tt, [process.execPath, '--import', announce, CLI, 'stat', busUrl, '--bus', '--interval', '600000'], { env: { ...process.env, NODE_OPTIONS: '' } });
+    await live.line('sigint-listener');
+    live.kill('SIGINT');
+    tt.equal((await within(30_000, live.exit, 'stat to end on SIGINT within its 10-minute interval')).code, 0, live.stderr());
+    const huge = await shmbus(tt, ['stat', busUrl, '--bus', '--once', '--interval', '9999999999']);
+    tt.equal(huge.code, 2, 'an interval past 2^31-1 ms is refused');
+    tt.match(huge.stderr, /--interval must be at most/);
+    const never = `never-${unique('topic')}`;
+    const tail = await shmbus(tt, ['tail', busUrl, never, '--timeout', '9999999999']);
+    tt.equal(tail.code, 2, 'so is a tail --timeout past it (it would give up at once)');
+    tt.match(tail.stderr, /--timeout must be at most/);
+    const req = await shmbus(tt, ['req', endpointUrl, '1', '--timeout', '9999999999']);
+    tt.equal(req.code, 2, 'and a req --timeout past it');
+  });
+
+  t.test('ls shows no endpoint whose socket name holds control characters (any local user can bind one)', async (tt) => {
+    const planted = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      planted.once('error', reject);
+      planted.listen(`\0shmbus/shm/evil-${process.pid}\x1b[2J\x1b]0;owned\x07`, resolve);
+    });
+    tt.teardown(() => new Promise<void>((resolve) => planted.close(() => resolve())));
+    const r = await shmbus(tt, ['ls', '--endpoints']);
+    tt.equal(r.code, 0, r.stderr);
+    tt.notOk(r.stdout.includes('\x1b'), 'no escape sequence reaches the terminal');
+    tt.notOk(r.stdout.includes(`evil-${process.pid}`), 'the planted name is not listed');
+    tt.ok(r.stdout.includes(endpointUrl.split('?')[0]!), 'the real endpoint still is');
   });
 
   t.test('tail --from earliest --count prints the kept history as JSON lines', async (tt) => {

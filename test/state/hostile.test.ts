@@ -2,7 +2,7 @@
 // unit count or block, loose permissions, a size smaller than the header claims. Each is one typed error, never
 // a crash or a hang.
 import t from 'tap';
-import { writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { writeFileSync, rmSync, chmodSync, truncateSync, readdirSync } from 'node:fs';
 import { Mutex } from '../../state/mutex.js';
 import { Semaphore } from '../../state/semaphore.js';
 import { SharedState } from '../../state/shared-state.js';
@@ -73,4 +73,20 @@ t.test('a segment of ours that is group- or world-writable is refused unless per
   const m = await Mutex.open(url, { perm: 0o666 });
   t.same(m.tryLock(), { recovered: false });
   m.close();
+});
+
+t.test('a well-formed header in a segment far larger than its body: refused before it is mapped, no fd kept', async (t) => {
+  const fds = () => readdirSync('/proc/self/fd').length;
+  for (const bytes of [64 * 2 ** 20, 2 ** 40]) {
+    const url = plant(t, 'mutex', { magic: MUTEX_MAGIC, shape: 1, size: lockBytes(1) });
+    truncateSync(`/dev/shm/shmbus.mutex.${url.slice('shm://'.length)}`, bytes); // sparse: costs no memory
+    const before = fds();
+    await t.rejects(Mutex.open(url), { code: ErrorCode.CORRUPT }, `a mutex in ${bytes} bytes`);
+    t.equal(fds(), before, 'its descriptor is closed');
+  }
+  const fields = { a: 'u32' } as const;
+  const { hash, block } = layoutOf(fields);
+  const url = plant(t, 'state', { magic: STATE_MAGIC, shape: hash, size: 4096, param: block });
+  truncateSync(`/dev/shm/shmbus.state.${url.slice('shm://'.length)}`, 2 ** 30);
+  await t.rejects(SharedState.open(url, { fields }), { code: ErrorCode.CORRUPT }, 'a state in 1 GiB');
 });

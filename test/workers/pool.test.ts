@@ -15,6 +15,12 @@ t.test('bad options', async (t) => {
   t.throws(() => new Pool(TASK, { maxQueue: 1.5 }), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => new Pool(TASK, { tasksPerWorker: 0 }), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => new Pool('', {}), { code: ErrorCode.BAD_ARGUMENT });
+  // What spawn refuses is refused by the constructor, before any worker is started (not by every run() later).
+  t.throws(() => new Pool(TASK, { size: 1, wake: 'sem' as 'futex' }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => new Pool(TASK, { size: 1, ringSize: 1000 }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => new Pool(TASK, { size: 1, stdio: 'tty' as 'pipe' }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => new Pool(TASK, { size: 1, execArgv: '--inspect' as unknown as string[] }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => new Pool(TASK, null as unknown as {}), { code: ErrorCode.BAD_ARGUMENT });
 });
 
 t.test('the same module runs under Piscina', async (t) => {

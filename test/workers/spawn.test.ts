@@ -39,6 +39,7 @@ t.test('parentChannel() outside a worker is ERR_SHMBUS_BAD_STATE', async (t) => 
 t.test('bad options are ERR_SHMBUS_BAD_ARGUMENT', async (t) => {
   const before = fds();
   await t.rejects(spawn(ECHO, { isolation: 'fiber' as Isolation }), { code: ErrorCode.BAD_ARGUMENT });
+  await t.rejects(spawn(ECHO, null as unknown as {}), { code: ErrorCode.BAD_ARGUMENT });
   await t.rejects(spawn(ECHO, { ringSize: 1000 }), { code: ErrorCode.BAD_ARGUMENT });
   await t.rejects(spawn(ECHO, { ringSize: '3MiB' }), { code: ErrorCode.BAD_ARGUMENT });
   await t.rejects(spawn(ECHO, { wake: 'sem' as 'futex' }), { code: ErrorCode.BAD_ARGUMENT });
