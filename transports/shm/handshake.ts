@@ -3,7 +3,9 @@
  * deadline, the test hook that stops at a step, mapping a segment into the engine, and the wake lines.
  */
 import fs from 'node:fs';
-import { type Engine } from '../../host/engine.js';
+import { engineFor, type Engine } from '../../host/engine.js';
+import { BATCH_AREA_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset } from '../../assembly/layout.js';
+import { RingEnd } from '../../host/ring.js';
 import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
@@ -35,14 +37,22 @@ export function left(deadline: number, timeoutMs: number): number {
   return ms;
 }
 
-/** A mapped segment plus the window it occupies; undone in reverse order on any failure. */
-export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number }
+/** A mapped segment plus the window it occupies and, once opened, this side's ring ends; undone in reverse order
+ * on any failure. */
+export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number; tx?: RingEnd; rx?: RingEnd }
 
-/** Maps `region` into a fresh window of the engine's memory. On failure the region is closed too (removed if we
- * own it), so a caller never has to remember it: nothing made for a failed setup outlives it. */
-export function mapRegion(engine: Engine, region: Region): Mapping {
+/** Ring ends each connection opens on each side (tx and rx). */
+const RING_ENDS = 2;
+
+/**
+ * Maps `region` into a fresh window of an engine with room for it, its ring ends and one batch area
+ * (host/engine.ts engineFor). On failure the region is closed too (removed if we own it), so a caller never has
+ * to remember it: nothing made for a failed setup outlives it.
+ */
+export function mapRegion(region: Region): Mapping {
   try {
     const windowSize = region.size;
+    const engine = engineFor(windowSize + BATCH_AREA_SIZE, RING_ENDS);
     const window = engine.allocWindow(windowSize);
     try {
       region.mapAt(engine.address(window));
@@ -57,8 +67,18 @@ export function mapRegion(engine: Engine, region: Region): Mapping {
   }
 }
 
+/** Opens this side's two ring ends of a formatted channel segment; `unmap` disposes them. */
+export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector'): { tx: RingEnd; rx: RingEnd } {
+  const [out, into] = side === 'listener' ? [RING_TO_CONNECTOR, RING_TO_LISTENER] : [RING_TO_LISTENER, RING_TO_CONNECTOR];
+  m.tx = new RingEnd(m.engine, m.window + ringOffset(out, capacity), capacity, 'producer');
+  m.rx = new RingEnd(m.engine, m.window + ringOffset(into, capacity), capacity, 'consumer');
+  return { tx: m.tx, rx: m.rx };
+}
+
 export function unmap(m: Mapping): void {
   try {
+    m.tx?.dispose();
+    m.rx?.dispose();
     m.region.unmapAt(m.engine.address(m.window));
     m.engine.freeWindow(m.window, m.windowSize);
   } finally {
