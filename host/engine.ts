@@ -84,6 +84,9 @@ export function wasmPath(debug = false): string {
 
 interface FreeRange { start: number; end: number }
 
+/** Batch areas an engine keeps for reuse after their reading ends closed (see Engine.freeBatch). */
+const SPARE_BATCHES = 16;
+
 export class Engine {
   readonly memory: WebAssembly.Memory;
   readonly exports: RingExports;
@@ -126,8 +129,17 @@ export class Engine {
     return this.spareBatches.pop() ?? this.allocWindow(BATCH_AREA_SIZE);
   }
 
+  /** Keeps a few areas for the next reading ends (connections come and go); the rest go back to the window
+   * allocator, so that thousands of closed connections do not hold their batch areas' window space. */
   freeBatch(at: number): void {
-    if (at >= WINDOW_BASE) this.spareBatches.push(at);
+    if (at < WINDOW_BASE) return;
+    if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(at);
+    else this.freeWindow(at, BATCH_AREA_SIZE);
+  }
+
+  /** Batch areas kept for reuse now (their window space is not free). */
+  get spareBatchCount(): number {
+    return this.spareBatches.length;
   }
 
   private spareBatches: number[] = [];

@@ -98,6 +98,9 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       left(deadline, timeout);
       writeLine(socket, { attached: true });
       const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake });
+      // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
+      // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
+      r.close();
       mapping = undefined;
       await reached('connector', 6);
       return channel;

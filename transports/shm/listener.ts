@@ -167,6 +167,9 @@ export class Listener extends ListenerBase<Channel> {
       await reached('listener', 5);
       this.pending.delete(socket);
       const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake });
+      // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
+      // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
+      region.close();
       mapping = undefined;
       this.live++;
       channel.once('close', () => { this.live--; });
