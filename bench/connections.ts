@@ -1,5 +1,6 @@
 // What a connection costs, shm:// against unix:// in one run (issue 11):
-//   node dist/bench/connections.js [--count 2000] [--busy 300000] [--idle 1000] [--json]   (npm run bench:connections)
+//   node dist/bench/connections.js [--count 2000] [--busy 300000] [--idle 1000] [--many 10000] [--json]
+//   (npm run bench:connections)
 //
 // One process listens and connects to itself, one connection after another, until --count or the first failure:
 //   open     median milliseconds from connect() to both ends ready (connect and acceptNext together)
@@ -11,18 +12,27 @@
 // Then the throughput of one busy connection (64-byte sendBytes, drained, for await on the other end) with
 // --idle idle connections open beside it, against none. Shmem and RSS are machine-wide and process-wide
 // counters: other processes' work on a shared machine shows up in them, so compare rows of the same run.
+// Last, --many connections held open at once by one listener process, from 4 client processes (`--child`), for
+// shm:// with 16 KiB rings and unix://: the listener's engines, descriptors, RSS and shared memory per connection.
 import { readdirSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { listen, connect, type Connection, type ConnectionListener } from '../index.js';
 import { ShmbusError } from '../host/errors.js';
+import { engineCount } from '../host/engine.js';
 
 const { values } = parseArgs({
   options: {
     count: { type: 'string', default: '2000' },
     busy: { type: 'string', default: '300000' },
     idle: { type: 'string', default: '1000' },
+    many: { type: 'string', default: '10000' },
     json: { type: 'boolean', default: false },
+    child: { type: 'string' },
   },
+  allowPositionals: true,
 });
 const COUNT = Number(values.count);
 const BUSY = Number(values.busy);
@@ -102,6 +112,67 @@ async function busyRate(url: string, idle: number, count: number): Promise<{ rat
   return { rate: count / seconds, idleOpened: idlePairs.length };
 }
 
+/** A client process of the --many row: opens `count` connections to `url` (8 handshakes at a time), prints
+ * "ready" (or "failed <count> <code> <message>"), and closes them all when its stdin ends. */
+async function child(url: string, count: number): Promise<void> {
+  const conns: Connection[] = [];
+  let next = 0;
+  let failure: string | undefined;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < count && failure === undefined) {
+      next++;
+      try { conns.push(await connect(url)); } catch (error) {
+        // A full accept backlog (unix:// under 32 handshakes at once) is not the limit measured here: try again.
+        if (/EAGAIN/.test((error as Error).message) || (error as ShmbusError).code === 'ERR_SHMBUS_LIMIT' && /waiting/.test((error as Error).message)) { next--; continue; }
+        failure ??= `failed ${conns.length} ${(error as ShmbusError).code} ${(error as Error).message}`;
+      }
+    }
+  }));
+  console.log(failure ?? 'ready');
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.once('end', r));
+  await Promise.all(conns.map((c) => c.close()));
+}
+
+const CLIENT_PROCESSES = 4;
+
+/** --many: one listener, `total` connections held open by CLIENT_PROCESSES processes. */
+async function many(url: string, total: number) {
+  const listener = await listen(url, { maxConnections: total + 1, maxPending: 256 });
+  const accepted: Connection[] = [];
+  const accepting = (async () => { for await (const c of listener) accepted.push(c); })();
+  const shmem0 = shmemBytes();
+  const rss0 = rssBytes();
+  const fds0 = fdCount();
+  const t0 = performance.now();
+  const per = Math.ceil(total / CLIENT_PROCESSES);
+  const children = Array.from({ length: CLIENT_PROCESSES }, (_, i) => spawn(process.execPath,
+    [fileURLToPath(import.meta.url), '--child', url, String(Math.min(per, total - i * per))], { stdio: ['pipe', 'pipe', 'inherit'] }));
+  const lines = await Promise.all(children.map((c) => new Promise<string>((resolve) => {
+    createInterface({ input: c.stdout! }).once('line', resolve);
+  })));
+  const seconds = (performance.now() - t0) / 1000;
+  const n = accepted.length;
+  const r = {
+    url, opened: n, seconds, engines: engineCount(), failures: lines.filter((l) => l !== 'ready'),
+    shmemPer: (shmemBytes() - shmem0) / Math.max(1, n), rssPer: (rssBytes() - rss0) / Math.max(1, n), fdsPer: (fdCount() - fds0) / Math.max(1, n),
+  };
+  for (const c of children) c.stdin!.end();
+  await Promise.all(children.map((c) => new Promise((res) => c.once('close', res))));
+  await Promise.all(accepted.map((c) => c.close()));
+  await listener.close();
+  await accepting;
+  return { ...r, back: { shmem: shmemBytes() - shmem0, fds: fdCount() - fds0 } };
+}
+
+if (values.child !== undefined) {
+  await child(values.child, Number(positionalCount()));
+  process.exit(0);
+}
+function positionalCount(): string {
+  return process.argv[process.argv.length - 1]!;
+}
+
 const tag = `${process.pid}`;
 const urls = {
   shm: `shm://bench-conn-${tag}`,
@@ -119,8 +190,13 @@ for (const [name, url] of Object.entries(urls)) {
   busy[name] = { none: none.rate, idle: withIdle.rate, idleOpened: withIdle.idleOpened };
 }
 
+const MANY = Number(values.many);
+const manyRows = MANY > 0
+  ? [await many(`shm://bench-many-${tag}?size=16KiB`, MANY), await many(`unix://@shmbus-bench-many-${tag}`, MANY)]
+  : [];
+
 if (values.json) {
-  console.log(JSON.stringify({ opens, busy }, null, 2));
+  console.log(JSON.stringify({ opens, busy, many: manyRows }, null, 2));
 } else {
   console.log(`opening up to ${COUNT} connections to our own listener (machine shared: compare rows of this run)`);
   console.log('url          opened  open ms (median)  vs unix  shmem/conn    rss/conn     fds/conn  back (shmem, fds)  failed');
@@ -135,5 +211,11 @@ if (values.json) {
   console.log(`\none busy connection, ${BUSY} × 64 B sendBytes → for await, alone and beside ${IDLE} idle ones`);
   for (const [name, b] of Object.entries(busy)) {
     console.log(`${name.padEnd(12)} alone ${(b.none / 1e6).toFixed(2)} M msg/s   beside ${b.idleOpened} idle ${(b.idle / 1e6).toFixed(2)} M msg/s   ratio ${(b.idle / b.none).toFixed(2)}`);
+  }
+  if (manyRows.length) {
+    console.log(`\n${MANY} connections held open at once: this process listens, ${CLIENT_PROCESSES} processes connect`);
+    for (const m of manyRows) {
+      console.log(`${m.url.split('?')[0]!.slice(0, 5).padEnd(6)} opened ${m.opened} in ${m.seconds.toFixed(1)} s   engines ${m.url.startsWith('shm') ? m.engines : '-'}   shmem/conn ${kib(m.shmemPer)}   rss/conn ${kib(m.rssPer)}   fds/conn ${m.fdsPer.toFixed(2)}   back ${kib(m.back.shmem)}, ${m.back.fds} fds${m.failures.length ? `   ${m.failures.join('; ')}` : ''}`);
+    }
   }
 }
