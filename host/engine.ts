@@ -84,6 +84,9 @@ export function wasmPath(debug = false): string {
 
 interface FreeRange { start: number; end: number }
 
+/** The least an engine's memory grows by when a window needs more of it (see Engine.ensureCovered). */
+const MIN_GROW_BYTES = 16 * 1024 * 1024;
+
 /** Batch areas an engine keeps for reuse after their reading ends closed (see Engine.freeBatch). */
 const SPARE_BATCHES = 16;
 
@@ -211,7 +214,10 @@ export class Engine {
   private ensureCovered(end: number): void {
     const have = this.memory.buffer.byteLength;
     if (end <= have) return;
-    this.memory.grow(Math.ceil((end - have) / WASM_PAGE_SIZE));
+    // Grow at least by half of what there is (and 16 MiB): a grow of a shared memory costs far more than the
+    // pages it adds (they stay untouched, so they cost no memory), and connections add windows one by one.
+    const want = Math.min(MEMORY_MAX_PAGES * WASM_PAGE_SIZE, Math.max(end, have + Math.max(have >>> 1, MIN_GROW_BYTES)));
+    this.memory.grow(Math.ceil((want - have) / WASM_PAGE_SIZE));
     this.refreshViews();
   }
 

@@ -36,6 +36,12 @@ import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } f
 import { DEFAULT_TIMEOUT, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
+
+let startTime: bigint | undefined;
+/** This process's start time for the segment header, read from /proc once (it never changes). */
+function ownStartTime(): bigint {
+  return (startTime ??= processStartTime(process.pid) ?? 0n);
+}
 const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /**
@@ -149,7 +155,7 @@ export class Listener extends ListenerBase<Channel> {
       // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
       // happens next, and the peer can still attach it by id (Linux).
       if (region.kind === 'sysv') region.remove();
-      formatSegment(mapping.engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, processStartTime(process.pid) ?? 0n);
+      formatSegment(mapping.engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, ownStartTime());
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener');
       await reached('listener', 2);
