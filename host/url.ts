@@ -30,6 +30,8 @@ export interface ShmEndpoint {
   key?: number;
   /** Ring data bytes per direction. */
   size: number;
+  /** Whether the URL gave `size` (otherwise `size` is DEFAULT_RING_SIZE and a listener picks its own default). */
+  sizeGiven: boolean;
   /** Mode of created segments. */
   perm: number;
   /** Hard cap of messages waiting in the local send queue. */
@@ -165,7 +167,7 @@ export function parseShmUrl(url: string): ShmEndpoint {
   }
 
   return {
-    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, spin, url, allow, expectUid,
+    scheme: scheme as ShmScheme, name, key, size, sizeGiven: sizeText !== null, perm, maxQueued, wake: wakeText, spin, url, allow, expectUid,
     controlPath: `\0shmbus/${scheme}/${name}`,
   };
 }

@@ -206,3 +206,72 @@ t.test('a full file system fails at allocation with NO_SPACE and leaves nothing'
   t.same(fs.readdirSync(mnt), [], 'nothing in the file system');
   t.equal(fs.statfsSync(mnt).bfree, fs.statfsSync(mnt).blocks, 'every block of the tmpfs is free again');
 });
+
+t.test('by default an idle connection takes at most 256 KiB of shared memory and still carries 16 MiB messages', async (t) => {
+  const url = `shm://${unique('scale-frag')}`;
+  const listener = await listen(url);
+  t.teardown(() => listener.close());
+  const [c, s] = await pair(listener, url);
+  const windowSize = (ch: Channel) => (ch as unknown as { windowSize: number }).windowSize;
+  t.ok(windowSize(c) <= 256 * KiB && windowSize(s) === windowSize(c), `segment of ${windowSize(c)} bytes`);
+  t.equal(c.maxMessageSize, 16 * 1024 * 1024, 'connector: 16 MiB messages');
+  t.equal(s.maxMessageSize, c.maxMessageSize, 'listener: the same');
+  const sizes = [0, 100, 32_760, 32_761, 65_536, 1 << 20, 5 << 20, c.maxMessageSize];
+  const fill = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = (i * 31 + n) & 0xff; return b; };
+  const got = (async () => { const out: unknown[] = []; for await (const m of s) { out.push(m); if (out.length === sizes.length + 2) break; } return out; })();
+  for (const n of sizes) if (!c.sendBytes(fill(n))) await c.drained();
+  const value = { big: 'y'.repeat(1 << 20), n: 7 };
+  if (!c.send(value)) await c.drained();
+  c.send('after');
+  const out = await got;
+  sizes.forEach((n, i) => t.same(Buffer.from(out[i] as Uint8Array), Buffer.from(fill(n)), `${n} bytes intact`));
+  t.same(out[sizes.length], value, 'a 1 MiB value intact');
+  t.equal(out[sizes.length + 1], 'after', 'messages after a fragmented one come in order');
+  t.throws(() => c.sendBytes(new Uint8Array(c.maxMessageSize + 1)), { code: ErrorCode.MESSAGE_TOO_LARGE }, 'max + 1 refused');
+  t.throws(() => c.trySendBytes(new Uint8Array(1 << 20)), { code: ErrorCode.MESSAGE_TOO_LARGE }, 'trySend takes one record at most');
+  t.throws(() => c.claim(1 << 20), { code: ErrorCode.MESSAGE_TOO_LARGE }, 'a claim is one record at most');
+  for (const ch of [c, s]) await ch.close();
+});
+
+t.test('an explicit size keeps every message within one record', async (t) => {
+  const url = `shm://${unique('scale-explicit')}?size=64KiB`;
+  const listener = await listen(url);
+  t.teardown(() => listener.close());
+  const [c, s] = await pair(listener, url);
+  t.equal(c.maxMessageSize, 32 * KiB - 8, 'the ring\'s maxPayload');
+  t.equal(s.maxMessageSize, c.maxMessageSize);
+  t.throws(() => c.sendBytes(new Uint8Array(32 * KiB)), { code: ErrorCode.MESSAGE_TOO_LARGE });
+  for (const ch of [c, s]) await ch.close();
+});
+
+t.test('fragments a peer gets wrong fail the connection with CORRUPT', async (t) => {
+  const cases: [string, (put: (type: number, total: number, piece: number, recordType?: number) => void) => void][] = [
+    ['a message longer than the maximum', (put) => put(1, 64 * 1024 * 1024, 1000)],
+    ['a message that would fit in one record', (put) => put(1, 100, 100)],
+    ['an unknown message type', (put) => put(99, 1 << 20, 1000)],
+    ['fragments of two messages mixed', (put) => { put(1, 1 << 20, 1000); put(2, 1 << 20, 1000); }],
+    ['another record inside a fragmented message', (put) => { put(1, 1 << 20, 1000); put(0, 0, 8, 1); }],
+    ['fragments longer than their message', (put) => { put(1, 40_000, 30_000); put(1, 40_000, 30_000); }],
+    ['a fragment shorter than its header', (put) => put(0, 0, -4)],
+  ];
+  for (const [name, write] of cases) {
+    const url = `shm://${unique('scale-badfrag')}`;
+    const listener = await listen(url);
+    const [c, s] = await pair(listener, url);
+    const tx = (c as unknown as { tx: import('../host/ring.js').RingEnd }).tx;
+    const engine = (c as unknown as { engine: Engine }).engine;
+    write((type, total, piece, recordType = 6) => {
+      const length = Math.max(0, 8 + piece);
+      const at = tx.claim(length, recordType);
+      if (length >= 8) { engine.u32[at >>> 2] = type; engine.u32[(at >>> 2) + 1] = total; }
+      tx.commit(length);
+    });
+    c.send('wake');
+    let code: string | undefined;
+    try { for await (const _ of s) { /* nothing valid comes */ } } catch (error) { code = (error as ShmbusError).code; }
+    t.equal(code, ErrorCode.CORRUPT, name);
+    await c.close().catch(() => {});
+    await s.close().catch(() => {});
+    await listener.close();
+  }
+});

@@ -4,7 +4,7 @@
  */
 import net from 'node:net';
 import path from 'node:path';
-import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, segmentBytes } from '../../assembly/layout.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
 import { readSegment } from '../../host/segment.js';
 import { credentialsOf, checkListener } from '../../host/control.js';
@@ -14,7 +14,7 @@ import { BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError,
 import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, receivePassedFd } from './control.js';
-import { DEFAULT_TIMEOUT, KIND, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
@@ -73,7 +73,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     checkListener(cred, expectUid);
     await reached('connector', 1);
     const mine = wakeLine(endpoint);
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine });
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint) });
     await reached('connector', 2);
     const { message: reply, rest } = await readLine(socket, left(deadline, timeout));
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
@@ -97,7 +97,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       await reached('connector', 5);
       left(deadline, timeout);
       writeLine(socket, { attached: true });
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)) });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       r.close();

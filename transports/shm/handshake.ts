@@ -15,6 +15,29 @@ import { type WakeParts } from './channel.js';
 
 export const DEFAULT_TIMEOUT = 5000;
 
+/**
+ * Rings of a connection whose listener URL gives no `size`: 64 KiB each way, so an idle connection takes 132 KiB
+ * of shared memory; a message larger than a record goes as fragments (assembly/layout.ts RECORD_FRAGMENT).
+ */
+export const DEFAULT_CHANNEL_RING_SIZE = 64 * 1024;
+/** The largest message a side takes by default when its URL gives no `size` (an explicit `size` keeps messages
+ * within one record, as before). */
+export const DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024;
+/** What a side may announce at most as its largest message. */
+const MAX_MESSAGE_LIMIT = 1 << 30;
+
+/** The largest message this side takes, as its handshake line says it: 0 means one record. */
+export function ownMaxMessage(endpoint: ShmEndpoint): number {
+  return endpoint.sizeGiven ? 0 : DEFAULT_MAX_MESSAGE;
+}
+
+/** The largest message of a connection: the smaller of both sides' (a bad or missing value from the peer counts
+ * as 0), never below what one record of the ring holds. The same on both sides. */
+export function agreedMaxMessage(mine: number, theirs: unknown, recordMax: number): number {
+  const peer = typeof theirs === 'number' && Number.isSafeInteger(theirs) && theirs >= 0 ? Math.min(theirs, MAX_MESSAGE_LIMIT) : 0;
+  return Math.max(recordMax, Math.min(mine, peer));
+}
+
 /** The kind of segment each scheme hands over. */
 export const KIND = { shm: 'memfd', sysv: 'sysv', file: 'file' } as const;
 

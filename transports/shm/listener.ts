@@ -20,7 +20,7 @@
  */
 import net from 'node:net';
 import path from 'node:path';
-import { CHANNEL_RING_COUNT, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, segmentBytes } from '../../assembly/layout.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
 import { formatSegment } from '../../host/segment.js';
 import { credentialsOf, checkConnector, parseAllow, type PeerPolicy } from '../../host/control.js';
@@ -33,7 +33,7 @@ import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } from './control.js';
-import { DEFAULT_TIMEOUT, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
 
@@ -148,7 +148,9 @@ export class Listener extends ListenerBase<Channel> {
       const wake = peerWake(this.endpoint, hello.wake, cred);
       const mine = wakeLine(this.endpoint);
       wake.myParams = mine.params as Record<string, unknown>;
-      const capacity = this.endpoint.size;
+      const capacity = this.endpoint.sizeGiven ? this.endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
+      const ownMax = ownMaxMessage(this.endpoint);
+      const maxMessage = agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(capacity));
       const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
       const region = createRegion(this.endpoint, size, cred);
       mapping = mapRegion(region);
@@ -159,7 +161,7 @@ export class Listener extends ListenerBase<Channel> {
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener');
       await reached('listener', 2);
-      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine });
+      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine, maxMessage: ownMax });
       await reached('listener', 3);
       if (region.fd >= 0) {
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
@@ -172,7 +174,7 @@ export class Listener extends ListenerBase<Channel> {
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
       this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       region.close();
