@@ -13,7 +13,7 @@
 // --idle idle connections open beside it, against none. Shmem and RSS are machine-wide and process-wide
 // counters: other processes' work on a shared machine shows up in them, so compare rows of the same run.
 // Last, --many connections held open at once by one listener process, from 4 client processes (`--child`), for
-// shm:// with 16 KiB rings and unix://: the listener's engines, descriptors, RSS and shared memory per connection.
+// shm:// (default options) and unix://: the listener's engines, descriptors, RSS and shared memory per connection.
 import { readdirSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -60,7 +60,7 @@ async function openPair(listener: ConnectionListener, url: string): Promise<Pair
 }
 
 async function openMany(url: string, count: number): Promise<OpenResult> {
-  const listener = await listen(url);
+  const listener = await listen(url, { maxConnections: count + 1 });
   const pairs: Pair[] = [];
   const times: number[] = [];
   const shmem0 = shmemBytes();
@@ -92,7 +92,7 @@ async function openMany(url: string, count: number): Promise<OpenResult> {
 
 /** Messages per second over one connection with `idle` idle connections open on the same listener. */
 async function busyRate(url: string, idle: number, count: number): Promise<{ rate: number; idleOpened: number }> {
-  const listener = await listen(url);
+  const listener = await listen(url, { maxConnections: idle + 2 });
   const idlePairs: Pair[] = [];
   try {
     for (let i = 0; i < idle; i++) idlePairs.push(await openPair(listener, url));
@@ -176,23 +176,25 @@ function positionalCount(): string {
 const tag = `${process.pid}`;
 const urls = {
   shm: `shm://bench-conn-${tag}`,
-  'shm 64KiB': `shm://bench-conn-small-${tag}?size=64KiB`,
+  // The default before issue 11: 8 MiB of shared memory per connection, so at most 200 of them here.
+  'shm 4MiB': `shm://bench-conn-big-${tag}?size=4MiB`,
   unix: `unix://@shmbus-bench-conn-${tag}`,
 };
+const LIMITS: Record<string, number> = { 'shm 4MiB': 200 };
 
 const kib = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
 const opens: Record<string, OpenResult> = {};
-for (const [name, url] of Object.entries(urls)) opens[name] = await openMany(url, COUNT);
+for (const [name, url] of Object.entries(urls)) opens[name] = await openMany(url, Math.min(COUNT, LIMITS[name] ?? COUNT));
 const busy: Record<string, { none: number; idle: number; idleOpened: number }> = {};
 for (const [name, url] of Object.entries(urls)) {
   const none = await busyRate(url, 0, BUSY);
-  const withIdle = await busyRate(url, IDLE, BUSY);
+  const withIdle = await busyRate(url, Math.min(IDLE, LIMITS[name] ?? IDLE), BUSY);
   busy[name] = { none: none.rate, idle: withIdle.rate, idleOpened: withIdle.idleOpened };
 }
 
 const MANY = Number(values.many);
 const manyRows = MANY > 0
-  ? [await many(`shm://bench-many-${tag}?size=16KiB`, MANY), await many(`unix://@shmbus-bench-many-${tag}`, MANY)]
+  ? [await many(`shm://bench-many-${tag}`, MANY), await many(`unix://@shmbus-bench-many-${tag}`, MANY)]
   : [];
 
 if (values.json) {
