@@ -557,3 +557,21 @@ export function stateCopyOffset(block: u32, which: u32): u32 {
 export function stateBytes(block: u32): u32 {
   return ((stateCopyOffset(block, 2) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) >>> 0;
 }
+
+// ─── Fragments: a message larger than one record (issue 11) ─────────────────────────────────────────────────
+// A channel whose two sides agreed on a maximum message size above the ring's maxPayload (the handshake's
+// `maxMessage`) sends a larger message as consecutive RECORD_FRAGMENT records, nothing else between them. Each
+// fragment's payload:
+//
+//   0      4      8
+//   +------+------+---------------------+
+//   | type | total| bytes of the message |
+//   +------+------+---------------------+
+//   type  u32  the whole message's record type (RECORD_BYTES … RECORD_REPLY_ERROR), the same in every fragment
+//   total u32  the whole message's length, the same in every fragment; the fragments' bytes add up to it
+// written by the producer only; the consumer checks every field against the first fragment and its own maximum.
+/** A piece of a message too large for one record. */
+export const RECORD_FRAGMENT = 6;
+export const FRAGMENT_TYPE_OFFSET = 0;
+export const FRAGMENT_TOTAL_OFFSET = 4;
+export const FRAGMENT_HEADER_SIZE = 8;

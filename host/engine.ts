@@ -1,5 +1,7 @@
 /**
- * The wasm engine: one instance of the ring module per process, over one shared `WebAssembly.Memory`.
+ * The wasm engine: one instance of the ring module over one shared `WebAssembly.Memory`. A process has one
+ * engine (getEngine) and makes more on demand (engineFor) when a memory's windows or handles run out: each
+ * connection lives in one engine, so thousands of connections are not capped by one memory.
  *
  * Windows of that memory (4 KiB aligned, above WINDOW_BASE) are mapped onto shared-memory segments, so the ring
  * code in wasm and the JS views read and write the very bytes the peer process sees. The engine owns the memory
@@ -82,6 +84,12 @@ export function wasmPath(debug = false): string {
 
 interface FreeRange { start: number; end: number }
 
+/** The least an engine's memory grows by when a window needs more of it (see Engine.ensureCovered). */
+const MIN_GROW_BYTES = 16 * 1024 * 1024;
+
+/** Batch areas an engine keeps for reuse after their reading ends closed (see Engine.freeBatch). */
+const SPARE_BATCHES = 16;
+
 export class Engine {
   readonly memory: WebAssembly.Memory;
   readonly exports: RingExports;
@@ -124,11 +132,37 @@ export class Engine {
     return this.spareBatches.pop() ?? this.allocWindow(BATCH_AREA_SIZE);
   }
 
+  /** Keeps a few areas for the next reading ends (connections come and go); the rest go back to the window
+   * allocator, so that thousands of closed connections do not hold their batch areas' window space. */
   freeBatch(at: number): void {
-    if (at >= WINDOW_BASE) this.spareBatches.push(at);
+    if (at < WINDOW_BASE) return;
+    if (this.spareBatches.length < SPARE_BATCHES) this.spareBatches.push(at);
+    else this.freeWindow(at, BATCH_AREA_SIZE);
+  }
+
+  /** Batch areas kept for reuse now (their window space is not free). */
+  get spareBatchCount(): number {
+    return this.spareBatches.length;
   }
 
   private spareBatches: number[] = [];
+
+  /** Free private handles now. */
+  get freeHandleCount(): number {
+    return this.freeHandles.length;
+  }
+
+  /** Free window space now, as [start, end) ranges (for tests: what a failed setup must give back). */
+  freeWindowRanges(): { start: number; end: number }[] {
+    return this.freeWindows.map((r) => ({ ...r }));
+  }
+
+  /** Whether a window of `bytes` and `handles` more handles fit now (engineFor picks engines with this). */
+  hasRoom(bytes: number, handles: number): boolean {
+    if (this.freeHandles.length < handles) return false;
+    const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+    return this.freeWindows.some((r) => r.end - r.start >= size);
+  }
 
   /** A private handle block for one ring endpoint. */
   allocHandle(): number {
@@ -180,7 +214,10 @@ export class Engine {
   private ensureCovered(end: number): void {
     const have = this.memory.buffer.byteLength;
     if (end <= have) return;
-    this.memory.grow(Math.ceil((end - have) / WASM_PAGE_SIZE));
+    // Grow at least by half of what there is (and 16 MiB): a grow of a shared memory costs far more than the
+    // pages it adds (they stay untouched, so they cost no memory), and connections add windows one by one.
+    const want = Math.min(MEMORY_MAX_PAGES * WASM_PAGE_SIZE, Math.max(end, have + Math.max(have >>> 1, MIN_GROW_BYTES)));
+    this.memory.grow(Math.ceil((want - have) / WASM_PAGE_SIZE));
     this.refreshViews();
   }
 
@@ -192,10 +229,61 @@ export class Engine {
   }
 }
 
-let engine: Engine | undefined;
+let module: WebAssembly.Module | undefined;
+/** Every engine of this process, the first one (getEngine's) included; created on demand by engineFor. */
+const engines: Engine[] = [];
 
-/** The process's engine, instantiated on first use. */
+function newEngine(): Engine {
+  module ??= new WebAssembly.Module(readFileSync(wasmPath()));
+  const e = new Engine(module);
+  engines.push(e);
+  return e;
+}
+
+/** The process's first engine, instantiated on first use (bus, state, workers: their segments live here). */
 export function getEngine(): Engine {
-  if (!engine) engine = new Engine(new WebAssembly.Module(readFileSync(wasmPath())));
-  return engine;
+  return engines[0] ?? newEngine();
+}
+
+/**
+ * How many engines engineFor may make. Each is one wasm instance over its own memory (MEMORY_MAX_PAGES, and
+ * V8 reserves its address space up front), with MAX_HANDLES handles. 64 of them hold 128 GiB of windows and
+ * 262,144 ring ends; past that a connection fails with ERR_SHMBUS_LIMIT naming this limit.
+ */
+export const DEFAULT_MAX_ENGINES = 64;
+let maxEngines = DEFAULT_MAX_ENGINES;
+
+/** Changes the cap on engines (tests use a small one to reach it); returns the previous cap. */
+export function setMaxEngines(n: number): number {
+  if (!Number.isSafeInteger(n) || n < 1) throw new BadArgumentError('maxEngines must be a positive integer', { maxEngines: n });
+  const previous = maxEngines;
+  maxEngines = n;
+  return previous;
+}
+
+/** The engines made so far (for measurements and tests). */
+export function engineCount(): number {
+  return engines.length;
+}
+
+/** The engines made so far, first to last (for tests: what a failed setup must give back). */
+export function allEngines(): readonly Engine[] {
+  return engines;
+}
+
+/**
+ * An engine with room now for a window of `windowBytes` and `handles` more ring ends: the first engine that has
+ * it, or a new one. A connection is pinned to the engine it got: its window and handles live there until it
+ * closes. Throws ERR_SHMBUS_LIMIT once DEFAULT_MAX_ENGINES (see setMaxEngines) engines are full.
+ */
+export function engineFor(windowBytes: number, handles: number): Engine {
+  for (const e of engines) if (e.hasRoom(windowBytes, handles)) return e;
+  if (engines.length < maxEngines) {
+    const e = newEngine();
+    if (e.hasRoom(windowBytes, handles)) return e;
+    throw new ShmbusError(ErrorCode.LIMIT, 'a window this large does not fit in a wasm memory', { details: { bytes: windowBytes, max: MEMORY_MAX_PAGES * WASM_PAGE_SIZE - WINDOW_BASE } });
+  }
+  throw new ShmbusError(ErrorCode.LIMIT, 'every wasm engine is full (each has MEMORY_MAX_PAGES of windows and MAX_HANDLES ring ends)', {
+    details: { engines: engines.length, maxEngines, windowBytes, handles, maxHandles: MAX_HANDLES, memoryBytes: MEMORY_MAX_PAGES * WASM_PAGE_SIZE },
+  });
 }

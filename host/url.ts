@@ -6,7 +6,9 @@
  *   file:///path          file-backed mmap segments next to `path`
  *
  * Options: size (bytes per ring direction, a power of two, with an optional KiB/MiB/GiB suffix), perm (octal
- * mode of the segments, default 0600), maxQueued (hard cap of the local send queue), wake (how a side waits:
+ * mode of the segments, default 0600), maxMessage (the largest message this side takes, in bytes with an
+ * optional suffix: larger than a ring record it goes as fragments; default 16 MiB without `size`, one record with
+ * it), maxQueued (hard cap of the local send queue), wake (how a side waits:
  * `adaptive`, the default, spins for a self-tuned while then parks on the control socket; `spin` never parks;
  * a mechanism name (`doorbell`, `futex`, `sem`, ...) parks on that mechanism at once), spin (microseconds to
  * busy-poll before parking, or `auto`), allow (listener: who else may connect, `uid:1000,gid:50` or `any`; by
@@ -14,6 +16,9 @@
  * default the connector's own uid or root). See docs/security.md.
  */
 import { BadUrlError, UnknownSchemeError } from './errors.js';
+
+/** The largest `maxMessage` a URL may ask for. */
+export const MAX_MESSAGE_OPTION = 1 << 30;
 import { RING_MIN_CAPACITY, RING_MAX_CAPACITY } from '../assembly/layout.js';
 import { mechanismFor } from './wake/index.js';
 import { OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from './control.js';
@@ -30,6 +35,10 @@ export interface ShmEndpoint {
   key?: number;
   /** Ring data bytes per direction. */
   size: number;
+  /** Whether the URL gave `size` (otherwise `size` is DEFAULT_RING_SIZE and a listener picks its own default). */
+  sizeGiven: boolean;
+  /** The largest message this side takes (`maxMessage`), if the URL gave it. */
+  maxMessage?: number;
   /** Mode of created segments. */
   perm: number;
   /** Hard cap of messages waiting in the local send queue. */
@@ -53,7 +62,7 @@ export const DEFAULT_RING_SIZE = 4 * 1024 * 1024;
 export const DEFAULT_MAX_QUEUED = 65536;
 
 const SCHEMES: readonly string[] = ['shm', 'sysv', 'file'];
-const OPTIONS = new Set(['size', 'perm', 'maxQueued', 'wake', 'spin', 'allow', 'expectUid']);
+const OPTIONS = new Set(['size', 'maxMessage', 'perm', 'maxQueued', 'wake', 'spin', 'allow', 'expectUid']);
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1 << 20, mb: 1 << 20, mib: 1 << 20, g: 1 << 30, gb: 1 << 30, gib: 1 << 30 };
 
 /** Parses `4MiB`, `64k`, `1048576` into bytes; undefined when it is not a size. */
@@ -120,6 +129,15 @@ export function parseShmUrl(url: string): ShmEndpoint {
     size = bytes;
   }
 
+  const maxMessageText = parsed.searchParams.get('maxMessage');
+  let maxMessage: number | undefined;
+  if (maxMessageText !== null) {
+    maxMessage = parseSize(maxMessageText);
+    if (maxMessage === undefined || maxMessage > MAX_MESSAGE_OPTION) {
+      throw new BadUrlError('maxMessage is not a size up to 1 GiB', url, { details: { maxMessage: maxMessageText } });
+    }
+  }
+
   const permText = parsed.searchParams.get('perm');
   let perm = 0o600;
   if (permText !== null) {
@@ -165,7 +183,7 @@ export function parseShmUrl(url: string): ShmEndpoint {
   }
 
   return {
-    scheme: scheme as ShmScheme, name, key, size, perm, maxQueued, wake: wakeText, spin, url, allow, expectUid,
+    scheme: scheme as ShmScheme, name, key, size, sizeGiven: sizeText !== null, maxMessage, perm, maxQueued, wake: wakeText, spin, url, allow, expectUid,
     controlPath: `\0shmbus/${scheme}/${name}`,
   };
 }

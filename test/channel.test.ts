@@ -187,6 +187,8 @@ t.test('bad input gives typed errors with stable codes', async (t) => {
   await t.rejects(listen('shm://x?size=3000'), { code: ErrorCode.BAD_URL }, 'size not a power of two');
   await t.rejects(listen('shm://x?size=lots'), { code: ErrorCode.BAD_URL });
   await t.rejects(listen('shm://x?colour=blue'), { code: ErrorCode.BAD_URL }, 'unsupported option');
+  await t.rejects(listen('shm://x?maxMessage=lots'), { code: ErrorCode.BAD_URL }, 'maxMessage not a size');
+  await t.rejects(listen('shm://x?maxMessage=2GiB'), { code: ErrorCode.BAD_URL }, 'maxMessage past 1 GiB');
   await t.rejects(listen('shm://x?wake=pigeon'), { code: ErrorCode.BAD_URL }, 'unknown wake mode');
   await t.rejects(listen('sysv://banana'), { code: ErrorCode.BAD_URL });
   await t.rejects(listen('file://relative/path'), { code: ErrorCode.BAD_URL });

@@ -15,7 +15,7 @@
  */
 import net from 'node:net';
 import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../assembly/layout.js';
-import { getEngine, type Engine } from '../host/engine.js';
+import type { Engine } from '../host/engine.js';
 import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
 import { formatSegment, readSegment } from '../host/segment.js';
@@ -70,10 +70,10 @@ export interface ParentPair {
  * `region.fd` and `workerFd` to the worker, then calls `openParentChannel`; on any failure before that, `abandon`.
  */
 export function createParentPair(geometry: PairGeometry, fds: [number, number]): ParentPair {
-  const engine = getEngine();
   const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
-  // On failure mapRegion closes the region too.
-  const mapping = mapRegion(engine, region);
+  // mapRegion picks an engine with room; on failure it closes the region too.
+  const mapping = mapRegion(region);
+  const engine = mapping.engine;
   try {
     formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
   } catch (error) {
@@ -132,10 +132,10 @@ export function releaseWorkerEnds(pair: ParentPair, closeFd: (fd: number) => voi
  * resizing, of the announced size; Region.fromPeerFd takes it over), maps it, reads its header, closes the fd.
  */
 export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string): Channel {
-  const engine = getEngine();
   const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
-  // On failure mapRegion closes the region too.
-  const mapping = mapRegion(engine, region);
+  // mapRegion picks an engine with room; on failure it closes the region too.
+  const mapping = mapRegion(region);
+  const engine = mapping.engine;
   try {
     region.close();
     const info = readSegment(engine, mapping.window, region.size);

@@ -40,8 +40,11 @@ class Shard {
   /** Who uses (or last used) each slot. */
   readonly homes: (Owner | undefined)[] = new Array(FUTEX_SLOTS).fill(undefined);
   armed = 0;
+  /** The engine whose memory this shard's thread waits in: a sleeper is armed only in a shard of its engine. */
+  readonly engine: Engine;
 
   constructor(hub: FutexHub, engine: Engine) {
+    this.engine = engine;
     this.thread = new WaitThread({
       family: 'futex',
       data: { memory: engine.memory },
@@ -154,14 +157,16 @@ class FutexHub implements WordHub {
     }
     let shard = sleeper.places[kind] as Shard | undefined;
     let slot = sleeper.slots[kind]!;
+    const engine = sleeper.ctx.engine;
     if (!shard || slot < 0 || !this.shards.includes(shard)) {
       slot = -1;
       for (const s of this.shards) {
+        if (s.engine !== engine) continue;
         slot = s.claim();
         if (slot >= 0) { shard = s; break; }
       }
       if (slot < 0) {
-        shard = new Shard(this, sleeper.ctx.engine);
+        shard = new Shard(this, engine);
         this.shards.push(shard);
         slot = shard.claim();
       }

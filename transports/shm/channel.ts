@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
-import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX } from '../../assembly/layout.js';
+import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
@@ -55,6 +55,9 @@ export interface ChannelParts {
   pendingBytes: Buffer;
   /** Limits on decoding the peer's msgpack records (defaults: DEFAULT_DECODE_LIMITS). */
   decodeLimits?: Partial<DecodeLimits>;
+  /** The largest message both sides agreed on in the handshake; above the ring's maxPayload a message goes as
+   * fragments (assembly/layout.ts RECORD_FRAGMENT). Default: the ring's maxPayload. */
+  maxMessage?: number;
   /** 'listener' or 'connector', for messages. */
   side: string;
   wake: WakeParts;
@@ -193,7 +196,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.spinAuto = spin === 'auto';
     this.spinAlways = spin === 'always';
     this.spinNs = spin === 'auto' ? 20_000 : spin === 'always' ? SPIN_SLICE_NS : spin;
-    this.maxMessageSize = this.tx.maxPayload;
+    this.maxMessageSize = Math.max(this.tx.maxPayload, parts.maxMessage ?? 0);
     this.sendQueue = new SendQueue({
       maxMessageSize: this.maxMessageSize, maxQueued: this.maxQueued, write: this.writeRecord, onDrain: () => this.emit('drain'),
       refusalBlocks: false,
@@ -274,7 +277,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   claim(size: number): Claim | null {
     this.checkSendable();
     if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
-    if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
+    // A claim is one record: zero copy cannot be fragmented.
+    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
     if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
     if (this.sendQueue.length > 0) return null;
     let at: number;
@@ -370,6 +374,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       return false;
     }
     const length = bytes.length;
+    if (length > this.tx.maxPayload) return this.writeFragments(type, bytes, kind);
     let at = 0;
     try {
       at = this.tx.claim(length, type);
@@ -404,6 +409,78 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.afterCommit();
     return true;
   };
+
+  /** Bytes of the message being sent as fragments that are in the ring already (0: none started). Nothing else
+   * is written until it is all there: the send queue retries the same message first. */
+  private fragmentSent = 0;
+
+  /**
+   * writeRecord for a message larger than one record: as many fragments as fit now. False (with `queueNeed` set
+   * for the next fragment) until the last one is in; the send queue then calls again with the same message.
+   */
+  private writeFragments(type: number, bytes: Uint8Array, kind: WriteKind): boolean {
+    // trySend takes a message whole or not at all, and a message of several records never fits whole at once.
+    if (kind === WRITE_TRY) throw new MessageTooLargeError(bytes.length, this.tx.maxPayload);
+    const total = bytes.length;
+    const room = this.tx.maxPayload - FRAGMENT_HEADER_SIZE;
+    const memory = this.engine.u8;
+    try {
+      while (this.fragmentSent < total) {
+        const piece = Math.min(room, total - this.fragmentSent);
+        const at = this.tx.claim(FRAGMENT_HEADER_SIZE + piece, RECORD_FRAGMENT);
+        if (at === 0) {
+          this.queueNeed = this.tx.needed();
+          if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
+          this.tx.free();
+          if (this.fragmentSent > 0) this.afterCommit();
+          return false;
+        }
+        putU32(memory, at, type);
+        putU32(memory, at + 4, total);
+        memory.set(bytes.subarray(this.fragmentSent, this.fragmentSent + piece), at + FRAGMENT_HEADER_SIZE);
+        this.tx.commit(FRAGMENT_HEADER_SIZE + piece);
+        this.fragmentSent += piece;
+        // Let the reader start on the first fragments while we write the rest.
+        if (this.tx.needsWake()) this.ring(WAKE_DATA);
+      }
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    this.fragmentSent = 0;
+    this.afterCommit();
+    return true;
+  }
+
+  /** A message coming in fragments: its type, its bytes so far. */
+  private assembly: { type: number; bytes: Uint8Array; filled: number } | undefined;
+
+  /** One RECORD_FRAGMENT record: checked against the first fragment and our maximum, copied into the message. */
+  private takeFragment(memory: Uint8Array, offset: number, length: number): void {
+    if (length < FRAGMENT_HEADER_SIZE) throw new CorruptError('fragment shorter than its header', { length });
+    const type = getU32(memory, offset);
+    const total = getU32(memory, offset + 4);
+    const piece = length - FRAGMENT_HEADER_SIZE;
+    let a = this.assembly;
+    if (a === undefined) {
+      if (type < RECORD_BYTES || type > RECORD_REPLY_ERROR) throw new CorruptError('fragment of a message of an unknown type', { type });
+      if (total <= this.rx.maxPayload || total > this.maxMessageSize) {
+        throw new CorruptError('fragmented message of an impossible length', { total, min: this.rx.maxPayload + 1, max: this.maxMessageSize });
+      }
+      a = this.assembly = { type, bytes: new Uint8Array(total), filled: 0 };
+    } else if (type !== a.type || total !== a.bytes.length) {
+      throw new CorruptError('fragment of another message', { type, total, expectedType: a.type, expectedTotal: a.bytes.length });
+    }
+    if (piece === 0 || piece > total - a.filled) throw new CorruptError('fragments longer than their message', { piece, filled: a.filled, total });
+    a.bytes.set(memory.subarray(offset + FRAGMENT_HEADER_SIZE, offset + length), a.filled);
+    a.filled += piece;
+    if (a.filled < total) return;
+    this.assembly = undefined;
+    if (type === RECORD_BYTES) {
+      this.inbox.push(a.bytes);
+    } else {
+      this.decodeRecord(a.bytes, 0, total, type);
+    }
+  }
 
   /** After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. */
   private afterCommit(): void {
@@ -639,7 +716,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
-    if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
+    if (this.assembly !== undefined && type !== RECORD_FRAGMENT) throw new CorruptError('a record inside a fragmented message', { type });
+    if (type === RECORD_FRAGMENT) {
+      this.takeFragment(memory, offset, length);
+    } else if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
@@ -913,6 +993,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       socket.once('close', () => { clearTimeout(timer); resolve(); });
     });
   }
+}
+
+function putU32(memory: Uint8Array, at: number, value: number): void {
+  memory[at] = value & 0xff; memory[at + 1] = (value >>> 8) & 0xff; memory[at + 2] = (value >>> 16) & 0xff; memory[at + 3] = value >>> 24;
+}
+
+function getU32(memory: Uint8Array, at: number): number {
+  return (memory[at]! | (memory[at + 1]! << 8) | (memory[at + 2]! << 16) | (memory[at + 3]! << 24)) >>> 0;
 }
 
 function asShmbusError(error: unknown): ShmbusError {

@@ -4,10 +4,8 @@
  */
 import net from 'node:net';
 import path from 'node:path';
-import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../../assembly/layout.js';
-import { getEngine } from '../../host/engine.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
-import { RingEnd } from '../../host/ring.js';
 import { readSegment } from '../../host/segment.js';
 import { credentialsOf, checkListener } from '../../host/control.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
@@ -16,7 +14,7 @@ import { BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError,
 import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, receivePassedFd } from './control.js';
-import { DEFAULT_TIMEOUT, KIND, reached, left, mapRegion, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
@@ -75,7 +73,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     checkListener(cred, expectUid);
     await reached('connector', 1);
     const mine = wakeLine(endpoint);
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine });
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint) });
     await reached('connector', 2);
     const { message: reply, rest } = await readLine(socket, left(deadline, timeout));
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
@@ -87,20 +85,22 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       await reached('connector', 3);
       region = await receiveRegion(endpoint, socket, reply, size, cred, deadline, timeout);
       await reached('connector', 4);
-      const engine = getEngine();
       const r = region;
       region = undefined;
-      mapping = mapRegion(engine, r);
-      const info = readSegment(engine, mapping.window, r.size);
+      mapping = mapRegion(r);
+      const info = readSegment(mapping.engine, mapping.window, r.size);
       if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== capacity) {
         throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
       }
+      // Opened in the same turn as the engine was chosen, so its handles are ours.
+      const { tx, rx } = openRings(mapping, capacity, 'connector');
       await reached('connector', 5);
-      const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'producer');
-      const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'consumer');
       left(deadline, timeout);
       writeLine(socket, { attached: true });
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)) });
+      // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
+      // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
+      r.close();
       mapping = undefined;
       await reached('connector', 6);
       return channel;

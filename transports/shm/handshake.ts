@@ -3,15 +3,44 @@
  * deadline, the test hook that stops at a step, mapping a segment into the engine, and the wake lines.
  */
 import fs from 'node:fs';
-import { type Engine } from '../../host/engine.js';
+import { engineFor, type Engine } from '../../host/engine.js';
+import { BATCH_AREA_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset } from '../../assembly/layout.js';
+import { RingEnd } from '../../host/ring.js';
 import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { mechanismFor } from '../../host/wake/index.js';
 import { BadArgumentError, HandshakeError, TimeoutError } from '../../host/errors.js';
+import { MAX_MESSAGE_OPTION } from '../../host/url.js';
 import { type WakeParts } from './channel.js';
 
 export const DEFAULT_TIMEOUT = 5000;
+
+/**
+ * Rings of a connection whose listener URL gives no `size`: 4 MiB each way; a message larger than a record goes
+ * as fragments (assembly/layout.ts RECORD_FRAGMENT). 64 KiB rings would make an idle connection cost 132 KiB, but
+ * measured 7x slower for 1 MiB messages (25 doorbells per message): until rings can grow on demand, small rings
+ * are an explicit choice (`size=64KiB`) of endpoints that hold many connections.
+ */
+export const DEFAULT_CHANNEL_RING_SIZE = 4 * 1024 * 1024;
+/** The largest message a side takes by default when its URL gives no `size` (an explicit `size` keeps messages
+ * within one record, as before). */
+export const DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024;
+/** What a side may announce at most as its largest message. */
+const MAX_MESSAGE_LIMIT = MAX_MESSAGE_OPTION;
+
+/** The largest message this side takes, as its handshake line says it: its URL's `maxMessage`, else 16 MiB
+ * without `size` and one record (0) with it. */
+export function ownMaxMessage(endpoint: ShmEndpoint): number {
+  return endpoint.maxMessage ?? (endpoint.sizeGiven ? 0 : DEFAULT_MAX_MESSAGE);
+}
+
+/** The largest message of a connection: the smaller of both sides' (a bad or missing value from the peer counts
+ * as 0), never below what one record of the ring holds. The same on both sides. */
+export function agreedMaxMessage(mine: number, theirs: unknown, recordMax: number): number {
+  const peer = typeof theirs === 'number' && Number.isSafeInteger(theirs) && theirs >= 0 ? Math.min(theirs, MAX_MESSAGE_LIMIT) : 0;
+  return Math.max(recordMax, Math.min(mine, peer));
+}
 
 /** The kind of segment each scheme hands over. */
 export const KIND = { shm: 'memfd', sysv: 'sysv', file: 'file' } as const;
@@ -35,14 +64,22 @@ export function left(deadline: number, timeoutMs: number): number {
   return ms;
 }
 
-/** A mapped segment plus the window it occupies; undone in reverse order on any failure. */
-export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number }
+/** A mapped segment plus the window it occupies and, once opened, this side's ring ends; undone in reverse order
+ * on any failure. */
+export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number; tx?: RingEnd; rx?: RingEnd }
 
-/** Maps `region` into a fresh window of the engine's memory. On failure the region is closed too (removed if we
- * own it), so a caller never has to remember it: nothing made for a failed setup outlives it. */
-export function mapRegion(engine: Engine, region: Region): Mapping {
+/** Ring ends each connection opens on each side (tx and rx). */
+const RING_ENDS = 2;
+
+/**
+ * Maps `region` into a fresh window of an engine with room for it, its ring ends and one batch area
+ * (host/engine.ts engineFor). On failure the region is closed too (removed if we own it), so a caller never has
+ * to remember it: nothing made for a failed setup outlives it.
+ */
+export function mapRegion(region: Region): Mapping {
   try {
     const windowSize = region.size;
+    const engine = engineFor(windowSize + BATCH_AREA_SIZE, RING_ENDS);
     const window = engine.allocWindow(windowSize);
     try {
       region.mapAt(engine.address(window));
@@ -57,8 +94,18 @@ export function mapRegion(engine: Engine, region: Region): Mapping {
   }
 }
 
+/** Opens this side's two ring ends of a formatted channel segment; `unmap` disposes them. */
+export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector'): { tx: RingEnd; rx: RingEnd } {
+  const [out, into] = side === 'listener' ? [RING_TO_CONNECTOR, RING_TO_LISTENER] : [RING_TO_LISTENER, RING_TO_CONNECTOR];
+  m.tx = new RingEnd(m.engine, m.window + ringOffset(out, capacity), capacity, 'producer');
+  m.rx = new RingEnd(m.engine, m.window + ringOffset(into, capacity), capacity, 'consumer');
+  return { tx: m.tx, rx: m.rx };
+}
+
 export function unmap(m: Mapping): void {
   try {
+    m.tx?.dispose();
+    m.rx?.dispose();
     m.region.unmapAt(m.engine.address(m.window));
     m.engine.freeWindow(m.window, m.windowSize);
   } finally {

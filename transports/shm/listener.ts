@@ -20,10 +20,8 @@
  */
 import net from 'node:net';
 import path from 'node:path';
-import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, ringOffset, segmentBytes } from '../../assembly/layout.js';
-import { getEngine } from '../../host/engine.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
-import { RingEnd } from '../../host/ring.js';
 import { formatSegment } from '../../host/segment.js';
 import { credentialsOf, checkConnector, parseAllow, type PeerPolicy } from '../../host/control.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
@@ -35,9 +33,15 @@ import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } from './control.js';
-import { DEFAULT_TIMEOUT, reached, left, mapRegion, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
+
+let startTime: bigint | undefined;
+/** This process's start time for the segment header, read from /proc once (it never changes). */
+function ownStartTime(): bigint {
+  return (startTime ??= processStartTime(process.pid) ?? 0n);
+}
 const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /**
@@ -144,17 +148,20 @@ export class Listener extends ListenerBase<Channel> {
       const wake = peerWake(this.endpoint, hello.wake, cred);
       const mine = wakeLine(this.endpoint);
       wake.myParams = mine.params as Record<string, unknown>;
-      const engine = getEngine();
-      const capacity = this.endpoint.size;
+      const capacity = this.endpoint.sizeGiven ? this.endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
+      const ownMax = ownMaxMessage(this.endpoint);
+      const maxMessage = agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(capacity));
       const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
       const region = createRegion(this.endpoint, size, cred);
-      mapping = mapRegion(engine, region);
+      mapping = mapRegion(region);
       // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
       // happens next, and the peer can still attach it by id (Linux).
       if (region.kind === 'sysv') region.remove();
-      formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, processStartTime(process.pid) ?? 0n);
+      formatSegment(mapping.engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, ownStartTime());
+      // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
+      const { tx, rx } = openRings(mapping, capacity, 'listener');
       await reached('listener', 2);
-      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine });
+      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine, maxMessage: ownMax });
       await reached('listener', 3);
       if (region.fd >= 0) {
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
@@ -166,10 +173,11 @@ export class Listener extends ListenerBase<Channel> {
       const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
-      const tx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_CONNECTOR, capacity), capacity, 'producer');
-      const rx = new RingEnd(engine, mapping.window + ringOffset(RING_TO_LISTENER, capacity), capacity, 'consumer');
       this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage });
+      // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
+      // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
+      region.close();
       mapping = undefined;
       this.live++;
       channel.once('close', () => { this.live--; });
