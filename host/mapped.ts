@@ -15,7 +15,14 @@ export class Mapped {
    * docs/security.md, "Buses and topics".)
    */
   static map(engine: Engine, region: Region): Mapped {
-    const at = engine.allocWindow(region.size);
+    let at: number;
+    try {
+      at = engine.allocWindow(region.size);
+    } catch (error) {
+      // No window (ERR_SHMBUS_LIMIT): the region is ours to close, as on every other failure here.
+      region.close();
+      throw error;
+    }
     try {
       region.mapAt(engine.address(at));
     } catch (error) {

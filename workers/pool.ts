@@ -118,6 +118,9 @@ interface Slot {
   markEnded(): void;
 }
 
+/** How long a pool waits, after a worker's exit, for the rest of what it wrote to be read (normally no time). */
+const READ_AFTER_EXIT_MS = 2000;
+
 const ms = (h: RecordableHistogram): DurationSummary => h.count === 0
   ? { count: 0, p50: 0, p99: 0, max: 0, mean: 0 }
   : { count: h.count, p50: h.percentile(50) / 1e6, p99: h.percentile(99) / 1e6, max: h.max / 1e6, mean: h.mean / 1e6 };
@@ -297,8 +300,17 @@ export class Pool {
     }).then((handle) => {
       slot.handle = handle;
       if (this.#state === 'closed') { slot.doomed = true; handle.kill('SIGKILL'); }
-      void handle.exited.then((exit) => this.#onExit(slot, exit));
-      void this.#read(slot, handle);
+      const reading = this.#read(slot, handle);
+      // A worker's last replies (a result, or "the module does not load") may still be in the ring when its exit
+      // is reported: read them first, so the task settles with what the worker said. Its end of the socket closes
+      // with it (a process's descriptors, a thread's handles), which ends the read; a bound guards against a
+      // channel that never ends.
+      void handle.exited.then(async (exit) => {
+        let bound: NodeJS.Timeout | undefined;
+        await Promise.race([reading, new Promise<void>((resolve) => { bound = setTimeout(resolve, READ_AFTER_EXIT_MS); })]);
+        clearTimeout(bound);
+        this.#onExit(slot, exit);
+      });
       if (!slot.doomed) this.#fill(slot);
     }, (error: unknown) => {
       this.#slots.delete(slot);
