@@ -490,5 +490,40 @@ export function listBuses(): BusInfo[] {
 /** Every object shmbus named that the reapers find (every user's), each alive or dead, with the reason. */
 export function listObjects(): { objects: Sighting[]; notes: string[] } {
   const { sightings, notes } = survey(ALL_REAPERS);
-  return { objects: sightings, notes };
+  return { objects: [...sightings, ...stateObjects()], notes };
+}
+
+/** Names of the shm:// segments of state/ (SharedState, Mutex, Semaphore) in /dev/shm. */
+const STATE_ENTRY = /^shmbus\.(state|mutex|semaphore)\.[A-Za-z0-9_.-]{1,200}$/;
+
+/**
+ * The shm:// segments of shared state and locks, each alive while some process maps it. Their creator removes the
+ * name when it closes or exits; one that no process maps was left by a killed creator (`shmbus clean` leaves it:
+ * its name is the user's, nothing in it proves it abandoned). Over sysv:// they are System V segments, not listed.
+ */
+function stateObjects(): Sighting[] {
+  let entries: string[];
+  try { entries = fs.readdirSync(SHM_DIR).filter((e) => STATE_ENTRY.test(e)); } catch { return []; }
+  if (entries.length === 0) return [];
+  const holders = new Map<string, number[]>();
+  let unreadable = false;
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    const maps = readText(`/proc/${pid}/maps`);
+    if (maps === undefined) { unreadable = true; continue; }
+    for (const e of entries) if (maps.includes(`${SHM_DIR}/${e}\n`)) holders.set(e, [...(holders.get(e) ?? []), Number(pid)]);
+  }
+  const out: Sighting[] = [];
+  for (const e of entries) {
+    let uid: number;
+    try { uid = fs.lstatSync(`${SHM_DIR}/${e}`).uid; } catch { continue; }
+    const pids = holders.get(e) ?? [];
+    out.push({
+      kind: e.split('.')[1]!,
+      name: `${SHM_DIR}/${e}`,
+      uid,
+      alive: pids.length > 0 ? true : unreadable ? undefined : false,
+      why: pids.length > 0 ? `mapped by ${pids.join(', ')}` : unreadable ? 'no process this user can see maps it' : 'no process maps it (its creator was killed); not removed by shmbus clean',
+    });
+  }
+  return out;
 }

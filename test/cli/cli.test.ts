@@ -1,5 +1,6 @@
 // The shmbus command, run as a child process (dist/bin/shmbus.js) against endpoints and buses this test makes:
 // every command's --json output, --help on each, and usage errors.
+import { SharedState, Mutex } from '../../state/index.js';
 import t, { type Test } from 'tap';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -315,6 +316,20 @@ t.test('the shmbus command against live endpoints and buses', async (t) => {
     const report = await json<{ outcomes: { action: string }[] }>(tt, ['clean', '--json', '--match', dead.slice('shm://'.length)]);
     tt.same(report.outcomes.map((o) => o.action), ['removed', 'removed']);
     tt.notOk(existsSync(`/dev/shm/shmbus.bus.${dead.slice('shm://'.length)}`));
+  });
+
+  t.test('ls lists shared state and lock segments with the processes that map them', async (tt) => {
+    const name = unique('cli-state');
+    const state = await SharedState.open(`shm://${name}`, { fields: { n: 'u32' } });
+    const mutex = await Mutex.open(`shm://${name}-m`);
+    tt.teardown(() => { state.close(); mutex.close(); });
+    const out = await json<{ objects: { kind: string; name: string; alive: boolean; why: string }[] }>(tt, ['ls', '--json', '--objects']);
+    const mine = out.objects.filter((o) => o.name.includes(name));
+    tt.same(mine.map((o) => [o.kind, o.name, o.alive]).sort(), [
+      ['mutex', `/dev/shm/shmbus.mutex.${name}-m`, true],
+      ['state', `/dev/shm/shmbus.state.${name}`, true],
+    ]);
+    tt.ok(mine.every((o) => o.why.includes(String(process.pid))), 'mapped by this process');
   });
 
   t.test('--help on every command, usage errors exit 2', async (tt) => {
