@@ -93,18 +93,29 @@ export interface Child {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Process ids of the living members of process group `pgid` (zombies excluded). */
-export function groupMembers(pgid: number): number[] {
+/** Process ids of living processes (zombies excluded) whose /proc/<pid>/stat fields after the name (state, ppid,
+ * pgrp, ...) satisfy `match`. */
+function livingProcesses(match: (fields: string[]) => boolean): number[] {
   const out: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[2]) === pgid && fields[0] !== 'Z') out.push(Number(entry));
+      if (fields[0] !== 'Z' && match(fields)) out.push(Number(entry));
     } catch { /* it exited while we looked */ }
   }
   return out;
+}
+
+/** Process ids of the living members of process group `pgid` (zombies excluded). */
+export function groupMembers(pgid: number): number[] {
+  return livingProcesses((f) => Number(f[2]) === pgid);
+}
+
+/** Process ids of the living children of `ppid` (zombies excluded). */
+export function childrenOf(ppid: number): number[] {
+  return livingProcesses((f) => Number(f[1]) === ppid);
 }
 
 /** Process groups of children still running, killed synchronously if this process exits first. */

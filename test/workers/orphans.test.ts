@@ -1,24 +1,10 @@
 // No orphans: workers started by spawn() and by a Pool die when their parent is SIGKILLed (PR_SET_PDEATHSIG),
 // even while they spin without ever looking at their channel.
 import t from 'tap';
-import { readdirSync, readFileSync } from 'node:fs';
-import { eventually, fileTimeout, startFixture } from '../helpers.js';
+import { readFileSync } from 'node:fs';
+import { childrenOf, eventually, fileTimeout, startFixture } from '../helpers.js';
 
 fileTimeout(t, 60);
-
-/** Living (non-zombie) children of `ppid`. */
-function childrenOf(ppid: number): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) === ppid && fields[0] !== 'Z') out.push(Number(entry));
-    } catch { /* gone meanwhile */ }
-  }
-  return out;
-}
 
 function alive(pid: number): boolean {
   try {
