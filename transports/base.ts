@@ -24,6 +24,7 @@ import {
 } from '../host/errors.js';
 import { DEFAULT_MAX_QUEUED } from '../host/url.js';
 import { SendQueue, WRITE_QUEUED, type WriteKind } from '../host/send-queue.js';
+import { dispatchMessages, type MessageSource } from './dispatch.js';
 import type { Connection, ConnectionListener } from './contract.js';
 
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
@@ -103,7 +104,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     });
     this.inboxMessages = Math.max(1, opts.inboxMessages ?? DEFAULT_INBOX_MESSAGES);
     this.inboxBytesMax = Math.max(1, opts.inboxBytes ?? DEFAULT_INBOX_BYTES);
-    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void dispatchMessages(this.messageSource)); });
   }
 
   // --- hooks the subclass implements -----------------------------------------------------------------------------
@@ -287,36 +288,18 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     return r.done ? undefined : r.value;
   }
 
-  private dispatching = false;
-
-  /**
-   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message:
-   * everything that arrived together, synchronously, then one wait for more. Use either this or the iterator.
-   * Errors go to 'error' listeners as always; 'close' follows the last message.
-   */
-  private async dispatchMessages(): Promise<void> {
-    if (this.dispatching) return;
-    this.dispatching = true;
-    try {
-      while (this.listenerCount('message') > 0) {
-        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.take());
-        if (this.listenerCount('message') === 0) break;
-        const r = await this.next();
-        if (r.done) break;
-        if (this.listenerCount('message') === 0) {
-          // The listener went away while we waited: the message stays first for the iterator.
-          this.inbox.splice(this.inboxHead, 0, r.value);
-          this.inboxSizes.splice(this.inboxHead, 0, 0);
-          break;
-        }
-        this.emit('message', r.value);
-      }
-    } catch {
-      /* the failure was reported to 'error' listeners (fail) */
-    } finally {
-      this.dispatching = false;
-    }
-  }
+  /** The receive side `on('message')` dispatches from (transports/dispatch.ts). */
+  private readonly messageSource: MessageSource = {
+    listenerCount: (event) => this.listenerCount(event),
+    emit: (event, value) => this.emit(event, value),
+    hasReceived: () => this.inboxHead < this.inbox.length,
+    takeReceived: () => this.take(),
+    next: () => this.next(),
+    putBack: (value) => {
+      this.inbox.splice(this.inboxHead, 0, value);
+      this.inboxSizes.splice(this.inboxHead, 0, 0);
+    },
+  };
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {

@@ -7,6 +7,7 @@
  * pull-based: the async iterator (or `poll`) reads the ring only when asked, so a slow reader back-pressures the
  * writer through the ring instead of buffering without bound.
  */
+import { dispatchMessages, type MessageSource } from '../dispatch.js';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -208,7 +209,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.socket.on('error', () => { /* 'close' follows; peer death is reported from there */ });
     if (parts.pendingBytes.length) this.onDoorbells(parts.pendingBytes);
     this.socket.resume();
-    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void this.dispatchMessages()); });
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void dispatchMessages(this.messageSource)); });
   }
 
   // --- sending ---------------------------------------------------------------------------------------------------
@@ -831,36 +832,18 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     }
   }
 
-  private dispatching = false;
-
-  /**
-   * While 'message' listeners are attached (Node's `process.on('message')` style), hands them every message: a
-   * whole batch per wake, synchronously, then one wait for the next batch. Use either this or the iterator.
-   * Errors go to 'error' listeners as always; 'close' follows the last message.
-   */
-  private async dispatchMessages(): Promise<void> {
-    if (this.dispatching) return;
-    this.dispatching = true;
-    try {
-      while (this.listenerCount('message') > 0) {
-        while (this.inboxHead < this.inbox.length && this.listenerCount('message') > 0) this.emit('message', this.takeInbox().value);
-        if (this.listenerCount('message') === 0) break;
-        const r = await this.next();
-        if (r.done) break;
-        if (this.listenerCount('message') === 0) {
-          // The listener went away while we waited: the message stays first for the iterator.
-          if (this.inboxHead > 0) this.inbox[--this.inboxHead] = r.value;
-          else this.inbox.unshift(r.value);
-          break;
-        }
-        this.emit('message', r.value);
-      }
-    } catch {
-      /* the failure was reported to 'error' listeners (fail / peer death) */
-    } finally {
-      this.dispatching = false;
-    }
-  }
+  /** The receive side `on('message')` dispatches from (transports/dispatch.ts). */
+  private readonly messageSource: MessageSource = {
+    listenerCount: (event) => this.listenerCount(event),
+    emit: (event, value) => this.emit(event, value),
+    hasReceived: () => this.inboxHead < this.inbox.length,
+    takeReceived: () => this.takeInbox().value,
+    next: () => this.next(),
+    putBack: (value) => {
+      if (this.inboxHead > 0) this.inbox[--this.inboxHead] = value;
+      else this.inbox.unshift(value);
+    },
+  };
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {
