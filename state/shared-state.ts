@@ -202,6 +202,7 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
    * between changes (no polling). Ends (returns) when `signal` aborts or the state is closed.
    */
   async *watch(options: { signal?: AbortSignal } = {}): AsyncGenerator<Snapshot<F>, void, undefined> {
+    if (typeof options !== 'object' || options === null) throw new BadArgumentError('options must be an object');
     const signal = options.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new BadArgumentError('signal must be an AbortSignal');
     let last = this.version;

@@ -141,6 +141,7 @@ t.test('typed errors: bad URLs, bad field lists, bad values, a field list that d
     t.throws(() => s.set('nope' as 'a', 1), { code: ErrorCode.BAD_ARGUMENT });
     t.throws(() => s.add('b' as never, 1), { code: ErrorCode.BAD_ARGUMENT });
     t.throws(() => s.add('a', 1.5), { code: ErrorCode.BAD_ARGUMENT });
+    await t.rejects(s.watch(null as never).next(), { code: ErrorCode.BAD_ARGUMENT }, 'watch(null)');
     t.equal(s.version, 0, 'no failed call changed anything');
     s.close();
     t.throws(() => s.read(), { code: ErrorCode.CLOSED });
