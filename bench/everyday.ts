@@ -159,10 +159,13 @@ interface Peer {
 }
 
 let endpointSerial = 0;
+/** URL options of the shm:// endpoint (`--query 'size=64KiB&maxMessage=16MiB'`: small rings, large messages as
+ * fragments); empty: the defaults. */
+let shmQuery = '';
 async function server(kind: Kind): Promise<Server> {
   const tag = `shmbus-everyday-${process.pid}-${++endpointSerial}`;
   if (kind === 'shm') {
-    const url = `shm://${tag}`;
+    const url = `shm://${tag}${shmQuery ? `?${shmQuery}` : ''}`;
     const l = await listen(url);
     return {
       url,
@@ -303,7 +306,11 @@ function fmtRate(row: Row, perSec: number): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: {
+    rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
+    query: { type: 'string', default: '' },
+  } });
+  shmQuery = values.query;
   const rounds = Number(values.rounds);
   const scale = Number(values.scale);
   const rates = new Map<string, number[]>();

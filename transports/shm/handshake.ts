@@ -19,8 +19,9 @@ export const DEFAULT_TIMEOUT = 5000;
 /**
  * Rings of a connection whose listener URL gives no `size`: 4 MiB each way; a message larger than a record goes
  * as fragments (assembly/layout.ts RECORD_FRAGMENT). 64 KiB rings would make an idle connection cost 132 KiB, but
- * measured 7x slower for 1 MiB messages (25 doorbells per message): until rings can grow on demand, small rings
- * are an explicit choice (`size=64KiB`) of endpoints that hold many connections.
+ * 1 MiB messages measured about half as fast over them (`npm run bench:everyday -- --query ...`): until rings can
+ * grow on demand, small rings are an explicit choice (`size=64KiB&maxMessage=16MiB`) of endpoints that hold many
+ * connections.
  */
 export const DEFAULT_CHANNEL_RING_SIZE = 4 * 1024 * 1024;
 /** The largest message a side takes by default when its URL gives no `size` (an explicit `size` keeps messages
