@@ -168,9 +168,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
     try {
       request = decodeFrame({ type, payload });
       const { c2l, l2c } = request;
-      const prefix = this.ep.path + '.';
-      const ours = (p: unknown): p is string => typeof p === 'string' && p.startsWith(prefix) && !p.slice(prefix.length).includes('/');
-      if (!ours(c2l) || !ours(l2c)) throw new HandshakeError('connection FIFOs must sit next to the endpoint', { details: { c2l, l2c } });
+      if (!this.isConnectionPath(c2l) || !this.isConnectionPath(l2c)) throw new HandshakeError('connection FIFOs must sit next to the endpoint', { details: { c2l, l2c } });
       // O_NOFOLLOW and the FIFO check before any byte is written: a request cannot make us write elsewhere.
       const inFd = openFifo(c2l, O_RDONLY | O_NOFOLLOW);
       if (typeof inFd !== 'number') throw new HandshakeError('cannot open the connector\'s FIFO', { details: { path: c2l, errno: inFd } });
@@ -209,8 +207,14 @@ class FifoListener extends ListenerBase<StreamConnection> {
    * remove a regular file or anything elsewhere). */
   private removeRequestFifos(request: Record<string, unknown>): void {
     for (const p of [request.c2l, request.l2c]) {
-      if (typeof p === 'string' && p.startsWith(this.ep.path + '.') && fs.lstatSync(p, { throwIfNoEntry: false })?.isFIFO()) unlinkQuietly(p);
+      if (this.isConnectionPath(p) && fs.lstatSync(p, { throwIfNoEntry: false })?.isFIFO()) unlinkQuietly(p);
     }
+  }
+
+  /** A name directly next to the endpoint (`<path>.<anything without a slash>`): no `..` can lead elsewhere. */
+  private isConnectionPath(p: unknown): p is string {
+    const prefix = this.ep.path + '.';
+    return typeof p === 'string' && p.startsWith(prefix) && !p.slice(prefix.length).includes('/');
   }
 
   protected async stop(): Promise<void> {

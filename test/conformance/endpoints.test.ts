@@ -127,13 +127,22 @@ t.test('fifo: a garbage request or one naming foreign files is refused; the list
   const neighbour = `${p}.1.1.l2c`;
   fs.writeFileSync(neighbour, 'secret');
   mkfifo(`${p}.1.1.c2l`, 0o600);
+  // A FIFO elsewhere, reached through `..` from a directory named like a connection FIFO: never removed.
+  const victimFifo = path('victimfifo');
+  mkfifo(victimFifo, 0o600);
+  fs.mkdirSync(`${p}.x`);
+  const around = `${p}.x/../${victimFifo.slice(victimFifo.lastIndexOf('/') + 1)}`;
   const fd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  fs.writeSync(fd, encodeFrame(RECORD_MSGPACK, pack({ shmbus: 1, c2l: around, l2c: around, pid: 1 })));
   fs.writeSync(fd, encodeFrame(RECORD_MSGPACK, pack({ shmbus: 1, c2l: victim, l2c: victim, pid: 1 })));
   fs.writeSync(fd, encodeFrame(RECORD_MSGPACK, pack({ shmbus: 1, c2l: `${p}.1.1.c2l`, l2c: neighbour, pid: 1 })));
   fs.writeSync(fd, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x02, 0x00]));
   fs.closeSync(fd);
-  await eventually(() => errors.length >= 3, 'the listener to report the three bad requests');
-  t.same(errors, [ErrorCode.HANDSHAKE, ErrorCode.HANDSHAKE, ErrorCode.CORRUPT], 'all three were reported to error listeners');
+  await eventually(() => errors.length >= 4, 'the listener to report the four bad requests');
+  t.same(errors, [ErrorCode.HANDSHAKE, ErrorCode.HANDSHAKE, ErrorCode.HANDSHAKE, ErrorCode.CORRUPT], 'all four were reported to error listeners');
+  t.ok(fs.lstatSync(victimFifo).isFIFO(), 'a FIFO reached through .. was not removed');
+  fs.rmSync(victimFifo);
+  fs.rmdirSync(`${p}.x`);
   t.equal(fs.readFileSync(victim, 'utf8'), 'secret', 'a file elsewhere was not touched');
   t.equal(fs.readFileSync(neighbour, 'utf8'), 'secret', 'a regular file named like a connection FIFO is left alone');
   t.notOk(fs.existsSync(`${p}.1.1.c2l`), 'the FIFO the failed request named is removed');
