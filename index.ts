@@ -42,7 +42,7 @@ export async function serve(listener: AsyncIterable<Connection>, handler: Reques
 }
 
 export { Listener, Channel, Claim, type RecordHandler } from './transports/shm/index.js';
-export { Bus, Publisher, Subscription, type BusOptions, type PublisherOptions, type SubscribeOptions, type TopicInfo } from './bus/index.js';
+export { Bus, Publisher, Subscription, type BusOptions, type PublisherOptions, type SubscribeOptions, type PollHandler, type TopicInfo } from './bus/index.js';
 export type { RequestHandler, RequestOptions } from './host/rpc.js';
 export { spawnWithPipe, type PipeChild, type PipeSpawnOptions } from './transports/pipe.js';
 export { registerTransport, transportFor, transports, type Transport, type Connection, type ConnectionListener, type ConnectOptions, type ListenOptions } from './transports/contract.js';

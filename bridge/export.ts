@@ -16,7 +16,7 @@
  */
 import type { Bus, Subscription } from '../bus/index.js';
 import type { Policy } from '../host/topic.js';
-import { BC_RECORD_HEADER_SIZE, BC_RECORD_SEQ_OFFSET, RECORD_MSGPACK } from '../assembly/layout.js';
+import { RECORD_MSGPACK } from '../assembly/layout.js';
 import type { Link } from './connection.js';
 import { backoff } from './connection.js';
 import { messageId, MSG_ID_HEADER, newEpoch, parseMessageId, positionKey, subjectOf } from './naming.js';
@@ -53,7 +53,6 @@ export class Exporter {
   private closed = false;
   private running: Promise<void> | undefined;
   private readonly moved = new Signal();
-  private view: DataView | undefined;
   // lossless state
   private epoch = '';
   private acked = -1;
@@ -103,13 +102,6 @@ export class Exporter {
     this.link.onReconnect(() => this.reconnected());
     ready();
     if (!this.closed) await this.runLossless();
-  }
-
-  /** The sequence number of the record whose payload starts at `offset` (its header precedes it: docs/bus.md). */
-  private seqAt(memory: Uint8Array, offset: number): number {
-    if (this.view?.buffer !== memory.buffer) this.view = new DataView(memory.buffer);
-    const at = offset - BC_RECORD_HEADER_SIZE + BC_RECORD_SEQ_OFFSET;
-    return this.view.getUint32(at, true) + this.view.getUint32(at + 4, true) * 2 ** 32;
   }
 
   // --- lossy ---------------------------------------------------------------------------------------------------
@@ -213,8 +205,8 @@ export class Exporter {
 
   private async runLossless(): Promise<void> {
     const fresh: Record[] = [];
-    const take = (memory: Uint8Array, offset: number, length: number, type: number) => {
-      fresh.push({ seq: this.seqAt(memory, offset), type, bytes: this.copy(memory, offset, length) });
+    const take = (memory: Uint8Array, offset: number, length: number, type: number, seq: number) => {
+      fresh.push({ seq, type, bytes: this.copy(memory, offset, length) });
     };
     let expected = this.acked + 1;
     let first = true;

@@ -3,7 +3,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Unpackr } from 'msgpackr';
 import {
   RECORD_MSGPACK, TOPIC_HEADER_OFFSET, TOPIC_SPACE_WAKE_OFFSET, BC_BATCH_ENTRY_SIZE, BC_BATCH_ADDRESS_OFFSET,
-  BC_BATCH_LENGTH_OFFSET, BC_BATCH_TYPE_OFFSET, BC_BATCH_SEQ_OFFSET,
+  BC_BATCH_LENGTH_OFFSET, BC_BATCH_TYPE_OFFSET, BC_BATCH_SEQ_OFFSET, BC_RECORD_HEADER_SIZE, BC_RECORD_SEQ_OFFSET,
 } from '../assembly/layout.js';
 import { decodeMsgpack } from '../host/codec.js';
 import type { Region } from '../host/region.js';
@@ -21,6 +21,15 @@ const YIELD_MS = 2;
 const TORN = Symbol('torn');
 // Batch entry fields as Uint32Array indexes.
 const A = BC_BATCH_ADDRESS_OFFSET >>> 2, LEN = BC_BATCH_LENGTH_OFFSET >>> 2, TYPE = BC_BATCH_TYPE_OFFSET >>> 2, SEQ = BC_BATCH_SEQ_OFFSET >>> 2;
+/** From a record's payload address back to its 64-bit sequence number in the record header (docs/bus.md). */
+const SEQ_BEFORE_PAYLOAD = BC_RECORD_HEADER_SIZE - BC_RECORD_SEQ_OFFSET;
+
+/**
+ * A `poll` handler: `memory[offset, offset + length)` is the record's payload in place (valid during the call),
+ * `type` its record type (RECORD_MSGPACK or RECORD_BYTES), `seq` its sequence number in the topic (0 for the first
+ * record ever published, one more for each next; a gap means records lost to lapping or published before joining).
+ */
+export type PollHandler = (memory: Uint8Array, offset: number, length: number, type: number, seq: number) => void;
 
 export interface SubscribeOptions {
   /** 'latest' (default): only messages published from now on; 'earliest': the retained history first. */
@@ -202,7 +211,7 @@ export class Subscription implements AsyncIterable<unknown> {
    * while the handler reads it; such records are counted in `dropped` afterwards: use the iterator for
    * validated copies.
    */
-  poll(handler: (memory: Uint8Array, offset: number, length: number, type: number) => void): number {
+  poll(handler: PollHandler): number {
     if (this.closed || (!this.reader && !this.tryJoin())) return 0;
     const reader = this.reader!;
     const engine = this.bus._engine;
@@ -215,7 +224,11 @@ export class Subscription implements AsyncIterable<unknown> {
     for (let i = 0; i < n; i++, e += BC_BATCH_ENTRY_SIZE >>> 2) {
       // Every record is handed over (and the batch released) even if a handler throws; the first error is rethrown.
       try {
-        handler(u8, u32[e + A]!, u32[e + LEN]!, u32[e + TYPE]!);
+        const address = u32[e + A]!;
+        // The header sits in the topic's data just before the payload (records are 16-byte aligned); on a lossy
+        // topic it may be overwritten like the payload, which `dropped` then counts.
+        const s = (address - SEQ_BEFORE_PAYLOAD) >>> 2;
+        handler(u8, address, u32[e + LEN]!, u32[e + TYPE]!, u32[s]! + u32[s + 1]! * 2 ** 32);
       } catch (error) {
         thrown ??= error;
       }
