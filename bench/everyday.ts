@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json]          (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1M,rtt]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -256,7 +256,9 @@ function socketPeer(socket: net.Socket): Peer {
 let childCounters: typeof perf | undefined;
 
 function startChild(args: string[]): Promise<number | null> {
-  const c = spawn(process.execPath, [SELF, '--child', ...args], { stdio: ['ignore', COUNTING ? 'pipe' : 'inherit', 'inherit'] });
+  // BENCH_CHILD_PROF=<dir>: each child writes a CPU profile there (node --cpu-prof is not allowed in NODE_OPTIONS).
+  const prof = process.env.BENCH_CHILD_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CHILD_PROF}`] : [];
+  const c = spawn(process.execPath, [...prof, SELF, '--child', ...args], { stdio: ['ignore', COUNTING ? 'pipe' : 'inherit', 'inherit'] });
   let out = '';
   c.stdout?.on('data', (b: Buffer) => { out += b.toString(); });
   return new Promise((resolve) => c.once('exit', (code) => {
@@ -308,15 +310,17 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt' },
   } });
+  const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
   const rounds = Number(values.rounds);
   const scale = Number(values.scale);
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
-  const jobs = ROWS.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
+  const rows = ROWS.filter((row) => wanted.has(row));
+  const jobs = rows.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
   for (let r = 0; r < rounds; r++) {
     const order = [...jobs.slice(r % jobs.length), ...jobs.slice(0, r % jobs.length)];
     for (const { row, kind } of order) {
@@ -325,17 +329,17 @@ async function main(): Promise<void> {
       rates.set(key, [...(rates.get(key) ?? []), rate]);
       process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
     }
-    for (const kind of r % 2 ? [...KINDS].reverse() : KINDS) {
+    for (const kind of !wanted.has('rtt') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
   }
-  const table = ROWS.map((row) => {
+  const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
     const unix = median(rates.get(`${row}/unix`)!);
     return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix };
   });
   const lat = Object.fromEntries(KINDS.map((k) => {
-    const s = [...trips.get(k)!].sort((a, b) => a - b);
+    const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
     return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   if (values.json) {

@@ -13,12 +13,14 @@ import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
+import { RECORD_MSGPACK_RECORDS } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
-import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from '../../host/codec.js';
+import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { preparingLargeBuffer } from '../../host/large.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
 import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
@@ -59,6 +61,9 @@ export interface ChannelParts {
   /** The largest message both sides agreed on in the handshake; above the ring's maxPayload a message goes as
    * fragments (assembly/layout.ts RECORD_FRAGMENT). Default: the ring's maxPayload. */
   maxMessage?: number;
+  /** The peer decodes RECORD_MSGPACK_RECORDS (it said `records: true` in the handshake): `send` packs with record
+   * structures. */
+  peerRecords?: boolean;
   /** 'listener' or 'connector', for messages. */
   side: string;
   wake: WakeParts;
@@ -147,6 +152,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
   /** What decoding one of the peer's records may cost (host/codec.ts). */
   private readonly decodeLimits: DecodeLimits;
+  /** `send`'s encoder when the peer takes record structures (host/codec.ts recordPackr); replaced by a fresh one
+   * whenever a packed message does not go out, since the peer must see every definition the encoder wrote. */
+  private recordPackr: Packr | undefined;
+  /** Decodes the peer's RECORD_MSGPACK_RECORDS, with the scan's table of its structures. */
+  private readonly records = recordUnpackr();
 
   private state: 'open' | 'closing' | 'closed' = 'open';
   /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
@@ -187,6 +197,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
     this.decodeLimits = decodeLimits(parts.decodeLimits);
+    if (parts.peerRecords === true) this.recordPackr = recordPackr();
     const { engine, tx, rx, socket } = parts;
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
     this.sleeper = parts.wake.mine.sleeper({
@@ -218,7 +229,16 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   send(value: unknown): boolean {
     this.checkSendable();
     if (COUNTING) { perf.sends++; perf.allocs++; }
-    return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    const packr = this.recordPackr;
+    if (packr === undefined) return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    // With record structures, a message packed and then not taken would leave the peer without definitions the
+    // encoder believes it has: start over with a fresh encoder, which defines every shape again before use.
+    try {
+      return this.enqueue(RECORD_MSGPACK_RECORDS, packr.pack(value, RESET_BUFFER_MODE));
+    } catch (error) {
+      this.recordPackr = recordPackr();
+      throw error;
+    }
   }
 
   /**
@@ -397,6 +417,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
           // side waited for room (nothing rings a parked writer for that) fail the channel now instead of
           // stalling it.
           this.tx.free();
+          // The send queue copies the message next: a large copy is a large new buffer.
+          preparingLargeBuffer(length);
           if (COUNTING) { perf.queued++; perf.copies++; perf.allocs += 2; perf.bytesCopied += length; }
         } else if (kind === WRITE_TRY) {
           const need = roomFor(length);
@@ -433,6 +455,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
           this.queueNeed = this.tx.needed();
           if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
           this.tx.free();
+          if (kind === WRITE_SEND) preparingLargeBuffer(total);
           if (this.fragmentSent > 0) this.afterCommit();
           return false;
         }
@@ -463,10 +486,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const piece = length - FRAGMENT_HEADER_SIZE;
     let a = this.assembly;
     if (a === undefined) {
-      if (type < RECORD_BYTES || type > RECORD_REPLY_ERROR) throw new CorruptError('fragment of a message of an unknown type', { type });
+      if ((type < RECORD_BYTES || type > RECORD_REPLY_ERROR) && type !== RECORD_MSGPACK_RECORDS) throw new CorruptError('fragment of a message of an unknown type', { type });
       if (total <= this.rx.maxPayload || total > this.maxMessageSize) {
         throw new CorruptError('fragmented message of an impossible length', { total, min: this.rx.maxPayload + 1, max: this.maxMessageSize });
       }
+      preparingLargeBuffer(total);
       a = this.assembly = { type, bytes: new Uint8Array(total), filled: 0 };
     } else if (type !== a.type || total !== a.bytes.length) {
       throw new CorruptError('fragment of another message', { type, total, expectedType: a.type, expectedTotal: a.bytes.length });
@@ -722,11 +746,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.takeFragment(memory, offset, length);
     } else if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+    } else if (type === RECORD_MSGPACK_RECORDS) {
+      if (COUNTING) perf.decodes++;
+      this.inbox.push(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
       this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
+      preparingLargeBuffer(length);
       this.inbox.push(memory.slice(offset, offset + length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
