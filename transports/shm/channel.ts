@@ -20,7 +20,7 @@ import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
-import { preparingLargeBuffer } from '../../host/large.js';
+import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
 import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
@@ -524,8 +524,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       if (total <= this.rx.maxPayload || total > this.maxMessageSize) {
         throw new CorruptError('fragmented message of an impossible length', { total, min: this.rx.maxPayload + 1, max: this.maxMessageSize });
       }
-      preparingLargeBuffer(total);
-      a = this.assembly = { type, bytes: new Uint8Array(total), filled: 0 };
+      a = this.assembly = { type, bytes: allocLarge(total), filled: 0 };
     } else if (type !== a.type || total !== a.bytes.length) {
       throw new CorruptError('fragment of another message', { type, total, expectedType: a.type, expectedTotal: a.bytes.length });
     }
@@ -790,8 +789,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
-      preparingLargeBuffer(length);
-      this.inbox.push(memory.slice(offset, offset + length));
+      this.inbox.push(copyOut(memory, offset, length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
