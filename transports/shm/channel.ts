@@ -21,6 +21,7 @@ import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
+import { schedYield } from '../../host/sys/sched.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
 import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
@@ -38,6 +39,8 @@ const SPIN_MAX_NS = 100_000;
 const SPIN_SLICE_NS = 1_000_000;
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
 const YIELD_MS = 2;
+/** A spin that has lasted this long (ns) yields the core every 32 polls (see spinFor). */
+const SPIN_YIELD_AFTER_NS = 5_000;
 /** send() copies a record-structure message this small into the ring itself (writeSmall). */
 const SMALL_SEND = 128;
 /** Reading for request/reply stops buffering other messages past this many unread ones. */
@@ -575,7 +578,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         if (this.spinAuto && this.spinNs < SPIN_MAX_NS) this.spinNs *= 2;
         return true;
       }
-      if ((i & 31) === 0 && (performance.now() - start) * 1e6 > budget) break;
+      if ((i & 31) === 0) {
+        const spentNs = (performance.now() - start) * 1e6;
+        if (spentNs > budget) break;
+        // Past a short spin, let another runnable thread have this core now and then: on a machine with more
+        // runnable threads than cores that is often the peer we wait for (costs ~1 µs when nobody else runs).
+        if (spentNs > SPIN_YIELD_AFTER_NS) schedYield();
+      }
     }
     if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
     return false;
