@@ -10,6 +10,8 @@
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
+// shm `send` uses msgpackr record structures per direction (RECORD_MSGPACK_RECORDS), as the socket rows do.
+// BENCH_CHILD_PROF=<dir> makes each child write a CPU profile there; `--rows` picks rows (and `rtt`).
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
 // for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
 //
@@ -23,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import { listen, connect, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
+import { mallocTuned } from '../host/large.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
@@ -361,6 +364,9 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\n${rounds} rotated rounds, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+  // The consumer (this process) tunes glibc malloc once it receives a large record (host/large.ts); the tuning is
+  // process-wide, so the socket rows measured after it run with it too.
+  if (mallocTuned()) console.log('malloc tuned by shmbus in this process (host/large.ts): socket rows after the first shm 1 MiB row share it');
 }
 
 if (process.argv[2] === '--child') {
