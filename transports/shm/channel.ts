@@ -923,6 +923,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
             : new ClosedError('peer closed the channel', { url: this.url }));
           break;
         }
+        // A handler's promise still to settle replies from a microtask: a spin now would hold that reply back.
+        if (this.rpc.answersPending) this.spun = true;
         await this.readable();
       }
     } catch (error) {
