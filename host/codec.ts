@@ -339,7 +339,8 @@ const scratchRange = { start: 0, end: 0 };
  * record is first copied into one reused private buffer, then checked and decoded there: no view and no DataView
  * per record (msgpackr caches its DataView on the buffer), msgpackr reads short strings in JS (it takes its
  * native extractor, slow for a few bytes, once the buffer's end is past ~140), and a peer rewriting the shared
- * bytes cannot change them between the check and the decode. Larger records decode from a view, as before.
+ * bytes cannot change them between the check and the decode. Larger records decode from a view, as before,
+ * or from a private copy when `records` is given (the scan table must see what msgpackr reads).
  */
 export function decodeMsgpackAt(
   unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS, records?: RecordStructures,
@@ -353,6 +354,11 @@ export function decodeMsgpackAt(
     source = scratch;
     scratchRange.end = length;
     range = scratchRange;
+  } else if (records !== undefined) {
+    // With records the scan's table must learn exactly the definitions msgpackr reads: decode a private copy, so
+    // that a peer rewriting the shared bytes after the scan cannot make the two differ.
+    source = bytes.slice(start, end);
+    checkMsgpackRange(source, 0, length, limits, records);
   } else {
     checkMsgpackRange(bytes, start, end, limits, records);
     source = bytes.subarray(start, end);
