@@ -575,3 +575,10 @@ export const RECORD_FRAGMENT = 6;
 export const FRAGMENT_TYPE_OFFSET = 0;
 export const FRAGMENT_TOTAL_OFFSET = 4;
 export const FRAGMENT_HEADER_SIZE = 8;
+
+// ─── Values with record structures (issue 10) ────────────────────────────────────────────────────────────────
+// A msgpack value written by a msgpackr Packr with `sequential: true`: objects of one shape are records whose
+// keys are defined inline the first time (ext 0x72 "r", then the keys) and named by one byte (0x40–0x7f) after
+// that, per channel direction, in ring order. Sent by `send` only to a peer that said `records: true` in the
+// handshake; the receiver checks every definition and bounds their total (host/codec.ts RecordStructures).
+export const RECORD_MSGPACK_RECORDS = 7;

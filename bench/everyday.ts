@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json]          (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1M,rtt]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -10,6 +10,8 @@
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
+// shm `send` uses msgpackr record structures per direction (RECORD_MSGPACK_RECORDS), as the socket rows do.
+// BENCH_CHILD_PROF=<dir> makes each child write a CPU profile there; `--rows` picks rows (and `rtt`).
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
 // for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
 //
@@ -23,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import { listen, connect, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
+import { mallocTuned } from '../host/large.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
@@ -256,7 +259,9 @@ function socketPeer(socket: net.Socket): Peer {
 let childCounters: typeof perf | undefined;
 
 function startChild(args: string[]): Promise<number | null> {
-  const c = spawn(process.execPath, [SELF, '--child', ...args], { stdio: ['ignore', COUNTING ? 'pipe' : 'inherit', 'inherit'] });
+  // BENCH_CHILD_PROF=<dir>: each child writes a CPU profile there (node --cpu-prof is not allowed in NODE_OPTIONS).
+  const prof = process.env.BENCH_CHILD_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CHILD_PROF}`] : [];
+  const c = spawn(process.execPath, [...prof, SELF, '--child', ...args], { stdio: ['ignore', COUNTING ? 'pipe' : 'inherit', 'inherit'] });
   let out = '';
   c.stdout?.on('data', (b: Buffer) => { out += b.toString(); });
   return new Promise((resolve) => c.once('exit', (code) => {
@@ -308,15 +313,17 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt' },
   } });
+  const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
   const rounds = Number(values.rounds);
   const scale = Number(values.scale);
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
-  const jobs = ROWS.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
+  const rows = ROWS.filter((row) => wanted.has(row));
+  const jobs = rows.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
   for (let r = 0; r < rounds; r++) {
     const order = [...jobs.slice(r % jobs.length), ...jobs.slice(0, r % jobs.length)];
     for (const { row, kind } of order) {
@@ -325,17 +332,17 @@ async function main(): Promise<void> {
       rates.set(key, [...(rates.get(key) ?? []), rate]);
       process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
     }
-    for (const kind of r % 2 ? [...KINDS].reverse() : KINDS) {
+    for (const kind of !wanted.has('rtt') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
   }
-  const table = ROWS.map((row) => {
+  const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
     const unix = median(rates.get(`${row}/unix`)!);
     return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix };
   });
   const lat = Object.fromEntries(KINDS.map((k) => {
-    const s = [...trips.get(k)!].sort((a, b) => a - b);
+    const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
     return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   if (values.json) {
@@ -357,6 +364,9 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\n${rounds} rotated rounds, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
+  // The consumer (this process) tunes glibc malloc once it receives a large record (host/large.ts); the tuning is
+  // process-wide, so the socket rows measured after it run with it too.
+  if (mallocTuned()) console.log('malloc tuned by shmbus in this process (host/large.ts): socket rows after the first shm 1 MiB row share it');
 }
 
 if (process.argv[2] === '--child') {

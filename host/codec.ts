@@ -20,10 +20,17 @@
  *
  * Every refusal is ERR_SHMBUS_CORRUPT with `details.reason` (and the limit passed, for the two limits).
  *
+ * Records (`RecordStructures`, for a channel direction whose sender packs with msgpackr `sequential: true`):
+ * a value may define a structure inline (fixext 1, type 0x72 "r", an id byte 0x40–0x7f, then an array of string
+ * keys, then that many values) and later name it by its id byte alone, followed by its values. The scan keeps the
+ * same table of structures msgpackr keeps while decoding (an id byte with no structure is a plain integer, as for
+ * msgpackr), so it knows how many values follow each record. What a peer may define is bounded: at most
+ * MAX_RECORD_KEYS keys per structure and MAX_STRUCTURE_BYTES of keys for all 64 ids together; beyond, CORRUPT.
+ *
  * Cost: a loop over the tokens (strings and binaries are skipped, not read), a few ns per value; see
  * bench/decode.ts for numbers next to msgpackr's own decode.
  */
-import { Unpackr } from 'msgpackr';
+import { Packr, Unpackr } from 'msgpackr';
 import { BadArgumentError, CorruptError } from './errors.js';
 
 /** How much a peer's record may cost us to decode. */
@@ -71,6 +78,43 @@ const HEAP_BOXED = 16;
 const EXT_UNDEFINED = 0x00;
 const EXT_TIMESTAMP = 0xff;
 
+/** Keys one record structure may have. */
+export const MAX_RECORD_KEYS = 256;
+/** Key bytes (each key's length + HEAP_STRING) all structures of one direction may hold together. */
+export const MAX_STRUCTURE_BYTES = 64 * 1024;
+/** Ids 0x40–0x7f: the one-byte record ids of msgpackr. */
+const RECORD_IDS = 64;
+/** msgpackr's extension type of an inline record definition ("r"). */
+const EXT_RECORD_DEFINITION = 0x72;
+
+/**
+ * The record structures a peer defined on one channel direction, as the scan sees them: how many values follow
+ * each id. Lives as long as the msgpackr Unpackr that decodes the same records (both learn the same definitions in
+ * the same order); after a CORRUPT the connection is over, so neither is used again.
+ */
+export class RecordStructures {
+  /** Values that follow each id (index: id − 0x40); −1: not defined (the byte is a plain integer). */
+  readonly fields = new Int32Array(RECORD_IDS).fill(-1);
+  private readonly keyBytes = new Int32Array(RECORD_IDS);
+  private total = 0;
+
+  /** Key bytes held by all structures now. */
+  get bytes(): number {
+    return this.total;
+  }
+
+  /** @internal the scan found a definition of `id` (0–63) with `count` keys costing `keyBytes`. */
+  define(id: number, count: number, keyBytes: number): void {
+    const total = this.total - this.keyBytes[id]! + keyBytes;
+    if (total > MAX_STRUCTURE_BYTES) {
+      refuse('record structures too large', { limit: 'MAX_STRUCTURE_BYTES', maxStructureBytes: MAX_STRUCTURE_BYTES, bytes: total });
+    }
+    this.total = total;
+    this.keyBytes[id] = keyBytes;
+    this.fields[id] = count;
+  }
+}
+
 /** One scratch stack per process: records are checked one at a time (decoding is synchronous). */
 let stack = new Float64Array(64);
 
@@ -91,7 +135,9 @@ export function checkMsgpack(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_D
  * the range is read, and positions in errors count from `start`. Lets a receiver check and decode in place,
  * without a view per record.
  */
-export function checkMsgpackRange(bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): void {
+export function checkMsgpackRange(
+  bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS, records?: RecordStructures,
+): void {
   if (!(start >= 0 && end >= start && end <= bytes.length)) throw new BadArgumentError('record range outside the buffer', { start, end, length: bytes.length });
   const length = end - start;
   const budget = limits.maxDecodedRatio * length + limits.slackBytes;
@@ -105,21 +151,27 @@ export function checkMsgpackRange(bytes: Uint8Array, start: number, end: number,
     const t = bytes[pos++]!;
     need--;
     cost += HEAP_VALUE;
-    if (t < 0x80 || t >= 0xe0) {
-      // fixint, the commonest token: take the whole run of them at this level in one tight loop.
-      while (need > 0 && pos < end) {
-        const u = bytes[pos]!;
-        if (u >= 0x80 && u < 0xe0) break;
-        pos++;
-        need--;
-        cost += HEAP_VALUE;
-      }
-      while (need === 0 && depth > 0) need = stack[--depth]!;
-      continue;
-    }
     let children = 0;
     let skip = 0;
-    if (t < 0x90) {
+    if (t < 0x80 || t >= 0xe0) {
+      if (records === undefined || t < 0x40 || t >= 0x80 || records.fields[t - 0x40]! < 0) {
+        // fixint, the commonest token: take the whole run of them at this level in one tight loop (with records,
+        // 0x40–0x7f may name a structure: the loop stops there).
+        const top = records === undefined ? 0x80 : 0x40;
+        while (need > 0 && pos < end) {
+          const u = bytes[pos]!;
+          if (u >= top && u < 0xe0) break;
+          pos++;
+          need--;
+          cost += HEAP_VALUE;
+        }
+        while (need === 0 && depth > 0) need = stack[--depth]!;
+        continue;
+      }
+      // A record of a structure defined earlier: its values follow.
+      children = records.fields[t - 0x40]!;
+      cost += HEAP_MAP + children * HEAP_ENTRY;
+    } else if (t < 0x90) {
       children = (t & 0x0f) * 2;
       cost += HEAP_MAP + (t & 0x0f) * HEAP_ENTRY;
     } else if (t < 0xa0) {
@@ -140,6 +192,13 @@ export function checkMsgpackRange(bytes: Uint8Array, start: number, end: number,
           break;
         case 0xcb: case 0xcf: case 0xd3: skip = 8; cost += HEAP_BOXED; break;
         case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+          if (t === 0xd4 && records !== undefined && pos < end && bytes[pos] === EXT_RECORD_DEFINITION) {
+            pos = defineRecord(bytes, start, end, pos + 1, records);
+            // The definition is followed by the record's values, as a reference would be.
+            children = defined.count;
+            cost += HEAP_MAP + HEAP_ARRAY + children * HEAP_ENTRY + defined.keyBytes;
+            break;
+          }
           pos = ext(bytes, start, end, pos, 1 << (t - 0xd4));
           cost += HEAP_BOXED;
           break;
@@ -197,6 +256,49 @@ function tooLarge(limits: DecodeLimits, length: number, estimatedBytes: number):
   refuse('decoded value would be too large for the record', { limit: 'maxDecodedRatio', maxDecodedRatio: limits.maxDecodedRatio, length, estimatedBytes });
 }
 
+/** What the last defineRecord found. */
+const defined = { count: 0, keyBytes: 0 };
+
+/**
+ * An inline record definition whose id byte is at `pos` (after 0xd4 0x72): the id, then an array of string keys.
+ * Checks it, enters it in `records` (bounded) and returns the position of its first value.
+ */
+function defineRecord(bytes: Uint8Array, start: number, end: number, pos: number, records: RecordStructures): number {
+  if (pos >= end) refuse('truncated', { at: pos - start, length: end - start });
+  const id = bytes[pos++]!;
+  // msgpackr's one-byte ids; the two-byte form (fixext 2) is never written by our encoder and stays refused.
+  if (id < 0x40 || id >= 0x40 + RECORD_IDS) refuse('record definition with an id out of range', { at: pos - 1 - start, id });
+  if (pos >= end) refuse('truncated', { at: pos - start, length: end - start });
+  const a = bytes[pos++]!;
+  let count: number;
+  if (a >= 0x90 && a < 0xa0) count = a & 0x0f;
+  else if (a === 0xdc || a === 0xdd) {
+    const size = a === 0xdc ? 2 : 4;
+    count = len(bytes, start, end, pos, size);
+    pos += size;
+  } else refuse('record definition without an array of keys', { at: pos - 1 - start, token: '0x' + a.toString(16) });
+  if (count > MAX_RECORD_KEYS) refuse('record structure with too many keys', { limit: 'MAX_RECORD_KEYS', maxRecordKeys: MAX_RECORD_KEYS, keys: count });
+  let keyBytes = 0;
+  for (let i = 0; i < count; i++) {
+    if (pos >= end) refuse('truncated', { at: pos - start, length: end - start });
+    const k = bytes[pos++]!;
+    let n: number;
+    if (k >= 0xa0 && k < 0xc0) n = k & 0x1f;
+    else if (k === 0xd9 || k === 0xda || k === 0xdb) {
+      const size = k === 0xd9 ? 1 : k === 0xda ? 2 : 4;
+      n = len(bytes, start, end, pos, size);
+      pos += size;
+    } else refuse('record key is not a string', { at: pos - 1 - start, token: '0x' + k.toString(16) });
+    if (n > end - pos) refuse('truncated', { at: pos - start, need: n, length: end - start });
+    pos += n;
+    keyBytes += HEAP_STRING + n;
+  }
+  records.define(id - 0x40, count, keyBytes);
+  defined.count = count;
+  defined.keyBytes = keyBytes;
+  return pos;
+}
+
 /** A big-endian length of `size` bytes at `pos`. */
 function len(bytes: Uint8Array, start: number, end: number, pos: number, size: number): number {
   if (size > end - pos) refuse('truncated', { at: pos - start, need: size, length: end - start });
@@ -237,20 +339,28 @@ const scratchRange = { start: 0, end: 0 };
  * record is first copied into one reused private buffer, then checked and decoded there: no view and no DataView
  * per record (msgpackr caches its DataView on the buffer), msgpackr reads short strings in JS (it takes its
  * native extractor, slow for a few bytes, once the buffer's end is past ~140), and a peer rewriting the shared
- * bytes cannot change them between the check and the decode. Larger records decode from a view, as before.
+ * bytes cannot change them between the check and the decode. Larger records decode from a view, as before,
+ * or from a private copy when `records` is given (the scan table must see what msgpackr reads).
  */
-export function decodeMsgpackAt(unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): unknown {
+export function decodeMsgpackAt(
+  unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS, records?: RecordStructures,
+): unknown {
   const length = end - start;
   let source: Uint8Array;
   let range: { start: number; end: number } | undefined;
   if (length <= SMALL_RECORD && start >= 0 && end <= bytes.length) {
     for (let i = 0; i < length; i++) scratch[i] = bytes[start + i]!;
-    checkMsgpackRange(scratch, 0, length, limits);
+    checkMsgpackRange(scratch, 0, length, limits, records);
     source = scratch;
     scratchRange.end = length;
     range = scratchRange;
+  } else if (records !== undefined) {
+    // With records the scan's table must learn exactly the definitions msgpackr reads: decode a private copy, so
+    // that a peer rewriting the shared bytes after the scan cannot make the two differ.
+    source = bytes.slice(start, end);
+    checkMsgpackRange(source, 0, length, limits, records);
   } else {
-    checkMsgpackRange(bytes, start, end, limits);
+    checkMsgpackRange(bytes, start, end, limits, records);
     source = bytes.subarray(start, end);
   }
   try {
@@ -258,6 +368,22 @@ export function decodeMsgpackAt(unpackr: Unpackr, bytes: Uint8Array, start: numb
   } catch (cause) {
     throw new CorruptError('peer data does not decode', { reason: 'msgpack', length, cause: String(cause) });
   }
+}
+
+/**
+ * The pair that encodes / decodes values with inline record structures (one per channel direction, see
+ * RecordStructures): a Packr that defines each shape the first time it sends it, and the receiver's Unpackr with
+ * its scan table. Both keep state across records: every record packed must reach the peer, in order.
+ */
+export function recordPackr(): Packr {
+  return new Packr({ sequential: true });
+}
+
+/** The receiving side of `recordPackr`'s records: decode with `decodeMsgpackAt(unpackr, …, structures)`. */
+export function recordUnpackr(): { unpackr: Unpackr; structures: RecordStructures } {
+  // copyBuffers: binary fields must not stay views into the ring. trusted (implied by sequential) keeps the
+  // structures across records, which the scan table mirrors.
+  return { unpackr: new Unpackr({ sequential: true, copyBuffers: true }), structures: new RecordStructures() };
 }
 
 const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });

@@ -78,12 +78,15 @@ export class Rpc {
         entry.cleanup = () => signal.removeEventListener('abort', onAbort);
       }
       this.pending.set(id, entry);
-      if (!wasActive) this.activity(true);
       try {
         this.send(RECORD_REQUEST, [id, value]);
       } catch (error) {
         entry.reject(error as Error);
+        return;
       }
+      // Told after the request is out: the connection may start waiting for the reply at once (spinning on its
+      // ring), and a wait that starts before the request is sent only burns its budget.
+      if (!wasActive && this.pending.has(id)) this.activity(true);
     });
   }
 
@@ -92,7 +95,7 @@ export class Rpc {
     const wasActive = this.active;
     this.handler = fn;
     if (wasActive !== this.active) this.activity(this.active);
-    if (fn) for (const [id, value] of this.early.splice(0)) void this.answer(id, value);
+    if (fn) for (const [id, value] of this.early.splice(0)) this.answer(id, value);
   }
 
   /** A record of one of the request/reply types arrived, decoded. */
@@ -104,7 +107,7 @@ export class Rpc {
     if (type === RECORD_REQUEST) {
       // Before any handler is set, requests wait for one (bounded); the requester's timeout covers the wait.
       if (!this.handler && this.early.length < MAX_EARLY_REQUESTS) this.early.push([id, value]);
-      else void this.answer(id, value);
+      else this.answer(id, value);
       return;
     }
     const entry = this.pending.get(id);
@@ -113,16 +116,40 @@ export class Rpc {
     else entry.reject(remoteError(value));
   }
 
-  private async answer(id: number, value: unknown): Promise<void> {
-    let type = RECORD_REPLY;
+  /** Answers whose handler returned a promise and that are not sent yet. */
+  private answering = 0;
+
+  /** Whether a handler's promise is still to settle (its reply then goes out from a later microtask). */
+  get answersPending(): boolean {
+    return this.answering > 0;
+  }
+
+  /**
+   * Runs the handler and replies: at once when it returns a plain value or throws (no promise turn: the
+   * connection may go on to wait for the next request right after, and a reply left for a microtask would wait
+   * behind that), once it settles when it returns a promise.
+   */
+  private answer(id: number, value: unknown): void {
     let result: unknown;
     try {
       if (!this.handler) throw new ShmbusError(ErrorCode.BAD_STATE, 'no request handler on this connection');
-      result = await this.handler(value);
+      result = this.handler(value);
     } catch (error) {
-      type = RECORD_REPLY_ERROR;
-      result = errorReply(error);
+      this.reply(id, RECORD_REPLY_ERROR, errorReply(error));
+      return;
     }
+    if (result === null || (typeof result !== 'object' && typeof result !== 'function') || typeof (result as PromiseLike<unknown>).then !== 'function') {
+      this.reply(id, RECORD_REPLY, result);
+      return;
+    }
+    this.answering++;
+    Promise.resolve(result).then(
+      (v) => { this.answering--; this.reply(id, RECORD_REPLY, v); },
+      (error) => { this.answering--; this.reply(id, RECORD_REPLY_ERROR, errorReply(error)); },
+    );
+  }
+
+  private reply(id: number, type: number, result: unknown): void {
     try {
       this.send(type, [id, result]);
     } catch {

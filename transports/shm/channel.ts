@@ -11,14 +11,17 @@ import { dispatchMessages, type MessageSource } from '../dispatch.js';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
+import { Packr, Unpackr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
+import { RECORD_MSGPACK_RECORDS } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
-import { decodeLimits, decodeMsgpackAt, type DecodeLimits } from '../../host/codec.js';
+import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
+import { schedYield } from '../../host/sys/sched.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
 import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
@@ -36,6 +39,10 @@ const SPIN_MAX_NS = 100_000;
 const SPIN_SLICE_NS = 1_000_000;
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
 const YIELD_MS = 2;
+/** A spin that has lasted this long (ns) yields the core every 32 polls (see spinFor). */
+const SPIN_YIELD_AFTER_NS = 5_000;
+/** send() copies a record-structure message this small into the ring itself (writeSmall). */
+const SMALL_SEND = 128;
 /** Reading for request/reply stops buffering other messages past this many unread ones. */
 const INBOX_LIMIT = 65536;
 
@@ -59,6 +66,9 @@ export interface ChannelParts {
   /** The largest message both sides agreed on in the handshake; above the ring's maxPayload a message goes as
    * fragments (assembly/layout.ts RECORD_FRAGMENT). Default: the ring's maxPayload. */
   maxMessage?: number;
+  /** The peer decodes RECORD_MSGPACK_RECORDS (it said `records: true` in the handshake): `send` packs with record
+   * structures. */
+  peerRecords?: boolean;
   /** 'listener' or 'connector', for messages. */
   side: string;
   wake: WakeParts;
@@ -147,6 +157,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
   /** What decoding one of the peer's records may cost (host/codec.ts). */
   private readonly decodeLimits: DecodeLimits;
+  /** `send`'s encoder when the peer takes record structures (host/codec.ts recordPackr); replaced by a fresh one
+   * whenever a packed message does not go out, since the peer must see every definition the encoder wrote. */
+  private recordPackr: Packr | undefined;
+  /** Decodes the peer's RECORD_MSGPACK_RECORDS, with the scan's table of its structures. */
+  private readonly records = recordUnpackr();
 
   private state: 'open' | 'closing' | 'closed' = 'open';
   /** Set once the peer's control socket ended; the rings stay mapped until we are done reading. */
@@ -187,6 +202,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
     this.decodeLimits = decodeLimits(parts.decodeLimits);
+    if (parts.peerRecords === true) this.recordPackr = recordPackr();
     const { engine, tx, rx, socket } = parts;
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
     this.sleeper = parts.wake.mine.sleeper({
@@ -218,7 +234,21 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   send(value: unknown): boolean {
     this.checkSendable();
     if (COUNTING) { perf.sends++; perf.allocs++; }
-    return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    const packr = this.recordPackr;
+    if (packr === undefined) return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    // With record structures, a message packed and then not taken would leave the peer without definitions the
+    // encoder believes it has: start over with a fresh encoder, which defines every shape again before use.
+    try {
+      // REUSE_BUFFER_MODE: msgpackr hands back its whole buffer with the value at [start, end), no view per message.
+      const packed = packr.pack(value, RESET_BUFFER_MODE | REUSE_BUFFER_MODE) as unknown as Uint8Array & { start: number; end: number };
+      const start = packed.start;
+      const end = packed.end;
+      if (end - start <= SMALL_SEND && this.writeSmall(packed, start, end)) return true;
+      return this.enqueue(RECORD_MSGPACK_RECORDS, packed.subarray(start, end));
+    } catch (error) {
+      this.recordPackr = recordPackr();
+      throw error;
+    }
   }
 
   /**
@@ -234,6 +264,33 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   handle(handler: RequestHandler | undefined): this {
     this.rpc.handle(handler);
     return this;
+  }
+
+  /**
+   * send()'s fast path for a small record-structure message: straight into the ring when nothing waits in the send
+   * queue and no claim is open (what the send queue would do first), copied byte by byte (cheaper than a view and
+   * set() for a few dozen bytes). False: nothing written, take the ordinary path.
+   */
+  private writeSmall(packed: Uint8Array, start: number, end: number): boolean {
+    if (!this.sendQueue.idle || this.openClaim !== undefined) return false;
+    const length = end - start;
+    let at: number;
+    try {
+      at = this.tx.claim(length, RECORD_MSGPACK_RECORDS);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    if (at === 0) return false;
+    if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
+    const memory = this.engine.u8;
+    for (let i = 0; i < length; i++) memory[at + i] = packed[start + i]!;
+    try {
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    this.afterCommit();
+    return true;
   }
 
   private sendRecord(type: number, value: unknown): void {
@@ -397,6 +454,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
           // side waited for room (nothing rings a parked writer for that) fail the channel now instead of
           // stalling it.
           this.tx.free();
+          // The send queue copies the message next: a large copy is a large new buffer.
+          preparingLargeBuffer(length);
           if (COUNTING) { perf.queued++; perf.copies++; perf.allocs += 2; perf.bytesCopied += length; }
         } else if (kind === WRITE_TRY) {
           const need = roomFor(length);
@@ -433,6 +492,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
           this.queueNeed = this.tx.needed();
           if (this.tx.peerClosed()) throw new ClosedError('peer closed the channel', { url: this.url });
           this.tx.free();
+          if (kind === WRITE_SEND) preparingLargeBuffer(total);
           if (this.fragmentSent > 0) this.afterCommit();
           return false;
         }
@@ -463,11 +523,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const piece = length - FRAGMENT_HEADER_SIZE;
     let a = this.assembly;
     if (a === undefined) {
-      if (type < RECORD_BYTES || type > RECORD_REPLY_ERROR) throw new CorruptError('fragment of a message of an unknown type', { type });
+      if ((type < RECORD_BYTES || type > RECORD_REPLY_ERROR) && type !== RECORD_MSGPACK_RECORDS) throw new CorruptError('fragment of a message of an unknown type', { type });
       if (total <= this.rx.maxPayload || total > this.maxMessageSize) {
         throw new CorruptError('fragmented message of an impossible length', { total, min: this.rx.maxPayload + 1, max: this.maxMessageSize });
       }
-      a = this.assembly = { type, bytes: new Uint8Array(total), filled: 0 };
+      a = this.assembly = { type, bytes: allocLarge(total), filled: 0 };
     } else if (type !== a.type || total !== a.bytes.length) {
       throw new CorruptError('fragment of another message', { type, total, expectedType: a.type, expectedTotal: a.bytes.length });
     }
@@ -518,7 +578,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         if (this.spinAuto && this.spinNs < SPIN_MAX_NS) this.spinNs *= 2;
         return true;
       }
-      if ((i & 31) === 0 && (performance.now() - start) * 1e6 > budget) break;
+      if ((i & 31) === 0) {
+        const spentNs = (performance.now() - start) * 1e6;
+        if (spentNs > budget) break;
+        // Past a short spin, let another runnable thread have this core now and then: on a machine with more
+        // runnable threads than cores that is often the peer we wait for (costs ~1 µs when nobody else runs).
+        if (spentNs > SPIN_YIELD_AFTER_NS) schedYield();
+      }
     }
     if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
     return false;
@@ -659,7 +725,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.readablePromise) return this.readablePromise;
     // Fast path, synchronous: records already there or arriving while we spin. An async function and its
     // finally() would cost several promise turns per wait, about as much as a whole round trip when spinning.
-    if (this.isReady() || this.spinFor(this.isReady)) return RESOLVED;
+    const spun = this.spun;
+    this.spun = false;
+    if (this.isReady() || (!spun && this.spinFor(this.isReady))) return RESOLVED;
     return (this.readablePromise = this.waitReadable().finally(() => { this.readablePromise = undefined; }));
   }
 
@@ -722,12 +790,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.takeFragment(memory, offset, length);
     } else if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+    } else if (type === RECORD_MSGPACK_RECORDS) {
+      if (COUNTING) perf.decodes++;
+      this.inbox.push(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
       this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
-      this.inbox.push(memory.slice(offset, offset + length));
+      this.inbox.push(copyOut(memory, offset, length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
@@ -748,7 +819,33 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private next(): Promise<IteratorResult<unknown>> {
     if (COUNTING) perf.promises++;
     if (this.inboxHead < this.inbox.length) return Promise.resolve(this.takeInbox());
+    // Nothing decoded: read the ring now, and else spin for a record within the budget, still without entering an
+    // async function (a ping-pong waits here every message). Anything unusual goes the slow way.
+    if (this.state === 'open' && this.failure === undefined && this.readablePromise === undefined && !this.peerGone &&
+        performance.now() - this.lastYield <= YIELD_MS) {
+      if (this.pollInbox()) return Promise.resolve(this.takeInbox());
+      if (this.spinFor(this.isReady)) {
+        if (this.pollInbox()) return Promise.resolve(this.takeInbox());
+      } else {
+        // The budget is spent: nextSlow's first wait parks instead of spinning a second time.
+        this.spun = true;
+      }
+    }
     return this.nextSlow();
+  }
+
+  /** Set by next() after a spin that found nothing: the readable() right after it skips its own spin. */
+  private spun = false;
+
+  /** next()'s poll: whether a record is now decoded in the inbox. A failure fails the channel (nextSlow reports it
+   * after handing out what was decoded before it). */
+  private pollInbox(): boolean {
+    try {
+      this.poll(this.decodeInto, this.readMax);
+    } catch (error) {
+      this.fail(asShmbusError(error));
+    }
+    return this.inboxHead < this.inbox.length;
   }
 
   private takeInbox(): IteratorResult<unknown> {
@@ -787,7 +884,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         if (this.inboxHead < this.inbox.length) continue;
         throw failure;
       }
-      if (n > 0) continue;
+      if (n > 0) {
+        this.spun = false;
+        continue;
+      }
       if (this.failure) throw this.failure;
       if (this.peerGone || this.rx.peerClosed()) {
         // Everything the peer committed has been read (pending was 0 after its close flag): the end.
@@ -823,6 +923,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
             : new ClosedError('peer closed the channel', { url: this.url }));
           break;
         }
+        // A handler's promise still to settle replies from a microtask: a spin now would hold that reply back.
+        if (this.rpc.answersPending) this.spun = true;
         await this.readable();
       }
     } catch (error) {

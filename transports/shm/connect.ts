@@ -73,7 +73,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     checkListener(cred, expectUid);
     await reached('connector', 1);
     const mine = wakeLine(endpoint);
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint) });
+    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true });
     await reached('connector', 2);
     const { message: reply, rest } = await readLine(socket, left(deadline, timeout));
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
@@ -97,7 +97,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       await reached('connector', 5);
       left(deadline, timeout);
       writeLine(socket, { attached: true });
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)) });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       r.close();

@@ -161,7 +161,7 @@ export class Listener extends ListenerBase<Channel> {
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener');
       await reached('listener', 2);
-      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine, maxMessage: ownMax });
+      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine, maxMessage: ownMax, records: true });
       await reached('listener', 3);
       if (region.fd >= 0) {
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
@@ -174,7 +174,7 @@ export class Listener extends ListenerBase<Channel> {
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
       this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       region.close();
