@@ -6,15 +6,17 @@
  *
  * The task module's default export is called with each task; the value it returns (or resolves to) is the
  * result. The same file works unchanged as a Piscina task module. Each worker runs one task at a time over its
- * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own; with
- * `tasksPerWorker` > 1 the next ones are sent ahead and wait in the worker's ring.
+ * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own; the next ones
+ * (up to `tasksPerWorker`) are sent ahead and wait in the worker's ring, and a worker that runs out takes back
+ * those another has not started yet (the claim table: docs/workers.md), so a long task holds up nothing.
  *
  * Failures: a task that throws rejects with TaskError (ERR_SHMBUS_REMOTE); a worker that dies mid-task
  * (a signal, process.exit, an uncaught exception) rejects its task with WorkerExitError (ERR_SHMBUS_PEER_DEAD,
  * with the exit code or signal) and is replaced, the other tasks go on; a task running longer than
  * `taskTimeout` rejects with ERR_SHMBUS_TIMEOUT and its worker is replaced; an aborted signal rejects with the
- * signal's reason (a running task's worker is replaced); past `maxQueue` waiting tasks, run() rejects with
- * ERR_SHMBUS_QUEUE_FULL.
+ * signal's reason (a running task's worker is replaced); past `maxQueue` waiting tasks (queued, or sent ahead),
+ * run() rejects with ERR_SHMBUS_QUEUE_FULL; after MAX_FAILED_STARTS workers in a row end without running a task
+ * (a module that exits or crashes as it loads), every pending and later task rejects with WorkerStartError.
  */
 import { availableParallelism } from 'node:os';
 import { createHistogram, type RecordableHistogram } from 'node:perf_hooks';
@@ -32,7 +34,8 @@ export interface PoolOptions {
   size?: number;
   /** 'process' (default) or 'thread' (see spawn). */
   isolation?: Isolation;
-  /** Most tasks waiting for a worker; past it run() rejects with ERR_SHMBUS_QUEUE_FULL (default: no limit). */
+  /** Most tasks waiting to run (queued, or sent ahead to a busy worker); past it run() rejects with
+   * ERR_SHMBUS_QUEUE_FULL (default: no limit). */
   maxQueue?: number;
   /** Milliseconds a task may run (counted from when a worker starts it, not from run()); then it rejects with
    * ERR_SHMBUS_TIMEOUT and its worker is replaced. Default: no limit. */
