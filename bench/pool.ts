@@ -1,6 +1,7 @@
 // Task pools through the API users write (pool.run), in one run:
 //   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--json]
-//                           [--main DIR] [--only a,b,…] [--wake MODE (the shm rows' wake option)]                                       (npm run bench:pool)
+//                           [--main DIR] [--only a,b,…] [--wake MODE] [--per N]
+//                           (--wake, --per: the wake and tasksPerWorker options of the shm-thread/shm-process rows)                                       (npm run bench:pool)
 // Pools, all of `--size` workers over the same task module (bench/pool-task.ts, an echo):
 //   shm-thread    shmbus Pool, isolation 'thread'    (default options: tasks sent ahead, taken back by idle workers)
 //   shm-process   shmbus Pool, isolation 'process'
@@ -31,6 +32,7 @@ const { values: opts } = parseArgs({
     rounds: { type: 'string', default: '3' },
     main: { type: 'string' },
     wake: { type: 'string' },
+    per: { type: 'string' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
@@ -94,7 +96,7 @@ function open(name: Name): Runner {
     case 'shm-thread1':
     case 'shm-process1': {
       const pool = new Pool(TASK_MODULE, {
-        size: SIZE, isolation: name.startsWith('shm-thread') ? 'thread' : 'process', ...(name.endsWith('1') ? { tasksPerWorker: 1 } : {}),
+        size: SIZE, isolation: name.startsWith('shm-thread') ? 'thread' : 'process', ...(name.endsWith('1') ? { tasksPerWorker: 1 } : opts.per ? { tasksPerWorker: Number(opts.per) } : {}),
         ...(opts.wake ? { wake: opts.wake as PoolOptions['wake'] } : {}),
       });
       return { run: (t) => pool.run(t), close: () => pool.close() };

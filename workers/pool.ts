@@ -47,7 +47,7 @@ export interface PoolOptions {
    * machine's cores, else 'doorbell' (spinning on a core someone else needs slows everyone down). */
   wake?: PairWakeMode;
   /**
-   * Most tasks given to a worker at once (default 16, at most 128). A worker still runs one task at a time, in
+   * Most tasks given to a worker at once (default 32, at most 128). A worker still runs one task at a time, in
    * order; the ones sent ahead wait in its ring, so it never idles between tasks and reads and answers them in
    * batches. They count as queued (wait time) until the one before them finishes, so taskTimeout still counts
    * from the start of running. A task sent ahead is not bound to its worker until that worker starts it: a
@@ -145,7 +145,7 @@ const READ_AFTER_EXIT_MS = 2000;
 /** Workers in a row that end without having run a task (the module exits or crashes as it loads, or soon after)
  * before the pool gives up: it is broken, and every pending and later task rejects with WorkerStartError. */
 export const MAX_FAILED_STARTS = 3;
-const DEFAULT_TASKS_PER_WORKER = 16;
+const DEFAULT_TASKS_PER_WORKER = 32;
 const CLAIM_MASK = PAIR_CLAIM_SLOTS - 1;
 const nextSeq = (seq: number) => (seq >= PAIR_CLAIM_SEQ_MAX ? 1 : seq + 1);
 const taskBytes = (task: Task) => (task.value instanceof Uint8Array ? task.value.length : 0);
@@ -234,7 +234,8 @@ export class Pool {
     if (this.#broken) return Promise.reject(this.#broken);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const slot = this.#freeSlot();
-    if (this.maxQueue !== Infinity && this.#waiting() >= this.maxQueue) {
+    // A task an idle worker takes at once does not wait.
+    if (this.maxQueue !== Infinity && !(slot && slot.tasks.length === 0) && this.#waiting() >= this.maxQueue) {
       return Promise.reject(new ShmbusError(ErrorCode.QUEUE_FULL, 'the pool has as many tasks waiting as maxQueue allows', { details: { maxQueue: this.maxQueue } }));
     }
     return new Promise((resolve, reject) => {
