@@ -582,3 +582,23 @@ export const FRAGMENT_HEADER_SIZE = 8;
 // that, per channel direction, in ring order. Sent by `send` only to a peer that said `records: true` in the
 // handshake; the receiver checks every definition and bounds their total (host/codec.ts RecordStructures).
 export const RECORD_MSGPACK_RECORDS = 7;
+
+// ─── Task claims of a Pool's worker pair (issue 12, workers/pool.ts) ────────────────────────────────────────
+// A pair segment (workers/pair.ts: a channel segment of CHANNEL_RING_COUNT rings) ends in page padding of at least
+// 1,152 bytes after its rings (segmentBytes rounds 896 + 2 × capacity up to a page; capacity ≥ 1024). A Pool uses
+// the first PAIR_CLAIM_SLOTS × 4 bytes of it as a table of i32 claim words, one per task in flight:
+//   word (seq & (PAIR_CLAIM_SLOTS - 1)), seq = the task's number among those sent to this worker (1, 2, … wrapping
+//   after PAIR_CLAIM_SEQ_MAX, a multiple of PAIR_CLAIM_SLOTS, so consecutive numbers use consecutive words)
+//     seq                      parent      written before the task is sent: not started
+//     seq | PAIR_CLAIM_STARTED worker      compare-and-swap from seq just before the task runs
+//     0                        parent      compare-and-swap from seq: taken back (the worker skips the task)
+// The parent keeps fewer than PAIR_CLAIM_SLOTS of a worker's tasks unanswered, so a word is reused only for a task
+// whose predecessor in it was answered or taken back.
+export const PAIR_CLAIM_SLOTS = 256;
+export const PAIR_CLAIM_STARTED = 0x40000000;
+export const PAIR_CLAIM_SEQ_MAX = 0x3fffff00;
+
+/** Offset of the claim table in a pair segment whose rings have `capacity` data bytes. */
+export function pairClaimsOffset(capacity: u32): u32 {
+  return ringOffset(CHANNEL_RING_COUNT, capacity);
+}

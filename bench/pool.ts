@@ -1,11 +1,14 @@
 // Task pools through the API users write (pool.run), in one run:
-//   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--ahead 16] [--json]
-//                                                                                             (npm run bench:pool)
+//   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--json]
+//                           [--main DIR] [--only a,b,…] [--wake MODE] [--per N]
+//                           (--wake, --per: the wake and tasksPerWorker options of the shm-thread/shm-process rows)                                       (npm run bench:pool)
 // Pools, all of `--size` workers over the same task module (bench/pool-task.ts, an echo):
-//   shm-thread    shmbus Pool, isolation 'thread'    (default options: one task at a time per worker)
+//   shm-thread    shmbus Pool, isolation 'thread'    (default options: tasks sent ahead, taken back by idle workers)
 //   shm-process   shmbus Pool, isolation 'process'
-//   shm-thread+   the same with tasksPerWorker: --ahead (default 16): tasks sent ahead wait in the worker's ring
-//   shm-process+
+//   shm-thread1   the same with tasksPerWorker: 1 (a task only to an idle worker, as Piscina)
+//   shm-process1
+//   main-thread   with --main DIR: the Pool of another build (DIR/dist/workers/pool.js, e.g. main's) with its
+//   main-process  defaults, for an A/B in the same run
 //   piscina       Piscina 5 (worker threads)
 //   fork          a minimal pool over child_process.fork (IPC, 'advanced' serialization), one task per worker
 // Rows: `object` (a 64 B msgpack object { i, s, f }, --tasks of them) and `bytes1M` (a 1 MiB Buffer, --big).
@@ -14,10 +17,11 @@
 // and the medians of the rounds are printed, then the ratios the issue asks about.
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHistogram } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Piscina } from 'piscina';
-import { Pool } from '../workers/pool.js';
+import { Pool, type PoolOptions } from '../workers/pool.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -26,7 +30,10 @@ const { values: opts } = parseArgs({
     inflight: { type: 'string', default: '64' },
     size: { type: 'string', default: '2' },
     rounds: { type: 'string', default: '3' },
-    ahead: { type: 'string', default: '16' },
+    main: { type: 'string' },
+    wake: { type: 'string' },
+    per: { type: 'string' },
+    only: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -35,13 +42,14 @@ const BIG = Number(opts.big);
 const INFLIGHT = Number(opts.inflight);
 const SIZE = Number(opts.size);
 const ROUNDS = Number(opts.rounds);
-const AHEAD = Number(opts.ahead);
 const TASK_MODULE = fileURLToPath(new URL('./pool-task.js', import.meta.url));
 const FORK_WORKER = fileURLToPath(new URL('./fork-worker.js', import.meta.url));
 const MiB = 1 << 20;
 
-type Name = 'shm-thread' | 'shm-process' | 'shm-thread+' | 'shm-process+' | 'piscina' | 'fork';
-const NAMES: Name[] = ['shm-thread', 'shm-process', 'shm-thread+', 'shm-process+', 'piscina', 'fork'];
+type Name = 'shm-thread' | 'shm-process' | 'shm-thread1' | 'shm-process1' | 'main-thread' | 'main-process' | 'piscina' | 'fork';
+const ALL: Name[] = ['shm-thread', 'shm-process', 'shm-thread1', 'shm-process1', 'main-thread', 'main-process', 'piscina', 'fork'];
+const OtherPool = opts.main ? (await import(pathToFileURL(path.resolve(opts.main, 'dist/workers/pool.js')).href) as { Pool: typeof Pool }).Pool : undefined;
+const NAMES: Name[] = ALL.filter((n) => (OtherPool || !n.startsWith('main-')) && (!opts.only || opts.only.split(',').includes(n)));
 type Row = 'object' | 'bytes1M';
 
 interface Runner { run(task: unknown): Promise<unknown>; close(): Promise<void> }
@@ -85,11 +93,17 @@ function open(name: Name): Runner {
   switch (name) {
     case 'shm-thread':
     case 'shm-process':
-    case 'shm-thread+':
-    case 'shm-process+': {
+    case 'shm-thread1':
+    case 'shm-process1': {
       const pool = new Pool(TASK_MODULE, {
-        size: SIZE, isolation: name.startsWith('shm-thread') ? 'thread' : 'process', tasksPerWorker: name.endsWith('+') ? AHEAD : 1,
+        size: SIZE, isolation: name.startsWith('shm-thread') ? 'thread' : 'process', ...(name.endsWith('1') ? { tasksPerWorker: 1 } : opts.per ? { tasksPerWorker: Number(opts.per) } : {}),
+        ...(opts.wake ? { wake: opts.wake as PoolOptions['wake'] } : {}),
       });
+      return { run: (t) => pool.run(t), close: () => pool.close() };
+    }
+    case 'main-thread':
+    case 'main-process': {
+      const pool = new OtherPool!(TASK_MODULE, { size: SIZE, isolation: name === 'main-thread' ? 'thread' : 'process' });
       return { run: (t) => pool.run(t), close: () => pool.close() };
     }
     case 'piscina': {
@@ -153,18 +167,20 @@ for (const row of ['object', 'bytes1M'] as Row[]) {
   }
 }
 
-const ratio = (row: string, a: Name, b: Name, f: keyof Result) => results[row]![a]![f] / results[row]![b]![f];
+const ratio = (row: string, a: Name, b: Name, f: keyof Result) => (results[row]?.[a] && results[row]?.[b] ? results[row]![a]![f] / results[row]![b]![f] : NaN);
 const ratios = {
   'object: shm-thread / piscina tasks/s (goal ≥ 2)': ratio('object', 'shm-thread', 'piscina', 'tasksPerSec'),
   'object: shm-thread / piscina p50 (goal ≤ 0.5)': ratio('object', 'shm-thread', 'piscina', 'p50'),
   'object: shm-process / fork tasks/s (goal ≥ 5)': ratio('object', 'shm-process', 'fork', 'tasksPerSec'),
   'object: shm-process / piscina tasks/s (goal ≥ 1)': ratio('object', 'shm-process', 'piscina', 'tasksPerSec'),
   'bytes1M: shm-thread / piscina tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-thread', 'piscina', 'tasksPerSec'),
+  'bytes1M: shm-thread / fork tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-thread', 'fork', 'tasksPerSec'),
   'bytes1M: shm-process / piscina tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-process', 'piscina', 'tasksPerSec'),
   'bytes1M: shm-process / fork tasks/s (goal ≥ 2)': ratio('bytes1M', 'shm-process', 'fork', 'tasksPerSec'),
-  'object: shm-thread+ / piscina tasks/s': ratio('object', 'shm-thread+', 'piscina', 'tasksPerSec'),
-  'object: shm-process+ / piscina tasks/s': ratio('object', 'shm-process+', 'piscina', 'tasksPerSec'),
-  'object: shm-process+ / fork tasks/s': ratio('object', 'shm-process+', 'fork', 'tasksPerSec'),
+  'object: shm-thread / main-thread tasks/s': ratio('object', 'shm-thread', 'main-thread', 'tasksPerSec'),
+  'object: shm-process / main-process tasks/s': ratio('object', 'shm-process', 'main-process', 'tasksPerSec'),
+  'bytes1M: shm-thread / main-thread tasks/s': ratio('bytes1M', 'shm-thread', 'main-thread', 'tasksPerSec'),
+  'bytes1M: shm-process / main-process tasks/s': ratio('bytes1M', 'shm-process', 'main-process', 'tasksPerSec'),
 };
 
 if (opts.json) {
@@ -179,5 +195,5 @@ if (opts.json) {
     }
   }
   console.log('\nratios');
-  for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v.toFixed(2)}`);
+  for (const [k, v] of Object.entries(ratios)) if (!Number.isNaN(v)) console.log(`  ${k}: ${v.toFixed(2)}`);
 }

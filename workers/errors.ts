@@ -17,6 +17,26 @@ export class WorkerExitError extends ShmbusError {
   }
 }
 
+/**
+ * The pool's workers keep ending before they run a single task (the task module exits or crashes as it loads, or
+ * soon after): after MAX_FAILED_STARTS (pool.ts) in a row the pool stops starting them and is broken — every
+ * pending and later task rejects with this. ERR_SHMBUS_PEER_DEAD, with the last worker's exit code or signal.
+ */
+export class WorkerStartError extends ShmbusError {
+  readonly attempts: number;
+  readonly exitCode: number | null;
+  readonly signal: NodeJS.Signals | null;
+
+  constructor(attempts: number, exitCode: number | null, signal: NodeJS.Signals | null) {
+    super(ErrorCode.PEER_DEAD, `the pool's workers ended before running a task, ${attempts} in a row: the pool is broken`, {
+      details: { attempts, exitCode, signal },
+    });
+    this.attempts = attempts;
+    this.exitCode = exitCode;
+    this.signal = signal;
+  }
+}
+
 /** What a worker reports about an error its task threw (plain data, bounded by the decoder's limits). */
 export interface ThrownDescription { name?: unknown; message?: unknown; stack?: unknown; code?: unknown }
 

@@ -14,7 +14,7 @@
  * worker holds no descriptor of it and a grandchild can inherit none.
  */
 import net from 'node:net';
-import { CHANNEL_RING_COUNT, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, ringOffset, segmentBytes } from '../assembly/layout.js';
+import { CHANNEL_RING_COUNT, PAIR_CLAIM_SLOTS, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, pairClaimsOffset, ringOffset, segmentBytes } from '../assembly/layout.js';
 import type { Engine } from '../host/engine.js';
 import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
@@ -63,29 +63,64 @@ export interface ParentPair {
   /** Our end of the socketpair and the worker's. */
   parentFd: number;
   workerFd: number;
+  /** The task claim table (a Pool's pairs only, see below). */
+  claims?: PairClaims;
+}
+
+/**
+ * The task claim table of a Pool's pair (assembly/layout.ts, "Task claims"), through a second mapping of the
+ * segment that the channel's close does not take away: the parent still reads the table after its channel to a
+ * dead worker has ended (which of its tasks had started). `release()` unmaps it (idempotent).
+ */
+export interface PairClaims {
+  readonly view: Int32Array;
+  release(): void;
+}
+
+function mapClaims(region: Region, capacity: number): PairClaims {
+  // mapRegion closes the region when it fails: a caller's first mapping keeps working (it holds no descriptor).
+  const m = mapRegion(region);
+  const view = new Int32Array(m.engine.memory.buffer, m.window + pairClaimsOffset(capacity), PAIR_CLAIM_SLOTS);
+  let released = false;
+  return {
+    view,
+    release: () => {
+      if (released) return;
+      released = true;
+      unmap(m);
+    },
+  };
+}
+
+const workerClaims = new WeakMap<Channel, PairClaims>();
+
+/** The claim table of the worker's channel, when its parent (a Pool) asked for one. */
+export function pairClaims(channel: Channel): PairClaims | undefined {
+  return workerClaims.get(channel);
 }
 
 /**
  * Creates the segment (a sealed memfd, mode 0600, pages reserved) and formats it. The caller passes
  * `region.fd` and `workerFd` to the worker, then calls `openParentChannel`; on any failure before that, `abandon`.
  */
-export function createParentPair(geometry: PairGeometry, fds: [number, number]): ParentPair {
+export function createParentPair(geometry: PairGeometry, fds: [number, number], claims = false): ParentPair {
   const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
   const engine = mapping.engine;
   try {
     formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
+    return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1], claims: claims ? mapClaims(region, geometry.capacity) : undefined };
   } catch (error) {
     unmap(mapping);
     throw error;
   }
-  return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1] };
 }
 
 /** Undoes createParentPair when the worker could not be started. */
 export function abandonParentPair(pair: ParentPair, closeFd: (fd: number) => void): void {
-  try { unmap(pair.mapping); } catch { /* report the first failure */ }
+  try { pair.claims?.release(); } catch { /* report the first failure */ }
+  try { unmap(pair.mapping); } catch { /* idem */ }
   for (const fd of [pair.parentFd, pair.workerFd]) { try { closeFd(fd); } catch { /* idem */ } }
 }
 
@@ -131,19 +166,25 @@ export function releaseWorkerEnds(pair: ParentPair, closeFd: (fd: number) => voi
  * The worker's channel: checks the segment descriptor like any peer's (a memfd of our uid, sealed against
  * resizing, of the announced size; Region.fromPeerFd takes it over), maps it, reads its header, closes the fd.
  */
-export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string): Channel {
+export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string, claims = false): Channel {
   const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
   const engine = mapping.engine;
+  let table: PairClaims | undefined;
   try {
+    // The worker keeps its claim table mapped for its whole life (the table outlives the channel on purpose).
+    if (claims) table = mapClaims(region, geometry.capacity);
     region.close();
     const info = readSegment(engine, mapping.window, region.size);
     if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== geometry.capacity) {
       throw new CorruptError('segment geometry differs from what the parent announced', { ringCount: info.ringCount, capacity: info.capacity });
     }
-    return makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label);
+    const channel = makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label);
+    if (table) workerClaims.set(channel, table);
+    return channel;
   } catch (error) {
+    table?.release();
     unmap(mapping);
     throw error;
   }

@@ -9,11 +9,16 @@
  *                    [id, 1, error]     it threw or rejected: { name, message, stack, code }
  *                    [0, 0]             ready: the module is loaded (a task's run time starts from here at the earliest)
  *                    [0, 1, error]      the module could not be loaded or has no function to call; then it ends
+ * Before running a task the worker claims it in the segment's claim table (assembly/layout.ts, "Task claims"): the
+ * parent may have taken it back (to give it to an idle worker), and then it is skipped without an answer. Tasks
+ * are numbered 1, 2, … in the order they arrive, as the parent numbered them when it sent them.
  * Binary tasks and results go as raw records (sendBytes) instead of inside msgpack: that saves an encode and a
  * decode copy of every byte, which for large buffers is most of the cost. They arrive as Uint8Arrays (as a
  * Buffer does through Piscina's structured clone).
  */
 import { parentChannel } from './parent.js';
+import { pairClaims } from './pair.js';
+import { PAIR_CLAIM_SEQ_MAX, PAIR_CLAIM_SLOTS, PAIR_CLAIM_STARTED } from '../assembly/layout.js';
 import { describeThrown } from './errors.js';
 import { MessageTooLargeError } from '../host/errors.js';
 
@@ -41,6 +46,9 @@ try {
 }
 
 if (fn) {
+  const claims = pairClaims(conn)?.view;
+  /** The number of the last task that arrived. */
+  let seq = 0;
   conn.send([0, 0]);
   /** The id of a task whose bytes come in the next record. */
   let bytesFor = -1;
@@ -59,6 +67,9 @@ if (fn) {
       id = message[0];
       task = message[1];
     }
+    seq = seq >= PAIR_CLAIM_SEQ_MAX ? 1 : seq + 1;
+    // SYNC: pairs with the parent's compare-and-swap taking the task back (pool.ts #revoke); one of the two wins.
+    if (claims && Atomics.compareExchange(claims, seq & (PAIR_CLAIM_SLOTS - 1), seq, seq | PAIR_CLAIM_STARTED) !== seq) continue;
     let result: unknown;
     let failed = false;
     try {

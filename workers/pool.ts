@@ -6,22 +6,25 @@
  *
  * The task module's default export is called with each task; the value it returns (or resolves to) is the
  * result. The same file works unchanged as a Piscina task module. Each worker runs one task at a time over its
- * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own; with
- * `tasksPerWorker` > 1 the next ones are sent ahead and wait in the worker's ring.
+ * channel (protocol in pool-worker.ts), so a task's run time, its timeout and a crash are its own; the next ones
+ * (up to `tasksPerWorker`) are sent ahead and wait in the worker's ring, and a worker that runs out takes back
+ * those another has not started yet (the claim table: docs/workers.md), so a long task holds up nothing.
  *
  * Failures: a task that throws rejects with TaskError (ERR_SHMBUS_REMOTE); a worker that dies mid-task
  * (a signal, process.exit, an uncaught exception) rejects its task with WorkerExitError (ERR_SHMBUS_PEER_DEAD,
  * with the exit code or signal) and is replaced, the other tasks go on; a task running longer than
  * `taskTimeout` rejects with ERR_SHMBUS_TIMEOUT and its worker is replaced; an aborted signal rejects with the
- * signal's reason (a running task's worker is replaced); past `maxQueue` waiting tasks, run() rejects with
- * ERR_SHMBUS_QUEUE_FULL.
+ * signal's reason (a running task's worker is replaced); past `maxQueue` waiting tasks (queued, or sent ahead),
+ * run() rejects with ERR_SHMBUS_QUEUE_FULL; after MAX_FAILED_STARTS workers in a row end without running a task
+ * (a module that exits or crashes as it loads), every pending and later task rejects with WorkerStartError.
  */
 import { availableParallelism } from 'node:os';
 import { createHistogram, type RecordableHistogram } from 'node:perf_hooks';
 import { BadArgumentError, ClosedError, ErrorCode, MessageTooLargeError, ShmbusError, TimeoutError } from '../host/errors.js';
 import { checkSpawnOptions, spawn, type Isolation, type WorkerExit, type WorkerHandle } from './spawn.js';
 import type { PairWakeMode } from './pair.js';
-import { TaskError, WorkerExitError, type ThrownDescription } from './errors.js';
+import { TaskError, WorkerExitError, WorkerStartError, type ThrownDescription } from './errors.js';
+import { PAIR_CLAIM_SEQ_MAX, PAIR_CLAIM_SLOTS } from '../assembly/layout.js';
 import { workerScript } from './script.js';
 
 const POOL_WORKER = workerScript('pool-worker.js');
@@ -31,7 +34,8 @@ export interface PoolOptions {
   size?: number;
   /** 'process' (default) or 'thread' (see spawn). */
   isolation?: Isolation;
-  /** Most tasks waiting for a worker; past it run() rejects with ERR_SHMBUS_QUEUE_FULL (default: no limit). */
+  /** Most tasks waiting to run (queued, or sent ahead to a busy worker); past it run() rejects with
+   * ERR_SHMBUS_QUEUE_FULL (default: no limit). */
   maxQueue?: number;
   /** Milliseconds a task may run (counted from when a worker starts it, not from run()); then it rejects with
    * ERR_SHMBUS_TIMEOUT and its worker is replaced. Default: no limit. */
@@ -43,11 +47,13 @@ export interface PoolOptions {
    * machine's cores, else 'doorbell' (spinning on a core someone else needs slows everyone down). */
   wake?: PairWakeMode;
   /**
-   * Tasks sent ahead to each worker (default 1). A worker still runs one task at a time, in order; the ones sent
-   * ahead wait in its ring, so it never idles between tasks and reads and answers them in batches. They count
-   * as queued (wait time) until the one before them finishes, so taskTimeout still counts from the start of
-   * running; if the worker dies they go back to the head of the queue. Larger values raise throughput for small
-   * tasks and hurt balance for uneven ones (a long task holds up the ones sent ahead behind it).
+   * Most tasks given to a worker at once (default 32, at most 128). A worker still runs one task at a time, in
+   * order; the ones sent ahead wait in its ring, so it never idles between tasks and reads and answers them in
+   * batches. They count as queued (wait time) until the one before them finishes, so taskTimeout still counts
+   * from the start of running. A task sent ahead is not bound to its worker until that worker starts it: a
+   * worker that runs out of work takes back half of the not-yet-started tasks of the busiest one (the claim
+   * table, assembly/layout.ts), so a long task never holds up the ones behind it while another worker idles; if
+   * the worker dies they go back to the head of the queue. 1 sends a task only to an idle worker (Piscina's way).
    */
   tasksPerWorker?: number;
   /** The workers' environment, Node options and stdio (see spawn). */
@@ -86,6 +92,8 @@ export interface PoolStats {
   /** Workers alive or starting now, and how many have been started to replace dead ones. */
   workers: number;
   replaced: number;
+  /** Tasks sent ahead to a worker and taken back (not started) for an idle one. */
+  stolen: number;
 }
 
 interface Task {
@@ -97,6 +105,8 @@ interface Task {
   signal?: AbortSignal;
   onAbort?: () => void;
   slot?: Slot;
+  /** Its number among the tasks sent to its worker (the claim table's word, see pool-worker.ts). */
+  seq: number;
   settled: boolean;
 }
 
@@ -109,17 +119,37 @@ interface Slot {
   timer?: NodeJS.Timeout;
   /** Killed on purpose (timeout, abort, destroy): takes no more tasks. */
   doomed: boolean;
+  /** Its channel ended (the worker is going): takes no more tasks; its exit settles what it has. */
+  ended: boolean;
+  /** Tasks were taken back from it (its running one is long), or its channel refused one: takes no more until
+   * its running task answers. */
+  hold: boolean;
+  /** The claim table (undefined once the worker is gone and it is unmapped), and the number of the last task sent. */
+  claims: Int32Array | undefined;
+  seq: number;
+  /** Bytes of the binary tasks in `tasks`. */
+  bytes: number;
+  /** It answered a task (so it started fine). */
+  answered: boolean;
   /** The worker said its module is loaded: until then nothing it was sent runs (nor counts as running). */
   ready: boolean;
   gone: boolean;
   bornAt: number;
   /** Settles once the worker has ended (or could not start) and its channel is closed. */
-  ended: Promise<void>;
-  markEnded(): void;
+  closed: Promise<void>;
+  markClosed(): void;
 }
 
 /** How long a pool waits, after a worker's exit, for the rest of what it wrote to be read (normally no time). */
 const READ_AFTER_EXIT_MS = 2000;
+/** Workers in a row that end without having run a task (the module exits or crashes as it loads, or soon after)
+ * before the pool gives up: it is broken, and every pending and later task rejects with WorkerStartError. */
+export const MAX_FAILED_STARTS = 3;
+const DEFAULT_TASKS_PER_WORKER = 32;
+const CLAIM_MASK = PAIR_CLAIM_SLOTS - 1;
+const nextSeq = (seq: number) => (seq >= PAIR_CLAIM_SEQ_MAX ? 1 : seq + 1);
+const taskBytes = (task: Task) => (task.value instanceof Uint8Array ? task.value.length : 0);
+const seqDistance = (from: number, to: number) => (to - from + PAIR_CLAIM_SEQ_MAX) % PAIR_CLAIM_SEQ_MAX;
 
 const ms = (h: RecordableHistogram): DurationSummary => h.count === 0
   ? { count: 0, p50: 0, p99: 0, max: 0, mean: 0 }
@@ -147,6 +177,9 @@ export class Pool {
 
   readonly #options: PoolOptions;
   readonly #wake: PairWakeMode;
+  /** Bytes of binary tasks past which a worker that has one is sent no more (half its ring: one waits in the
+   * ring while one runs; more would only wait in the channel's send queue, copied once more). */
+  readonly #aheadBytes: number;
   readonly #slots = new Set<Slot>();
   readonly #queue: (Task | undefined)[] = [];
   #queueHead = 0;
@@ -162,6 +195,9 @@ export class Pool {
   #completed = 0;
   #failed = 0;
   #replaced = 0;
+  #stolen = 0;
+  /** Workers in a row that ended without running a task (see MAX_FAILED_STARTS). */
+  #failedStarts = 0;
   #busyMs = 0;
   #aliveMs = 0;
 
@@ -174,15 +210,17 @@ export class Pool {
     this.isolation = options.isolation ?? 'process';
     if (this.isolation !== 'process' && this.isolation !== 'thread') throw new BadArgumentError("isolation must be 'process' or 'thread'", { isolation: this.isolation });
     this.maxQueue = positiveInt(options.maxQueue, 'maxQueue', Infinity, 0);
-    this.tasksPerWorker = positiveInt(options.tasksPerWorker, 'tasksPerWorker', 1);
+    this.tasksPerWorker = positiveInt(options.tasksPerWorker, 'tasksPerWorker', DEFAULT_TASKS_PER_WORKER);
+    if (this.tasksPerWorker > PAIR_CLAIM_SLOTS / 2) throw new BadArgumentError(`tasksPerWorker must be at most ${PAIR_CLAIM_SLOTS / 2}`, { tasksPerWorker: this.tasksPerWorker });
     if (options.taskTimeout !== undefined && !(typeof options.taskTimeout === 'number' && options.taskTimeout > 0 && Number.isFinite(options.taskTimeout))) {
       throw new BadArgumentError('taskTimeout must be a positive number of milliseconds', { taskTimeout: options.taskTimeout });
     }
     this.taskTimeout = options.taskTimeout;
     this.#wake = options.wake ?? (this.size + 1 <= cores ? 'adaptive' : 'doorbell');
     // What every worker's spawn would refuse, refused here: a pool that could never start a worker is an error now.
-    checkSpawnOptions({ isolation: this.isolation, ringSize: options.ringSize, wake: this.#wake, env: options.env, execArgv: options.execArgv, stdio: options.stdio });
+    const { geometry } = checkSpawnOptions({ isolation: this.isolation, ringSize: options.ringSize, wake: this.#wake, env: options.env, execArgv: options.execArgv, stdio: options.stdio });
     this.#options = options;
+    this.#aheadBytes = geometry.capacity >>> 1;
     for (let i = 0; i < this.size; i++) this.#start();
   }
 
@@ -196,11 +234,12 @@ export class Pool {
     if (this.#broken) return Promise.reject(this.#broken);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const slot = this.#freeSlot();
-    if (!slot && this.#queued >= this.maxQueue) {
+    // A task an idle worker takes at once does not wait.
+    if (this.maxQueue !== Infinity && !(slot && slot.tasks.length === 0) && this.#waiting() >= this.maxQueue) {
       return Promise.reject(new ShmbusError(ErrorCode.QUEUE_FULL, 'the pool has as many tasks waiting as maxQueue allows', { details: { maxQueue: this.maxQueue } }));
     }
     return new Promise((resolve, reject) => {
-      const t: Task = { id: this.#nextId, value: task, resolve, reject, queuedAt: performance.now(), settled: false };
+      const t: Task = { id: this.#nextId, value: task, resolve, reject, queuedAt: performance.now(), seq: 0, settled: false };
       this.#nextId = this.#nextId >= 0x7fffffff ? 1 : this.#nextId + 1;
       if (signal) {
         t.signal = signal;
@@ -238,6 +277,7 @@ export class Pool {
       for (const task of slot.tasks) this.#settle(task, error, false);
       this.#finishHead(slot);
       slot.tasks.length = 0;
+      slot.bytes = 0;
     }
     this.#drained?.();
     await this.#stopAll(true);
@@ -267,7 +307,15 @@ export class Pool {
       failed: this.#failed,
       workers: this.#slots.size,
       replaced: this.#replaced,
+      stolen: this.#stolen,
     };
+  }
+
+  /** Tasks not running: queued, or sent ahead to a worker. */
+  #waiting(): number {
+    let n = this.#queued;
+    for (const slot of this.#slots) n += slot.tasks.length - (slot.ready && slot.tasks.length > 0 ? 1 : 0);
+    return n;
   }
 
   #inWorkers(): number {
@@ -280,25 +328,38 @@ export class Pool {
   #freeSlot(): Slot | undefined {
     let best: Slot | undefined;
     for (const slot of this.#slots) {
-      if (!slot.handle || slot.doomed || slot.gone || slot.tasks.length >= this.tasksPerWorker) continue;
+      if (!this.#canTake(slot)) continue;
       if (!best || slot.tasks.length < best.tasks.length) best = slot;
       if (slot.tasks.length === 0) break;
     }
     return best;
   }
 
+  #canTake(slot: Slot): boolean {
+    if (!slot.handle || slot.doomed || slot.gone || slot.ended || slot.hold || slot.tasks.length >= this.tasksPerWorker) return false;
+    if (slot.bytes >= this.#aheadBytes) return false;
+    // Fewer than PAIR_CLAIM_SLOTS tasks between its oldest unanswered one and the next: no claim word is reused
+    // while its task may still be started.
+    return slot.tasks.length === 0 || slot.claims === undefined || seqDistance(slot.tasks[0]!.seq, nextSeq(slot.seq)) < PAIR_CLAIM_SLOTS;
+  }
+
   // --- workers ---------------------------------------------------------------------------------------------------
 
   #start(): void {
-    let markEnded!: () => void;
-    const ended = new Promise<void>((resolve) => { markEnded = resolve; });
-    const slot: Slot = { tasks: [], startedAt: 0, doomed: false, ready: false, gone: false, bornAt: performance.now(), ended, markEnded };
+    let markClosed!: () => void;
+    const closed = new Promise<void>((resolve) => { markClosed = resolve; });
+    const slot: Slot = {
+      tasks: [], startedAt: 0, doomed: false, ended: false, hold: false, claims: undefined, seq: 0, bytes: 0, answered: false,
+      ready: false, gone: false, bornAt: performance.now(), closed, markClosed,
+    };
     this.#slots.add(slot);
     const o = this.#options;
     spawn(POOL_WORKER, {
       isolation: this.isolation, args: [this.module], ringSize: o.ringSize, wake: this.#wake, env: o.env, execArgv: o.execArgv, stdio: o.stdio,
+      taskClaims: true,
     }).then((handle) => {
       slot.handle = handle;
+      slot.claims = handle.claims?.view;
       if (this.#state === 'closed') { slot.doomed = true; handle.kill('SIGKILL'); }
       const reading = this.#read(slot, handle);
       // A worker's last replies (a result, or "the module does not load") may still be in the ring when its exit
@@ -315,7 +376,7 @@ export class Pool {
     }, (error: unknown) => {
       this.#slots.delete(slot);
       slot.gone = true;
-      slot.markEnded();
+      slot.markClosed();
       this.#break(error instanceof ShmbusError ? error : new ShmbusError(ErrorCode.SYSCALL, 'cannot start a pool worker', { cause: error }));
     });
   }
@@ -339,6 +400,7 @@ export class Pool {
     } catch {
       /* the worker died: its exit settles what it ran (#onExit) */
     }
+    slot.ended = true;
   }
 
   #onReply(slot: Slot, message: unknown): void {
@@ -346,6 +408,7 @@ export class Pool {
     if (message.length === 2 && message[0] === 0 && message[1] === 0 && !slot.ready) {
       slot.ready = true;
       if (slot.tasks.length > 0) this.#begin(slot);
+      else if (!slot.doomed) this.#fill(slot);
       return;
     }
     const [id, status, value] = message as [number, number, unknown];
@@ -356,6 +419,7 @@ export class Pool {
       for (const task of slot.tasks) this.#settle(task, error, false);
       this.#finishHead(slot);
       slot.tasks.length = 0;
+      slot.bytes = 0;
       return;
     }
     const head = slot.tasks[0];
@@ -363,6 +427,10 @@ export class Pool {
     if (!head || head.id !== id || !slot.ready) return;
     this.#finishHead(slot);
     slot.tasks.shift();
+    slot.bytes -= taskBytes(head);
+    slot.hold = false;
+    slot.answered = true;
+    this.#failedStarts = 0;
     this.#settle(head, status === 0 ? value : new TaskError((value ?? {}) as ThrownDescription), status === 0);
     if (slot.tasks.length > 0) this.#begin(slot);
     if (!slot.doomed) this.#fill(slot);
@@ -397,16 +465,33 @@ export class Pool {
     slot.gone = true;
     this.#slots.delete(slot);
     this.#aliveMs += performance.now() - slot.bornAt;
-    void slot.handle?.channel.close().finally(() => slot.markEnded());
-    const [head, ...ahead] = slot.tasks;
     this.#finishHead(slot);
-    slot.tasks.length = 0;
-    if (head) this.#settle(head, new WorkerExitError(exit.code, exit.signal, { pid: slot.handle?.pid, threadId: slot.handle?.threadId }), false);
-    // Tasks sent ahead never started: they go back to the head of the queue, in order.
-    for (let i = ahead.length - 1; i >= 0; i--) {
-      const task = ahead[i]!;
-      if (task.settled) continue;
-      task.slot = undefined;
+    const tasks = slot.tasks.splice(0);
+    slot.bytes = 0;
+    // What the worker had started (claimed) and not answered was running when it died: that fails. What it had
+    // not started is taken back (so it cannot start it either) and goes back to the head of the queue, in order.
+    // Without a claim table only the first task counts as started.
+    const back: Task[] = [];
+    let ran = false;
+    for (let i = 0; i < tasks.length; i++) {
+      const task = tasks[i]!;
+      const started = slot.claims ? !this.#revoke(slot, task) : i === 0;
+      if (started) {
+        ran = true;
+        this.#settle(task, new WorkerExitError(exit.code, exit.signal, { pid: slot.handle?.pid, threadId: slot.handle?.threadId }), false);
+      } else if (!task.settled) {
+        task.slot = undefined;
+        back.push(task);
+      }
+    }
+    slot.claims = undefined;
+    slot.handle?.claims?.release();
+    void slot.handle?.channel.close().finally(() => slot.markClosed());
+    if (!ran && !slot.answered && !slot.doomed && this.#state !== 'closed' && ++this.#failedStarts >= MAX_FAILED_STARTS) {
+      this.#break(new WorkerStartError(this.#failedStarts, exit.code, exit.signal));
+    }
+    for (let i = back.length - 1; i >= 0; i--) {
+      const task = back[i]!;
       if (this.#state === 'closed' || this.#broken) this.#settle(task, this.#broken ?? new ClosedError('the pool closed'), false);
       else this.#requeue(task);
     }
@@ -414,18 +499,63 @@ export class Pool {
     if (this.#state === 'closing' && this.#queued === 0) { this.#drained?.(); return; }
     this.#replaced++;
     this.#start();
+    // The others may take what came back now.
+    for (const other of this.#slots) if (this.#queued > 0) this.#fill(other);
   }
 
-  /** Sends queued tasks to `slot` while it can take more. */
+  /** Takes back a task sent to `slot` that its worker has not started: true if it will never start there. */
+  #revoke(slot: Slot, task: Task): boolean {
+    const claims = slot.claims;
+    if (!claims || task.seq === 0) return false;
+    // SYNC: pairs with the worker's compare-and-swap claiming the task (pool-worker.ts); one of the two wins.
+    return Atomics.compareExchange(claims, task.seq & CLAIM_MASK, task.seq, 0) === task.seq;
+  }
+
+  /** `thief` has nothing to do and the queue is empty: it takes back half of the not-yet-started tasks of the
+   * worker with the most, newest first, and runs them. */
+  #steal(thief: Slot): void {
+    let victim: Slot | undefined;
+    for (const slot of this.#slots) {
+      if (slot !== thief && slot.claims && slot.tasks.length > 1 && (!victim || slot.tasks.length > victim.tasks.length)) victim = slot;
+    }
+    if (!victim) return;
+    const want = Math.min(Math.ceil((victim.tasks.length - 1) / 2), this.tasksPerWorker);
+    const taken: Task[] = [];
+    while (taken.length < want && victim.tasks.length > 1) {
+      const task = victim.tasks[victim.tasks.length - 1]!;
+      // Once one has started, so have all before it.
+      if (!this.#revoke(victim, task)) break;
+      victim.tasks.pop();
+      victim.bytes -= taskBytes(task);
+      taken.push(task);
+    }
+    if (taken.length === 0) return;
+    victim.hold = true;
+    this.#stolen += taken.length;
+    for (let i = taken.length - 1; i >= 0; i--) {
+      const task = taken[i]!;
+      task.slot = undefined;
+      if (!task.settled) this.#dispatch(thief, task);
+    }
+  }
+
+  /** Sends queued tasks to `slot` while it can take more; with none queued, an idle worker steals (#steal). */
   #fill(slot: Slot): void {
-    while (slot.tasks.length < this.tasksPerWorker && !slot.doomed && !slot.gone) {
+    while (this.#canTake(slot)) {
       const next = this.#takeQueued();
-      if (!next) return;
+      if (!next) {
+        if (slot.tasks.length === 0 && slot.ready && slot.claims) this.#steal(slot);
+        return;
+      }
       this.#dispatch(slot, next);
     }
   }
 
   #dispatch(slot: Slot, task: Task): void {
+    const seq = nextSeq(slot.seq);
+    const claims = slot.claims;
+    // Not started, before the worker can see it (the word's previous task was answered or taken back).
+    if (claims) Atomics.store(claims, seq & CLAIM_MASK, seq);
     try {
       const channel = slot.handle!.channel;
       const value = task.value;
@@ -439,12 +569,28 @@ export class Pool {
         channel.send([task.id, value]);
       }
     } catch (error) {
-      // Too large for the ring, not encodable, or the channel ended: this task fails, the worker stays.
-      this.#settle(task, error, false);
+      // Nothing was sent: the number is not used.
+      if (claims) Atomics.store(claims, seq & CLAIM_MASK, 0);
+      const code = error instanceof ShmbusError ? error.code : undefined;
+      if (code === undefined || code === ErrorCode.MESSAGE_TOO_LARGE || code === ErrorCode.BAD_ARGUMENT) {
+        // Too large for the ring, or not encodable: this task fails, the worker stays.
+        this.#settle(task, error, false);
+        return;
+      }
+      // The channel ended (the worker is going; its exit starts a replacement) or cannot take more now: the task
+      // is not this worker's fault, it goes back to the head of the queue for another.
+      if (code === ErrorCode.QUEUE_FULL) slot.hold = true;
+      else slot.ended = true;
+      this.#requeue(task);
+      const other = this.#freeSlot();
+      if (other) this.#fill(other);
       return;
     }
+    slot.seq = seq;
+    task.seq = seq;
     task.slot = slot;
     slot.tasks.push(task);
+    slot.bytes += taskBytes(task);
     if (slot.tasks.length === 1 && slot.ready) this.#begin(slot);
   }
 
@@ -480,8 +626,13 @@ export class Pool {
     const slot = task.slot;
     if (!slot) this.#queued--;
     this.#settle(task, task.signal!.reason, false);
-    // Only the running task's worker must go; one sent ahead is skipped when its (ignored) answer comes.
+    // Only the running task's worker must go; one sent ahead is taken back (or, if its worker started it
+    // meanwhile, its answer is ignored when it comes).
     if (slot && slot.tasks[0] === task) this.#retire(slot);
+    else if (slot && this.#revoke(slot, task)) {
+      const at = slot.tasks.indexOf(task);
+      if (at >= 0) { slot.tasks.splice(at, 1); slot.bytes -= taskBytes(task); }
+    }
   }
 
   #settle(task: Task, outcome: unknown, ok: boolean): void {
@@ -506,7 +657,7 @@ export class Pool {
   async #stopAll(kill: boolean): Promise<void> {
     const ends: Promise<void>[] = [];
     for (const slot of this.#slots) {
-      ends.push(slot.ended);
+      ends.push(slot.closed);
       if (!slot.handle) continue;
       slot.doomed = true;
       if (kill) slot.handle.kill('SIGKILL');

@@ -14,7 +14,7 @@ import type { Channel } from '../transports/shm/channel.js';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 import { socketPair } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
-import { abandonParentPair, createParentPair, openParentChannel, pairGeometry, releaseWorkerEnds, type PairWakeMode, type ParentPair } from './pair.js';
+import { abandonParentPair, createParentPair, openParentChannel, pairGeometry, releaseWorkerEnds, type PairClaims, type PairWakeMode, type ParentPair } from './pair.js';
 import { workerScript } from './script.js';
 import { CONTEXT_ENV, THREAD_TOOK_FDS, type Isolation, type WorkerContext } from './context.js';
 
@@ -42,7 +42,12 @@ export interface SpawnOptions {
   wake?: PairWakeMode;
   /** A process's stdin, stdout and stderr (default 'inherit'); 'pipe' exposes them as `stdout`/`stderr`. */
   stdio?: 'inherit' | 'ignore' | 'pipe';
+  /** @internal A Pool's worker: the segment's task claim table is mapped on both sides (pair.ts, `handle.claims`). */
+  taskClaims?: boolean;
 }
+
+/** @internal Test seams: called where a failure is otherwise hard to provoke (test/workers/spawn.test.ts). */
+export const spawnTestHooks: { beforeParentChannel?: (worker: { pid?: number; threadId?: number }) => void } = {};
 
 /** How a worker ended: a process's exit code or the signal that killed it; a thread's exit code (signal null). */
 export interface WorkerExit {
@@ -73,16 +78,19 @@ export class WorkerHandle extends EventEmitter<WorkerHandleEvents> {
   /** The process's stdout/stderr with `stdio: 'pipe'`, else null. */
   readonly stdout: Readable | null;
   readonly stderr: Readable | null;
+  /** @internal The task claim table (spawn's `taskClaims`); its owner releases it once done with the worker. */
+  readonly claims: PairClaims | undefined;
   #exit: WorkerExit | undefined;
   readonly #kill: (signal: NodeJS.Signals) => void;
 
   /** @internal use spawn() */
   constructor(init: {
     channel: Channel; isolation: Isolation; pid?: number; threadId?: number; exited: Promise<WorkerExit>;
-    kill: (signal: NodeJS.Signals) => void; stdout?: Readable | null; stderr?: Readable | null;
+    kill: (signal: NodeJS.Signals) => void; stdout?: Readable | null; stderr?: Readable | null; claims?: PairClaims;
   }) {
     super();
     this.channel = init.channel;
+    this.claims = init.claims;
     this.isolation = init.isolation;
     this.pid = init.pid;
     this.threadId = init.threadId;
@@ -162,7 +170,7 @@ export async function spawn(module: string | URL, options: SpawnOptions = {}): P
   const fds = socketPair();
   let pair: ParentPair;
   try {
-    pair = createParentPair(geometry, fds);
+    pair = createParentPair(geometry, fds, options.taskClaims === true);
   } catch (error) {
     closeFd(fds[0]);
     closeFd(fds[1]);
@@ -170,6 +178,7 @@ export async function spawn(module: string | URL, options: SpawnOptions = {}): P
   }
   const context = (segmentFd: number, socketFd: number): WorkerContext => ({
     isolation, segmentFd, socketFd, ringSize: geometry.capacity, wake: geometry.wake, parentPid: process.pid,
+    ...(pair.claims ? { claims: true } : {}),
   });
   try {
     return isolation === 'process'
@@ -202,14 +211,22 @@ async function spawnProcess(pair: ParentPair, href: string, args: string[], exec
     child.once('spawn', onSpawn);
   });
   const pid = child.pid!;
-  const channel = openParentChannel(pair, pid, `worker.${pid}`);
+  let channel: Channel;
+  try {
+    spawnTestHooks.beforeParentChannel?.({ pid });
+    channel = openParentChannel(pair, pid, `worker.${pid}`);
+  } catch (error) {
+    // The child runs already: it must not outlive the spawn that failed (spawn() undoes the pair).
+    child.kill('SIGKILL');
+    throw error;
+  }
   releaseWorkerEnds(pair, closeFd);
   let handle: WorkerHandle | undefined;
   child.on('error', errorHandler(() => handle, () => {}));
   const exited = new Promise<WorkerExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   handle = new WorkerHandle({
     channel, isolation: 'process', pid, exited, kill: (signal) => { child.kill(signal); },
-    stdout: child.stdout, stderr: child.stderr,
+    stdout: child.stdout, stderr: child.stderr, claims: pair.claims,
   });
   return handle;
 }
@@ -223,7 +240,15 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
   } catch (cause) {
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot start the worker thread', { cause, details: { module: href } });
   }
-  const channel = openParentChannel(pair, process.pid, `worker.thread.${worker.threadId}`);
+  let channel: Channel;
+  try {
+    spawnTestHooks.beforeParentChannel?.({ threadId: worker.threadId });
+    channel = openParentChannel(pair, process.pid, `worker.thread.${worker.threadId}`);
+  } catch (error) {
+    // The thread runs already (it may hold copies of the descriptors: they are closed when it ends).
+    void worker.terminate();
+    throw error;
+  }
   const release = () => { try { releaseWorkerEnds(pair, closeFd); } catch { /* already closed */ } };
   worker.on('message', (m) => { if (m === THREAD_TOOK_FDS) release(); });
   let handle: WorkerHandle | undefined;
@@ -233,7 +258,7 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
     resolve({ code, signal: null });
   }));
   handle = new WorkerHandle({
-    channel, isolation: 'thread', threadId: worker.threadId, exited, kill: () => { void worker.terminate(); },
+    channel, isolation: 'thread', threadId: worker.threadId, exited, kill: () => { void worker.terminate(); }, claims: pair.claims,
   });
   return handle;
 }

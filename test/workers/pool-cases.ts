@@ -4,7 +4,7 @@
 // from the start of running, abort signals, maxQueue, close and destroy, a module that does not load.
 import type { Test } from 'tap';
 import { Pool, type PoolOptions } from '../../workers/pool.js';
-import { TaskError, WorkerExitError } from '../../workers/errors.js';
+import { TaskError, WorkerExitError, WorkerStartError } from '../../workers/errors.js';
 import { ErrorCode } from '../../host/errors.js';
 import { eventually, fixture, scaled, within, type TestLike } from '../helpers.js';
 
@@ -164,5 +164,45 @@ export function poolCases(t: Test, isolation: 'process' | 'thread'): void {
     await t.rejects(ahead, no, 'a task sent ahead can be aborted');
     await within(W, Promise.all([blocker, blocker2]), 'blockers');
     t.equal(p.stats().replaced, 1, 'aborting a task sent ahead replaces no worker');
+  });
+
+  t.test(`${isolation}: a long task does not hold up the tasks sent ahead behind it`, async (t) => {
+    const p = pool(t, { size: 2, isolation });
+    t.equal(await within(W, p.run({ op: 'echo', value: 0 }), 'a first task'), 0);
+    const long = new AbortController();
+    const hang = p.run({ op: 'hang' }, { signal: long.signal });
+    hang.catch(() => {});
+    // Tasks go to the worker with the fewest, so about half wait behind the hanging one: the other worker takes
+    // them back once it has run its own.
+    const short = Array.from({ length: 40 }, (_, i) => p.run({ op: 'echo', value: i }));
+    t.same(await within(W, Promise.all(short), 'the short tasks'), Array.from({ length: 40 }, (_, i) => i), 'all ran while the long one runs');
+    t.ok(p.stats().stolen > 0, `tasks were taken back: ${p.stats().stolen}`);
+    t.equal(p.stats().running, 1, 'the long task still runs');
+    long.abort(new Error('enough'));
+    await t.rejects(hang, { message: 'enough' });
+    t.equal(p.stats().failed, 1, 'only the long task failed');
+  });
+
+  t.test(`${isolation}: tasks sent to a worker whose channel just ended go to another`, async (t) => {
+    const p = pool(t, { size: 1, isolation });
+    t.equal(await within(W, p.run({ op: 'close-channel', ms: 300 }), 'the closing task'), 'closing');
+    // Sent into a ring nobody reads any more, or refused by the ended channel: either way not this task's fault.
+    const after = Array.from({ length: 10 }, (_, i) => p.run({ op: 'echo', value: i }));
+    t.same(await within(W, Promise.all(after), 'the tasks after'), Array.from({ length: 10 }, (_, i) => i), 'they run on the replacement');
+    t.equal(p.stats().failed, 0, 'none failed');
+    t.equal(p.stats().replaced, 1, 'the worker was replaced');
+  });
+
+  t.test(`${isolation}: a module that ends its worker as it loads breaks the pool`, async (t) => {
+    const p = new Pool(fixture('pool-task-exits'), { size: 2, isolation });
+    t.teardown(() => p.destroy());
+    const error = await within(W, p.run(1).catch((e: unknown) => e), 'the task to fail') as WorkerStartError;
+    t.ok(error instanceof WorkerStartError, String(error));
+    t.equal(error.code, ErrorCode.PEER_DEAD);
+    t.equal(error.exitCode, 5, "the last worker's exit code");
+    t.ok(p.stats().replaced < 3, `not restarted forever: ${p.stats().replaced} replaced`);
+    await t.rejects(p.run(2), WorkerStartError, 'later tasks fail the same way');
+    await within(W, p.close(), 'close');
+    t.equal(p.stats().workers, 0, 'no worker left');
   });
 }

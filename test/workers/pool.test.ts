@@ -14,6 +14,7 @@ t.test('bad options', async (t) => {
   t.throws(() => new Pool(TASK, { taskTimeout: -1 }), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => new Pool(TASK, { maxQueue: 1.5 }), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => new Pool(TASK, { tasksPerWorker: 0 }), { code: ErrorCode.BAD_ARGUMENT });
+  t.throws(() => new Pool(TASK, { tasksPerWorker: 129 }), { code: ErrorCode.BAD_ARGUMENT }, 'more than the claim table allows');
   t.throws(() => new Pool('', {}), { code: ErrorCode.BAD_ARGUMENT });
   // What spawn refuses is refused by the constructor, before any worker is started (not by every run() later).
   t.throws(() => new Pool(TASK, { size: 1, wake: 'sem' as 'futex' }), { code: ErrorCode.BAD_ARGUMENT });

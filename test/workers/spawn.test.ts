@@ -3,10 +3,10 @@
 // nothing (descriptor, memfd) is left behind on either side.
 import t from 'tap';
 import { readdirSync, readlinkSync } from 'node:fs';
-import { spawn, type Isolation, type WorkerHandle } from '../../workers/spawn.js';
+import { spawn, spawnTestHooks, type Isolation, type WorkerHandle } from '../../workers/spawn.js';
 import { parentChannel } from '../../workers/parent.js';
 import { ErrorCode, ShmbusError } from '../../host/errors.js';
-import { fileTimeout, fixture, scaled, startFixture, within, type TestLike } from '../helpers.js';
+import { eventually, fileTimeout, fixture, scaled, startFixture, within, type TestLike } from '../helpers.js';
 
 fileTimeout(t, 120, 10);
 
@@ -135,6 +135,25 @@ for (const isolation of ['process', 'thread'] as const) {
       await idle.channel.close();
     }
     t.same(fds(), before, 'nor when workers that never asked for their channel are killed');
+  });
+}
+
+for (const isolation of ['process', 'thread'] as const) {
+  t.test(`${isolation}: a worker started when the parent's channel cannot be opened is not left running`, async (t) => {
+    const before = fds();
+    let started: { pid?: number; threadId?: number } | undefined;
+    spawnTestHooks.beforeParentChannel = (worker) => { started = worker; throw new Error('no channel for you'); };
+    t.teardown(() => { spawnTestHooks.beforeParentChannel = undefined; });
+    await t.rejects(spawn(fixture('worker-idle'), { isolation }), { message: 'no channel for you' });
+    spawnTestHooks.beforeParentChannel = undefined;
+    t.ok(started, 'the worker had started');
+    if (isolation === 'process') {
+      const alive = () => { try { process.kill(started!.pid!, 0); return true; } catch { return false; } };
+      await eventually(() => !alive(), 'the child to be gone');
+      t.notOk(alive(), 'the child is gone');
+    }
+    await eventually(() => fds().join() === before.join(), 'descriptors to be closed');
+    t.same(fds(), before, 'nothing is left open');
   });
 }
 
