@@ -1,5 +1,5 @@
 // Plugin round trips, side by side in one run: an echo of a 64-byte msgpack request through
-//   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value)
+//   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value), default options
 //   shmbus thread spinning   the same with the runner spinning longer before it sleeps (spin 50000) and the
 //                    host waiting up to 20 µs on its event loop for a lone request's reply (hostSpin 20)
 //   shmbus process   the same with isolation 'process'
@@ -10,6 +10,7 @@
 // Each peer: p50/p99 of sequential calls (1 in flight) and calls/s with 1 and 16 in flight. Rounds rotate the
 // order of the peers; the table shows the median of the rounds.
 //   npm run bench:plugins [-- calls rounds]
+//   SHMBUS_BENCH_BASELINE=<another checkout>/dist adds that build's default thread and process rows (A/B in one run)
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,10 +39,11 @@ function request64(): Record<string, unknown> {
   return value;
 }
 
-async function shmbusPeer(isolation: 'thread' | 'process', spinning = false): Promise<Peer> {
+/** Default options (a 5 s timeout, the host's self-tuned spin) unless `spinning`; `load` is another build's loadPlugin. */
+async function shmbusPeer(isolation: 'thread' | 'process', spinning = false, load = loadPlugin, label = 'shmbus'): Promise<Peer> {
   const options = spinning ? { spin: 50_000, hostSpin: 20 } : {};
-  const plugin = await loadPlugin(join(root, 'build/plugins/echo.wasm'), { isolation, timeout: 0, ...options });
-  return { name: `shmbus ${isolation}${spinning ? ' spinning' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
+  const plugin = await load(join(root, 'build/plugins/echo.wasm'), { isolation, ...options });
+  return { name: `${label} ${isolation}${spinning ? ' spinning' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
 }
 
 async function postMessagePeer(): Promise<Peer> {
@@ -124,6 +126,12 @@ async function main(): Promise<void> {
     () => shmbusPeer('thread'), () => shmbusPeer('thread', true), () => shmbusPeer('process'), postMessagePeer,
     () => extismPeer(wasm, false), () => extismPeer(wasm, true),
   ];
+  // A/B against another build in the same run: SHMBUS_BENCH_BASELINE=<its dist folder> adds its default rows.
+  const baseline = process.env.SHMBUS_BENCH_BASELINE;
+  if (baseline) {
+    const { loadPlugin: baseLoad } = await import(join(baseline, 'plugins/index.js')) as { loadPlugin: typeof loadPlugin };
+    makers.push(() => shmbusPeer('thread', false, baseLoad, 'baseline'), () => shmbusPeer('process', false, baseLoad, 'baseline'));
+  }
   const results = new Map<string, Result[]>();
   for (let round = 0; round < rounds; round++) {
     for (let k = 0; k < makers.length; k++) {
@@ -141,7 +149,7 @@ async function main(): Promise<void> {
     name, p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)),
     rate1: median(rs.map((r) => r.rate1)), rate16: median(rs.map((r) => r.rate16)),
   }));
-  const order = ['shmbus thread', 'shmbus thread spinning', 'shmbus process', 'postMessage', 'extism', 'extism worker'];
+  const order = ['shmbus thread', 'shmbus thread spinning', 'shmbus process', 'baseline thread', 'baseline process', 'postMessage', 'extism', 'extism worker'];
   rows.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
   const lines = [
     `echo round trip, 64 B msgpack request, ${calls} calls x ${rounds} rounds (median of rounds)`,

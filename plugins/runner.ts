@@ -7,8 +7,9 @@
  * (spin.wasm) holds only this thread, which the host then terminates.
  *
  * Sleeping. When ring IN is empty the runner spins briefly on the host's sequence word, then sleeps in
- * `Atomics.wait` on it (see RunnerBell). The host bumps the word after every commit to ring IN and after every
- * release of ring OUT, and notifies only when the runner announced it sleeps. `Atomics.wait` is chosen over a
+ * `Atomics.wait` on it (see RunnerBell). The host bumps the word after every commit to ring IN and after a
+ * release of ring OUT while the plugin's outbox waits for room (CTL_OUTBOX), and notifies only when the runner
+ * announced it sleeps. `Atomics.wait` is chosen over a
  * kernel futex (host/sys/futex.ts) for the thread because `Worker.terminate()` interrupts it, while a thread
  * blocked inside a koffi syscall cannot be terminated until the call returns.
  *
@@ -22,6 +23,7 @@ import koffi from 'koffi';
 export const CTL_IN_SEQ = 0; // written by the host: bumped after each commit to ring IN / release of ring OUT
 export const CTL_SLEEPING = 1; // runner sets 1 before it sleeps on CTL_IN_SEQ; the host takes it (0) when it wakes it
 export const CTL_STOP = 2; // written by the host: 1 asks the runner to return
+export const CTL_OUTBOX = 3; // written by the runner: 1 while the plugin's outbox waits for room in ring OUT
 export const CTL_INTS = 4;
 
 /** What the runner tells its host (postMessage or the process channel: control only, never message data). */
@@ -116,6 +118,7 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
     return;
   }
   report({ type: 'ready' });
+  let outboxWaits = false;
   for (;;) {
     if (Atomics.load(ctl, CTL_STOP) !== 0) return;
     // SYNC: pairs with the host's Atomics.add after its commit: a commit after this load changes the word.
@@ -135,6 +138,15 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
     }
     if (wakes !== 0) bell.ringHost();
     if (n > 0) continue;
+    // The host kicks after reading ring OUT only while the outbox waits for room (not after every reply).
+    // SYNC: pairs with the host's Atomics.load of CTL_OUTBOX after its release of ring OUT (both sequentially
+    // consistent): either the host sees the flag and kicks, or the poll that follows the store sees the room.
+    const waits = x.shmbus_outbox() !== 0;
+    if (waits !== outboxWaits) {
+      outboxWaits = waits;
+      Atomics.store(ctl, CTL_OUTBOX, waits ? 1 : 0);
+      if (waits) continue;
+    }
     let spins = config.spin;
     while (spins-- > 0 && Atomics.load(ctl, CTL_IN_SEQ) === seq);
     if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) continue;
