@@ -485,10 +485,14 @@ export class Plugin extends EventEmitter {
     this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
     const promise = new Promise<unknown>((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
     this.pending.set(pending.id, pending);
-    this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
-    // A lone request to an awake runner is usually answered inside dispatch (the host's spin): no timer, no
+    // A lone request to an awake runner is usually answered inside handOver (the host's spin): no timer, no
     // abort listener was needed for it.
-    this.dispatch();
+    const best = this.waiting.length === 0 ? this.pick() : undefined;
+    if (best) this.handOver(best, RECORD_REQUEST, bytes, pending);
+    else {
+      this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
+      this.dispatch();
+    }
     if (pending.done) return promise;
     if (timeout > 0) {
       pending.timeout = timeout;
@@ -514,7 +518,9 @@ export class Plugin extends EventEmitter {
     this.timer = setTimeout(() => this.expire(), Math.max(0, Math.ceil(deadline - performance.now())));
   }
 
-  /** The timer fired: fails every request past its deadline (replacing its instance), re-arms for the next. */
+  /** The timer fired: fails every request past its deadline (replacing its instance), re-arms for the next.
+   * It stays armed when the requests it was armed for settle (one late, empty firing is cheaper than clearing
+   * and re-arming a timer around every request that waits); close() clears it. */
   private expire(): void {
     this.timer = undefined;
     this.timerAt = Infinity;
@@ -566,24 +572,34 @@ export class Plugin extends EventEmitter {
   dispatch(): void {
     if (this.instances.length === 0 && !this.closed) this.failWaiting(new PeerDeadError('no instance of the plugin is left (each failed to start)'));
     while (this.waiting.length > 0) {
-      let best: Instance | undefined;
-      for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+      const best = this.pick();
       if (!best) return;
       const item = this.waiting.shift()!;
-      const p = item.pending;
-      if (p && p.done) continue; // timed out or aborted while waiting
-      if (p) { p.instance = best; best.inFlight.set(p.id, p); }
-      try {
-        const awake = best.write(item.type, item.bytes);
-        if (awake && p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinForReply();
-      } catch (error) {
-        // The ring itself refused (corrupt): that instance is done.
-        best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
-      }
+      if (item.pending?.done) continue; // timed out or aborted while waiting
+      this.handOver(best, item.type, item.bytes, item.pending);
     }
     if (this.sendBlocked) {
       this.sendBlocked = false;
       this.emit('drain');
+    }
+  }
+
+  /** The ready instance with the fewest requests in flight, if any can take a record now. */
+  private pick(): Instance | undefined {
+    let best: Instance | undefined;
+    for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+    return best;
+  }
+
+  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin). */
+  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): void {
+    if (p) { p.instance = best; best.inFlight.set(p.id, p); }
+    try {
+      const awake = best.write(type, bytes);
+      if (awake && p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinForReply();
+    } catch (error) {
+      // The ring itself refused (corrupt): that instance is done.
+      best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
     }
   }
 
@@ -594,7 +610,6 @@ export class Plugin extends EventEmitter {
     this.pending.delete(p.id);
     p.instance?.inFlight.delete(p.id);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
-    if (this.pending.size === 0 && this.timer !== undefined) { clearTimeout(this.timer); this.timer = undefined; this.timerAt = Infinity; }
     return true;
   }
 
@@ -649,6 +664,7 @@ export class Plugin extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     const error = new ClosedError('plugin is closed');
+    if (this.timer !== undefined) { clearTimeout(this.timer); this.timer = undefined; this.timerAt = Infinity; }
     for (const p of [...this.pending.values()]) { if (this.settle(p)) p.reject(error); }
     this.waiting.length = 0;
     await Promise.all(this.instances.map((i) => i.dispose()));
