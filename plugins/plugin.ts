@@ -14,7 +14,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { Packr, Unpackr } from 'msgpackr';
 import {
-  CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
+  CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_ENV, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
   RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
   maxPayload,
 } from '../assembly/layout.js';
@@ -42,7 +42,7 @@ export interface PluginOptions {
   timeout?: number;
   /** Topics the plugin may publish to. Anything else is refused ('refused' event, ERR_SHMBUS_FORBIDDEN). */
   allow?: readonly string[];
-  /** Reserved for configuration values handed to the plugin; the guest SDK has no call to read them yet. */
+  /** Configuration handed to each instance: the guest reads it with `env(name)` (the first record on its ring IN). */
   env?: Record<string, string>;
   /** Instances behind this Plugin; requests go to the one with the fewest in flight. Default 1. */
   instances?: number;
@@ -139,6 +139,8 @@ class Instance {
       formatSegment(this.engine, window, CHANNEL_RING_COUNT, capacity, process.pid, 0n);
       this.tx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_IN, capacity), capacity, 'producer');
       this.rx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_OUT, capacity), capacity, 'consumer');
+      // The plugin's configuration goes first: it is read before any request (loadPlugin checked that it fits).
+      if (plugin.envBytes && !this.put(GUEST_RECORD_ENV, plugin.envBytes)) throw new BadArgumentError('env does not fit the ring', {});
     } catch (error) {
       if (window >= 0) this.releaseWindow(window);
       this.region.close();
@@ -403,6 +405,8 @@ export class Plugin extends EventEmitter {
   readonly hostSpin: number;
   /** hostSpin 'auto': each instance tunes its budget. */
   readonly spinAuto: boolean;
+  /** The msgpack of `env`, written first into each instance's ring IN; undefined without env. */
+  readonly envBytes: Uint8Array | undefined;
   readonly startTimeout: number;
   /** Instances replaced after a failure so far. */
   restarts = 0;
@@ -422,7 +426,7 @@ export class Plugin extends EventEmitter {
 
   /** @internal use loadPlugin */
   constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'startTimeout'>> & {
-    hostSpin: number; spinAuto: boolean; memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
+    hostSpin: number; spinAuto: boolean; envBytes?: Uint8Array; memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
   }) {
     super();
     this.isolation = options.isolation;
@@ -431,6 +435,7 @@ export class Plugin extends EventEmitter {
     this.spin = options.spin;
     this.hostSpin = options.hostSpin;
     this.spinAuto = options.spinAuto;
+    this.envBytes = options.envBytes;
     this.startTimeout = options.startTimeout;
     this.allow = new Set(options.allow);
     this.maximumPages = options.maximumPages;
@@ -723,6 +728,11 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', hostSpinOption === 'auto' ? undefined : hostSpinOption], ['startTimeout', options.startTimeout]] as const) {
     if (value !== undefined && (!Number.isInteger(value) || value < 0)) throw new BadArgumentError(`${name} must be an integer >= 0`, { [name]: value });
   }
+  let envBytes: Uint8Array | undefined;
+  if (options.env !== undefined && Object.keys(options.env).length > 0) {
+    envBytes = Uint8Array.from(packr.pack({ ...options.env }));
+    if (envBytes.length > maxPayload(ringCapacity)) throw new BadArgumentError('env is larger than a message may be', { bytes: envBytes.length });
+  }
   const allow = options.allow ?? [];
   if (!Array.isArray(allow) || allow.some((t) => typeof t !== 'string')) throw new BadArgumentError('allow must be an array of topic names', {});
   const bytes = typeof wasm === 'string' || wasm instanceof URL ? await readFile(wasm instanceof URL ? fileURLToPath(wasm) : wasm) : wasm;
@@ -751,7 +761,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
     isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? DEFAULT_RUNNER_SPIN,
     // 'auto' waits only where the machine has a core for the runner besides this thread.
     hostSpin: hostSpinOption === 'auto' ? (availableParallelism() > 1 ? HOST_SPIN_START_US : 0) : hostSpinOption,
-    spinAuto: hostSpinOption === 'auto' && availableParallelism() > 1, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
+    spinAuto: hostSpinOption === 'auto' && availableParallelism() > 1, envBytes, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
   });
   try {
     await plugin.startInstances(instances);

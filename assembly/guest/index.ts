@@ -17,14 +17,14 @@ import {
   SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, CHANNEL_RING_COUNT,
   RING_MIN_CAPACITY, RING_MAX_CAPACITY, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR,
   GUEST_RING_IN, GUEST_RING_OUT, GUEST_REGION_ALIGN, GUEST_BATCH_MAX, GUEST_OUTBOX_MAX, GUEST_RECORD_PUBLISH,
-  GUEST_RECORD_LOG, GUEST_LOG_INFO, GUEST_LOG_ERROR, GUEST_WAKE_IN, GUEST_WAKE_OUT, GUEST_E_SEGMENT, GUEST_E_NOT_ATTACHED,
+  GUEST_RECORD_LOG, GUEST_RECORD_ENV, GUEST_LOG_INFO, GUEST_LOG_ERROR, GUEST_WAKE_IN, GUEST_WAKE_OUT, GUEST_E_SEGMENT, GUEST_E_NOT_ATTACHED,
   GUEST_E_OUTBOX_FULL, GUEST_E_TOO_LARGE, GUEST_E_STATE, MSGPACK_OK, maxPayload, ringOffset,
 } from '../layout';
 import {
   ring_open, ring_claim, ring_commit, ring_read, ring_release, ring_needs_wake,
 } from '../ring';
 import { Reader, Writer } from './msgpack';
-import { Value } from './value';
+import { Value, Kind } from './value';
 
 export { Value, Kind } from './value';
 export { Reader, Writer, Format, decode, encode, Decoded } from './msgpack';
@@ -320,7 +320,28 @@ export function takeWakes(): u32 {
   return w;
 }
 
+// --- configuration -------------------------------------------------------------------------------------------------
+
+let envMap: Value | null = null;
+
+/**
+ * The configuration value `name` the host gave (`loadPlugin(…, { env })`), or null. The host sends its env as the
+ * first record on ring IN, so it is there from the first handler on (not yet in the plugin's top-level code).
+ */
+export function env(name: string): string | null {
+  const map = envMap;
+  if (map == null) return null;
+  const v = map.get(name);
+  return v != null && v.kind == Kind.String ? v.text : null;
+}
+
 function dispatch(payload: usize, length: u32, type: u32): void {
+  if (type == GUEST_RECORD_ENV) {
+    const r = new Reader(payload, length);
+    const v = r.readValue();
+    if (r.finish() == MSGPACK_OK && v.kind == Kind.Map) envMap = v;
+    return;
+  }
   if (type == RECORD_MSGPACK) {
     const handler = messageHandler;
     if (handler == null) return;
