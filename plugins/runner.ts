@@ -119,6 +119,9 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
   }
   report({ type: 'ready' });
   let outboxWaits = false;
+  // Polls before sleeping: self-tuned between spin/16 and spin.
+  let budget = config.spin;
+  const minBudget = config.spin >>> 4;
   for (;;) {
     if (Atomics.load(ctl, CTL_STOP) !== 0) return;
     // SYNC: pairs with the host's Atomics.add after its commit: a commit after this load changes the word.
@@ -147,9 +150,16 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
       Atomics.store(ctl, CTL_OUTBOX, waits ? 1 : 0);
       if (waits) continue;
     }
-    let spins = config.spin;
+    let spins = budget;
     while (spins-- > 0 && Atomics.load(ctl, CTL_IN_SEQ) === seq);
-    if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) continue;
+    if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) {
+      // Caught the next record while spinning: spin longer next time (up to `spin`).
+      budget = Math.min(config.spin, budget * 2 + 1);
+      continue;
+    }
+    // Slept after all: spin less next time, so a runner whose host is slow to answer (a busy machine) gives the
+    // core back sooner instead of burning it on every request.
+    budget = Math.max(minBudget, budget >>> 1);
     // SYNC: pairs with the host's Atomics.exchange of CTL_SLEEPING after its Atomics.add of CTL_IN_SEQ (both
     // sequentially consistent): either the host sees us asleep and wakes us (taking the flag, so a burst of
     // commits costs one wakeup), or its add lands before our wait compares the word.
