@@ -1,7 +1,6 @@
 // Plugin round trips, side by side in one run: an echo of a 64-byte msgpack request through
 //   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value), default options
-//   shmbus thread spinning   the same with the runner spinning longer before it sleeps (spin 50000) and the
-//                    host waiting up to 20 µs on its event loop for a lone request's reply (hostSpin 20)
+//   shmbus thread hostSpin 0   the same without the host's wait for a lone reply (each reply by the doorbell)
 //   shmbus process   the same with isolation 'process'
 //   postMessage      a worker_threads Worker that posts the request's msgpack bytes back (decoded on return)
 //   extism           @extism/extism, the same echo in AssemblyScript against Extism's host imports
@@ -39,11 +38,11 @@ function request64(): Record<string, unknown> {
   return value;
 }
 
-/** Default options (a 5 s timeout, the host's self-tuned spin) unless `spinning`; `load` is another build's loadPlugin. */
-async function shmbusPeer(isolation: 'thread' | 'process', spinning = false, load = loadPlugin, label = 'shmbus'): Promise<Peer> {
-  const options = spinning ? { spin: 50_000, hostSpin: 20 } : {};
+/** Default options (a 5 s timeout, the host's self-tuned spin) unless `noHostSpin`; `load` is another build's loadPlugin. */
+async function shmbusPeer(isolation: 'thread' | 'process', noHostSpin = false, load = loadPlugin, label = 'shmbus'): Promise<Peer> {
+  const options = noHostSpin ? { hostSpin: 0 } : {};
   const plugin = await load(join(root, 'build/plugins/echo.wasm'), { isolation, ...options });
-  return { name: `${label} ${isolation}${spinning ? ' spinning' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
+  return { name: `${label} ${isolation}${noHostSpin ? ' hostSpin 0' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
 }
 
 async function postMessagePeer(): Promise<Peer> {
@@ -149,7 +148,7 @@ async function main(): Promise<void> {
     name, p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)),
     rate1: median(rs.map((r) => r.rate1)), rate16: median(rs.map((r) => r.rate16)),
   }));
-  const order = ['shmbus thread', 'shmbus thread spinning', 'shmbus process', 'baseline thread', 'baseline process', 'postMessage', 'extism', 'extism worker'];
+  const order = ['shmbus thread', 'shmbus thread hostSpin 0', 'shmbus process', 'baseline thread', 'baseline process', 'postMessage', 'extism', 'extism worker'];
   rows.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
   const lines = [
     `echo round trip, 64 B msgpack request, ${calls} calls x ${rounds} rounds (median of rounds)`,
