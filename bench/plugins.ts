@@ -10,6 +10,7 @@
 // order of the peers; the table shows the median of the rounds.
 //   npm run bench:plugins [-- calls rounds]
 //   SHMBUS_BENCH_BASELINE=<another checkout>/dist adds that build's default thread and process rows (A/B in one run)
+//   SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only the rows named
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -121,20 +122,24 @@ function median(xs: number[]): number {
 async function main(): Promise<void> {
   const value = request64();
   const wasm = await extismWasm();
-  const makers: (() => Promise<Peer>)[] = [
-    () => shmbusPeer('thread'), () => shmbusPeer('thread', true), () => shmbusPeer('process'), postMessagePeer,
-    () => extismPeer(wasm, false), () => extismPeer(wasm, true),
+  let makers: [string, () => Promise<Peer>][] = [
+    ['shmbus thread', () => shmbusPeer('thread')], ['shmbus thread hostSpin 0', () => shmbusPeer('thread', true)],
+    ['shmbus process', () => shmbusPeer('process')], ['postMessage', postMessagePeer],
+    ['extism', () => extismPeer(wasm, false)], ['extism worker', () => extismPeer(wasm, true)],
   ];
   // A/B against another build in the same run: SHMBUS_BENCH_BASELINE=<its dist folder> adds its default rows.
   const baseline = process.env.SHMBUS_BENCH_BASELINE;
   if (baseline) {
     const { loadPlugin: baseLoad } = await import(join(baseline, 'plugins/index.js')) as { loadPlugin: typeof loadPlugin };
-    makers.push(() => shmbusPeer('thread', false, baseLoad, 'baseline'), () => shmbusPeer('process', false, baseLoad, 'baseline'));
+    makers.push(['baseline thread', () => shmbusPeer('thread', false, baseLoad, 'baseline')], ['baseline process', () => shmbusPeer('process', false, baseLoad, 'baseline')]);
   }
+  // SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only those rows (more rounds in the same time).
+  const only = process.env.SHMBUS_BENCH_ONLY?.split(',').map((n) => n.trim());
+  if (only) makers = makers.filter(([name]) => only.includes(name));
   const results = new Map<string, Result[]>();
   for (let round = 0; round < rounds; round++) {
     for (let k = 0; k < makers.length; k++) {
-      const peer = await makers[(k + round) % makers.length]!();
+      const peer = await makers[(k + round) % makers.length]![1]();
       try {
         const r = await measure(peer, value);
         if (!results.has(peer.name)) results.set(peer.name, []);

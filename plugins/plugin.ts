@@ -192,7 +192,7 @@ class Instance {
     if (this.parkedTx) { this.parkedTx = false; this.tx.unpark(); }
     // Room in ring IN is handed out even while the reader of ring OUT lags (drain may stop early for it).
     if (this.queue.length > 0) this.flush();
-    this.drain();
+    this.drain(true);
   }
 
   /** Whether dispatch may hand this instance a record: ready, and nothing waits for room in its ring IN. */
@@ -303,8 +303,13 @@ class Instance {
     else if (moved) this.plugin.dispatch();
   }
 
-  /** Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more). */
-  drain(): void {
+  /**
+   * Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more).
+   * `rung`: the runner rang (its replies waited for this event loop's turn): after reading, the runner is kicked
+   * even when nothing waits for the room, so that it is awake (or waking) when the caller sends its next requests —
+   * its spin may have run out meanwhile. After the host's own spin the runner is still spinning: it is left alone.
+   */
+  drain(rung = false): void {
     if (this.dead || !this.ready) return;
     try {
       for (;;) {
@@ -324,7 +329,8 @@ class Instance {
           if (this.dead) return;
         }
         this.rx.release();
-        this.runner!.released();
+        if (rung) this.runner!.kick();
+        else this.runner!.released();
       }
     } catch (error) {
       this.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring read failed', { cause: String(error) }));
