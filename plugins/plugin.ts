@@ -219,12 +219,6 @@ class Instance {
   /** 'auto': the average wait (µs) of the spins that caught their reply. */
   private waitUs = 0;
 
-  /**
-   * Waits here, on the event loop, for up to the spin budget for records on ring OUT, and reads them: a lone
-   * request to an awake runner is answered within microseconds, far sooner than the runner's doorbell (a
-   * postMessage or a socket byte) would wake the event loop. While it waits, ring OUT is unparked, so the runner
-   * does not ring for a reply the host is already looking for. Costs the host that much CPU when the plugin is slower.
-   */
   private spinQueued = false;
   private readonly spinTask = (): void => {
     this.spinQueued = false;
@@ -242,6 +236,12 @@ class Instance {
     queueMicrotask(this.spinTask);
   }
 
+  /**
+   * Waits here, on the event loop, for up to the spin budget for records on ring OUT, and reads them: a lone
+   * request to an awake runner is answered within microseconds, far sooner than the runner's doorbell (a
+   * postMessage or a socket byte) would wake the event loop. While it waits, ring OUT is unparked, so the runner
+   * does not ring for a reply the host is already looking for. Costs the host that much CPU when the plugin is slower.
+   */
   spinForReply(): void {
     const budget = this.spinUs;
     if (budget <= 0) return;
