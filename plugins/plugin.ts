@@ -50,7 +50,7 @@ export interface PluginOptions {
   ringCapacity?: number;
   /** Messages waiting for room in the instances' rings before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
   maxQueued?: number;
-  /** Polls of an idle ring before a runner sleeps (about 5-10 ns each). Default 10000. */
+  /** The most polls of an idle ring before a runner sleeps (about 5-10 ns each; self-tuned between spin/4 and spin). Default 10000. */
   spin?: number;
   /**
    * How long the host waits on its event loop for the reply to a lone request sent to an awake runner, instead of
