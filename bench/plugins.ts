@@ -10,7 +10,7 @@
 // order of the peers; the table shows the median of the rounds.
 //   npm run bench:plugins [-- calls rounds]
 //   SHMBUS_BENCH_BASELINE=<another checkout>/dist adds that build's default thread and process rows (A/B in one run)
-//   SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only the rows named
+//   SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only the rows named; SHMBUS_BENCH_VERBOSE=1 prints every round
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -144,6 +144,9 @@ async function main(): Promise<void> {
         const r = await measure(peer, value);
         if (!results.has(peer.name)) results.set(peer.name, []);
         results.get(peer.name)!.push(r);
+        if (process.env.SHMBUS_BENCH_VERBOSE) {
+          console.error(`round ${round} ${peer.name}: p50 ${(r.p50).toFixed(1)} µs, ${Math.round(r.rate1)}/s, ${Math.round(r.rate16)}/s with 16`);
+        }
       } finally {
         await peer.close();
       }
