@@ -50,7 +50,8 @@ export interface PluginOptions {
   ringCapacity?: number;
   /** Messages waiting for room in the instances' rings before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
   maxQueued?: number;
-  /** The most polls of an idle ring before a runner sleeps (about 5-10 ns each; self-tuned between spin/4 and spin). Default 10000. */
+  /** The most polls of an idle ring before a runner sleeps (about 5-10 ns each; self-tuned between spin/4 and spin).
+   * Default 10000; 0 where this process may use a single core (a spinning runner would only keep the host off it). */
   spin?: number;
   /**
    * How long the host waits on its event loop for the reply to a lone request sent to an awake runner, instead of
@@ -779,7 +780,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
     throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
   }
   const plugin = new Plugin(module, bytes, {
-    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? DEFAULT_RUNNER_SPIN,
+    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? (availableParallelism() > 1 ? DEFAULT_RUNNER_SPIN : 0),
     // 'auto' waits only where the machine has a core for the runner besides this thread.
     hostSpin: hostSpinOption === 'auto' ? (availableParallelism() > 1 ? HOST_SPIN_START_US : 0) : hostSpinOption,
     spinAuto: hostSpinOption === 'auto' && availableParallelism() > 1, envBytes, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
