@@ -306,9 +306,11 @@ class Instance {
 
   /**
    * Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more).
-   * `rung`: the runner rang (its replies waited for this event loop's turn): after reading, the runner is kicked
-   * even when nothing waits for the room, so that it is awake (or waking) when the caller sends its next requests —
-   * its spin may have run out meanwhile. After the host's own spin the runner is still spinning: it is left alone.
+   * `rung`: the runner rang (its replies waited for this event loop's turn): after reading, an awake runner is
+   * nudged to spin anew, so that it is still awake when the caller sends its next requests. A sleeping one is not
+   * woken here: that took its SLEEPING flag, the next request's kick then took the runner for awake and the host
+   * spun for a reply from a thread still waking up (measured: no spin caught its reply on a busy machine). After
+   * the host's own spin the runner is still spinning: it is left alone.
    */
   drain(rung = false): void {
     if (this.dead || !this.ready) return;
@@ -330,8 +332,8 @@ class Instance {
           if (this.dead) return;
         }
         this.rx.release();
-        if (rung) this.runner!.kick();
-        else this.runner!.released();
+        if (rung) this.runner!.nudge();
+        this.runner!.released();
       }
     } catch (error) {
       this.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring read failed', { cause: String(error) }));

@@ -21,6 +21,9 @@ export interface RunnerHandle {
   kick(): boolean;
   /** After a release of ring OUT: kicks the runner if the plugin's outbox waits for that room. */
   released(): void;
+  /** Makes an awake runner poll once more and start its spin over; a sleeping one is left asleep, and its
+   * SLEEPING flag is not taken (so the next kick still tells truly whether the runner is awake). */
+  nudge(): void;
   /** Ends the runner now, even inside an endless loop of the plugin. Resolves once it is gone. */
   terminate(): Promise<void>;
 }
@@ -77,6 +80,9 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
     },
     released() {
       if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
+    },
+    nudge() {
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
     },
     async terminate() {
       if (!gone) {
@@ -157,6 +163,9 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
     },
     released() {
       if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
+    },
+    nudge() {
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
     },
     async terminate() {
       if (!gone) child.kill('SIGKILL');
