@@ -378,6 +378,8 @@ export const GUEST_BATCH_MAX = 256;
 export const GUEST_OUTBOX_MAX = 1 << 24;
 export const GUEST_RECORD_PUBLISH = 16;
 export const GUEST_RECORD_LOG = 17;
+/** Host → plugin, the first record on ring IN when `env` is given: msgpack map of string → string. */
+export const GUEST_RECORD_ENV = 18;
 export const GUEST_LOG_DEBUG = 0;
 export const GUEST_LOG_INFO = 1;
 export const GUEST_LOG_WARN = 2;

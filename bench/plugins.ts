@@ -1,7 +1,6 @@
 // Plugin round trips, side by side in one run: an echo of a 64-byte msgpack request through
-//   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value)
-//   shmbus thread spinning   the same with the runner spinning longer before it sleeps (spin 50000) and the
-//                    host waiting up to 20 µs on its event loop for a lone request's reply (hostSpin 20)
+//   shmbus thread    loadPlugin(echo.wasm, { isolation: 'thread' }).request(value), default options
+//   shmbus thread hostSpin 0   the same without the host's wait for a lone reply (each reply by the doorbell)
 //   shmbus process   the same with isolation 'process'
 //   postMessage      a worker_threads Worker that posts the request's msgpack bytes back (decoded on return)
 //   extism           @extism/extism, the same echo in AssemblyScript against Extism's host imports
@@ -10,6 +9,8 @@
 // Each peer: p50/p99 of sequential calls (1 in flight) and calls/s with 1 and 16 in flight. Rounds rotate the
 // order of the peers; the table shows the median of the rounds.
 //   npm run bench:plugins [-- calls rounds]
+//   SHMBUS_BENCH_BASELINE=<another checkout>/dist adds that build's default thread and process rows (A/B in one run)
+//   SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only the rows named; SHMBUS_BENCH_VERBOSE=1 prints every round
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,10 +39,11 @@ function request64(): Record<string, unknown> {
   return value;
 }
 
-async function shmbusPeer(isolation: 'thread' | 'process', spinning = false): Promise<Peer> {
-  const options = spinning ? { spin: 50_000, hostSpin: 20 } : {};
-  const plugin = await loadPlugin(join(root, 'build/plugins/echo.wasm'), { isolation, timeout: 0, ...options });
-  return { name: `shmbus ${isolation}${spinning ? ' spinning' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
+/** Default options (a 5 s timeout, the host's self-tuned spin) unless `noHostSpin`; `load` is another build's loadPlugin. */
+async function shmbusPeer(isolation: 'thread' | 'process', noHostSpin = false, load = loadPlugin, label = 'shmbus'): Promise<Peer> {
+  const options = noHostSpin ? { hostSpin: 0 } : {};
+  const plugin = await load(join(root, 'build/plugins/echo.wasm'), { isolation, ...options });
+  return { name: `${label} ${isolation}${noHostSpin ? ' hostSpin 0' : ''}`, call: (v) => plugin.request(v), close: () => plugin.close() };
 }
 
 async function postMessagePeer(): Promise<Peer> {
@@ -120,18 +122,31 @@ function median(xs: number[]): number {
 async function main(): Promise<void> {
   const value = request64();
   const wasm = await extismWasm();
-  const makers: (() => Promise<Peer>)[] = [
-    () => shmbusPeer('thread'), () => shmbusPeer('thread', true), () => shmbusPeer('process'), postMessagePeer,
-    () => extismPeer(wasm, false), () => extismPeer(wasm, true),
+  let makers: [string, () => Promise<Peer>][] = [
+    ['shmbus thread', () => shmbusPeer('thread')], ['shmbus thread hostSpin 0', () => shmbusPeer('thread', true)],
+    ['shmbus process', () => shmbusPeer('process')], ['postMessage', postMessagePeer],
+    ['extism', () => extismPeer(wasm, false)], ['extism worker', () => extismPeer(wasm, true)],
   ];
+  // A/B against another build in the same run: SHMBUS_BENCH_BASELINE=<its dist folder> adds its default rows.
+  const baseline = process.env.SHMBUS_BENCH_BASELINE;
+  if (baseline) {
+    const { loadPlugin: baseLoad } = await import(join(baseline, 'plugins/index.js')) as { loadPlugin: typeof loadPlugin };
+    makers.push(['baseline thread', () => shmbusPeer('thread', false, baseLoad, 'baseline')], ['baseline process', () => shmbusPeer('process', false, baseLoad, 'baseline')]);
+  }
+  // SHMBUS_BENCH_ONLY='shmbus thread,extism' runs only those rows (more rounds in the same time).
+  const only = process.env.SHMBUS_BENCH_ONLY?.split(',').map((n) => n.trim());
+  if (only) makers = makers.filter(([name]) => only.includes(name));
   const results = new Map<string, Result[]>();
   for (let round = 0; round < rounds; round++) {
     for (let k = 0; k < makers.length; k++) {
-      const peer = await makers[(k + round) % makers.length]!();
+      const peer = await makers[(k + round) % makers.length]![1]();
       try {
         const r = await measure(peer, value);
         if (!results.has(peer.name)) results.set(peer.name, []);
         results.get(peer.name)!.push(r);
+        if (process.env.SHMBUS_BENCH_VERBOSE) {
+          console.error(`round ${round} ${peer.name}: p50 ${(r.p50).toFixed(1)} µs, ${Math.round(r.rate1)}/s, ${Math.round(r.rate16)}/s with 16`);
+        }
       } finally {
         await peer.close();
       }
@@ -141,7 +156,7 @@ async function main(): Promise<void> {
     name, p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)),
     rate1: median(rs.map((r) => r.rate1)), rate16: median(rs.map((r) => r.rate16)),
   }));
-  const order = ['shmbus thread', 'shmbus thread spinning', 'shmbus process', 'postMessage', 'extism', 'extism worker'];
+  const order = ['shmbus thread', 'shmbus thread hostSpin 0', 'shmbus process', 'baseline thread', 'baseline process', 'postMessage', 'extism', 'extism worker'];
   rows.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
   const lines = [
     `echo round trip, 64 B msgpack request, ${calls} calls x ${rounds} rounds (median of rounds)`,

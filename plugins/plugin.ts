@@ -9,11 +9,12 @@
  * typed error, and a fresh instance replaces it. The plugin's state in that instance is lost.
  */
 import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { Packr, Unpackr } from 'msgpackr';
 import {
-  CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
+  CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_ENV, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
   RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
   maxPayload,
 } from '../assembly/layout.js';
@@ -41,7 +42,7 @@ export interface PluginOptions {
   timeout?: number;
   /** Topics the plugin may publish to. Anything else is refused ('refused' event, ERR_SHMBUS_FORBIDDEN). */
   allow?: readonly string[];
-  /** Reserved for configuration values handed to the plugin; the guest SDK has no call to read them yet. */
+  /** Configuration handed to each instance: the guest reads it with `env(name)` (the first record on its ring IN). */
   env?: Record<string, string>;
   /** Instances behind this Plugin; requests go to the one with the fewest in flight. Default 1. */
   instances?: number;
@@ -49,11 +50,18 @@ export interface PluginOptions {
   ringCapacity?: number;
   /** Messages waiting for room in the instances' rings before `send` throws ERR_SHMBUS_QUEUE_FULL. Default 1024. */
   maxQueued?: number;
-  /** Polls of an idle ring before a runner sleeps. Default 2000. */
+  /** The most polls of an idle ring before a runner sleeps (about 5-10 ns each; self-tuned between spin/4 and spin).
+   * Default 10000; 0 where this process may use a single core (a spinning runner would only keep the host off it). */
   spin?: number;
-  /** µs the host waits on its event loop for the reply to a lone request sent to an awake runner (0: never). Default 0:
-   * measured on a loaded 2-core machine it made round trips slower (the host's spin took the runner's core). */
-  hostSpin?: number;
+  /**
+   * How long the host waits on its event loop for the reply to a lone request sent to an awake runner, instead of
+   * waiting for the runner's doorbell (a wakeup of the event loop costs tens of µs, the plugin's echo one or two):
+   * 'auto' (default) tunes a budget between 1 and 50 µs per instance: 8 times the average wait of the spins that
+   * caught their reply; halved by a miss, and after misses in a row lone requests skip the wait 1, 2, 4, … 256
+   * times (the runner is not getting a core); a reply that came soon after a miss raises it. Off on a machine with
+   * a single core. A number is a fixed budget in µs; 0 never waits.
+   */
+  hostSpin?: number | 'auto';
   /** ms an instance may take to start (instantiate, run its start function, attach). Default 30000. */
   startTimeout?: number;
 }
@@ -79,14 +87,28 @@ const MAX_INBOX = 1024;
 const packr = new Packr({ useRecords: false, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
 
-interface Pending {
-  id: number;
-  instance: Instance;
-  resolve(value: unknown): void;
-  reject(error: Error): void;
-  timer?: NodeJS.Timeout;
-  signal?: AbortSignal;
-  onAbort?: () => void;
+/** Bounds of the self-tuned host spin (hostSpin 'auto'), in µs. */
+const HOST_SPIN_MIN_US = 1;
+const HOST_SPIN_MAX_US = 50;
+const HOST_SPIN_START_US = 20;
+/** 'auto': after consecutive misses, lone requests skip the spin 1, 2, 4, … up to this many times before trying again. */
+const HOST_SPIN_MAX_SKIP = 256;
+/** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
+const DEFAULT_RUNNER_SPIN = 10_000;
+
+/** One request in flight. A class, not closures: it is made once per request on the hot path. */
+class Pending {
+  instance: Instance | undefined = undefined;
+  resolve!: (value: unknown) => void;
+  reject!: (error: Error) => void;
+  /** performance.now() past which the request times out (Infinity: never); see Plugin.armTimer. */
+  deadline = Infinity;
+  timeout = 0;
+  signal: AbortSignal | undefined = undefined;
+  onAbort: (() => void) | undefined = undefined;
+  /** Settled (replied, failed, timed out, aborted). */
+  done = false;
+  constructor(readonly id: number) {}
 }
 
 /** Internal: one running instance and its segment. */
@@ -109,6 +131,7 @@ class Instance {
   private startReject!: (e: Error) => void;
 
   constructor(readonly plugin: Plugin, readonly bytes: number, readonly capacity: number) {
+    this.spinUs = plugin.hostSpin;
     this.region = Region.createMemfd(`shmbus-plugin-${process.pid}`, { size: bytes });
     let window = -1;
     try {
@@ -117,6 +140,8 @@ class Instance {
       formatSegment(this.engine, window, CHANNEL_RING_COUNT, capacity, process.pid, 0n);
       this.tx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_IN, capacity), capacity, 'producer');
       this.rx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_OUT, capacity), capacity, 'consumer');
+      // The plugin's configuration goes first: it is read before any request (loadPlugin checked that it fits).
+      if (plugin.envBytes && !this.put(GUEST_RECORD_ENV, plugin.envBytes)) throw new BadArgumentError('env does not fit the ring', {});
     } catch (error) {
       if (window >= 0) this.releaseWindow(window);
       this.region.close();
@@ -163,11 +188,12 @@ class Instance {
 
   private onBell(): void {
     if (this.dead) return;
+    if (this.missedAt !== 0) this.learnFromMiss();
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     if (this.parkedTx) { this.parkedTx = false; this.tx.unpark(); }
     // Room in ring IN is handed out even while the reader of ring OUT lags (drain may stop early for it).
     if (this.queue.length > 0) this.flush();
-    this.drain();
+    this.drain(true);
   }
 
   /** Whether dispatch may hand this instance a record: ready, and nothing waits for room in its ring IN. */
@@ -184,21 +210,75 @@ class Instance {
     return false;
   }
 
+  /** Host spin budget in µs (see PluginOptions.hostSpin); tuned when the plugin's hostSpin is 'auto'. */
+  spinUs: number;
+  /** performance.now() when a lone request's spin gave up (0: none): a reply soon after teaches the budget. */
+  private missedAt = 0;
+  /** 'auto': lone requests left that do not spin, and how many the next miss makes skip (see HOST_SPIN_MAX_SKIP). */
+  private skip = 0;
+  private skipNext = 1;
+  /** 'auto': the average wait (µs) of the spins that caught their reply. */
+  private waitUs = 0;
+
+  private spinQueued = false;
+  private readonly spinTask = (): void => {
+    this.spinQueued = false;
+    if (this.inFlight.size === 1 && !this.dead) this.spinForReply();
+  };
+
   /**
-   * Waits here, on the event loop, for up to `hostSpin` µs for records on ring OUT, and reads them: a lone
+   * Spins for a lone request's reply once the current burst of JavaScript is done (a microtask): code that sends
+   * several requests in a row — 16 callers each sending their next one as their reply comes — has sent them all
+   * by then, and a request that is no longer alone waits for the doorbell instead of holding the others back.
+   */
+  spinSoon(): void {
+    if (this.spinQueued) return;
+    this.spinQueued = true;
+    queueMicrotask(this.spinTask);
+  }
+
+  /**
+   * Waits here, on the event loop, for up to the spin budget for records on ring OUT, and reads them: a lone
    * request to an awake runner is answered within microseconds, far sooner than the runner's doorbell (a
-   * postMessage or a socket byte) would wake the event loop. Costs the host that much CPU when the plugin is slower.
+   * postMessage or a socket byte) would wake the event loop. While it waits, ring OUT is unparked, so the runner
+   * does not ring for a reply the host is already looking for. Costs the host that much CPU when the plugin is slower.
    */
   spinForReply(): void {
-    const deadline = performance.now() + this.plugin.hostSpin / 1000;
+    const budget = this.spinUs;
+    if (budget <= 0) return;
+    if (this.skip > 0) { this.skip--; return; }
+    if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
+    const start = performance.now();
+    const deadline = start + budget / 1000;
     for (let i = 1; ; i++) {
       if (this.rx.pending() > 0) {
-        if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
+        if (this.plugin.spinAuto) {
+          // A few times the usual wait: a miss then costs little more than a hit takes.
+          this.waitUs += ((performance.now() - start) * 1000 - this.waitUs) / 8;
+          this.spinUs = Math.min(HOST_SPIN_MAX_US, Math.max(HOST_SPIN_MIN_US * 4, 8 * this.waitUs));
+          this.skipNext = 1;
+        }
         this.drain();
         return;
       }
-      if ((i & 31) === 0 && performance.now() > deadline) return;
+      if ((i & 31) === 0 && performance.now() > deadline) break;
     }
+    if (this.plugin.spinAuto) {
+      // Misses in a row mean the runner is not getting a core (a busy machine, or both threads on one core,
+      // where spinning only delays the reply): spin ever more rarely until a spin catches a reply again.
+      if (this.spinUs > HOST_SPIN_MIN_US) this.spinUs = Math.max(HOST_SPIN_MIN_US, this.spinUs / 2);
+      this.skip = this.skipNext;
+      this.skipNext = Math.min(HOST_SPIN_MAX_SKIP, this.skipNext * 2);
+      this.missedAt = performance.now();
+    }
+    this.drain(); // parks ring OUT again (or reads what came just now)
+  }
+
+  /** 'auto': a reply that came soon after the spin gave up would have been caught by spinning about twice as long. */
+  private learnFromMiss(): void {
+    const waitedUs = (performance.now() - this.missedAt) * 1000;
+    this.missedAt = 0;
+    if (waitedUs < HOST_SPIN_MAX_US) this.spinUs = Math.min(HOST_SPIN_MAX_US, Math.max(this.spinUs, 2 * waitedUs));
   }
 
   private put(type: number, bytes: Uint8Array): boolean {
@@ -224,8 +304,15 @@ class Instance {
     else if (moved) this.plugin.dispatch();
   }
 
-  /** Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more). */
-  drain(): void {
+  /**
+   * Reads every record of ring OUT, then parks the consumer (the runner rings when the plugin commits more).
+   * `rung`: the runner rang (its replies waited for this event loop's turn): after reading, an awake runner is
+   * nudged to spin anew, so that it is still awake when the caller sends its next requests. A sleeping one is not
+   * woken here: that took its SLEEPING flag, the next request's kick then took the runner for awake and the host
+   * spun for a reply from a thread still waking up (measured: no spin caught its reply on a busy machine). After
+   * the host's own spin the runner is still spinning: it is left alone.
+   */
+  drain(rung = false): void {
     if (this.dead || !this.ready) return;
     try {
       for (;;) {
@@ -245,7 +332,8 @@ class Instance {
           if (this.dead) return;
         }
         this.rx.release();
-        this.runner!.kick();
+        if (rung) this.runner!.nudge();
+        this.runner!.released();
       }
     } catch (error) {
       this.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring read failed', { cause: String(error) }));
@@ -260,8 +348,7 @@ class Instance {
         throw new CorruptError('plugin reply is not [id, value]', { type });
       }
       const pending = this.inFlight.get(reply[0]);
-      if (!pending) return; // timed out or aborted meanwhile
-      this.plugin.settle(pending);
+      if (!pending || !this.plugin.settle(pending)) return; // timed out or aborted meanwhile
       if (type === RECORD_REPLY) pending.resolve(reply[1]);
       else pending.reject(remoteError(reply[1]));
     } else if (type === RECORD_MSGPACK) {
@@ -287,8 +374,7 @@ class Instance {
     clearTimeout(this.startTimer);
     this.startReject(error);
     for (const pending of [...this.inFlight.values()]) {
-      this.plugin.settle(pending);
-      pending.reject(error);
+      if (this.plugin.settle(pending)) pending.reject(error);
     }
     void this.dispose().then(() => this.plugin.replace(this, error, wasReady));
   }
@@ -341,7 +427,12 @@ export class Plugin extends EventEmitter {
   readonly allow: ReadonlySet<string>;
   readonly maxQueued: number;
   readonly spin: number;
+  /** The host spin budget each instance starts with (µs). */
   readonly hostSpin: number;
+  /** hostSpin 'auto': each instance tunes its budget. */
+  readonly spinAuto: boolean;
+  /** The msgpack of `env`, written first into each instance's ring IN; undefined without env. */
+  readonly envBytes: Uint8Array | undefined;
   readonly startTimeout: number;
   /** Instances replaced after a failure so far. */
   restarts = 0;
@@ -353,13 +444,15 @@ export class Plugin extends EventEmitter {
   private readonly stalled = new Set<Instance>();
   private readonly readers: ((r: IteratorResult<unknown>) => void)[] = [];
   private nextId = 1;
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
   private closed = false;
   private readonly bytes: number;
   private readonly capacity: number;
 
   /** @internal use loadPlugin */
-  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'hostSpin' | 'startTimeout'>> & {
-    memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
+  constructor(readonly module: WebAssembly.Module, readonly wasm: Uint8Array, options: Required<Pick<PluginOptions, 'isolation' | 'timeout' | 'maxQueued' | 'spin' | 'startTimeout'>> & {
+    hostSpin: number; spinAuto: boolean; envBytes?: Uint8Array; memoryLimit: number; maximumPages: number; ringCapacity: number; allow: readonly string[]; initialPages: number;
   }) {
     super();
     this.isolation = options.isolation;
@@ -367,6 +460,8 @@ export class Plugin extends EventEmitter {
     this.maxQueued = options.maxQueued;
     this.spin = options.spin;
     this.hostSpin = options.hostSpin;
+    this.spinAuto = options.spinAuto;
+    this.envBytes = options.envBytes;
     this.startTimeout = options.startTimeout;
     this.allow = new Set(options.allow);
     this.maximumPages = options.maximumPages;
@@ -411,40 +506,70 @@ export class Plugin extends EventEmitter {
   }
 
   /** Sends `value` to an instance's request handler; resolves with its reply. */
-  request(value: unknown, options: PluginRequestOptions = {}): Promise<unknown> {
+  request(value: unknown, options?: PluginRequestOptions): Promise<unknown> {
     if (this.closed) return Promise.reject(new ClosedError('plugin is closed'));
-    const timeout = options.timeout ?? this.timeout;
-    if (options.signal?.aborted) return Promise.reject(options.signal.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted'));
-    return new Promise((resolve, reject) => {
-      const pending: Pending = { id: this.nextId++ >>> 0, instance: undefined as unknown as Instance, resolve, reject };
-      if (this.nextId > 0x7fffffff) this.nextId = 1;
-      this.pending.set(pending.id, pending);
-      if (timeout > 0) {
-        pending.timer = setTimeout(() => {
-          const error = new TimeoutError('plugin did not reply in time; its instance is replaced', { timeout });
-          const instance = pending.instance;
-          this.settle(pending);
-          reject(error);
-          // A request still waiting for an instance has held none up; one in a ring may be stuck in the plugin.
-          if (instance) instance.fail(error);
-        }, timeout);
-      }
-      if (options.signal) {
-        pending.signal = options.signal;
-        pending.onAbort = () => { this.settle(pending); reject(options.signal!.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted')); };
-        options.signal.addEventListener('abort', pending.onAbort, { once: true });
-      }
-      let bytes: Uint8Array;
-      try {
-        bytes = this.encode([pending.id, value]);
-      } catch (error) {
-        this.settle(pending);
-        reject(error);
-        return;
-      }
+    const timeout = options?.timeout ?? this.timeout;
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted'));
+    let bytes: Uint8Array;
+    try {
+      bytes = this.encode(value, this.nextId);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const pending = new Pending(this.nextId);
+    this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
+    const promise = new Promise<unknown>((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
+    this.pending.set(pending.id, pending);
+    const best = this.waiting.length === 0 ? this.pick() : undefined;
+    if (best) this.handOver(best, RECORD_REQUEST, bytes, pending);
+    else {
       this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
       this.dispatch();
-    });
+    }
+    if (pending.done) return promise;
+    if (timeout > 0) {
+      pending.timeout = timeout;
+      pending.deadline = performance.now() + timeout;
+      this.armTimer(pending.deadline);
+    }
+    if (signal) {
+      pending.signal = signal;
+      pending.onAbort = () => { if (this.settle(pending)) pending.reject(signal.reason ?? new ShmbusError(ErrorCode.CLOSED, 'request aborted')); };
+      signal.addEventListener('abort', pending.onAbort, { once: true });
+    }
+    return promise;
+  }
+
+  /**
+   * One timer for every request's timeout, armed for the earliest deadline: a request answered at once costs no
+   * timer, and the rest share one (a setTimeout per request cost more than the echo's round trip).
+   */
+  private armTimer(deadline: number): void {
+    if (this.timer !== undefined && this.timerAt <= deadline) return;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timerAt = deadline;
+    this.timer = setTimeout(() => this.expire(), Math.max(0, Math.ceil(deadline - performance.now())));
+  }
+
+  /** The timer fired: fails every request past its deadline (replacing its instance), re-arms for the next.
+   * It stays armed when the requests it was armed for settle (one late, empty firing is cheaper than clearing
+   * and re-arming a timer around every request that waits); close() clears it. */
+  private expire(): void {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const pending of [...this.pending.values()]) {
+      if (pending.deadline > now) { if (pending.deadline < next) next = pending.deadline; continue; }
+      const instance = pending.instance;
+      if (!this.settle(pending)) continue;
+      const error = new TimeoutError('plugin did not reply in time; its instance is replaced', { timeout: pending.timeout });
+      pending.reject(error);
+      // A request still waiting for an instance has held none up; one in a ring may be stuck in the plugin.
+      if (instance) instance.fail(error);
+    }
+    if (next !== Infinity) this.armTimer(next);
   }
 
   /**
@@ -462,8 +587,9 @@ export class Plugin extends EventEmitter {
     return false;
   }
 
-  private encode(value: unknown): Uint8Array {
-    const bytes = packr.pack(value);
+  /** msgpack of `value`, or of the request `[id, value]` when `id` is given. */
+  private encode(value: unknown, id?: number): Uint8Array {
+    const bytes = packr.pack(id === undefined ? value : [id, value]);
     const max = maxPayload(this.capacity);
     if (bytes.length > max) throw new MessageTooLargeError(bytes.length, max);
     return bytes;
@@ -472,7 +598,7 @@ export class Plugin extends EventEmitter {
   /** Requests that wait for an instance fail when none is left to take them. */
   private failWaiting(error: Error): void {
     for (const item of this.waiting.splice(0)) {
-      if (item.pending && this.pending.has(item.pending.id)) { this.settle(item.pending); item.pending.reject(error); }
+      if (item.pending && this.settle(item.pending)) item.pending.reject(error);
     }
   }
 
@@ -480,20 +606,11 @@ export class Plugin extends EventEmitter {
   dispatch(): void {
     if (this.instances.length === 0 && !this.closed) this.failWaiting(new PeerDeadError('no instance of the plugin is left (each failed to start)'));
     while (this.waiting.length > 0) {
-      let best: Instance | undefined;
-      for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+      const best = this.pick();
       if (!best) return;
       const item = this.waiting.shift()!;
-      const p = item.pending;
-      if (p && !this.pending.has(p.id)) continue; // timed out or aborted while waiting
-      if (p) { p.instance = best; best.inFlight.set(p.id, p); }
-      try {
-        const awake = best.write(item.type, item.bytes);
-        if (awake && p && this.hostSpin > 0 && best.inFlight.size === 1 && this.waiting.length === 0) best.spinForReply();
-      } catch (error) {
-        // The ring itself refused (corrupt): that instance is done.
-        best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
-      }
+      if (item.pending?.done) continue; // timed out or aborted while waiting
+      this.handOver(best, item.type, item.bytes, item.pending);
     }
     if (this.sendBlocked) {
       this.sendBlocked = false;
@@ -501,12 +618,33 @@ export class Plugin extends EventEmitter {
     }
   }
 
-  /** @internal a request is over (replied, failed, timed out, aborted). */
-  settle(p: Pending): void {
+  /** The ready instance with the fewest requests in flight, if any can take a record now. */
+  private pick(): Instance | undefined {
+    let best: Instance | undefined;
+    for (const i of this.instances) if (i.canTake && (!best || i.inFlight.size < best.inFlight.size)) best = i;
+    return best;
+  }
+
+  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin). */
+  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): void {
+    if (p) { p.instance = best; best.inFlight.set(p.id, p); }
+    try {
+      const awake = best.write(type, bytes);
+      if (awake && p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinSoon();
+    } catch (error) {
+      // The ring itself refused (corrupt): that instance is done.
+      best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
+    }
+  }
+
+  /** @internal a request is over (replied, failed, timed out, aborted): false when it was already. */
+  settle(p: Pending): boolean {
+    if (p.done) return false;
+    p.done = true;
     this.pending.delete(p.id);
     p.instance?.inFlight.delete(p.id);
-    if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
+    return true;
   }
 
   /** @internal */
@@ -560,7 +698,8 @@ export class Plugin extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     const error = new ClosedError('plugin is closed');
-    for (const p of [...this.pending.values()]) { this.settle(p); p.reject(error); }
+    if (this.timer !== undefined) { clearTimeout(this.timer); this.timer = undefined; this.timerAt = Infinity; }
+    for (const p of [...this.pending.values()]) { if (this.settle(p)) p.reject(error); }
     this.waiting.length = 0;
     await Promise.all(this.instances.map((i) => i.dispose()));
     this.instances.length = 0;
@@ -609,8 +748,14 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   if (options.env !== undefined && (options.env === null || typeof options.env !== 'object' || Object.values(options.env).some((v) => typeof v !== 'string'))) {
     throw new BadArgumentError('env must be an object of strings', {});
   }
-  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', options.hostSpin], ['startTimeout', options.startTimeout]] as const) {
+  const hostSpinOption = options.hostSpin ?? 'auto';
+  for (const [name, value] of [['maxQueued', options.maxQueued], ['spin', options.spin], ['hostSpin', hostSpinOption === 'auto' ? undefined : hostSpinOption], ['startTimeout', options.startTimeout]] as const) {
     if (value !== undefined && (!Number.isInteger(value) || value < 0)) throw new BadArgumentError(`${name} must be an integer >= 0`, { [name]: value });
+  }
+  let envBytes: Uint8Array | undefined;
+  if (options.env !== undefined && Object.keys(options.env).length > 0) {
+    envBytes = Uint8Array.from(packr.pack({ ...options.env }));
+    if (envBytes.length > maxPayload(ringCapacity)) throw new BadArgumentError('env is larger than a message may be', { bytes: envBytes.length });
   }
   const allow = options.allow ?? [];
   if (!Array.isArray(allow) || allow.some((t) => typeof t !== 'string')) throw new BadArgumentError('allow must be an array of topic names', {});
@@ -637,7 +782,10 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
     throw new ShmbusError(ErrorCode.LIMIT, 'memoryLimit cannot hold the plugin and its rings', { details: { memoryLimit, rings: ringPages * WASM_PAGE_SIZE } });
   }
   const plugin = new Plugin(module, bytes, {
-    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? 2000, hostSpin: options.hostSpin ?? 0, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
+    isolation, timeout, maxQueued: options.maxQueued ?? 1024, maximumPages, spin: options.spin ?? (availableParallelism() > 1 ? DEFAULT_RUNNER_SPIN : 0),
+    // 'auto' waits only where the machine has a core for the runner besides this thread.
+    hostSpin: hostSpinOption === 'auto' ? (availableParallelism() > 1 ? HOST_SPIN_START_US : 0) : hostSpinOption,
+    spinAuto: hostSpinOption === 'auto' && availableParallelism() > 1, envBytes, startTimeout: options.startTimeout ?? 30_000, memoryLimit, ringCapacity, allow, initialPages,
   });
   try {
     await plugin.startInstances(instances);

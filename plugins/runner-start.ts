@@ -4,7 +4,7 @@
  * to replace this file, keeping its small interface (RunnerHandle).
  */
 import { Worker } from 'node:worker_threads';
-import { CTL_INTS, CTL_IN_SEQ, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
+import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
 import { spawn, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
@@ -19,6 +19,11 @@ export interface RunnerHandle {
   /** Tells a sleeping runner to look at ring IN again (call after committing to ring IN or releasing ring OUT).
    * True when the runner was awake (it will see the records within its spin, without a wakeup). */
   kick(): boolean;
+  /** After a release of ring OUT: kicks the runner if the plugin's outbox waits for that room. */
+  released(): void;
+  /** Makes an awake runner poll once more and start its spin over; a sleeping one is left asleep, and its
+   * SLEEPING flag is not taken (so the next kick still tells truly whether the runner is awake). */
+  nudge(): void;
   /** Ends the runner now, even inside an endless loop of the plugin. Resolves once it is gone. */
   terminate(): Promise<void>;
 }
@@ -72,6 +77,12 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
       if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
       Atomics.notify(ctl, CTL_IN_SEQ);
       return false;
+    },
+    released() {
+      if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
+    },
+    nudge() {
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
     },
     async terminate() {
       if (!gone) {
@@ -149,6 +160,12 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
       if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
       futexWake(wakeAddress, true);
       return false;
+    },
+    released() {
+      if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
+    },
+    nudge() {
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
     },
     async terminate() {
       if (!gone) child.kill('SIGKILL');

@@ -7,8 +7,9 @@
  * (spin.wasm) holds only this thread, which the host then terminates.
  *
  * Sleeping. When ring IN is empty the runner spins briefly on the host's sequence word, then sleeps in
- * `Atomics.wait` on it (see RunnerBell). The host bumps the word after every commit to ring IN and after every
- * release of ring OUT, and notifies only when the runner announced it sleeps. `Atomics.wait` is chosen over a
+ * `Atomics.wait` on it (see RunnerBell). The host bumps the word after every commit to ring IN and after a
+ * release of ring OUT while the plugin's outbox waits for room (CTL_OUTBOX), and notifies only when the runner
+ * announced it sleeps. `Atomics.wait` is chosen over a
  * kernel futex (host/sys/futex.ts) for the thread because `Worker.terminate()` interrupts it, while a thread
  * blocked inside a koffi syscall cannot be terminated until the call returns.
  *
@@ -22,6 +23,7 @@ import koffi from 'koffi';
 export const CTL_IN_SEQ = 0; // written by the host: bumped after each commit to ring IN / release of ring OUT
 export const CTL_SLEEPING = 1; // runner sets 1 before it sleeps on CTL_IN_SEQ; the host takes it (0) when it wakes it
 export const CTL_STOP = 2; // written by the host: 1 asks the runner to return
+export const CTL_OUTBOX = 3; // written by the runner: 1 while the plugin's outbox waits for room in ring OUT
 export const CTL_INTS = 4;
 
 /** What the runner tells its host (postMessage or the process channel: control only, never message data). */
@@ -116,6 +118,10 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
     return;
   }
   report({ type: 'ready' });
+  let outboxWaits = false;
+  // Polls before sleeping: self-tuned between spin/4 (about what a fixed spin of 2000 was) and spin.
+  let budget = config.spin;
+  const minBudget = config.spin >>> 2;
   for (;;) {
     if (Atomics.load(ctl, CTL_STOP) !== 0) return;
     // SYNC: pairs with the host's Atomics.add after its commit: a commit after this load changes the word.
@@ -135,9 +141,25 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
     }
     if (wakes !== 0) bell.ringHost();
     if (n > 0) continue;
-    let spins = config.spin;
+    // The host kicks after reading ring OUT only while the outbox waits for room (not after every reply).
+    // SYNC: pairs with the host's Atomics.load of CTL_OUTBOX after its release of ring OUT (both sequentially
+    // consistent): either the host sees the flag and kicks, or the poll that follows the store sees the room.
+    const waits = x.shmbus_outbox() !== 0;
+    if (waits !== outboxWaits) {
+      outboxWaits = waits;
+      Atomics.store(ctl, CTL_OUTBOX, waits ? 1 : 0);
+      if (waits) continue;
+    }
+    let spins = budget;
     while (spins-- > 0 && Atomics.load(ctl, CTL_IN_SEQ) === seq);
-    if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) continue;
+    if (Atomics.load(ctl, CTL_IN_SEQ) !== seq) {
+      // Caught the next record while spinning: spin longer next time (up to `spin`).
+      budget = Math.min(config.spin, budget * 2 + 1);
+      continue;
+    }
+    // Slept after all: spin less next time, so a runner whose host is slow to answer (a busy machine) gives the
+    // core back sooner instead of burning it on every request.
+    budget = Math.max(minBudget, budget >>> 1);
     // SYNC: pairs with the host's Atomics.exchange of CTL_SLEEPING after its Atomics.add of CTL_IN_SEQ (both
     // sequentially consistent): either the host sees us asleep and wakes us (taking the flag, so a burst of
     // commits costs one wakeup), or its add lands before our wait compares the word.

@@ -17,14 +17,14 @@ import {
   SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, CHANNEL_RING_COUNT,
   RING_MIN_CAPACITY, RING_MAX_CAPACITY, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR,
   GUEST_RING_IN, GUEST_RING_OUT, GUEST_REGION_ALIGN, GUEST_BATCH_MAX, GUEST_OUTBOX_MAX, GUEST_RECORD_PUBLISH,
-  GUEST_RECORD_LOG, GUEST_LOG_INFO, GUEST_LOG_ERROR, GUEST_WAKE_IN, GUEST_WAKE_OUT, GUEST_E_SEGMENT, GUEST_E_NOT_ATTACHED,
+  GUEST_RECORD_LOG, GUEST_RECORD_ENV, GUEST_LOG_INFO, GUEST_LOG_ERROR, GUEST_WAKE_IN, GUEST_WAKE_OUT, GUEST_E_SEGMENT, GUEST_E_NOT_ATTACHED,
   GUEST_E_OUTBOX_FULL, GUEST_E_TOO_LARGE, GUEST_E_STATE, MSGPACK_OK, maxPayload, ringOffset,
 } from '../layout';
 import {
   ring_open, ring_claim, ring_commit, ring_read, ring_release, ring_needs_wake,
 } from '../ring';
 import { Reader, Writer } from './msgpack';
-import { Value } from './value';
+import { Value, Kind } from './value';
 
 export { Value, Kind } from './value';
 export { Reader, Writer, Format, decode, encode, Decoded } from './msgpack';
@@ -53,6 +53,18 @@ export class Incoming {
   error: i32 = MSGPACK_OK;
 
   get isRequest(): bool { return this.idLength != 0; }
+
+  /** Back to a fresh state, for reuse. */
+  clear(): void {
+    this.valueStart = 0;
+    this.valueLength = 0;
+    this.idStart = 0;
+    this.idLength = 0;
+    this.id = null;
+    this.replied = false;
+    this.decoded = null;
+    this.error = MSGPACK_OK;
+  }
 
   /** The value, decoded on first use (nil with `error` set if its bytes are bad). */
   get value(): Value {
@@ -112,6 +124,26 @@ export function reply(req: Incoming, value: Value): i32 {
 
 /** Replies to `req` with the msgpack bytes [start, start + length) as the value (they must be one valid value). */
 export function replyRaw(req: Incoming, start: usize, length: u32): i32 {
+  if (!req.isRequest || req.replied) return GUEST_E_STATE;
+  // The common case (echo): the record [id, value] is written straight into ring OUT, without `out`.
+  const id = req.id;
+  const idStart = id != null ? id.dataStart : req.idStart;
+  const idLength = id != null ? <u32>id.length : req.idLength;
+  const size: u64 = 1 + <u64>idLength + <u64>length;
+  if (attached && outboxHead == outboxPayloads.length && size <= <u64>maxPayload(capacity)) {
+    const at = ring_claim(OUT, <u32>size, RECORD_REPLY);
+    if (at < 0) return at;
+    if (at > 0) {
+      req.replied = true;
+      store<u8>(<usize>at, 0x92); // msgpack fixarray of 2
+      memory.copy(<usize>at + 1, idStart, idLength);
+      memory.copy(<usize>at + 1 + idLength, start, length);
+      const committed = ring_commit(OUT, <u32>size);
+      if (committed != RING_OK) return committed;
+      if (ring_needs_wake(OUT)) wakes |= GUEST_WAKE_OUT;
+      return RING_OK;
+    }
+  }
   if (!startReply(req)) return GUEST_E_STATE;
   out.writeRaw(start, length);
   return emit(RECORD_REPLY);
@@ -288,7 +320,28 @@ export function takeWakes(): u32 {
   return w;
 }
 
+// --- configuration -------------------------------------------------------------------------------------------------
+
+let envMap: Value | null = null;
+
+/**
+ * The configuration value `name` the host gave (`loadPlugin(…, { env })`), or null. The host sends its env as the
+ * first record on ring IN, so it is there from the first handler on (not yet in the plugin's top-level code).
+ */
+export function env(name: string): string | null {
+  const map = envMap;
+  if (map == null) return null;
+  const v = map.get(name);
+  return v != null && v.kind == Kind.String ? v.text : null;
+}
+
 function dispatch(payload: usize, length: u32, type: u32): void {
+  if (type == GUEST_RECORD_ENV) {
+    const r = new Reader(payload, length);
+    const v = r.readValue();
+    if (r.finish() == MSGPACK_OK && v.kind == Kind.Map) envMap = v;
+    return;
+  }
   if (type == RECORD_MSGPACK) {
     const handler = messageHandler;
     if (handler == null) return;
@@ -309,7 +362,10 @@ function dispatch(payload: usize, length: u32, type: u32): void {
     log('shmbus guest: a request record that is not [id, value] was dropped', GUEST_LOG_ERROR);
     return;
   }
-  const req = new Incoming();
+  // An Incoming answered inside its handler is reused for the next request (one allocation fewer per call);
+  // one left open (to reply later) belongs to the plugin from then on.
+  let req = spare;
+  if (req != null) { spare = null; req.clear(); } else req = new Incoming();
   req.idStart = idStart;
   req.idLength = <u32>(r.position - idStart);
   req.valueStart = r.position;
@@ -321,13 +377,17 @@ function dispatch(payload: usize, length: u32, type: u32): void {
   }
   const result = handler(req);
   if (result != null && !req.replied) reply(req, result);
-  if (!req.replied) {
+  if (req.replied) { spare = req; return; }
+  {
     // The handler may reply later, after the record is released: keep the id.
     const id = new Uint8Array(<i32>req.idLength);
     memory.copy(id.dataStart, req.idStart, req.idLength);
     req.id = id;
   }
 }
+
+/** A request's Incoming that was answered inside its handler, for the next request. */
+let spare: Incoming | null = null;
 
 /** The reader dispatch reuses for every request's envelope. */
 const scratch = new Reader(0, 0);

@@ -33,6 +33,15 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     t.equal(bad.restarts, 1);
   });
 
+  t.test('timeouts share one timer: a shorter timeout after a longer one still fires at its own deadline', async (t) => {
+    const spin = await loadPlugin(pluginPath('spin'), { isolation, timeout: 600_000 });
+    t.teardown(() => spin.close());
+    const long = spin.request('long').then(() => 'answered', (e: ShmbusError) => e.code);
+    // Without re-arming for the earlier deadline this request would wait for the 10-minute one (tap times out).
+    await t.rejects(spin.request('short', { timeout: 200 }), { code: ErrorCode.TIMEOUT });
+    t.equal(await long, ErrorCode.TIMEOUT, 'the stuck instance was replaced: the other request in it fails the same way');
+  });
+
   t.test('memory growth past memoryLimit is ERR_SHMBUS_LIMIT; the host goes on', async (t) => {
     const hog = await loadPlugin(pluginPath('hog'), { isolation, memoryLimit: '32MiB', timeout: 30_000 });
     t.teardown(() => hog.close());

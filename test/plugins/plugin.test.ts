@@ -164,6 +164,17 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
     t.equal(texts.filter((n) => n === 1).length, 3, 'three instances started from zero');
   });
 
+  t.test('env reaches the guest: env(name) in its handlers', async (t) => {
+    const plain = await loadPlugin(pluginPath('template'), { isolation });
+    t.teardown(() => plain.close());
+    t.match(await plain.request({ name: 'ann' }), { greeting: 'hello ann' }, 'without env the template says hello');
+    const configured = await loadPlugin(pluginPath('template'), { isolation, env: { GREETING: 'hi', OTHER: 'x' }, instances: 2 });
+    t.teardown(() => configured.close());
+    const replies = await Promise.all([configured.request({ name: 'ann' }), configured.request({ name: 'bob' })]);
+    t.match(replies, [{ greeting: 'hi ann' }, { greeting: 'hi bob' }], 'every instance got the env');
+    await t.rejects(loadPlugin(pluginPath('template'), { isolation, ringCapacity: 4096, env: { BIG: 'x'.repeat(4096) } }), { code: ErrorCode.BAD_ARGUMENT }, 'an env larger than a message is refused');
+  });
+
   t.test('bad options and modules are typed errors', async (t) => {
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation: 'fiber' as 'thread' }), { code: ErrorCode.BAD_ARGUMENT });
     await t.rejects(loadPlugin(pluginPath('echo'), { isolation, memoryLimit: 'lots' }), { code: ErrorCode.BAD_ARGUMENT });

@@ -2,7 +2,7 @@
 // build/plugins/<name>.wasm. Outside this repository, compile it with
 //   npx asc index.ts --config asconfig.json --target release --outFile <name>.wasm
 // and point the relative imports below at the shmbus package's assembly/ folder.
-import { onRequest, onMessage, Incoming, Value, Kind, log, send, reply } from '../../../assembly/guest';
+import { onRequest, onMessage, Incoming, Value, Kind, log, send, reply, env } from '../../../assembly/guest';
 
 // The entry points the host calls. Every plugin needs this line.
 export * from '../../../assembly/guest/exports';
@@ -15,7 +15,8 @@ function greeting(req: Incoming): Value {
   const name = req.value.get('name');
   const who = name != null && name.kind == Kind.String ? name.text : 'stranger';
   greeted++;
-  return Value.map().set('greeting', Value.string('hello ' + who)).set('count', Value.uint(greeted));
+  const hello = env('GREETING'); // loadPlugin(…, { env: { GREETING: 'hi' } })
+  return Value.map().set('greeting', Value.string((hello != null ? hello : 'hello') + ' ' + who)).set('count', Value.uint(greeted));
 }
 
 // A request { name: string } gets { greeting: 'hello <name>', count } back. With { wait: true } the reply comes
