@@ -74,7 +74,8 @@ const HEAP_BINARY = 96;
 /** A boxed number (float64, 64-bit integers) or a Date. */
 const HEAP_BOXED = 16;
 
-/** Extension types our encoder writes: 0 (undefined, fixext 1) and −1 (timestamp, 4/8/12 bytes). */
+/** Extension types our encoder writes: 0 (undefined, fixext 1) and −1 (timestamp, 4/8/12 bytes; msgpackr writes an
+ * invalid Date, `new Date(NaN)`, as a 1-byte timestamp). */
 const EXT_UNDEFINED = 0x00;
 const EXT_TIMESTAMP = 0xff;
 
@@ -311,7 +312,7 @@ function len(bytes: Uint8Array, start: number, end: number, pos: number, size: n
 function ext(bytes: Uint8Array, start: number, end: number, pos: number, n: number): number {
   if (n + 1 > end - pos) refuse('truncated', { at: pos - start, need: n + 1, length: end - start });
   const type = bytes[pos]!;
-  const ok = type === EXT_UNDEFINED ? n === 1 : type === EXT_TIMESTAMP && (n === 4 || n === 8 || n === 12);
+  const ok = type === EXT_UNDEFINED ? n === 1 : type === EXT_TIMESTAMP && (n === 1 || n === 4 || n === 8 || n === 12);
   if (!ok) refuse('msgpack extension type not accepted', { at: pos - start, type: type > 127 ? type - 256 : type, length: n });
   return pos + 1 + n;
 }

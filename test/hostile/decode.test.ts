@@ -84,6 +84,8 @@ t.test('bytes msgpackr does not refuse on its own', async (t) => {
   ];
   for (const [name, input] of foreign) corrupt(t, input, /extension/, name);
   t.same(decodeMsgpack(unpackr, packr.pack([new Date(1234567), undefined, null])), [new Date(1234567), undefined, null], 'dates and undefined (our extensions) decode');
+  const invalid = decodeMsgpack(unpackr, packr.pack({ d: new Date(NaN) })) as { d: Date };
+  t.ok(invalid.d instanceof Date && Number.isNaN(invalid.d.getTime()), 'an invalid Date (a 1-byte timestamp) decodes as one, not CORRUPT');
 });
 
 t.test('truncated records: every proper prefix of real data is CORRUPT, never anything else', async (t) => {
