@@ -219,6 +219,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       refusalBlocks: false,
     });
     this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
+    // Growing rings (RECORD_RESIZE): a committed resize record wakes the reader like any commit; passing one wakes
+    // a writer that waits for its ring to empty.
+    this.tx.onResize = () => this.afterCommit();
+    this.rx.onResize = () => { if (this.rx.needsWake()) this.ring(WAKE_SPACE); };
     this.socket.setNoDelay(true);
     this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
     this.socket.on('close', () => this.onPeerGone());
