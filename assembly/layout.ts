@@ -119,9 +119,10 @@ export const RECORD_REPLY_ERROR = 5;
  * the old geometry after it made the pages of the larger data area exist (MADV_POPULATE_WRITE), then writes
  * nothing more until the consumer has released past it, so no record of the old geometry is still unread when the
  * new one starts. The consumer reads nothing past it until it too has made those pages exist in its mapping. A
- * ring that was opened without room to grow (max = capacity) treats one as corrupt. Never handed to the reader.
+ * ring that was opened without room to grow (max = capacity) treats one as corrupt. Never handed to the reader;
+ * reserved (ring_claim refuses it), at the top of the type space so that small application types stay free.
  */
-export const RECORD_RESIZE = 7;
+export const RECORD_RESIZE = 0x7fffffff;
 export const RESIZE_CAPACITY_OFFSET = 0;
 export const RESIZE_PAYLOAD_SIZE = 8;
 
