@@ -313,14 +313,15 @@ export function ring_read(h: usize, out: usize, max: u32): i32 {
     }
     if (type == RECORD_RESIZE) {
       const size = align(<u64>RESIZE_PAYLOAD_SIZE + RECORD_HEADER_SIZE);
+      // The records before it go out first, whatever it is; the next read reports it.
+      if (count != 0) break;
       if (length != RESIZE_PAYLOAD_SIZE || size > toEnd || size > available) return RING_E_RECORD;
       const payload = record + RECORD_HEADER_SIZE;
       const next = load<u32>(payload, RESIZE_CAPACITY_OFFSET);
       // Only growth, to a power of two the mapped window backs (the capacity of the header this end opened).
       if (!isPowerOfTwo(next) || next <= capacity || next > load<u32>(h, H_MAX_CAPACITY_OFFSET)
         || load<u32>(payload, RESIZE_CAPACITY_OFFSET + 4) != 0) return RING_E_RECORD;
-      // The records before it go out first; the next read reports it.
-      if (count == 0) store<u32>(h, next, H_PENDING_OFFSET);
+      store<u32>(h, next, H_PENDING_OFFSET);
       break;
     }
     // The unsigned cast rejects negative lengths (claimed, never committed) with the same comparison.
