@@ -119,6 +119,8 @@ export const RECORD_REPLY_ERROR = 5;
  * the old geometry after it made the pages of the larger data area exist (MADV_POPULATE_WRITE), then writes
  * nothing more until the consumer has released past it, so no record of the old geometry is still unread when the
  * new one starts. The consumer reads nothing past it until it too has made those pages exist in its mapping. A
+ * producer shrinks its ring the same way once it has been idle and empty for a while (then frees the pages past the
+ * new capacity with MADV_REMOVE, after the consumer has passed the record). A
  * ring that was opened without room to grow (max = capacity) treats one as corrupt. Never handed to the reader;
  * reserved (ring_claim refuses it), at the top of the type space so that small application types stay free.
  */

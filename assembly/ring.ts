@@ -97,6 +97,39 @@ export function ring_grow_limit(h: usize, capacity: u32): void {
   store<u32>(h, capacity < now ? now : capacity > max ? max : capacity, H_GROW_LIMIT_OFFSET);
 }
 
+/** Producer: after the host freed the pages past `bytes` (MADV_REMOVE), only data bytes [0, bytes) are known to
+ * exist: a later growth populates again. Never below the capacity in effect. */
+export function ring_unpopulated(h: usize, bytes: u32): i32 {
+  if (bytes < capacityOf(h) || load<u32>(h, H_PENDING_OFFSET) != 0) return RING_E_STATE;
+  if (bytes < load<u32>(h, H_POPULATED_OFFSET)) store<u32>(h, bytes, H_POPULATED_OFFSET);
+  return RING_OK;
+}
+
+/**
+ * Producer: announces a smaller ring in band (RECORD_RESIZE, as growth) while the ring is empty and nothing is
+ * claimed. RING_RESIZE_SENT (ring the consumer), 0 when not now (not empty, a claim open, a resize outstanding,
+ * no room), or a negative code. The pages past the new capacity may be freed once it took effect.
+ */
+export function ring_shrink(h: usize, capacity: u32): i32 {
+  const now = capacityOf(h);
+  if (load<u32>(h, H_ROLE_OFFSET) != ROLE_PRODUCER || !isPowerOfTwo(capacity) || capacity < <u32>RING_MIN_CAPACITY || capacity >= now) return RING_E_STATE;
+  if (load<u32>(h, H_CLAIM_OFFSET) != 0 || load<u32>(h, H_PENDING_OFFSET) != 0) return 0;
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  // SYNC: pairs with the atomic store of head in ring_release.
+  const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+  if (!positionsSane(head, position, now)) return RING_E_POSITIONS;
+  store<u64>(h, head, H_CACHED_OFFSET);
+  if (head != position) return 0;
+  const at = claimIn(h, now, RESIZE_PAYLOAD_SIZE, RECORD_RESIZE);
+  if (at <= 0) return at;
+  store<u32>(<usize>at, capacity, RESIZE_CAPACITY_OFFSET);
+  store<u32>(<usize>at, 0, RESIZE_CAPACITY_OFFSET + 4);
+  ring_commit(h, RESIZE_PAYLOAD_SIZE);
+  store<u32>(h, capacity, H_PENDING_OFFSET);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET), H_SWITCH_AT_OFFSET);
+  return RING_RESIZE_SENT;
+}
+
 /** The data capacity in effect now (a growing ring's current geometry). */
 export function ring_capacity(h: usize): u32 {
   return capacityOf(h);
@@ -132,8 +165,9 @@ function growFor(h: usize, length: u32): i32 {
     const switched = switchIfPassed(h);
     if (switched < 0) return switched;
     if (switched == 0) {
-      // free() reaches the whole capacity exactly when the consumer has passed the record.
-      store<u32>(h, capacity, H_NEED_OFFSET);
+      // free() reaches the smaller of both capacities exactly when the consumer has passed the record.
+      const pending = load<u32>(h, H_PENDING_OFFSET);
+      store<u32>(h, pending < capacity ? pending : capacity, H_NEED_OFFSET);
       return 0;
     }
     capacity = capacityOf(h);
@@ -258,10 +292,15 @@ export function ring_abort(h: usize): i32 {
  * misaligned): a writer must fail then, not wait for room that a scribbled head will never free.
  */
 export function ring_free(h: usize): i32 {
-  if (load<u32>(h, H_PENDING_OFFSET) != 0) {
+  let room = capacityOf(h);
+  const pending = load<u32>(h, H_PENDING_OFFSET);
+  if (pending != 0) {
     // A resize the consumer has passed takes effect here too, so a writer waiting for room sees the new ring.
+    // Until then the free bytes count against the smaller of both capacities: the record itself is unreleased,
+    // so they stay below the need growFor set, and reach it once the new capacity is in effect.
     const switched = switchIfPassed(h);
     if (switched < 0) return switched;
+    if (switched == 0 && pending < room) room = pending;
   }
   const capacity = capacityOf(h);
   // SYNC: pairs with the atomic store of head in ring_release.
@@ -269,8 +308,9 @@ export function ring_free(h: usize): i32 {
   const position = load<u64>(h, H_POSITION_OFFSET);
   if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
   store<u64>(h, head, H_CACHED_OFFSET);
+  const used = position - head;
   // capacity <= RING_MAX_CAPACITY (2^28): the count fits an i32.
-  return <i32>(<u64>capacity - (position - head));
+  return used >= <u64>room ? 0 : <i32>(<u64>room - used);
 }
 
 // --- consumer --------------------------------------------------------------------------------------------------
@@ -318,8 +358,8 @@ export function ring_read(h: usize, out: usize, max: u32): i32 {
       if (length != RESIZE_PAYLOAD_SIZE || size > toEnd || size > available) return RING_E_RECORD;
       const payload = record + RECORD_HEADER_SIZE;
       const next = load<u32>(payload, RESIZE_CAPACITY_OFFSET);
-      // Only growth, to a power of two the mapped window backs (the capacity of the header this end opened).
-      if (!isPowerOfTwo(next) || next <= capacity || next > load<u32>(h, H_MAX_CAPACITY_OFFSET)
+      // Another power of two the mapped window backs (at most the capacity of the header this end opened).
+      if (!isPowerOfTwo(next) || next == capacity || next < <u32>RING_MIN_CAPACITY || next > load<u32>(h, H_MAX_CAPACITY_OFFSET)
         || load<u32>(payload, RESIZE_CAPACITY_OFFSET + 4) != 0) return RING_E_RECORD;
       store<u32>(h, next, H_PENDING_OFFSET);
       break;

@@ -5,7 +5,7 @@
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
-  RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET,
+  RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET, H_POSITION_OFFSET,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
@@ -60,6 +60,32 @@ export interface Growth {
   /** Makes the pages of linear memory [offset, offset + bytes) exist now (MADV_POPULATE_WRITE), or throws a typed
    * error (NO_SPACE for a full /dev/shm). */
   populate(offset: number, bytes: number): void;
+  /** Frees the backing pages wholly inside linear memory [offset, offset + bytes) (MADV_REMOVE). */
+  unpopulate(offset: number, bytes: number): void;
+}
+
+/**
+ * Producer ends that grew past their initial size: one timer for all of them (not one per connection) looks every
+ * SHRINK_AFTER_MS and shrinks a ring back that stayed empty and unused for a whole interval, so that an idle
+ * connection gives back what a burst of large messages took.
+ */
+const grown = new Set<RingEnd>();
+let shrinkAfterMs = 2000;
+let sweepTimer: NodeJS.Timeout | undefined;
+
+/** How long a grown ring must stay empty and unused before it shrinks back (tests shorten it). */
+export function setShrinkAfter(ms: number): void {
+  shrinkAfterMs = ms;
+  if (sweepTimer) { clearInterval(sweepTimer); sweepTimer = undefined; startSweep(); }
+}
+
+function startSweep(): void {
+  if (sweepTimer || grown.size === 0) return;
+  sweepTimer = setInterval(() => {
+    for (const end of grown) end._sweep();
+    if (grown.size === 0) { clearInterval(sweepTimer); sweepTimer = undefined; }
+  }, shrinkAfterMs);
+  sweepTimer.unref();
 }
 
 export class RingEnd {
@@ -80,6 +106,9 @@ export class RingEnd {
   /** Called after this end took a step of a resize the peer must hear of at once: a producer committed a
    * RECORD_RESIZE (ring the consumer), a consumer passed one (ring a producer waiting for the ring to empty). */
   onResize: (() => void) | undefined;
+  /** Producer: the low word of the tail at the last sweep, and whether a shrink is outstanding (see _sweep). */
+  private sweptTail = -1;
+  private shrinkSent = false;
 
   /**
    * Opens the ring whose header is at linear-memory offset `ring`. `capacity` is the largest the ring ever gets
@@ -147,6 +176,8 @@ export class RingEnd {
         const have = this.currentCapacity;
         this.growth!.populate(this.dataOffset + have, target - have);
         this.engine.exports.ring_populated(this.handle, target);
+        grown.add(this);
+        startSweep();
       } catch (error) {
         if (length > maxPayload(this.currentCapacity)) throw error;
         this.engine.exports.ring_grow_limit(this.handle, this.currentCapacity);
@@ -222,7 +253,7 @@ export class RingEnd {
     if (!this.growth) return RING_E_RECORD;
     const next = this.engine.u32[(this.handle + H_PENDING_OFFSET) >>> 2]!;
     const have = this.currentCapacity;
-    this.growth.populate(this.dataOffset + have, next - have);
+    if (next > have) this.growth.populate(this.dataOffset + have, next - have);
     const rc = this.engine.exports.ring_resize_done(this.handle);
     if (rc < 0) return rc;
     this.onResize?.();
@@ -287,10 +318,44 @@ export class RingEnd {
     if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_peer_closed(this.handle) === 1;
   }
 
+  /**
+   * @internal The shrink timer's look at a grown producer end: once it stayed empty and unused for a whole interval,
+   * a RECORD_RESIZE back to the initial size goes in band; at a later look, once the consumer has passed it, the
+   * pages past the initial size are freed (MADV_REMOVE) and a later growth populates them again.
+   */
+  _sweep(): void {
+    const growth = this.growth;
+    if (this.closed || !growth) { grown.delete(this); return; }
+    const e = this.engine.exports;
+    const u32 = this.engine.u32;
+    try {
+      if (this.shrinkSent) {
+        if (e.ring_free(this.handle) < 0 || u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0) return;
+        this.shrinkSent = false;
+        const now = this.currentCapacity;
+        if (now !== growth.initial) return;
+        growth.unpopulate(this.dataOffset + now, this.capacity - now);
+        e.ring_unpopulated(this.handle, now);
+        grown.delete(this);
+        return;
+      }
+      const tail = u32[(this.handle + H_POSITION_OFFSET) >>> 2]!;
+      if (tail !== this.sweptTail) { this.sweptTail = tail; return; }
+      if (this.currentCapacity <= growth.initial) { grown.delete(this); return; }
+      if (e.ring_shrink(this.handle, growth.initial) === RING_RESIZE_SENT) {
+        this.shrinkSent = true;
+        this.onResize?.();
+      }
+    } catch {
+      // A failed look (a trap on a ring a peer scribbled) changes nothing: the channel meets the error itself.
+    }
+  }
+
   /** Frees the private handle. The shared ring is untouched. */
   dispose(): void {
     if (this.closed) return;
     this.closed = true;
+    grown.delete(this);
     this.engine.freeHandle(this.handle);
     if (this.batch !== 0) this.engine.freeBatch(this.batch);
   }

@@ -7,7 +7,7 @@ import { engineFor, type Engine } from '../../host/engine.js';
 import {
   BATCH_AREA_SIZE, CHANNEL_RING_COUNT, LAYOUT_VERSION_MAJOR, RING_HEADER_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset,
 } from '../../assembly/layout.js';
-import { populateWrite } from '../../host/sys/shm.js';
+import { populateWrite, removePages } from '../../host/sys/shm.js';
 import { RingEnd } from '../../host/ring.js';
 import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
@@ -105,7 +105,11 @@ export function mapRegion(region: Region): Mapping {
 export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector', initial = capacity): { tx: RingEnd; rx: RingEnd } {
   const [out, into] = side === 'listener' ? [RING_TO_CONNECTOR, RING_TO_LISTENER] : [RING_TO_LISTENER, RING_TO_CONNECTOR];
   const engine = m.engine;
-  const growth = initial < capacity ? { initial, populate: (offset: number, bytes: number) => populateWrite(engine.address(offset), bytes) } : undefined;
+  const growth = initial < capacity ? {
+    initial,
+    populate: (offset: number, bytes: number) => populateWrite(engine.address(offset), bytes),
+    unpopulate: (offset: number, bytes: number) => removePages(engine.address(offset), bytes),
+  } : undefined;
   m.tx = new RingEnd(engine, m.window + ringOffset(out, capacity), capacity, 'producer', growth);
   m.rx = new RingEnd(engine, m.window + ringOffset(into, capacity), capacity, 'consumer', growth);
   return { tx: m.tx, rx: m.rx };
