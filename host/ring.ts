@@ -106,6 +106,9 @@ export class RingEnd {
   /** Called after this end took a step of a resize the peer must hear of at once: a producer committed a
    * RECORD_RESIZE (ring the consumer), a consumer passed one (ring a producer waiting for the ring to empty). */
   onResize: (() => void) | undefined;
+  /** Producer: whether its owner may shrink the ring now. A writer waiting for room (a queued message, the rest of
+   * a fragmented one) waits for an amount the ring in effect can hold: shrinking under it would strand it. */
+  canShrink: (() => boolean) | undefined;
   /** Producer: the low word of the tail at the last sweep, and whether a shrink is outstanding (see _sweep). */
   private sweptTail = -1;
   private shrinkSent = false;
@@ -162,6 +165,11 @@ export class RingEnd {
   /** The data capacity in effect now (below `capacity` while a growing ring has not grown all the way). */
   get currentCapacity(): number {
     return this.engine.u32[(this.handle + H_CAPACITY_OFFSET) >>> 2]!;
+  }
+
+  /** A resize announced and not in effect yet (producer: until the consumer passed it). */
+  get resizing(): boolean {
+    return this.engine.u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0;
   }
 
   /**
@@ -241,7 +249,10 @@ export class RingEnd {
     } catch (error) {
       throw trapAsCorrupt(error);
     }
-    if (n === RING_RESIZE_SEEN) n = this.resized(max);
+    // A producer in another process may announce the next resize as soon as we passed one (a shrink, then a
+    // growth): take a few in a row; past that, 0 (the record stays pending and the next read starts with it).
+    for (let i = 0; n === RING_RESIZE_SEEN && i < 8; i++) n = this.resized(max);
+    if (n === RING_RESIZE_SEEN) n = 0;
     if (n < 0) throw ringError(n);
     this.inBatch = n > 0;
     return n;
@@ -339,9 +350,12 @@ export class RingEnd {
         grown.delete(this);
         return;
       }
+      // A growth outstanding: look again once it took effect.
+      if (u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0) return;
       const tail = u32[(this.handle + H_POSITION_OFFSET) >>> 2]!;
       if (tail !== this.sweptTail) { this.sweptTail = tail; return; }
       if (this.currentCapacity <= growth.initial) { grown.delete(this); return; }
+      if (this.canShrink && !this.canShrink()) return;
       if (e.ring_shrink(this.handle, growth.initial) === RING_RESIZE_SENT) {
         this.shrinkSent = true;
         this.onResize?.();

@@ -249,3 +249,48 @@ t.test('rings shrinking and growing again while messages flow: every message int
   t.pass('60 messages of 5 B to 3 MiB crossed intact, both ways');
   t.ok(shrinks > 0, `rings shrank back during idle gaps (${shrinks} times seen)`);
 });
+
+t.test('across processes, rings shrinking and growing again on both sides: every message intact, in order', async (t) => {
+  setShrinkAfter(1);
+  t.teardown(() => setShrinkAfter(2000));
+  const url = `shm://${unique('grow-churn-echo')}`;
+  const listener = await listen(url);
+  t.teardown(() => listener.close());
+  startFixture(t, 'grow-echo', [url], { env: { GROW_SHRINK_MS: '1' } });
+  const ch = await within(30_000, listener.acceptNext(), 'the echo peer') as Channel;
+  t.teardown(() => ch.close());
+  const it = ch[Symbol.asyncIterator]();
+  const cycle = [10, 200 * KiB, 30, MiB, 5, 3 * MiB, 70 * KiB, 1];
+  let bad = 0;
+  for (let i = 0; i < 80; i++) {
+    const n = cycle[i % cycle.length]!;
+    const bytes = fill(n, i);
+    const next = it.next();
+    if (!ch.sendBytes(bytes)) await ch.drained();
+    const back = (await within(30_000, next, `message ${i} back`)).value as Uint8Array;
+    if (back.length !== n || Buffer.compare(Buffer.from(back), Buffer.from(bytes)) !== 0) bad++;
+    // Idle gaps now and then, so both sides' rings shrink and the next large message grows them again.
+    if (i % 4 === 3) await new Promise((r) => setTimeout(r, 10));
+  }
+  t.equal(bad, 0, '80 messages of 1 B to 3 MiB came back intact, in order');
+});
+
+t.test('a trySend refused while the ring shrinks back waits for the growth it needs, not forever', async (t) => {
+  const [a, b] = await pair(t, `shm://${unique('grow-try-shrink')}`);
+  const it = b[Symbol.asyncIterator]();
+  a.sendBytes(fill(MiB, 1));
+  await within(10_000, it.next(), 'the 1 MiB message');
+  setShrinkAfter(5);
+  t.teardown(() => setShrinkAfter(2000));
+  // Nobody reads meanwhile: the shrink record waits in the ring.
+  await eventually(() => internals(a).tx.resizing, 'a shrink announced');
+  const big = fill(200 * KiB, 2);
+  t.equal(a.trySendBytes(big), false, 'refused while the shrink is outstanding');
+  const next = it.next();
+  let tries = 0;
+  while (!a.trySendBytes(big)) {
+    tries++;
+    await within(10_000, a.drained(), 'drained');
+  }
+  t.same(Buffer.from((await within(10_000, next, 'the record')).value as Uint8Array), Buffer.from(big), `taken after ${tries} drain(s), intact`);
+});
