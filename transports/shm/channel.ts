@@ -418,7 +418,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private enqueue(type: number, bytes: Uint8Array): boolean {
     if (this.sendQueue.send(type, bytes)) return true;
     void this.pump();
-    return false;
+    // The ring is growing for this message (the reader has to pass the resize record first): taken as if the ring
+    // had it, so that "send, await drained() if false, then read" does not wait on a reader that has not read yet
+    // (with a ring that never grows the message would have fit). drained() still waits for it.
+    return this.sendQueue.length === 1 && this.tx.resizing;
   }
 
   /** trySend / trySendBytes: into the ring now or not at all; a refusal starts `pump` waiting for the room. */
