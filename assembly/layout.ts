@@ -53,7 +53,9 @@ export const SEGMENT_MAGIC = 0x424d4853; // "SHMB" in memory order
 export const LAYOUT_VERSION_MAJOR = 1;
 // 1.1: topic and registry segments changed (one 64-bit claim word per publisher, subscriber and member slot) and
 // took new magics, so an older build refuses them (bad magic) instead of misreading them; channels are unchanged.
-export const LAYOUT_VERSION_MINOR = 1;
+// 1.2: channel rings may start small and grow in band (RECORD_RESIZE); a peer announcing 1.1 or older gets rings
+// that never grow (it would not understand the record).
+export const LAYOUT_VERSION_MINOR = 2;
 export const LAYOUT_VERSION = (LAYOUT_VERSION_MAJOR << 16) | LAYOUT_VERSION_MINOR;
 
 export const SEG_MAGIC_OFFSET = 0;
@@ -110,6 +112,21 @@ export const RECORD_REQUEST = 3;
 export const RECORD_REPLY = 4;
 /** A failed request: msgpack of [id, { code, message }]. */
 export const RECORD_REPLY_ERROR = 5;
+/**
+ * The ring's own record (1.2): from the record after this one on, the ring's data capacity is the u32 payload at
+ * RESIZE_CAPACITY_OFFSET (a power of two, at most the capacity of the ring header, at least RING_MIN_CAPACITY;
+ * the u32 after it is zero). Positions continue (index = position & (new capacity - 1)). The producer writes it in
+ * the old geometry after it made the pages of the larger data area exist (MADV_POPULATE_WRITE), then writes
+ * nothing more until the consumer has released past it, so no record of the old geometry is still unread when the
+ * new one starts. The consumer reads nothing past it until it too has made those pages exist in its mapping. A
+ * producer shrinks its ring the same way once it has been idle and empty for a while (then frees the pages past the
+ * new capacity with MADV_REMOVE, after the consumer has passed the record). A
+ * ring that was opened without room to grow (max = capacity) treats one as corrupt. Never handed to the reader;
+ * reserved (ring_claim refuses it), at the top of the type space so that small application types stay free.
+ */
+export const RECORD_RESIZE = 0x7fffffff;
+export const RESIZE_CAPACITY_OFFSET = 0;
+export const RESIZE_PAYLOAD_SIZE = 8;
 
 // --- results of ring operations (negative: the ring is unusable or the call was misused) ------------------------
 export const RING_OK = 0;
@@ -125,6 +142,14 @@ export const RING_E_STATE = -4;
 export const RING_E_HEADER = -5;
 /** A lossy topic's publisher outran every bounded attempt to join (try again; nothing is wrong with the ring). */
 export const RING_E_AGAIN = -6;
+/** Producer (growing ring): the record needs a larger ring whose pages are not known to exist: the host makes data
+ * bytes [0, H_TARGET) exist (MADV_POPULATE_WRITE; a full /dev/shm fails there), calls ring_populated and claims again. */
+export const RING_GROW = -7;
+/** Producer: a RECORD_RESIZE was committed (ring the consumer); no room until the consumer has passed it. */
+export const RING_RESIZE_SENT = -8;
+/** Consumer: the next record is a RECORD_RESIZE to H_PENDING bytes: the host makes those pages exist in its own
+ * mapping, then calls ring_resize_done and reads on. */
+export const RING_RESIZE_SEEN = -9;
 
 // --- this process's private wasm memory (not shared with anyone) -----------------------------------------------
 //   0 … PRIVATE_BASE           the module's static data (the build test checks it fits)
@@ -161,6 +186,12 @@ export const H_RUNG_OFFSET = 36; //       u32 the peer's park sequence we last r
 export const H_CLAIM_TYPE_OFFSET = 40; // u32 type of the open claim
 export const H_WAIT_VALUE_OFFSET = 44; // u32 the peer's wake sequence seen when this end parked (futex expected value)
 export const H_NEED_OFFSET = 48; //       u32 producer: free bytes the last refused claim needed (record + padding)
+export const H_MAX_CAPACITY_OFFSET = 52; // u32 the capacity of the ring header: what a growing ring may reach
+export const H_PENDING_OFFSET = 56; //    u32 capacity announced by a RECORD_RESIZE not yet in effect (0: none)
+export const H_POPULATED_OFFSET = 60; //  u32 producer: data bytes whose pages are known to exist
+export const H_SWITCH_AT_OFFSET = 64; //  u64 producer: position right after the RECORD_RESIZE (the new geometry starts)
+export const H_TARGET_OFFSET = 72; //     u32 producer: data bytes to populate after RING_GROW
+export const H_GROW_LIMIT_OFFSET = 76; // u32 producer: the largest capacity it will grow to (lowered when an optional growth failed)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;

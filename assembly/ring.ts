@@ -15,6 +15,8 @@ import {
   H_RING_OFFSET, H_CAPACITY_OFFSET, H_ROLE_OFFSET, H_CLAIM_OFFSET, H_POSITION_OFFSET, H_CACHED_OFFSET,
   H_CLAIM_MAX_OFFSET, H_NEED_OFFSET, H_RUNG_OFFSET, H_CLAIM_TYPE_OFFSET, H_WAIT_VALUE_OFFSET, HANDLE_SIZE, ROLE_PRODUCER, ROLE_CONSUMER,
   BATCH_ENTRY_SIZE, maxPayload,
+  RECORD_RESIZE, RESIZE_CAPACITY_OFFSET, RESIZE_PAYLOAD_SIZE, RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN,
+  H_MAX_CAPACITY_OFFSET, H_PENDING_OFFSET, H_POPULATED_OFFSET, H_SWITCH_AT_OFFSET, H_TARGET_OFFSET, H_GROW_LIMIT_OFFSET,
 } from './layout';
 
 @inline function align(n: u64): u64 {
@@ -54,6 +56,9 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
   store<u32>(h, <u32>ring, H_RING_OFFSET);
   store<u32>(h, capacity, H_CAPACITY_OFFSET);
   store<u32>(h, role, H_ROLE_OFFSET);
+  store<u32>(h, capacity, H_MAX_CAPACITY_OFFSET);
+  store<u32>(h, capacity, H_GROW_LIMIT_OFFSET);
+  store<u32>(h, capacity, H_POPULATED_OFFSET);
   if (role == ROLE_PRODUCER) {
     store<u64>(h, tail, H_POSITION_OFFSET);
     store<u64>(h, head, H_CACHED_OFFSET);
@@ -62,6 +67,131 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
     store<u64>(h, tail, H_CACHED_OFFSET);
   }
   return RING_OK;
+}
+
+/**
+ * Makes a freshly opened, empty end start with `initial` data bytes instead of the whole ring (1.2): the ring grows
+ * in band (RECORD_RESIZE) up to the capacity it was opened with. Both ends of a ring must agree on `initial`
+ * (the handshake says it). Only the first `initial` bytes of data need to exist.
+ */
+export function ring_start_small(h: usize, initial: u32): i32 {
+  const max = load<u32>(h, H_MAX_CAPACITY_OFFSET);
+  if (!isPowerOfTwo(initial) || initial < <u32>RING_MIN_CAPACITY || initial > max) return RING_E_HEADER;
+  if (load<u64>(h, H_POSITION_OFFSET) != load<u64>(h, H_CACHED_OFFSET) || load<u32>(h, H_CLAIM_OFFSET) != 0) return RING_E_STATE;
+  store<u32>(h, initial, H_CAPACITY_OFFSET);
+  store<u32>(h, initial, H_POPULATED_OFFSET);
+  return RING_OK;
+}
+
+/** Producer: data bytes [0, bytes) now exist (after RING_GROW the host populated them). */
+export function ring_populated(h: usize, bytes: u32): i32 {
+  if (bytes > load<u32>(h, H_MAX_CAPACITY_OFFSET)) return RING_E_STATE;
+  if (bytes > load<u32>(h, H_POPULATED_OFFSET)) store<u32>(h, bytes, H_POPULATED_OFFSET);
+  return RING_OK;
+}
+
+/** Producer: grow no further than `capacity` (never below the current one): an optional growth failed. */
+export function ring_grow_limit(h: usize, capacity: u32): void {
+  const now = capacityOf(h);
+  const max = load<u32>(h, H_MAX_CAPACITY_OFFSET);
+  store<u32>(h, capacity < now ? now : capacity > max ? max : capacity, H_GROW_LIMIT_OFFSET);
+}
+
+/** Producer: after the host freed the pages past `bytes` (MADV_REMOVE), only data bytes [0, bytes) are known to
+ * exist: a later growth populates again. Never below the capacity in effect. */
+export function ring_unpopulated(h: usize, bytes: u32): i32 {
+  if (bytes < capacityOf(h) || load<u32>(h, H_PENDING_OFFSET) != 0) return RING_E_STATE;
+  if (bytes < load<u32>(h, H_POPULATED_OFFSET)) store<u32>(h, bytes, H_POPULATED_OFFSET);
+  return RING_OK;
+}
+
+/**
+ * Producer: announces a smaller ring in band (RECORD_RESIZE, as growth) while the ring is empty and nothing is
+ * claimed. RING_RESIZE_SENT (ring the consumer), 0 when not now (not empty, a claim open, a resize outstanding,
+ * no room), or a negative code. The pages past the new capacity may be freed once it took effect.
+ */
+export function ring_shrink(h: usize, capacity: u32): i32 {
+  const now = capacityOf(h);
+  if (load<u32>(h, H_ROLE_OFFSET) != ROLE_PRODUCER || !isPowerOfTwo(capacity) || capacity < <u32>RING_MIN_CAPACITY || capacity >= now) return RING_E_STATE;
+  if (load<u32>(h, H_CLAIM_OFFSET) != 0 || load<u32>(h, H_PENDING_OFFSET) != 0) return 0;
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  // SYNC: pairs with the atomic store of head in ring_release.
+  const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+  if (!positionsSane(head, position, now)) return RING_E_POSITIONS;
+  store<u64>(h, head, H_CACHED_OFFSET);
+  if (head != position) return 0;
+  const at = claimIn(h, now, RESIZE_PAYLOAD_SIZE, RECORD_RESIZE);
+  if (at <= 0) return at;
+  store<u32>(<usize>at, capacity, RESIZE_CAPACITY_OFFSET);
+  store<u32>(<usize>at, 0, RESIZE_CAPACITY_OFFSET + 4);
+  ring_commit(h, RESIZE_PAYLOAD_SIZE);
+  store<u32>(h, capacity, H_PENDING_OFFSET);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET), H_SWITCH_AT_OFFSET);
+  return RING_RESIZE_SENT;
+}
+
+/** The data capacity in effect now (a growing ring's current geometry). */
+export function ring_capacity(h: usize): u32 {
+  return capacityOf(h);
+}
+
+/**
+ * Producer with a RECORD_RESIZE outstanding: once the consumer has released past it (the ring is empty, since
+ * nothing was written after it), the new capacity takes effect. 1 switched, 0 not yet, or RING_E_POSITIONS.
+ */
+function switchIfPassed(h: usize): i32 {
+  const switchAt = load<u64>(h, H_SWITCH_AT_OFFSET);
+  let head = load<u64>(h, H_CACHED_OFFSET);
+  if (head < switchAt) {
+    // SYNC: pairs with the atomic store of head in ring_release / ring_resize_done.
+    head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+    if (!positionsSane(head, load<u64>(h, H_POSITION_OFFSET), capacityOf(h))) return RING_E_POSITIONS;
+    store<u64>(h, head, H_CACHED_OFFSET);
+    if (head < switchAt) return 0;
+  }
+  store<u32>(h, load<u32>(h, H_PENDING_OFFSET), H_CAPACITY_OFFSET);
+  store<u32>(h, 0, H_PENDING_OFFSET);
+  return 1;
+}
+
+/**
+ * The slow path of a claim on a ring that may grow: a resize outstanding, or a record larger than a quarter of
+ * the ring. Returns 1 to claim in the (possibly new) geometry, 0 for no room now (need set), RING_GROW (populate
+ * H_TARGET bytes first), RING_RESIZE_SENT (a RECORD_RESIZE was committed), or another negative code.
+ */
+function growFor(h: usize, length: u32): i32 {
+  let capacity = capacityOf(h);
+  if (load<u32>(h, H_PENDING_OFFSET) != 0) {
+    const switched = switchIfPassed(h);
+    if (switched < 0) return switched;
+    if (switched == 0) {
+      // free() reaches the smaller of both capacities exactly when the consumer has passed the record.
+      const pending = load<u32>(h, H_PENDING_OFFSET);
+      store<u32>(h, pending < capacity ? pending : capacity, H_NEED_OFFSET);
+      return 0;
+    }
+    capacity = capacityOf(h);
+  }
+  const limit = load<u32>(h, H_GROW_LIMIT_OFFSET);
+  const record = align(<u64>length + RECORD_HEADER_SIZE);
+  if (capacity >= limit || record << 2 <= <u64>capacity) return 1;
+  if (length > maxPayload(limit)) return RING_E_TOO_LARGE;
+  // Room for four such records, within the limit (the limit always holds one).
+  let target = capacity << 1;
+  while (target < limit && <u64>target < record << 2) target <<= 1;
+  if (load<u32>(h, H_POPULATED_OFFSET) < target) {
+    store<u32>(h, target, H_TARGET_OFFSET);
+    return RING_GROW;
+  }
+  const at = claimIn(h, capacity, RESIZE_PAYLOAD_SIZE, RECORD_RESIZE);
+  if (at <= 0) return at;
+  store<u32>(<usize>at, target, RESIZE_CAPACITY_OFFSET);
+  store<u32>(<usize>at, 0, RESIZE_CAPACITY_OFFSET + 4);
+  ring_commit(h, RESIZE_PAYLOAD_SIZE);
+  store<u32>(h, target, H_PENDING_OFFSET);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET), H_SWITCH_AT_OFFSET);
+  store<u32>(h, capacity, H_NEED_OFFSET);
+  return RING_RESIZE_SENT;
 }
 
 @inline function positionsSane(head: u64, tail: u64, capacity: u32): bool {
@@ -76,8 +206,19 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
  * caller to fill, 0 when the ring has no room now (an expected outcome), or a negative RING_E_* code.
  */
 export function ring_claim(h: usize, length: u32, type: u32): i32 {
-  if (load<u32>(h, H_CLAIM_OFFSET) != 0 || type == RECORD_PADDING) return RING_E_STATE;
-  const capacity = capacityOf(h);
+  if (load<u32>(h, H_CLAIM_OFFSET) != 0 || type == RECORD_PADDING || type == RECORD_RESIZE) return RING_E_STATE;
+  let capacity = capacityOf(h);
+  // A ring that may grow takes the slow path for a resize in flight or a record of more than a quarter of it.
+  if (load<u32>(h, H_PENDING_OFFSET) != 0
+    || ((<u64>length + RECORD_HEADER_SIZE) << 2 > <u64>capacity && capacity < load<u32>(h, H_GROW_LIMIT_OFFSET))) {
+    const rc = growFor(h, length);
+    if (rc <= 0) return rc;
+    capacity = capacityOf(h);
+  }
+  return claimIn(h, capacity, length, type);
+}
+
+@inline function claimIn(h: usize, capacity: u32, length: u32, type: u32): i32 {
   if (length > maxPayload(capacity)) return RING_E_TOO_LARGE;
   const mask = <u64>capacity - 1;
   const position = load<u64>(h, H_POSITION_OFFSET);
@@ -151,14 +292,25 @@ export function ring_abort(h: usize): i32 {
  * misaligned): a writer must fail then, not wait for room that a scribbled head will never free.
  */
 export function ring_free(h: usize): i32 {
+  let room = capacityOf(h);
+  const pending = load<u32>(h, H_PENDING_OFFSET);
+  if (pending != 0) {
+    // A resize the consumer has passed takes effect here too, so a writer waiting for room sees the new ring.
+    // Until then the free bytes count against the smaller of both capacities: the record itself is unreleased,
+    // so they stay below the need growFor set, and reach it once the new capacity is in effect.
+    const switched = switchIfPassed(h);
+    if (switched < 0) return switched;
+    if (switched == 0 && pending < room) room = pending;
+  }
   const capacity = capacityOf(h);
   // SYNC: pairs with the atomic store of head in ring_release.
   const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
   const position = load<u64>(h, H_POSITION_OFFSET);
   if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
   store<u64>(h, head, H_CACHED_OFFSET);
+  const used = position - head;
   // capacity <= RING_MAX_CAPACITY (2^28): the count fits an i32.
-  return <i32>(<u64>capacity - (position - head));
+  return used >= <u64>room ? 0 : <i32>(<u64>room - used);
 }
 
 // --- consumer --------------------------------------------------------------------------------------------------
@@ -169,6 +321,8 @@ export function ring_free(h: usize): i32 {
  * a negative RING_E_* code when the ring is corrupt. The payloads stay valid until ring_release.
  */
 export function ring_read(h: usize, out: usize, max: u32): i32 {
+  // A RECORD_RESIZE seen: nothing more until the host has populated the new area (ring_resize_done).
+  if (load<u32>(h, H_PENDING_OFFSET) != 0) return RING_RESIZE_SEEN;
   const capacity = capacityOf(h);
   const mask = <u64>capacity - 1;
   const limit = <u64>maxPayload(capacity);
@@ -197,6 +351,19 @@ export function ring_read(h: usize, out: usize, max: u32): i32 {
       position += toEnd;
       continue;
     }
+    if (type == RECORD_RESIZE) {
+      const size = align(<u64>RESIZE_PAYLOAD_SIZE + RECORD_HEADER_SIZE);
+      // The records before it go out first, whatever it is; the next read reports it.
+      if (count != 0) break;
+      if (length != RESIZE_PAYLOAD_SIZE || size > toEnd || size > available) return RING_E_RECORD;
+      const payload = record + RECORD_HEADER_SIZE;
+      const next = load<u32>(payload, RESIZE_CAPACITY_OFFSET);
+      // Another power of two the mapped window backs (at most the capacity of the header this end opened).
+      if (!isPowerOfTwo(next) || next == capacity || next < <u32>RING_MIN_CAPACITY || next > load<u32>(h, H_MAX_CAPACITY_OFFSET)
+        || load<u32>(payload, RESIZE_CAPACITY_OFFSET + 4) != 0) return RING_E_RECORD;
+      store<u32>(h, next, H_PENDING_OFFSET);
+      break;
+    }
     // The unsigned cast rejects negative lengths (claimed, never committed) with the same comparison.
     if (<u64><u32>length > limit) return RING_E_RECORD;
     const size = align(<u64>length + RECORD_HEADER_SIZE);
@@ -211,7 +378,24 @@ export function ring_read(h: usize, out: usize, max: u32): i32 {
   store<u64>(h, position, H_POSITION_OFFSET);
   // A counter for tools only (nobody acts on it).
   if (count != 0) store<u64>(ringOf(h), load<u64>(ringOf(h), RING_READ_RECORDS_OFFSET) + count, RING_READ_RECORDS_OFFSET);
+  else if (load<u32>(h, H_PENDING_OFFSET) != 0) return RING_RESIZE_SEEN;
   return <i32>count;
+}
+
+/**
+ * Consumer, after RING_RESIZE_SEEN and after the host made the new data area's pages exist in its mapping: passes
+ * the RECORD_RESIZE, switches to the new capacity and releases (the producer waits for that to write on).
+ */
+export function ring_resize_done(h: usize): i32 {
+  const next = load<u32>(h, H_PENDING_OFFSET);
+  if (next == 0 || load<u32>(h, H_ROLE_OFFSET) != ROLE_CONSUMER) return RING_E_STATE;
+  const position = load<u64>(h, H_POSITION_OFFSET) + align(<u64>RESIZE_PAYLOAD_SIZE + RECORD_HEADER_SIZE);
+  store<u64>(h, position, H_POSITION_OFFSET);
+  store<u32>(h, next, H_CAPACITY_OFFSET);
+  store<u32>(h, 0, H_PENDING_OFFSET);
+  // SYNC: pairs with the atomic load of head in the producer's switchIfPassed / ring_free.
+  atomic.store<u64>(ringOf(h), position, RING_HEAD_OFFSET);
+  return RING_OK;
 }
 
 /** Releases every record read so far: the producer may overwrite them. */

@@ -35,6 +35,13 @@ export interface RingExports {
   ring_wait_address(h: number): number;
   ring_wait_value(h: number): number;
   ring_wake_address(h: number): number;
+  ring_start_small(h: number, initial: number): number;
+  ring_populated(h: number, bytes: number): number;
+  ring_grow_limit(h: number, capacity: number): void;
+  ring_capacity(h: number): number;
+  ring_resize_done(h: number): number;
+  ring_shrink(h: number, capacity: number): number;
+  ring_unpopulated(h: number, bytes: number): number;
   topic_format(topic: number, capacity: number, maxSubs: number, policy: number, history: number): number;
   topic_open_publisher(h: number, topic: number, capacity: number, maxSubs: number): number;
   topic_claim(h: number, length: number, type: number): number;
@@ -65,7 +72,8 @@ export interface RingExports {
 export const REQUIRED_EXPORTS: readonly (keyof RingExports)[] = [
   'ring_format', 'ring_open', 'ring_claim', 'ring_commit', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
   'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed', 'ring_wait_address',
-  'ring_wait_value', 'ring_wake_address', 'topic_format', 'topic_open_publisher', 'topic_claim', 'topic_commit',
+  'ring_wait_value', 'ring_wake_address', 'ring_start_small', 'ring_populated', 'ring_grow_limit', 'ring_capacity',
+  'ring_resize_done', 'ring_shrink', 'ring_unpopulated', 'topic_format', 'topic_open_publisher', 'topic_claim', 'topic_commit',
   'topic_abort', 'topic_slowest', 'topic_evict', 'topic_close_publisher', 'topic_publisher_park', 'topic_publisher_unpark',
   'topic_join', 'topic_leave', 'topic_member', 'topic_read', 'topic_oldest_seq', 'topic_add_dropped', 'topic_dropped',
   'topic_release', 'topic_pending', 'topic_publisher_closed', 'topic_park', 'topic_unpark', 'topic_wait_address',

@@ -33,6 +33,9 @@ export interface CreateOptions {
   size: number;
   /** Permission bits, applied exactly (not masked by the umask). Default 0o600. */
   mode?: number;
+  /** memfd and anonymous files only: reserve just these [offset, length] ranges now; the rest of `size` stays sparse until the owner
+   * populates it (MADV_POPULATE_WRITE, which fails with NO_SPACE instead of a later SIGBUS). Default: all of it. */
+  reserve?: ReadonlyArray<readonly [number, number]>;
 }
 
 /** What a segment handed over by a peer must be (see `Region.fromPeerFd`, `Region.attachPeerSysV`). */
@@ -149,9 +152,9 @@ function undoOnError<T>(fn: () => T, cleanup: () => void): T {
 
 /** fallocate reserves the pages (tmpfs supports it); ftruncate sets the size where fallocate is not supported
  * by the file system, which then cannot promise the space up front. */
-function reserve(fd: number, size: number): void {
+function reserve(fd: number, size: number, ranges: CreateOptions['reserve'] = [[0, size]]): void {
   try {
-    sys.fallocate(fd, 0, size);
+    for (const [offset, length] of ranges) if (offset < size) sys.fallocate(fd, offset, Math.min(length, size - offset));
   } catch (err) {
     if (!(err instanceof SystemError && err.errno === Errno.ENOTSUP)) throw err;
   }
@@ -351,7 +354,7 @@ export class Region {
     undoOnError(() => {
       // The mode guards /proc/<pid>/fd/<n> opens by other users.
       sys.fchmod(fd, mode);
-      reserve(fd, size);
+      reserve(fd, size, opts.reserve);
       sys.addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
     }, () => sys.closeFd(fd));
     return new Region({ kind: 'memfd', name, size, fd, shmid: -1, created: true, removable: false });
@@ -424,7 +427,7 @@ export class Region {
       fd = sys.openFile(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
       undoOnError(() => sys.unlinkFile(name), () => sys.closeFd(fd));
     }
-    undoOnError(() => { sys.fchmod(fd, mode); reserve(fd, size); }, () => sys.closeFd(fd));
+    undoOnError(() => { sys.fchmod(fd, mode); reserve(fd, size, opts.reserve); }, () => sys.closeFd(fd));
     return new Region({ kind: 'file', name: `${abs}/(anonymous)`, size, fd, shmid: -1, created: true, removable: false });
   }
 

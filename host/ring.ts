@@ -5,6 +5,7 @@
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
+  RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET, H_POSITION_OFFSET,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
@@ -52,6 +53,41 @@ export const perf = {
 
 export type Role = 'producer' | 'consumer';
 
+/** A ring that starts small and grows in band (RECORD_RESIZE, assembly/layout.ts) up to the capacity it opens with. */
+export interface Growth {
+  /** Data bytes at the start; both ends of the ring must say the same. */
+  initial: number;
+  /** Makes the pages of linear memory [offset, offset + bytes) exist now (MADV_POPULATE_WRITE), or throws a typed
+   * error (NO_SPACE for a full /dev/shm). */
+  populate(offset: number, bytes: number): void;
+  /** Frees the backing pages wholly inside linear memory [offset, offset + bytes) (MADV_REMOVE). */
+  unpopulate(offset: number, bytes: number): void;
+}
+
+/**
+ * Producer ends that grew past their initial size: one timer for all of them (not one per connection) looks every
+ * SHRINK_AFTER_MS and shrinks a ring back that stayed empty and unused for a whole interval, so that an idle
+ * connection gives back what a burst of large messages took.
+ */
+const grown = new Set<RingEnd>();
+let shrinkAfterMs = 2000;
+let sweepTimer: NodeJS.Timeout | undefined;
+
+/** How long a grown ring must stay empty and unused before it shrinks back (tests shorten it). */
+export function setShrinkAfter(ms: number): void {
+  shrinkAfterMs = ms;
+  if (sweepTimer) { clearInterval(sweepTimer); sweepTimer = undefined; startSweep(); }
+}
+
+function startSweep(): void {
+  if (sweepTimer || grown.size === 0) return;
+  sweepTimer = setInterval(() => {
+    for (const end of grown) end._sweep();
+    if (grown.size === 0) { clearInterval(sweepTimer); sweepTimer = undefined; }
+  }, shrinkAfterMs);
+  sweepTimer.unref();
+}
+
 export class RingEnd {
   readonly engine: Engine;
   readonly handle: number;
@@ -64,13 +100,32 @@ export class RingEnd {
   /** A batch is out: read and not yet released. */
   private inBatch = false;
 
-  /** Opens the ring whose header is at linear-memory offset `ring`. */
-  constructor(engine: Engine, ring: number, capacity: number, role: Role) {
+  /** A growing ring: how its pages are made to exist (undefined: the ring never changes size). */
+  private readonly growth: Growth | undefined;
+  private readonly dataOffset: number;
+  /** Called after this end took a step of a resize the peer must hear of at once: a producer committed a
+   * RECORD_RESIZE (ring the consumer), a consumer passed one (ring a producer waiting for the ring to empty). */
+  onResize: (() => void) | undefined;
+  /** Producer: whether its owner may shrink the ring now. A writer waiting for room (a queued message, the rest of
+   * a fragmented one) waits for an amount the ring in effect can hold: shrinking under it would strand it. */
+  canShrink: (() => boolean) | undefined;
+  /** Producer: the low word of the tail at the last sweep, and whether a shrink is outstanding (see _sweep). */
+  private sweptTail = -1;
+  private shrinkSent = false;
+
+  /**
+   * Opens the ring whose header is at linear-memory offset `ring`. `capacity` is the largest the ring ever gets
+   * (what the window maps); with `growth` it starts at `growth.initial` data bytes and grows when a record needs it.
+   */
+  constructor(engine: Engine, ring: number, capacity: number, role: Role, growth?: Growth) {
     this.engine = engine;
     this.handle = engine.allocHandle();
+    this.dataOffset = ring + RING_HEADER_SIZE;
+    this.growth = growth !== undefined && growth.initial < capacity ? growth : undefined;
     let rc: number;
     try {
       rc = engine.exports.ring_open(this.handle, ring, capacity, role === 'producer' ? ROLE_PRODUCER : ROLE_CONSUMER);
+      if (rc >= 0 && this.growth) rc = engine.exports.ring_start_small(this.handle, this.growth.initial);
     } catch (error) {
       engine.freeHandle(this.handle);
       throw trapAsCorrupt(error, { ring, capacity, role });
@@ -102,8 +157,45 @@ export class RingEnd {
       throw trapAsCorrupt(error, { length, type });
     }
     if (rc >= 0) return rc;
+    if (rc === RING_GROW || rc === RING_RESIZE_SENT) return this.grow(length, type, rc);
     if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
     throw ringError(rc, { length, type });
+  }
+
+  /** The data capacity in effect now (below `capacity` while a growing ring has not grown all the way). */
+  get currentCapacity(): number {
+    return this.engine.u32[(this.handle + H_CAPACITY_OFFSET) >>> 2]!;
+  }
+
+  /** A resize announced and not in effect yet (producer: until the consumer passed it). */
+  get resizing(): boolean {
+    return this.engine.u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0;
+  }
+
+  /**
+   * A claim that needs a larger ring: populate the larger data area first (a full /dev/shm fails here, on this
+   * send, with NO_SPACE; a growth the record does not need is given up instead), then claim again, which commits
+   * the RECORD_RESIZE. Returns 0: the claim succeeds once the consumer has passed that record (needed() says when).
+   */
+  private grow(length: number, type: number, rc: number): number {
+    if (rc === RING_GROW) {
+      const target = this.engine.u32[(this.handle + H_TARGET_OFFSET) >>> 2]!;
+      try {
+        const have = this.currentCapacity;
+        this.growth!.populate(this.dataOffset + have, target - have);
+        this.engine.exports.ring_populated(this.handle, target);
+        grown.add(this);
+        startSweep();
+      } catch (error) {
+        if (length > maxPayload(this.currentCapacity)) throw error;
+        this.engine.exports.ring_grow_limit(this.handle, this.currentCapacity);
+      }
+      rc = this.engine.exports.ring_claim(this.handle, length, type);
+      if (rc >= 0) return rc;
+      if (rc !== RING_RESIZE_SENT) throw rc === RING_E_TOO_LARGE ? new MessageTooLargeError(length, this.maxPayload) : ringError(rc, { length, type });
+    }
+    this.onResize?.();
+    return 0;
   }
 
   /**
@@ -157,9 +249,30 @@ export class RingEnd {
     } catch (error) {
       throw trapAsCorrupt(error);
     }
+    // A producer in another process may announce the next resize as soon as we passed one (a shrink, then a
+    // growth): take a few in a row; past that, 0 (the record stays pending and the next read starts with it).
+    for (let i = 0; n === RING_RESIZE_SEEN && i < 8; i++) n = this.resized(max);
+    if (n === RING_RESIZE_SEEN) n = 0;
     if (n < 0) throw ringError(n);
     this.inBatch = n > 0;
     return n;
+  }
+
+  /** read() met a RECORD_RESIZE: make the new area's pages exist in our mapping (whatever the producer did), pass
+   * the record, tell a waiting producer, and read on in the new geometry. */
+  private resized(max: number): number {
+    if (!this.growth) return RING_E_RECORD;
+    const next = this.engine.u32[(this.handle + H_PENDING_OFFSET) >>> 2]!;
+    const have = this.currentCapacity;
+    if (next > have) this.growth.populate(this.dataOffset + have, next - have);
+    const rc = this.engine.exports.ring_resize_done(this.handle);
+    if (rc < 0) return rc;
+    this.onResize?.();
+    try {
+      return this.engine.exports.ring_read(this.handle, this.batch, max > BATCH_MAX ? BATCH_MAX : max);
+    } catch (error) {
+      throw trapAsCorrupt(error);
+    }
   }
 
   release(): void {
@@ -216,10 +329,47 @@ export class RingEnd {
     if (COUNTING) perf.wasmCalls++; return this.engine.exports.ring_peer_closed(this.handle) === 1;
   }
 
+  /**
+   * @internal The shrink timer's look at a grown producer end: once it stayed empty and unused for a whole interval,
+   * a RECORD_RESIZE back to the initial size goes in band; at a later look, once the consumer has passed it, the
+   * pages past the initial size are freed (MADV_REMOVE) and a later growth populates them again.
+   */
+  _sweep(): void {
+    const growth = this.growth;
+    if (this.closed || !growth) { grown.delete(this); return; }
+    const e = this.engine.exports;
+    const u32 = this.engine.u32;
+    try {
+      if (this.shrinkSent) {
+        if (e.ring_free(this.handle) < 0 || u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0) return;
+        this.shrinkSent = false;
+        const now = this.currentCapacity;
+        if (now !== growth.initial) return;
+        growth.unpopulate(this.dataOffset + now, this.capacity - now);
+        e.ring_unpopulated(this.handle, now);
+        grown.delete(this);
+        return;
+      }
+      // A growth outstanding: look again once it took effect.
+      if (u32[(this.handle + H_PENDING_OFFSET) >>> 2] !== 0) return;
+      const tail = u32[(this.handle + H_POSITION_OFFSET) >>> 2]!;
+      if (tail !== this.sweptTail) { this.sweptTail = tail; return; }
+      if (this.currentCapacity <= growth.initial) { grown.delete(this); return; }
+      if (this.canShrink && !this.canShrink()) return;
+      if (e.ring_shrink(this.handle, growth.initial) === RING_RESIZE_SENT) {
+        this.shrinkSent = true;
+        this.onResize?.();
+      }
+    } catch {
+      // A failed look (a trap on a ring a peer scribbled) changes nothing: the channel meets the error itself.
+    }
+  }
+
   /** Frees the private handle. The shared ring is untouched. */
   dispose(): void {
     if (this.closed) return;
     this.closed = true;
+    grown.delete(this);
     this.engine.freeHandle(this.handle);
     if (this.batch !== 0) this.engine.freeBatch(this.batch);
   }

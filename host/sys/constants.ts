@@ -59,6 +59,11 @@ export const MFD_ALLOW_SEALING = 2;
 
 /** The page size every offset and length of a mapping must be a multiple of (x86_64, no huge pages). */
 export const PAGE_SIZE = 4096;
+/** madvise: make the pages of a shared mapping exist now as if written (Linux 5.14+); a full tmpfs fails with
+ * EFAULT instead of a later SIGBUS. */
+export const MADV_POPULATE_WRITE = 23;
+/** madvise: free the backing pages of a shared (tmpfs) mapping range. */
+export const MADV_REMOVE = 9;
 /** Longest memfd name: NAME_MAX (255) minus the "memfd:" prefix the kernel adds. */
 export const MFD_NAME_MAX = 249;
 /** Longest POSIX shm name after its leading '/', in bytes: it becomes a file name in /dev/shm (NAME_MAX). */

@@ -64,6 +64,7 @@ export const memfd_create = lib.func('int memfd_create(const char *name, unsigne
 export const mmap = lib.func('intptr_t mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as
   (addr: Addr, length: number, prot: number, flags: number, fd: number, offset: number) => number | bigint;
 export const munmap = lib.func('int munmap(void *addr, size_t length)') as (addr: bigint, length: number) => number;
+export const madvise = lib.func('int madvise(void *addr, size_t length, int advice)') as (addr: bigint, length: number, advice: number) => number;
 export const msync = lib.func('int msync(void *addr, size_t length, int flags)') as (addr: bigint, length: number, flags: number) => number;
 
 // Files

@@ -10,6 +10,7 @@ import { BadArgumentError, ErrorCode, Errno, SystemError, type ErrorCodeValue } 
 import * as libc from './libc.js';
 import {
   IPC_RMID, IPC_SET, IPC_STAT, F_GET_SEALS, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, F_ADD_SEALS,
+  MADV_POPULATE_WRITE, MADV_REMOVE, PAGE_SIZE,
 } from './constants.js';
 
 type Overrides = Partial<Record<number, ErrorCodeValue>>;
@@ -213,6 +214,31 @@ export function ftruncate(fd: number, size: number): void {
  * ENOSPC (NO_SPACE) instead of a SIGBUS on first touch. Extends the file if offset+len is past its end. */
 export function fallocate(fd: number, offset: number, len: number): void {
   if (libc.fallocate(fd, 0, offset, len) < 0) fail('fallocate', libc.lastErrno(), { fd, offset, len });
+}
+
+/**
+ * madvise(MADV_POPULATE_WRITE) over [addr, addr + len) of a shared mapping (page-aligned outward): the pages exist
+ * when it returns, so a full /dev/shm is ERR_SHMBUS_NO_SPACE here (EFAULT: "populating would have raised SIGBUS",
+ * ENOMEM) and never a SIGBUS on the first touch later.
+ */
+export function populateWrite(addr: bigint, len: number): void {
+  const page = BigInt(PAGE_SIZE);
+  const start = addr & ~(page - 1n);
+  const end = (addr + BigInt(len) + page - 1n) & ~(page - 1n);
+  if (end <= start) return;
+  if (libc.madvise(start, Number(end - start), MADV_POPULATE_WRITE) < 0) {
+    fail('madvise', libc.lastErrno(), { advice: 'MADV_POPULATE_WRITE', len }, { [Errno.EFAULT]: ErrorCode.NO_SPACE });
+  }
+}
+
+/** madvise(MADV_REMOVE) over the whole pages inside [addr, addr + len) of a shared mapping: frees their backing
+ * store (tmpfs pages) for every mapping of the segment; touching them again allocates anew. */
+export function removePages(addr: bigint, len: number): void {
+  const page = BigInt(PAGE_SIZE);
+  const start = (addr + page - 1n) & ~(page - 1n);
+  const end = (addr + BigInt(len)) & ~(page - 1n);
+  if (end <= start) return;
+  if (libc.madvise(start, Number(end - start), MADV_REMOVE) < 0) fail('madvise', libc.lastErrno(), { advice: 'MADV_REMOVE', len });
 }
 
 /** fstat through Node (same syscall); its errors become SystemErrors like the rest. */

@@ -219,6 +219,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       refusalBlocks: false,
     });
     this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
+    // Growing rings (RECORD_RESIZE): a committed resize record wakes the reader like any commit; passing one wakes
+    // a writer that waits for its ring to empty.
+    this.tx.onResize = () => this.afterCommit();
+    this.rx.onResize = () => { if (this.rx.needsWake()) this.ring(WAKE_SPACE); };
+    // An idle ring shrinks back only while no writer waits for room it sized by the ring as it is.
+    this.tx.canShrink = () => !this.pumping && this.sendQueue.length === 0 && this.fragmentSent === 0 && this.openClaim === undefined && this.wantRoom === 0;
     this.socket.setNoDelay(true);
     this.socket.on('data', (bytes: Buffer) => this.onDoorbells(bytes));
     this.socket.on('close', () => this.onPeerGone());
@@ -412,7 +418,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private enqueue(type: number, bytes: Uint8Array): boolean {
     if (this.sendQueue.send(type, bytes)) return true;
     void this.pump();
-    return false;
+    // The ring is growing for this message (the reader has to pass the resize record first): taken as if the ring
+    // had it, so that "send, await drained() if false, then read" does not wait on a reader that has not read yet
+    // (with a ring that never grows the message would have fit). drained() still waits for it.
+    return this.sendQueue.length === 1 && this.tx.resizing;
   }
 
   /** trySend / trySendBytes: into the ring now or not at all; a refusal starts `pump` waiting for the room. */
@@ -633,7 +642,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         // A queued message waits for exactly its room (from the refused claim), not roomFor's worst case: a
         // large record then goes in after one reader release instead of parking again for room it does not need.
         const needBytes = !empty ? this.queueNeed || roomFor(this.sendQueue.peek()!.bytes.length) : this.wantRoom;
-        if (needBytes === 0 || (empty && this.tx.free() >= needBytes)) {
+        if (needBytes === 0 || (empty && this.roomReached(needBytes))) {
           this.wantRoom = 0;
           idle = true;
           break;
@@ -656,9 +665,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (idle) this.sendQueue.writable();
   }
 
+  /**
+   * Whether the outbound ring has `need` free bytes, or can only get them by growing (a growing ring that shrank
+   * back while a refused trySend/claim waited): a retry then starts the growth.
+   */
+  private roomReached(need: number): boolean {
+    return this.tx.free() >= need || (need > this.tx.currentCapacity && !this.tx.resizing && this.tx.currentCapacity < this.tx.capacity);
+  }
+
   /** Waits until the outbound ring has `need` free bytes (spin a little, then park on the doorbell). */
   private async waitWritable(need: number): Promise<void> {
-    const room = () => this.tx.free() >= need || this.isOver() || this.peerGone;
+    const room = () => this.roomReached(need) || this.isOver() || this.peerGone;
     if (this.spinFor(room)) return;
     while (this.spinAlways) {
       await nextTurn();
@@ -667,7 +684,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const parkedAt = performance.now();
     for (;;) {
       if (this.isOver() || this.peerGone || this.tx.peerClosed()) return;
-      if (!this.tx.park(need)) return this.learnFromPark(parkedAt);
+      if (this.roomReached(need) || !this.tx.park(need)) return this.learnFromPark(parkedAt);
       // Also wake now and then without a ring: a reader that wrote impossible positions and went quiet would
       // otherwise keep this writer parked forever; the look at free() below turns that into CORRUPT.
       const look = setTimeout(() => this.wakeWriter(), LOOK_WHILE_PARKED_MS);
@@ -676,7 +693,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       clearTimeout(look);
       this.sleeper.cancel(WAKE_SPACE);
       this.tx.unpark();
-      if (this.tx.free() >= need) return this.learnFromPark(parkedAt);
+      if (this.roomReached(need)) return this.learnFromPark(parkedAt);
     }
   }
 

@@ -18,15 +18,21 @@ import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, 
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
-function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { capacity: number; size: number } {
-  const { capacity, size, kind } = reply;
+function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { capacity: number; size: number; initial: number } {
+  const { capacity, size, kind, initialCapacity } = reply;
   if (kind !== KIND[endpoint.scheme]) throw new HandshakeError('listener offers another kind of segment', { details: { kind: String(kind), expected: KIND[endpoint.scheme] } });
   if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
     throw new HandshakeError('listener announced a bad ring capacity', { details: { capacity: String(capacity) } });
   }
   const expected = segmentBytes(CHANNEL_RING_COUNT, capacity);
   if (size !== expected) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: String(size), expected } });
-  return { capacity, size: expected };
+  // Layout 1.2: the rings start with initialCapacity data bytes and grow in band up to capacity (absent: they
+  // never grow, as an older listener's).
+  const initial = initialCapacity ?? capacity;
+  if (typeof initial !== 'number' || !Number.isInteger(initial) || initial < RING_MIN_CAPACITY || initial > capacity || (initial & (initial - 1)) !== 0) {
+    throw new HandshakeError('listener announced a bad initial ring capacity', { details: { initialCapacity: String(initialCapacity) } });
+  }
+  return { capacity, size: expected, initial };
 }
 
 /** Attaches the segment the verified listener `cred` made, after checking it is that one (host/region.ts). */
@@ -79,7 +85,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
     try {
       if (rest.length !== 0) throw new HandshakeError('listener sent more than its reply');
-      const { capacity, size } = checkReply(endpoint, reply);
+      const { capacity, size, initial } = checkReply(endpoint, reply);
       const wake = peerWake(endpoint, reply.wake, cred);
       wake.myParams = mine.params as Record<string, unknown>;
       await reached('connector', 3);
@@ -93,7 +99,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
         throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
       }
       // Opened in the same turn as the engine was chosen, so its handles are ours.
-      const { tx, rx } = openRings(mapping, capacity, 'connector');
+      const { tx, rx } = openRings(mapping, capacity, 'connector', initial);
       await reached('connector', 5);
       left(deadline, timeout);
       writeLine(socket, { attached: true });

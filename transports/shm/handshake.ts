@@ -4,7 +4,10 @@
  */
 import fs from 'node:fs';
 import { engineFor, type Engine } from '../../host/engine.js';
-import { BATCH_AREA_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset } from '../../assembly/layout.js';
+import {
+  BATCH_AREA_SIZE, CHANNEL_RING_COUNT, LAYOUT_VERSION_MAJOR, RING_HEADER_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset,
+} from '../../assembly/layout.js';
+import { populateWrite, removePages } from '../../host/sys/shm.js';
 import { RingEnd } from '../../host/ring.js';
 import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
@@ -17,11 +20,10 @@ import { type WakeParts } from './channel.js';
 export const DEFAULT_TIMEOUT = 5000;
 
 /**
- * Rings of a connection whose listener URL gives no `size`: 4 MiB each way; a message larger than a record goes
- * as fragments (assembly/layout.ts RECORD_FRAGMENT). 64 KiB rings would make an idle connection cost 132 KiB, but
- * 1 MiB messages measured about half as fast over them (`npm run bench:everyday -- --query ...`): until rings can
- * grow on demand, small rings are an explicit choice (`size=64KiB&maxMessage=16MiB`) of endpoints that hold many
- * connections.
+ * The largest rings of a connection whose listener URL gives no `size`: 4 MiB each way; a message larger than a
+ * record goes as fragments (assembly/layout.ts RECORD_FRAGMENT). Rings start with INITIAL_RING_SIZE data bytes
+ * (an idle connection reserves 132 KiB of /dev/shm) and grow to this when a message needs it: 1 MiB messages
+ * measured about half as fast over 64 KiB rings that never grow (`npm run bench:everyday -- --query ...`).
  */
 export const DEFAULT_CHANNEL_RING_SIZE = 4 * 1024 * 1024;
 /** The largest message a side takes by default when its URL gives no `size` (an explicit `size` keeps messages
@@ -95,12 +97,47 @@ export function mapRegion(region: Region): Mapping {
   }
 }
 
-/** Opens this side's two ring ends of a formatted channel segment; `unmap` disposes them. */
-export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector'): { tx: RingEnd; rx: RingEnd } {
+/**
+ * Opens this side's two ring ends of a formatted channel segment; `unmap` disposes them. With `initial` below
+ * `capacity` the rings start with `initial` data bytes and grow in band up to `capacity` (RECORD_RESIZE): only
+ * the first `initial` bytes of each ring's data were reserved, the rest is populated when a ring grows.
+ */
+export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector', initial = capacity): { tx: RingEnd; rx: RingEnd } {
   const [out, into] = side === 'listener' ? [RING_TO_CONNECTOR, RING_TO_LISTENER] : [RING_TO_LISTENER, RING_TO_CONNECTOR];
-  m.tx = new RingEnd(m.engine, m.window + ringOffset(out, capacity), capacity, 'producer');
-  m.rx = new RingEnd(m.engine, m.window + ringOffset(into, capacity), capacity, 'consumer');
+  const engine = m.engine;
+  const growth = initial < capacity ? {
+    initial,
+    populate: (offset: number, bytes: number) => populateWrite(engine.address(offset), bytes),
+    unpopulate: (offset: number, bytes: number) => removePages(engine.address(offset), bytes),
+  } : undefined;
+  m.tx = new RingEnd(engine, m.window + ringOffset(out, capacity), capacity, 'producer', growth);
+  m.rx = new RingEnd(engine, m.window + ringOffset(into, capacity), capacity, 'consumer', growth);
   return { tx: m.tx, rx: m.rx };
+}
+
+/**
+ * Byte ranges of a channel segment that must exist from the start when its rings start with `initial` data bytes:
+ * the segment header and, for each ring, its header and first `initial` data bytes (page-aligned outward). The
+ * rest stays sparse until a ring grows into it.
+ */
+export function initialRanges(capacity: number, initial: number): Array<[offset: number, length: number]> {
+  const page = 4096;
+  const ranges: Array<[number, number]> = [];
+  for (let i = 0; i < CHANNEL_RING_COUNT; i++) {
+    const start = i === 0 ? 0 : ringOffset(i, capacity) & ~(page - 1);
+    const end = (ringOffset(i, capacity) + RING_HEADER_SIZE + initial + page - 1) & ~(page - 1);
+    ranges.push([start, end - start]);
+  }
+  return ranges;
+}
+
+/** The data bytes rings start with when a connection may grow them (both sides speak layout 1.2 and the maximum is
+ * larger): 64 KiB each way, so an idle connection reserves 132 KiB of /dev/shm. */
+export const INITIAL_RING_SIZE = 64 * 1024;
+
+/** Whether a peer announcing layout `version` understands growing rings (RECORD_RESIZE, layout 1.2). */
+export function peerGrows(version: number): boolean {
+  return version >>> 16 === LAYOUT_VERSION_MAJOR && (version & 0xffff) >= 2;
 }
 
 export function unmap(m: Mapping): void {

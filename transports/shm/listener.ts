@@ -33,7 +33,7 @@ import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } from './control.js';
-import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
 
@@ -48,11 +48,11 @@ const DEFAULT_MAX_CONNECTIONS = 1024;
  * A fresh segment for one connection with the verified peer `cred`. Only `sysv` has a name, and only until
  * `seal` below: memfd and unnamed files never have one.
  */
-function createRegion(endpoint: ShmEndpoint, size: number, cred: PeerCredentials): Region {
+function createRegion(endpoint: ShmEndpoint, size: number, cred: PeerCredentials, reserve?: Array<[number, number]>): Region {
   const mode = endpoint.perm;
   switch (endpoint.scheme) {
-    case 'shm': return Region.createMemfd(`shmbus.${endpoint.name}`.slice(0, 200), { size, mode });
-    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode });
+    case 'shm': return Region.createMemfd(`shmbus.${endpoint.name}`.slice(0, 200), { size, mode, reserve });
+    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve });
     case 'sysv': {
       const region = Region.createSysV('private', { size, mode });
       try {
@@ -152,16 +152,19 @@ export class Listener extends ListenerBase<Channel> {
       const ownMax = ownMaxMessage(this.endpoint);
       const maxMessage = agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(capacity));
       const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
-      const region = createRegion(this.endpoint, size, cred);
+      // Rings start small and grow in band when the connector understands it (layout 1.2): only their first
+      // INITIAL_RING_SIZE bytes are reserved now.
+      const initial = peerGrows(hello.version) ? Math.min(INITIAL_RING_SIZE, capacity) : capacity;
+      const region = createRegion(this.endpoint, size, cred, initial < capacity ? initialRanges(capacity, initial) : undefined);
       mapping = mapRegion(region);
       // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
       // happens next, and the peer can still attach it by id (Linux).
       if (region.kind === 'sysv') region.remove();
       formatSegment(mapping.engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, ownStartTime());
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
-      const { tx, rx } = openRings(mapping, capacity, 'listener');
+      const { tx, rx } = openRings(mapping, capacity, 'listener', initial);
       await reached('listener', 2);
-      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, wake: mine, maxMessage: ownMax, records: true });
+      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true });
       await reached('listener', 3);
       if (region.fd >= 0) {
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
