@@ -95,6 +95,18 @@ t.test('an explicit small size never grows; trySend and claim of a record that n
   t.ok(internals(c).tx.currentCapacity >= 1 * MiB, `grew to ${internals(c).tx.currentCapacity}`);
 });
 
+t.test('a ring a writer fills with small messages grows, and every message arrives in order', async (t) => {
+  const [a, b] = await pair(t, `shm://${unique('grow-flood')}`);
+  t.equal(internals(a).tx.currentCapacity, 64 * KiB, 'starts at 64 KiB');
+  const count = 5000; // 5000 × 72 B of records: more than 64 KiB, so the writer finds the ring full
+  const got = (async () => { const out: number[] = []; for await (const m of b) { out.push((m as { i: number }).i); if (out.length === count) break; } return out; })();
+  for (let i = 0; i < count; i++) if (!a.send({ i, s: 'x'.repeat(40) })) await a.drained();
+  const out = await within(60_000, got, 'every message');
+  t.same(out, Array.from({ length: count }, (_, i) => i), 'in order, none lost');
+  t.ok(internals(a).tx.currentCapacity >= MiB, `the filled ring grew (to ${internals(a).tx.currentCapacity})`);
+  t.equal(internals(b).tx.currentCapacity, 64 * KiB, 'the other direction, never full, did not');
+});
+
 t.test('an idle connection reserves at most 256 KiB of shared memory by default; growing populates the rest', async (t) => {
   const fds: number[] = [];
   const original = Region.createMemfd;
