@@ -120,6 +120,15 @@ export function ring_shrink(h: usize, capacity: u32): i32 {
   if (!positionsSane(head, position, now)) return RING_E_POSITIONS;
   store<u64>(h, head, H_CACHED_OFFSET);
   if (head != position) return 0;
+  return announceResize(h, now, capacity);
+}
+
+/**
+ * Producer: commits a RECORD_RESIZE to `capacity` in the geometry in effect (`now`) and marks it pending: the new
+ * geometry starts right after the record, once the consumer has passed it. Returns RING_RESIZE_SENT, or what the
+ * claim of the record returned (0: no room for it now).
+ */
+function announceResize(h: usize, now: u32, capacity: u32): i32 {
   const at = claimIn(h, now, RESIZE_PAYLOAD_SIZE, RECORD_RESIZE);
   if (at <= 0) return at;
   store<u32>(<usize>at, capacity, RESIZE_CAPACITY_OFFSET);
@@ -200,13 +209,8 @@ function growFor(h: usize, length: u32): i32 {
     store<u32>(h, target, H_TARGET_OFFSET);
     return RING_GROW;
   }
-  const at = claimIn(h, capacity, RESIZE_PAYLOAD_SIZE, RECORD_RESIZE);
-  if (at <= 0) return at;
-  store<u32>(<usize>at, target, RESIZE_CAPACITY_OFFSET);
-  store<u32>(<usize>at, 0, RESIZE_CAPACITY_OFFSET + 4);
-  ring_commit(h, RESIZE_PAYLOAD_SIZE);
-  store<u32>(h, target, H_PENDING_OFFSET);
-  store<u64>(h, load<u64>(h, H_POSITION_OFFSET), H_SWITCH_AT_OFFSET);
+  const rc = announceResize(h, capacity, target);
+  if (rc != RING_RESIZE_SENT) return rc;
   store<u32>(h, capacity, H_NEED_OFFSET);
   store<u32>(h, 0, H_FULL_OFFSET);
   return RING_RESIZE_SENT;
