@@ -141,6 +141,9 @@ function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side:
   socket.pause();
   return new Channel({
     ...m, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side,
+    // Both ends run this same code (spawn started the worker from this package), so objects go with msgpackr
+    // record structures, as a shm:// peer that says `records: true` in its handshake gets them.
+    peerRecords: true,
     wake: { mine: mechanism, peer: mechanism, peerParams: {}, myParams: mechanism.params(), peerCred: { pid: peerPid, uid, gid } },
   });
 }
