@@ -98,7 +98,8 @@ for (const isolation of ['process', 'thread'] as const) {
   t.test(`${isolation}: kill`, async (t) => {
     const w = await start(t, isolation);
     t.same(await w.channel.request('alive', { timeout: 30_000 }), { echo: 'alive' });
-    const pending = w.channel.request('never answered');
+    // A request the worker never answers (an echo could come back before the kill lands: it takes microseconds).
+    const pending = w.channel.request({ cmd: 'hang' });
     pending.catch(() => {});
     w.kill('SIGKILL');
     const exit = await within(30_000, w.exited, 'worker to die');
