@@ -200,7 +200,8 @@ t.test('a valid resize record from a peer that populated nothing still reads rig
 const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-grow-'));
 const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'none', mnt]).status === 0;
 t.teardown(() => {
-  if (mounted) spawnSync('umount', [mnt]);
+  // Lazily (-l): a failed test may still hold a file in it open; the mount must not outlive the test either way.
+  if (mounted) spawnSync('umount', ['-l', mnt]);
   fs.rmSync(mnt, { recursive: true, force: true });
 });
 const skip = !mounted && 'cannot mount a tmpfs here (needs CAP_SYS_ADMIN)';

@@ -364,7 +364,8 @@ test('file: sync writes through to the file', (t) => {
 const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-tmpfs-'));
 const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'none', mnt]).status === 0;
 t.teardown(() => {
-  if (mounted) spawnSync('umount', [mnt]);
+  // Lazily (-l): a failed test may still hold a file in it open; the mount must not outlive the test either way.
+  if (mounted) spawnSync('umount', ['-l', mnt]);
   fs.rmSync(mnt, { recursive: true, force: true });
 });
 
