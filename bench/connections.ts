@@ -21,7 +21,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { listen, connect, type Connection, type ConnectionListener } from '../index.js';
 import { ShmbusError } from '../host/errors.js';
-import { engineCount } from '../host/engine.js';
+import { allEngines } from '../host/engine.js';
 
 const { values } = parseArgs({
   options: {
@@ -144,6 +144,8 @@ async function many(url: string, total: number) {
   const shmem0 = shmemBytes();
   const rss0 = rssBytes();
   const fds0 = fdCount();
+  // Engines are kept once made (an earlier row's stay): count those this row's connections took handles in.
+  const handles0 = allEngines().map((e) => e.freeHandleCount);
   const t0 = performance.now();
   const per = Math.ceil(total / CLIENT_PROCESSES);
   const children = Array.from({ length: CLIENT_PROCESSES }, (_, i) => spawn(process.execPath,
@@ -154,7 +156,7 @@ async function many(url: string, total: number) {
   const seconds = (performance.now() - t0) / 1000;
   const n = accepted.length;
   const r = {
-    url, opened: n, seconds, engines: engineCount(), failures: lines.filter((l) => l !== 'ready'),
+    url, opened: n, seconds, engines: allEngines().filter((e, i) => e.freeHandleCount < (handles0[i] ?? Infinity)).length, failures: lines.filter((l) => l !== 'ready'),
     shmemPer: (shmemBytes() - shmem0) / Math.max(1, n), rssPer: (rssBytes() - rss0) / Math.max(1, n), fdsPer: (fdCount() - fds0) / Math.max(1, n),
   };
   for (const c of children) c.stdin!.end();
