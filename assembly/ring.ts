@@ -164,10 +164,10 @@ function switchIfPassed(h: usize): i32 {
 }
 
 /**
- * A ring that a writer filled grows this many times larger at once (up to its limit): a stream of small records
- * that keeps the reader busy runs about 1.4x faster in a 4 MiB ring than in a 64 KiB one (fewer parks and wakes
- * per record; `node dist/bench/everyday.js --rows bytes64,object`), and growing costs the writer one wait for the
- * reader to pass the resize record. 64 KiB → 1 MiB → 4 MiB with the defaults.
+ * A ring that a writer filled grows this many times larger at once (up to its limit): in one A/B on the 2-core VM
+ * a flood of 64 B records ran ~1.3x faster in a 4 MiB ring than in a 64 KiB one (fewer parks and wakes per
+ * record; compare `node dist/bench/everyday.js --rows bytes64,object` with and without `--query size=64KiB`), and
+ * growing costs the writer one wait for the reader to pass the resize record. 64 KiB → 1 MiB → 4 MiB by default.
  */
 const FULL_GROWTH_SHIFT = 4;
 

@@ -53,6 +53,30 @@ function script(name: string): string {
   throw new ShmbusError(ErrorCode.NOT_FOUND, 'the plugin runner script is not built; run npm run build', { details: { file: `dist/plugins/${name}.js` } });
 }
 
+/**
+ * The control-word side of a RunnerHandle, the same for both isolations: only how a sleeping runner is woken
+ * differs (`wake`: Atomics.notify for a thread, a futex wake for a process).
+ */
+function controls(ctl: Int32Array, wake: () => void): Pick<RunnerHandle, 'kick' | 'released' | 'nudge'> {
+  const kick = (): boolean => {
+    // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its wait on the word.
+    Atomics.add(ctl, CTL_IN_SEQ, 1);
+    // Taking the flag: the kicks that follow before the runner is up make no second system call.
+    if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
+    wake();
+    return false;
+  };
+  return {
+    kick,
+    released() {
+      if (Atomics.load(ctl, CTL_OUTBOX) !== 0) kick();
+    },
+    nudge() {
+      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
+    },
+  };
+}
+
 /** Starts a runner with `config` (`wasm`: the module's bytes, for a process); reports and bells arrive through `events`. */
 export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Uint8Array, events: RunnerEvents): RunnerHandle {
   if (isolation === 'process') return startProcess(config, wasm, events);
@@ -70,20 +94,7 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
     else events.onReport(m);
   });
   return {
-    kick() {
-      // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its Atomics.wait on the word.
-      Atomics.add(ctl, CTL_IN_SEQ, 1);
-      // Taking the flag: the kicks that follow before the runner is up make no second system call.
-      if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
-      Atomics.notify(ctl, CTL_IN_SEQ);
-      return false;
-    },
-    released() {
-      if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
-    },
-    nudge() {
-      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
-    },
+    ...controls(ctl, () => { Atomics.notify(ctl, CTL_IN_SEQ); }),
     async terminate() {
       if (!gone) {
         Atomics.store(ctl, CTL_STOP, 1);
@@ -153,20 +164,7 @@ function startProcess(config: RunnerConfig, wasm: Uint8Array, events: RunnerEven
     child.on('exit', (code, signal) => finish(code === 0 ? undefined : `runner process exited (code=${code} signal=${signal})`));
   });
   return {
-    kick() {
-      // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its futex_waitv on the word.
-      Atomics.add(ctl, CTL_IN_SEQ, 1);
-      // Taking the flag: the kicks that follow before the runner is up make no second system call.
-      if (Atomics.exchange(ctl, CTL_SLEEPING, 0) === 0) return true;
-      futexWake(wakeAddress, true);
-      return false;
-    },
-    released() {
-      if (Atomics.load(ctl, CTL_OUTBOX) !== 0) this.kick();
-    },
-    nudge() {
-      if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
-    },
+    ...controls(ctl, () => { futexWake(wakeAddress, true); }),
     async terminate() {
       if (!gone) child.kill('SIGKILL');
       await exited;
