@@ -25,6 +25,7 @@ import {
   SHM_NAME_MAX, SHM_REMAP,
 } from './sys/constants.js';
 import * as sys from './sys/shm.js';
+import * as libc from './sys/libc.js';
 
 export type RegionKind = 'sysv' | 'posix' | 'memfd' | 'file';
 
@@ -159,6 +160,14 @@ function reserve(fd: number, size: number, ranges: CreateOptions['reserve'] = [[
     if (!(err instanceof SystemError && err.errno === Errno.ENOTSUP)) throw err;
   }
   sys.ftruncate(fd, size);
+}
+
+/** fallocate(fd, 0, offset, length) on a thread of libuv's pool: resolves with its result (0, or -1 with an errno
+ * that stays on that thread; the caller retries on its own thread to read it). */
+function fallocateOffThread(fd: number, offset: number, length: number): Promise<number> {
+  return new Promise((resolve) => {
+    (libc.fallocate as unknown as { async: (...args: unknown[]) => void }).async(fd, 0, offset, length, (error: unknown, result: number) => resolve(error ? -1 : result));
+  });
 }
 
 /** Create, and on EEXIST (when allowed) attach; retried if the segment is removed in between. */
@@ -361,6 +370,44 @@ export class Region {
   }
 
   /**
+   * A memfd segment as createMemfd makes it (its size and seals set) but with nothing reserved yet: for segments
+   * made ahead of need (transports/shm/pool.ts), which then reserve with `reserveOffThread` before anything maps
+   * them. Nothing is left open on failure.
+   */
+  static createMemfdUnreserved(name: string, opts: Omit<CreateOptions, 'reserve'>): Region {
+    checkMemfdName(name);
+    const size = checkSize(opts.size);
+    const mode = checkMode(opts.mode);
+    const fd = sys.memfdCreate(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    undoOnError(() => {
+      sys.fchmod(fd, mode);
+      sys.ftruncate(fd, size);
+      sys.addSeals(fd, SEGMENT_SEALS);
+    }, () => sys.closeFd(fd));
+    return new Region({ kind: 'memfd', name, size, fd, shmid: -1, created: true, removable: false });
+  }
+
+  /**
+   * Reserves `ranges` (default: all) of a memfd or file segment this process made, as `reserve` does at creation,
+   * on a thread of libuv's pool: the kernel allocating every page is most of what making a segment costs, and it
+   * stays off the event loop. A full /dev/shm fails here with the error createMemfd would give (a range that
+   * failed is retried on this thread to read its errno). A region closed meanwhile stops (BAD_STATE) without
+   * touching its old descriptor number again; a call in flight keeps the file itself alive until it returns.
+   */
+  async reserveOffThread(ranges: CreateOptions['reserve'] = [[0, this.size]]): Promise<void> {
+    if (this.fd < 0 || !this.created) throw new BadStateError('only a memfd or file segment this process made can be reserved', { kind: this.kind });
+    for (const [offset, length] of ranges) {
+      if (this.#closed) break;
+      if (offset >= this.size) continue;
+      const len = Math.min(length, this.size - offset);
+      const result = await fallocateOffThread(this.fd, offset, len);
+      if (this.#closed) break;
+      if (result !== 0) sys.fallocate(this.fd, offset, len);
+    }
+    if (this.#closed) throw new BadStateError('region was closed while its pages were reserved', { kind: this.kind, name: this.name });
+  }
+
+  /**
    * Wraps an fd this process received (an inherited stdio fd, SCM_RIGHTS). The Region takes the fd over: `close()`
    * closes it. It never removes anything: the name the fd had may since point to another object.
    */
@@ -389,18 +436,22 @@ export class Region {
         new ShmbusError(ErrorCode.PERMISSION_DENIED, `segment from the peer refused: ${why}`, { details: { kind, ...extra } });
       if (!st.isFile()) throw denied('not a regular file or memfd');
       if (st.uid !== expect.uid) throw denied('owned by another user', { owner: st.uid, peerUid: expect.uid });
-      const link = sys.fdPath(fd) ?? '';
+      let name: string;
       if (kind === 'memfd') {
-        if (!link.startsWith('/memfd:')) throw denied('not a memfd', { path: link });
+        // The seals are proof enough that this is a memfd: every other shmem file is born with F_SEAL_SEAL, so
+        // it can never carry the seals against resizing, and files elsewhere cannot be sealed at all (EINVAL).
+        // Its name (readlink of /proc/self/fd) would cost a syscall per connection and says nothing we trust.
         const seals = sys.getSeals(fd);
         if ((seals & SEGMENT_SEALS) !== SEGMENT_SEALS || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) {
           throw denied('memfd is not sealed against resizing', { seals, required: SEGMENT_SEALS });
         }
-      } else if (st.nlink !== 0) {
-        throw denied('file still has a name', { path: link, links: st.nlink });
+        name = `memfd from peer ${expect.uid}`;
+      } else {
+        const link = sys.fdPath(fd) ?? '';
+        if (st.nlink !== 0) throw denied('file still has a name', { path: link, links: st.nlink });
+        name = link.replace(/ \(deleted\)$/, '');
       }
       if (st.size !== expect.size) throw new CorruptError('segment size differs from the handshake', { size: st.size, expected: expect.size });
-      const name = kind === 'memfd' ? link.replace(/^\/memfd:(.*?)(?: \(deleted\))?$/, '$1') : link.replace(/ \(deleted\)$/, '');
       return new Region({ kind, name, size: st.size, fd, shmid: -1, created: false, removable: false });
     }, () => sys.closeFd(fd));
   }
