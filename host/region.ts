@@ -25,7 +25,6 @@ import {
   SHM_NAME_MAX, SHM_REMAP,
 } from './sys/constants.js';
 import * as sys from './sys/shm.js';
-import * as libc from './sys/libc.js';
 
 export type RegionKind = 'sysv' | 'posix' | 'memfd' | 'file';
 
@@ -160,14 +159,6 @@ function reserve(fd: number, size: number, ranges: CreateOptions['reserve'] = [[
     if (!(err instanceof SystemError && err.errno === Errno.ENOTSUP)) throw err;
   }
   sys.ftruncate(fd, size);
-}
-
-/** fallocate(fd, 0, offset, length) on a thread of libuv's pool: resolves with its result (0, or -1 with an errno
- * that stays on that thread; the caller retries on its own thread to read it). */
-function fallocateOffThread(fd: number, offset: number, length: number): Promise<number> {
-  return new Promise((resolve) => {
-    (libc.fallocate as unknown as { async: (...args: unknown[]) => void }).async(fd, 0, offset, length, (error: unknown, result: number) => resolve(error ? -1 : result));
-  });
 }
 
 /** Create, and on EEXIST (when allowed) attach; retried if the segment is removed in between. */
@@ -367,44 +358,6 @@ export class Region {
       sys.addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
     }, () => sys.closeFd(fd));
     return new Region({ kind: 'memfd', name, size, fd, shmid: -1, created: true, removable: false });
-  }
-
-  /**
-   * A memfd segment as createMemfd makes it (its size and seals set) but with nothing reserved yet: for segments
-   * made ahead of need (transports/shm/pool.ts), which then reserve with `reserveOffThread` before anything maps
-   * them. Nothing is left open on failure.
-   */
-  static createMemfdUnreserved(name: string, opts: Omit<CreateOptions, 'reserve'>): Region {
-    checkMemfdName(name);
-    const size = checkSize(opts.size);
-    const mode = checkMode(opts.mode);
-    const fd = sys.memfdCreate(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    undoOnError(() => {
-      sys.fchmod(fd, mode);
-      sys.ftruncate(fd, size);
-      sys.addSeals(fd, SEGMENT_SEALS);
-    }, () => sys.closeFd(fd));
-    return new Region({ kind: 'memfd', name, size, fd, shmid: -1, created: true, removable: false });
-  }
-
-  /**
-   * Reserves `ranges` (default: all) of a memfd or file segment this process made, as `reserve` does at creation,
-   * on a thread of libuv's pool: the kernel allocating every page is most of what making a segment costs, and it
-   * stays off the event loop. A full /dev/shm fails here with the error createMemfd would give (a range that
-   * failed is retried on this thread to read its errno). A region closed meanwhile stops (BAD_STATE) without
-   * touching its old descriptor number again; a call in flight keeps the file itself alive until it returns.
-   */
-  async reserveOffThread(ranges: CreateOptions['reserve'] = [[0, this.size]]): Promise<void> {
-    if (this.fd < 0 || !this.created) throw new BadStateError('only a memfd or file segment this process made can be reserved', { kind: this.kind });
-    for (const [offset, length] of ranges) {
-      if (this.#closed) break;
-      if (offset >= this.size) continue;
-      const len = Math.min(length, this.size - offset);
-      const result = await fallocateOffThread(this.fd, offset, len);
-      if (this.#closed) break;
-      if (result !== 0) sys.fallocate(this.fd, offset, len);
-    }
-    if (this.#closed) throw new BadStateError('region was closed while its pages were reserved', { kind: this.kind, name: this.name });
   }
 
   /**
