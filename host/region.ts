@@ -394,7 +394,13 @@ export class Region {
         // The seals are proof enough that this is a memfd: every other shmem file is born with F_SEAL_SEAL, so
         // it can never carry the seals against resizing, and files elsewhere cannot be sealed at all (EINVAL).
         // Its name (readlink of /proc/self/fd) would cost a syscall per connection and says nothing we trust.
-        const seals = sys.getSeals(fd);
+        let seals: number;
+        try {
+          seals = sys.getSeals(fd);
+        } catch (err) {
+          if (err instanceof SystemError && err.errno === Errno.EINVAL) throw denied('not a memfd (it cannot be sealed)');
+          throw err;
+        }
         if ((seals & SEGMENT_SEALS) !== SEGMENT_SEALS || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) {
           throw denied('memfd is not sealed against resizing', { seals, required: SEGMENT_SEALS });
         }

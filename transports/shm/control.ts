@@ -4,13 +4,17 @@
  * Before a single byte is exchanged each side asks the kernel who is on the other end (SO_PEERCRED, in
  * host/control.ts). It then carries (1) the handshake, newline-terminated JSON lines, at most one in flight per side:
  *
- *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…}
- *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…}
+ *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…,"fdWithReply":true}
+ *                          (sent once the connector has stopped its socket reads: see receiveLineWithFds)
+ *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…,
+ *                          "fdWithReply":true}, for memfd and file with the segment's descriptor attached to the
+ *                          line's bytes (SCM_RIGHTS, one sendmsg: sendLineWithFd)
  *                          or {"ok":false,"code":"ERR_SHMBUS_…","message":…}
- *   memfd and file only:
- *   connector → listener   {"fd":true}           (the connector has stopped its socket reads: see receivePassedFd)
- *   listener  → connector  one byte FD_BYTE with the segment's descriptor attached (SCM_RIGHTS)
  *   connector → listener   {"attached":true} or {"attached":false,"code":…,"message":…}
+ *
+ * A connector whose hello lacks "fdWithReply" (the earlier protocol) gets the reply without the descriptor and
+ * asks for it: {"fd":true}, answered by one byte FD_BYTE with the descriptor attached (receivePassedFd); a
+ * reply without "fdWithReply" makes this connector ask the same way.
  *
  * and then (2) doorbell bytes, one per park of the peer: DOORBELL_DATA ("your inbound ring has records") and
  * DOORBELL_SPACE ("your outbound ring has room"). Its end-of-file tells a side that its peer is gone; whether
