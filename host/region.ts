@@ -389,18 +389,28 @@ export class Region {
         new ShmbusError(ErrorCode.PERMISSION_DENIED, `segment from the peer refused: ${why}`, { details: { kind, ...extra } });
       if (!st.isFile()) throw denied('not a regular file or memfd');
       if (st.uid !== expect.uid) throw denied('owned by another user', { owner: st.uid, peerUid: expect.uid });
-      const link = sys.fdPath(fd) ?? '';
+      let name: string;
       if (kind === 'memfd') {
-        if (!link.startsWith('/memfd:')) throw denied('not a memfd', { path: link });
-        const seals = sys.getSeals(fd);
+        // The seals are proof enough that this is a memfd: every other shmem file is born with F_SEAL_SEAL, so
+        // it can never carry the seals against resizing, and files elsewhere cannot be sealed at all (EINVAL).
+        // Its name (readlink of /proc/self/fd) would cost a syscall per connection and says nothing we trust.
+        let seals: number;
+        try {
+          seals = sys.getSeals(fd);
+        } catch (err) {
+          if (err instanceof SystemError && err.errno === Errno.EINVAL) throw denied('not a memfd (it cannot be sealed)');
+          throw err;
+        }
         if ((seals & SEGMENT_SEALS) !== SEGMENT_SEALS || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0) {
           throw denied('memfd is not sealed against resizing', { seals, required: SEGMENT_SEALS });
         }
-      } else if (st.nlink !== 0) {
-        throw denied('file still has a name', { path: link, links: st.nlink });
+        name = `memfd from peer ${expect.uid}`;
+      } else {
+        const link = sys.fdPath(fd) ?? '';
+        if (st.nlink !== 0) throw denied('file still has a name', { path: link, links: st.nlink });
+        name = link.replace(/ \(deleted\)$/, '');
       }
       if (st.size !== expect.size) throw new CorruptError('segment size differs from the handshake', { size: st.size, expected: expect.size });
-      const name = kind === 'memfd' ? link.replace(/^\/memfd:(.*?)(?: \(deleted\))?$/, '$1') : link.replace(/ \(deleted\)$/, '');
       return new Region({ kind, name, size: st.size, fd, shmid: -1, created: false, removable: false });
     }, () => sys.closeFd(fd));
   }

@@ -107,12 +107,12 @@ function messageHeader(data: Buffer, control: Buffer | undefined): { msg: Buffer
 }
 
 /**
- * Sends `byte` with `passFd` attached (SCM_RIGHTS) on a connected Unix stream socket, without blocking and
- * without SIGPIPE. The kernel takes the byte and the descriptor together or not at all; EAGAIN (a full socket
- * buffer) is thrown like every other failure, as a SystemError.
+ * Sends `byte` (or the bytes `data`) with `passFd` attached (SCM_RIGHTS) on a connected Unix stream socket,
+ * without blocking and without SIGPIPE. The kernel takes the bytes and the descriptor together or not at all;
+ * EAGAIN (a full socket buffer) is thrown like every other failure, as a SystemError, and so is a partial send.
  */
-export function sendFd(socketFd: number, passFd: number, byte: number): void {
-  const data = Buffer.from([byte]);
+export function sendFd(socketFd: number, passFd: number, byte: number | Buffer): void {
+  const data = typeof byte === 'number' ? Buffer.from([byte]) : byte;
   const control = Buffer.alloc(CMSGHDR_SIZE + CMSG_DATA_ALIGN);
   control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + 4), CMSG_LEN_OFFSET); // CMSG_LEN(sizeof(int))
   control.writeInt32LE(SOL_SOCKET, CMSG_LEVEL_OFFSET);
@@ -122,8 +122,8 @@ export function sendFd(socketFd: number, passFd: number, byte: number): void {
   const sent = c.sendmsg(socketFd, msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (sent < 0) throw new SystemError('sendmsg', libc.lastErrno(), { fd: socketFd });
   void iov;
-  // A stream socket takes the one byte whole or not at all.
-  if (sent !== 1) throw new SystemError('sendmsg', Errno.EIO, { fd: socketFd, sent });
+  // The descriptor went with the first byte: a partial send cannot be completed by ordinary writes here.
+  if (sent !== data.length) throw new SystemError('sendmsg', Errno.EIO, { fd: socketFd, sent });
 }
 
 /** What one recvmsg brought: the data bytes, every descriptor that came with them (the caller owns and must

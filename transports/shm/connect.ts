@@ -13,7 +13,8 @@ import type { PeerCredentials } from '../../host/peer.js';
 import { BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError } from '../../host/errors.js';
 import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
-import { PROTOCOL, readLine, writeLine, remoteError, errorLine, receivePassedFd } from './control.js';
+import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
+import { closeFd } from '../../host/sys/shm.js';
 import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
@@ -35,13 +36,19 @@ function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { ca
   return { capacity, size: expected, initial };
 }
 
-/** Attaches the segment the verified listener `cred` made, after checking it is that one (host/region.ts). */
-async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: Record<string, unknown>, size: number, cred: PeerCredentials, deadline: number, timeout: number): Promise<Region> {
+/**
+ * Attaches the segment the verified listener `cred` made, after checking it is that one (host/region.ts).
+ * `fds` are the descriptors that came with the reply: the segment's, when the reply says `fdWithReply`, else none
+ * (an older listener sends it only when asked). Takes them over: each is closed or wrapped before this returns.
+ */
+async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: Record<string, unknown>, fds: number[], size: number, cred: PeerCredentials, deadline: number, timeout: number): Promise<Region> {
+  const withReply = endpoint.scheme !== 'sysv' && reply.fdWithReply === true;
+  if (fds.length !== (withReply ? 1 : 0)) throw new HandshakeError('listener sent another number of descriptors than its reply says', { details: { fds: fds.length } });
   if (endpoint.scheme === 'sysv') {
     if (typeof reply.shmid !== 'number') throw new HandshakeError('listener sent no shmid');
     return Region.attachPeerSysV(reply.shmid, { size, uid: cred.uid, pid: cred.pid });
   }
-  const fd = await receivePassedFd(socket, left(deadline, timeout), () => writeLine(socket, { fd: true }));
+  const fd = withReply ? fds.pop()! : await receivePassedFd(socket, left(deadline, timeout), () => writeLine(socket, { fd: true }));
   return Region.fromPeerFd(fd, endpoint.scheme === 'shm' ? 'memfd' : 'file', { size, uid: cred.uid });
 }
 
@@ -74,14 +81,22 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const socket = await connectSocket(endpoint, url, timeout);
   let mapping: Mapping | undefined;
   let region: Region | undefined;
+  /** Descriptors received and not yet closed or wrapped in a Region. */
+  let fds: number[] = [];
   try {
     const cred = credentialsOf(socket);
     checkListener(cred, expectUid);
     await reached('connector', 1);
     const mine = wakeLine(endpoint);
-    writeLine(socket, { shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true });
+    // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
+    const replied = receiveLineWithFds(socket, left(deadline, timeout), () => writeLine(socket, {
+      shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
+    }));
+    // Settled below; this only keeps a failure during a test stop (reached) from counting as unhandled.
+    replied.catch(() => {});
     await reached('connector', 2);
-    const { message: reply, rest } = await readLine(socket, left(deadline, timeout));
+    const { message: reply, rest, fds: received } = await replied;
+    fds = received;
     if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
     try {
       if (rest.length !== 0) throw new HandshakeError('listener sent more than its reply');
@@ -89,7 +104,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       const wake = peerWake(endpoint, reply.wake, cred);
       wake.myParams = mine.params as Record<string, unknown>;
       await reached('connector', 3);
-      region = await receiveRegion(endpoint, socket, reply, size, cred, deadline, timeout);
+      region = await receiveRegion(endpoint, socket, reply, fds, size, cred, deadline, timeout);
       await reached('connector', 4);
       const r = region;
       region = undefined;
@@ -117,6 +132,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   } catch (error) {
     if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
     if (region) { try { region.close(); } catch { /* idem */ } }
+    for (const fd of fds) { try { closeFd(fd); } catch { /* idem */ } }
     socket.destroy();
     if (error instanceof ShmbusError) throw error;
     throw new ClosedError('connection failed', { url, cause: String(error) });

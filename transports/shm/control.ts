@@ -4,13 +4,17 @@
  * Before a single byte is exchanged each side asks the kernel who is on the other end (SO_PEERCRED, in
  * host/control.ts). It then carries (1) the handshake, newline-terminated JSON lines, at most one in flight per side:
  *
- *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…}
- *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…}
+ *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…,"fdWithReply":true}
+ *                          (sent once the connector has stopped its socket reads: see receiveLineWithFds)
+ *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…,
+ *                          "fdWithReply":true}, for memfd and file with the segment's descriptor attached to the
+ *                          line's bytes (SCM_RIGHTS, one sendmsg: sendLineWithFd)
  *                          or {"ok":false,"code":"ERR_SHMBUS_…","message":…}
- *   memfd and file only:
- *   connector → listener   {"fd":true}           (the connector has stopped its socket reads: see receivePassedFd)
- *   listener  → connector  one byte FD_BYTE with the segment's descriptor attached (SCM_RIGHTS)
  *   connector → listener   {"attached":true} or {"attached":false,"code":…,"message":…}
+ *
+ * A connector whose hello lacks "fdWithReply" (the earlier protocol) gets the reply without the descriptor and
+ * asks for it: {"fd":true}, answered by one byte FD_BYTE with the descriptor attached (receivePassedFd); a
+ * reply without "fdWithReply" makes this connector ask the same way.
  *
  * and then (2) doorbell bytes, one per park of the peer: DOORBELL_DATA ("your inbound ring has records") and
  * DOORBELL_SPACE ("your outbound ring has room"). Its end-of-file tells a side that its peer is gone; whether
@@ -36,22 +40,25 @@ const MAX_LINE = 4096;
  * (doorbells that arrived with it). Rejects on EOF, an over-long line, bad JSON or timeout.
  */
 export async function readLine(socket: net.Socket, timeoutMs: number): Promise<{ message: Record<string, unknown>; rest: Buffer }> {
-  const { value, rest } = await readHandshake(socket, timeoutMs, (buffered) => {
-    const nl = buffered.indexOf(0x0a);
-    if (nl < 0) {
-      if (buffered.length > MAX_LINE) throw new HandshakeError('handshake line too long');
-      return undefined;
-    }
-    let message: unknown;
-    try {
-      message = JSON.parse(buffered.subarray(0, nl).toString('utf8'));
-    } catch (cause) {
-      throw new HandshakeError('handshake line is not JSON', { cause });
-    }
-    if (typeof message !== 'object' || message === null) throw new HandshakeError('handshake line is not an object');
-    return { value: message as Record<string, unknown>, used: nl + 1 };
-  });
+  const { value, rest } = await readHandshake(socket, timeoutMs, parseLine);
   return { message: value, rest };
+}
+
+/** One whole line at the start of `buffered`, parsed, and how many bytes it took; undefined while it is incomplete. */
+function parseLine(buffered: Buffer): { value: Record<string, unknown>; used: number } | undefined {
+  const nl = buffered.indexOf(0x0a);
+  if (nl < 0) {
+    if (buffered.length > MAX_LINE) throw new HandshakeError('handshake line too long');
+    return undefined;
+  }
+  let message: unknown;
+  try {
+    message = JSON.parse(buffered.subarray(0, nl).toString('utf8'));
+  } catch (cause) {
+    throw new HandshakeError('handshake line is not JSON', { cause });
+  }
+  if (typeof message !== 'object' || message === null) throw new HandshakeError('handshake line is not an object');
+  return { value: message as Record<string, unknown>, used: nl + 1 };
 }
 
 export function writeLine(socket: net.Socket, message: Record<string, unknown>): void {
@@ -90,16 +97,45 @@ export function sendPassedFd(socket: net.Socket, fd: number): void {
   sendFd(socketFd(socket), fd, FD_BYTE);
 }
 
+/** Listener side: sends `message` as one line with the segment's descriptor attached to it (SCM_RIGHTS), in one
+ * sendmsg: the reply and the segment arrive together, with no request in between (a connector that says
+ * `fdWithReply` in its hello reads them with receiveLineWithFds). Nothing may have been written before. */
+export function sendLineWithFd(socket: net.Socket, message: Record<string, unknown>, fd: number): void {
+  if (socket.writableLength !== 0) throw new HandshakeError('control socket still has bytes to write before the descriptor');
+  sendFd(socketFd(socket), fd, Buffer.from(JSON.stringify(message) + '\n'));
+}
+
+/** A handshake line with every descriptor that came with its bytes (the caller owns them and must close them). */
+export interface LineWithFds { message: Record<string, unknown>; rest: Buffer; fds: number[] }
+
 /**
- * Connector side: receives the one descriptor the listener sends with FD_BYTE, after `ask()` requested it.
- *
- * Node's own reads would throw the descriptor away (libuv reads a plain stream socket with read(2)), so libuv
- * stops reading this socket first, `ask` is sent only then, and the message is taken with recvmsg on a dup of
- * the socket, watched by a poll handle of its own (libuv allows one watcher per descriptor). Reading resumes
- * afterwards. Exactly one descriptor must come with exactly FD_BYTE; anything received besides is closed.
- * Rejects on end of file, a protocol violation, or `timeoutMs`.
+ * Connector side: reads the listener's reply line together with the descriptors attached to its bytes, after
+ * `ask()` sent the hello that asks for it. As receivePassedFd, libuv stops reading the socket before `ask` runs,
+ * and the line is taken with recvmsg on a dup of the socket; reading resumes afterwards. The line may arrive in
+ * pieces (at most MAX_LINE bytes); whatever descriptors arrive with any of them are collected, and on any failure
+ * closed here. Rejects on end of file, a bad line, or `timeoutMs`.
  */
-export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () => void): Promise<number> {
+export function receiveLineWithFds(socket: net.Socket, timeoutMs: number, ask: () => void): Promise<LineWithFds> {
+  let buffered: Buffer = Buffer.alloc(0);
+  const fds: number[] = [];
+  return watchReadable(socket, timeoutMs, ask, 'the reply', (dup) => {
+    const got = receiveFd(dup, MAX_LINE + 1);
+    if (!got) return undefined; // woken without data
+    fds.push(...got.fds);
+    if (got.truncated || got.foreign) throw new HandshakeError('reply came with control data it may not carry', { details: { fds: got.fds.length, truncated: got.truncated } });
+    if (got.bytes.length === 0) throw new HandshakeError('peer went away during the handshake');
+    buffered = buffered.length ? Buffer.concat([buffered, got.bytes]) : got.bytes;
+    const found = parseLine(buffered);
+    return found && { message: found.value, rest: buffered.subarray(found.used), fds };
+  }, () => { for (const fd of fds.splice(0)) closeQuietly(fd); });
+}
+
+/**
+ * Stops libuv's reads of `socket`, watches a dup of it, calls `ask`, and calls `step(dup)` each time it is
+ * readable until `step` returns a result (undefined: not yet) or throws; then stops watching, closes the dup,
+ * resumes reading and settles. `discard` runs on failure, to close what `step` collected.
+ */
+function watchReadable<T>(socket: net.Socket, timeoutMs: number, ask: () => void, what: string, step: (dup: number) => T | undefined, discard: () => void): Promise<T> {
   const handle = handleOf(socket);
   const wasReading = handle.reading !== false;
   handle.readStop();
@@ -113,36 +149,29 @@ export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () =
   return new Promise((resolve, reject) => {
     let poll: ReturnType<typeof koffi.node.poll> | undefined;
     let done = false;
-    const timer = setTimeout(() => finish(new TimeoutError('handshake timed out waiting for the segment descriptor', { timeoutMs })), timeoutMs);
-    function finish(error: ShmbusError | undefined, fd?: number): void {
+    const timer = setTimeout(() => finish(new TimeoutError(`handshake timed out waiting for ${what}`, { timeoutMs })), timeoutMs);
+    function finish(error: unknown, value?: T): void {
       if (done) return;
       done = true;
       clearTimeout(timer);
       poll?.close();
       try { closeFd(dup); } catch { /* keep the first outcome */ }
       if (wasReading && !socket.destroyed) handle.readStart();
-      if (error) reject(error);
-      else resolve(fd!);
+      if (error !== undefined) {
+        discard();
+        reject(error instanceof ShmbusError ? error : new HandshakeError(`cannot receive ${what}`, { cause: error }));
+      } else {
+        resolve(value!);
+      }
     }
     const onReadable = () => {
-      let got;
+      let value: T | undefined;
       try {
-        got = receiveFd(dup, 1);
+        value = step(dup);
       } catch (error) {
-        return finish(error instanceof ShmbusError ? error : new HandshakeError('cannot receive the segment descriptor', { cause: error }));
+        return finish(error);
       }
-      if (!got) return; // woken without data
-      const [first, ...extra] = got.fds;
-      for (const fd of extra) closeQuietly(fd);
-      if (got.bytes.length === 0) {
-        if (first !== undefined) closeQuietly(first);
-        return finish(new HandshakeError('peer went away during the handshake'));
-      }
-      if (got.bytes[0] !== FD_BYTE || first === undefined || extra.length > 0 || got.truncated || got.foreign) {
-        if (first !== undefined) closeQuietly(first);
-        return finish(new HandshakeError('expected exactly one segment descriptor', { details: { fds: got.fds.length, byte: got.bytes[0], truncated: got.truncated } }));
-      }
-      finish(undefined, first);
+      if (value !== undefined) finish(undefined, value);
     };
     try {
       poll = koffi.node.poll(dup, { readable: true, disconnect: true }, onReadable);
@@ -152,9 +181,36 @@ export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () =
     try {
       ask();
     } catch (error) {
-      finish(error instanceof ShmbusError ? error : new HandshakeError('cannot ask for the segment descriptor', { cause: error }));
+      finish(error instanceof ShmbusError ? error : new HandshakeError(`cannot ask for ${what}`, { cause: error }));
     }
   });
+}
+
+/**
+ * Connector side: receives the one descriptor the listener sends with FD_BYTE, after `ask()` requested it.
+ *
+ * Node's own reads would throw the descriptor away (libuv reads a plain stream socket with read(2)), so libuv
+ * stops reading this socket first, `ask` is sent only then, and the message is taken with recvmsg on a dup of
+ * the socket, watched by a poll handle of its own (libuv allows one watcher per descriptor). Reading resumes
+ * afterwards. Exactly one descriptor must come with exactly FD_BYTE; anything received besides is closed.
+ * Rejects on end of file, a protocol violation, or `timeoutMs`.
+ */
+export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () => void): Promise<number> {
+  return watchReadable(socket, timeoutMs, ask, 'the segment descriptor', (dup) => {
+    const got = receiveFd(dup, 1);
+    if (!got) return undefined; // woken without data
+    const [first, ...extra] = got.fds;
+    for (const fd of extra) closeQuietly(fd);
+    if (got.bytes.length === 0) {
+      if (first !== undefined) closeQuietly(first);
+      throw new HandshakeError('peer went away during the handshake');
+    }
+    if (got.bytes[0] !== FD_BYTE || first === undefined || extra.length > 0 || got.truncated || got.foreign) {
+      if (first !== undefined) closeQuietly(first);
+      throw new HandshakeError('expected exactly one segment descriptor', { details: { fds: got.fds.length, byte: got.bytes[0], truncated: got.truncated } });
+    }
+    return first;
+  }, () => {});
 }
 
 function closeQuietly(fd: number): void {

@@ -32,7 +32,7 @@ import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismat
 import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
-import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd } from './control.js';
+import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
 import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
@@ -164,9 +164,18 @@ export class Listener extends ListenerBase<Channel> {
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener', initial);
       await reached('listener', 2);
-      writeLine(socket, { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true });
-      await reached('listener', 3);
-      if (region.fd >= 0) {
+      const reply = { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true };
+      if (region.fd >= 0 && hello.fdWithReply === true) {
+        // The descriptor goes with the reply, in one message: no round trip to ask for it.
+        sendLineWithFd(socket, { ...reply, fdWithReply: true }, region.fd);
+        await reached('listener', 3);
+        await reached('listener', 4);
+      } else {
+        writeLine(socket, reply);
+        await reached('listener', 3);
+      }
+      if (region.fd >= 0 && hello.fdWithReply !== true) {
+        // An older connector asks for the descriptor first.
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
         if (ask.fd !== true) throw remoteError(ask, 'connector did not ask for the segment');
         if (rest.length !== 0) throw new HandshakeError('connector sent more than its request for the segment');

@@ -1,0 +1,99 @@
+/**
+ * Opening a shm:// connection sends the segment's descriptor with the listener's reply (one sendmsg, read with
+ * recvmsg by the connector: transports/shm/control.ts). A listener that gets the count of descriptors wrong fails
+ * the connection with a typed error, and every descriptor it sent is closed; a connector of the earlier protocol
+ * (no `fdWithReply` in its hello) still gets the segment when it asks for it.
+ */
+import t from 'tap';
+import fs from 'node:fs';
+import net from 'node:net';
+import { listen, connect } from '../transports/shm/index.js';
+import { readLine, receivePassedFd, writeLine } from '../transports/shm/control.js';
+import { Region } from '../host/region.js';
+import { socketFd } from '../host/control.js';
+import { sendFd } from '../host/sys/socket.js';
+import { ErrorCode, ShmbusError } from '../host/errors.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, segmentBytes } from '../assembly/layout.js';
+import { fileTimeout, unique, within, eventually } from './helpers.js';
+
+fileTimeout(t, 60);
+const WATCHDOG = 30_000;
+const CAPACITY = 64 * 1024;
+const SIZE = segmentBytes(CHANNEL_RING_COUNT, CAPACITY);
+
+/** Our descriptors of memfds named `name`. */
+function memfds(name: string): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try { if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(`/memfd:${name}`)) n++; } catch { /* closed meanwhile */ }
+  }
+  return n;
+}
+
+const reply = (extra: Record<string, unknown>) => Buffer.from(JSON.stringify({
+  ok: true, kind: 'memfd', size: SIZE, capacity: CAPACITY, initialCapacity: CAPACITY, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true, ...extra,
+}) + '\n');
+
+t.test('a listener that sends another count of descriptors than its reply says: HANDSHAKE, and all of them closed', async (t) => {
+  const name = unique('open-fake');
+  // A segment the connector would accept: sealed, of the announced size, ours.
+  const segment = Region.createMemfd(`shmbus.${name}`, { size: SIZE });
+  t.teardown(() => segment.close());
+  const cases: Array<[string, (s: net.Socket) => void, string]> = [
+    ['fdWithReply but no descriptor', (s) => s.write(reply({ fdWithReply: true })), ErrorCode.HANDSHAKE],
+    ['fdWithReply and two descriptors (one per piece of the line)', (s) => {
+      const line = reply({ fdWithReply: true });
+      sendFd(socketFd(s), segment.fd, line.subarray(0, 20));
+      sendFd(socketFd(s), segment.fd, line.subarray(20));
+    }, ErrorCode.HANDSHAKE],
+    ['a descriptor with a reply that does not say fdWithReply', (s) => sendFd(socketFd(s), segment.fd, reply({})), ErrorCode.HANDSHAKE],
+    ['a descriptor with a refusal', (s) => sendFd(socketFd(s), segment.fd, Buffer.from(JSON.stringify({ ok: false, code: ErrorCode.LIMIT, message: 'no' }) + '\n')), ErrorCode.LIMIT],
+    ['a descriptor with half a line, then the end', (s) => { sendFd(socketFd(s), segment.fd, reply({ fdWithReply: true }).subarray(0, 30)); s.end(); }, ErrorCode.HANDSHAKE],
+  ];
+  let answer: (s: net.Socket) => void = () => {};
+  const server = net.createServer((s) => {
+    s.on('error', () => {});
+    s.once('data', () => answer(s));
+  });
+  await new Promise<void>((r) => server.listen(`\0shmbus/shm/${name}`, r));
+  t.teardown(() => server.close());
+  for (const [what, send, code] of cases) {
+    answer = send;
+    const before = memfds(`shmbus.${name}`);
+    const error = await within(WATCHDOG, connect(`shm://${name}`, { timeout: WATCHDOG }).then(async (c) => { await c.close(); return undefined; }, (e: unknown) => e), what);
+    t.ok(error instanceof ShmbusError, `${what}: a typed error`);
+    t.equal((error as ShmbusError | undefined)?.code, code, `${what}: ${code}`);
+    t.equal(memfds(`shmbus.${name}`), before, `${what}: every descriptor received was closed`);
+  }
+});
+
+t.test('a connector of the earlier protocol asks for the descriptor and gets it then', async (t) => {
+  const name = unique('open-old');
+  const listener = await listen(`shm://${name}?size=64KiB`);
+  const errors: ShmbusError[] = [];
+  listener.on('error', (e: ShmbusError) => errors.push(e));
+  t.teardown(() => listener.close());
+  const socket = net.connect(`\0shmbus/shm/${name}`);
+  socket.on('error', () => {});
+  await new Promise((r) => socket.once('connect', r));
+  writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+  const { message } = await readLine(socket, WATCHDOG);
+  t.equal(message.ok, true, 'the listener replies');
+  t.equal(message.fdWithReply, undefined, 'without the descriptor');
+  const fd = await receivePassedFd(socket, WATCHDOG, () => writeLine(socket, { fd: true }));
+  const region = Region.fromPeerFd(fd, 'memfd', { size: message.size as number, uid: process.geteuid!() });
+  t.equal(region.size, SIZE, 'the sealed segment of the announced size comes when asked for');
+  region.close();
+  writeLine(socket, { attached: false, code: ErrorCode.CORRUPT, message: 'test: not attaching' });
+  await eventually(() => errors.length > 0, 'the listener to report the refusal');
+  t.equal(errors[0]?.code, ErrorCode.CORRUPT, 'the listener reports what the connector said');
+  socket.destroy();
+  await eventually(() => memfds(`shmbus.${name}`) === 0 && listener.load.pending === 0, 'nothing kept');
+  t.same(listener.load, { pending: 0, connections: 0 }, 'no handshake or connection left');
+  // And the current protocol on the same listener works.
+  const [c, s] = await Promise.all([connect(`shm://${name}?size=64KiB`), listener.acceptNext()]);
+  c.send('hello');
+  t.equal(await s!.receive(), 'hello', 'a current connector opens as usual');
+  await c.close();
+  await s!.close();
+});
