@@ -13,11 +13,8 @@ export const IPC_SET = 1;
 export const IPC_STAT = 2;
 
 // <sys/shm.h>
-export const SHM_RDONLY = 0o10000;
-export const SHM_RND = 0o20000;
 /** Linux-only: let shmat replace an existing mapping at the address (like MAP_FIXED). */
 export const SHM_REMAP = 0o40000;
-export const SHM_EXEC = 0o100000;
 
 // <fcntl.h>
 export const O_RDONLY = 0;
@@ -25,13 +22,10 @@ export const O_WRONLY = 1;
 export const O_RDWR = 2;
 export const O_CREAT = 0o100;
 export const O_EXCL = 0o200;
-export const O_TRUNC = 0o1000;
 export const O_NOFOLLOW = 0o400000;
 export const O_CLOEXEC = 0o2000000;
 
 // fcntl commands and memfd seals
-export const F_GETFD = 1;
-export const F_SETFD = 2;
 export const F_ADD_SEALS = 1033;
 export const F_GET_SEALS = 1034;
 export const F_SEAL_SEAL = 1;
@@ -40,19 +34,12 @@ export const F_SEAL_GROW = 4;
 export const F_SEAL_WRITE = 8;
 
 // <sys/mman.h>
-export const PROT_NONE = 0;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
-export const PROT_EXEC = 4;
 export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
-export const MAP_NORESERVE = 0x4000;
-export const MAP_POPULATE = 0x8000;
-export const MAP_FIXED_NOREPLACE = 0x100000;
-export const MS_ASYNC = 1;
-export const MS_INVALIDATE = 2;
 export const MS_SYNC = 4;
 export const MFD_CLOEXEC = 1;
 export const MFD_ALLOW_SEALING = 2;
@@ -78,7 +65,6 @@ export const O_NONBLOCK = 0o4000;
 /** msgrcv: truncate a longer message instead of failing with E2BIG (the message is removed either way). */
 export const MSG_NOERROR = 0o10000;
 /** msgrcv: receive the first message whose mtype is NOT msgtyp. */
-export const MSG_EXCEPT = 0o20000;
 /** msgrcv (Linux ≥ 3.8, CONFIG_CHECKPOINT_RESTORE): copy the message at index msgtyp without removing it. */
 export const MSG_COPY = 0o40000;
 
@@ -89,8 +75,6 @@ export const EPOLL_CTL_DEL = 2;
 export const EPOLL_CTL_MOD = 3;
 export const EPOLLIN = 0x001;
 export const EPOLLOUT = 0x004;
-export const EPOLLERR = 0x008;
-export const EPOLLHUP = 0x010;
 /** After one event the fd is disabled until EPOLL_CTL_MOD arms it again. */
 export const EPOLLONESHOT = 1 << 30;
 /** sizeof(struct epoll_event) on x86_64: the struct is packed (u32 events, u64 data). */
@@ -115,7 +99,6 @@ export const RLIMIT_MSGQUEUE = 12;
 // x86_64 system call numbers for the calls glibc has no wrapper for (or whose wrapper we avoid).
 export const SYS_FUTEX = 202;
 export const SYS_GETTID = 186;
-export const SYS_TGKILL = 234;
 export const SYS_RT_TGSIGQUEUEINFO = 297;
 export const SYS_PIDFD_SEND_SIGNAL = 424;
 export const SYS_PIDFD_OPEN = 434;
@@ -136,15 +119,12 @@ export const FUTEX_WAITV_MAX = 128;
 export const FUTEX_WAITV_SIZE = 24;
 
 // <time.h>
-export const CLOCK_REALTIME = 0;
 export const CLOCK_MONOTONIC = 1;
 
 // <sys/sem.h>
 export const SEM_UNDO = 0x1000;
 export const GETPID = 11;
 export const GETVAL = 12;
-export const GETNCNT = 14;
-export const SETVAL = 16;
 /** Largest value of a System V semaphore (semop past it fails with ERANGE). */
 export const SEMVMX = 32767;
 /** sizeof(struct sembuf): u16 sem_num, i16 sem_op, i16 sem_flg. */
@@ -155,7 +135,6 @@ export const SEM_VALUE_MAX = 0x7fffffff;
 // <signal.h>
 export const SIG_BLOCK = 0;
 export const SIG_UNBLOCK = 1;
-export const SIG_SETMASK = 2;
 /** si_code of a signal sent with sigqueue (and what pidfd_send_signal / rt_tgsigqueueinfo must carry). */
 export const SI_QUEUE = -1;
 /** sizeof(siginfo_t) and sizeof(sigset_t) as glibc declares them on x86_64. */

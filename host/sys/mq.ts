@@ -206,10 +206,6 @@ export function mqClose(mqd: number): void {
   }
 }
 
-export function mqUnlink(name: string): void {
-  if (c.mq_unlink(name) < 0) fail('mq_unlink', lastErrno(), { name });
-}
-
 /** mq_unlink that reports whether the name existed (ENOENT is no error when removing what may be gone). */
 export function mqUnlinkIfExists(name: string): boolean {
   if (c.mq_unlink(name) === 0) return true;

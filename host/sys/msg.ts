@@ -197,14 +197,6 @@ export function msgSetMode(id: number, mode: number): void {
   }
 }
 
-/** msgctl(IPC_RMID): the queue and its messages go at once; sleepers wake with EIDRM. */
-export function msgRemove(id: number): void {
-  if (c.msgctl(id, IPC_RMID, null) < 0) {
-    const errno = lastErrno();
-    fail('msgctl', errno, { cmd: 'IPC_RMID', msqid: id }, gone(errno) ? ErrorCode.NOT_FOUND : undefined);
-  }
-}
-
 /** IPC_RMID that reports whether the queue was still there (removing what may already be gone). */
 export function msgRemoveIfExists(id: number): boolean {
   if (c.msgctl(id, IPC_RMID, null) === 0) return true;

@@ -41,7 +41,6 @@ type Arg = number | bigint | null;
 
 const c = {
   sigrtmin: lib.func('int __libc_current_sigrtmin()') as () => number,
-  sigrtmax: lib.func('int __libc_current_sigrtmax()') as () => number,
   pthread_sigmask: lib.func('int pthread_sigmask(int how, void *set, void *oldset)') as (how: number, set: Uint8Array, old: Uint8Array | null) => number,
   sigaction: lib.func('int sigaction(int sig, void *act, void *oldact)') as (sig: number, act: Uint8Array | null, old: Uint8Array | null) => number,
   dlsym: lib.func('intptr_t dlsym(intptr_t handle, const char *name)') as (handle: number, name: string) => number,
@@ -63,10 +62,6 @@ export const ESRCH = 3;
 /** glibc's SIGRTMIN (34 with NPTL: 32 and 33 are its own). */
 export function sigrtmin(): number {
   return c.sigrtmin();
-}
-
-export function sigrtmax(): number {
-  return c.sigrtmax();
 }
 
 /** A sigset_t holding `signals`. */

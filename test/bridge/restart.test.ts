@@ -4,7 +4,7 @@ import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { Bus, type Publisher, type Subscription } from '../../bus/index.js';
 import { bridge } from '../../bridge/index.js';
-import { eventually, fileTimeout, scaled, startFixture, unique, within } from '../helpers.js';
+import { eventually, fileTimeout, scaled, startFixture, unique, within, type TestLike } from '../helpers.js';
 import { natsMissing, startNats } from './nats.js';
 
 // Measured on a loaded 2-core machine (load ~10): ~15-40 s at scale 1, ~70 s at scale 10. Timeout: about 4x.
@@ -39,6 +39,26 @@ function receive(sub: Subscription, n: number, onCount: (k: number) => void = ()
     return bad;
   })();
   return { done, count: () => k };
+}
+
+/** `shmbus bridge args` in a child process; `kill()` SIGKILLs the running one and starts another in its place. */
+async function bridgeProcess(t: TestLike, args: string[]) {
+  let child = startFixture(t, 'bridge-run', args);
+  await child.line(/^bridge ready/);
+  let restarting: Promise<void> = Promise.resolve();
+  return {
+    stderr: () => child.stderr(),
+    /** Settles once the replacement started by the last kill() is ready. */
+    restarted: () => restarting,
+    kill(): void {
+      const old = child;
+      old.kill('SIGKILL');
+      restarting = old.exit.then(async () => {
+        child = startFixture(t, 'bridge-run', args);
+        await child.line(/^bridge ready/);
+      });
+    },
+  };
 }
 
 t.test('a lossless topic loses nothing while nats-server is SIGKILLed and restarted mid-stream', async (t) => {
@@ -81,25 +101,18 @@ t.test('an importing bridge process SIGKILLed and restarted resumes without loss
   t.teardown(async () => { await linkA.close(); await a.close(); await b.close(); });
   // The importing host's bridge runs as `shmbus bridge` in a process of its own.
   const args = [bUrl, nats.url, '--import', 'orders:lossless', '--prefix', prefix];
-  let child = startFixture(t, 'bridge-run', args);
-  await child.line(/^bridge ready/);
+  const child = await bridgeProcess(t, args);
   const N = scaled(50_000);
   const kills = [Math.floor(N / 3), Math.floor((2 * N) / 3)];
-  let restarting: Promise<void> | undefined;
   const got = receive(b.subscribe('orders'), N, (k) => {
     if (k !== kills[0]) return;
     kills.shift();
     // SIGKILL mid-stream: batches are between the marker, the local topic and the consumer right now.
-    const old = child;
-    old.kill('SIGKILL');
-    restarting = old.exit.then(async () => {
-      child = startFixture(t, 'bridge-run', args);
-      await child.line(/^bridge ready/);
-    });
+    child.kill();
   });
   await within(120_000, publishRange(pub, 0, N), 'publishing');
   const bad = await within(120_000, got.done, () => `received ${got.count()} of ${N}; bridge stderr: ${child.stderr().slice(-1000)}`);
-  await restarting;
+  await child.restarted();
   t.equal(kills.length, 0, 'the importing bridge was killed twice');
   t.equal(bad, 0, `all ${N} messages, once each, in order`);
   await eventually(() => linkA.stats().forwarded >= N, 'the exporter to count every acknowledgement');
@@ -120,23 +133,16 @@ t.test('an exporting bridge SIGKILLed and restarted resumes from the topic histo
   const linkB = await bridge(b.url, nats.url, { import: [{ topic: 'orders', policy: 'lossless' }], prefix });
   t.teardown(async () => { await linkB.close(); await a.close(); await b.close(); });
   const args = [aUrl, nats.url, '--export', 'orders', '--prefix', prefix];
-  let child = startFixture(t, 'bridge-run', args);
-  await child.line(/^bridge ready/);
-  let restarting: Promise<void> | undefined;
+  const child = await bridgeProcess(t, args);
   let killed = false;
   const got = receive(b.subscribe('orders'), N, (k) => {
     if (killed || k !== Math.floor(N / 3)) return;
     killed = true;
-    const old = child;
-    old.kill('SIGKILL');
-    restarting = old.exit.then(async () => {
-      child = startFixture(t, 'bridge-run', args);
-      await child.line(/^bridge ready/);
-    });
+    child.kill();
   });
   await within(120_000, publishRange(pub, 0, N), 'publishing');
   const bad = await within(120_000, got.done, () => `received ${got.count()} of ${N}; bridge stderr: ${child.stderr().slice(-1000)}`);
-  await restarting;
+  await child.restarted();
   t.ok(killed, 'the exporting bridge was killed mid-stream');
   t.equal(bad, 0, `all ${N} messages, once each, in order`);
   t.equal(linkB.stats().forwarded, N, 'the importer committed each once');
