@@ -779,12 +779,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * its wakeup is the peer's FUTEX_WAKE straight into this thread, with no event-loop turn, no wait thread and no
    * doorbell read. Only on a channel that sleeps on a futex (wake=futex, or workers/pair.ts's sync-idle worker
    * end); any other returns false at once, and so does one with messages still queued to send (they need the
-   * event loop: await drained()). A peer that dies is noticed by the event loop, so after `timeoutMs`.
+   * event loop: await drained()) or with an async wait for messages under way. A peer that dies is noticed by
+   * the event loop, so after `timeoutMs`.
    */
   waitSync(timeoutMs: number): boolean {
     if (this.inboxHead < this.inbox.length || this.isReady()) return true;
     // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
-    if (!this.futexRung || this.sendQueue.length > 0) return false;
+    // An async wait (readable(), the iterator) parked already: one park of the ring at a time.
+    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined) return false;
     // A commit's check whether the peer must be rung waits for a microtask (afterCommit); blocking now would
     // hold it back, and a parked peer would not hear of what we just sent: ring first.
     if (this.wakeScheduled) this.checkPeerWake();
