@@ -1,6 +1,6 @@
 // Task pools through the API users write (pool.run), in one run:
 //   node dist/bench/pool.js [--tasks 100000] [--big 2000] [--inflight 64] [--size 2] [--rounds 3] [--json]
-//                           [--main DIR] [--only a,b,…] [--wake MODE] [--per N]
+//                           [--main DIR] [--only a,b,…] [--rows object,bytes1M] [--shared] [--wake MODE] [--per N]
 //                           (--wake, --per: the wake and tasksPerWorker options of the shm-thread/shm-process rows)                                       (npm run bench:pool)
 // Pools, all of `--size` workers over the same task module (bench/pool-task.ts, an echo):
 //   shm-thread    shmbus Pool, isolation 'thread'    (default options: tasks sent ahead, taken back by idle workers)
@@ -15,6 +15,11 @@
 // `--inflight` tasks are kept running; tasks/s from the first run() to the last result, latency from run() to its
 // result (p50/p99). Each round starts fresh pools (warmed up with a few tasks first), contenders rotate per round,
 // and the medians of the rounds are printed, then the ratios the issue asks about.
+// Each round of each pool runs in a fresh Node process (this script with --child), so that what one pool leaves
+// behind in its process does not count for the next: a grown heap and its garbage, threads still ending, malloc's
+// thresholds (shmbus raises them process-wide once it receives a large record, host/large.ts, which made the
+// Piscina rounds after a shmbus round faster or slower than Piscina alone). --shared runs everything in this
+// process instead (as before).
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHistogram } from 'node:perf_hooks';
 import path from 'node:path';
@@ -34,6 +39,9 @@ const { values: opts } = parseArgs({
     wake: { type: 'string' },
     per: { type: 'string' },
     only: { type: 'string' },
+    rows: { type: 'string' },
+    shared: { type: 'boolean', default: false },
+    child: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -152,14 +160,36 @@ async function round(name: Name, row: Row): Promise<Result> {
   }
 }
 
+/** One round of `name` in a fresh process (see the file comment); its Result as JSON on the last line. */
+function roundApart(name: Name, row: Row): Promise<Result> {
+  const args = process.argv.slice(2).filter((a) => a !== '--json');
+  return new Promise((resolve, reject) => {
+    const child = fork(fileURLToPath(import.meta.url), [...args, '--child', `${name}:${row}`], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      const last = out.trim().split('\n').pop() ?? '';
+      if (code === 0) resolve(JSON.parse(last) as Result);
+      else reject(new Error(`round ${name} ${row} ended with ${code ?? signal}: ${out}`));
+    });
+  });
+}
+
+if (opts.child) {
+  const [name, row] = opts.child.split(':') as [Name, Row];
+  console.log(JSON.stringify(await round(name, row)));
+  process.exit(0);
+}
+
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; };
 
 const results: Record<string, Record<string, Result>> = {};
-for (const row of ['object', 'bytes1M'] as Row[]) {
+for (const row of (['object', 'bytes1M'] as Row[]).filter((r) => !opts.rows || opts.rows.split(',').includes(r))) {
   const samples = new Map<Name, Result[]>(NAMES.map((n) => [n, []]));
   for (let r = 0; r < ROUNDS; r++) {
     const order = NAMES.map((_, k) => NAMES[(k + r) % NAMES.length]!);
-    for (const name of order) samples.get(name)!.push(await round(name, row));
+    for (const name of order) samples.get(name)!.push(await (opts.shared ? round(name, row) : roundApart(name, row)));
   }
   results[row] = {};
   for (const [name, s] of samples) {

@@ -24,10 +24,12 @@ export interface WorkerContext {
   parentPid: number;
   /** The segment carries a task claim table (a Pool's worker): the worker maps it too (pair.ts). */
   claims?: boolean;
+  /** The pair is sync-idle (pair.ts): the worker's end sleeps on a futex. */
+  syncIdle?: boolean;
 }
 
 /** The context a worker received, checked: the geometry is recomputed here, never taken from the parent's text. */
-export interface CheckedContext { isolation: Isolation; segmentFd: number; socketFd: number; geometry: PairGeometry; parentPid: number; claims: boolean }
+export interface CheckedContext { isolation: Isolation; segmentFd: number; socketFd: number; geometry: PairGeometry; parentPid: number; claims: boolean; syncIdle: boolean }
 
 const fdOk = (fd: unknown): fd is number => typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 && fd < 1 << 20;
 
@@ -37,7 +39,7 @@ export function checkContext(raw: unknown): CheckedContext {
     || typeof c.parentPid !== 'number' || !Number.isInteger(c.parentPid) || c.parentPid <= 0) {
     throw new BadArgumentError('malformed worker context from the parent', { context: JSON.stringify(raw)?.slice(0, 200) });
   }
-  return { isolation: c.isolation, segmentFd: c.segmentFd, socketFd: c.socketFd, geometry: pairGeometry(c.ringSize, c.wake), parentPid: c.parentPid, claims: c.claims === true };
+  return { isolation: c.isolation, segmentFd: c.segmentFd, socketFd: c.socketFd, geometry: pairGeometry(c.ringSize, c.wake), parentPid: c.parentPid, claims: c.claims === true, syncIdle: c.syncIdle === true };
 }
 
 type Slots = { [CONTEXT_KEY]?: CheckedContext; [CHANNEL_KEY]?: Promise<unknown> };

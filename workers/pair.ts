@@ -65,6 +65,8 @@ export interface ParentPair {
   workerFd: number;
   /** The task claim table (a Pool's pairs only, see below). */
   claims?: PairClaims;
+  /** A sync-idle pair (see syncIdleAvailable). */
+  syncIdle?: boolean;
 }
 
 /**
@@ -103,14 +105,14 @@ export function pairClaims(channel: Channel): PairClaims | undefined {
  * Creates the segment (a sealed memfd, mode 0600, pages reserved) and formats it. The caller passes
  * `region.fd` and `workerFd` to the worker, then calls `openParentChannel`; on any failure before that, `abandon`.
  */
-export function createParentPair(geometry: PairGeometry, fds: [number, number], claims = false): ParentPair {
+export function createParentPair(geometry: PairGeometry, fds: [number, number], claims = false, syncIdle = false): ParentPair {
   const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
   const engine = mapping.engine;
   try {
     formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
-    return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1], claims: claims ? mapClaims(region, geometry.capacity) : undefined };
+    return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1], claims: claims ? mapClaims(region, geometry.capacity) : undefined, syncIdle };
   } catch (error) {
     unmap(mapping);
     throw error;
@@ -128,7 +130,23 @@ function endpointFor(geometry: PairGeometry, label: string) {
   return parseShmUrl(`shm://${label}?size=${geometry.capacity}&wake=${geometry.wake}`);
 }
 
-function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side: 'parent' | 'worker', peerPid: number, label: string): Channel {
+/**
+ * A sync-idle pair (a Pool's worker under wake=doorbell, see pool-worker.ts): the worker sleeps on a futex and
+ * the parent rings it with FUTEX_WAKE, so that an idle worker can block its own thread on the ring word
+ * (Channel.waitSync) and be woken by the parent's commit with one system call, instead of a doorbell byte read
+ * through its event loop. The parent still parks on the doorbell (its event loop must run) and the worker rings
+ * it so. Needs futex_waitv (Linux ≥ 5.16): `syncIdleAvailable()` says whether this kernel has it.
+ */
+export function syncIdleAvailable(): boolean {
+  try {
+    mechanismFor('futex', 'shm://sync-idle').params();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side: 'parent' | 'worker', peerPid: number, label: string, syncIdle = false): Channel {
   const { capacity } = geometry;
   const ours = side === 'parent' ? RING_TO_CONNECTOR : RING_TO_LISTENER;
   const theirs = side === 'parent' ? RING_TO_LISTENER : RING_TO_CONNECTOR;
@@ -136,6 +154,10 @@ function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side:
   const rx = new RingEnd(m.engine, m.window + ringOffset(theirs, capacity), capacity, 'consumer');
   const endpoint = endpointFor(geometry, label);
   const mechanism = mechanismFor(geometry.wake, endpoint.url);
+  // Sync-idle: the worker's end sleeps on the futex (and the parent's rings it so); the parent's sleeps as asked.
+  const futex = syncIdle ? mechanismFor('futex', endpoint.url) : mechanism;
+  const mine = side === 'worker' ? futex : mechanism;
+  const peer = side === 'worker' ? mechanism : futex;
   const { uid, gid } = ownIdentity();
   const socket = new net.Socket({ fd: socketFd, readable: true, writable: true, allowHalfOpen: false });
   socket.pause();
@@ -144,14 +166,14 @@ function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side:
     // Both ends run this same code (spawn started the worker from this package), so objects go with msgpackr
     // record structures, as a shm:// peer that says `records: true` in its handshake gets them.
     peerRecords: true,
-    wake: { mine: mechanism, peer: mechanism, peerParams: {}, myParams: mechanism.params(), peerCred: { pid: peerPid, uid, gid } },
+    wake: { mine, peer, peerParams: {}, myParams: mine.params(), peerCred: { pid: peerPid, uid, gid } },
   });
 }
 
 /** The parent's channel. It works at once (the worker's side may not exist yet: what is sent waits in the
  * ring); the segment's fd and the worker's socket end stay open until `releaseWorkerEnds`. */
 export function openParentChannel(pair: ParentPair, peerPid: number, label: string): Channel {
-  return makeChannel(pair.mapping, pair.geometry, pair.parentFd, 'parent', peerPid, label);
+  return makeChannel(pair.mapping, pair.geometry, pair.parentFd, 'parent', peerPid, label, pair.syncIdle === true);
 }
 
 /** Closes the parent's copies of what the worker took (its socket end, the segment's fd): once the worker holds
@@ -169,7 +191,7 @@ export function releaseWorkerEnds(pair: ParentPair, closeFd: (fd: number) => voi
  * The worker's channel: checks the segment descriptor like any peer's (a memfd of our uid, sealed against
  * resizing, of the announced size; Region.fromPeerFd takes it over), maps it, reads its header, closes the fd.
  */
-export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string, claims = false): Channel {
+export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, socketFd: number, parentPid: number, label: string, claims = false, syncIdle = false): Channel {
   const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
@@ -183,7 +205,7 @@ export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, soc
     if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== geometry.capacity) {
       throw new CorruptError('segment geometry differs from what the parent announced', { ringCount: info.ringCount, capacity: info.capacity });
     }
-    const channel = makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label);
+    const channel = makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label, syncIdle);
     if (table) workerClaims.set(channel, table);
     return channel;
   } catch (error) {

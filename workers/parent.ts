@@ -22,7 +22,7 @@ export function parentChannel(): Promise<Channel> {
       details: { pid: process.pid },
     }));
   }
-  const made = (async () => openWorkerChannel(context.geometry, context.segmentFd, context.socketFd, context.parentPid, `worker.${process.pid}`, context.claims))();
+  const made = (async () => openWorkerChannel(context.geometry, context.segmentFd, context.socketFd, context.parentPid, `worker.${process.pid}`, context.claims, context.syncIdle))();
   slot.set(made);
   return made;
 }

@@ -24,6 +24,9 @@ import { MessageTooLargeError } from '../host/errors.js';
 
 type TaskFunction = (task: unknown) => unknown;
 
+/** Longest an idle sync-idle worker blocks before letting its event loop run once (see the loop below). */
+const SYNC_IDLE_MS = 20;
+
 /** The function a task module offers: its default export (an ES module's, or a CommonJS module.exports). */
 function taskFunction(mod: Record<string, unknown>): TaskFunction {
   let candidate: unknown = mod.default;
@@ -52,7 +55,23 @@ if (fn) {
   conn.send([0, 0]);
   /** The id of a task whose bytes come in the next record. */
   let bytesFor = -1;
-  for await (const message of conn) {
+  // A sync-idle pair (pair.ts): with nothing to run, block this thread on the ring word until the parent's commit
+  // wakes it (one FUTEX_WAKE) instead of parking through the event loop (a doorbell byte, an epoll wakeup, a
+  // promise turn: the cost of most small tasks). The event loop gets a turn every SYNC_IDLE_MS meanwhile, so the
+  // task module's timers run late by up to that much while the worker idles, never while a task runs (as with
+  // Piscina, whose idle workers block in Atomics.wait).
+  const syncIdle = conn.syncWaitable;
+  const messages = conn[Symbol.asyncIterator]();
+  for (;;) {
+    if (syncIdle && !conn.waitSync(SYNC_IDLE_MS)) {
+      // Answers still queued (the parent is slow to read them) go out through the event loop first.
+      if (conn.queued > 0) await conn.drained().catch(() => { /* the channel failed: next() says how */ });
+      else await new Promise<void>((resolve) => setImmediate(resolve));
+      continue;
+    }
+    const next = await messages.next();
+    if (next.done) break;
+    const message = next.value;
     let id: number;
     let task: unknown;
     if (bytesFor >= 0) {

@@ -44,6 +44,8 @@ export interface SpawnOptions {
   stdio?: 'inherit' | 'ignore' | 'pipe';
   /** @internal A Pool's worker: the segment's task claim table is mapped on both sides (pair.ts, `handle.claims`). */
   taskClaims?: boolean;
+  /** @internal A Pool's worker that blocks on a futex while idle (pair.ts, syncIdleAvailable; pool-worker.ts). */
+  syncIdle?: boolean;
 }
 
 /** @internal Test seams: called where a failure is otherwise hard to provoke (test/workers/spawn.test.ts). */
@@ -170,7 +172,7 @@ export async function spawn(module: string | URL, options: SpawnOptions = {}): P
   const fds = socketPair();
   let pair: ParentPair;
   try {
-    pair = createParentPair(geometry, fds, options.taskClaims === true);
+    pair = createParentPair(geometry, fds, options.taskClaims === true, options.syncIdle === true);
   } catch (error) {
     closeFd(fds[0]);
     closeFd(fds[1]);
@@ -179,6 +181,7 @@ export async function spawn(module: string | URL, options: SpawnOptions = {}): P
   const context = (segmentFd: number, socketFd: number): WorkerContext => ({
     isolation, segmentFd, socketFd, ringSize: geometry.capacity, wake: geometry.wake, parentPid: process.pid,
     ...(pair.claims ? { claims: true } : {}),
+    ...(pair.syncIdle ? { syncIdle: true } : {}),
   });
   try {
     return isolation === 'process'

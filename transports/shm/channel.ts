@@ -22,6 +22,8 @@ import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { schedYield } from '../../host/sys/sched.js';
+import { futexWaitv } from '../../host/sys/futex.js';
+import { FUTEX2_SIZE_U32 } from '../../host/sys/constants.js';
 import { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
 import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '../../host/send-queue.js';
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
@@ -148,6 +150,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly side: string;
   private readonly sleeper: Sleeper;
   private readonly bell: Bell;
+  /** This side sleeps on a futex (its peer rings with FUTEX_WAKE): waitSync can block on the ring word itself. */
+  private readonly futexRung: boolean;
   /** Spin budget before parking (ns); tuned when `spinAuto`. 'always' never parks. */
   private spinNs: number;
   private readonly spinAuto: boolean;
@@ -209,6 +213,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
       params: parts.wake.myParams,
     });
+    this.futexRung = parts.wake.mine.name === 'futex';
     const spin = parts.endpoint.spin;
     this.spinAuto = spin === 'auto';
     this.spinAlways = spin === 'always';
@@ -766,6 +771,52 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.rx.unpark();
     }
   }
+
+  /**
+   * Blocks this thread (its event loop does not run meanwhile) until a message can be taken without waiting, the
+   * peer rings, or `timeoutMs` pass; true when the next next()/receive() will not park (a message is there, or
+   * the channel is over or the peer closed it). For a worker with nothing else to do until its next message:
+   * its wakeup is the peer's FUTEX_WAKE straight into this thread, with no event-loop turn, no wait thread and no
+   * doorbell read. Only on a channel that sleeps on a futex (wake=futex, or workers/pair.ts's sync-idle worker
+   * end); any other returns false at once, and so does one with messages still queued to send (they need the
+   * event loop: await drained()) or with an async wait for messages under way. A peer that dies is noticed by
+   * the event loop, so after `timeoutMs`.
+   */
+  waitSync(timeoutMs: number): boolean {
+    if (this.inboxHead < this.inbox.length || this.isReady()) return true;
+    // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
+    // An async wait (readable(), the iterator) parked already: one park of the ring at a time.
+    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined) return false;
+    // A commit's check whether the peer must be rung waits for a microtask (afterCommit); blocking now would
+    // hold it back, and a parked peer would not hear of what we just sent: ring first.
+    if (this.wakeScheduled) this.checkPeerWake();
+    if (!this.rx.park()) return this.isReady() || this.rx.peerClosed();
+    try {
+      const { offset, value } = this.rx.waitWord();
+      const entry = this.syncWaiter;
+      entry[0] = BigInt(value);
+      entry[1] = this.engine.address(offset);
+      entry[2] = BigInt(FUTEX2_SIZE_U32);
+      const at = process.hrtime.bigint() + BigInt(Math.max(0, Math.round(timeoutMs * 1e6)));
+      this.syncDeadline[0] = at / 1_000_000_000n;
+      this.syncDeadline[1] = at % 1_000_000_000n;
+      // EAGAIN (rung between the park and now), ETIMEDOUT, EINTR: all mean "look again" below.
+      if (COUNTING) perf.parks++;
+      futexWaitv(entry, 1, this.syncDeadline);
+    } finally {
+      this.rx.unpark();
+    }
+    return this.isReady() || this.rx.peerClosed();
+  }
+
+  /** Whether waitSync can block on this channel (it sleeps on a futex); false: waitSync returns at once. */
+  get syncWaitable(): boolean {
+    return this.futexRung;
+  }
+
+  /** waitSync's futex_waitv entry (value, address, flags) and absolute CLOCK_MONOTONIC deadline. */
+  private readonly syncWaiter = new BigUint64Array(3);
+  private readonly syncDeadline = new BigInt64Array(2);
 
   /** Receives the next message: a decoded value, or a Uint8Array for raw bytes. Undefined at the end. */
   async receive(): Promise<unknown> {
