@@ -55,12 +55,13 @@ export interface PluginOptions {
    * Default 10000; 0 where this process may use a single core (a spinning runner would only keep the host off it). */
   spin?: number;
   /**
-   * How long the host waits on its event loop for the reply to a lone request sent to an awake runner, instead of
+   * How long the host waits on its event loop for the reply to a lone request, instead of
    * waiting for the runner's doorbell (a wakeup of the event loop costs tens of µs, the plugin's echo one or two):
    * 'auto' (default) tunes a budget between 1 and 50 µs per instance: 8 times the average wait of the spins that
    * caught their reply; halved by a miss, and after misses in a row lone requests skip the wait 1, 2, 4, … 256
-   * times (the runner is not getting a core); a reply that came soon after a miss raises it. Off on a machine with
-   * a single core. A number is a fixed budget in µs; 0 never waits.
+   * times; a reply that came soon after a miss raises it. The wait ends after 2 µs when the runner has not polled
+   * since the request (not on a core: the doorbell then, and the budget is left alone). Off on a machine with a
+   * single core. A number is a fixed budget in µs; 0 never waits.
    */
   hostSpin?: number | 'auto';
   /** ms an instance may take to start (instantiate, run its start function, attach). Default 30000. */
