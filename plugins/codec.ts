@@ -209,19 +209,28 @@ function fixKey(key: string): string {
 function string(n: number): string {
   if (n > end - pos) throw BAIL;
   if (n === 0) return '';
-  if (n <= 3) {
-    // Short strings (keys mostly, and the like of 'buy'): made from the bytes directly.
+  if (n <= 8) {
+    // Short strings (keys mostly, and the like of 'buy'): made from the bytes directly, each read once.
     const a = src[pos]!;
-    if (n === 1) { if (a < 0x80) { pos += 1; return String.fromCharCode(a); } }
-    else {
-      const b = src[pos + 1]!;
-      if (n === 2) { if ((a | b) < 0x80) { pos += 2; return String.fromCharCode(a, b); } }
-      else {
-        const c = src[pos + 2]!;
-        if ((a | b | c) < 0x80) { pos += 3; return String.fromCharCode(a, b, c); }
-      }
+    const b = n > 1 ? src[pos + 1]! : 0;
+    const c = n > 2 ? src[pos + 2]! : 0;
+    const d = n > 3 ? src[pos + 3]! : 0;
+    const e = n > 4 ? src[pos + 4]! : 0;
+    const f = n > 5 ? src[pos + 5]! : 0;
+    const g = n > 6 ? src[pos + 6]! : 0;
+    const h = n > 7 ? src[pos + 7]! : 0;
+    if ((a | b | c | d | e | f | g | h) >= 0x80) throw BAIL; // not ASCII (see textOf)
+    pos += n;
+    switch (n) {
+      case 1: return String.fromCharCode(a);
+      case 2: return String.fromCharCode(a, b);
+      case 3: return String.fromCharCode(a, b, c);
+      case 4: return String.fromCharCode(a, b, c, d);
+      case 5: return String.fromCharCode(a, b, c, d, e);
+      case 6: return String.fromCharCode(a, b, c, d, e, f);
+      case 7: return String.fromCharCode(a, b, c, d, e, f, g);
+      default: return String.fromCharCode(a, b, c, d, e, f, g, h);
     }
-    throw BAIL; // not ASCII (see textOf)
   }
   if (n > strBytes.length) strBytes = Buffer.allocUnsafeSlow(Math.max(n, strBytes.length * 2));
   for (let i = 0; i < n; i++) strBytes[i] = src[pos + i]!;
