@@ -59,8 +59,8 @@ export interface PluginOptions {
    * waiting for the runner's doorbell (a wakeup of the event loop costs tens of µs, the plugin's echo one or two):
    * 'auto' (default) tunes a budget between 1 and 50 µs per instance: 8 times the average wait of the spins that
    * caught their reply; halved by a miss, and after misses in a row lone requests skip the wait 1, 2, 4, … 256
-   * times; a reply that came soon after a miss raises it. The wait ends after 2 µs when the runner has not polled
-   * since the request (not on a core: the doorbell then, and the budget is left alone). Off on a machine with a
+   * times; a reply that came soon after a miss raises it. A wait that ends (at the budget, or after 8 µs) while the
+   * runner has not polled since the request (not on a core) takes the doorbell and leaves the budget alone. Off on a machine with a
    * single core. A number is a fixed budget in µs; 0 never waits.
    */
   hostSpin?: number | 'auto';
@@ -95,8 +95,9 @@ const HOST_SPIN_MAX_US = 50;
 const HOST_SPIN_START_US = 20;
 /** 'auto': after consecutive misses, lone requests skip the spin 1, 2, 4, … up to this many times before trying again. */
 const HOST_SPIN_MAX_SKIP = 256;
-/** µs within which an awake runner polls after a request (it does in well under one), and one the request woke. */
-const AWAKE_PROBE_US = 2;
+/** µs within which an awake runner polls after a request (it does in well under one; a short interruption of its
+ * core is waited out), and one the request woke. The wait asks at the budget's end if that comes sooner. */
+const AWAKE_PROBE_US = 8;
 const WOKE_PROBE_US = 30;
 /** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
 const DEFAULT_RUNNER_SPIN = 10_000;
@@ -277,10 +278,11 @@ class Instance {
     if (COUNTING) pluginPerf.spins++;
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     const start = performance.now();
-    // By `probe` the runner must have polled since the request (RunnerHandle.seen), or it is not on a core now (a
-    // busy machine, or still waking up): then the doorbell, without a word to the budget, which is about how long
-    // a running plugin takes. A runner this request had to wake gets longer, and the budget after that.
-    let probe = start + (woke ? WOKE_PROBE_US : AWAKE_PROBE_US) / 1000;
+    // By `probe` (the budget's end, or AWAKE_PROBE_US if sooner) the runner must have polled since the request
+    // (RunnerHandle.seen), or it is not on a core now (a busy machine, or still waking up): then the doorbell,
+    // without a word to the budget, which is about how long a running plugin takes, and without skipping later
+    // waits. A runner this request had to wake gets longer, and the budget after that.
+    let probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
     const deadline = (woke ? probe : start) + budget / 1000;
     let away = false;
     for (let i = 1; ; i++) {
