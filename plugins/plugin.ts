@@ -25,12 +25,13 @@ import {
 } from '../host/errors.js';
 import { decodeMsgpackAt } from '../host/codec.js';
 import { Region } from '../host/region.js';
-import { RingEnd } from '../host/ring.js';
+import { COUNTING, RingEnd } from '../host/ring.js';
 import { formatSegment } from '../host/segment.js';
 import { parseSize } from '../host/url.js';
 import { startRunner, type Isolation, type RunnerHandle } from './runner-start.js';
 import type { RunnerReport } from './runner.js';
 import { memoryImportLimits } from './module.js';
+import { BAIL_VALUE, encodeValue, keep, readReply, readValue, reply as lastReply } from './codec.js';
 
 /** Options of `loadPlugin`. */
 export interface PluginOptions {
@@ -54,12 +55,13 @@ export interface PluginOptions {
    * Default 10000; 0 where this process may use a single core (a spinning runner would only keep the host off it). */
   spin?: number;
   /**
-   * How long the host waits on its event loop for the reply to a lone request sent to an awake runner, instead of
+   * How long the host waits on its event loop for the reply to a lone request, instead of
    * waiting for the runner's doorbell (a wakeup of the event loop costs tens of µs, the plugin's echo one or two):
    * 'auto' (default) tunes a budget between 1 and 50 µs per instance: 8 times the average wait of the spins that
    * caught their reply; halved by a miss, and after misses in a row lone requests skip the wait 1, 2, 4, … 256
-   * times (the runner is not getting a core); a reply that came soon after a miss raises it. Off on a machine with
-   * a single core. A number is a fixed budget in µs; 0 never waits.
+   * times; a reply that came soon after a miss raises it. A wait that ends (at the budget, or after 8 µs) while the
+   * runner has not polled since the request (not on a core) takes the doorbell and leaves the budget alone. Off on a machine with a
+   * single core. A number is a fixed budget in µs; 0 never waits.
    */
   hostSpin?: number | 'auto';
   /** ms an instance may take to start (instantiate, run its start function, attach). Default 30000. */
@@ -93,8 +95,20 @@ const HOST_SPIN_MAX_US = 50;
 const HOST_SPIN_START_US = 20;
 /** 'auto': after consecutive misses, lone requests skip the spin 1, 2, 4, … up to this many times before trying again. */
 const HOST_SPIN_MAX_SKIP = 256;
+/** µs within which an awake runner polls after a request (it does in well under one; a short interruption of its
+ * core is waited out), and one the request woke. The wait asks at the budget's end if that comes sooner. */
+const AWAKE_PROBE_US = 8;
+const WOKE_PROBE_US = 30;
 /** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
 const DEFAULT_RUNNER_SPIN = 10_000;
+
+/**
+ * What the host's wait for replies did, counted only with SHMBUS_COUNTERS=1 (see host/ring.ts): `spins` (lone
+ * requests it waited for), `hits` (replies it caught), `skipped` (lone requests that did not wait after misses),
+ * `bells` (runner doorbells this event loop took), `wakes` (requests that had to wake a sleeping runner),
+ * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, and the polls of ring OUT it took to see them).
+ */
+export const pluginPerf = { spins: 0, hits: 0, skipped: 0, bells: 0, wakes: 0, waitedNs: 0, polls: 0, away: 0 };
 
 /** One request in flight. A class, not closures: it is made once per request on the hot path. */
 class Pending {
@@ -187,6 +201,7 @@ class Instance {
   }
 
   private onBell(): void {
+    if (COUNTING) pluginPerf.bells++;
     if (this.dead) return;
     if (this.missedAt !== 0) this.learnFromMiss();
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
@@ -204,8 +219,13 @@ class Instance {
   /** Appends one record to ring IN; when it has no room the record waits here (at most one: see canTake).
    * True when it went into the ring and the runner was awake. */
   write(type: number, bytes: Uint8Array): boolean {
-    if (this.queue.length === 0 && this.put(type, bytes)) return this.runner!.kick();
-    this.queue.push({ type, bytes });
+    if (this.queue.length === 0 && this.put(type, bytes)) {
+      if (this.runner!.kick()) return true;
+      if (COUNTING) pluginPerf.wakes++;
+      this.woke = true;
+      return false;
+    }
+    this.queue.push({ type, bytes: keep(bytes) });
     this.parkTx();
     return false;
   }
@@ -223,36 +243,52 @@ class Instance {
   private spinQueued = false;
   private readonly spinTask = (): void => {
     this.spinQueued = false;
-    if (this.inFlight.size === 1 && !this.dead) this.spinForReply();
+    const woke = this.woke;
+    this.woke = false;
+    if (this.dead) return;
+    if (this.inFlight.size === 1) this.spinForReply(woke);
+    else this.drain(); // parks ring OUT again: its replies ring the doorbell
   };
+  /** A request written since spinSoon found the runner asleep (and woke it). */
+  private woke = false;
 
   /**
-   * Spins for a lone request's reply once the current burst of JavaScript is done (a microtask): code that sends
-   * several requests in a row — 16 callers each sending their next one as their reply comes — has sent them all
-   * by then, and a request that is no longer alone waits for the doorbell instead of holding the others back.
+   * Called before a lone request is written: unless the spin is off or skipped, unparks ring OUT (so the runner's
+   * reply, which may come before the spin starts, rings no doorbell: a wasted wakeup of this event loop) and spins
+   * for the reply once the current burst of JavaScript is done (a microtask). Code that sends several requests in
+   * a row — 16 callers each sending their next one as their reply comes — has sent them all by then, and a request
+   * that is no longer alone waits for the doorbell instead of holding the others back.
    */
   spinSoon(): void {
-    if (this.spinQueued) return;
+    if (this.spinQueued || this.spinUs <= 0) return;
+    if (this.skip > 0) { this.skip--; if (COUNTING) pluginPerf.skipped++; return; }
+    if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     this.spinQueued = true;
     queueMicrotask(this.spinTask);
   }
 
   /**
    * Waits here, on the event loop, for up to the spin budget for records on ring OUT, and reads them: a lone
-   * request to an awake runner is answered within microseconds, far sooner than the runner's doorbell (a
-   * postMessage or a socket byte) would wake the event loop. While it waits, ring OUT is unparked, so the runner
-   * does not ring for a reply the host is already looking for. Costs the host that much CPU when the plugin is slower.
+   * request is answered within microseconds, far sooner than the runner's doorbell (a postMessage or a socket
+   * byte) would wake the event loop. Ring OUT is unparked meanwhile (spinSoon), so the runner does not ring for a
+   * reply the host is already looking for. Costs the host that much CPU when the plugin is slower.
    */
-  spinForReply(): void {
+  spinForReply(woke: boolean): void {
     const budget = this.spinUs;
-    if (budget <= 0) return;
-    if (this.skip > 0) { this.skip--; return; }
+    if (COUNTING) pluginPerf.spins++;
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     const start = performance.now();
-    const deadline = start + budget / 1000;
+    // By `probe` (the budget's end, or AWAKE_PROBE_US if sooner) the runner must have polled since the request
+    // (RunnerHandle.seen), or it is not on a core now (a busy machine, or still waking up): then the doorbell,
+    // without a word to the budget, which is about how long a running plugin takes, and without skipping later
+    // waits. A runner this request had to wake gets longer, and the budget after that.
+    let probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
+    const deadline = (woke ? probe : start) + budget / 1000;
+    let away = false;
     for (let i = 1; ; i++) {
       if (this.rx.pending() > 0) {
-        if (this.plugin.spinAuto) {
+        if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round((performance.now() - start) * 1e6); pluginPerf.polls += i; }
+        if (this.plugin.spinAuto && !woke) {
           // A few times the usual wait: a miss then costs little more than a hit takes.
           this.waitUs += ((performance.now() - start) * 1000 - this.waitUs) / 8;
           this.spinUs = Math.min(HOST_SPIN_MAX_US, Math.max(HOST_SPIN_MIN_US * 4, 8 * this.waitUs));
@@ -261,9 +297,17 @@ class Instance {
         this.drain();
         return;
       }
-      if ((i & 31) === 0 && performance.now() > deadline) break;
+      if ((i & 31) === 0) {
+        const now = performance.now();
+        if (now > probe) {
+          if (!this.runner!.seen()) { away = true; break; }
+          probe = Infinity;
+        }
+        if (now > deadline) break;
+      }
     }
-    if (this.plugin.spinAuto) {
+    if (COUNTING && away) pluginPerf.away++;
+    if (this.plugin.spinAuto && !away && !woke) {
       // Misses in a row mean the runner is not getting a core (a busy machine, or both threads on one core,
       // where spinning only delays the reply): spin ever more rarely until a spin catches a reply again.
       if (this.spinUs > HOST_SPIN_MIN_US) this.spinUs = Math.max(HOST_SPIN_MIN_US, this.spinUs / 2);
@@ -343,22 +387,32 @@ class Instance {
   private handle(type: number, offset: number, length: number): void {
     const u8 = this.engine.u8;
     if (type === RECORD_REPLY || type === RECORD_REPLY_ERROR) {
-      const reply = decodeMsgpackAt(unpackr, u8, offset, offset + length);
-      if (!Array.isArray(reply) || reply.length !== 2 || typeof reply[0] !== 'number') {
-        throw new CorruptError('plugin reply is not [id, value]', { type });
+      let id: number;
+      let value: unknown;
+      if (readReply(u8, offset, offset + length)) {
+        id = lastReply.id;
+        value = lastReply.value;
+        lastReply.value = undefined;
+      } else {
+        const reply = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+        if (!Array.isArray(reply) || reply.length !== 2 || typeof reply[0] !== 'number') {
+          throw new CorruptError('plugin reply is not [id, value]', { type });
+        }
+        id = reply[0];
+        value = reply[1];
       }
-      const pending = this.inFlight.get(reply[0]);
+      const pending = this.inFlight.get(id);
       if (!pending || !this.plugin.settle(pending)) return; // timed out or aborted meanwhile
-      if (type === RECORD_REPLY) pending.resolve(reply[1]);
-      else pending.reject(remoteError(reply[1]));
+      if (type === RECORD_REPLY) pending.resolve(value);
+      else pending.reject(remoteError(value));
     } else if (type === RECORD_MSGPACK) {
-      this.plugin.deliver(decodeMsgpackAt(unpackr, u8, offset, offset + length));
+      this.plugin.deliver(decode(u8, offset, offset + length));
     } else if (type === GUEST_RECORD_PUBLISH) {
-      const pub = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+      const pub = decode(u8, offset, offset + length);
       if (!Array.isArray(pub) || pub.length !== 2 || typeof pub[0] !== 'string') throw new CorruptError('plugin publication is not [topic, value]');
       this.plugin.published(pub[0], pub[1]);
     } else if (type === GUEST_RECORD_LOG) {
-      const log = decodeMsgpackAt(unpackr, u8, offset, offset + length);
+      const log = decode(u8, offset, offset + length);
       if (Array.isArray(log) && log.length === 2) this.plugin.emit('log', { level: Number(log[0]), text: String(log[1]) });
     }
     // Other record types are ignored, as the guest ignores unknown records from us.
@@ -391,6 +445,12 @@ class Instance {
     this.releaseWindow(this.window);
     this.region.close();
   }
+}
+
+/** A plugin record's msgpack value: plugins/codec.ts for a small plain one, else the checked decoder. */
+function decode(u8: Uint8Array, start: number, end: number): unknown {
+  const value = readValue(u8, start, end);
+  return value !== BAIL_VALUE ? value : decodeMsgpackAt(unpackr, u8, start, end);
 }
 
 function reportError(r: Extract<RunnerReport, { type: 'failed' }>): ShmbusError {
@@ -437,7 +497,6 @@ export class Plugin extends EventEmitter {
   /** Instances replaced after a failure so far. */
   restarts = 0;
   private readonly instances: Instance[] = [];
-  private readonly pending = new Map<number, Pending>();
   private readonly waiting: { type: number; bytes: Uint8Array; pending?: Pending }[] = [];
   private sendBlocked = false;
   private readonly inbox: unknown[] = [];
@@ -520,11 +579,10 @@ export class Plugin extends EventEmitter {
     const pending = new Pending(this.nextId);
     this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
     const promise = new Promise<unknown>((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
-    this.pending.set(pending.id, pending);
     const best = this.waiting.length === 0 ? this.pick() : undefined;
     if (best) this.handOver(best, RECORD_REQUEST, bytes, pending);
     else {
-      this.waiting.push({ type: RECORD_REQUEST, bytes, pending });
+      this.waiting.push({ type: RECORD_REQUEST, bytes: keep(bytes), pending });
       this.dispatch();
     }
     if (pending.done) return promise;
@@ -560,7 +618,7 @@ export class Plugin extends EventEmitter {
     this.timerAt = Infinity;
     const now = performance.now();
     let next = Infinity;
-    for (const pending of [...this.pending.values()]) {
+    for (const pending of this.unsettled()) {
       if (pending.deadline > now) { if (pending.deadline < next) next = pending.deadline; continue; }
       const instance = pending.instance;
       if (!this.settle(pending)) continue;
@@ -580,16 +638,17 @@ export class Plugin extends EventEmitter {
   send(value: unknown): boolean {
     if (this.closed) throw new ClosedError('plugin is closed');
     if (this.waiting.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
-    this.waiting.push({ type: RECORD_MSGPACK, bytes: this.encode(value) });
+    this.waiting.push({ type: RECORD_MSGPACK, bytes: keep(this.encode(value)) });
     this.dispatch();
     if (this.waiting.length === 0) return true;
     this.sendBlocked = true;
     return false;
   }
 
-  /** msgpack of `value`, or of the request `[id, value]` when `id` is given. */
+  /** msgpack of `value`, or of the request `[id, value]` when `id` is given: a view the next encode may overwrite
+   * (see keep). */
   private encode(value: unknown, id?: number): Uint8Array {
-    const bytes = packr.pack(id === undefined ? value : [id, value]);
+    const bytes = encodeValue(value, id ?? -1) ?? packr.pack(id === undefined ? value : [id, value]);
     const max = maxPayload(this.capacity);
     if (bytes.length > max) throw new MessageTooLargeError(bytes.length, max);
     return bytes;
@@ -629,19 +688,27 @@ export class Plugin extends EventEmitter {
   private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): void {
     if (p) { p.instance = best; best.inFlight.set(p.id, p); }
     try {
-      const awake = best.write(type, bytes);
-      if (awake && p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinSoon();
+      if (p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinSoon();
+      best.write(type, bytes);
     } catch (error) {
       // The ring itself refused (corrupt): that instance is done.
       best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
     }
   }
 
+  /** Every request not settled yet: in flight on an instance (an instance that fails settles its own), or waiting
+   * for one. Kept nowhere else: one map fewer to update per request. */
+  private unsettled(): Pending[] {
+    const all: Pending[] = [];
+    for (const instance of this.instances) for (const p of instance.inFlight.values()) all.push(p);
+    for (const item of this.waiting) if (item.pending && !item.pending.done) all.push(item.pending);
+    return all;
+  }
+
   /** @internal a request is over (replied, failed, timed out, aborted): false when it was already. */
   settle(p: Pending): boolean {
     if (p.done) return false;
     p.done = true;
-    this.pending.delete(p.id);
     p.instance?.inFlight.delete(p.id);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
     return true;
@@ -699,7 +766,7 @@ export class Plugin extends EventEmitter {
     this.closed = true;
     const error = new ClosedError('plugin is closed');
     if (this.timer !== undefined) { clearTimeout(this.timer); this.timer = undefined; this.timerAt = Infinity; }
-    for (const p of [...this.pending.values()]) { if (this.settle(p)) p.reject(error); }
+    for (const p of this.unsettled()) { if (this.settle(p)) p.reject(error); }
     this.waiting.length = 0;
     await Promise.all(this.instances.map((i) => i.dispose()));
     this.instances.length = 0;

@@ -4,7 +4,7 @@
  * to replace this file, keeping its small interface (RunnerHandle).
  */
 import { Worker } from 'node:worker_threads';
-import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
+import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SEEN, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
 import { spawn, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
@@ -24,6 +24,8 @@ export interface RunnerHandle {
   /** Makes an awake runner poll once more and start its spin over; a sleeping one is left asleep, and its
    * SLEEPING flag is not taken (so the next kick still tells truly whether the runner is awake). */
   nudge(): void;
+  /** Whether the runner has polled since the last kick (or nudge): it is on a core, its reply is coming. */
+  seen(): boolean;
   /** Ends the runner now, even inside an endless loop of the plugin. Resolves once it is gone. */
   terminate(): Promise<void>;
 }
@@ -57,7 +59,7 @@ function script(name: string): string {
  * The control-word side of a RunnerHandle, the same for both isolations: only how a sleeping runner is woken
  * differs (`wake`: Atomics.notify for a thread, a futex wake for a process).
  */
-function controls(ctl: Int32Array, wake: () => void): Pick<RunnerHandle, 'kick' | 'released' | 'nudge'> {
+function controls(ctl: Int32Array, wake: () => void): Pick<RunnerHandle, 'kick' | 'released' | 'nudge' | 'seen'> {
   const kick = (): boolean => {
     // SYNC: pairs with the runner's load of CTL_IN_SEQ before its poll and its wait on the word.
     Atomics.add(ctl, CTL_IN_SEQ, 1);
@@ -73,6 +75,10 @@ function controls(ctl: Int32Array, wake: () => void): Pick<RunnerHandle, 'kick' 
     },
     nudge() {
       if (Atomics.load(ctl, CTL_SLEEPING) === 0) Atomics.add(ctl, CTL_IN_SEQ, 1);
+    },
+    seen() {
+      // SYNC: pairs with the runner's store of CTL_SEEN after its load of CTL_IN_SEQ.
+      return Atomics.load(ctl, CTL_SEEN) === Atomics.load(ctl, CTL_IN_SEQ);
     },
   };
 }
