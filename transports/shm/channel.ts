@@ -11,6 +11,8 @@ import { dispatchMessages, type MessageSource } from '../dispatch.js';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
+// The global `performance` is a lazy accessor on globalThis (a getter call per use); the module binding is not.
+import { performance } from 'node:perf_hooks';
 import { Packr, Unpackr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS } from '../../assembly/layout.js';
@@ -183,8 +185,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private openClaim: Claim | undefined;
   private readerWake: (() => void) | undefined;
   private writerWake: (() => void) | undefined;
+  /** Decoded messages not handed out yet: inbox[inboxHead … inboxTail). The array keeps its length when it empties
+   * (setting length to 0 on every message cost more than the message's own bookkeeping). */
   private readonly inbox: unknown[] = [];
   private inboxHead = 0;
+  private inboxTail = 0;
   private closePromise: Promise<void> | undefined;
   private lastYield = performance.now();
   private readablePromise: Promise<void> | undefined;
@@ -551,7 +556,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (a.filled < total) return;
     this.assembly = undefined;
     if (type === RECORD_BYTES) {
-      this.inbox.push(a.bytes);
+      this.toInbox(a.bytes);
     } else {
       this.decodeRecord(a.bytes, 0, total, type);
     }
@@ -868,13 +873,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_MSGPACK_RECORDS) {
       if (COUNTING) perf.decodes++;
-      this.inbox.push(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
+      this.toInbox(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
-      this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+      this.toInbox(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
-      this.inbox.push(copyOut(memory, offset, length));
+      this.toInbox(copyOut(memory, offset, length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
@@ -894,7 +899,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    */
   private next(): Promise<IteratorResult<unknown>> {
     if (COUNTING) perf.promises++;
-    if (this.inboxHead < this.inbox.length) return Promise.resolve(this.takeInbox());
+    if (this.inboxHead < this.inboxTail) return Promise.resolve(this.takeInbox());
     // Nothing decoded: read the ring now, and else spin for a record within the budget, still without entering an
     // async function (a ping-pong waits here every message). Anything unusual goes the slow way.
     if (this.state === 'open' && this.failure === undefined && this.readablePromise === undefined && !this.peerGone &&
@@ -921,15 +926,20 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     } catch (error) {
       this.fail(asShmbusError(error));
     }
-    return this.inboxHead < this.inbox.length;
+    return this.inboxHead < this.inboxTail;
+  }
+
+  private toInbox(value: unknown): void {
+    this.inbox[this.inboxTail++] = value;
   }
 
   private takeInbox(): IteratorResult<unknown> {
     const value = this.inbox[this.inboxHead];
     this.inbox[this.inboxHead++] = undefined;
-    if (this.inboxHead === this.inbox.length) {
-      this.inbox.length = 0;
-      this.inboxHead = 0;
+    if (this.inboxHead === this.inboxTail) {
+      // A long backlog (request/reply reads ahead up to INBOX_LIMIT) does not keep its array.
+      if (this.inboxTail > BATCH_MAX) this.inbox.length = 0;
+      this.inboxHead = this.inboxTail = 0;
       const space = this.inboxSpace;
       this.inboxSpace = undefined;
       space?.();
@@ -939,7 +949,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private async nextSlow(): Promise<IteratorResult<unknown>> {
     for (;;) {
-      if (this.inboxHead < this.inbox.length) return this.takeInbox();
+      if (this.inboxHead < this.inboxTail) return this.takeInbox();
       if (this.state === 'closed') {
         if (this.failure) throw this.failure;
         return { value: undefined, done: true };
@@ -957,7 +967,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       } catch (error) {
         const failure = asShmbusError(error);
         this.fail(failure);
-        if (this.inboxHead < this.inbox.length) continue;
+        if (this.inboxHead < this.inboxTail) continue;
         throw failure;
       }
       if (n > 0) {
@@ -987,7 +997,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.rpcReading = true;
     try {
       while (this.rpc.active && this.state !== 'closed' && !this.failure) {
-        if (this.inbox.length - this.inboxHead >= INBOX_LIMIT) {
+        if (this.inboxTail - this.inboxHead >= INBOX_LIMIT) {
           await new Promise<void>((resolve) => { this.inboxSpace = resolve; });
           continue;
         }
@@ -1014,12 +1024,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly messageSource: MessageSource = {
     listenerCount: (event) => this.listenerCount(event),
     emit: (event, value) => this.emit(event, value),
-    hasReceived: () => this.inboxHead < this.inbox.length,
+    hasReceived: () => this.inboxHead < this.inboxTail,
     takeReceived: () => this.takeInbox().value,
     next: () => this.next(),
     putBack: (value) => {
       if (this.inboxHead > 0) this.inbox[--this.inboxHead] = value;
-      else this.inbox.unshift(value);
+      else { this.inbox.unshift(value); this.inboxTail++; }
     },
   };
 
