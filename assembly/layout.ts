@@ -28,7 +28,7 @@
 //   264  consumerClosed u32      consumer     1 once the consumer will read nothing more
 //   268  consumerParkSeq u32     consumer     odd while the consumer is parked waiting for data
 //   272  consumerWakeSeq u32     consumer     bumped each time the consumer rings the parked producer
-//   276…279 reserved             —
+//   276  consumerSpinCpu u32     consumer     1 + the core its reader last spun on (a hint, 0: unknown)
 //   280  readRecords u64         consumer     records ever handed to the reader (for tools: `shmbus stat`)
 //   288…383 reserved             —
 //   384  data[capacity]
@@ -508,6 +508,11 @@ export const BC_RECORD_TYPE_OFFSET = BC_RECORD_LENGTH_OFFSET + 4;
 export const RING_COMMITTED_RECORDS_OFFSET = 152;
 /** u64, consumer: records ever handed to the reader (ring_read, padding excluded). */
 export const RING_READ_RECORDS_OFFSET = 280;
+
+/** u32, consumer: 1 + the core the reader last started a spin on (0: unknown; zero in rings of older builds). A
+ * hint only, read by the peer's spin to notice that both spinners share one core (transports/shm/channel.ts
+ * spinFor); a wrong value costs the peer a few yields, nothing else. */
+export const RING_CONSUMER_CPU_OFFSET = 276;
 
 // ─── Shared state and lock segments (state/: SharedState, Mutex, Semaphore) ─────────────────────────────────
 // Three kinds share one 128-byte header of their own (not the ring header: no ring geometry), told apart by the

@@ -103,6 +103,8 @@ export class RingEnd {
   /** A growing ring: how its pages are made to exist (undefined: the ring never changes size). */
   private readonly growth: Growth | undefined;
   private readonly dataOffset: number;
+  /** Linear-memory offset of the shared ring header. */
+  readonly ring: number;
   /** Called after this end took a step of a resize the peer must hear of at once: a producer committed a
    * RECORD_RESIZE (ring the consumer), a consumer passed one (ring a producer waiting for the ring to empty). */
   onResize: (() => void) | undefined;
@@ -121,6 +123,7 @@ export class RingEnd {
     this.engine = engine;
     this.handle = engine.allocHandle();
     this.dataOffset = ring + RING_HEADER_SIZE;
+    this.ring = ring;
     this.growth = growth !== undefined && growth.initial < capacity ? growth : undefined;
     let rc: number;
     try {
