@@ -193,6 +193,7 @@ export const H_SWITCH_AT_OFFSET = 64; //  u64 producer: position right after the
 export const H_TARGET_OFFSET = 72; //     u32 producer: data bytes to populate after RING_GROW
 export const H_GROW_LIMIT_OFFSET = 76; // u32 producer: the largest capacity it will grow to (lowered when an optional growth failed)
 export const H_FULL_OFFSET = 80; //       u32 producer: 1 once a claim found the ring full while it could still grow (the next claim grows it)
+export const H_CLAIM_COUNT_OFFSET = 84; // u32 producer: records of the open claim (ring_claim_many; 0 for a single claim)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;

@@ -135,6 +135,56 @@ export class Claim {
   }
 }
 
+/**
+ * A zero-copy claim of several records of one size (Channel.claimBatch): fill record i at
+ * `memory[offset(i) … offset(i) + size)`, then `commit(n)` publishes the first n with one store of the ring's tail,
+ * or `abort()`. One call into the ring per batch instead of two per record.
+ */
+export class ClaimBatch {
+  /** The whole wasm memory; the records are inside it. Valid until commit or abort. */
+  readonly memory: Uint8Array;
+  /** Records claimed (at least 1). */
+  readonly count: number;
+  /** Payload bytes of each record. */
+  readonly size: number;
+  /** Offset in `memory` of the first record's payload. */
+  readonly first: number;
+  /** Bytes from one record's payload to the next (the record header sits in between: write only `size` bytes). */
+  readonly stride: number;
+  private readonly channel: Channel;
+  private done = false;
+
+  /** @internal */
+  constructor(channel: Channel, memory: Uint8Array, first: number, count: number, size: number) {
+    this.channel = channel;
+    this.memory = memory;
+    this.first = first;
+    this.count = count;
+    this.size = size;
+    this.stride = (size + RECORD_HEADER_SIZE + 7) & ~7;
+  }
+
+  /** Offset in `memory` of record i's payload. */
+  offset(i: number): number {
+    return this.first + i * this.stride;
+  }
+
+  /** Publishes the first `n` records (default: all). */
+  commit(n = this.count): void {
+    if (this.done) throw new BadStateError('claim already committed or aborted');
+    if (!Number.isInteger(n) || n < 0 || n > this.count) throw new BadArgumentError('commit count out of range', { n, claimed: this.count });
+    this.done = true;
+    this.channel._commitBatch(this, n);
+  }
+
+  /** Gives the claimed room back; nothing is sent. */
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    this.channel._abortClaim(this);
+  }
+}
+
 export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** The URL this channel was made from. */
   readonly url: string;
@@ -183,7 +233,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Free bytes the first queued message's refused claim needed (0: unknown). */
   private queueNeed = 0;
   private wakeScheduled = false;
-  private openClaim: Claim | undefined;
+  private openClaim: Claim | ClaimBatch | undefined;
   private readerWake: (() => void) | undefined;
   private writerWake: (() => void) | undefined;
   /** Decoded messages not handed out yet: inbox[inboxHead … inboxTail). The array keeps its length when it empties
@@ -371,6 +421,47 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.openClaim;
   }
 
+  /**
+   * Claims up to `max` records of `size` bytes each in the outbound ring, back to back, for the caller to fill in
+   * place (zero copy; see ClaimBatch). As few as one when the ring has little room or its end is near; null when
+   * it has none now or messages are still queued (wait for drained() and try again).
+   */
+  claimBatch(size: number, max: number): ClaimBatch | null {
+    this.checkSendable();
+    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
+    if (!Number.isInteger(max) || max < 1) throw new BadArgumentError('claim count must be a positive integer', { max });
+    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
+    if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
+    if (this.sendQueue.length > 0) return null;
+    let at: number;
+    try {
+      at = this.tx.claimMany(size, RECORD_BYTES, max);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    if (at === 0) {
+      this.sendQueue.refused();
+      this.waitForRoom(size);
+      return null;
+    }
+    const batch = new ClaimBatch(this, this.engine.u8, at, this.tx.claimedCount(), size);
+    this.openClaim = batch;
+    return batch;
+  }
+
+  /** @internal */
+  _commitBatch(batch: ClaimBatch, n: number): void {
+    if (this.openClaim !== batch) throw new ClosedError('the channel closed while the claim was open');
+    this.openClaim = undefined;
+    if (n === 0) { this.tx.abort(); return; }
+    try {
+      this.tx.commitMany(n);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    this.afterCommit();
+  }
+
   /** @internal */
   _commitClaim(claim: Claim, length: number): void {
     if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
@@ -384,7 +475,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /** @internal */
-  _abortClaim(claim: Claim): void {
+  _abortClaim(claim: Claim | ClaimBatch): void {
     if (this.openClaim !== claim) return;
     this.openClaim = undefined;
     this.tx.abort();
