@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { Packr, Unpackr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET } from '../../assembly/layout.js';
-import { currentCpu } from '../../host/wake/cpu.js';
+import { currentCpu, moveOffCpu } from '../../host/wake/cpu.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
@@ -46,6 +46,9 @@ const SPIN_SLICE_NS = 1_000_000;
 const YIELD_MS = 2;
 /** A spin that has lasted this long (ns) yields the core every 32 polls (see spinFor). */
 const SPIN_YIELD_AFTER_NS = 5_000;
+/** A spin that finds the peer on its core moves to another core at most this often per process (ms). */
+const MOVE_EVERY_MS = 5;
+let lastMove = -Infinity;
 /** send() copies a record-structure message this small into the ring itself (writeSmall). */
 const SMALL_SEND = 128;
 /** Reading for request/reply stops buffering other messages past this many unread ones. */
@@ -692,9 +695,17 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     const budget = this.spinNs;
     if (budget <= 0) return false;
     // The peer last started a spin on the core we run on: it cannot run while we spin (the scheduler left both on
-    // one core, often after a doorbell woke one next to the other), so give it the core after every poll. Without
-    // this each half of a round trip waited for SPIN_YIELD_AFTER_NS, ~19 µs a round trip for as long as it lasted.
-    const shared = this.peerOnMyCore();
+    // one core, often after a doorbell woke one next to the other). Move to another core (at most once per
+    // MOVE_EVERY_MS in this process), or else give the peer the core after every poll. Without this each half of
+    // a round trip waited for SPIN_YIELD_AFTER_NS, ~19 µs a round trip for as long as it lasted.
+    let shared = this.peerOnMyCore();
+    if (shared) {
+      const now = performance.now();
+      if (now - lastMove >= MOVE_EVERY_MS) {
+        lastMove = now;
+        if (moveOffCpu(this.lastCpu - 1)) shared = this.peerOnMyCore();
+      }
+    }
     const start = performance.now();
     for (let i = 1; ; i++) {
       if (ready()) {
@@ -719,8 +730,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * whether the peer's last spin started on the same one. The peer's word is a hint it may write anything into:
    * a wrong value costs us yields while spinning, nothing else.
    */
+  /** 1 + the core of the last peerOnMyCore (0: unknown). */
+  private lastCpu = 0;
+
   private peerOnMyCore(): boolean {
     const cpu = currentCpu() + 1;
+    this.lastCpu = cpu;
     if (cpu === 0) return false;
     const u32 = this.engine.u32;
     const mine = (this.rx.ring + RING_CONSUMER_CPU_OFFSET) >>> 2;
