@@ -48,6 +48,10 @@ const YIELD_MS = 2;
 const SPIN_YIELD_AFTER_NS = 5_000;
 /** A spin that finds the peer on its core moves to another core at most this often per process (ms). */
 const MOVE_EVERY_MS = 5;
+/** A spin that began with the peer's last spin on our core and found nothing for this long (ns) acts on it. */
+const SPIN_SHARED_NS = 3_000;
+/** How many such spins in a row make it move (see spinFor). */
+const SHARED_STREAK = 2;
 let lastMove = -Infinity;
 /** send() copies a record-structure message this small into the ring itself (writeSmall). */
 const SMALL_SEND = 128;
@@ -688,37 +692,48 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * costs microseconds, a poll of the ring nanoseconds. The budget tunes itself under wake=adaptive: it doubles
    * when data came while spinning and halves when it did not, so an idle channel soon spins ~1 µs per park.
    */
-  private spinFor(ready: () => boolean): boolean {
+  private spinFor(ready: () => boolean, smallReader = false): boolean {
     // A commit's ring check waits for a microtask (afterCommit); spinning here would hold it back, and a parked
     // peer would only hear of the commit after the spin: ring first.
     if (this.wakeScheduled) this.checkPeerWake();
     const budget = this.spinNs;
     if (budget <= 0) return false;
-    // The peer last started a spin on the core we run on: it cannot run while we spin (the scheduler left both on
-    // one core, often after a doorbell woke one next to the other). Move to another core (at most once per
-    // MOVE_EVERY_MS in this process), or else give the peer the core after every poll. Without this each half of
-    // a round trip waited for SPIN_YIELD_AFTER_NS, ~19 µs a round trip for as long as it lasted.
-    let shared = this.peerOnMyCore();
-    if (shared) {
-      const now = performance.now();
-      if (now - lastMove >= MOVE_EVERY_MS) {
-        lastMove = now;
-        if (moveOffCpu(this.lastCpu - 1)) shared = this.peerOnMyCore();
-      }
-    }
+    // The peer last started a spin on the core we run on: if so, it cannot run while we spin (the scheduler left
+    // both on one core, often after a doorbell woke one next to the other). The word can be stale (the peer moved
+    // since), so act only once the spin has gone on for SPIN_SHARED_NS without data: move to another core (at
+    // most once per MOVE_EVERY_MS in this process), or else give the peer the core after every poll. Without this
+    // each half of a round trip waited for SPIN_YIELD_AFTER_NS, ~19 µs a round trip for as long as it lasted.
+    // Only a reader of small records (a ping-pong) looks: a stream of large records meets on one core now and then
+    // too, and yielding or moving there cost it 10-30% (bytes1M row, A/B).
+    let shared = smallReader && this.peerOnMyCore();
+    if (!shared) this.sharedStreak = 0;
+    let yieldEach = false;
     const start = performance.now();
     for (let i = 1; ; i++) {
       if (ready()) {
         if (this.spinAuto && this.spinNs < SPIN_MAX_NS) this.spinNs *= 2;
         return true;
       }
-      if (shared) schedYield();
-      if ((i & 31) === 0 || shared) {
-        const spentNs = (performance.now() - start) * 1e6;
+      if (yieldEach) schedYield();
+      if ((i & 31) === 0 || yieldEach) {
+        const now = performance.now();
+        const spentNs = (now - start) * 1e6;
         if (spentNs > budget) break;
+        if (shared && spentNs > SPIN_SHARED_NS) {
+          shared = false;
+          // Moving costs the caches this thread had: only for a pairing that stays on one core (SHARED_STREAK spins
+          // in a row), not for one that meets there now and then (a stream of large records did, ~30 times a second).
+          if (++this.sharedStreak >= SHARED_STREAK && now - lastMove >= MOVE_EVERY_MS) {
+            this.sharedStreak = 0;
+            lastMove = now;
+            yieldEach = !moveOffCpu(this.lastCpu - 1) || this.peerOnMyCore();
+          } else {
+            yieldEach = true;
+          }
+        }
         // Past a short spin, let another runnable thread have this core now and then: on a machine with more
         // runnable threads than cores that is often the peer we wait for (costs ~1 µs when nobody else runs).
-        if (spentNs > SPIN_YIELD_AFTER_NS) schedYield();
+        if (spentNs > SPIN_YIELD_AFTER_NS && !yieldEach) schedYield();
       }
     }
     if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
@@ -730,6 +745,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * whether the peer's last spin started on the same one. The peer's word is a hint it may write anything into:
    * a wrong value costs us yields while spinning, nothing else.
    */
+  /** Spins in a row that began on the peer's core and found nothing for SPIN_SHARED_NS. */
+  private sharedStreak = 0;
   /** 1 + the core of the last peerOnMyCore (0: unknown). */
   private lastCpu = 0;
 
@@ -888,7 +905,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     // finally() would cost several promise turns per wait, about as much as a whole round trip when spinning.
     const spun = this.spun;
     this.spun = false;
-    if (this.isReady() || (!spun && this.spinFor(this.isReady))) return RESOLVED;
+    if (this.isReady() || (!spun && this.spinFor(this.isReady, this.readMax !== 1))) return RESOLVED;
     return (this.readablePromise = this.waitReadable().finally(() => { this.readablePromise = undefined; }));
   }
 
@@ -1031,7 +1048,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.state === 'open' && this.failure === undefined && this.readablePromise === undefined && !this.peerGone &&
         performance.now() - this.lastYield <= YIELD_MS) {
       if (this.pollInbox()) return Promise.resolve(this.takeInbox());
-      if (this.spinFor(this.isReady)) {
+      if (this.spinFor(this.isReady, this.readMax !== 1)) {
         if (this.pollInbox()) return Promise.resolve(this.takeInbox());
       } else {
         // The budget is spent: nextSlow's first wait parks instead of spinning a second time.
