@@ -939,7 +939,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * the event loop, so after `timeoutMs`.
    */
   waitSync(timeoutMs: number): boolean {
-    if (this.inboxHead < this.inbox.length || this.isReady()) return true;
+    if (this.inboxHead < this.inboxTail || this.isReady()) return true;
     // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
     // An async wait (readable(), the iterator) parked already: one park of the ring at a time.
     if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined) return false;
