@@ -28,7 +28,7 @@
 //   264  consumerClosed u32      consumer     1 once the consumer will read nothing more
 //   268  consumerParkSeq u32     consumer     odd while the consumer is parked waiting for data
 //   272  consumerWakeSeq u32     consumer     bumped each time the consumer rings the parked producer
-//   276…279 reserved             —
+//   276  consumerSpinCpu u32     consumer     1 + the core its reader last spun on (a hint, 0: unknown)
 //   280  readRecords u64         consumer     records ever handed to the reader (for tools: `shmbus stat`)
 //   288…383 reserved             —
 //   384  data[capacity]
@@ -193,6 +193,7 @@ export const H_SWITCH_AT_OFFSET = 64; //  u64 producer: position right after the
 export const H_TARGET_OFFSET = 72; //     u32 producer: data bytes to populate after RING_GROW
 export const H_GROW_LIMIT_OFFSET = 76; // u32 producer: the largest capacity it will grow to (lowered when an optional growth failed)
 export const H_FULL_OFFSET = 80; //       u32 producer: 1 once a claim found the ring full while it could still grow (the next claim grows it)
+export const H_CLAIM_COUNT_OFFSET = 84; // u32 producer: records of the open claim (ring_claim_many; 0 for a single claim)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;
@@ -508,6 +509,11 @@ export const BC_RECORD_TYPE_OFFSET = BC_RECORD_LENGTH_OFFSET + 4;
 export const RING_COMMITTED_RECORDS_OFFSET = 152;
 /** u64, consumer: records ever handed to the reader (ring_read, padding excluded). */
 export const RING_READ_RECORDS_OFFSET = 280;
+
+/** u32, consumer: 1 + the core the reader last started a spin on (0: unknown; zero in rings of older builds). A
+ * hint only, read by the peer's spin to notice that both spinners share one core (transports/shm/channel.ts
+ * spinFor); a wrong value costs the peer a few yields, nothing else. */
+export const RING_CONSUMER_CPU_OFFSET = 276;
 
 // ─── Shared state and lock segments (state/: SharedState, Mutex, Semaphore) ─────────────────────────────────
 // Three kinds share one 128-byte header of their own (not the ring header: no ring geometry), told apart by the

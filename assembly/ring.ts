@@ -17,6 +17,7 @@ import {
   BATCH_ENTRY_SIZE, maxPayload,
   RECORD_RESIZE, RESIZE_CAPACITY_OFFSET, RESIZE_PAYLOAD_SIZE, RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN,
   H_MAX_CAPACITY_OFFSET, H_PENDING_OFFSET, H_POPULATED_OFFSET, H_SWITCH_AT_OFFSET, H_TARGET_OFFSET, H_GROW_LIMIT_OFFSET, H_FULL_OFFSET,
+  H_CLAIM_COUNT_OFFSET,
 } from './layout';
 
 @inline function align(n: u64): u64 {
@@ -291,6 +292,7 @@ export function ring_commit(h: usize, length: u32): i32 {
   store<i32>(record, <i32>length, RECORD_LENGTH_OFFSET);
   store<u32>(record, load<u32>(h, H_CLAIM_TYPE_OFFSET), RECORD_TYPE_OFFSET);
   store<u32>(h, 0, H_CLAIM_OFFSET);
+  store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
   const tail = load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE);
   store<u64>(h, tail, H_POSITION_OFFSET);
   const ring = ringOf(h);
@@ -303,12 +305,67 @@ export function ring_commit(h: usize, length: u32): i32 {
 }
 
 /**
+ * Claims up to `max` records of `length` payload bytes and `type` at once, laid out back to back: payload i is at
+ * the returned address + i × align(length + RECORD_HEADER_SIZE). Returns what ring_claim returns (the first
+ * payload's address, 0 for no room, a negative code); how many records were claimed (at least 1) is left in the
+ * handle at H_CLAIM_COUNT_OFFSET. The records stop before the end of the data (no record wraps) and within the
+ * free room. ring_commit_many publishes some of them with one store of the tail.
+ */
+export function ring_claim_many(h: usize, length: u32, type: u32, max: u32): i32 {
+  const at = ring_claim(h, length, type);
+  if (at <= 0) return at;
+  const capacity = capacityOf(h);
+  const stride = align(<u64>length + RECORD_HEADER_SIZE);
+  const position = load<u64>(h, H_POSITION_OFFSET);
+  // Records that fit before the end of the data (the first one does: claimIn put padding before it otherwise).
+  let n = (<u64>capacity - (position & (<u64>capacity - 1))) / stride;
+  let head = load<u64>(h, H_CACHED_OFFSET);
+  if ((head + <u64>capacity - position) / stride < n) {
+    // SYNC: pairs with the atomic store of head in ring_release.
+    head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+    if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
+    store<u64>(h, head, H_CACHED_OFFSET);
+  }
+  const room = (head + <u64>capacity - position) / stride;
+  if (room < n) n = room;
+  if (<u64>max < n) n = <u64>max;
+  if (n == 0) n = 1;
+  store<u32>(h, <u32>n, H_CLAIM_COUNT_OFFSET);
+  return at;
+}
+
+/** Commits the first `n` records of an open ring_claim_many claim (each of the claimed length) and publishes them. */
+export function ring_commit_many(h: usize, n: u32): i32 {
+  const payload = <usize>load<u32>(h, H_CLAIM_OFFSET);
+  if (payload == 0 || n == 0 || n > load<u32>(h, H_CLAIM_COUNT_OFFSET)) return RING_E_STATE;
+  const length = load<u32>(h, H_CLAIM_MAX_OFFSET);
+  const type = load<u32>(h, H_CLAIM_TYPE_OFFSET);
+  const stride = <usize>align(<u64>length + RECORD_HEADER_SIZE);
+  let record = payload - RECORD_HEADER_SIZE;
+  for (let i: u32 = 0; i < n; i++) {
+    store<i32>(record, <i32>length, RECORD_LENGTH_OFFSET);
+    store<u32>(record, type, RECORD_TYPE_OFFSET);
+    record += stride;
+  }
+  store<u32>(h, 0, H_CLAIM_OFFSET);
+  store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
+  const tail = load<u64>(h, H_POSITION_OFFSET) + <u64>stride * n;
+  store<u64>(h, tail, H_POSITION_OFFSET);
+  const ring = ringOf(h);
+  store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + n, RING_COMMITTED_RECORDS_OFFSET);
+  // SYNC: as in ring_commit: publishes the records written above; sequentially consistent for ring_needs_wake.
+  atomic.store<u64>(ring, tail, RING_TAIL_OFFSET);
+  return RING_OK;
+}
+
+/**
  * Abandons the open claim: nothing is published. A padding record written by the claim stays, unpublished
  * until the next commit publishes it together with the next record (the consumer skips it).
  */
 export function ring_abort(h: usize): i32 {
   if (load<u32>(h, H_CLAIM_OFFSET) == 0) return RING_E_STATE;
   store<u32>(h, 0, H_CLAIM_OFFSET);
+  store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
   return RING_OK;
 }
 

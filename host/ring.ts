@@ -5,7 +5,7 @@
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
   RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
-  RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET, H_POSITION_OFFSET,
+  RING_GROW, RING_RESIZE_SENT, H_CLAIM_COUNT_OFFSET, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET, H_POSITION_OFFSET,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
 import { BadStateError, CorruptError, ErrorCode, MessageTooLargeError, ShmbusError } from './errors.js';
@@ -52,6 +52,12 @@ export const perf = {
 };
 
 export type Role = 'producer' | 'consumer';
+
+/** The batch claim exports (assembly/ring.ts), called only from here. */
+interface BatchExports {
+  ring_claim_many(h: number, length: number, type: number, max: number): number;
+  ring_commit_many(h: number, n: number): number;
+}
 
 /** A ring that starts small and grows in band (RECORD_RESIZE, assembly/layout.ts) up to the capacity it opens with. */
 export interface Growth {
@@ -103,6 +109,8 @@ export class RingEnd {
   /** A growing ring: how its pages are made to exist (undefined: the ring never changes size). */
   private readonly growth: Growth | undefined;
   private readonly dataOffset: number;
+  /** Linear-memory offset of the shared ring header. */
+  readonly ring: number;
   /** Called after this end took a step of a resize the peer must hear of at once: a producer committed a
    * RECORD_RESIZE (ring the consumer), a consumer passed one (ring a producer waiting for the ring to empty). */
   onResize: (() => void) | undefined;
@@ -121,6 +129,7 @@ export class RingEnd {
     this.engine = engine;
     this.handle = engine.allocHandle();
     this.dataOffset = ring + RING_HEADER_SIZE;
+    this.ring = ring;
     this.growth = growth !== undefined && growth.initial < capacity ? growth : undefined;
     let rc: number;
     try {
@@ -160,6 +169,44 @@ export class RingEnd {
     if (rc === RING_GROW || rc === RING_RESIZE_SENT) return this.grow(length, type, rc);
     if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
     throw ringError(rc, { length, type });
+  }
+
+  /**
+   * Claims up to `max` records of `length` payload bytes back to back (see ring_claim_many): returns the first
+   * payload's offset (then `claimedCount()` records, the next one every align(length + 8) bytes), or 0 for no room.
+   */
+  claimMany(length: number, type: number, max: number): number {
+    let rc: number;
+    try {
+      if (COUNTING) perf.wasmCalls++; rc = (this.engine.exports as unknown as BatchExports).ring_claim_many(this.handle, length, type, max);
+    } catch (error) {
+      throw trapAsCorrupt(error, { length, type });
+    }
+    if (rc >= 0) return rc;
+    // A growing ring: the single-record path grows it, and may claim one record after growing.
+    if (rc === RING_GROW || rc === RING_RESIZE_SENT) {
+      const at = this.grow(length, type, rc);
+      if (at > 0) this.engine.u32[(this.handle + H_CLAIM_COUNT_OFFSET) >>> 2] = 1;
+      return at;
+    }
+    if (rc === RING_E_TOO_LARGE) throw new MessageTooLargeError(length, this.maxPayload);
+    throw ringError(rc, { length, type });
+  }
+
+  /** Records the open claimMany claim holds. */
+  claimedCount(): number {
+    return this.engine.u32[(this.handle + H_CLAIM_COUNT_OFFSET) >>> 2]!;
+  }
+
+  /** Publishes the first `n` records of the open claimMany claim with one store of the tail. */
+  commitMany(n: number): void {
+    let rc: number;
+    try {
+      if (COUNTING) perf.wasmCalls++; rc = (this.engine.exports as unknown as BatchExports).ring_commit_many(this.handle, n);
+    } catch (error) {
+      throw trapAsCorrupt(error, { n });
+    }
+    if (rc < 0) throw ringError(rc, { n });
   }
 
   /** The data capacity in effect now (below `capacity` while a growing ring has not grown all the way). */

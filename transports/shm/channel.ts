@@ -11,9 +11,12 @@ import { dispatchMessages, type MessageSource } from '../dispatch.js';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
+// The global `performance` is a lazy accessor on globalThis (a getter call per use); the module binding is not.
+import { performance } from 'node:perf_hooks';
 import { Packr, Unpackr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
-import { RECORD_MSGPACK_RECORDS } from '../../assembly/layout.js';
+import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET } from '../../assembly/layout.js';
+import { currentCpu, moveOffCpu } from '../../host/wake/cpu.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
@@ -43,6 +46,13 @@ const SPIN_SLICE_NS = 1_000_000;
 const YIELD_MS = 2;
 /** A spin that has lasted this long (ns) yields the core every 32 polls (see spinFor). */
 const SPIN_YIELD_AFTER_NS = 5_000;
+/** A spin that finds the peer on its core moves to another core at most this often per process (ms). */
+const MOVE_EVERY_MS = 5;
+/** A spin that began with the peer's last spin on our core and found nothing for this long (ns) acts on it. */
+const SPIN_SHARED_NS = 3_000;
+/** How many such spins in a row make it move (see spinFor). */
+const SHARED_STREAK = 2;
+let lastMove = -Infinity;
 /** send() copies a record-structure message this small into the ring itself (writeSmall). */
 const SMALL_SEND = 128;
 /** Reading for request/reply stops buffering other messages past this many unread ones. */
@@ -132,6 +142,56 @@ export class Claim {
   }
 }
 
+/**
+ * A zero-copy claim of several records of one size (Channel.claimBatch): fill record i at
+ * `memory[offset(i) … offset(i) + size)`, then `commit(n)` publishes the first n with one store of the ring's tail,
+ * or `abort()`. One call into the ring per batch instead of two per record.
+ */
+export class ClaimBatch {
+  /** The whole wasm memory; the records are inside it. Valid until commit or abort. */
+  readonly memory: Uint8Array;
+  /** Records claimed (at least 1). */
+  readonly count: number;
+  /** Payload bytes of each record. */
+  readonly size: number;
+  /** Offset in `memory` of the first record's payload. */
+  readonly first: number;
+  /** Bytes from one record's payload to the next (the record header sits in between: write only `size` bytes). */
+  readonly stride: number;
+  private readonly channel: Channel;
+  private done = false;
+
+  /** @internal */
+  constructor(channel: Channel, memory: Uint8Array, first: number, count: number, size: number) {
+    this.channel = channel;
+    this.memory = memory;
+    this.first = first;
+    this.count = count;
+    this.size = size;
+    this.stride = (size + RECORD_HEADER_SIZE + 7) & ~7;
+  }
+
+  /** Offset in `memory` of record i's payload. */
+  offset(i: number): number {
+    return this.first + i * this.stride;
+  }
+
+  /** Publishes the first `n` records (default: all). */
+  commit(n = this.count): void {
+    if (this.done) throw new BadStateError('claim already committed or aborted');
+    if (!Number.isInteger(n) || n < 0 || n > this.count) throw new BadArgumentError('commit count out of range', { n, claimed: this.count });
+    this.done = true;
+    this.channel._commitBatch(this, n);
+  }
+
+  /** Gives the claimed room back; nothing is sent. */
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    this.channel._abortClaim(this);
+  }
+}
+
 export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** The URL this channel was made from. */
   readonly url: string;
@@ -180,11 +240,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Free bytes the first queued message's refused claim needed (0: unknown). */
   private queueNeed = 0;
   private wakeScheduled = false;
-  private openClaim: Claim | undefined;
+  private openClaim: Claim | ClaimBatch | undefined;
   private readerWake: (() => void) | undefined;
   private writerWake: (() => void) | undefined;
+  /** Decoded messages not handed out yet: inbox[inboxHead … inboxTail). The array keeps its length when it empties
+   * (setting length to 0 on every message cost more than the message's own bookkeeping). */
   private readonly inbox: unknown[] = [];
   private inboxHead = 0;
+  private inboxTail = 0;
   private closePromise: Promise<void> | undefined;
   private lastYield = performance.now();
   private readablePromise: Promise<void> | undefined;
@@ -365,6 +428,47 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.openClaim;
   }
 
+  /**
+   * Claims up to `max` records of `size` bytes each in the outbound ring, back to back, for the caller to fill in
+   * place (zero copy; see ClaimBatch). As few as one when the ring has little room or its end is near; null when
+   * it has none now or messages are still queued (wait for drained() and try again).
+   */
+  claimBatch(size: number, max: number): ClaimBatch | null {
+    this.checkSendable();
+    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
+    if (!Number.isInteger(max) || max < 1) throw new BadArgumentError('claim count must be a positive integer', { max });
+    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
+    if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
+    if (this.sendQueue.length > 0) return null;
+    let at: number;
+    try {
+      at = this.tx.claimMany(size, RECORD_BYTES, max);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    if (at === 0) {
+      this.sendQueue.refused();
+      this.waitForRoom(size);
+      return null;
+    }
+    const batch = new ClaimBatch(this, this.engine.u8, at, this.tx.claimedCount(), size);
+    this.openClaim = batch;
+    return batch;
+  }
+
+  /** @internal */
+  _commitBatch(batch: ClaimBatch, n: number): void {
+    if (this.openClaim !== batch) throw new ClosedError('the channel closed while the claim was open');
+    this.openClaim = undefined;
+    if (n === 0) { this.tx.abort(); return; }
+    try {
+      this.tx.commitMany(n);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    this.afterCommit();
+  }
+
   /** @internal */
   _commitClaim(claim: Claim, length: number): void {
     if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
@@ -378,7 +482,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /** @internal */
-  _abortClaim(claim: Claim): void {
+  _abortClaim(claim: Claim | ClaimBatch): void {
     if (this.openClaim !== claim) return;
     this.openClaim = undefined;
     this.tx.abort();
@@ -551,19 +655,27 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (a.filled < total) return;
     this.assembly = undefined;
     if (type === RECORD_BYTES) {
-      this.inbox.push(a.bytes);
+      this.toInbox(a.bytes);
     } else {
       this.decodeRecord(a.bytes, 0, total, type);
     }
   }
 
-  /** After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. */
+  /**
+   * After a commit: once per turn of the event loop, ring the peer's doorbell if it parked. The check runs as a
+   * promise reaction (a plain V8 job, cheaper than Node's queueMicrotask wrapper); a spin that starts before it
+   * runs does the check itself first (spinFor), and the queued job then finds nothing left to do.
+   */
   private afterCommit(): void {
     if (this.wakeScheduled) return;
     if (COUNTING) perf.microtasks++;
     this.wakeScheduled = true;
-    queueMicrotask(this.checkPeerWake);
+    void RESOLVED.then(this.wakeCheckJob);
   }
+
+  private readonly wakeCheckJob = (): void => {
+    if (this.wakeScheduled) this.checkPeerWake();
+  };
 
   private readonly checkPeerWake = (): void => {
     this.wakeScheduled = false;
@@ -580,28 +692,72 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * costs microseconds, a poll of the ring nanoseconds. The budget tunes itself under wake=adaptive: it doubles
    * when data came while spinning and halves when it did not, so an idle channel soon spins ~1 µs per park.
    */
-  private spinFor(ready: () => boolean): boolean {
+  private spinFor(ready: () => boolean, smallReader = false): boolean {
     // A commit's ring check waits for a microtask (afterCommit); spinning here would hold it back, and a parked
     // peer would only hear of the commit after the spin: ring first.
     if (this.wakeScheduled) this.checkPeerWake();
     const budget = this.spinNs;
     if (budget <= 0) return false;
+    // The peer last started a spin on the core we run on: if so, it cannot run while we spin (the scheduler left
+    // both on one core, often after a doorbell woke one next to the other). The word can be stale (the peer moved
+    // since), so act only once the spin has gone on for SPIN_SHARED_NS without data: move to another core (at
+    // most once per MOVE_EVERY_MS in this process), or else give the peer the core after every poll. Without this
+    // each half of a round trip waited for SPIN_YIELD_AFTER_NS, ~19 µs a round trip for as long as it lasted.
+    // Only a reader of small records (a ping-pong) looks: a stream of large records meets on one core now and then
+    // too, and yielding or moving there cost it 10-30% (bytes1M row, A/B).
+    let shared = smallReader && this.peerOnMyCore();
+    if (!shared) this.sharedStreak = 0;
+    let yieldEach = false;
     const start = performance.now();
     for (let i = 1; ; i++) {
       if (ready()) {
         if (this.spinAuto && this.spinNs < SPIN_MAX_NS) this.spinNs *= 2;
         return true;
       }
-      if ((i & 31) === 0) {
-        const spentNs = (performance.now() - start) * 1e6;
+      if (yieldEach) schedYield();
+      if ((i & 31) === 0 || yieldEach) {
+        const now = performance.now();
+        const spentNs = (now - start) * 1e6;
         if (spentNs > budget) break;
+        if (shared && spentNs > SPIN_SHARED_NS) {
+          shared = false;
+          // Moving costs the caches this thread had: only for a pairing that stays on one core (SHARED_STREAK spins
+          // in a row), not for one that meets there now and then (a stream of large records did, ~30 times a second).
+          if (++this.sharedStreak >= SHARED_STREAK && now - lastMove >= MOVE_EVERY_MS) {
+            this.sharedStreak = 0;
+            lastMove = now;
+            yieldEach = !moveOffCpu(this.lastCpu - 1) || this.peerOnMyCore();
+          } else {
+            yieldEach = true;
+          }
+        }
         // Past a short spin, let another runnable thread have this core now and then: on a machine with more
         // runnable threads than cores that is often the peer we wait for (costs ~1 µs when nobody else runs).
-        if (spentNs > SPIN_YIELD_AFTER_NS) schedYield();
+        if (spentNs > SPIN_YIELD_AFTER_NS && !yieldEach) schedYield();
       }
     }
     if (this.spinAuto && this.spinNs > SPIN_MIN_NS) this.spinNs >>= 1;
     return false;
+  }
+
+  /**
+   * Publishes the core this spin runs on (in the header of the ring we read, RING_CONSUMER_CPU_OFFSET) and
+   * whether the peer's last spin started on the same one. The peer's word is a hint it may write anything into:
+   * a wrong value costs us yields while spinning, nothing else.
+   */
+  /** Spins in a row that began on the peer's core and found nothing for SPIN_SHARED_NS. */
+  private sharedStreak = 0;
+  /** 1 + the core of the last peerOnMyCore (0: unknown). */
+  private lastCpu = 0;
+
+  private peerOnMyCore(): boolean {
+    const cpu = currentCpu() + 1;
+    this.lastCpu = cpu;
+    if (cpu === 0) return false;
+    const u32 = this.engine.u32;
+    const mine = (this.rx.ring + RING_CONSUMER_CPU_OFFSET) >>> 2;
+    if (u32[mine] !== cpu) u32[mine] = cpu;
+    return u32[(this.tx.ring + RING_CONSUMER_CPU_OFFSET) >>> 2] === cpu;
   }
 
   /**
@@ -749,7 +905,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     // finally() would cost several promise turns per wait, about as much as a whole round trip when spinning.
     const spun = this.spun;
     this.spun = false;
-    if (this.isReady() || (!spun && this.spinFor(this.isReady))) return RESOLVED;
+    if (this.isReady() || (!spun && this.spinFor(this.isReady, this.readMax !== 1))) return RESOLVED;
     return (this.readablePromise = this.waitReadable().finally(() => { this.readablePromise = undefined; }));
   }
 
@@ -783,7 +939,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * the event loop, so after `timeoutMs`.
    */
   waitSync(timeoutMs: number): boolean {
-    if (this.inboxHead < this.inbox.length || this.isReady()) return true;
+    if (this.inboxHead < this.inboxTail || this.isReady()) return true;
     // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
     // An async wait (readable(), the iterator) parked already: one park of the ring at a time.
     if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined) return false;
@@ -860,13 +1016,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_MSGPACK_RECORDS) {
       if (COUNTING) perf.decodes++;
-      this.inbox.push(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
+      this.toInbox(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
-      this.inbox.push(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+      this.toInbox(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
-      this.inbox.push(copyOut(memory, offset, length));
+      this.toInbox(copyOut(memory, offset, length));
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
@@ -886,13 +1042,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    */
   private next(): Promise<IteratorResult<unknown>> {
     if (COUNTING) perf.promises++;
-    if (this.inboxHead < this.inbox.length) return Promise.resolve(this.takeInbox());
+    if (this.inboxHead < this.inboxTail) return Promise.resolve(this.takeInbox());
     // Nothing decoded: read the ring now, and else spin for a record within the budget, still without entering an
     // async function (a ping-pong waits here every message). Anything unusual goes the slow way.
     if (this.state === 'open' && this.failure === undefined && this.readablePromise === undefined && !this.peerGone &&
         performance.now() - this.lastYield <= YIELD_MS) {
       if (this.pollInbox()) return Promise.resolve(this.takeInbox());
-      if (this.spinFor(this.isReady)) {
+      if (this.spinFor(this.isReady, this.readMax !== 1)) {
         if (this.pollInbox()) return Promise.resolve(this.takeInbox());
       } else {
         // The budget is spent: nextSlow's first wait parks instead of spinning a second time.
@@ -913,15 +1069,20 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     } catch (error) {
       this.fail(asShmbusError(error));
     }
-    return this.inboxHead < this.inbox.length;
+    return this.inboxHead < this.inboxTail;
+  }
+
+  private toInbox(value: unknown): void {
+    this.inbox[this.inboxTail++] = value;
   }
 
   private takeInbox(): IteratorResult<unknown> {
     const value = this.inbox[this.inboxHead];
     this.inbox[this.inboxHead++] = undefined;
-    if (this.inboxHead === this.inbox.length) {
-      this.inbox.length = 0;
-      this.inboxHead = 0;
+    if (this.inboxHead === this.inboxTail) {
+      // A long backlog (request/reply reads ahead up to INBOX_LIMIT) does not keep its array.
+      if (this.inboxTail > BATCH_MAX) this.inbox.length = 0;
+      this.inboxHead = this.inboxTail = 0;
       const space = this.inboxSpace;
       this.inboxSpace = undefined;
       space?.();
@@ -931,7 +1092,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private async nextSlow(): Promise<IteratorResult<unknown>> {
     for (;;) {
-      if (this.inboxHead < this.inbox.length) return this.takeInbox();
+      if (this.inboxHead < this.inboxTail) return this.takeInbox();
       if (this.state === 'closed') {
         if (this.failure) throw this.failure;
         return { value: undefined, done: true };
@@ -949,7 +1110,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       } catch (error) {
         const failure = asShmbusError(error);
         this.fail(failure);
-        if (this.inboxHead < this.inbox.length) continue;
+        if (this.inboxHead < this.inboxTail) continue;
         throw failure;
       }
       if (n > 0) {
@@ -979,7 +1140,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.rpcReading = true;
     try {
       while (this.rpc.active && this.state !== 'closed' && !this.failure) {
-        if (this.inbox.length - this.inboxHead >= INBOX_LIMIT) {
+        if (this.inboxTail - this.inboxHead >= INBOX_LIMIT) {
           await new Promise<void>((resolve) => { this.inboxSpace = resolve; });
           continue;
         }
@@ -1006,12 +1167,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly messageSource: MessageSource = {
     listenerCount: (event) => this.listenerCount(event),
     emit: (event, value) => this.emit(event, value),
-    hasReceived: () => this.inboxHead < this.inbox.length,
+    hasReceived: () => this.inboxHead < this.inboxTail,
     takeReceived: () => this.takeInbox().value,
     next: () => this.next(),
     putBack: (value) => {
       if (this.inboxHead > 0) this.inbox[--this.inboxHead] = value;
-      else this.inbox.unshift(value);
+      else { this.inbox.unshift(value); this.inboxTail++; }
     },
   };
 
