@@ -41,7 +41,7 @@ export async function serve(listener: AsyncIterable<Connection>, handler: Reques
   for await (const conn of listener) conn.handle(handler);
 }
 
-export { Listener, Channel, Claim, type RecordHandler } from './transports/shm/index.js';
+export { Listener, Channel, Claim, ClaimBatch, type RecordHandler } from './transports/shm/index.js';
 export { Bus, Publisher, Subscription, type BusOptions, type PublisherOptions, type SubscribeOptions, type PollHandler, type TopicInfo } from './bus/index.js';
 export type { RequestHandler, RequestOptions } from './host/rpc.js';
 export { spawnWithPipe, type PipeChild, type PipeSpawnOptions } from './transports/pipe.js';

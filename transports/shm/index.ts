@@ -9,7 +9,7 @@ import { connect } from './connect.js';
 
 export { Listener, listen } from './listener.js';
 export { connect } from './connect.js';
-export { Channel, Claim, type RecordHandler } from './channel.js';
+export { Channel, Claim, ClaimBatch, type RecordHandler } from './channel.js';
 
 /** Shared-memory rings: the reference transport. */
 export const shmTransport: Transport = {
