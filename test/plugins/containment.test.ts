@@ -93,7 +93,9 @@ for (const isolation of ISOLATIONS) t.test(`isolation ${isolation}`, async (t) =
   });
 
   t.test('garbage in the ring is ERR_SHMBUS_CORRUPT on the host side', async (t) => {
-    const bad = await loadPlugin(pluginPath('misbehave'), { isolation, timeout: 30_000 });
+    // hostSpin 0: the host reads ring OUT only when the runner rings it, after the handler returned, so it never
+    // reads the reply in the moment between its commit and the scribble (a spinning host could, and did).
+    const bad = await loadPlugin(pluginPath('misbehave'), { isolation, timeout: 30_000, hostSpin: 0 });
     t.teardown(() => bad.close());
     await t.rejects(bad.request('scribble'), { code: ErrorCode.CORRUPT });
     await t.rejects(bad.request('garbage'), { code: ErrorCode.CORRUPT }, 'a record that is not msgpack');
