@@ -63,13 +63,17 @@ t.test('claimBatch: commit of part, abort, one claim at a time, bad arguments', 
   batch.commit(3);
   const aborted = a.claimBatch(16, 4)!;
   aborted.abort();
+  const one = a.claimBatch(8, 1)!;
+  t.equal(one.count, 1, 'a batch of one');
+  one.memory.fill(4, one.offset(0), one.offset(0) + 8);
+  one.commit();
   t.throws(() => a.claimBatch(8, 0), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => a.claimBatch(-1, 2), { code: ErrorCode.BAD_ARGUMENT });
   t.throws(() => a.claimBatch(a.maxMessageSize + 1, 2), { code: ErrorCode.MESSAGE_TOO_LARGE });
   a.sendBytes(new Uint8Array([9]));
   const got: Uint8Array[] = [];
-  for await (const m of b) { got.push(m as Uint8Array); if (got.length === 4) break; }
-  t.same(got.map((m) => [...m]), [[1, 1, 1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2], [3, 3, 3, 3, 3, 3, 3, 3], [9]]);
+  for await (const m of b) { got.push(m as Uint8Array); if (got.length === 5) break; }
+  t.same(got.map((m) => [...m]), [[1, 1, 1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2], [3, 3, 3, 3, 3, 3, 3, 3], [4, 4, 4, 4, 4, 4, 4, 4], [9]]);
   await close();
 });
 

@@ -110,27 +110,23 @@ function roomFor(length: number): number {
 const DATA_BYTE = Buffer.from([DOORBELL_DATA]);
 const RESOLVED = Promise.resolve();
 
-/** A zero-copy claim on the outbound ring: write `bytes`, then `commit(n)` or `abort()`. */
-export class Claim {
-  /** The claimed bytes, inside the shared ring. Valid until commit or abort. */
-  readonly bytes: Uint8Array;
-  private readonly channel: Channel;
+/** What both zero-copy claims share: a channel has one open at a time, committed or aborted once. */
+abstract class OpenClaim {
+  protected readonly channel: Channel;
   private done = false;
 
-  /** @internal */
-  constructor(channel: Channel, bytes: Uint8Array) {
+  constructor(channel: Channel) {
     this.channel = channel;
-    this.bytes = bytes;
   }
 
-  /** Publishes the first `length` bytes (default: all) as one record. */
-  commit(length = this.bytes.length): void {
+  /** Throws when the claim was committed or aborted already. */
+  protected ensureOpen(): void {
     if (this.done) throw new BadStateError('claim already committed or aborted');
-    if (!Number.isInteger(length) || length < 0 || length > this.bytes.length) {
-      throw new BadArgumentError('commit length out of range', { length, claimed: this.bytes.length });
-    }
+  }
+
+  /** Marks the claim used (its commit is going out). */
+  protected finish(): void {
     this.done = true;
-    this.channel._commitClaim(this, length);
   }
 
   /** Gives the claimed room back; nothing is sent. */
@@ -141,12 +137,34 @@ export class Claim {
   }
 }
 
+/** A zero-copy claim on the outbound ring: write `bytes`, then `commit(n)` or `abort()`. */
+export class Claim extends OpenClaim {
+  /** The claimed bytes, inside the shared ring. Valid until commit or abort. */
+  readonly bytes: Uint8Array;
+
+  /** @internal */
+  constructor(channel: Channel, bytes: Uint8Array) {
+    super(channel);
+    this.bytes = bytes;
+  }
+
+  /** Publishes the first `length` bytes (default: all) as one record. */
+  commit(length = this.bytes.length): void {
+    this.ensureOpen();
+    if (!Number.isInteger(length) || length < 0 || length > this.bytes.length) {
+      throw new BadArgumentError('commit length out of range', { length, claimed: this.bytes.length });
+    }
+    this.finish();
+    this.channel._commitClaim(this, length);
+  }
+}
+
 /**
  * A zero-copy claim of several records of one size (Channel.claimBatch): fill record i at
  * `memory[offset(i) … offset(i) + size)`, then `commit(n)` publishes the first n with one store of the ring's tail,
  * or `abort()`. One call into the ring per batch instead of two per record.
  */
-export class ClaimBatch {
+export class ClaimBatch extends OpenClaim {
   /** The whole wasm memory; the records are inside it. Valid until commit or abort. */
   readonly memory: Uint8Array;
   /** Records claimed (at least 1). */
@@ -157,12 +175,10 @@ export class ClaimBatch {
   readonly first: number;
   /** Bytes from one record's payload to the next (the record header sits in between: write only `size` bytes). */
   readonly stride: number;
-  private readonly channel: Channel;
-  private done = false;
 
   /** @internal */
   constructor(channel: Channel, memory: Uint8Array, first: number, count: number, size: number) {
-    this.channel = channel;
+    super(channel);
     this.memory = memory;
     this.first = first;
     this.count = count;
@@ -177,17 +193,10 @@ export class ClaimBatch {
 
   /** Publishes the first `n` records (default: all). */
   commit(n = this.count): void {
-    if (this.done) throw new BadStateError('claim already committed or aborted');
+    this.ensureOpen();
     if (!Number.isInteger(n) || n < 0 || n > this.count) throw new BadArgumentError('commit count out of range', { n, claimed: this.count });
-    this.done = true;
+    this.finish();
     this.channel._commitBatch(this, n);
-  }
-
-  /** Gives the claimed room back; nothing is sent. */
-  abort(): void {
-    if (this.done) return;
-    this.done = true;
-    this.channel._abortClaim(this);
   }
 }
 
@@ -239,7 +248,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Free bytes the first queued message's refused claim needed (0: unknown). */
   private queueNeed = 0;
   private wakeScheduled = false;
-  private openClaim: Claim | ClaimBatch | undefined;
+  private openClaim: OpenClaim | undefined;
   private readerWake: (() => void) | undefined;
   private writerWake: (() => void) | undefined;
   /** Decoded messages not handed out yet: inbox[inboxHead … inboxTail). The array keeps its length when it empties
@@ -406,25 +415,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * ring has no room now or messages are still queued (they go first); wait for drained() and try again.
    */
   claim(size: number): Claim | null {
-    this.checkSendable();
-    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
-    // A claim is one record: zero copy cannot be fragmented.
-    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
-    if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
-    if (this.sendQueue.length > 0) return null;
-    let at: number;
-    try {
-      at = this.tx.claim(size, RECORD_BYTES);
-    } catch (error) {
-      this.ringFailed(error);
-    }
-    if (at === 0) {
-      this.sendQueue.refused();
-      this.waitForRoom(size);
-      return null;
-    }
-    this.openClaim = new Claim(this, this.engine.u8.subarray(at, at + size));
-    return this.openClaim;
+    const at = this.claimRoom(size, 0);
+    if (at === 0) return null;
+    const claim = new Claim(this, this.engine.u8.subarray(at, at + size));
+    this.openClaim = claim;
+    return claim;
   }
 
   /**
@@ -433,26 +428,35 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * it has none now or messages are still queued (wait for drained() and try again).
    */
   claimBatch(size: number, max: number): ClaimBatch | null {
+    if (!Number.isInteger(max) || max < 1) throw new BadArgumentError('claim count must be a positive integer', { max });
+    const at = this.claimRoom(size, max);
+    if (at === 0) return null;
+    const batch = new ClaimBatch(this, this.engine.u8, at, this.tx.claimedCount(), size);
+    this.openClaim = batch;
+    return batch;
+  }
+
+  /** What claim and claimBatch share: the checks, then the ring's claim of one record (`max` 0) or of 1 … `max`
+   * records of a batch. The first payload's address, or 0 when the ring has no room now (then 'drain' follows) or
+   * messages are queued. */
+  private claimRoom(size: number, max: number): number {
     this.checkSendable();
     if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
-    if (!Number.isInteger(max) || max < 1) throw new BadArgumentError('claim count must be a positive integer', { max });
+    // A claim is whole records: zero copy cannot be fragmented.
     if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
     if (this.openClaim) throw new BadStateError('a claim is already open on this channel');
-    if (this.sendQueue.length > 0) return null;
+    if (this.sendQueue.length > 0) return 0;
     let at: number;
     try {
-      at = this.tx.claimMany(size, RECORD_BYTES, max);
+      at = max === 0 ? this.tx.claim(size, RECORD_BYTES) : this.tx.claimMany(size, RECORD_BYTES, max);
     } catch (error) {
       this.ringFailed(error);
     }
     if (at === 0) {
       this.sendQueue.refused();
       this.waitForRoom(size);
-      return null;
     }
-    const batch = new ClaimBatch(this, this.engine.u8, at, this.tx.claimedCount(), size);
-    this.openClaim = batch;
-    return batch;
+    return at;
   }
 
   /** @internal */
@@ -481,7 +485,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /** @internal */
-  _abortClaim(claim: Claim | ClaimBatch): void {
+  _abortClaim(claim: OpenClaim): void {
     if (this.openClaim !== claim) return;
     this.openClaim = undefined;
     this.tx.abort();
