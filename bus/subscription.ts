@@ -87,6 +87,8 @@ export class Subscription implements AsyncIterable<unknown> {
       if (error instanceof ShmbusError && error.code === ErrorCode.NOT_FOUND) return false;
       throw error;
     }
+    // Its creator made the file but has not sized it yet (shm_open, then ftruncate): join on a later try.
+    if (region.size === 0) { region.close(); return false; }
     const engine = this.bus._engine;
     const mapped = Mapped.map(engine, region);
     try {

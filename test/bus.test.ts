@@ -1,6 +1,6 @@
 // Pub/sub over the Bus: several subscriber processes, lossy lapping, late joiners, dead subscribers, bad input.
 import t from 'tap';
-import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { readdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Bus } from '../bus/index.js';
@@ -108,6 +108,25 @@ t.test('subscribe before the publisher starts', async (t) => {
   clearInterval(timer);
   t.type(msg.n, 'number');
   t.match(bus.topics(), [{ name: 'later', publisher: { pid: process.pid, alive: true }, subscribers: [{ pid: process.pid, alive: true }] }]);
+  await bus.close();
+});
+
+t.test('a subscriber that finds the topic created but not yet sized waits for it (no error)', async (t) => {
+  const url = busUrl();
+  const bus = await Bus.open(url);
+  // What a subscriber sees between a publisher's shm_open(O_CREAT) and its ftruncate: an empty file.
+  const file = `/dev/shm/shmbus.bus.${url.slice('shm://'.length)}.sizing`;
+  writeFileSync(file, '', { mode: 0o600, flag: 'wx' });
+  const sub = bus.subscribe('sizing');
+  const first = sub.receive();
+  await new Promise((r) => setImmediate(r)); // it looked at the empty file (at subscribe) and waits
+  unlinkSync(file);
+  const pub = bus.publisher('sizing');
+  let n = 0;
+  const timer = setInterval(() => pub.publish({ n: n++ }), 5);
+  const msg = (await within(30_000, first, 'the first message')) as { n: number };
+  clearInterval(timer);
+  t.type(msg.n, 'number', 'joined once the topic was made');
   await bus.close();
 });
 
