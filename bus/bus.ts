@@ -23,7 +23,7 @@ import { readSegment, writeHeader, publishVersion, REGISTRY_SEGMENT, TOPIC_SEGME
 import { formatTopic, readTopicState, type Policy } from '../host/topic.js';
 import { parseSize } from '../host/url.js';
 import { processStartTime } from '../host/sys/proc.js';
-import { BadArgumentError, ClosedError, ErrorCode, ShmbusError } from '../host/errors.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError } from '../host/errors.js';
 import { attachExisting, checkTopicName, createOrAttach, naming, type BusOptions, type Naming } from './naming.js';
 import { Mapped, readyHeader } from '../host/mapped.js';
 import { joinMembers, leaveMembers, liveMembers, readEntries, registerTopic } from './registry.js';
@@ -33,6 +33,8 @@ import { Subscription, type SubscribeOptions } from './subscription.js';
 const DEFAULT_CAPACITY = 1 << 20;
 const DEFAULT_MAX_SUBSCRIBERS = 64;
 const DEFAULT_MAX_QUEUED = 65536;
+/** Looks, 5 ms apart, at a registry another process created but has not sized yet, before calling it corrupt. */
+const UNSIZED_TRIES = 200;
 
 /** One topic as the registry lists it, with its live state. */
 export interface TopicInfo {
@@ -71,7 +73,14 @@ export class Bus {
     const names = naming(url, options);
     const engine = getEngine();
     const size = registryBytes(REGISTRY_TOPICS, REGISTRY_MEMBERS);
-    const region = createOrAttach(names, names.registry, size);
+    let region = createOrAttach(names, names.registry, size);
+    // Another process created the registry and has not sized it yet (shm_open, then ftruncate): wait for that.
+    for (let i = 0; !region.created && region.size === 0; i++) {
+      region.close();
+      if (i === UNSIZED_TRIES) throw new CorruptError('the bus registry stays empty (its creator died while making it?)', { url });
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      region = createOrAttach(names, names.registry, size);
+    }
     const registry = Mapped.map(engine, region);
     try {
       if (region.created) {
@@ -108,6 +117,11 @@ export class Bus {
     const geometry = { capacity, policy, history, maxSubscribers };
     const size = topicBytes(maxSubscribers, capacity);
     const region = createOrAttach(this.names, this.names.topic(name), size);
+    if (!region.created && region.size === 0) {
+      // Another publisher created the topic this moment and is sizing it (shm_open, then ftruncate).
+      region.close();
+      throw new ShmbusError(ErrorCode.EXISTS, 'the topic already has a publisher (it is creating the topic now)', { details: { topic: name } });
+    }
     let mapped: Mapped | undefined;
     try {
       mapped = Mapped.map(this.engine, region);

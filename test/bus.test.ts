@@ -130,6 +130,25 @@ t.test('a subscriber that finds the topic created but not yet sized waits for it
   await bus.close();
 });
 
+t.test('Bus.open and publisher() meet a registry or topic another process created but has not sized yet', async (t) => {
+  const url = busUrl();
+  const ns = url.slice('shm://'.length);
+  // What a second process sees between the creator's shm_open(O_CREAT) and its ftruncate: an empty file.
+  const registry = `/dev/shm/shmbus.bus.${ns}`;
+  writeFileSync(registry, '', { mode: 0o600, flag: 'wx' });
+  const opening = Bus.open(url);
+  await new Promise((r) => setImmediate(r)); // it found the empty registry and waits for it to be sized
+  unlinkSync(registry); // (the creator gave up: the next look creates it)
+  const bus = await within(30_000, opening, 'Bus.open');
+  const topic = `/dev/shm/shmbus.bus.${ns}.unsized`;
+  writeFileSync(topic, '', { mode: 0o600, flag: 'wx' });
+  t.throws(() => bus.publisher('unsized'), { code: ErrorCode.EXISTS }, 'a topic being made by another publisher');
+  unlinkSync(topic);
+  const pub = bus.publisher('unsized');
+  t.ok(pub.publish({ ok: true }), 'once it is gone, this publisher makes it');
+  await bus.close();
+});
+
 t.test('a closed subscription stays closed: readable() after close() does not join the topic again', async (t) => {
   const bus = await Bus.open(busUrl());
   const pub = bus.publisher('closed-sub');
