@@ -743,16 +743,16 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return false;
   }
 
-  /**
-   * Publishes the core this spin runs on (in the header of the ring we read, RING_CONSUMER_CPU_OFFSET) and
-   * whether the peer's last spin started on the same one. The peer's word is a hint it may write anything into:
-   * a wrong value costs us yields while spinning, nothing else.
-   */
   /** Spins in a row that began on the peer's core and found nothing for SPIN_SHARED_NS. */
   private sharedStreak = 0;
   /** 1 + the core of the last peerOnMyCore (0: unknown). */
   private lastCpu = 0;
 
+  /**
+   * Publishes the core this spin runs on (in the header of the ring we read, RING_CONSUMER_CPU_OFFSET) and
+   * whether the peer's last spin started on the same one. The peer's word is a hint it may write anything into:
+   * a wrong value costs us yields while spinning, nothing else.
+   */
   private peerOnMyCore(): boolean {
     const cpu = currentCpu() + 1;
     this.lastCpu = cpu;

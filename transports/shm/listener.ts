@@ -165,23 +165,19 @@ export class Listener extends ListenerBase<Channel> {
       const { tx, rx } = openRings(mapping, capacity, 'listener', initial);
       await reached('listener', 2);
       const reply = { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true };
-      if (region.fd >= 0 && hello.fdWithReply === true) {
-        // The descriptor goes with the reply, in one message: no round trip to ask for it.
-        sendLineWithFd(socket, { ...reply, fdWithReply: true }, region.fd);
-        await reached('listener', 3);
-        await reached('listener', 4);
-      } else {
-        writeLine(socket, reply);
-        await reached('listener', 3);
-      }
-      if (region.fd >= 0 && hello.fdWithReply !== true) {
+      const fdWithReply = region.fd >= 0 && hello.fdWithReply === true;
+      // The descriptor goes with the reply, in one message: no round trip to ask for it.
+      if (fdWithReply) sendLineWithFd(socket, { ...reply, fdWithReply: true }, region.fd);
+      else writeLine(socket, reply);
+      await reached('listener', 3);
+      if (region.fd >= 0 && !fdWithReply) {
         // An older connector asks for the descriptor first.
         const { message: ask, rest } = await readLine(socket, left(deadline, timeout));
         if (ask.fd !== true) throw remoteError(ask, 'connector did not ask for the segment');
         if (rest.length !== 0) throw new HandshakeError('connector sent more than its request for the segment');
         sendPassedFd(socket, region.fd);
-        await reached('listener', 4);
       }
+      if (region.fd >= 0) await reached('listener', 4);
       const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
