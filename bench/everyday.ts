@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1M,rtt]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1M,claim64,batch64,rtt]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -7,6 +7,9 @@
 //   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
+//   claim64  64 B, zero copy: claim + commit per record / poll          (shm only; against the socket's bytes64 row)
+//   batch64  64 B, zero copy: claimBatch of up to 256 records / poll   (shm only; against the socket's bytes64 row)
+// The zero-copy rows write the payload into the claimed bytes as a producer building its message in place would.
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
@@ -23,16 +26,20 @@ import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
-import { listen, connect, type Connection } from '../index.js';
+import { listen, connect, type Channel, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
 import { mallocTuned } from '../host/large.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
-type Row = 'object' | 'bytes64' | 'bytes1M';
-const ROWS: Row[] = ['object', 'bytes64', 'bytes1M'];
+type Row = 'object' | 'bytes64' | 'bytes1M' | 'claim64' | 'batch64';
+const ROWS: Row[] = ['object', 'bytes64', 'bytes1M', 'claim64', 'batch64'];
+/** Rows only shm has (the zero-copy API); their socket figure is the bytes64 row's of the same run. */
+const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'batch64']);
 const KINDS: Kind[] = ['shm', 'unix'];
-const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1M: 2000 };
+const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1M: 2000, claim64: 2_000_000, batch64: 4_000_000 };
+/** Records one claimBatch asks for (batch64). */
+const BATCH = 256;
 const ROUND_TRIPS = 20_000;
 const MiB = 1 << 20;
 
@@ -106,12 +113,36 @@ function onFrames(socket: net.Socket, onFrame: (body: Buffer) => void): void {
   });
 }
 
+/** The zero-copy producer: each 64-byte payload written straight into claimed ring space. */
+async function produceInPlace(conn: Channel, row: Row, count: number): Promise<void> {
+  const bytes = payload(row);
+  for (let i = 0; i < count;) {
+    if (row === 'claim64') {
+      const claim = conn.claim(64);
+      if (claim === null) { await conn.drained(); continue; }
+      claim.bytes.set(bytes);
+      claim.commit();
+      i++;
+    } else {
+      const batch = conn.claimBatch(64, Math.min(BATCH, count - i));
+      if (batch === null) { await conn.drained(); continue; }
+      const memory = batch.memory;
+      for (let k = 0, at = batch.first; k < batch.count; k++, at += batch.stride) memory.set(bytes, at);
+      batch.commit();
+      i += batch.count;
+    }
+  }
+}
+
 // --- child ---------------------------------------------------------------------------------------------------------
 
 async function child(role: string, kind: Kind, url: string, row: Row, count: number): Promise<void> {
   if (kind === 'shm') {
     const conn = await connect(url);
-    if (role === 'produce') {
+    if (role === 'produce' && ZERO_COPY.has(row)) {
+      await produceInPlace(conn as Channel, row, count);
+      await conn.receive();
+    } else if (role === 'produce') {
       const bytes = payload(row);
       for (let i = 0; i < count; i++) {
         const ok = row === 'object' ? conn.send(makeObject(i)) : conn.sendBytes(bytes);
@@ -194,7 +225,8 @@ async function server(kind: Kind): Promise<Server> {
 function shmPeer(conn: Connection): Peer {
   const it = conn[Symbol.asyncIterator]();
   return {
-    async consume(_row, count) {
+    async consume(row, count) {
+      if (ZERO_COPY.has(row)) return consumeInPlace(conn as Channel, count);
       // What `for await (const m of conn)` does per message (next()), without its `break` closing the channel.
       let first = 0n;
       for (let received = 0; received < count; received++) {
@@ -217,6 +249,24 @@ function shmPeer(conn: Connection): Peer {
     },
     close: () => conn.close(),
   };
+}
+
+/** The zero-copy consumer: `poll` hands each record over in place; `readable()` waits when there is none. */
+async function consumeInPlace(conn: Channel, count: number): Promise<number> {
+  let first = 0n;
+  let received = 0;
+  let sum = 0;
+  const onRecord = (memory: Uint8Array, offset: number, length: number) => {
+    if (received++ === 0) first = process.hrtime.bigint();
+    sum += memory[offset + length - 1]!; // read the record, as a consumer would
+  };
+  while (received < count) {
+    if (conn.poll(onRecord) === 0) await conn.readable();
+  }
+  const seconds = Number(process.hrtime.bigint() - first) / 1e9;
+  if (sum !== 7 * count) throw new Error(`zero-copy consumer read ${sum}, expected ${7 * count}`);
+  conn.send('done');
+  return seconds;
 }
 
 function socketPeer(socket: net.Socket): Peer {
@@ -322,8 +372,10 @@ async function main(): Promise<void> {
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
+  // A zero-copy row is compared with the socket's bytes64 row of the same run: run that row too.
+  if (ROWS.some((row) => ZERO_COPY.has(row) && wanted.has(row))) wanted.add('bytes64');
   const rows = ROWS.filter((row) => wanted.has(row));
-  const jobs = rows.flatMap((row) => KINDS.map((kind) => ({ row, kind })));
+  const jobs = rows.flatMap((row) => KINDS.filter((kind) => kind === 'shm' || !ZERO_COPY.has(row)).map((kind) => ({ row, kind })));
   for (let r = 0; r < rounds; r++) {
     const order = [...jobs.slice(r % jobs.length), ...jobs.slice(0, r % jobs.length)];
     for (const { row, kind } of order) {
@@ -338,7 +390,7 @@ async function main(): Promise<void> {
   }
   const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
-    const unix = median(rates.get(`${row}/unix`)!);
+    const unix = median(rates.get(`${ZERO_COPY.has(row) ? 'bytes64' : row}/unix`)!);
     return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix };
   });
   const lat = Object.fromEntries(KINDS.map((k) => {
@@ -349,7 +401,10 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat }, null, 2));
     return;
   }
-  const names: Record<Row, string> = { object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1M: '1 MiB Buffer' };
+  const names: Record<Row, string> = {
+    object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1M: '1 MiB Buffer',
+    claim64: '64 B, zero copy (`claim` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
+  };
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
   console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
