@@ -49,6 +49,8 @@ export const COUNTING = typeof process !== 'undefined' && process.env.SHMBUS_COU
 export const perf = {
   sends: 0, received: 0, wasmCalls: 0, copies: 0, bytesCopied: 0, allocs: 0, promises: 0, decodes: 0, doorbells: 0,
   parks: 0, microtasks: 0, batches: 0, queued: 0,
+  /** Blocks of a thread in futex_waitv by Channel.waitSync (sync-idle workers), also counted in parks. */
+  syncWaits: 0,
 };
 
 export type Role = 'producer' | 'consumer';

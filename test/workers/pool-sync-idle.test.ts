@@ -12,6 +12,9 @@ import { syncIdleAvailable } from '../../workers/pair.js';
 import { fileTimeout, fixture, within } from '../helpers.js';
 
 fileTimeout(t, 60);
+// The workers count their blocks in futex_waitv (host/ring.ts perf.syncWaits): the test shows that idle workers
+// took that path, not only that tasks flowed. Threads and child processes read this when they load the library.
+process.env.SHMBUS_COUNTERS = '1';
 const W = 30_000;
 const TIMER_TASK = fixture('pool-task-timer');
 
@@ -41,6 +44,9 @@ for (const isolation of ['process', 'thread'] as const) {
       await within(W, fired, 'the idle worker to run its timer');
     }
     t.equal(pool.stats().failed, 0);
+    // Whichever worker takes this task idled between the bursts above: blocked on its ring word at least once.
+    const counters = await within(W, pool.run({ counters: true }), 'the counters') as { syncWaits: number };
+    t.ok(counters.syncWaits >= 1, `the worker blocked in futex_waitv while idle (${counters.syncWaits} times)`);
     await within(W, pool.close(), 'pool to close');
   });
 }

@@ -962,7 +962,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.syncDeadline[0] = at / 1_000_000_000n;
       this.syncDeadline[1] = at % 1_000_000_000n;
       // EAGAIN (rung between the park and now), ETIMEDOUT, EINTR: all mean "look again" below.
-      if (COUNTING) perf.parks++;
+      if (COUNTING) { perf.parks++; perf.syncWaits++; }
       futexWaitv(entry, 1, this.syncDeadline);
     } finally {
       this.rx.unpark();
