@@ -55,12 +55,6 @@ export const perf = {
 
 export type Role = 'producer' | 'consumer';
 
-/** The batch claim exports (assembly/ring.ts), called only from here. */
-interface BatchExports {
-  ring_claim_many(h: number, length: number, type: number, max: number): number;
-  ring_commit_many(h: number, n: number): number;
-}
-
 /** A ring that starts small and grows in band (RECORD_RESIZE, assembly/layout.ts) up to the capacity it opens with. */
 export interface Growth {
   /** Data bytes at the start; both ends of the ring must say the same. */
@@ -180,7 +174,7 @@ export class RingEnd {
   claimMany(length: number, type: number, max: number): number {
     let rc: number;
     try {
-      if (COUNTING) perf.wasmCalls++; rc = (this.engine.exports as unknown as BatchExports).ring_claim_many(this.handle, length, type, max);
+      if (COUNTING) perf.wasmCalls++; rc = this.engine.exports.ring_claim_many(this.handle, length, type, max);
     } catch (error) {
       throw trapAsCorrupt(error, { length, type });
     }
@@ -204,7 +198,7 @@ export class RingEnd {
   commitMany(n: number): void {
     let rc: number;
     try {
-      if (COUNTING) perf.wasmCalls++; rc = (this.engine.exports as unknown as BatchExports).ring_commit_many(this.handle, n);
+      if (COUNTING) perf.wasmCalls++; rc = this.engine.exports.ring_commit_many(this.handle, n);
     } catch (error) {
       throw trapAsCorrupt(error, { n });
     }
