@@ -245,6 +245,19 @@ export function ring_claim(h: usize, length: u32, type: u32): i32 {
   return at;
 }
 
+/** rereadHead's answer for a head no honest consumer could have written. */
+const INSANE_HEAD: u64 = u64.MAX_VALUE;
+
+/** The consumer's head read from the shared ring (not the producer's cached copy), then cached; INSANE_HEAD when it
+ * is impossible for a producer at `position` (a broken or hostile peer). */
+@inline function rereadHead(h: usize, position: u64, capacity: u32): u64 {
+  // SYNC: pairs with the atomic store of head in ring_release.
+  const head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
+  if (!positionsSane(head, position, capacity)) return INSANE_HEAD;
+  store<u64>(h, head, H_CACHED_OFFSET);
+  return head;
+}
+
 @inline function claimIn(h: usize, capacity: u32, length: u32, type: u32): i32 {
   if (length > maxPayload(capacity)) return RING_E_TOO_LARGE;
   const mask = <u64>capacity - 1;
@@ -259,10 +272,8 @@ export function ring_claim(h: usize, length: u32, type: u32): i32 {
   let head = load<u64>(h, H_CACHED_OFFSET);
   if (position + needed - head > <u64>capacity) {
     // The cached head says full: reread the real one (the only shared read on this path).
-    // SYNC: pairs with the atomic store of head in ring_release.
-    head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
-    if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
-    store<u64>(h, head, H_CACHED_OFFSET);
+    head = rereadHead(h, position, capacity);
+    if (head == INSANE_HEAD) return RING_E_POSITIONS;
     if (position + needed - head > <u64>capacity) {
       // Exactly what free() must reach for this claim to succeed from this position (a writer waits for that,
       // not for the worst case with padding). needed <= capacity: maxPayload leaves room for any padding.
@@ -321,10 +332,8 @@ export function ring_claim_many(h: usize, length: u32, type: u32, max: u32): i32
   let n = (<u64>capacity - (position & (<u64>capacity - 1))) / stride;
   let head = load<u64>(h, H_CACHED_OFFSET);
   if ((head + <u64>capacity - position) / stride < n) {
-    // SYNC: pairs with the atomic store of head in ring_release.
-    head = atomic.load<u64>(ringOf(h), RING_HEAD_OFFSET);
-    if (!positionsSane(head, position, capacity)) return RING_E_POSITIONS;
-    store<u64>(h, head, H_CACHED_OFFSET);
+    head = rereadHead(h, position, capacity);
+    if (head == INSANE_HEAD) return RING_E_POSITIONS;
   }
   const room = (head + <u64>capacity - position) / stride;
   if (room < n) n = room;
