@@ -1,7 +1,7 @@
 // What every test file shares: unique names, the scale knob for heavy tests, watchdogs that fail instead of
 // hanging, waiting for a condition (never a bare sleep), and child processes that cannot outlive their test.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 /** The test type tap hands to every callback (kept structural so helpers do not depend on tap's internals). */
@@ -214,6 +214,29 @@ export function startFixture(t: TestLike, name: string, args: string[], opts: { 
 }
 
 /** The uid/gid an attacker runs as in hostile tests. */
+let mqueueMounted: boolean | undefined;
+/**
+ * '/dev/mqueue' once the mqueue file system is mounted there (mounted by this call when it is not and we are root,
+ * as on a fresh machine), else undefined: POSIX queues exist without it, but nobody can list them, so neither
+ * `shmbus clean` nor a test can see what a killed process left. Tests that look there skip without it.
+ */
+export function mqueueDir(): string | undefined {
+  if (mqueueMounted === undefined) {
+    const mounted = () => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/dev/mqueue' && l.split(' ')[2] === 'mqueue');
+    if (!mounted()) {
+      try {
+        mkdirSync('/dev/mqueue', { recursive: true });
+        execFileSync('mount', ['-t', 'mqueue', 'none', '/dev/mqueue'], { stdio: 'ignore' });
+      } catch { /* not root: queues cannot be listed here */ }
+    }
+    mqueueMounted = mounted();
+  }
+  return mqueueMounted ? '/dev/mqueue' : undefined;
+}
+
+/** tap's `skip` for a test that must list POSIX queues (see mqueueDir). */
+export const needsMqueue = (): string | false => (mqueueDir() === undefined ? '/dev/mqueue is not mounted and cannot be (not root)' : false);
+
 export const NOBODY = 65534;
 
 /**

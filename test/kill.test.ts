@@ -16,13 +16,13 @@
 // to run some only, SHMBUS_KILLS=<n> for another number of kills.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { listen, spawnWithPipe, ShmbusError, ErrorCode, type Connection, type ConnectionListener } from '../index.js';
 import { orphansSettled } from '../transports/sysvmq.js';
 import { checkSeq } from './fixtures/conn-peer.js';
-import { fileTimeout, adoptChild, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';
+import { fileTimeout, adoptChild, mqueueDir, fixture, SCALE, STRESS_SCALE, startFixture, within, type Child, type TestLike } from './helpers.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
 fileTimeout(t, 120, 700);
@@ -63,20 +63,6 @@ function unixSockets(needle: string): string[] {
     .filter((p): p is string => p !== undefined && p.includes(needle));
 }
 
-let mqueueMounted: boolean | undefined;
-function mqueueDir(): string | undefined {
-  if (mqueueMounted === undefined) {
-    const mounted = () => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/dev/mqueue' && l.split(' ')[2] === 'mqueue');
-    if (!mounted()) {
-      try {
-        mkdirSync('/dev/mqueue', { recursive: true });
-        execFileSync('mount', ['-t', 'mqueue', 'none', '/dev/mqueue'], { stdio: 'ignore' });
-      } catch { /* not root: mq: leftovers cannot be seen */ }
-    }
-    mqueueMounted = mounted();
-  }
-  return mqueueMounted ? '/dev/mqueue' : undefined;
-}
 
 /** Keys of this file's System V listeners: 0x5b, the low 16 bits of our pid, a serial. */
 const SYSV_PREFIX = ((0x5b << 24) | ((pid & 0xffff) << 8)) >>> 0;

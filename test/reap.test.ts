@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { reapDeadBuses } from '../host/reap.js';
-import { fileTimeout, startFixture, unique, within } from './helpers.js';
+import { fileTimeout, needsMqueue, startFixture, unique, within } from './helpers.js';
 
 // Measured on a busy 2-core machine (load 10-20): ~8 s. Timeout: 4x that, at least tap's 60 s.
 fileTimeout(t, 60);
@@ -23,7 +23,7 @@ function wakeObjects(pids: number[]): string[] {
   return [...shm.map((f) => `/dev/shm/${f}`), ...mq.map((f) => `/dev/mqueue/${f}`), ...ipcs.map((l) => `ipcs: ${l.trim()}`)];
 }
 
-t.test('shmbus clean removes the wake objects of a process that was killed', async (t) => {
+t.test('shmbus clean removes the wake objects of a process that was killed', { skip: needsMqueue() }, async (t) => {
   const dead: number[] = [];
   for (const mode of ['sem', 'sysvsem', 'mq']) {
     const url = `shm://${unique(`leak-${mode}`)}?wake=${mode}`;
@@ -65,7 +65,7 @@ function msgQueues(): Map<number, number> {
   return new Map(lines.map((l) => l.trim().split(/\s+/)).map((f) => [Number(f[1]), Number(f[0]) >>> 0]));
 }
 
-t.test('shmbus clean --dry-run lists what a killed listener of mq:// and sysvmq:// leaves; clean removes it', async (t) => {
+t.test('shmbus clean --dry-run lists what a killed listener of mq:// and sysvmq:// leaves; clean removes it', { skip: needsMqueue() }, async (t) => {
   const mqName = unique('leakmq');
   const key = (0x5b000000 | (process.pid & 0xffffff)) >>> 0;
   const keyText = `0x${key.toString(16).padStart(8, '0')}`;

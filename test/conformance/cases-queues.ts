@@ -1,33 +1,16 @@
 // The conformance cases of the message-queue transports: POSIX (mq:) and System V (sysvmq:).
 //
 // Leftovers. POSIX queues are visible as files of the mqueue file system; it is mounted on /dev/mqueue here if
-// nothing is (root only; without it the mq: case cannot see leftovers). System V queues are listed from
+// nothing is (test/helpers.ts mqueueDir: root only; without it the mq: case cannot see leftovers). System V queues are listed from
 // /proc/sysvipc/msg (see sysvQueues for which count as this run's).
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { EpollThread, MsgrcvThread } from '../../host/blocking.js';
 import { orphansSettled } from '../../transports/sysvmq.js';
 import { listenerCase, withQuery, type ConformanceCase } from './harness.js';
+import { mqueueDir } from '../helpers.js';
 
 const pid = process.pid;
 let serial = 0;
-
-let mqueueMounted: boolean | undefined;
-/** Mounts the mqueue file system on /dev/mqueue once, if it is not mounted yet. */
-function ensureMqueueMount(): boolean {
-  if (mqueueMounted !== undefined) return mqueueMounted;
-  const mounted = () => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[2] === 'mqueue' && l.split(' ')[1] === '/dev/mqueue');
-  if (!mounted()) {
-    try {
-      mkdirSync('/dev/mqueue', { recursive: true });
-      execFileSync('mount', ['-t', 'mqueue', 'none', '/dev/mqueue'], { stdio: 'ignore' });
-    } catch {
-      /* not root, or no mount(8): leftovers of mq: cannot be checked */
-    }
-  }
-  mqueueMounted = mounted();
-  return mqueueMounted;
-}
 
 /**
  * The receive threads are per-process resources, started at first use and kept (each Worker's libuv loop owns a
@@ -39,8 +22,9 @@ await Promise.all([EpollThread.get().start(), MsgrcvThread.get().start()]);
 
 /** POSIX queues of this run (named conf-<pid>-…), endpoints and connections alike. */
 export function mqueueLeftovers(prefix = `conf-${pid}-`): string[] {
-  if (!ensureMqueueMount()) return [];
-  return readdirSync('/dev/mqueue').filter((f) => f.startsWith(prefix)).sort();
+  const dir = mqueueDir();
+  if (dir === undefined) return [];
+  return readdirSync(dir).filter((f) => f.startsWith(prefix)).sort();
 }
 
 /** Keys of this run's listeners: 0x5a, then the low 16 bits of our pid, then a serial. */

@@ -19,7 +19,7 @@ import { mqClose, mqOpen, mqUnlinkIfExists } from '../../host/sys/mq.js';
 import { mkfifo } from '../../host/sys/fifo.js';
 import { O_CREAT, O_EXCL, O_RDONLY } from '../../host/sys/constants.js';
 import { sysvsemKey } from '../../host/wake/sysvsem.js';
-import { fileTimeout, asUnprivileged, eventually, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
+import { fileTimeout, asUnprivileged, needsMqueue, eventually, NOBODY, startChild, startFixture, unique, within, type Child, type TestLike } from '../helpers.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
 fileTimeout(t, 90);
@@ -131,7 +131,7 @@ function removeLeft(left: Left | undefined): void {
   for (const key of left.semKeys) for (const s of listSemSets()) if (s.key === key) semRemove(s.semid);
 }
 
-t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed processes\' objects are removed; uid 65534 touches none of root\'s; a handshake stopped midway names nothing', async (t) => {
+t.test('live objects are kept (a bus topic named prices.2024.1 too); SIGKILLed processes\' objects are removed; uid 65534 touches none of root\'s; a handshake stopped midway names nothing', { skip: needsMqueue() }, async (t) => {
   const ns = unique('clean');
   const dir = mkdtempSync(join(tmpdir(), 'shmbus-clean-'));
   chmodSync(dir, 0o755); // uid 65534 may list it (and then must keep root's files)
@@ -257,7 +257,7 @@ t.test('a dead bus registry is removed; a symlink named like one is not followed
   t.ok(existsSync(foreign));
 });
 
-t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs (in --dir) are removed, a live one\'s kept', async (t) => {
+t.test('handshake leftovers: a dead connector\'s mq:// queues and fifo:// FIFOs (in --dir) are removed, a live one\'s kept', { skip: needsMqueue() }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'shmbus-fifo-'));
   const ep = unique('hs');
   const dead = deadPid();
