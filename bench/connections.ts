@@ -1,5 +1,5 @@
 // What a connection costs, shm:// against unix:// in one run (issue 11):
-//   node dist/bench/connections.js [--count 2000] [--rounds 3] [--busy 300000] [--idle 1000] [--many 10000] [--json]
+//   node dist/bench/connections.js [--count 2000] [--rounds 3] [--gap 1] [--busy 300000] [--idle 1000] [--many 10000] [--json]
 //   (--busy 0 and --many 0 leave those rows out)
 //   (npm run bench:connections)
 //
@@ -11,8 +11,9 @@
 //   failed   the count at which an open failed, and its error code and message
 //   back     whether closing every connection gave back the shared memory and descriptors
 // Then the same opens to a listener in a process of its own (`--listen-child`), as a server is: this process
-// connects --count times, one after the other, holding each open, for shm:// and unix:// in turn (--rounds
-// rounds, the order rotated each round; medians over every round's opens):
+// connects --count times, one after the other, holding each open, back to back and --gap ms apart (the listener
+// idle in between, as a server mostly is), for shm:// and unix:// in turn (--rounds rounds, the order rotated
+// each round; medians over every round's opens):
 //   connect  median milliseconds from connect() to the connection ready on this side
 //   first    median milliseconds from connect() to the first message, which the listener sends once it
 //            accepted the connection (both ends ready and one message carried)
@@ -38,6 +39,7 @@ const { values } = parseArgs({
     many: { type: 'string', default: '10000' },
     json: { type: 'boolean', default: false },
     rounds: { type: 'string', default: '3' },
+    gap: { type: 'string', default: '1' },
     child: { type: 'string' },
     'listen-child': { type: 'string' },
   },
@@ -159,8 +161,9 @@ async function listenChild(url: string, count: number): Promise<void> {
 }
 
 /** Per-open milliseconds (to connect() resolved, and to the listener's first message) of `count` opens, one after
- * the other, to a listener in a child process. */
-async function openRemote(url: string, count: number): Promise<{ connect: number[]; first: number[]; failed?: string }> {
+ * the other (`gapMs` apart: the listener idle in between, as a server mostly is), to a listener in a child
+ * process. */
+async function openRemote(url: string, count: number, gapMs: number): Promise<{ connect: number[]; first: number[]; failed?: string }> {
   const listener = spawn(process.execPath, [fileURLToPath(import.meta.url), '--listen-child', url, String(count)],
     { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise((res) => listener.once('close', res));
@@ -173,6 +176,7 @@ async function openRemote(url: string, count: number): Promise<{ connect: number
   const firstMs: number[] = [];
   let failed: string | undefined = line === 'listening' ? undefined : `listener: ${line}`;
   for (let i = 0; i < count && failed === undefined; i++) {
+    if (gapMs > 0) await new Promise((r) => setTimeout(r, gapMs));
     const t0 = performance.now();
     try {
       const c = await connect(url);
@@ -258,12 +262,15 @@ const opens: Record<string, OpenResult> = {};
 for (const [name, url] of Object.entries(urls)) opens[name] = await openMany(url, Math.min(COUNT, LIMITS[name] ?? COUNT));
 // The listener in a process of its own, shm:// (default options) and unix:// alternating, the order rotated.
 const REMOTE: Array<[string, string]> = [['shm', `shm://bench-conn-remote-${tag}`], ['unix', `unix://@shmbus-bench-conn-remote-${tag}`]];
+// Back to back, and --gap ms apart.
+const GAPS = [0, Number(values.gap)];
 const remote: Record<string, { connect: number[]; first: number[]; failed: string[] }> = {};
 for (let round = 0; round < Number(values.rounds); round++) {
-  for (let k = 0; k < REMOTE.length; k++) {
+  for (let k = 0; k < REMOTE.length * GAPS.length; k++) {
     const [name, url] = REMOTE[(k + round) % REMOTE.length]!;
-    const r = await openRemote(url, COUNT);
-    const into = (remote[name] ??= { connect: [], first: [], failed: [] });
+    const gap = GAPS[Math.floor(k / REMOTE.length)]!;
+    const r = await openRemote(url, COUNT, gap);
+    const into = (remote[`${name} ${gap ? `${gap} ms apart` : 'back to back'}`] ??= { connect: [], first: [], failed: [] });
     into.connect.push(...r.connect);
     into.first.push(...r.first);
     if (r.failed) into.failed.push(r.failed);
@@ -298,11 +305,11 @@ if (values.json) {
     ].join(' '));
   }
   console.log(`\nopening ${COUNT} connections one after the other to a listener in another process, ${values.rounds} rounds (medians of all)`);
-  console.log('url          opened  connect ms  vs unix  first msg ms  vs unix  failed');
-  for (const [name, r] of Object.entries(remoteRows)) {
-    const u = remoteRows.unix!;
+  console.log('url                    opened  connect ms  vs unix  first msg ms  vs unix  failed');
+  for (const [name, r] of Object.entries(remoteRows).sort(([a], [b]) => a.slice(a.indexOf(' ')).localeCompare(b.slice(b.indexOf(' '))))) {
+    const u = remoteRows[`unix${name.slice(name.indexOf(' '))}`]!;
     console.log([
-      name.padEnd(12), String(r.opened).padStart(6), r.connectMs.toFixed(3).padStart(11), `${(r.connectMs / u.connectMs).toFixed(1)}x`.padStart(8),
+      name.padEnd(22), String(r.opened).padStart(6), r.connectMs.toFixed(3).padStart(11), `${(r.connectMs / u.connectMs).toFixed(1)}x`.padStart(8),
       r.firstMs.toFixed(3).padStart(13), `${(r.firstMs / u.firstMs).toFixed(1)}x`.padStart(8), r.failed.length ? `  ${r.failed.join('; ')}` : '  -',
     ].join(' '));
   }
