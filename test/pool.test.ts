@@ -1,5 +1,6 @@
 /**
- * A shm:// listener's spare segments (transports/shm/pool.ts): made only after a connection opened, at most a few,
+ * A shm:// listener's spare segments (transports/shm/pool.ts): made only after a connection opened, only while no
+ * handshake is in progress, at most a few,
  * each handed out once, all closed with the listener; a making that meets a full file system fails there, typed,
  * and leaves nothing.
  */
@@ -72,12 +73,12 @@ t.test('spares are made after a connection opened, up to the bound, each handed 
   t.ok(fs.readdirSync('/proc/self/fd').length <= fds0, 'no descriptor left open');
 });
 
-t.test('a listener closed while a spare is being made makes none', async (t) => {
+t.test('a listener closed before its first spare is made makes none', async (t) => {
   const name = unique('pool-close');
   const url = `shm://${name}`;
   const listener = await listen(url);
   const [c, s] = await pair(listener, url);
-  // The first making is scheduled for the next turn of the loop: close before it runs.
+  // The first making is scheduled REFILL_DELAY_MS after the connection opened: close before it runs.
   t.equal(listener.spareSegments, 0, 'no spare made yet in the turn the connection opened');
   const closing = listener.close();
   await closing;
@@ -85,6 +86,26 @@ t.test('a listener closed while a spare is being made makes none', async (t) => 
   for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
   t.equal(listener.spareSegments, 0, 'no spare after close');
   t.equal(memfds(name), 0, 'no memfd after close');
+});
+
+t.test('no spare is made while the listener says it is busy (a handshake in progress)', async (t) => {
+  let busy = true;
+  let asked = 0;
+  const pool = new SegmentPool(() => Region.createMemfd(`shmbus.${unique('pool-idle')}`, { size: 64 * KiB }), 2, () => { asked++; return !busy; });
+  t.teardown(() => pool.close());
+  pool.refill();
+  await eventually(() => asked >= 3, 'the pool asked three times');
+  t.equal(pool.size, 0, 'nothing made while busy');
+  t.ok(pool.refilling, 'it keeps looking');
+  busy = false;
+  await eventually(() => !pool.refilling, 'the pool stops making');
+  t.equal(pool.size, 2, 'made up to its bound once idle');
+  const a = pool.take()!;
+  const b = pool.take()!;
+  t.not(fs.fstatSync(a.fd).ino, fs.fstatSync(b.fd).ino, 'two different segments');
+  t.equal(pool.take(), undefined, 'and no third');
+  a.close();
+  b.close();
 });
 
 // A 1 MiB tmpfs to fill up. Mounting needs CAP_SYS_ADMIN; without it, skipped.

@@ -116,7 +116,8 @@ export class Listener extends ListenerBase<Channel> {
     if (endpoint.scheme === 'shm') {
       const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
       const reserve = this.poolInitial < capacity ? initialRanges(capacity, this.poolInitial) : undefined;
-      this.pool = new SegmentPool(() => Region.createMemfd(memfdName(endpoint), { size, mode: endpoint.perm, reserve }), SPARE_SEGMENTS);
+      this.pool = new SegmentPool(() => Region.createMemfd(memfdName(endpoint), { size, mode: endpoint.perm, reserve }), SPARE_SEGMENTS,
+        () => this.pending.size === 0);
     }
   }
 
