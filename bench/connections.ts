@@ -1,5 +1,6 @@
 // What a connection costs, shm:// against unix:// in one run (issue 11):
-//   node dist/bench/connections.js [--count 2000] [--busy 300000] [--idle 1000] [--many 10000] [--json]
+//   node dist/bench/connections.js [--count 2000] [--rounds 3] [--gap 1] [--busy 300000] [--idle 1000] [--many 10000] [--json]
+//   (--busy 0 and --many 0 leave those rows out)
 //   (npm run bench:connections)
 //
 // One process listens and connects to itself, one connection after another, until --count or the first failure:
@@ -9,6 +10,13 @@
 //   fds      descriptors per open connection (both ends)
 //   failed   the count at which an open failed, and its error code and message
 //   back     whether closing every connection gave back the shared memory and descriptors
+// Then the same opens to a listener in a process of its own (`--listen-child`), as a server is: this process
+// connects --count times, one after the other, holding each open, back to back and --gap ms apart (the listener
+// idle in between, as a server mostly is), for shm:// and unix:// in turn (--rounds rounds, the order rotated
+// each round; medians over every round's opens):
+//   connect  median milliseconds from connect() to the connection ready on this side
+//   first    median milliseconds from connect() to the first message, which the listener sends once it
+//            accepted the connection (both ends ready and one message carried)
 // Then the throughput of one busy connection (64-byte sendBytes, drained, for await on the other end) with
 // --idle idle connections open beside it, against none. Shmem and RSS are machine-wide and process-wide
 // counters: other processes' work on a shared machine shows up in them, so compare rows of the same run.
@@ -30,7 +38,10 @@ const { values } = parseArgs({
     idle: { type: 'string', default: '1000' },
     many: { type: 'string', default: '10000' },
     json: { type: 'boolean', default: false },
+    rounds: { type: 'string', default: '3' },
+    gap: { type: 'string', default: '1' },
     child: { type: 'string' },
+    'listen-child': { type: 'string' },
   },
   allowPositionals: true,
 });
@@ -134,6 +145,57 @@ async function child(url: string, count: number): Promise<void> {
   await Promise.all(conns.map((c) => c.close()));
 }
 
+/** A listener process of the remote open row: listens at `url`, prints "listening", sends each connection it
+ * accepts one message, and closes everything when its stdin ends. */
+async function listenChild(url: string, count: number): Promise<void> {
+  const listener = await listen(url, { maxConnections: count + 1 });
+  const held: Connection[] = [];
+  const hello = Buffer.of(1);
+  const accepting = (async () => { for await (const c of listener) { held.push(c); c.sendBytes(hello); } })();
+  console.log('listening');
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.once('end', r));
+  await Promise.all(held.map((c) => c.close()));
+  await listener.close();
+  await accepting;
+}
+
+/** Per-open milliseconds (to connect() resolved, and to the listener's first message) of `count` opens, one after
+ * the other (`gapMs` apart: the listener idle in between, as a server mostly is), to a listener in a child
+ * process. */
+async function openRemote(url: string, count: number, gapMs: number): Promise<{ connect: number[]; first: number[]; failed?: string }> {
+  const listener = spawn(process.execPath, [fileURLToPath(import.meta.url), '--listen-child', url, String(count)],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise((res) => listener.once('close', res));
+  const line = await new Promise<string>((resolve) => {
+    createInterface({ input: listener.stdout! }).once('line', resolve);
+    listener.once('close', () => resolve('exited'));
+  });
+  const conns: Connection[] = [];
+  const connectMs: number[] = [];
+  const firstMs: number[] = [];
+  let failed: string | undefined = line === 'listening' ? undefined : `listener: ${line}`;
+  for (let i = 0; i < count && failed === undefined; i++) {
+    if (gapMs > 0) await new Promise((r) => setTimeout(r, gapMs));
+    const t0 = performance.now();
+    try {
+      const c = await connect(url);
+      const t1 = performance.now();
+      conns.push(c);
+      await c.receive();
+      const t2 = performance.now();
+      connectMs.push(t1 - t0);
+      firstMs.push(t2 - t0);
+    } catch (error) {
+      failed = `#${i + 1} ${(error as ShmbusError).code}: ${(error as Error).message}`;
+    }
+  }
+  await Promise.all(conns.map((c) => c.close()));
+  listener.stdin!.end();
+  await exited;
+  return { connect: connectMs, first: firstMs, failed };
+}
+
 const CLIENT_PROCESSES = 4;
 
 /** --many: one listener, `total` connections held open by CLIENT_PROCESSES processes. */
@@ -173,6 +235,10 @@ async function many(url: string, total: number) {
   return { ...r, back: { shmem: shmemBytes() - shmem0, fds: fdCount() - fds0 } };
 }
 
+if (values['listen-child'] !== undefined) {
+  await listenChild(values['listen-child'], Number(positionalCount()));
+  process.exit(0);
+}
 if (values.child !== undefined) {
   await child(values.child, Number(positionalCount()));
   process.exit(0);
@@ -194,8 +260,26 @@ const LIMITS: Record<string, number> = {};
 const kib = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
 const opens: Record<string, OpenResult> = {};
 for (const [name, url] of Object.entries(urls)) opens[name] = await openMany(url, Math.min(COUNT, LIMITS[name] ?? COUNT));
+// The listener in a process of its own, shm:// (default options) and unix:// alternating, the order rotated.
+const REMOTE: Array<[string, string]> = [['shm', `shm://bench-conn-remote-${tag}`], ['unix', `unix://@shmbus-bench-conn-remote-${tag}`]];
+// Back to back, and --gap ms apart.
+const GAPS = [0, Number(values.gap)];
+const remote: Record<string, { connect: number[]; first: number[]; failed: string[] }> = {};
+for (let round = 0; round < Number(values.rounds); round++) {
+  for (let k = 0; k < REMOTE.length * GAPS.length; k++) {
+    const [name, url] = REMOTE[(k + round) % REMOTE.length]!;
+    const gap = GAPS[Math.floor(k / REMOTE.length)]!;
+    const r = await openRemote(url, COUNT, gap);
+    const into = (remote[`${name} ${gap ? `${gap} ms apart` : 'back to back'}`] ??= { connect: [], first: [], failed: [] });
+    into.connect.push(...r.connect);
+    into.first.push(...r.first);
+    if (r.failed) into.failed.push(r.failed);
+  }
+}
+const remoteRows = Object.fromEntries(Object.entries(remote).map(([name, r]) =>
+  [name, { opened: r.connect.length, connectMs: median(r.connect), firstMs: median(r.first), failed: r.failed }]));
 const busy: Record<string, { none: number; idle: number; idleOpened: number }> = {};
-for (const [name, url] of Object.entries(urls)) {
+for (const [name, url] of BUSY > 0 ? Object.entries(urls) : []) {
   const none = await busyRate(url, 0, BUSY);
   const withIdle = await busyRate(url, Math.min(IDLE, LIMITS[name] ?? IDLE), BUSY);
   busy[name] = { none: none.rate, idle: withIdle.rate, idleOpened: withIdle.idleOpened };
@@ -208,9 +292,9 @@ const manyRows = MANY > 0
   : [];
 
 if (values.json) {
-  console.log(JSON.stringify({ opens, busy, many: manyRows }, null, 2));
+  console.log(JSON.stringify({ opens, remoteOpens: remoteRows, busy, many: manyRows }, null, 2));
 } else {
-  console.log(`opening up to ${COUNT} connections to our own listener (machine shared: compare rows of this run)`);
+  console.log(`opening up to ${COUNT} connections to our own listener, in this process (machine shared: compare rows of this run)`);
   console.log('url          opened  open ms (median)  vs unix  shmem/conn    rss/conn     fds/conn  back (shmem, fds)  failed');
   const unixMs = opens.unix!.openMs;
   for (const [name, r] of Object.entries(opens)) {
@@ -220,7 +304,16 @@ if (values.json) {
       `${kib(r.back.shmem)}, ${r.back.fds}`.padStart(18), r.failed ? ` #${r.failed.at} ${r.failed.code}: ${r.failed.message}` : '  -',
     ].join(' '));
   }
-  console.log(`\none busy connection, ${BUSY} × 64 B sendBytes → for await, alone and beside ${IDLE} idle ones`);
+  console.log(`\nopening ${COUNT} connections one after the other to a listener in another process, ${values.rounds} rounds (medians of all)`);
+  console.log('url                    opened  connect ms  vs unix  first msg ms  vs unix  failed');
+  for (const [name, r] of Object.entries(remoteRows).sort(([a], [b]) => a.slice(a.indexOf(' ')).localeCompare(b.slice(b.indexOf(' '))))) {
+    const u = remoteRows[`unix${name.slice(name.indexOf(' '))}`]!;
+    console.log([
+      name.padEnd(22), String(r.opened).padStart(6), r.connectMs.toFixed(3).padStart(11), `${(r.connectMs / u.connectMs).toFixed(1)}x`.padStart(8),
+      r.firstMs.toFixed(3).padStart(13), `${(r.firstMs / u.firstMs).toFixed(1)}x`.padStart(8), r.failed.length ? `  ${r.failed.join('; ')}` : '  -',
+    ].join(' '));
+  }
+  if (BUSY > 0) console.log(`\none busy connection, ${BUSY} × 64 B sendBytes → for await, alone and beside ${IDLE} idle ones`);
   for (const [name, b] of Object.entries(busy)) {
     console.log(`${name.padEnd(12)} alone ${(b.none / 1e6).toFixed(2)} M msg/s   beside ${b.idleOpened} idle ${(b.idle / 1e6).toFixed(2)} M msg/s   ratio ${(b.idle / b.none).toFixed(2)}`);
   }

@@ -32,6 +32,7 @@ import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismat
 import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
+import { SegmentPool } from './pool.js';
 import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
 import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
@@ -44,6 +45,12 @@ function ownStartTime(): bigint {
 }
 const DEFAULT_MAX_CONNECTIONS = 1024;
 
+/** Spare segments a shm:// listener keeps made ahead (pool.ts): enough for a short burst of opens; each holds the
+ * pages its rings start with (132 KiB of /dev/shm with the default options). */
+const SPARE_SEGMENTS = 4;
+
+const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.slice(0, 200);
+
 /**
  * A fresh segment for one connection with the verified peer `cred`. Only `sysv` has a name, and only until
  * `seal` below: memfd and unnamed files never have one.
@@ -51,7 +58,7 @@ const DEFAULT_MAX_CONNECTIONS = 1024;
 function createRegion(endpoint: ShmEndpoint, size: number, cred: PeerCredentials, reserve?: Array<[number, number]>): Region {
   const mode = endpoint.perm;
   switch (endpoint.scheme) {
-    case 'shm': return Region.createMemfd(`shmbus.${endpoint.name}`.slice(0, 200), { size, mode, reserve });
+    case 'shm': return Region.createMemfd(memfdName(endpoint), { size, mode, reserve });
     case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve });
     case 'sysv': {
       const region = Region.createSysV('private', { size, mode });
@@ -89,6 +96,10 @@ export class Listener extends ListenerBase<Channel> {
   private readonly pending = new Set<net.Socket>();
   /** Channels this listener made that are not closed yet (maxConnections counts them). */
   private live = 0;
+  /** shm:// only: spare segments of the geometry a connector that grows its rings gets (the usual one). */
+  private readonly pool: SegmentPool | undefined;
+  /** The initial ring capacity the pool's segments are made for. */
+  private readonly poolInitial: number;
 
   /** @internal use listen() */
   constructor(endpoint: ShmEndpoint, server: net.Server, options: ListenOptions) {
@@ -100,6 +111,19 @@ export class Listener extends ListenerBase<Channel> {
     this.maxPending = positive(options.maxPending, DEFAULT_MAX_PENDING, 'maxPending');
     this.maxConnections = positive(options.maxConnections, DEFAULT_MAX_CONNECTIONS, 'maxConnections');
     server.on('connection', (socket) => this.admit(socket));
+    const capacity = endpoint.sizeGiven ? endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
+    this.poolInitial = Math.min(INITIAL_RING_SIZE, capacity);
+    if (endpoint.scheme === 'shm') {
+      const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
+      const reserve = this.poolInitial < capacity ? initialRanges(capacity, this.poolInitial) : undefined;
+      this.pool = new SegmentPool(() => Region.createMemfd(memfdName(endpoint), { size, mode: endpoint.perm, reserve }), SPARE_SEGMENTS,
+        () => this.pending.size === 0);
+    }
+  }
+
+  /** Segments made ahead for the next connections (pool.ts): memfds this listener holds that no connection has. */
+  get spareSegments(): number {
+    return this.pool?.size ?? 0;
   }
 
   /** Handshakes in progress and connections open now. */
@@ -155,7 +179,9 @@ export class Listener extends ListenerBase<Channel> {
       // Rings start small and grow in band when the connector understands it (layout 1.2): only their first
       // INITIAL_RING_SIZE bytes are reserved now.
       const initial = peerGrows(hello.version) ? Math.min(INITIAL_RING_SIZE, capacity) : capacity;
-      const region = createRegion(this.endpoint, size, cred, initial < capacity ? initialRanges(capacity, initial) : undefined);
+      // A spare made ahead (pool.ts) when it has this geometry, else one made now.
+      const region = (initial === this.poolInitial ? this.pool?.take() : undefined)
+        ?? createRegion(this.endpoint, size, cred, initial < capacity ? initialRanges(capacity, initial) : undefined);
       mapping = mapRegion(region);
       // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
       // happens next, and the peer can still attach it by id (Linux).
@@ -190,6 +216,8 @@ export class Listener extends ListenerBase<Channel> {
       this.live++;
       channel.once('close', () => { this.live--; });
       this.offer(channel);
+      // Off this connection's path: the next one finds its segment made.
+      this.pool?.refill();
     } catch (error) {
       this.pending.delete(socket);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
@@ -200,6 +228,7 @@ export class Listener extends ListenerBase<Channel> {
   /** Stops the handshakes in progress and the server (ListenerBase.close closes channels not yet taken). */
   protected async stop(): Promise<void> {
     for (const socket of this.pending) socket.destroy();
+    this.pool?.close();
     // net.Server.close() stops listening at once, but its callback waits for every accepted socket to end:
     // channels handed out stay open (the contract), so do not wait for them.
     this.server.close();
