@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Packr, Unpackr } from 'msgpackr';
 import {
   CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_ENV, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
-  RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
+  RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, RING_TAIL_OFFSET, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
   maxPayload,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from '../host/engine.js';
@@ -99,6 +99,8 @@ const HOST_SPIN_MAX_SKIP = 256;
  * core is waited out), and one the request woke. The wait asks at the budget's end if that comes sooner. */
 const AWAKE_PROBE_US = 8;
 const WOKE_PROBE_US = 30;
+/** Polls of ring OUT's tail between clock reads in a lone request's spin (a power of two; a poll takes ns). */
+const CLOCK_POLLS = 128;
 /** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
 const DEFAULT_RUNNER_SPIN = 10_000;
 
@@ -106,9 +108,18 @@ const DEFAULT_RUNNER_SPIN = 10_000;
  * What the host's wait for replies did, counted only with SHMBUS_COUNTERS=1 (see host/ring.ts): `spins` (lone
  * requests it waited for), `hits` (replies it caught), `skipped` (lone requests that did not wait after misses),
  * `bells` (runner doorbells this event loop took), `wakes` (requests that had to wake a sleeping runner),
- * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, and the polls of ring OUT it took to see them).
+ * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, counted from the spin's first clock read, and the polls of ring OUT it took to see them).
  */
 export const pluginPerf = { spins: 0, hits: 0, skipped: 0, bells: 0, wakes: 0, waitedNs: 0, polls: 0, away: 0 };
+
+/** A promise's resolving functions, taken by one executor shared by every request (no closure per request). */
+const captured = { resolve: undefined as unknown as (value: unknown) => void, reject: undefined as unknown as (error: Error) => void };
+function capture(resolve: (value: unknown) => void, reject: (error: Error) => void): void {
+  captured.resolve = resolve;
+  captured.reject = reject;
+}
+/** What spinSoon's task hangs on (a reaction on a settled promise runs as a microtask). */
+const SETTLED = Promise.resolve();
 
 /** One request in flight. A class, not closures: it is made once per request on the hot path. */
 class Pending {
@@ -132,6 +143,8 @@ class Instance {
   readonly window: number;
   readonly tx: RingEnd;
   readonly rx: RingEnd;
+  /** engine.u32 index of the low word of ring OUT's tail (the lone request's spin polls it). */
+  private readonly rxTail: number = 0;
   readonly inFlight = new Map<number, Pending>();
   runner: RunnerHandle | undefined;
   ready = false;
@@ -154,6 +167,7 @@ class Instance {
       formatSegment(this.engine, window, CHANNEL_RING_COUNT, capacity, process.pid, 0n);
       this.tx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_IN, capacity), capacity, 'producer');
       this.rx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_OUT, capacity), capacity, 'consumer');
+      this.rxTail = (window + ringOffset(GUEST_RING_OUT, capacity) + RING_TAIL_OFFSET) >>> 2;
       // The plugin's configuration goes first: it is read before any request (loadPlugin checked that it fits).
       if (plugin.envBytes && !this.put(GUEST_RECORD_ENV, plugin.envBytes)) throw new BadArgumentError('env does not fit the ring', {});
     } catch (error) {
@@ -241,13 +255,19 @@ class Instance {
   private waitUs = 0;
 
   private spinQueued = false;
+  /** The lone request the queued spin is for, when it has a timeout: its deadline is set only if the spin does not
+   * catch its reply (a reply caught at once costs no clock read for it). */
+  spinFor: Pending | undefined = undefined;
   private readonly spinTask = (): void => {
     this.spinQueued = false;
     const woke = this.woke;
     this.woke = false;
+    const p = this.spinFor;
+    this.spinFor = undefined;
     if (this.dead) return;
     if (this.inFlight.size === 1) this.spinForReply(woke);
     else this.drain(); // parks ring OUT again: its replies ring the doorbell
+    if (p !== undefined && !p.done) this.plugin.startClock(p);
   };
   /** A request written since spinSoon found the runner asleep (and woke it). */
   private woke = false;
@@ -259,12 +279,15 @@ class Instance {
    * a row — 16 callers each sending their next one as their reply comes — has sent them all by then, and a request
    * that is no longer alone waits for the doorbell instead of holding the others back.
    */
-  spinSoon(): void {
-    if (this.spinQueued || this.spinUs <= 0) return;
-    if (this.skip > 0) { this.skip--; if (COUNTING) pluginPerf.skipped++; return; }
+  spinSoon(): boolean {
+    if (this.spinQueued || this.spinUs <= 0) return false;
+    if (this.skip > 0) { this.skip--; if (COUNTING) pluginPerf.skipped++; return false; }
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     this.spinQueued = true;
-    queueMicrotask(this.spinTask);
+    // A reaction on a settled promise, not queueMicrotask: that one makes an AsyncResource and a bound function
+    // per call (measured: the most allocation of a lone request after the request's own promise).
+    void SETTLED.then(this.spinTask);
+    return true;
   }
 
   /**
@@ -277,28 +300,44 @@ class Instance {
     const budget = this.spinUs;
     if (COUNTING) pluginPerf.spins++;
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
-    const start = performance.now();
+    // Polled below is the low word of ring OUT's tail, not ring_pending (a call into the engine per poll): with
+    // nothing unread now, any change of it is a commit by the plugin (or garbage, which drain then reports).
+    // Nothing here grows the engine's memory, so the view stays valid through the loop.
+    const u32 = this.engine.u32;
+    const tail = this.rxTail;
+    const before = this.rx.pending() > 0 ? -1 : Atomics.load(u32, tail);
+    // The clock is first read after CLOCK_POLLS polls (a fraction of a µs): most replies come sooner and cost no
+    // clock read. Waits are counted from that read (the budget's learning undercounts them by that fraction).
+    let start = 0;
     // By `probe` (the budget's end, or AWAKE_PROBE_US if sooner) the runner must have polled since the request
     // (RunnerHandle.seen), or it is not on a core now (a busy machine, or still waking up): then the doorbell,
     // without a word to the budget, which is about how long a running plugin takes, and without skipping later
     // waits. A runner this request had to wake gets longer, and the budget after that.
-    let probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
-    const deadline = (woke ? probe : start) + budget / 1000;
+    let probe = Infinity;
+    let deadline = Infinity;
     let away = false;
     for (let i = 1; ; i++) {
-      if (this.rx.pending() > 0) {
-        if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round((performance.now() - start) * 1e6); pluginPerf.polls += i; }
+      // SYNC: pairs with the plugin's atomic store of the tail in its commit (drain reads the record after it).
+      if (Atomics.load(u32, tail) !== before) {
+        const waitedUs = start === 0 ? 0 : (performance.now() - start) * 1000;
+        if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round(waitedUs * 1000); pluginPerf.polls += i; }
         if (this.plugin.spinAuto && !woke) {
           // A few times the usual wait: a miss then costs little more than a hit takes.
-          this.waitUs += ((performance.now() - start) * 1000 - this.waitUs) / 8;
+          this.waitUs += (waitedUs - this.waitUs) / 8;
           this.spinUs = Math.min(HOST_SPIN_MAX_US, Math.max(HOST_SPIN_MIN_US * 4, 8 * this.waitUs));
           this.skipNext = 1;
         }
         this.drain();
         return;
       }
-      if ((i & 31) === 0) {
+      if ((i & (CLOCK_POLLS - 1)) === 0) {
         const now = performance.now();
+        if (start === 0) {
+          start = now;
+          probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
+          deadline = (woke ? probe : start) + budget / 1000;
+          continue;
+        }
         if (now > probe) {
           if (!this.runner!.seen()) { away = true; break; }
           probe = Infinity;
@@ -578,9 +617,12 @@ export class Plugin extends EventEmitter {
     }
     const pending = new Pending(this.nextId);
     this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
-    const promise = new Promise<unknown>((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
+    const promise = new Promise<unknown>(capture);
+    pending.resolve = captured.resolve;
+    pending.reject = captured.reject;
     const best = this.waiting.length === 0 ? this.pick() : undefined;
-    if (best) this.handOver(best, RECORD_REQUEST, bytes, pending);
+    let spun = false;
+    if (best) spun = this.handOver(best, RECORD_REQUEST, bytes, pending);
     else {
       this.waiting.push({ type: RECORD_REQUEST, bytes: keep(bytes), pending });
       this.dispatch();
@@ -588,8 +630,10 @@ export class Plugin extends EventEmitter {
     if (pending.done) return promise;
     if (timeout > 0) {
       pending.timeout = timeout;
-      pending.deadline = performance.now() + timeout;
-      this.armTimer(pending.deadline);
+      // A lone request the host spins for: its clock starts after the spin (microseconds from now), only if the
+      // spin did not catch the reply. Until then no timer can fire: the spin runs before the event loop does.
+      if (spun) best!.spinFor = pending;
+      else this.startClock(pending);
     }
     if (signal) {
       pending.signal = signal;
@@ -603,6 +647,12 @@ export class Plugin extends EventEmitter {
    * One timer for every request's timeout, armed for the earliest deadline: a request answered at once costs no
    * timer, and the rest share one (a setTimeout per request cost more than the echo's round trip).
    */
+  /** @internal starts `p`'s timeout (p.timeout ms from now). */
+  startClock(p: Pending): void {
+    p.deadline = performance.now() + p.timeout;
+    this.armTimer(p.deadline);
+  }
+
   private armTimer(deadline: number): void {
     if (this.timer !== undefined && this.timerAt <= deadline) return;
     if (this.timer !== undefined) clearTimeout(this.timer);
@@ -684,16 +734,19 @@ export class Plugin extends EventEmitter {
     return best;
   }
 
-  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin). */
-  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): void {
+  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin).
+   * True when a spin was queued for `p`. */
+  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): boolean {
     if (p) { p.instance = best; best.inFlight.set(p.id, p); }
+    let spun = false;
     try {
-      if (p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinSoon();
+      if (p && best.inFlight.size === 1 && this.waiting.length === 0) spun = best.spinSoon();
       best.write(type, bytes);
     } catch (error) {
       // The ring itself refused (corrupt): that instance is done.
       best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
     }
+    return spun;
   }
 
   /** Every request not settled yet: in flight on an instance (an instance that fails settles its own), or waiting
