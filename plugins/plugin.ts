@@ -99,8 +99,8 @@ const HOST_SPIN_MAX_SKIP = 256;
  * core is waited out), and one the request woke. The wait asks at the budget's end if that comes sooner. */
 const AWAKE_PROBE_US = 8;
 const WOKE_PROBE_US = 30;
-/** Polls of ring OUT's tail between clock reads in a lone request's spin (a power of two; a poll takes ns). */
-const CLOCK_POLLS = 128;
+/** Polls of ring OUT's tail between clock reads in a lone request's spin (a power of two; a poll takes ~10 ns). */
+const CLOCK_POLLS = 32;
 /** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
 const DEFAULT_RUNNER_SPIN = 10_000;
 
@@ -108,7 +108,7 @@ const DEFAULT_RUNNER_SPIN = 10_000;
  * What the host's wait for replies did, counted only with SHMBUS_COUNTERS=1 (see host/ring.ts): `spins` (lone
  * requests it waited for), `hits` (replies it caught), `skipped` (lone requests that did not wait after misses),
  * `bells` (runner doorbells this event loop took), `wakes` (requests that had to wake a sleeping runner),
- * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, counted from the spin's first clock read, and the polls of ring OUT it took to see them).
+ * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, and the polls of ring OUT it took to see them).
  */
 export const pluginPerf = { spins: 0, hits: 0, skipped: 0, bells: 0, wakes: 0, waitedNs: 0, polls: 0, away: 0 };
 
@@ -375,20 +375,18 @@ class Instance {
     const u32 = this.engine.u32;
     const tail = this.rxTail;
     const before = this.rx.pending() > 0 ? -1 : Atomics.load(u32, tail);
-    // The clock is first read after CLOCK_POLLS polls (a fraction of a µs): most replies come sooner and cost no
-    // clock read. Waits are counted from that read (the budget's learning undercounts them by that fraction).
-    let start = 0;
+    const start = performance.now();
     // By `probe` (the budget's end, or AWAKE_PROBE_US if sooner) the runner must have polled since the request
     // (RunnerHandle.seen), or it is not on a core now (a busy machine, or still waking up): then the doorbell,
     // without a word to the budget, which is about how long a running plugin takes, and without skipping later
     // waits. A runner this request had to wake gets longer, and the budget after that.
-    let probe = Infinity;
-    let deadline = Infinity;
+    let probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
+    const deadline = (woke ? probe : start) + budget / 1000;
     let away = false;
     for (let i = 1; ; i++) {
       // SYNC: pairs with the plugin's atomic store of the tail in its commit (drain reads the record after it).
       if (Atomics.load(u32, tail) !== before) {
-        const waitedUs = start === 0 ? 0 : (performance.now() - start) * 1000;
+        const waitedUs = (performance.now() - start) * 1000;
         if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round(waitedUs * 1000); pluginPerf.polls += i; }
         if (this.plugin.spinAuto && !woke) {
           // A few times the usual wait: a miss then costs little more than a hit takes.
@@ -401,12 +399,6 @@ class Instance {
       }
       if ((i & (CLOCK_POLLS - 1)) === 0) {
         const now = performance.now();
-        if (start === 0) {
-          start = now;
-          probe = start + (woke ? WOKE_PROBE_US : Math.min(budget, AWAKE_PROBE_US)) / 1000;
-          deadline = (woke ? probe : start) + budget / 1000;
-          continue;
-        }
         if (now > probe) {
           if (!this.runner!.seen()) { away = true; break; }
           probe = Infinity;
