@@ -289,7 +289,16 @@ export function encodeValue(value: unknown, id: number): Uint8Array | undefined 
     if (error === BAIL) return undefined;
     throw error;
   }
-  return out.subarray(0, at);
+  return view(at);
+}
+
+/** Views of `out` by length, made once each: a request of a size seen before allocates nothing here. */
+const VIEW_CACHE = 1024;
+let views: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(VIEW_CACHE + 1).fill(undefined);
+
+function view(length: number): Uint8Array {
+  if (length > VIEW_CACHE) return out.subarray(0, length);
+  return views[length] ??= new Uint8Array(out.buffer, out.byteOffset, length);
 }
 
 /** `bytes` (an encodeValue result or msgpackr's), as an array of its own that a later encode does not overwrite. */
@@ -303,6 +312,7 @@ function room(bytes: number): void {
   const bigger = Buffer.allocUnsafeSlow(Math.min(ENCODE_MAX, Math.max(at + bytes, out.length * 2)));
   out.copy(bigger, 0, 0, at);
   out = bigger;
+  views = new Array<Uint8Array | undefined>(VIEW_CACHE + 1).fill(undefined);
 }
 
 function write(value: unknown, depth: number): void {

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Packr, Unpackr } from 'msgpackr';
 import {
   CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_ENV, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
-  RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
+  RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, RING_TAIL_OFFSET, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
   maxPayload,
 } from '../assembly/layout.js';
 import { getEngine, type Engine } from '../host/engine.js';
@@ -99,6 +99,8 @@ const HOST_SPIN_MAX_SKIP = 256;
  * core is waited out), and one the request woke. The wait asks at the budget's end if that comes sooner. */
 const AWAKE_PROBE_US = 8;
 const WOKE_PROBE_US = 30;
+/** Polls of ring OUT's tail between clock reads in a lone request's spin (a power of two; a poll takes ~10 ns). */
+const CLOCK_POLLS = 32;
 /** Polls of an idle ring before a runner sleeps: tens of µs, longer than the host takes between two calls. */
 const DEFAULT_RUNNER_SPIN = 10_000;
 
@@ -109,6 +111,15 @@ const DEFAULT_RUNNER_SPIN = 10_000;
  * `away` (spins that gave up because the runner had not polled since the request), `waitedNs` and `polls` (the time the caught replies took, and the polls of ring OUT it took to see them).
  */
 export const pluginPerf = { spins: 0, hits: 0, skipped: 0, bells: 0, wakes: 0, waitedNs: 0, polls: 0, away: 0 };
+
+/** A promise's resolving functions, taken by one executor shared by every request (no closure per request). */
+const captured = { resolve: undefined as unknown as (value: unknown) => void, reject: undefined as unknown as (error: Error) => void };
+function capture(resolve: (value: unknown) => void, reject: (error: Error) => void): void {
+  captured.resolve = resolve;
+  captured.reject = reject;
+}
+/** What spinSoon's task hangs on (a reaction on a settled promise runs as a microtask). */
+const SETTLED = Promise.resolve();
 
 /** One request in flight. A class, not closures: it is made once per request on the hot path. */
 class Pending {
@@ -125,6 +136,75 @@ class Pending {
   constructor(readonly id: number) {}
 }
 
+/**
+ * An instance's requests in flight by id: open addressing (linear probing, deletion by backward shift) in an array
+ * at most half full. A Map here allocated on nearly every request (a table of one entry being set and deleted is
+ * rehashed: measured 152 of the 1041 bytes a lone echo request allocated). @internal exported for its test.
+ */
+export class PendingTable {
+  private slots: (Pending | undefined)[] = new Array<Pending | undefined>(16).fill(undefined);
+  private mask = 15;
+  size = 0;
+
+  /** `id` comes from the plugin's reply: any number (probing ends at an empty slot, which there always is). */
+  get(id: number): Pending | undefined {
+    const slots = this.slots;
+    for (let i = id & this.mask; ; i = (i + 1) & this.mask) {
+      const p = slots[i];
+      if (p === undefined || p.id === id) return p;
+    }
+  }
+
+  /** Adds `p` (its id is not in the table: ids are unique among requests in flight). */
+  set(p: Pending): void {
+    if ((this.size + 1) * 2 > this.slots.length) this.grow();
+    this.insert(p);
+    this.size++;
+  }
+
+  delete(id: number): void {
+    const slots = this.slots;
+    const mask = this.mask;
+    let i = id & mask;
+    for (; ; i = (i + 1) & mask) {
+      const p = slots[i];
+      if (p === undefined) return;
+      if (p.id === id) break;
+    }
+    slots[i] = undefined;
+    this.size--;
+    // Backward shift: a later entry of the same run moves into the hole unless its home slot lies after the hole.
+    for (let j = (i + 1) & mask; ; j = (j + 1) & mask) {
+      const q = slots[j];
+      if (q === undefined) return;
+      const home = q.id & mask;
+      if (i <= j ? home > i && home <= j : home > i || home <= j) continue;
+      slots[i] = q;
+      slots[j] = undefined;
+      i = j;
+    }
+  }
+
+  values(): Pending[] {
+    const all: Pending[] = [];
+    for (const p of this.slots) if (p !== undefined) all.push(p);
+    return all;
+  }
+
+  private insert(p: Pending): void {
+    let i = p.id & this.mask;
+    while (this.slots[i] !== undefined) i = (i + 1) & this.mask;
+    this.slots[i] = p;
+  }
+
+  private grow(): void {
+    const old = this.slots;
+    this.slots = new Array<Pending | undefined>(old.length * 2).fill(undefined);
+    this.mask = this.slots.length - 1;
+    for (const p of old) if (p !== undefined) this.insert(p);
+  }
+}
+
 /** Internal: one running instance and its segment. */
 class Instance {
   readonly engine: Engine = getEngine();
@@ -132,7 +212,9 @@ class Instance {
   readonly window: number;
   readonly tx: RingEnd;
   readonly rx: RingEnd;
-  readonly inFlight = new Map<number, Pending>();
+  /** engine.u32 index of the low word of ring OUT's tail (the lone request's spin polls it). */
+  private readonly rxTail: number = 0;
+  readonly inFlight = new PendingTable();
   runner: RunnerHandle | undefined;
   ready = false;
   dead = false;
@@ -154,6 +236,7 @@ class Instance {
       formatSegment(this.engine, window, CHANNEL_RING_COUNT, capacity, process.pid, 0n);
       this.tx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_IN, capacity), capacity, 'producer');
       this.rx = new RingEnd(this.engine, window + ringOffset(GUEST_RING_OUT, capacity), capacity, 'consumer');
+      this.rxTail = (window + ringOffset(GUEST_RING_OUT, capacity) + RING_TAIL_OFFSET) >>> 2;
       // The plugin's configuration goes first: it is read before any request (loadPlugin checked that it fits).
       if (plugin.envBytes && !this.put(GUEST_RECORD_ENV, plugin.envBytes)) throw new BadArgumentError('env does not fit the ring', {});
     } catch (error) {
@@ -241,13 +324,19 @@ class Instance {
   private waitUs = 0;
 
   private spinQueued = false;
+  /** The lone request the queued spin is for, when it has a timeout: its deadline is set only if the spin does not
+   * catch its reply (a reply caught at once costs no clock read for it). */
+  spinFor: Pending | undefined = undefined;
   private readonly spinTask = (): void => {
     this.spinQueued = false;
     const woke = this.woke;
     this.woke = false;
+    const p = this.spinFor;
+    this.spinFor = undefined;
     if (this.dead) return;
     if (this.inFlight.size === 1) this.spinForReply(woke);
     else this.drain(); // parks ring OUT again: its replies ring the doorbell
+    if (p !== undefined && !p.done) this.plugin.startClock(p);
   };
   /** A request written since spinSoon found the runner asleep (and woke it). */
   private woke = false;
@@ -259,12 +348,15 @@ class Instance {
    * a row — 16 callers each sending their next one as their reply comes — has sent them all by then, and a request
    * that is no longer alone waits for the doorbell instead of holding the others back.
    */
-  spinSoon(): void {
-    if (this.spinQueued || this.spinUs <= 0) return;
-    if (this.skip > 0) { this.skip--; if (COUNTING) pluginPerf.skipped++; return; }
+  spinSoon(): boolean {
+    if (this.spinQueued || this.spinUs <= 0) return false;
+    if (this.skip > 0) { this.skip--; if (COUNTING) pluginPerf.skipped++; return false; }
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
     this.spinQueued = true;
-    queueMicrotask(this.spinTask);
+    // A reaction on a settled promise, not queueMicrotask: that one makes an AsyncResource and a bound function
+    // per call (measured: the most allocation of a lone request after the request's own promise).
+    void SETTLED.then(this.spinTask);
+    return true;
   }
 
   /**
@@ -277,6 +369,12 @@ class Instance {
     const budget = this.spinUs;
     if (COUNTING) pluginPerf.spins++;
     if (this.parkedRx) { this.parkedRx = false; this.rx.unpark(); }
+    // Polled below is the low word of ring OUT's tail, not ring_pending (a call into the engine per poll): with
+    // nothing unread now, any change of it is a commit by the plugin (or garbage, which drain then reports).
+    // Nothing here grows the engine's memory, so the view stays valid through the loop.
+    const u32 = this.engine.u32;
+    const tail = this.rxTail;
+    const before = this.rx.pending() > 0 ? -1 : Atomics.load(u32, tail);
     const start = performance.now();
     // By `probe` (the budget's end, or AWAKE_PROBE_US if sooner) the runner must have polled since the request
     // (RunnerHandle.seen), or it is not on a core now (a busy machine, or still waking up): then the doorbell,
@@ -286,18 +384,20 @@ class Instance {
     const deadline = (woke ? probe : start) + budget / 1000;
     let away = false;
     for (let i = 1; ; i++) {
-      if (this.rx.pending() > 0) {
-        if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round((performance.now() - start) * 1e6); pluginPerf.polls += i; }
+      // SYNC: pairs with the plugin's atomic store of the tail in its commit (drain reads the record after it).
+      if (Atomics.load(u32, tail) !== before) {
+        const waitedUs = (performance.now() - start) * 1000;
+        if (COUNTING) { pluginPerf.hits++; pluginPerf.waitedNs += Math.round(waitedUs * 1000); pluginPerf.polls += i; }
         if (this.plugin.spinAuto && !woke) {
           // A few times the usual wait: a miss then costs little more than a hit takes.
-          this.waitUs += ((performance.now() - start) * 1000 - this.waitUs) / 8;
+          this.waitUs += (waitedUs - this.waitUs) / 8;
           this.spinUs = Math.min(HOST_SPIN_MAX_US, Math.max(HOST_SPIN_MIN_US * 4, 8 * this.waitUs));
           this.skipNext = 1;
         }
         this.drain();
         return;
       }
-      if ((i & 31) === 0) {
+      if ((i & (CLOCK_POLLS - 1)) === 0) {
         const now = performance.now();
         if (now > probe) {
           if (!this.runner!.seen()) { away = true; break; }
@@ -427,7 +527,7 @@ class Instance {
     const wasReady = this.ready;
     clearTimeout(this.startTimer);
     this.startReject(error);
-    for (const pending of [...this.inFlight.values()]) {
+    for (const pending of this.inFlight.values()) {
       if (this.plugin.settle(pending)) pending.reject(error);
     }
     void this.dispose().then(() => this.plugin.replace(this, error, wasReady));
@@ -578,9 +678,12 @@ export class Plugin extends EventEmitter {
     }
     const pending = new Pending(this.nextId);
     this.nextId = this.nextId === 0x7fffffff ? 1 : this.nextId + 1;
-    const promise = new Promise<unknown>((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
+    const promise = new Promise<unknown>(capture);
+    pending.resolve = captured.resolve;
+    pending.reject = captured.reject;
     const best = this.waiting.length === 0 ? this.pick() : undefined;
-    if (best) this.handOver(best, RECORD_REQUEST, bytes, pending);
+    let spun = false;
+    if (best) spun = this.handOver(best, RECORD_REQUEST, bytes, pending);
     else {
       this.waiting.push({ type: RECORD_REQUEST, bytes: keep(bytes), pending });
       this.dispatch();
@@ -588,8 +691,10 @@ export class Plugin extends EventEmitter {
     if (pending.done) return promise;
     if (timeout > 0) {
       pending.timeout = timeout;
-      pending.deadline = performance.now() + timeout;
-      this.armTimer(pending.deadline);
+      // A lone request the host spins for: its clock starts after the spin (microseconds from now), only if the
+      // spin did not catch the reply. Until then no timer can fire: the spin runs before the event loop does.
+      if (spun) best!.spinFor = pending;
+      else this.startClock(pending);
     }
     if (signal) {
       pending.signal = signal;
@@ -603,6 +708,12 @@ export class Plugin extends EventEmitter {
    * One timer for every request's timeout, armed for the earliest deadline: a request answered at once costs no
    * timer, and the rest share one (a setTimeout per request cost more than the echo's round trip).
    */
+  /** @internal starts `p`'s timeout (p.timeout ms from now). */
+  startClock(p: Pending): void {
+    p.deadline = performance.now() + p.timeout;
+    this.armTimer(p.deadline);
+  }
+
   private armTimer(deadline: number): void {
     if (this.timer !== undefined && this.timerAt <= deadline) return;
     if (this.timer !== undefined) clearTimeout(this.timer);
@@ -684,16 +795,19 @@ export class Plugin extends EventEmitter {
     return best;
   }
 
-  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin). */
-  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): void {
-    if (p) { p.instance = best; best.inFlight.set(p.id, p); }
+  /** Writes one record to `best`'s ring IN; a lone request to an awake runner then waits for its reply (hostSpin).
+   * True when a spin was queued for `p`. */
+  private handOver(best: Instance, type: number, bytes: Uint8Array, p: Pending | undefined): boolean {
+    if (p) { p.instance = best; best.inFlight.set(p); }
+    let spun = false;
     try {
-      if (p && best.inFlight.size === 1 && this.waiting.length === 0) best.spinSoon();
+      if (p && best.inFlight.size === 1 && this.waiting.length === 0) spun = best.spinSoon();
       best.write(type, bytes);
     } catch (error) {
       // The ring itself refused (corrupt): that instance is done.
       best.fail(error instanceof ShmbusError ? error : new CorruptError('plugin ring write failed', { cause: String(error) }));
     }
+    return spun;
   }
 
   /** Every request not settled yet: in flight on an instance (an instance that fails settles its own), or waiting
