@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { listen, connect, type Listener, type Channel } from '../transports/shm/index.js';
-import { SegmentPool } from '../transports/shm/pool.js';
+import { REFILL_DELAY_MS, SegmentPool } from '../transports/shm/pool.js';
 import { Region } from '../host/region.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 import { eventually, fileTimeout, unique } from './helpers.js';
@@ -83,7 +83,9 @@ t.test('a listener closed before its first spare is made makes none', async (t) 
   const closing = listener.close();
   await closing;
   await Promise.all([c.close(), s.close()]);
-  for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+  // A timer set now expires after the refill timer the connection scheduled (REFILL_DELAY_MS from its open), and
+  // Node runs timers in order of expiry: had close not cancelled that one, it would have run by then.
+  await new Promise((r) => setTimeout(r, REFILL_DELAY_MS + 1));
   t.equal(listener.spareSegments, 0, 'no spare after close');
   t.equal(memfds(name), 0, 'no memfd after close');
 });
