@@ -27,7 +27,7 @@ import {
 } from '../assembly/layout.js';
 import { DirHandle } from './sys/dir.js';
 import { claimAlive, claimPid } from './claim.js';
-import { isProcessAlive } from './sys/proc.js';
+import { isProcessAlive, taskIdInUse } from './sys/proc.js';
 import { ShmbusError } from './errors.js';
 import { decodePeer } from './codec.js';
 import { MSG_HEADER, msgPeek, msgRemoveIfExists, msgStat, msgType } from './sys/msg.js';
@@ -680,12 +680,18 @@ export const sysvmqEndpoints: Reaper<MsgQueueCandidate> = {
   },
 };
 
-/** The card of a dead listener that names private queue `q` as its port, or whose process last received from `q`. */
+/**
+ * The card of a dead listener that names private queue `q` as its port, or whose process last received from `q`.
+ * The kernel records the last receiver as a thread id (lrpid), from the same pool of numbers as process ids: once
+ * any task has the dead listener's pid again (a thread of a live process, say its msgrcv thread), `q` may be
+ * that task's, so a number in use never ties a queue to a dead listener.
+ */
 function deadListenerOf(q: MsgQueue, queues: MsgQueue[]): { card: ListenerCard; endpoint: MsgQueue } | undefined {
+  const lastReceiverGone = q.lrpid > 0 && !taskIdInUse(q.lrpid);
   for (const endpoint of queues) {
     if (endpoint.key === 0 || endpoint.uid !== q.uid) continue;
     const card = readListenerCard(endpoint.msqid);
-    if (typeof card === 'string' || !(card.port === q.msqid || (q.lrpid !== 0 && q.lrpid === card.pid))) continue;
+    if (typeof card === 'string' || !(card.port === q.msqid || (lastReceiverGone && q.lrpid === card.pid))) continue;
     if (processVerdict('listener', card.pid, card.start).dead) return { card, endpoint };
   }
   return undefined;

@@ -5,7 +5,10 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { reapDeadBuses } from '../host/reap.js';
+import { pack } from 'msgpackr';
+import { reap, reapDeadBuses, sysvmqReapers, type MsgQueueCandidate } from '../host/reap.js';
+import { MSG_HEADER, msgExists, msgGet, msgReceive, msgRemoveIfExists, msgSend, setMsgType } from '../host/sys/msg.js';
+import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE } from '../host/sys/constants.js';
 import { fileTimeout, needsMqueue, startFixture, unique, within } from './helpers.js';
 
 // Measured on a busy 2-core machine (load 10-20): ~8 s. Timeout: 4x that, at least tap's 60 s.
@@ -99,4 +102,27 @@ t.test('shmbus clean --dry-run lists what a killed listener of mq:// and sysvmq:
   t.notOk(existsSync(`/dev/mqueue/${mqName}`), 'the mq:// endpoint queue was removed');
   t.notOk(msgQueues().has(keyQueue!), 'the sysvmq:// key queue was removed');
   t.notOk(msgQueues().has(port), 'the port was removed');
+});
+
+t.test('a queue last read by a live task is never a dead sysvmq:// listener\'s, though the task has that listener\'s pid', async (t) => {
+  // Our private queue, last read by this process's main thread: the kernel records our pid as its lrpid (for a
+  // queue read on another thread, that thread's id, from the same pool of numbers).
+  const mine = msgGet(IPC_PRIVATE, IPC_CREAT | 0o600);
+  t.teardown(() => { msgRemoveIfExists(mine); });
+  const buf = new Uint8Array(MSG_HEADER + 8);
+  setMsgType(buf, 1);
+  t.ok(msgSend(mine, buf, 8), 'a message into our queue');
+  t.equal(msgReceive(mine, buf, 0, false), 8, 'and read back by this process');
+  // The card of a killed listener that had our pid before us: its start time is not ours, so it is dead.
+  const key = (0x5e000000 | (process.pid & 0xffffff)) >>> 0;
+  const cardQueue = msgGet(key, IPC_CREAT | IPC_EXCL | 0o600);
+  t.teardown(() => { msgRemoveIfExists(cardQueue); });
+  const card = pack({ shmbus: 1, proto: 1, pid: process.pid, start: '1', port: -1, id: 1 });
+  const message = new Uint8Array(MSG_HEADER + card.length);
+  setMsgType(message, 1);
+  message.set(card, MSG_HEADER);
+  t.ok(msgSend(cardQueue, message, card.length), 'the card planted');
+  const report = reap(sysvmqReapers, { select: (c) => [mine, cardQueue].includes((c as MsgQueueCandidate).msqid) });
+  t.ok(msgExists(mine), `our queue is still there: ${JSON.stringify(report.outcomes)}`);
+  t.notOk(msgExists(cardQueue), 'the dead listener\'s key queue was removed');
 });

@@ -61,6 +61,17 @@ export function isThreadOf(pid: number, tid: number): boolean {
   return fs.existsSync(`/proc/${pid}/task/${tid}`);
 }
 
+/**
+ * Whether any task (a process or a thread of one) has the number `id` now. The kernel records some pids as a
+ * thread's id (System V's lrpid: the receiving thread), and process and thread ids come from one pool, so a
+ * number a dead process had may now be a thread's.
+ */
+export function taskIdInUse(id: number): boolean {
+  if (!Number.isInteger(id) || id <= 0) return false;
+  // /proc/<tid> resolves for a thread too, though /proc does not list it.
+  return fs.existsSync(`/proc/${id}`);
+}
+
 /** The effective uid of a running process (the Uid: line of /proc/<pid>/status), or undefined. */
 export function processEuid(pid: number): number | undefined {
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
