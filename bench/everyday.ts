@@ -15,6 +15,7 @@
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
 // shm `send` uses msgpackr record structures per direction (RECORD_MSGPACK_RECORDS), as the socket rows do.
 // BENCH_CHILD_PROF=<dir> makes each child write a CPU profile there; `--rows` picks rows (and `rtt`).
+// BENCH_FLAT_STRING=1 packs a literal string instead of a fresh 'x'.repeat(30) (see makeObject).
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
 // for back-pressure, one 'data' handler that cuts frames, msgpackr with sequential record structures for objects.
 //
@@ -43,7 +44,11 @@ const BATCH = 256;
 const ROUND_TRIPS = 20_000;
 const MiB = 1 << 20;
 
-const makeObject = (i: number) => ({ i, s: 'x'.repeat(30), f: i / 3 });
+/** BENCH_FLAT_STRING=1 (parent and children): the object's string is one literal instead of a fresh
+ * 'x'.repeat(30), a rope (cons string) V8 flattens when msgpackr reads it: about half of msgpackr's pack time for
+ * this object, paid by both sides. Shows how much of the objects row is that. */
+const FLAT_STRING = process.env.BENCH_FLAT_STRING === '1' ? 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' : undefined;
+const makeObject = (i: number) => ({ i, s: FLAT_STRING ?? 'x'.repeat(30), f: i / 3 });
 const payload = (row: Row) => Buffer.alloc(row === 'bytes1M' ? MiB : 64, 7);
 const rowBytes = (row: Row) => (row === 'bytes1M' ? MiB : 64);
 
