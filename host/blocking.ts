@@ -144,6 +144,15 @@ abstract class EventThread {
     this.thread?.release();
   }
 
+  /** @internal For a report of a stall (tests): the entry ring's positions, whether the consumer loop and the
+   * thread run, and the error that stopped the thread. */
+  get state(): { head: number; tail: number; pumping: boolean; thread: boolean; stop: number; failure?: string } {
+    return {
+      head: Atomics.load(this.ctrl, HEAD), tail: this.tail, pumping: this.running, thread: this.thread?.running === true,
+      stop: Atomics.load(this.ctrl, STOP), failure: this.failure?.message,
+    };
+  }
+
   /** Consumes entries as the thread produces them; waits with Atomics.waitAsync (not a libuv handle: the
    * thread's holds decide whether the process stays alive). */
   private async pump(): Promise<void> {
@@ -362,6 +371,11 @@ export class MsgrcvThread extends EventThread {
 
   protected workerData(): Record<string, unknown> {
     return {};
+  }
+
+  /** @internal The port the thread receives from (as the thread sees it, and as we attached it). */
+  get ports(): { portSeen: number; portAttached: number } {
+    return { portSeen: Atomics.load(this.ctrl, PORT), portAttached: this.port };
   }
 
   protected onEntry(lo: number, hi: number, payload: Uint8Array): void {

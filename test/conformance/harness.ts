@@ -59,6 +59,8 @@ export interface ConformanceCase {
   endpointVisible: boolean;
   /** A well-formed URL nobody listens on (connect must say ERR_SHMBUS_NOT_FOUND). */
   idleUrl(): Promise<string>;
+  /** What the transport's process-wide machinery looks like now, for the message of a watchdog that fired. */
+  diagnose?(): string;
 }
 
 const children = new Set<Child>();

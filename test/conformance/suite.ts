@@ -80,15 +80,15 @@ function conformance(c: ConformanceCase): void {
   t.test(`${c.name}: warm-up`, async (t) => {
     const s = await c.open('echo', {}, {}, t);
     s.conn.send('warm');
-    t.equal(await within(60_000, s.conn.receive(), 'echo'), 'warm');
+    t.equal(await within(60_000, s.conn.receive(), () => `echo ${c.diagnose?.() ?? ''}`), 'warm');
     await s.close();
   });
 
   check('ordering: 100,000 messages arrive in order, none lost or duplicated', async (t, c) => {
     const N = 100_000;
     const s = await c.open('sequence', { count: N, back: 0 });
-    await within(120_000, sendSequence(s.conn, N), 'send');
-    t.same(await within(120_000, s.conn.receive(), 'verdict'), { verdict: { received: N, bad: 0, firstBad: -1 } }, 'the peer got every message once, in order, intact');
+    await within(120_000, sendSequence(s.conn, N), () => `send ${c.diagnose?.() ?? ''}`);
+    t.same(await within(120_000, s.conn.receive(), () => `verdict ${c.diagnose?.() ?? ''}`), { verdict: { received: N, bad: 0, firstBad: -1 } }, 'the peer got every message once, in order, intact');
     await s.close();
     t.equal(await s.peer.exit, 0, s.peer.stderr());
   });
