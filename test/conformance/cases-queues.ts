@@ -36,16 +36,18 @@ const KEY_PREFIX = ((0x5a << 24) | ((pid & 0xffff) << 8)) >>> 0;
  * (lspid/lrpid). Other processes may use sysvmq: at the same time (benchmarks), and their queues are not ours.
  */
 export function sysvQueues(keyPrefix = KEY_PREFIX): string[] {
+  return ourQueueRows(keyPrefix).map((f) => `0x${(Number(f[0]) >>> 0).toString(16).padStart(8, '0')}/${f[1]}`).sort();
+}
+
+/** sysvQueues' queues as the fields of their /proc/sysvipc/msg lines: key msqid perms cbytes qnum lspid lrpid … */
+function ourQueueRows(keyPrefix = KEY_PREFIX): string[][] {
   return readFileSync('/proc/sysvipc/msg', 'utf8').split('\n').slice(1)
     .map((l) => l.trim().split(/\s+/))
-    // key msqid perms cbytes qnum lspid lrpid …
     .filter((f) => f.length > 6 && /^-?\d+$/.test(f[0]!))
     .filter((f) => {
       const key = Number(f[0]) >>> 0;
       return ((key & 0xffffff00) >>> 0) === keyPrefix || Number(f[5]) === pid || Number(f[6]) === pid;
-    })
-    .map((f) => `0x${(Number(f[0]) >>> 0).toString(16).padStart(8, '0')}/${f[1]}`)
-    .sort();
+    });
 }
 
 /** Keys of this run: 0x5a<pid low 16 bits><serial>, so concurrent runs do not collide. */
@@ -96,9 +98,6 @@ export const queueCases: ConformanceCase[] = [
  * sysvmq: case of one run timing out while the same file passed alone). */
 function sysvmqState(): string {
   const msgrcv = MsgrcvThread.get();
-  const queues = readFileSync('/proc/sysvipc/msg', 'utf8').split('\n').slice(1).map((l) => l.trim().split(/\s+/))
-    .filter((f) => f.length > 6 && /^-?\d+$/.test(f[0]!) && sysvQueues().some((q) => q.endsWith(`/${f[1]}`)))
-    // key msqid perms cbytes qnum lspid lrpid
-    .map((f) => `${f[1]}: cbytes=${f[3]} qnum=${f[4]} lspid=${f[5]} lrpid=${f[6]}`);
+  const queues = ourQueueRows().map((f) => `${f[1]}: cbytes=${f[3]} qnum=${f[4]} lspid=${f[5]} lrpid=${f[6]}`);
   return JSON.stringify({ msgrcv: { ...msgrcv.state, ...msgrcv.ports }, epoll: EpollThread.get().state, queues });
 }
