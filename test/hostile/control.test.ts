@@ -98,6 +98,26 @@ t.test('a connector that is not allowed is refused before anything is allocated'
   }
 });
 
+t.test('connections refused on arrival give their descriptors back, and one that never hangs up is cut off', SKIP, async (t) => {
+  const name = unique('knock');
+  const listener = await listen(`shm://${name}`, { handshakeTimeout: 300 });
+  t.teardown(() => listener.close());
+  let refused = 0;
+  listener.on('error', () => { refused++; });
+  const sockets = () => descriptors(/^socket:/);
+  const before = sockets();
+  const knocker = startFixture(t, 'attacker', ['knock', `shmbus/shm/${name}`, '20'], { prefix: PREFIX });
+  t.equal(await knocker.line(/^knocked/), 'knocked 20 20', 'each of 20 connections was told no, then hung up');
+  // Each refused socket closes when it reads the connector's end of file (before, one stayed open per refusal).
+  await eventually(() => sockets() === before, 'the refused connections to close', WATCHDOG).catch(() => {});
+  t.equal(sockets(), before, 'no descriptor kept for a refused connection');
+  t.equal(refused, 20, 'the listener reported every refusal');
+  const lingerer = startFixture(t, 'attacker', ['linger', `shmbus/shm/${name}`], { prefix: PREFIX });
+  await lingerer.line('answered');
+  await eventually(() => sockets() === before, 'the lingering connection to be cut off after the handshake timeout', WATCHDOG).catch(() => {});
+  t.equal(sockets(), before, 'a refused connector that never hangs up does not keep a descriptor');
+});
+
 t.test('a peer of another uid that `allow` admits connects and works (uid and gid rules)', SKIP, async (t) => {
   // The last case runs the peer with a supplementary group (SO_PEERGROUPS), the others with none.
   const withGroup = PREFIX.map((a) => (a === '--clear-groups' ? '--groups=4242' : a));

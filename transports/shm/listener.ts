@@ -152,7 +152,18 @@ export class Listener extends ListenerBase<Channel> {
   }
 
   private refuse(socket: net.Socket, error: unknown): void {
-    if (!socket.destroyed) { try { writeLine(socket, errorLine(error, 'ok')); } catch { /* peer gone */ } socket.end(); }
+    if (!socket.destroyed) {
+      try { writeLine(socket, errorLine(error, 'ok')); } catch { /* peer gone */ }
+      socket.end();
+      // Reads (and drops) what the connector still sends until it hangs up, which closes the socket: it may never
+      // have read (refused on arrival, or its hello taken directly), and closing with unread bytes would reset the
+      // connection, which can cost the connector the error line. One that never hangs up is cut off after the
+      // handshake timeout.
+      socket.resume();
+      const timer = setTimeout(() => socket.destroy(), this.handshakeTimeout);
+      timer.unref();
+      socket.once('close', () => clearTimeout(timer));
+    }
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
 
