@@ -162,6 +162,7 @@ export const Errno = {
   EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, E2BIG: 7, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EFAULT: 14,
   EBUSY: 16, EEXIST: 17, ENODEV: 19, EISDIR: 21, EINVAL: 22, ENFILE: 23, EMFILE: 24, EFBIG: 27, ENOSPC: 28, ESPIPE: 29,
   ERANGE: 34, ENAMETOOLONG: 36, ENOSYS: 38, ENOMSG: 42, EIDRM: 43, EMSGSIZE: 90, ENOTSUP: 95, ETIMEDOUT: 110,
+  ECONNREFUSED: 111,
 } as const;
 
 const errnoNames = new Map<number, string>(Object.entries(Errno).map(([name, value]) => [value, name]));

@@ -153,6 +153,7 @@ export const SO_PEERGROUPS = 59;
 /** The control message type that carries file descriptors. */
 export const SCM_RIGHTS = 1;
 export const MSG_CTRUNC = 0x8;
+export const MSG_PEEK = 0x2;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_NOSIGNAL = 0x4000;
 /** recvmsg: received descriptors get FD_CLOEXEC atomically. */

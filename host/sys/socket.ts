@@ -5,6 +5,10 @@
  *   connect() (or listen(), seen from a connector): SO_PEERCRED and SO_PEERGROUPS. Nothing the peer says.
  * - `sendFd` / `receiveFd`: one byte carrying one file descriptor in an SCM_RIGHTS control message.
  * - `dupFd`: a second descriptor for the same socket, so a poll handle can watch it beside libuv's own.
+ * - `connectUnix` / `sendBytes`: a connected, non-blocking stream socket made with two system calls, and a write
+ *   to it, for a handshake that must say its first line before Node's socket machinery is built around it.
+ * - `peekBytes` / `receiveBytes`: a look at what waits in a socket and a read of it, without blocking, for a
+ *   handshake line that is already there when the connection is accepted.
  *
  * The structures are laid out by hand in Buffers (x86_64 sizes in constants.ts): msghdr points at an iovec and a
  * control buffer, so their addresses go in as integers, and the Buffers are held in locals for the call.
@@ -14,7 +18,7 @@ import { Errno, SystemError } from '../errors.js';
 import type { PeerCredentials } from '../peer.js';
 import * as libc from './libc.js';
 import {
-  CMSGHDR_SIZE, F_DUPFD_CLOEXEC, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSGHDR_SIZE,
+  CMSGHDR_SIZE, F_DUPFD_CLOEXEC, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, MSGHDR_SIZE,
   SCM_RIGHTS, SO_PEERCRED, SO_PEERGROUPS, SOL_SOCKET, UCRED_SIZE,
 } from './constants.js';
 
@@ -24,6 +28,10 @@ const c = {
     (fd: number, level: number, name: number, value: Buffer, length: Buffer) => number,
   sendmsg: lib.func('intptr_t sendmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number,
   recvmsg: lib.func('intptr_t recvmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number,
+  socket: lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number,
+  connect: lib.func('int connect(int fd, void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number,
+  recv: lib.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, bytes: Buffer, length: number, flags: number) => number,
+  send: lib.func('intptr_t send(int fd, void *buf, size_t len, int flags)') as (fd: number, bytes: Buffer, length: number, flags: number) => number,
   geteuid: lib.func('uint32_t geteuid()') as () => number,
   getegid: lib.func('uint32_t getegid()') as () => number,
 };
@@ -173,7 +181,50 @@ export function receiveFd(socketFd: number, max = 1): Received | undefined {
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
+/** struct sockaddr_un: sa_family_t sun_family @0, char sun_path[108] @2. */
+const SUN_PATH_OFFSET = 2;
+const SUN_PATH_MAX = 108;
+
+/**
+ * A non-blocking AF_UNIX stream socket connected to `path`: two system calls, finished when this returns (a Unix
+ * connect never waits for the listener's accept: the kernel queues it, and data written now waits for the
+ * listener in the new connection). Throws SystemError: ECONNREFUSED when nothing listens there, EAGAIN when the
+ * listener's backlog is full, ENOENT for a file path that does not exist.
+ *
+ * A path that starts with NUL is an abstract name, and an abstract name is all the address bytes it was bound
+ * with: Node 20's libuv binds the whole of sun_path (the name, then NULs), a libuv that takes the name's length
+ * binds just the name. So the whole sun_path is tried first and, when nothing listens there, the bare name.
+ */
+export function connectUnix(path: string): number {
+  const name = Buffer.from(path, 'utf8');
+  const abstract = name.length > 0 && name[0] === 0;
+  const shown = abstract ? `@${path.slice(1)}` : path;
+  if (name.length === 0 || name.length > SUN_PATH_MAX - (abstract ? 0 : 1)) throw new SystemError('connect', Errno.ENAMETOOLONG, { path: shown });
+  const address = Buffer.alloc(SUN_PATH_OFFSET + SUN_PATH_MAX);
+  address.writeUInt16LE(AF_UNIX, 0);
+  name.copy(address, SUN_PATH_OFFSET);
+  const lengths = abstract ? [address.length, SUN_PATH_OFFSET + name.length] : [address.length];
+  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SystemError('socket', libc.lastErrno());
+  let errno = 0;
+  for (const length of lengths) {
+    if (c.connect(fd, address, length) === 0) return fd;
+    errno = libc.lastErrno();
+    if (errno !== Errno.ECONNREFUSED) break;
+  }
+  libc.close(fd);
+  throw new SystemError('connect', errno, { path: shown });
+}
+
+/** Writes all of `bytes` to the non-blocking socket `fd` at once, or throws SystemError (EAGAIN: no room; a short
+ * write is reported as EAGAIN too, since the caller cannot finish it). Never raises SIGPIPE. */
+export function sendBytes(fd: number, bytes: Buffer): void {
+  const n = c.send(fd, bytes, bytes.length, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n < 0) throw new SystemError('send', libc.lastErrno());
+  if (n !== bytes.length) throw new SystemError('send', Errno.EAGAIN, { sent: n, length: bytes.length });
+}
 const socketpair = lib.func('int socketpair(int domain, int type, int protocol, void *sv)') as
   (domain: number, type: number, protocol: number, sv: Buffer) => number;
 
@@ -183,4 +234,27 @@ export function socketPair(): [number, number] {
   const sv = Buffer.alloc(8);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) !== 0) throw new SystemError('socketpair', libc.lastErrno());
   return [sv.readInt32LE(0), sv.readInt32LE(4)];
+}
+
+/** The bytes waiting in socket `fd` (at most `max`), left there (MSG_PEEK); undefined when there are none yet
+ * (EAGAIN); an empty Buffer at end of file. Descriptors passed with them are not taken. */
+export function peekBytes(fd: number, max: number): Buffer | undefined {
+  return receive(fd, max, MSG_PEEK);
+}
+
+/** Takes at most `max` waiting bytes from socket `fd`, without blocking: undefined when there are none yet, an
+ * empty Buffer at end of file. Descriptors passed with them are closed by the kernel (no control buffer). */
+export function receiveBytes(fd: number, max: number): Buffer | undefined {
+  return receive(fd, max, 0);
+}
+
+function receive(fd: number, max: number, flags: number): Buffer | undefined {
+  const bytes = Buffer.allocUnsafe(max);
+  const n = c.recv(fd, bytes, max, flags | MSG_DONTWAIT);
+  if (n < 0) {
+    const errno = libc.lastErrno();
+    if (errno === Errno.EAGAIN) return undefined;
+    throw new SystemError('recv', errno, { fd });
+  }
+  return bytes.subarray(0, n);
 }

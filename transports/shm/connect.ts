@@ -7,10 +7,11 @@ import path from 'node:path';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
 import { readSegment } from '../../host/segment.js';
-import { credentialsOf, checkListener } from '../../host/control.js';
+import { checkListener } from '../../host/control.js';
+import { connectUnix, peerCredentials, sendBytes } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
-import { BadArgumentError, ClosedError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError } from '../../host/errors.js';
+import { BadArgumentError, ClosedError, CorruptError, Errno, ErrorCode, HandshakeError, ShmbusError, SystemError } from '../../host/errors.js';
 import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
@@ -52,21 +53,27 @@ async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: R
   return Region.fromPeerFd(fd, endpoint.scheme === 'shm' ? 'memfd' : 'file', { size, uid: cred.uid });
 }
 
-function connectSocket(endpoint: ShmEndpoint, url: string, ms: number): Promise<net.Socket> {
-  return new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect({ path: endpoint.controlPath, allowHalfOpen: false });
-    const timer = setTimeout(() => { s.destroy(); reject(new TimeoutError('connect timed out', { url, timeoutMs: ms })); }, ms);
-    s.once('connect', () => { clearTimeout(timer); s.removeAllListeners('error'); s.on('error', () => {}); resolve(s); });
-    s.once('error', (error: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(error.code === 'ECONNREFUSED' || error.code === 'ENOENT'
-        ? new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } })
-        : error.code === 'EAGAIN'
-          ? new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } })
-          : new ShmbusError(ErrorCode.SYSCALL, 'cannot connect', { cause: error, details: { url } }));
-    });
-  });
+/**
+ * The control socket, connected: two system calls that finish at once (the kernel queues a Unix connect for the
+ * listener's accept), not Node's net.connect, whose socket object costs more than the connect itself and whose
+ * 'connect' event waits a turn of the event loop. The hello goes out on this descriptor before Node's socket is
+ * built around it, so the listener works on it meanwhile.
+ */
+function openControl(endpoint: ShmEndpoint, url: string): number {
+  try {
+    return connectUnix(endpoint.controlPath);
+  } catch (error) {
+    const errno = error instanceof SystemError ? error.errno : 0;
+    if (errno === Errno.ECONNREFUSED || errno === Errno.ENOENT) {
+      throw new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } });
+    }
+    if (errno === Errno.EAGAIN) throw new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } });
+    throw new ShmbusError(ErrorCode.SYSCALL, 'cannot connect', { cause: error, details: { url } });
+  }
 }
+
+/** The connector's last handshake line. */
+const ATTACHED = Buffer.from(JSON.stringify({ attached: true }) + '\n');
 
 /** Connects to a shared-memory endpoint URL. The listener must run as `options.expectUid` (or the URL's
  * `expectUid`; by default our own uid or root): anyone else gets not a single byte from us. */
@@ -78,20 +85,36 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     throw new BadArgumentError('expectUid must be a uid', { expectUid });
   }
   const deadline = Date.now() + timeout;
-  const socket = await connectSocket(endpoint, url, timeout);
+  // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
+  // connect, usually finds it waiting (listener.ts takeWaitingLine). A wake reservation made here for a connect
+  // that then fails is given back by its timer (host/wake/common.ts).
+  const mine = wakeLine(endpoint);
+  // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
+  const hello = Buffer.from(JSON.stringify({
+    shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
+  }) + '\n');
+  const fd = openControl(endpoint, url);
+  let socket: net.Socket;
+  let cred: PeerCredentials;
+  try {
+    cred = peerCredentials(fd);
+    checkListener(cred, expectUid);
+    await reached('connector', 1);
+    sendBytes(fd, hello);
+    // Built while the listener reads the hello. Its reads start here and stop again below before the event loop
+    // runs (receiveLineWithFds), so libuv never reads the reply, whose descriptor it would drop.
+    socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: false });
+  } catch (error) {
+    try { closeFd(fd); } catch { /* report the first failure */ }
+    throw error;
+  }
+  socket.on('error', () => {});
   let mapping: Mapping | undefined;
   let region: Region | undefined;
   /** Descriptors received and not yet closed or wrapped in a Region. */
   let fds: number[] = [];
   try {
-    const cred = credentialsOf(socket);
-    checkListener(cred, expectUid);
-    await reached('connector', 1);
-    const mine = wakeLine(endpoint);
-    // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
-    const replied = receiveLineWithFds(socket, left(deadline, timeout), () => writeLine(socket, {
-      shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
-    }));
+    const replied = receiveLineWithFds(socket, left(deadline, timeout), () => {});
     // Settled below; this only keeps a failure during a test stop (reached) from counting as unhandled.
     replied.catch(() => {});
     await reached('connector', 2);
@@ -117,7 +140,12 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       const { tx, rx } = openRings(mapping, capacity, 'connector', initial);
       await reached('connector', 5);
       left(deadline, timeout);
-      writeLine(socket, { attached: true });
+      // Straight to the descriptor, as the hello: nothing was written through the socket, so nothing waits before it.
+      try {
+        sendBytes(fd, ATTACHED);
+      } catch (cause) {
+        throw new HandshakeError('peer went away during the handshake', { cause });
+      }
       const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.

@@ -24,7 +24,7 @@ import net from 'node:net';
 import koffi from 'koffi';
 import { HandshakeError, ShmbusError, SystemError, TimeoutError, type ErrorCodeValue, ErrorCode } from '../../host/errors.js';
 import { readHandshake, socketFd } from '../../host/control.js';
-import { dupFd, receiveFd, sendFd } from '../../host/sys/socket.js';
+import { dupFd, peekBytes, receiveBytes, receiveFd, sendFd } from '../../host/sys/socket.js';
 import { closeFd } from '../../host/sys/shm.js';
 
 export { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
@@ -42,6 +42,25 @@ const MAX_LINE = 4096;
 export async function readLine(socket: net.Socket, timeoutMs: number): Promise<{ message: Record<string, unknown>; rest: Buffer }> {
   const { value, rest } = await readHandshake(socket, timeoutMs, parseLine);
   return { message: value, rest };
+}
+
+/**
+ * Listener side: the connector's line when all of it already waits in the socket (a connector sends its hello right
+ * after connecting, so it is usually there when the connection is accepted), taken now instead of after the turn of
+ * the event loop that readLine's reads wait for. Undefined when it is not all there yet or the socket ended: then
+ * readLine waits for it (and reports the end). Only for a socket libuv is not reading (an accepted socket of a
+ * server that pauses on connect). Throws HandshakeError for a line that is not a JSON object.
+ */
+export function takeWaitingLine(socket: net.Socket): { message: Record<string, unknown>; rest: Buffer } | undefined {
+  const fd = socketFd(socket);
+  const waiting = peekBytes(fd, MAX_LINE + 1);
+  const nl = waiting === undefined ? -1 : waiting.indexOf(0x0a);
+  if (nl < 0) return undefined;
+  const found = parseLine(waiting!.subarray(0, nl + 1))!;
+  // Nothing else reads this socket, so what was peeked is what is taken.
+  const taken = receiveBytes(fd, nl + 1);
+  if (taken?.length !== nl + 1) throw new HandshakeError('handshake line went missing while it was read');
+  return { message: found.value, rest: Buffer.alloc(0) };
 }
 
 /** One whole line at the start of `buffered`, parsed, and how many bytes it took; undefined while it is incomplete. */

@@ -33,7 +33,7 @@ import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
-import { PROTOCOL, readLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
+import { PROTOCOL, readLine, takeWaitingLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
 import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
@@ -175,7 +175,8 @@ export class Listener extends ListenerBase<Channel> {
     let mapping: Mapping | undefined;
     try {
       await reached('listener', 1);
-      const { message: hello } = await readLine(socket, left(deadline, timeout));
+      // Usually already there: a connector sends its hello right after connecting.
+      const { message: hello } = takeWaitingLine(socket) ?? await readLine(socket, left(deadline, timeout));
       if (hello.shmbus !== PROTOCOL || typeof hello.version !== 'number') throw new HandshakeError('connector does not speak the shmbus protocol');
       if (hello.version >>> 16 !== LAYOUT_VERSION_MAJOR) {
         throw new VersionMismatchError('connector layout', versionText(hello.version), versionText(LAYOUT_VERSION));
