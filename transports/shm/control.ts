@@ -5,7 +5,8 @@
  * host/control.ts). It then carries (1) the handshake, newline-terminated JSON lines, at most one in flight per side:
  *
  *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…,"fdWithReply":true}
- *                          (sent once the connector has stopped its socket reads: see receiveLineWithFds)
+ *                          (sent on the bare descriptor right after connect(2), before Node's socket is built
+ *                          around it, whose reads then stop before the event loop runs: see receiveLineWithFds)
  *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…,
  *                          "fdWithReply":true}, for memfd and file with the segment's descriptor attached to the
  *                          line's bytes (SCM_RIGHTS, one sendmsg: sendLineWithFd)
