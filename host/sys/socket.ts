@@ -188,16 +188,18 @@ const SUN_PATH_OFFSET = 2;
 const SUN_PATH_MAX = 108;
 
 /**
- * A non-blocking AF_UNIX stream socket connected to `path`: two system calls, finished when this returns (a Unix
- * connect never waits for the listener's accept: the kernel queues it, and data written now waits for the
- * listener in the new connection). Throws SystemError: ECONNREFUSED when nothing listens there, EAGAIN when the
- * listener's backlog is full, ENOENT for a file path that does not exist.
+ * A non-blocking AF_UNIX stream socket connected to `path` and accepted by `check` (which throws to refuse the
+ * peer, say for its credentials): two system calls, finished when this returns (a Unix connect never waits for the
+ * listener's accept: the kernel queues it, and data written now waits for the listener in the new connection).
+ * Throws what `check` threw, or SystemError: ECONNREFUSED when nothing listens there, EAGAIN when the listener's
+ * backlog is full, ENOENT for a file path that does not exist.
  *
  * A path that starts with NUL is an abstract name, and an abstract name is all the address bytes it was bound
  * with: Node 20's libuv binds the whole of sun_path (the name, then NULs), a libuv that takes the name's length
- * binds just the name. So the whole sun_path is tried first and, when nothing listens there, the bare name.
+ * binds just the name. Both are tried, the whole sun_path first, until one is there and passes `check`: whoever
+ * holds the other form (a squatter of another uid) can neither take the connection nor stop it.
  */
-export function connectUnix(path: string): number {
+export function connectUnix(path: string, check: (fd: number) => void = () => {}): number {
   const name = Buffer.from(path, 'utf8');
   const abstract = name.length > 0 && name[0] === 0;
   const shown = abstract ? `@${path.slice(1)}` : path;
@@ -206,15 +208,27 @@ export function connectUnix(path: string): number {
   address.writeUInt16LE(AF_UNIX, 0);
   name.copy(address, SUN_PATH_OFFSET);
   const lengths = abstract ? [address.length, SUN_PATH_OFFSET + name.length] : [address.length];
-  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new SystemError('socket', libc.lastErrno());
+  /** What `check` threw for a form that is there, which says more than a form nobody listens on. */
+  let refused: unknown;
   let errno = 0;
   for (const length of lengths) {
-    if (c.connect(fd, address, length) === 0) return fd;
-    errno = libc.lastErrno();
-    if (errno !== Errno.ECONNREFUSED) break;
+    const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new SystemError('socket', libc.lastErrno());
+    if (c.connect(fd, address, length) !== 0) {
+      errno = libc.lastErrno();
+      libc.close(fd);
+      if (errno === Errno.ECONNREFUSED) continue;
+      break;
+    }
+    try {
+      check(fd);
+      return fd;
+    } catch (error) {
+      libc.close(fd);
+      refused = error;
+    }
   }
-  libc.close(fd);
+  if (refused !== undefined) throw refused;
   throw new SystemError('connect', errno, { path: shown });
 }
 

@@ -54,22 +54,30 @@ async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: R
 }
 
 /**
- * The control socket, connected: two system calls that finish at once (the kernel queues a Unix connect for the
- * listener's accept), not Node's net.connect, whose socket object costs more than the connect itself and whose
- * 'connect' event waits a turn of the event loop. The hello goes out on this descriptor before Node's socket is
- * built around it, so the listener works on it meanwhile.
+ * The control socket, connected to a listener of the expected uid (its credentials as the kernel recorded them),
+ * with the two system calls that finish at once (the kernel queues a Unix connect for the listener's accept), not
+ * Node's net.connect, whose socket object costs more than the connect itself and whose 'connect' event waits a
+ * turn of the event loop. The hello goes out on this descriptor before Node's socket is built around it, so the
+ * listener works on it meanwhile.
  */
-function openControl(endpoint: ShmEndpoint, url: string): number {
+function openControl(endpoint: ShmEndpoint, url: string, expectUid: number | undefined): { fd: number; cred: PeerCredentials } {
+  let cred: PeerCredentials | undefined;
+  let fd: number;
   try {
-    return connectUnix(endpoint.controlPath);
+    // Before a byte is sent the kernel says who listens; anyone but the expected uid is refused (host/control.ts).
+    fd = connectUnix(endpoint.controlPath, (candidate) => {
+      cred = peerCredentials(candidate);
+      checkListener(cred, expectUid);
+    });
   } catch (error) {
-    const errno = error instanceof SystemError ? error.errno : 0;
-    if (errno === Errno.ECONNREFUSED || errno === Errno.ENOENT) {
+    if (!(error instanceof SystemError) || error.syscall !== 'connect') throw error;
+    if (error.errno === Errno.ECONNREFUSED || error.errno === Errno.ENOENT) {
       throw new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } });
     }
-    if (errno === Errno.EAGAIN) throw new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } });
+    if (error.errno === Errno.EAGAIN) throw new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } });
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot connect', { cause: error, details: { url } });
   }
+  return { fd, cred: cred! };
 }
 
 /** The connector's last handshake line. */
@@ -93,12 +101,9 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const hello = Buffer.from(JSON.stringify({
     shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
   }) + '\n');
-  const fd = openControl(endpoint, url);
+  const { fd, cred } = openControl(endpoint, url, expectUid);
   let socket: net.Socket;
-  let cred: PeerCredentials;
   try {
-    cred = peerCredentials(fd);
-    checkListener(cred, expectUid);
     await reached('connector', 1);
     sendBytes(fd, hello);
     // Built while the listener reads the hello. Its reads start here and stop again below before the event loop
