@@ -70,6 +70,9 @@ t.test(`${CLIENTS} clients over ${PROCESSES} processes exchange messages at once
   const children = Array.from({ length: PROCESSES }, (_, i) =>
     startFixture(t, 'many-clients', [url, String(Math.min(per, CLIENTS - i * per)), String(MESSAGES), '8'], { stdin: 'pipe' }));
   await Promise.all(children.map((c) => c.line('ready')));
+  // A client's connect() resolves once it has sent its last handshake line; the listener hands the connection out
+  // when it has read that line, a little later (on a busy machine, after the clients said 'ready').
+  await eventually(() => accepted === CLIENTS, 'the listener to hand out every connection').catch(() => {});
   t.equal(accepted, CLIENTS, 'every client connected');
   t.equal(listener.load.connections, CLIENTS, 'the listener counts them all');
   for (const c of children) c.process.stdin!.write('go\n');
