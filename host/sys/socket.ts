@@ -239,6 +239,7 @@ export function sendBytes(fd: number, bytes: Buffer): void {
   if (n < 0) throw new SystemError('send', libc.lastErrno());
   if (n !== bytes.length) throw new SystemError('send', Errno.EAGAIN, { sent: n, length: bytes.length });
 }
+
 const socketpair = lib.func('int socketpair(int domain, int type, int protocol, void *sv)') as
   (domain: number, type: number, protocol: number, sv: Buffer) => number;
 

@@ -104,8 +104,12 @@ t.test('connections refused on arrival give their descriptors back, and one that
   t.teardown(() => listener.close());
   let refused = 0;
   listener.on('error', () => { refused++; });
-  const sockets = () => descriptors(/^socket:/);
+  // Sockets bound to the endpoint's name (/proc/net/unix): the listening one and every connection it accepted and
+  // still holds. Counting our own descriptors instead would also count the fixtures' stdio pipes.
+  const sockets = () => fs.readFileSync('/proc/net/unix', 'latin1').split('\n')
+    .filter((line) => line.split(/\s+/)[7]?.replace(/@+$/, '') === `@shmbus/shm/${name}`).length;
   const before = sockets();
+  t.equal(before, 1, 'the listening socket alone');
   const knocker = startFixture(t, 'attacker', ['knock', `shmbus/shm/${name}`, '20'], { prefix: PREFIX });
   t.equal(await knocker.line(/^knocked/), 'knocked 20 20', 'each of 20 connections was told no, then hung up');
   // Each refused socket closes when it reads the connector's end of file (before, one stayed open per refusal).
