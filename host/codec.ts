@@ -83,6 +83,10 @@ const EXT_TIMESTAMP = 0xff;
 export const MAX_RECORD_KEYS = 256;
 /** Key bytes (each key's length + HEAP_STRING) all structures of one direction may hold together. */
 export const MAX_STRUCTURE_BYTES = 64 * 1024;
+/** What one record key of `utf8Length` bytes counts toward MAX_STRUCTURE_BYTES (the sender keeps within it too). */
+export function recordKeyBytes(utf8Length: number): number {
+  return HEAP_STRING + utf8Length;
+}
 /** Ids 0x40–0x7f: the one-byte record ids of msgpackr. */
 const RECORD_IDS = 64;
 /** msgpackr's extension type of an inline record definition ("r"). */
@@ -292,7 +296,7 @@ function defineRecord(bytes: Uint8Array, start: number, end: number, pos: number
     } else refuse('record key is not a string', { at: pos - 1 - start, token: '0x' + k.toString(16) });
     if (n > end - pos) refuse('truncated', { at: pos - start, need: n, length: end - start });
     pos += n;
-    keyBytes += HEAP_STRING + n;
+    keyBytes += recordKeyBytes(n);
   }
   records.define(id - 0x40, count, keyBytes);
   defined.count = count;

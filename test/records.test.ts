@@ -4,20 +4,21 @@
 // across definitions (queued, fragmented, recycled ids, a send that throws), and hostile bytes are CORRUPT.
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import { Packr, Unpackr } from 'msgpackr';
+import { Unpackr } from 'msgpackr';
 import { listen, connect, ErrorCode, type Channel, type ShmbusError } from '../index.js';
 import {
   decodeMsgpackAt, checkMsgpackRange, recordPackr, recordUnpackr, RecordStructures, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES,
   DEFAULT_DECODE_LIMITS,
 } from '../host/codec.js';
 import { RECORD_MSGPACK_RECORDS } from '../assembly/layout.js';
+import { RecordEncoder } from '../host/pack.js';
 import type { RingEnd } from '../host/ring.js';
 import type { Engine } from '../host/engine.js';
 import { fileTimeout, unique, within, scaled } from './helpers.js';
 
 fileTimeout(t, 90, 10);
 
-interface Internals { tx: RingEnd; engine: Engine; recordPackr: Packr | undefined }
+interface Internals { tx: RingEnd; engine: Engine; encoder: RecordEncoder | undefined }
 const internals = (c: Channel) => c as unknown as Internals;
 
 async function pair(t: Test, query = 'size=1MiB'): Promise<[Channel, Channel]> {
@@ -42,8 +43,8 @@ const shapes = (n: number) => Array.from({ length: n }, (_, k) => ({ [`k${k}`]: 
 
 t.test('both sides agree on records in the handshake and every message arrives equal and in order', async (t) => {
   const [a, b] = await pair(t);
-  t.ok(internals(a).recordPackr, 'the connector packs with records');
-  t.ok(internals(b).recordPackr, 'the listener packs with records');
+  t.ok(internals(a).encoder, 'the connector encodes with records');
+  t.ok(internals(b).encoder, 'the listener encodes with records');
   // 100 shapes, twice: more than msgpackr's 32 own ids, so ids are recycled and shapes defined again.
   const values: unknown[] = [...shapes(100), ...shapes(100), 'plain', 42, [1, { a: undefined, d: new Date(5) }], { bin: Buffer.from([1, 2, 3]) }];
   let sent = 0;

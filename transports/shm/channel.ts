@@ -13,7 +13,7 @@ import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 // The global `performance` is a lazy accessor on globalThis (a getter call per use); the module binding is not.
 import { performance } from 'node:perf_hooks';
-import { Packr, Unpackr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
+import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
@@ -21,7 +21,8 @@ import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
-import { decodeLimits, decodeMsgpackAt, recordPackr, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { decodeLimits, decodeMsgpackAt, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { RecordEncoder, NOT_ENCODED, encoded } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
 import { futexWaitv } from '../../host/sys/futex.js';
@@ -229,9 +230,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
   /** What decoding one of the peer's records may cost (host/codec.ts). */
   private readonly decodeLimits: DecodeLimits;
-  /** `send`'s encoder when the peer takes record structures (host/codec.ts recordPackr); replaced by a fresh one
-   * whenever a packed message does not go out, since the peer must see every definition the encoder wrote. */
-  private recordPackr: Packr | undefined;
+  /** `send`'s encoder when the peer takes record structures (host/pack.ts); reset whenever an encoded message does
+   * not go out, since the peer must see every definition the encoder wrote. */
+  private encoder: RecordEncoder | undefined;
   /** Decodes the peer's RECORD_MSGPACK_RECORDS, with the scan's table of its structures. */
   private readonly records = recordUnpackr();
 
@@ -277,7 +278,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
     this.decodeLimits = decodeLimits(parts.decodeLimits);
-    if (parts.peerRecords === true) this.recordPackr = recordPackr();
+    if (parts.peerRecords === true) this.encoder = new RecordEncoder();
     const { engine, tx, rx, socket } = parts;
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
     this.sleeper = parts.wake.mine.sleeper({
@@ -316,19 +317,18 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   send(value: unknown): boolean {
     this.checkSendable();
     if (COUNTING) { perf.sends++; perf.allocs++; }
-    const packr = this.recordPackr;
-    if (packr === undefined) return this.enqueue(RECORD_MSGPACK, this.pack(value));
-    // With record structures, a message packed and then not taken would leave the peer without definitions the
-    // encoder believes it has: start over with a fresh encoder, which defines every shape again before use.
+    const encoder = this.encoder;
+    if (encoder === undefined) return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    const length = encoder.encode(value);
+    // A value the record encoder leaves to msgpackr goes as plain msgpack, which defines no record structure.
+    if (length === NOT_ENCODED) return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    // With record structures, a message encoded and then not taken would leave the peer without definitions the
+    // encoder believes it has: it starts over, defining every shape again before use.
     try {
-      // REUSE_BUFFER_MODE: msgpackr hands back its whole buffer with the value at [start, end), no view per message.
-      const packed = packr.pack(value, RESET_BUFFER_MODE | REUSE_BUFFER_MODE) as unknown as Uint8Array & { start: number; end: number };
-      const start = packed.start;
-      const end = packed.end;
-      if (end - start <= SMALL_SEND && this.writeSmall(packed, start, end)) return true;
-      return this.enqueue(RECORD_MSGPACK_RECORDS, packed.subarray(start, end));
+      if (length <= SMALL_SEND && this.writeSmall(encoded, 0, length)) return true;
+      return this.enqueue(RECORD_MSGPACK_RECORDS, encoded.subarray(0, length));
     } catch (error) {
-      this.recordPackr = recordPackr();
+      encoder.reset();
       throw error;
     }
   }

@@ -1,0 +1,333 @@
+/**
+ * A faster encoder for the values messages are usually made of, writing the msgpack a `recordPackr()` (msgpackr,
+ * `sequential: true`) writes for them, byte for byte: the peer decodes it with the same msgpackr Unpackr and the
+ * same scan (host/codec.ts), so peers of older versions read it too.
+ *
+ * Why: msgpackr's `pack` costs ~350 ns for `{ i, s: 'x'.repeat(30), f: i / 3 }` on the development VM, much of it
+ * set-up per call (an integer alone costs ~120 ns), and it was ~40 % of a producer's time in the objects row of
+ * `bench/everyday.ts`. This encoder handles
+ *
+ *  - plain objects (`constructor === Object`, prototype `Object.prototype`) as records: a shape (the object's keys
+ *    in `for…in` order) is defined inline the first time it is sent (fixext 1 `0x72`, an id byte 0x40–0x7f, the
+ *    array of keys, then the values) and named by its id byte alone afterwards; ids are handed out in turn and
+ *    reused oldest first once all 64 are taken (the reused id is defined again inline, which the receiver follows);
+ *  - arrays (`constructor === Array`), strings, numbers, booleans, `null`, `undefined`, `Buffer` and `Uint8Array`
+ *    (as msgpack bin), in the forms msgpackr picks: integers below 0x40 as fixints and 0x40–0xff as uint8 (a fixint
+ *    there would read as a record id), other 32-bit integers in the smallest int, any other number as float64;
+ *    strings as UTF-8 with lone surrogates as U+FFFD.
+ *
+ * Anything else anywhere in the value (Date, Map, Set, class instances, typed arrays, bigint, functions, symbols,
+ * nesting deeper than 64, shapes past the receiver's bounds, an `Object.prototype` with enumerable properties)
+ * makes `encode` return NOT_ENCODED and leaves the encoder as it was: the caller packs that message with msgpackr
+ * as plain msgpack, which defines no record, so the structures both sides know stay the same.
+ *
+ * State: the shapes defined so far, which the peer learns only from the records it reads. Every record encoded
+ * must reach the peer, in order; after one that does not (its send failed), `reset()`, and every shape is defined
+ * again before its next use. Bounds: at most MAX_RECORD_KEYS keys per shape and MAX_STRUCTURE_BYTES of keys over
+ * the 64 ids (what the receiver accepts); the tree of shapes seen is dropped past MAX_KEY_SLOTS keys in all.
+ *
+ * All encoders write into one buffer per process (`encoded`): encoding is synchronous and every caller copies the
+ * result at once (into a ring or a send queue's private copy). It grows to the largest message encoded and stays.
+ */
+import { MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, recordKeyBytes } from './codec.js';
+
+/** Record ids: 0x40 … 0x5f, the 32 msgpackr's sequential packer uses (the receiver accepts up to 0x7f). */
+const FIRST_ID = 0x40;
+const IDS = 32;
+/** Nesting this deep (arrays and objects) is left to msgpackr. */
+const MAX_DEPTH = 64;
+/** Keys over all the shapes one encoder remembers; past it the encoder starts again from none. */
+const MAX_KEY_SLOTS = 65536;
+/** Strings up to this many UTF-16 units are written by a loop; longer ones by Buffer's native UTF-8 writer. */
+const SHORT_STRING = 64;
+/** What `encode` returns when the value needs msgpackr. */
+export const NOT_ENCODED = -1;
+
+/** A node of the tree of shapes: the path of keys from the root names a shape. */
+interface Shape {
+  /** Shapes with one more key. */
+  readonly next: Map<string, Shape>;
+  /** Its keys, in order. */
+  readonly keys: readonly string[];
+  /** What its keys count toward MAX_STRUCTURE_BYTES. */
+  readonly keyBytes: number;
+  /** Its record id while it has one, else 0. */
+  id: number;
+}
+
+/** One definition made by the current `encode`, undone if the encode fails. */
+interface Defined {
+  index: number;
+  shape: Shape;
+  previous: Shape | undefined;
+  total: number;
+}
+
+/** Thrown inside the encoder when a value needs msgpackr; never escapes `encode`. */
+const UNSUPPORTED = Symbol('unsupported');
+
+const OBJECT_PROTOTYPE = Object.prototype;
+
+/** The buffer every encoder writes into; `encode` returns the length of its message, from offset 0. */
+export let encoded: Buffer = Buffer.allocUnsafeSlow(8192);
+let encodedView = new DataView(encoded.buffer, encoded.byteOffset, encoded.byteLength);
+
+/** True while Object.prototype has no enumerable property (for…in then yields an object's own keys only). */
+function prototypeClean(): boolean {
+  for (const _ in OBJECT_PROTOTYPE) return false;
+  return true;
+}
+
+function newShape(keys: readonly string[], keyBytes: number): Shape {
+  return { next: new Map(), keys, keyBytes, id: 0 };
+}
+
+/** The encoder of one channel direction. */
+export class RecordEncoder {
+  private b = encoded;
+  private view = encodedView;
+  private position = 0;
+  private root = newShape([], 0);
+  private keySlots = 0;
+  /** The shape holding each id (index: id − 0x40). */
+  private owners: Array<Shape | undefined> = new Array<Shape | undefined>(IDS).fill(undefined);
+  /** The index the next new shape takes. */
+  private nextIndex = 0;
+  /** MAX_STRUCTURE_BYTES accounting of the shapes that hold ids. */
+  private total = 0;
+  private readonly defined: Defined[] = [];
+
+  /**
+   * Encodes `value` into `encoded` from offset 0 and returns its length, or NOT_ENCODED (nothing changed) when a
+   * part of it needs msgpackr. Errors other than that (a getter that throws) propagate, also with nothing changed.
+   */
+  encode(value: unknown): number {
+    if (this.keySlots > MAX_KEY_SLOTS) this.reset();
+    this.b = encoded;
+    this.view = encodedView;
+    this.position = 0;
+    if (this.defined.length !== 0) this.defined.length = 0;
+    try {
+      if (!prototypeClean()) throw UNSUPPORTED;
+      this.write(value, 0);
+    } catch (error) {
+      this.rollBack();
+      if (error === UNSUPPORTED) return NOT_ENCODED;
+      throw error;
+    }
+    return this.position;
+  }
+
+  /** Forgets every shape: each is defined again the next time it is sent (after a record that never arrived). */
+  reset(): void {
+    this.root = newShape([], 0);
+    this.keySlots = 0;
+    this.owners = new Array<Shape | undefined>(IDS).fill(undefined);
+    this.nextIndex = 0;
+    this.total = 0;
+    this.defined.length = 0;
+  }
+
+  private rollBack(): void {
+    for (let i = this.defined.length - 1; i >= 0; i--) {
+      const step = this.defined[i]!;
+      step.shape.id = 0;
+      this.owners[step.index] = step.previous;
+      if (step.previous !== undefined) step.previous.id = FIRST_ID + step.index;
+      this.nextIndex = step.index;
+      this.total = step.total;
+    }
+    this.defined.length = 0;
+  }
+
+  /** Makes room for `n` more bytes. */
+  private room(n: number): void {
+    const need = this.position + n;
+    if (need <= this.b.length) return;
+    let size = this.b.length * 2;
+    while (size < need) size *= 2;
+    const bigger = Buffer.allocUnsafeSlow(size);
+    this.b.copy(bigger, 0, 0, this.position);
+    encoded = this.b = bigger;
+    encodedView = this.view = new DataView(bigger.buffer, bigger.byteOffset, bigger.byteLength);
+  }
+
+  private write(value: unknown, depth: number): void {
+    switch (typeof value) {
+      case 'string': this.writeString(value); return;
+      case 'number': this.writeNumber(value); return;
+      case 'boolean': this.room(1); this.b[this.position++] = value ? 0xc3 : 0xc2; return;
+      case 'undefined':
+        // fixext 1 of type 0: msgpackr's undefined.
+        this.room(3);
+        this.b[this.position++] = 0xd4;
+        this.b[this.position++] = 0;
+        this.b[this.position++] = 0;
+        return;
+      case 'object': {
+        if (value === null) { this.room(1); this.b[this.position++] = 0xc0; return; }
+        if (depth >= MAX_DEPTH) throw UNSUPPORTED;
+        const constructor = (value as object).constructor;
+        if (constructor === Object) {
+          if (Object.getPrototypeOf(value) !== OBJECT_PROTOTYPE) throw UNSUPPORTED;
+          this.writeObject(value as Record<string, unknown>, depth + 1);
+        } else if (constructor === Array) this.writeArray(value as unknown[], depth + 1);
+        else if (constructor === Buffer || constructor === Uint8Array) this.writeBinary(value as Uint8Array);
+        else throw UNSUPPORTED;
+        return;
+      }
+      default: throw UNSUPPORTED;
+    }
+  }
+
+  private writeNumber(value: number): void {
+    this.room(9);
+    const b = this.b;
+    let p = this.position;
+    if (value >>> 0 === value) {
+      if (value < 0x40) b[p++] = value;
+      else if (value < 0x100) { b[p++] = 0xcc; b[p++] = value; }
+      else if (value < 0x10000) { b[p++] = 0xcd; b[p++] = value >> 8; b[p++] = value & 0xff; }
+      else { b[p++] = 0xce; this.view.setUint32(p, value); p += 4; }
+    } else if (value >> 0 === value) {
+      if (value >= -0x20) b[p++] = 0x100 + value;
+      else if (value >= -0x80) { b[p++] = 0xd0; b[p++] = value + 0x100; }
+      else if (value >= -0x8000) { b[p++] = 0xd1; this.view.setInt16(p, value); p += 2; }
+      else { b[p++] = 0xd2; this.view.setInt32(p, value); p += 4; }
+    } else {
+      b[p++] = 0xcb;
+      this.view.setFloat64(p, value);
+      p += 8;
+    }
+    this.position = p;
+  }
+
+  private writeString(value: string): void {
+    const chars = value.length;
+    // The header's size follows the number of UTF-16 units (as msgpackr's does); the bytes move if the UTF-8
+    // length needs another.
+    const header = chars < 0x20 ? 1 : chars < 0x100 ? 2 : chars < 0x10000 ? 3 : 5;
+    this.room(header + chars * 3);
+    const b = this.b;
+    const start = this.position + header;
+    let length: number;
+    if (chars <= SHORT_STRING) {
+      let p = start;
+      let i = 0;
+      for (; i < chars; i++) {
+        const c = value.charCodeAt(i);
+        if (c >= 0x80) break;
+        b[p++] = c;
+      }
+      length = i === chars ? p - start : p - start + b.write(value.slice(i), p, 'utf8');
+    } else {
+      length = b.write(value, start, 'utf8');
+    }
+    let p = this.position;
+    if (length < 0x20) {
+      if (header !== 1) b.copyWithin(p + 1, start, start + length);
+      b[p++] = 0xa0 | length;
+    } else if (length < 0x100) {
+      if (header !== 2) b.copyWithin(p + 2, start, start + length);
+      b[p++] = 0xd9;
+      b[p++] = length;
+    } else if (length < 0x10000) {
+      if (header !== 3) b.copyWithin(p + 3, start, start + length);
+      b[p++] = 0xda;
+      b[p++] = length >> 8;
+      b[p++] = length & 0xff;
+    } else {
+      if (header !== 5) b.copyWithin(p + 5, start, start + length);
+      b[p++] = 0xdb;
+      this.view.setUint32(p, length);
+      p += 4;
+    }
+    this.position = p + length;
+  }
+
+  private writeBinary(bytes: Uint8Array): void {
+    const length = bytes.length;
+    this.room(5 + length);
+    const b = this.b;
+    let p = this.position;
+    if (length < 0x100) { b[p++] = 0xc4; b[p++] = length; }
+    else if (length < 0x10000) { b[p++] = 0xc5; b[p++] = length >> 8; b[p++] = length & 0xff; }
+    else { b[p++] = 0xc6; this.view.setUint32(p, length); p += 4; }
+    b.set(bytes, p);
+    this.position = p + length;
+  }
+
+  private writeArray(array: unknown[], depth: number): void {
+    const length = array.length;
+    this.writeHeader(length);
+    for (let i = 0; i < length; i++) this.write(array[i], depth);
+  }
+
+  /** A fixarray / array 16 / array 32 header. */
+  private writeHeader(length: number): void {
+    this.room(5);
+    const b = this.b;
+    if (length < 0x10) b[this.position++] = 0x90 | length;
+    else if (length < 0x10000) {
+      b[this.position++] = 0xdc;
+      b[this.position++] = length >> 8;
+      b[this.position++] = length & 0xff;
+    } else {
+      b[this.position++] = 0xdd;
+      this.view.setUint32(this.position, length);
+      this.position += 4;
+    }
+  }
+
+  private writeObject(object: Record<string, unknown>, depth: number): void {
+    let shape = this.root;
+    for (const key in object) {
+      let next = shape.next.get(key);
+      if (next === undefined) {
+        if (shape.keys.length >= MAX_RECORD_KEYS) throw UNSUPPORTED;
+        next = newShape([...shape.keys, key], shape.keyBytes + recordKeyBytes(Buffer.byteLength(key)));
+        shape.next.set(key, next);
+        this.keySlots += next.keys.length;
+      }
+      shape = next;
+    }
+    if (shape.id !== 0) {
+      this.room(1);
+      this.b[this.position++] = shape.id;
+    } else {
+      this.define(shape);
+    }
+    // The keys again, for the values: a getter that changed the object's keys meanwhile would make the values
+    // disagree with the shape just written.
+    const keys = shape.keys;
+    let n = 0;
+    for (const key in object) {
+      if (keys[n] !== key) throw UNSUPPORTED;
+      n++;
+      this.write(object[key], depth);
+    }
+    if (n !== keys.length) throw UNSUPPORTED;
+  }
+
+  /** Gives `shape` the next id and writes its definition: fixext 1 "r", the id, the array of its keys. */
+  private define(shape: Shape): void {
+    const index = this.nextIndex;
+    const previous = this.owners[index];
+    const total = this.total - (previous === undefined ? 0 : previous.keyBytes) + shape.keyBytes;
+    // What the receiver would refuse goes as plain msgpack instead.
+    if (total > MAX_STRUCTURE_BYTES) throw UNSUPPORTED;
+    this.defined.push({ index, shape, previous, total: this.total });
+    if (previous !== undefined) previous.id = 0;
+    this.owners[index] = shape;
+    shape.id = FIRST_ID + index;
+    this.nextIndex = (index + 1) % IDS;
+    this.total = total;
+    this.room(3);
+    this.b[this.position++] = 0xd4;
+    this.b[this.position++] = 0x72;
+    this.b[this.position++] = shape.id;
+    const keys = shape.keys;
+    this.writeHeader(keys.length);
+    for (let i = 0; i < keys.length; i++) this.writeString(keys[i]!);
+  }
+}

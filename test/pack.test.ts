@@ -1,0 +1,200 @@
+// The record encoder of `send` (host/pack.ts): the bytes msgpackr's record packer writes, for the values it takes;
+// every other value left to msgpackr with nothing changed; what a receiver decodes always equals what msgpackr alone
+// would give it; and it never defines what the receiver's scan (host/codec.ts) refuses.
+import t from 'tap';
+import fc from 'fast-check';
+import { isDeepStrictEqual } from 'node:util';
+import { Packr, Unpackr } from 'msgpackr';
+import { RecordEncoder, NOT_ENCODED, encoded } from '../host/pack.js';
+import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
+import { scaled } from './helpers.js';
+
+/** The values the encoder takes: what `send` is usually given. */
+const supported = fc.letrec((tie) => ({
+  value: fc.oneof(
+    { depthSize: 'small', withCrossShrink: true },
+    fc.oneof(
+      fc.integer(), fc.integer({ min: 0, max: 300 }), fc.integer({ min: -200, max: 0 }), fc.double(), fc.constantFrom(0x3f, 0x40, 0x7f, 0xff, 0x100, 2 ** 32, -(2 ** 31) - 1, -0),
+      fc.string(), fc.string({ unit: 'binary' }), fc.string({ unit: 'grapheme', minLength: 20, maxLength: 120 }),
+      fc.constantFrom('\ud800', 'a\udc00b', 'x'.repeat(31), 'é'.repeat(20), '€'.repeat(100)),
+      fc.boolean(), fc.constant(null), fc.constant(undefined),
+      fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.from(u)), fc.uint8Array({ maxLength: 40 }),
+    ),
+    fc.array(tie('value'), { maxLength: 20 }),
+    // Keys from a small set, so that shapes repeat; and now and then a fresh one.
+    fc.dictionary(fc.oneof(fc.constantFrom('a', 'b', 'id', 's', 'f', 'x', '0', '__proto__', 'toString', 'é'), fc.string({ maxLength: 8 })), tie('value'), { maxKeys: 6, noNullPrototype: true }),
+  ),
+})).value;
+
+t.test('for the values it takes, the bytes are those of msgpackr\'s record packer, message after message', async (t) => {
+  let messages = 0;
+  fc.assert(fc.property(fc.array(supported, { minLength: 1, maxLength: 200 }), (values) => {
+    const encoder = new RecordEncoder();
+    const packr = recordPackr();
+    for (const v of values) {
+      const n = encoder.encode(v);
+      if (n === NOT_ENCODED) return false;
+      const ours = Buffer.from(encoded.subarray(0, n));
+      const theirs = Buffer.from(packr.pack(v));
+      if (!ours.equals(theirs)) return false;
+      messages++;
+    }
+    return true;
+  }), { numRuns: scaled(200, 30) });
+  t.pass(`${messages} messages byte for byte`);
+});
+
+t.test('past 64 shapes, ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {
+  const encoder = new RecordEncoder();
+  const packr = recordPackr();
+  const { unpackr, structures } = recordUnpackr();
+  for (let round = 0; round < 3; round++) {
+    for (let k = 0; k < 150; k++) {
+      const v = { [`k${k}`]: k, s: 's'.repeat(k % 5), nested: { [`n${k % 70}`]: [k, { deep: k }] } };
+      const n = encoder.encode(v);
+      const bytes = Uint8Array.from(encoded.subarray(0, n));
+      if (!Buffer.from(bytes).equals(Buffer.from(packr.pack(v)))) t.fail(`message ${round}/${k} differs from msgpackr's`);
+      const got = decodeMsgpackAt(unpackr, bytes, 0, bytes.length, DEFAULT_DECODE_LIMITS, structures);
+      if (!isDeepStrictEqual(got, v)) t.fail(`message ${round}/${k} decoded as ${JSON.stringify(got)}`);
+    }
+  }
+  t.pass('450 messages of 150 shapes (and 70 nested ones) decoded equal');
+});
+
+/** msgpackr as the fallback: plain msgpack, decoded by the receiver's plain decoder (as the channel does). */
+const plainPackr = new Packr({ useRecords: false });
+const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+
+/** Buffers as plain Uint8Arrays, deep: msgpackr gives a bin as one or the other depending on what it decoded from. */
+function bytesAsUint8Array(v: unknown): unknown {
+  if (v instanceof Uint8Array) return new Uint8Array(v);
+  if (Array.isArray(v)) return v.map(bytesAsUint8Array);
+  if (v instanceof Map) return new Map([...v].map(([k, x]) => [bytesAsUint8Array(k), bytesAsUint8Array(x)]));
+  if (v instanceof Set) return new Set([...v].map(bytesAsUint8Array));
+  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    const out: Record<string, unknown> = {};
+    for (const key of Object.keys(v)) Object.defineProperty(out, key, { value: bytesAsUint8Array((v as Record<string, unknown>)[key]), enumerable: true, writable: true, configurable: true });
+    return out;
+  }
+  return v;
+}
+
+/** A receiver of one direction, fed what `send` writes: records, or plain msgpack for what the encoder left. */
+function sender() {
+  const encoder = new RecordEncoder();
+  const { unpackr, structures } = recordUnpackr();
+  return {
+    encoder,
+    structures,
+    /** What the peer decodes of `v`, and whether the encoder took it. */
+    roundTrip(v: unknown): { value: unknown; encoded: boolean } {
+      const n = encoder.encode(v);
+      if (n === NOT_ENCODED) {
+        const bytes = Uint8Array.from(plainPackr.pack(v));
+        return { value: decodeMsgpackAt(plainUnpackr, bytes, 0, bytes.length), encoded: false };
+      }
+      const bytes = Uint8Array.from(encoded.subarray(0, n));
+      return { value: decodeMsgpackAt(unpackr, bytes, 0, bytes.length, DEFAULT_DECODE_LIMITS, structures), encoded: true };
+    },
+  };
+}
+
+t.test('any value: the receiver decodes what msgpackr alone would give it, and a value left to msgpackr changes nothing', async (t) => {
+  const anything = fc.anything({
+    withDate: true, withTypedArray: true, withBigInt: true, withMap: true, withSet: true, withNullPrototype: true,
+    withBoxedValues: true, withSparseArray: true, maxDepth: 4,
+  });
+  // Dates and the like inside objects whose shapes are also sent without them: a failed encode must not leave a
+  // shape believed defined.
+  const mixed = fc.oneof(anything, supported, fc.record({ a: supported, when: fc.oneof(fc.date(), fc.integer()) }));
+  let left = 0;
+  let taken = 0;
+  fc.assert(fc.property(fc.array(mixed, { minLength: 1, maxLength: 60 }), (values) => {
+    const s = sender();
+    for (const v of values) {
+      let expected: unknown;
+      try {
+        const bytes = Uint8Array.from(plainPackr.pack(v));
+        expected = decodeMsgpackAt(plainUnpackr, bytes, 0, bytes.length);
+      } catch {
+        continue; // msgpackr cannot encode it either (a bigint too large): `send` throws
+      }
+      const got = s.roundTrip(v);
+      if (got.encoded) taken++;
+      else left++;
+      if (!isDeepStrictEqual(bytesAsUint8Array(got.value), bytesAsUint8Array(expected))) return false;
+    }
+    return s.structures.bytes <= MAX_STRUCTURE_BYTES;
+  }), { numRuns: scaled(300, 40) });
+  t.ok(taken > 0 && left > 0, `${taken} values encoded, ${left} left to msgpackr, all decoded as msgpackr alone`);
+});
+
+t.test('a value left to msgpackr after a new shape was defined in it leaves that shape undefined', async (t) => {
+  const encoder = new RecordEncoder();
+  t.equal(encoder.encode({ fresh: 1, when: new Date(0) }), NOT_ENCODED, 'a Date is left to msgpackr');
+  const n = encoder.encode({ fresh: 1, when: 2 });
+  t.same([...encoded.subarray(0, 3)], [0xd4, 0x72, 0x40], 'the shape is defined in the next message that has it, with the first id');
+  t.ok(n > 3);
+  t.same([...encoded.subarray(0, encoder.encode({ fresh: 3, when: 4 }))], [0x40, 3, 4], 'then named by its id');
+  // An id taken from an older shape by the failed message goes back to it.
+  const full = new RecordEncoder();
+  for (let k = 0; k < 32; k++) full.encode({ [`k${k}`]: k });
+  t.equal(full.encode({ newer: 1, d: new Date(0) }), NOT_ENCODED);
+  t.same([...encoded.subarray(0, full.encode({ k0: 5 }))], [0x40, 5], 'the oldest shape still holds its id');
+  // reset(): every shape is defined again.
+  encoder.reset();
+  encoder.encode({ fresh: 1, when: 2 });
+  t.same([...encoded.subarray(0, 3)], [0xd4, 0x72, 0x40], 'after reset, defined again');
+});
+
+t.test('what the receiver would refuse, or what would not describe the value, is left to msgpackr', async (t) => {
+  const s = sender();
+  const wide = Object.fromEntries(Array.from({ length: MAX_RECORD_KEYS + 1 }, (_, k) => [`key${k}`, k]));
+  t.same(s.roundTrip(wide), { value: wide, encoded: false }, `${MAX_RECORD_KEYS + 1} keys`);
+  const justWide = Object.fromEntries(Array.from({ length: MAX_RECORD_KEYS }, (_, k) => [`key${k}`, k]));
+  t.same(s.roundTrip(justWide), { value: justWide, encoded: true }, `${MAX_RECORD_KEYS} keys`);
+  let deep: unknown = 1;
+  for (let i = 0; i < 70; i++) deep = [deep];
+  t.same(s.roundTrip(deep), { value: deep, encoded: false }, 'nested 70 deep');
+  // 32 shapes (all the ids) of 30 keys of 60 bytes would pass MAX_STRUCTURE_BYTES at the receiver: those that
+  // would go plain.
+  const r = sender();
+  let plain = 0;
+  for (let id = 0; id < 32; id++) {
+    const v = Object.fromEntries(Array.from({ length: 30 }, (_, k) => [`${id}-${k}`.padEnd(60, 'k'), k]));
+    const got = r.roundTrip(v);
+    if (!got.encoded) plain++;
+    t.same(got.value, v) || t.fail(`shape ${id}`);
+  }
+  t.ok(plain > 0, `${plain} of 32 wide shapes went as plain msgpack`);
+  t.ok(r.structures.bytes <= MAX_STRUCTURE_BYTES, 'the receiver\'s table stayed within its bound');
+  // A getter that deletes a key the values have not reached yet: the shape written no longer describes them.
+  const changing: Record<string, unknown> = {};
+  Object.defineProperty(changing, 'a', { enumerable: true, get() { delete changing.c; return 1; } });
+  changing.b = 2;
+  changing.c = 3;
+  t.equal(s.encoder.encode(changing), NOT_ENCODED, 'keys that change under the encoder');
+  // An object whose prototype is another object (its `constructor` is still Object): for…in would see inherited keys.
+  const child = Object.assign(Object.create({ inherited: 1 }) as Record<string, unknown>, { own: 2 });
+  t.same(s.roundTrip(child), { value: { own: 2 }, encoded: false }, 'an object with a prototype of its own: only its own keys, by msgpackr');
+  // Object.prototype with an enumerable property: for…in would see it.
+  (Object.prototype as Record<string, unknown>).polluted = 1;
+  try {
+    t.equal(s.encoder.encode({ a: 1 }), NOT_ENCODED, 'an Object.prototype with enumerable properties');
+  } finally {
+    delete (Object.prototype as Record<string, unknown>).polluted;
+  }
+  t.ok(s.roundTrip({ a: 1 }).encoded, 'and taken again once it has none');
+});
+
+t.test('the tree of shapes seen stays bounded when every message has new keys', async (t) => {
+  const s = sender();
+  const n = scaled(100_000, 20_000);
+  for (let i = 0; i < n; i++) {
+    const v = { [`user${i}`]: i, [`other${i}`]: i };
+    const got = s.roundTrip(v);
+    if (!got.encoded || !isDeepStrictEqual(got.value, v)) { t.fail(`message ${i}`); return; }
+  }
+  const slots = (s.encoder as unknown as { keySlots: number }).keySlots;
+  t.ok(slots <= 65536 + 2, `${n} messages of fresh keys; ${slots} keys remembered`);
+});
