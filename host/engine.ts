@@ -108,6 +108,10 @@ export class Engine {
   /** Views over the whole current memory; rebuilt when the memory grows. */
   u8: Uint8Array;
   u32: Uint32Array;
+  /** The same memory as a Buffer (its native UTF-8 writer) and a DataView (big-endian numbers): what the record
+   * encoder (host/pack.ts) needs to write a message straight into a ring. */
+  bytes: Buffer;
+  view: DataView;
   private freeHandles: number[] = [];
   private freeWindows: FreeRange[] = [{ start: WINDOW_BASE, end: MEMORY_MAX_PAGES * WASM_PAGE_SIZE }];
 
@@ -124,6 +128,8 @@ export class Engine {
     this.base = BigInt(koffi.address(new Uint8Array(this.memory.buffer, 0, 0)) as bigint);
     this.u8 = new Uint8Array(this.memory.buffer);
     this.u32 = new Uint32Array(this.memory.buffer);
+    this.bytes = Buffer.from(this.memory.buffer);
+    this.view = new DataView(this.memory.buffer);
     for (let i = MAX_HANDLES - 1; i >= 0; i--) this.freeHandles.push(PRIVATE_BASE + i * HANDLE_SIZE);
   }
 
@@ -236,6 +242,8 @@ export class Engine {
     if (this.u8.byteLength === this.memory.buffer.byteLength) return;
     this.u8 = new Uint8Array(this.memory.buffer);
     this.u32 = new Uint32Array(this.memory.buffer);
+    this.bytes = Buffer.from(this.memory.buffer);
+    this.view = new DataView(this.memory.buffer);
   }
 }
 

@@ -42,6 +42,8 @@ const MAX_KEY_SLOTS = 65536;
 const SHORT_STRING = 64;
 /** What `encode` returns when the value needs msgpackr. */
 export const NOT_ENCODED = -1;
+/** What `encodeInto` returns when the value needs more room than it was given. */
+export const NO_ROOM = -2;
 
 /** A node of the tree of shapes: the path of keys from the root names a shape. */
 interface Shape {
@@ -63,8 +65,9 @@ interface Defined {
   total: number;
 }
 
-/** Thrown inside the encoder when a value needs msgpackr; never escapes `encode`. */
+/** Thrown inside the encoder when a value needs msgpackr, or more room than encodeInto was given; never escape. */
 const UNSUPPORTED = Symbol('unsupported');
+const FULL = Symbol('full');
 
 const OBJECT_PROTOTYPE = Object.prototype;
 
@@ -87,6 +90,8 @@ export class RecordEncoder {
   private b = encoded;
   private view = encodedView;
   private position = 0;
+  /** encodeInto's end of the room; -1: `encoded`, which grows. */
+  private limit = -1;
   private root = newShape([], 0);
   private keySlots = 0;
   /** The shape holding each id (index: id − 0x40). */
@@ -102,10 +107,30 @@ export class RecordEncoder {
    * part of it needs msgpackr. Errors other than that (a getter that throws) propagate, also with nothing changed.
    */
   encode(value: unknown): number {
-    if (this.keySlots > MAX_KEY_SLOTS) this.reset();
     this.b = encoded;
     this.view = encodedView;
-    this.position = 0;
+    this.limit = -1;
+    return this.run(value, 0);
+  }
+
+  /**
+   * Encodes `value` into `target[start … limit)` (`view` over the same bytes: a ring's claimed room) and returns
+   * where it ends; NO_ROOM when it needs more (nothing changed: encode it again elsewhere), NOT_ENCODED as
+   * for `encode`.
+   */
+  encodeInto(value: unknown, target: Buffer, view: DataView, start: number, limit: number): number {
+    this.b = target;
+    this.view = view;
+    this.limit = limit;
+    const end = this.run(value, start);
+    this.b = encoded;
+    this.view = encodedView;
+    return end;
+  }
+
+  private run(value: unknown, start: number): number {
+    if (this.keySlots > MAX_KEY_SLOTS) this.reset();
+    this.position = start;
     if (this.defined.length !== 0) this.defined.length = 0;
     try {
       if (!prototypeClean()) throw UNSUPPORTED;
@@ -113,6 +138,7 @@ export class RecordEncoder {
     } catch (error) {
       this.rollBack();
       if (error === UNSUPPORTED) return NOT_ENCODED;
+      if (error === FULL) return NO_ROOM;
       throw error;
     }
     return this.position;
@@ -143,11 +169,16 @@ export class RecordEncoder {
   /** Makes room for `n` more bytes. */
   private room(n: number): void {
     const need = this.position + n;
+    if (this.limit >= 0) {
+      if (need > this.limit) throw FULL;
+      return;
+    }
     if (need <= this.b.length) return;
     let size = this.b.length * 2;
     while (size < need) size *= 2;
     const bigger = Buffer.allocUnsafeSlow(size);
-    this.b.copy(bigger, 0, 0, this.position);
+    // All of it: a string's bytes may be written past `position` before its header.
+    this.b.copy(bigger, 0, 0, this.b.length);
     encoded = this.b = bigger;
     encodedView = this.view = new DataView(bigger.buffer, bigger.byteOffset, bigger.byteLength);
   }
@@ -207,11 +238,12 @@ export class RecordEncoder {
     // The header's size follows the number of UTF-16 units (as msgpackr's does); the bytes move if the UTF-8
     // length needs another.
     const header = chars < 0x20 ? 1 : chars < 0x100 ? 2 : chars < 0x10000 ? 3 : 5;
-    this.room(header + chars * 3);
-    const b = this.b;
     const start = this.position + header;
     let length: number;
     if (chars <= SHORT_STRING) {
+      // ASCII first, room for one byte a unit; the rest (up to 3 bytes a unit) from the first that is not.
+      this.room(header + chars);
+      const b = this.b;
       let p = start;
       let i = 0;
       for (; i < chars; i++) {
@@ -219,29 +251,26 @@ export class RecordEncoder {
         if (c >= 0x80) break;
         b[p++] = c;
       }
-      length = i === chars ? p - start : p - start + b.write(value.slice(i), p, 'utf8');
+      if (i === chars) length = p - start;
+      else {
+        this.room(header + i + (chars - i) * 3);
+        length = p - start + this.b.write(value.slice(i), p, 'utf8');
+      }
     } else {
-      length = b.write(value, start, 'utf8');
+      this.room(header + chars * 3);
+      length = this.b.write(value, start, 'utf8');
     }
+    const size = length < 0x20 ? 1 : length < 0x100 ? 2 : length < 0x10000 ? 3 : 5;
+    if (size !== header) {
+      this.room(size + length);
+      this.b.copyWithin(this.position + size, start, start + length);
+    }
+    const b = this.b;
     let p = this.position;
-    if (length < 0x20) {
-      if (header !== 1) b.copyWithin(p + 1, start, start + length);
-      b[p++] = 0xa0 | length;
-    } else if (length < 0x100) {
-      if (header !== 2) b.copyWithin(p + 2, start, start + length);
-      b[p++] = 0xd9;
-      b[p++] = length;
-    } else if (length < 0x10000) {
-      if (header !== 3) b.copyWithin(p + 3, start, start + length);
-      b[p++] = 0xda;
-      b[p++] = length >> 8;
-      b[p++] = length & 0xff;
-    } else {
-      if (header !== 5) b.copyWithin(p + 5, start, start + length);
-      b[p++] = 0xdb;
-      this.view.setUint32(p, length);
-      p += 4;
-    }
+    if (size === 1) b[p++] = 0xa0 | length;
+    else if (size === 2) { b[p++] = 0xd9; b[p++] = length; }
+    else if (size === 3) { b[p++] = 0xda; b[p++] = length >> 8; b[p++] = length & 0xff; }
+    else { b[p++] = 0xdb; this.view.setUint32(p, length); p += 4; }
     this.position = p + length;
   }
 

@@ -5,7 +5,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
-import { RecordEncoder, NOT_ENCODED, encoded } from '../host/pack.js';
+import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../host/pack.js';
 import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { scaled } from './helpers.js';
 
@@ -42,6 +42,37 @@ t.test('for the values it takes, the bytes are those of msgpackr\'s record packe
     return true;
   }), { numRuns: scaled(200, 30) });
   t.pass(`${messages} messages byte for byte`);
+});
+
+t.test('encodeInto writes the same bytes within its room, or nothing at all (NO_ROOM) with the encoder unchanged', async (t) => {
+  const memory = Buffer.alloc(4096);
+  const view = new DataView(memory.buffer, memory.byteOffset, memory.byteLength);
+  let fitted = 0;
+  let refused = 0;
+  fc.assert(fc.property(fc.array(fc.tuple(supported, fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 64 })), { minLength: 1, maxLength: 80 }), (steps) => {
+    const ours = new RecordEncoder();
+    const twin = new RecordEncoder();
+    for (const [v, room, start] of steps) {
+      memory.fill(0xee);
+      const end = ours.encodeInto(v, memory, view, start, start + room);
+      const n = twin.encode(v);
+      if (n === NOT_ENCODED) return false;
+      const expected = Buffer.from(encoded.subarray(0, n));
+      // Nothing outside the room is touched, whatever happened.
+      for (let i = 0; i < start; i++) if (memory[i] !== 0xee) return false;
+      for (let i = start + room; i < memory.length; i++) if (memory[i] !== 0xee) return false;
+      if (end === NO_ROOM) {
+        refused++;
+        // Unchanged: the same value, encoded aside now, gives the twin's bytes (definitions included).
+        if (ours.encode(v) !== n || !encoded.subarray(0, n).equals(expected)) return false;
+        continue;
+      }
+      fitted++;
+      if (end - start !== n || !memory.subarray(start, end).equals(expected)) return false;
+    }
+    return true;
+  }), { numRuns: scaled(200, 30) });
+  t.ok(fitted > 0 && refused > 0, `${fitted} encoded in place, ${refused} refused for room`);
 });
 
 t.test('past 64 shapes, ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {

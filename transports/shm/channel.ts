@@ -15,14 +15,14 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
-import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET } from '../../assembly/layout.js';
+import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET, maxPayload } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordUnpackr, type DecodeLimits } from '../../host/codec.js';
-import { RecordEncoder, NOT_ENCODED, encoded } from '../../host/pack.js';
+import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
 import { futexWaitv } from '../../host/sys/futex.js';
@@ -53,8 +53,10 @@ const SPIN_SHARED_NS = 3_000;
 /** How many such spins in a row make it move (see spinFor). */
 const SHARED_STREAK = 2;
 let lastMove = -Infinity;
-/** send() copies a record-structure message this small into the ring itself (writeSmall). */
-const SMALL_SEND = 128;
+/** Bounds of the room send() claims to encode a message in place (see encodeIntoRing): a message that needs more
+ * than LARGEST_ESTIMATE is encoded aside and copied, which costs little next to encoding that much. */
+const SMALLEST_ESTIMATE = 64;
+const LARGEST_ESTIMATE = 2048;
 /** Reading for request/reply stops buffering other messages past this many unread ones. */
 const INBOX_LIMIT = 65536;
 
@@ -233,6 +235,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** `send`'s encoder when the peer takes record structures (host/pack.ts); reset whenever an encoded message does
    * not go out, since the peer must see every definition the encoder wrote. */
   private encoder: RecordEncoder | undefined;
+  /** Room send() claims for its next message (encodeIntoRing), and the most it claims: never more than the ring
+   * takes at its starting size, so that an estimate never makes a growing ring grow. */
+  private sendEstimate = SMALLEST_ESTIMATE * 2;
+  private readonly largestEstimate: number;
   /** Decodes the peer's RECORD_MSGPACK_RECORDS, with the scan's table of its structures. */
   private readonly records = recordUnpackr();
 
@@ -296,6 +302,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       refusalBlocks: false,
     });
     this.largeRecord = Math.max(4096, this.rx.capacity >>> 4);
+    this.largestEstimate = Math.min(LARGEST_ESTIMATE, maxPayload(this.tx.currentCapacity));
+    this.sendEstimate = Math.min(this.sendEstimate, this.largestEstimate);
     // Growing rings (RECORD_RESIZE): a committed resize record wakes the reader like any commit; passing one wakes
     // a writer that waits for its ring to empty.
     this.tx.onResize = () => this.afterCommit();
@@ -316,21 +324,69 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Sends a value (msgpack). Always takes it; returns false once messages wait locally (see drained()). */
   send(value: unknown): boolean {
     this.checkSendable();
-    if (COUNTING) { perf.sends++; perf.allocs++; }
+    if (COUNTING) perf.sends++;
     const encoder = this.encoder;
-    if (encoder === undefined) return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    if (encoder === undefined) {
+      if (COUNTING) perf.allocs++;
+      return this.enqueue(RECORD_MSGPACK, this.pack(value));
+    }
+    if (this.sendQueue.idle && this.openClaim === undefined) {
+      const sent = this.encodeIntoRing(encoder, value);
+      if (sent !== NO_ROOM) return sent === 1 || this.enqueue(RECORD_MSGPACK, this.pack(value));
+    }
+    if (COUNTING) perf.allocs++;
     const length = encoder.encode(value);
     // A value the record encoder leaves to msgpackr goes as plain msgpack, which defines no record structure.
     if (length === NOT_ENCODED) return this.enqueue(RECORD_MSGPACK, this.pack(value));
     // With record structures, a message encoded and then not taken would leave the peer without definitions the
     // encoder believes it has: it starts over, defining every shape again before use.
     try {
-      if (length <= SMALL_SEND && this.writeSmall(encoded, 0, length)) return true;
       return this.enqueue(RECORD_MSGPACK_RECORDS, encoded.subarray(0, length));
     } catch (error) {
       encoder.reset();
       throw error;
     }
+  }
+
+  /**
+   * send()'s fast path, when nothing waits in the send queue and no claim is open (what the queue would do first):
+   * claims the room the last messages needed (twice their size) and encodes the value right there, no copy.
+   * Returns 1 (sent), NOT_ENCODED (nothing written: plain msgpack for this one) or NO_ROOM (nothing written: the
+   * ring has no room now, or the value needs more than was claimed; the next claim will be larger).
+   */
+  private encodeIntoRing(encoder: RecordEncoder, value: unknown): number {
+    const claim = this.sendEstimate;
+    let at: number;
+    try {
+      at = this.tx.claim(claim, RECORD_MSGPACK_RECORDS);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    if (at === 0) return NO_ROOM;
+    const engine = this.engine;
+    let end: number;
+    try {
+      end = encoder.encodeInto(value, engine.bytes, engine.view, at, at + claim);
+    } catch (error) {
+      this.tx.abort(); // a getter threw: nothing of the value was sent
+      throw error;
+    }
+    if (end < 0) {
+      this.tx.abort();
+      if (end === NO_ROOM) this.sendEstimate = Math.min(claim * 2, this.largestEstimate);
+      return end;
+    }
+    const length = end - at;
+    try {
+      this.tx.commit(length);
+    } catch (error) {
+      this.ringFailed(error);
+    }
+    // The next claim: twice this message, within [SMALLEST_ESTIMATE, largestEstimate].
+    const next = length * 2;
+    this.sendEstimate = next < SMALLEST_ESTIMATE ? SMALLEST_ESTIMATE : next > this.largestEstimate ? this.largestEstimate : next;
+    this.afterCommit();
+    return 1;
   }
 
   /**
@@ -346,33 +402,6 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   handle(handler: RequestHandler | undefined): this {
     this.rpc.handle(handler);
     return this;
-  }
-
-  /**
-   * send()'s fast path for a small record-structure message: straight into the ring when nothing waits in the send
-   * queue and no claim is open (what the send queue would do first), copied byte by byte (cheaper than a view and
-   * set() for a few dozen bytes). False: nothing written, take the ordinary path.
-   */
-  private writeSmall(packed: Uint8Array, start: number, end: number): boolean {
-    if (!this.sendQueue.idle || this.openClaim !== undefined) return false;
-    const length = end - start;
-    let at: number;
-    try {
-      at = this.tx.claim(length, RECORD_MSGPACK_RECORDS);
-    } catch (error) {
-      this.ringFailed(error);
-    }
-    if (at === 0) return false;
-    if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
-    const memory = this.engine.u8;
-    for (let i = 0; i < length; i++) memory[at + i] = packed[start + i]!;
-    try {
-      this.tx.commit(length);
-    } catch (error) {
-      this.ringFailed(error);
-    }
-    this.afterCommit();
-    return true;
   }
 
   private sendRecord(type: number, value: unknown): void {
