@@ -8,8 +8,9 @@ import { Unpackr } from 'msgpackr';
 import { listen, connect, ErrorCode, type Channel, type ShmbusError } from '../index.js';
 import {
   decodeMsgpackAt, checkMsgpackRange, recordPackr, recordUnpackr, RecordStructures, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES,
-  DEFAULT_DECODE_LIMITS,
+  DEFAULT_DECODE_LIMITS, RecordBatch, BATCH_RECORD,
 } from '../host/codec.js';
+import { isDeepStrictEqual } from 'node:util';
 import { RECORD_MSGPACK_RECORDS } from '../assembly/layout.js';
 import { RecordEncoder } from '../host/pack.js';
 import type { RingEnd } from '../host/ring.js';
@@ -119,6 +120,69 @@ t.test('codec: a stream of records scans and decodes exactly as msgpackr alone',
   }), { numRuns: scaled(3000, 300) });
   t.pass(`${runs} values in one stream`);
   t.ok(mine.structures.bytes <= MAX_STRUCTURE_BYTES, 'the table stays bounded');
+});
+
+t.test('codec: records decoded in batches give the values decoded one by one, in order, across flushes', async (t) => {
+  const value = fc.anything({
+    withDate: true, withTypedArray: false, withBigInt: false, withMap: false, withSet: false, withNullPrototype: false,
+    withBoxedValues: false, withSparseArray: false, maxDepth: 4,
+  });
+  let records = 0;
+  fc.assert(fc.property(fc.array(fc.tuple(value, fc.boolean()), { minLength: 1, maxLength: 120 }), (steps) => {
+    const packr = recordPackr();
+    const one = receiver();
+    const { unpackr, structures } = recordUnpackr();
+    const batch = new RecordBatch(unpackr, structures, DEFAULT_DECODE_LIMITS);
+    const got: unknown[] = [];
+    const expected: unknown[] = [];
+    const out = (v: unknown) => { got.push(v); };
+    // A ring's memory: records at odd places, as they lie in a ring.
+    const memory = new Uint8Array(BATCH_RECORD + 64);
+    for (const [v, flushAfter] of steps) {
+      const packed = new Uint8Array(packr.pack(v));
+      if (packed.length > BATCH_RECORD) return true;
+      records++;
+      expected.push(one.decode(packed));
+      memory.set(packed, 7);
+      batch.add(memory, 7, 7 + packed.length, out);
+      memory.fill(0xc1); // the shared bytes change after add: the batch decodes its own copy
+      if (flushAfter) batch.flush(out);
+    }
+    batch.flush(out);
+    return isDeepStrictEqual(got, expected) && batch.pending === 0;
+  }), { numRuns: scaled(300, 40) });
+  t.pass(`${records} records`);
+  // More than the batch's buffer holds: add flushes by itself, order kept.
+  const packr = recordPackr();
+  const { unpackr, structures } = recordUnpackr();
+  const batch = new RecordBatch(unpackr, structures, DEFAULT_DECODE_LIMITS);
+  const got: unknown[] = [];
+  const n = 200;
+  for (let i = 0; i < n; i++) {
+    const packed = new Uint8Array(packr.pack({ i, s: 'z'.repeat(1000) }));
+    batch.add(packed, 0, packed.length, (v) => got.push(v));
+  }
+  t.ok(got.length > 0, `flushed on its own: ${got.length} values out before the last flush`);
+  batch.flush((v) => got.push(v));
+  t.same(got.map((v) => (v as { i: number }).i), Array.from({ length: n }, (_, i) => i), `${n} records of 1 KiB in order`);
+});
+
+t.test('codec: a record that fails its check is refused at add; those added before it still decode', async (t) => {
+  const packr = recordPackr();
+  const { unpackr, structures } = recordUnpackr();
+  const batch = new RecordBatch(unpackr, structures, DEFAULT_DECODE_LIMITS);
+  const got: unknown[] = [];
+  const out = (v: unknown) => { got.push(v); };
+  for (const v of [{ a: 1 }, { a: 2 }, 'three']) {
+    const packed = new Uint8Array(packr.pack(v));
+    batch.add(packed, 0, packed.length, out);
+  }
+  const bad = Uint8Array.from([0x92, 0x01, 0xc1]);
+  t.throws(() => batch.add(bad, 0, bad.length, out), { code: ErrorCode.CORRUPT }, 'refused at add');
+  t.equal(batch.pending, 3, 'not added');
+  batch.flush(out);
+  t.same(got, [{ a: 1 }, { a: 2 }, 'three'], 'the records before it decode, in order');
+  t.throws(() => batch.add(new Uint8Array(BATCH_RECORD + 1), 0, BATCH_RECORD + 1, out), { code: ErrorCode.BAD_ARGUMENT }, 'a record past BATCH_RECORD');
 });
 
 /** fixext 1, "r", the id, an array of the keys (each a fixstr), then whatever follows. */
