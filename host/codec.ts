@@ -31,7 +31,7 @@
  * bench/decode.ts for numbers next to msgpackr's own decode.
  */
 import { Packr, Unpackr } from 'msgpackr';
-import { BadArgumentError, CorruptError } from './errors.js';
+import { BadArgumentError, BadStateError, CorruptError } from './errors.js';
 
 /** How much a peer's record may cost us to decode. */
 export interface DecodeLimits {
@@ -48,6 +48,7 @@ export const DEFAULT_DECODE_LIMITS: Readonly<DecodeLimits> = Object.freeze({ max
 
 /** Fills in the defaults and checks the values a caller gave. */
 export function decodeLimits(given?: Partial<DecodeLimits>): DecodeLimits {
+  if (given === undefined) return DEFAULT_DECODE_LIMITS;
   const limits = { ...DEFAULT_DECODE_LIMITS, ...given };
   for (const [key, value] of Object.entries(limits)) {
     if (typeof value !== 'number' || !(value >= 0) || !Number.isFinite(value)) {
@@ -392,7 +393,16 @@ export function recordUnpackr(): { unpackr: Unpackr; structures: RecordStructure
   return { unpackr: new Unpackr({ sequential: true, copyBuffers: true }), structures: new RecordStructures() };
 }
 
-const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+/** The decoder of plain msgpack (no record structures), shared: it keeps nothing between records. copyBuffers:
+ * binary fields of a decoded value must not stay views into a ring, which the peer reuses. */
+export const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+
+let plainEncoder: Packr | undefined;
+/** The encoder of plain msgpack, shared (made on first use): with RESET_BUFFER_MODE each result is valid until the
+ * next pack, and every caller copies it at once. */
+export function plainPackr(): Packr {
+  return (plainEncoder ??= new Packr({ useRecords: false }));
+}
 
 /** `decodeMsgpack` with a plain decoder (no shared structures), for handshake lines and other one-off records. */
 export function decodePeer(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): unknown {
@@ -403,6 +413,14 @@ export function decodePeer(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_DEC
 export const BATCH_RECORD = 4096;
 /** RecordBatch's copy of the records waiting for their decode. */
 const BATCH_BYTES = 64 * 1024;
+/**
+ * The one copy buffer of every RecordBatch in the process (made on first use): a batch is filled and flushed within
+ * one synchronous read of one channel (a channel's readInbox), so two are never pending at once, which `add`
+ * checks. One per channel would cost 64 KiB of memory per connection.
+ */
+let batchScratch: Buffer | undefined;
+/** The batch whose records are in batchScratch now. */
+let batchOwner: RecordBatch | undefined;
 
 /**
  * Decodes a run of small records with one call into msgpackr instead of one each: msgpackr's `unpack` costs ~130 ns
@@ -417,7 +435,6 @@ const BATCH_BYTES = 64 * 1024;
  * refuses throws CORRUPT at `flush`, after the values before it were handed out.
  */
 export class RecordBatch {
-  private readonly scratch = Buffer.allocUnsafeSlow(BATCH_BYTES);
   private used = 0;
   /** Where each record added ends in `scratch`. */
   private readonly ends: number[] = [];
@@ -453,11 +470,20 @@ export class RecordBatch {
       throw new BadArgumentError('record range not batchable', { start, end, length: bytes.length });
     }
     if (this.used + length > BATCH_BYTES) this.flush(out);
-    const s = this.scratch;
+    if (batchOwner !== this) {
+      if (batchOwner !== undefined) throw new BadStateError('two record batches pending at once', {});
+      batchOwner = this;
+    }
+    const s = (batchScratch ??= Buffer.allocUnsafeSlow(BATCH_BYTES));
     const at = this.used;
     if (length <= 256) for (let i = 0; i < length; i++) s[at + i] = bytes[start + i]!;
     else s.set(bytes.subarray(start, end), at);
-    checkMsgpackRange(s, at, at + length, this.limits, this.structures);
+    try {
+      checkMsgpackRange(s, at, at + length, this.limits, this.structures);
+    } catch (error) {
+      if (this.ends.length === 0) batchOwner = undefined;
+      throw error;
+    }
     this.used = at + length;
     this.ends.push(this.used);
   }
@@ -467,6 +493,7 @@ export class RecordBatch {
     const count = this.ends.length;
     if (count === 0) return;
     const used = this.used;
+    const scratch = batchScratch!;
     this.used = 0;
     this.handed = 0;
     this.out = out;
@@ -474,9 +501,9 @@ export class RecordBatch {
       if (count === 1) {
         // One record (request/reply, a quiet channel): unpack's range form reads the buffer as it is, no view.
         this.range.end = used;
-        out(this.unpackr.unpack(this.scratch, this.range));
+        out(this.unpackr.unpack(scratch, this.range));
       } else {
-        this.unpackr.unpackMultiple(this.scratch.subarray(0, used), this.take);
+        this.unpackr.unpackMultiple(scratch.subarray(0, used), this.take);
         if (this.handed !== count) {
           throw new CorruptError('peer data does not decode', { reason: 'msgpack', cause: 'fewer values than records' });
         }
@@ -487,6 +514,7 @@ export class RecordBatch {
     } finally {
       this.ends.length = 0;
       this.out = () => {};
+      batchOwner = undefined;
     }
   }
 }

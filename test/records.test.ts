@@ -140,7 +140,7 @@ t.test('codec: records decoded in batches give the values decoded one by one, in
     const memory = new Uint8Array(BATCH_RECORD + 64);
     for (const [v, flushAfter] of steps) {
       const packed = new Uint8Array(packr.pack(v));
-      if (packed.length > BATCH_RECORD) return true;
+      if (packed.length > BATCH_RECORD) continue;
       records++;
       expected.push(one.decode(packed));
       memory.set(packed, 7);
@@ -180,8 +180,17 @@ t.test('codec: a record that fails its check is refused at add; those added befo
   const bad = Uint8Array.from([0x92, 0x01, 0xc1]);
   t.throws(() => batch.add(bad, 0, bad.length, out), { code: ErrorCode.CORRUPT }, 'refused at add');
   t.equal(batch.pending, 3, 'not added');
+  // One copy buffer per process: another batch cannot start while this one holds records.
+  const other = new RecordBatch(recordUnpackr().unpackr, new RecordStructures(), DEFAULT_DECODE_LIMITS);
+  const one = Uint8Array.from([0x01]);
+  t.throws(() => other.add(one, 0, 1, out), { code: ErrorCode.BAD_STATE }, 'a second batch pending at once is refused');
   batch.flush(out);
   t.same(got, [{ a: 1 }, { a: 2 }, 'three'], 'the records before it decode, in order');
+  // A batch refused on its first record does not keep the buffer.
+  t.throws(() => other.add(bad, 0, bad.length, out), { code: ErrorCode.CORRUPT });
+  batch.add(one, 0, 1, out);
+  batch.flush(out);
+  t.equal(got.at(-1), 1, 'the buffer is free again after a refused first record');
   t.throws(() => batch.add(new Uint8Array(BATCH_RECORD + 1), 0, BATCH_RECORD + 1, out), { code: ErrorCode.BAD_ARGUMENT }, 'a record past BATCH_RECORD');
 });
 

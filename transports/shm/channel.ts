@@ -13,7 +13,7 @@ import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 // The global `performance` is a lazy accessor on globalThis (a getter call per use); the module binding is not.
 import { performance } from 'node:perf_hooks';
-import { Packr, Unpackr, RESET_BUFFER_MODE } from 'msgpackr';
+import { RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET, maxPayload } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
@@ -21,7 +21,7 @@ import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
-import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, type DecodeLimits } from '../../host/codec.js';
+import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainPackr, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
 import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
@@ -227,9 +227,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private spinNs: number;
   private readonly spinAuto: boolean;
   private readonly spinAlways: boolean;
-  private readonly packr = new Packr({ useRecords: false });
-  // copyBuffers: binary fields of a decoded value must not stay views into the ring, which the peer reuses.
-  private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+  /** Plain msgpack (no record structures) holds no state between messages: one encoder and one decoder serve every
+   * channel of the process (host/codec.ts), which spares each new channel building its own (~20 µs). */
+  private readonly unpackr = plainUnpackr;
   /** What decoding one of the peer's records may cost (host/codec.ts). */
   private readonly decodeLimits: DecodeLimits;
   /** `send`'s encoder when the peer takes record structures (host/pack.ts); reset whenever an encoded message does
@@ -419,7 +419,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * Packing on from where the last result ended would need a fresh 8 KiB buffer every hundred small messages.
    */
   private pack(value: unknown): Uint8Array {
-    return this.packr.pack(value, RESET_BUFFER_MODE);
+    return plainPackr().pack(value, RESET_BUFFER_MODE);
   }
 
   /** Sends raw bytes. Always takes them (copied); returns false once messages wait locally. */
