@@ -382,7 +382,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   private shutdown(): Promise<void> {
     this.shutdownPromise ??= (async () => {
       this.state = 'closed';
-      this.rpc.end(this.failure ?? new ClosedError(this.peerEnded ? 'peer closed the connection' : 'connection is closed', { url: this.url }));
+      this.rpc.end(this.failure ?? (() => new ClosedError(this.peerEnded ? 'peer closed the connection' : 'connection is closed', { url: this.url })));
       if (!this.sendQueue.idle) {
         const reason = this.failure ?? (this.peerEnded
           ? new ClosedError('peer closed the connection before queued messages were delivered', { url: this.url, queued: this.queued })

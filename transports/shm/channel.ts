@@ -1324,7 +1324,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.state === 'closed') return;
     this.state = 'closed';
     if (error && !this.failure) this.failure = error;
-    this.rpc.end(this.failure ?? new ClosedError('channel closed', { url: this.url }));
+    this.rpc.end(this.failure ?? (() => new ClosedError('channel closed', { url: this.url })));
     const openClaim = this.openClaim;
     this.openClaim = undefined;
     if (openClaim) this.tx.abort();
