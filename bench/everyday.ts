@@ -13,7 +13,8 @@
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
-// shm `send` uses msgpackr record structures per direction (RECORD_MSGPACK_RECORDS), as the socket rows do.
+// shm `send` writes msgpackr record structures per direction (RECORD_MSGPACK_RECORDS; encoded by host/pack.ts, the
+// same bytes msgpackr's record packer writes), as the socket rows do with msgpackr itself.
 // BENCH_CHILD_PROF=<dir> makes each child write a CPU profile there; `--rows` picks rows (and `rtt`).
 // BENCH_FLAT_STRING=1 packs a literal string instead of a fresh 'x'.repeat(30) (see makeObject).
 // The Unix socket rows are plain Node, as a user would write them: a 4-byte length prefix, `write` with 'drain'
