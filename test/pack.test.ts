@@ -7,7 +7,8 @@ import { isDeepStrictEqual } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../host/pack.js';
 import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
-import { scaled } from './helpers.js';
+import { scaled, unique, within } from './helpers.js';
+import { listen, connect } from '../index.js';
 
 /** The values the encoder takes: what `send` is usually given. */
 const supported = fc.letrec((tie) => ({
@@ -176,6 +177,29 @@ t.test('a value left to msgpackr after a new shape was defined in it leaves that
   encoder.reset();
   encoder.encode({ fresh: 1, when: 2 });
   t.same([...encoded.subarray(0, 3)], [0xd4, 0x72, 0x40], 'after reset, defined again');
+});
+
+t.test('a getter that throws: the error comes out, nothing is left defined, and a channel goes on', async (t) => {
+  const encoder = new RecordEncoder();
+  const throwing = { fresh: 1, get bad(): number { throw new Error('getter failed'); } };
+  t.throws(() => encoder.encode(throwing), /getter failed/, 'encode passes the error on');
+  const memory = Buffer.alloc(256);
+  const view = new DataView(memory.buffer, memory.byteOffset, memory.byteLength);
+  t.throws(() => encoder.encodeInto(throwing, memory, view, 0, 256), /getter failed/, 'encodeInto too');
+  encoder.encode({ fresh: 1, bad: 2 });
+  t.same([...encoded.subarray(0, 3)], [0xd4, 0x72, 0x40], 'the shape is defined by the next message that has it');
+  // Through a channel: the claim the encoder wrote into is given up, and the next messages arrive.
+  const url = `shm://${unique('pack-getter')}`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]);
+  await listener.close();
+  t.teardown(async () => { await a.close(); await b!.close(); });
+  t.throws(() => a.send(throwing), /getter failed/, 'send throws the getter\'s error');
+  a.send({ fresh: 1, bad: 2 });
+  a.send({ fresh: 3, bad: 4 });
+  const it = b![Symbol.asyncIterator]();
+  t.same((await within(10_000, it.next(), 'first')).value, { fresh: 1, bad: 2 });
+  t.same((await within(10_000, it.next(), 'second')).value, { fresh: 3, bad: 4 });
 });
 
 t.test('what the receiver would refuse, or what would not describe the value, is left to msgpackr', async (t) => {
