@@ -1,6 +1,6 @@
 /** The publishing end of a topic. */
 import { EventEmitter } from 'node:events';
-import { Packr } from 'msgpackr';
+import { encodePlain } from '../host/pack.js';
 import {
   RECORD_BYTES, RECORD_MSGPACK, TOPIC_HEADER_OFFSET, TOPIC_HEADER_SIZE, TOPIC_SLOT_SIZE, TOPIC_PUBLISHER_CLAIM_OFFSET,
   TOPIC_PUBLISHER_START_OFFSET, SLOT_CLAIM_OFFSET, TOPIC_WAKE_OFFSET, CLAIM_FREE,
@@ -39,7 +39,6 @@ export class Publisher extends EventEmitter {
   private readonly bus: Bus;
   private readonly mapped: Mapped;
   private readonly writer: TopicWriter;
-  private readonly packr = new Packr({ useRecords: false });
   /** Messages waiting for room in the topic (the one send queue, host/send-queue.ts). */
   private readonly sendQueue: SendQueue;
   private pumping = false;
@@ -89,7 +88,7 @@ export class Publisher extends EventEmitter {
   /** Publishes a value (msgpack). */
   publish(value: unknown): boolean {
     this.checkOpen();
-    return this.enqueue(RECORD_MSGPACK, this.packr.pack(value));
+    return this.enqueue(RECORD_MSGPACK, encodePlain(value));
   }
 
   /** Publishes raw bytes (copied). */
@@ -102,7 +101,7 @@ export class Publisher extends EventEmitter {
   /** Publishes only if the topic takes it now; false = not taken. */
   tryPublish(value: unknown): boolean {
     this.checkOpen();
-    if (this.sendQueue.trySend(RECORD_MSGPACK, this.packr.pack(value))) return true;
+    if (this.sendQueue.trySend(RECORD_MSGPACK, encodePlain(value))) return true;
     // drained() now waits for room: the pump notices it.
     void this.pump();
     return false;

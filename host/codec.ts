@@ -380,7 +380,9 @@ export function decodeMsgpackAt(
 /**
  * The pair that encodes / decodes values with inline record structures (one per channel direction, see
  * RecordStructures): a Packr that defines each shape the first time it sends it, and the receiver's Unpackr with
- * its scan table. Both keep state across records: every record packed must reach the peer, in order.
+ * its scan table. Both keep state across records: every record packed must reach the peer, in order. Channels
+ * send with host/pack.ts RecordEncoder, which writes the same bytes as this Packr for the values it takes (the
+ * tests hold it to that); this one is the reference, and what older peers send.
  */
 export function recordPackr(): Packr {
   return new Packr({ sequential: true });

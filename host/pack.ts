@@ -26,10 +26,15 @@
  * again before its next use. Bounds: at most MAX_RECORD_KEYS keys per shape and MAX_STRUCTURE_BYTES of keys over
  * the 64 ids (what the receiver accepts); the tree of shapes seen is dropped past MAX_KEY_SLOTS keys in all.
  *
+ * The same encoder writes plain msgpack too (`{ records: false }`: objects as map 16, integers below 0x80 as
+ * fixints, as msgpackr's `new Packr({ useRecords: false })` writes them, byte for byte): `encodePlain`, which every
+ * other send path of values uses (shm request/reply and trySend, the framed transports, bus publishers).
+ *
  * All encoders write into one buffer per process (`encoded`): encoding is synchronous and every caller copies the
  * result at once (into a ring or a send queue's private copy). It grows to the largest message encoded and stays.
  */
-import { MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, recordKeyBytes } from './codec.js';
+import { RESET_BUFFER_MODE } from 'msgpackr';
+import { MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, plainPackr, recordKeyBytes } from './codec.js';
 
 /** Record ids: 0x40 … 0x5f, the 32 msgpackr's sequential packer uses (the receiver accepts up to 0x7f). */
 const FIRST_ID = 0x40;
@@ -85,8 +90,13 @@ function newShape(keys: readonly string[], keyBytes: number): Shape {
   return { next: new Map(), keys, keyBytes, id: 0 };
 }
 
-/** The encoder of one channel direction. */
+/**
+ * The encoder of one channel direction (`records`: true), or of plain msgpack (false: objects as maps, no state, as
+ * msgpackr's `new Packr({ useRecords: false })` writes them, byte for byte; see `encodePlain`).
+ */
 export class RecordEncoder {
+  /** Objects as records (shapes defined inline and named by id), or as maps. */
+  readonly records: boolean;
   private b = encoded;
   private view = encodedView;
   private position = 0;
@@ -101,6 +111,13 @@ export class RecordEncoder {
   /** MAX_STRUCTURE_BYTES accounting of the shapes that hold ids. */
   private total = 0;
   private readonly defined: Defined[] = [];
+  /** Integers below this are fixints: 0x40 with records (0x40–0x7f would read as record ids), 0x80 without. */
+  private readonly fixints: number;
+
+  constructor(options: { records?: boolean } = {}) {
+    this.records = options.records ?? true;
+    this.fixints = this.records ? FIRST_ID : 0x80;
+  }
 
   /**
    * Encodes `value` into `encoded` from offset 0 and returns its length, or NOT_ENCODED (nothing changed) when a
@@ -216,7 +233,7 @@ export class RecordEncoder {
     const b = this.b;
     let p = this.position;
     if (value >>> 0 === value) {
-      if (value < 0x40) b[p++] = value;
+      if (value < this.fixints) b[p++] = value;
       else if (value < 0x100) { b[p++] = 0xcc; b[p++] = value; }
       else if (value < 0x10000) { b[p++] = 0xcd; b[p++] = value >> 8; b[p++] = value & 0xff; }
       else { b[p++] = 0xce; this.view.setUint32(p, value); p += 4; }
@@ -309,6 +326,7 @@ export class RecordEncoder {
   }
 
   private writeObject(object: Record<string, unknown>, depth: number): void {
+    if (!this.records) { this.writeMap(object, depth); return; }
     let shape = this.root;
     for (const key in object) {
       let next = shape.next.get(key);
@@ -338,6 +356,24 @@ export class RecordEncoder {
     if (n !== keys.length) throw UNSUPPORTED;
   }
 
+  /** An object as a map: map 16 always (its size is known after the keys), then each key and value. */
+  private writeMap(object: Record<string, unknown>, depth: number): void {
+    this.room(3);
+    const at = this.position;
+    this.b[at] = 0xde;
+    this.position = at + 3;
+    let size = 0;
+    for (const key in object) {
+      this.writeString(key);
+      this.write(object[key], depth);
+      size++;
+    }
+    // msgpackr throws past this; so does `encodePlain`, through it.
+    if (size > 0xffff) throw UNSUPPORTED;
+    this.b[at + 1] = size >> 8;
+    this.b[at + 2] = size & 0xff;
+  }
+
   /** Gives `shape` the next id and writes its definition: fixext 1 "r", the id, the array of its keys. */
   private define(shape: Shape): void {
     const index = this.nextIndex;
@@ -359,4 +395,17 @@ export class RecordEncoder {
     this.writeHeader(keys.length);
     for (let i = 0; i < keys.length; i++) this.writeString(keys[i]!);
   }
+}
+
+/** The plain encoder every caller shares (it keeps no state between messages). */
+const plain = new RecordEncoder({ records: false });
+
+/**
+ * Plain msgpack of `value` (objects as maps): shmbus's encoder for the values it takes, msgpackr for the rest.
+ * The bytes are valid until the next encode in this process; every send path copies them at once.
+ */
+export function encodePlain(value: unknown): Uint8Array {
+  const length = plain.encode(value);
+  if (length !== NOT_ENCODED) return encoded.subarray(0, length);
+  return plainPackr().pack(value, RESET_BUFFER_MODE);
 }

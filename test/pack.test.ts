@@ -5,7 +5,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
-import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../host/pack.js';
+import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../host/pack.js';
 import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { scaled, unique, within } from './helpers.js';
 import { listen, connect } from '../index.js';
@@ -76,6 +76,40 @@ t.test('encodeInto writes the same bytes within its room, or nothing at all (NO_
   t.ok(fitted > 0 && refused > 0, `${fitted} encoded in place, ${refused} refused for room`);
 });
 
+t.test('plain msgpack: the bytes of msgpackr without records, and any value decodes as msgpackr alone gives it', async (t) => {
+  const theirs = new Packr({ useRecords: false });
+  const plainEncoder = new RecordEncoder({ records: false });
+  let same = 0;
+  fc.assert(fc.property(supported, (v) => {
+    const n = plainEncoder.encode(v);
+    if (n === NOT_ENCODED) return false;
+    same++;
+    return Buffer.from(encoded.subarray(0, n)).equals(Buffer.from(theirs.pack(v)));
+  }), { numRuns: scaled(2000, 300) });
+  t.pass(`${same} values byte for byte`);
+  const anything = fc.anything({
+    withDate: true, withTypedArray: true, withBigInt: true, withMap: true, withSet: true, withNullPrototype: true,
+    withBoxedValues: true, withSparseArray: true, maxDepth: 4,
+  });
+  let runs = 0;
+  fc.assert(fc.property(anything, (v) => {
+    let expected: unknown;
+    try {
+      const bytes = Uint8Array.from(theirs.pack(v));
+      expected = decodeMsgpackAt(plainUnpackr, bytes, 0, bytes.length);
+    } catch {
+      return true; // msgpackr cannot encode it either (a bigint too large)
+    }
+    runs++;
+    const bytes = Uint8Array.from(encodePlain(v));
+    return isDeepStrictEqual(bytesAsUint8Array(decodeMsgpackAt(plainUnpackr, bytes, 0, bytes.length)), bytesAsUint8Array(expected));
+  }), { numRuns: scaled(2000, 300) });
+  t.pass(`${runs} values of any kind through encodePlain`);
+  // Integers 0x40–0x7f are fixints without records, as msgpackr writes them.
+  t.same([...encodePlain(0x7f)], [0x7f]);
+  t.same([...encodePlain({ a: 0x40 })], [0xde, 0, 1, 0xa1, 0x61, 0x40]);
+});
+
 t.test('past 64 shapes, ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {
   const encoder = new RecordEncoder();
   const packr = recordPackr();
@@ -97,9 +131,12 @@ t.test('past 64 shapes, ids are reused oldest first, defined again inline, and t
 const plainPackr = new Packr({ useRecords: false });
 const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
 
-/** Buffers as plain Uint8Arrays, deep: msgpackr gives a bin as one or the other depending on what it decoded from. */
+/** Buffers as plain Uint8Arrays, deep (msgpackr gives a bin as one or the other depending on what it decoded
+ * from), and Dates as their time. */
 function bytesAsUint8Array(v: unknown): unknown {
   if (v instanceof Uint8Array) return new Uint8Array(v);
+  // isDeepStrictEqual finds two invalid Dates different (NaN !== NaN).
+  if (v instanceof Date) return `Date ${v.getTime()}`;
   if (Array.isArray(v)) return v.map(bytesAsUint8Array);
   if (v instanceof Map) return new Map([...v].map(([k, x]) => [bytesAsUint8Array(k), bytesAsUint8Array(x)]));
   if (v instanceof Set) return new Set([...v].map(bytesAsUint8Array));
@@ -157,7 +194,7 @@ t.test('any value: the receiver decodes what msgpackr alone would give it, and a
       if (!isDeepStrictEqual(bytesAsUint8Array(got.value), bytesAsUint8Array(expected))) return false;
     }
     return s.structures.bytes <= MAX_STRUCTURE_BYTES;
-  }), { numRuns: scaled(300, 40) });
+  }), { numRuns: scaled(300, 40), examples: [[[{ a: 0, when: new Date(NaN) }, 0]]] });
   t.ok(taken > 0 && left > 0, `${taken} values encoded, ${left} left to msgpackr, all decoded as msgpackr alone`);
 });
 

@@ -15,7 +15,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Packr, Unpackr } from 'msgpackr';
+import { Unpackr } from 'msgpackr';
+import { encodePlain } from '../host/pack.js';
 import { decodeMsgpack } from '../host/codec.js';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
@@ -51,7 +52,6 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   readonly maxMessageSize: number;
   readonly maxQueued: number;
 
-  private readonly packr = new Packr({ useRecords: false });
   // msgpackr hands out binary fields as views of the bytes it decodes; `deliver` bytes may be reused by the
   // caller, so those views must be copies (copyBuffers), unless the bytes are ours to keep anyway.
   private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
@@ -82,7 +82,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /** Request/reply: incoming frames are pushed to us, so replies are handled whether or not anyone iterates. */
   private readonly rpc = new Rpc((type, value) => {
     this.checkSendable();
-    this.sendQueue.send(type, this.packr.pack(value));
+    this.sendQueue.send(type, encodePlain(value));
   }, () => {});
 
   constructor(opts: FramedConnectionOptions) {
@@ -232,7 +232,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   send(value: unknown): boolean {
     this.checkSendable();
-    return this.sendQueue.send(RECORD_MSGPACK, this.packr.pack(value));
+    return this.sendQueue.send(RECORD_MSGPACK, encodePlain(value));
   }
 
   sendBytes(bytes: Uint8Array): boolean {
@@ -243,7 +243,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   trySend(value: unknown): boolean {
     this.checkSendable();
-    return this.sendQueue.trySend(RECORD_MSGPACK, this.packr.pack(value));
+    return this.sendQueue.trySend(RECORD_MSGPACK, encodePlain(value));
   }
 
   trySendBytes(bytes: Uint8Array): boolean {

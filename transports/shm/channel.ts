@@ -13,7 +13,6 @@ import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 // The global `performance` is a lazy accessor on globalThis (a getter call per use); the module binding is not.
 import { performance } from 'node:perf_hooks';
-import { RESET_BUFFER_MODE } from 'msgpackr';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET, maxPayload } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
@@ -21,8 +20,8 @@ import type { Engine } from '../../host/engine.js';
 import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
-import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainPackr, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
-import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded } from '../../host/pack.js';
+import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
 import { futexWaitv } from '../../host/sys/futex.js';
@@ -419,7 +418,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * Packing on from where the last result ended would need a fresh 8 KiB buffer every hundred small messages.
    */
   private pack(value: unknown): Uint8Array {
-    return plainPackr().pack(value, RESET_BUFFER_MODE);
+    return encodePlain(value);
   }
 
   /** Sends raw bytes. Always takes them (copied); returns false once messages wait locally. */
