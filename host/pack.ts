@@ -8,9 +8,9 @@
  * `bench/everyday.ts`. This encoder handles
  *
  *  - plain objects (`constructor === Object`, prototype `Object.prototype`) as records: a shape (the object's keys
- *    in `for…in` order) is defined inline the first time it is sent (fixext 1 `0x72`, an id byte 0x40–0x7f, the
+ *    in `for…in` order) is defined inline the first time it is sent (fixext 1 `0x72`, an id byte 0x40–0x5f, the
  *    array of keys, then the values) and named by its id byte alone afterwards; ids are handed out in turn and
- *    reused oldest first once all 64 are taken (the reused id is defined again inline, which the receiver follows);
+ *    reused oldest first once all 32 are taken (the reused id is defined again inline, which the receiver follows);
  *  - arrays (`constructor === Array`), strings, numbers, booleans, `null`, `undefined`, `Buffer` and `Uint8Array`
  *    (as msgpack bin), in the forms msgpackr picks: integers below 0x40 as fixints and 0x40–0xff as uint8 (a fixint
  *    there would read as a record id), other 32-bit integers in the smallest int, any other number as float64;
@@ -24,11 +24,15 @@
  * State: the shapes defined so far, which the peer learns only from the records it reads. Every record encoded
  * must reach the peer, in order; after one that does not (its send failed), `reset()`, and every shape is defined
  * again before its next use. Bounds: at most MAX_RECORD_KEYS keys per shape and MAX_STRUCTURE_BYTES of keys over
- * the 64 ids (what the receiver accepts); the tree of shapes seen is dropped past MAX_KEY_SLOTS keys in all.
+ * the ids (what the receiver accepts); the tree of shapes seen is dropped past MAX_KEY_SLOTS keys in all.
  *
  * The same encoder writes plain msgpack too (`{ records: false }`: objects as map 16, integers below 0x80 as
  * fixints, as msgpackr's `new Packr({ useRecords: false })` writes them, byte for byte): `encodePlain`, which every
  * other send path of values uses (shm request/reply and trySend, the framed transports, bus publishers).
+ *
+ * Getters (and Proxy traps) of a value run once per attempt: a value that falls back to msgpackr, or needs more
+ * room than `send` claimed in the ring, is read again from the start. A message sent from inside one (while an
+ * encoder runs) goes through msgpackr.
  *
  * All encoders write into one buffer per process (`encoded`): encoding is synchronous and every caller copies the
  * result at once (into a ring or a send queue's private copy). It grows to the largest message encoded and stays.
@@ -79,6 +83,9 @@ const OBJECT_PROTOTYPE = Object.prototype;
 /** The buffer every encoder writes into; `encode` returns the length of its message, from offset 0. */
 export let encoded: Buffer = Buffer.allocUnsafeSlow(8192);
 let encodedView = new DataView(encoded.buffer, encoded.byteOffset, encoded.byteLength);
+
+/** Set while any encoder of this process runs (see `run`). */
+let encoding = false;
 
 /** True while Object.prototype has no enumerable property (for…in then yields an object's own keys only). */
 function prototypeClean(): boolean {
@@ -146,9 +153,13 @@ export class RecordEncoder {
   }
 
   private run(value: unknown, start: number): number {
+    // A getter or a Proxy trap of the value may send another message: that one goes to msgpackr (which handles
+    // being re-entered), since every encoder shares `encoded`, and this one may be half-way through its state.
+    if (encoding) return NOT_ENCODED;
     if (this.keySlots > MAX_KEY_SLOTS) this.reset();
     this.position = start;
     if (this.defined.length !== 0) this.defined.length = 0;
+    encoding = true;
     try {
       if (!prototypeClean()) throw UNSUPPORTED;
       this.write(value, 0);
@@ -157,6 +168,8 @@ export class RecordEncoder {
       if (error === UNSUPPORTED) return NOT_ENCODED;
       if (error === FULL) return NO_ROOM;
       throw error;
+    } finally {
+      encoding = false;
     }
     return this.position;
   }

@@ -110,7 +110,7 @@ t.test('plain msgpack: the bytes of msgpackr without records, and any value deco
   t.same([...encodePlain({ a: 0x40 })], [0xde, 0, 1, 0xa1, 0x61, 0x40]);
 });
 
-t.test('past 64 shapes, ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {
+t.test('past 32 shapes (all the ids), ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {
   const encoder = new RecordEncoder();
   const packr = recordPackr();
   const { unpackr, structures } = recordUnpackr();
@@ -237,6 +237,34 @@ t.test('a getter that throws: the error comes out, nothing is left defined, and 
   const it = b![Symbol.asyncIterator]();
   t.same((await within(10_000, it.next(), 'first')).value, { fresh: 1, bad: 2 });
   t.same((await within(10_000, it.next(), 'second')).value, { fresh: 3, bad: 4 });
+});
+
+t.test('a getter that sends another message while its value is encoded: both arrive whole', async (t) => {
+  const url = `shm://${unique('pack-reenter')}`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]);
+  const [c, d] = await Promise.all([connect(url), listener.acceptNext()]);
+  await listener.close();
+  t.teardown(async () => { await Promise.all([a, b!, c, d!].map((x) => x.close())); });
+  // On another channel: it goes through msgpackr, the outer message through the encoder. The outer one is larger
+  // than send's claim in the ring, so it is encoded aside, in the buffer the inner one would use too (its getter
+  // runs once per attempt: twice here).
+  let calls = 0;
+  const outer = { x: 1, big: 'w'.repeat(5000), get inner(): string { calls++; c.send({ nested: 'z'.repeat(3000), n: [calls] }); return 'y'.repeat(40); } };
+  a.send(outer);
+  // And through the plain encoder (request/reply) from inside a records encode.
+  b!.handle((v) => v);
+  const replied = a.request({ asked: 1 });
+  const sneaky = { q: 2, get r(): number { void c.request({ also: 'x' }).catch(() => {}); return 3; } };
+  a.send(sneaky);
+  const got = b![Symbol.asyncIterator]();
+  t.same((await within(10_000, got.next(), 'outer')).value, { x: 1, big: 'w'.repeat(5000), inner: 'y'.repeat(40) }, 'the outer message');
+  t.same((await within(10_000, got.next(), 'second')).value, { q: 2, r: 3 }, 'the message whose getter made a request');
+  const inner = d![Symbol.asyncIterator]();
+  for (let i = 1; i <= calls; i++) {
+    t.same((await within(10_000, inner.next(), `inner ${i}`)).value, { nested: 'z'.repeat(3000), n: [i] }, `message ${i} sent from the getter`);
+  }
+  t.same(await within(10_000, replied, 'reply'), { asked: 1 }, 'request/reply alongside');
 });
 
 t.test('what the receiver would refuse, or what would not describe the value, is left to msgpackr', async (t) => {
