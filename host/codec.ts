@@ -457,6 +457,12 @@ export class RecordBatch {
     private readonly limits: DecodeLimits,
   ) {}
 
+  /** Decodes one record alone (one too large to batch): `decodeMsgpackAt` with this direction's table. Nothing may
+   * be pending (flush first). */
+  decodeAlone(bytes: Uint8Array, start: number, end: number): unknown {
+    return decodeMsgpackAt(this.unpackr, bytes, start, end, this.limits, this.structures);
+  }
+
   /** Records added and not decoded yet. */
   get pending(): number {
     return this.ends.length;

@@ -19,7 +19,7 @@ import { fileTimeout, unique, within, scaled } from './helpers.js';
 
 fileTimeout(t, 90, 10);
 
-interface Internals { tx: RingEnd; engine: Engine; encoder: RecordEncoder | undefined }
+interface Internals { tx: RingEnd; engine: Engine; encoder: RecordEncoder | undefined; peerRecords: boolean; recordsIn: unknown }
 const internals = (c: Channel) => c as unknown as Internals;
 
 async function pair(t: Test, query = 'size=1MiB'): Promise<[Channel, Channel]> {
@@ -44,8 +44,10 @@ const shapes = (n: number) => Array.from({ length: n }, (_, k) => ({ [`k${k}`]: 
 
 t.test('both sides agree on records in the handshake and every message arrives equal and in order', async (t) => {
   const [a, b] = await pair(t);
-  t.ok(internals(a).encoder, 'the connector encodes with records');
-  t.ok(internals(b).encoder, 'the listener encodes with records');
+  t.ok(internals(a).peerRecords, 'the connector encodes with records');
+  t.ok(internals(b).peerRecords, 'the listener encodes with records');
+  t.equal(internals(a).encoder, undefined, 'its encoder is made with the first send');
+  t.equal(internals(b).recordsIn, undefined, 'the decoder with the first record');
   // 100 shapes, twice: more than msgpackr's 32 own ids, so ids are recycled and shapes defined again.
   const values: unknown[] = [...shapes(100), ...shapes(100), 'plain', 42, [1, { a: undefined, d: new Date(5) }], { bin: Buffer.from([1, 2, 3]) }];
   let sent = 0;

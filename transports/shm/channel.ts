@@ -238,10 +238,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * takes at its starting size, so that an estimate never makes a growing ring grow. */
   private sendEstimate = SMALLEST_ESTIMATE * 2;
   private readonly largestEstimate: number;
-  /** Decodes the peer's RECORD_MSGPACK_RECORDS, with the scan's table of its structures. */
-  private readonly records = recordUnpackr();
-  /** Small RECORD_MSGPACK_RECORDS records of one read, decoded together (host/codec.ts RecordBatch). */
-  private readonly batch: RecordBatch;
+  /** Decodes the peer's RECORD_MSGPACK_RECORDS (host/codec.ts RecordBatch: its decoder, the scan's table of its
+   * structures, and the small records of one read, decoded together). Made with the first such record: an idle
+   * connection does not hold it (~1.5 KiB). */
+  private recordsIn: RecordBatch | undefined;
+  /** Whether the peer decodes RECORD_MSGPACK_RECORDS; `encoder` is made with the first send. */
+  private readonly peerRecords: boolean;
   private readonly intoInbox = (value: unknown): void => { this.inbox[this.inboxTail++] = value; };
 
   private state: 'open' | 'closing' | 'closed' = 'open';
@@ -286,8 +288,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
     this.decodeLimits = decodeLimits(parts.decodeLimits);
-    this.batch = new RecordBatch(this.records.unpackr, this.records.structures, this.decodeLimits);
-    if (parts.peerRecords === true) this.encoder = new RecordEncoder();
+    this.peerRecords = parts.peerRecords === true;
     const { engine, tx, rx, socket } = parts;
     this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
     this.sleeper = parts.wake.mine.sleeper({
@@ -319,7 +320,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.socket.on('error', () => { /* 'close' follows; peer death is reported from there */ });
     if (parts.pendingBytes.length) this.onDoorbells(parts.pendingBytes);
     this.socket.resume();
-    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void dispatchMessages(this.messageSource)); });
+    this.on('newListener', (event) => { if (event === 'message') queueMicrotask(() => void dispatchMessages(this.messageSource())); });
   }
 
   // --- sending ---------------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   send(value: unknown): boolean {
     this.checkSendable();
     if (COUNTING) perf.sends++;
-    const encoder = this.encoder;
+    const encoder = this.encoder ?? (this.peerRecords ? (this.encoder = new RecordEncoder()) : undefined);
     if (encoder === undefined) {
       if (COUNTING) perf.allocs++;
       return this.enqueue(RECORD_MSGPACK, this.pack(value));
@@ -1049,12 +1050,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (type === RECORD_MSGPACK_RECORDS && length <= BATCH_RECORD && this.assembly === undefined) {
       // Decoded with the records around it, at the end of this read (readInbox).
       if (COUNTING) perf.decodes++;
-      this.batch.add(memory, offset, offset + length, this.intoInbox);
+      this.recordsBatch().add(memory, offset, offset + length, this.intoInbox);
       this.readMax = BATCH_MAX;
       return;
     }
     // Anything else comes after the records before it.
-    if (this.batch.pending !== 0) this.batch.flush(this.intoInbox);
+    if (this.recordsIn !== undefined && this.recordsIn.pending !== 0) this.recordsIn.flush(this.intoInbox);
     if (this.assembly !== undefined && type !== RECORD_FRAGMENT) throw new CorruptError('a record inside a fragmented message', { type });
     if (type === RECORD_FRAGMENT) {
       this.takeFragment(memory, offset, length);
@@ -1062,7 +1063,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
     } else if (type === RECORD_MSGPACK_RECORDS) {
       if (COUNTING) perf.decodes++;
-      this.toInbox(decodeMsgpackAt(this.records.unpackr, memory, offset, offset + length, this.decodeLimits, this.records.structures));
+      this.toInbox(this.recordsBatch().decodeAlone(memory, offset, offset + length));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
       this.toInbox(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
@@ -1075,6 +1076,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
     // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
     this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
+  }
+
+  private recordsBatch(): RecordBatch {
+    if (this.recordsIn === undefined) {
+      const { unpackr, structures } = recordUnpackr();
+      this.recordsIn = new RecordBatch(unpackr, structures, this.decodeLimits);
+    }
+    return this.recordsIn;
   }
 
   /** How many records the iterator reads at a time (see decodeRecord). */
@@ -1116,7 +1125,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     try {
       n = this.poll(this.decodeInto, max);
     } finally {
-      if (this.batch.pending !== 0) this.batch.flush(this.intoInbox);
+      if (this.recordsIn !== undefined && this.recordsIn.pending !== 0) this.recordsIn.flush(this.intoInbox);
     }
     return n;
   }
@@ -1224,17 +1233,21 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /** The receive side `on('message')` dispatches from (transports/dispatch.ts). */
-  private readonly messageSource: MessageSource = {
-    listenerCount: (event) => this.listenerCount(event),
-    emit: (event, value) => this.emit(event, value),
-    hasReceived: () => this.inboxHead < this.inboxTail,
-    takeReceived: () => this.takeInbox().value,
-    next: () => this.next(),
-    putBack: (value) => {
-      if (this.inboxHead > 0) this.inbox[--this.inboxHead] = value;
-      else { this.inbox.unshift(value); this.inboxTail++; }
-    },
-  };
+  private source: MessageSource | undefined;
+  /** What `on('message')` dispatches from (made with the first 'message' listener). */
+  private messageSource(): MessageSource {
+    return (this.source ??= {
+      listenerCount: (event) => this.listenerCount(event),
+      emit: (event, value) => this.emit(event, value),
+      hasReceived: () => this.inboxHead < this.inboxTail,
+      takeReceived: () => this.takeInbox().value,
+      next: () => this.next(),
+      putBack: (value) => {
+        if (this.inboxHead > 0) this.inbox[--this.inboxHead] = value;
+        else { this.inbox.unshift(value); this.inboxTail++; }
+      },
+    });
+  }
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     return {
