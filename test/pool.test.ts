@@ -13,7 +13,7 @@ import { listen, connect, type Listener, type Channel } from '../transports/shm/
 import { REFILL_DELAY_MS, SegmentPool } from '../transports/shm/pool.js';
 import { Region } from '../host/region.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
-import { eventually, fileTimeout, unique } from './helpers.js';
+import { eventually, fileTimeout, startFixture, unique, within } from './helpers.js';
 
 fileTimeout(t, 60);
 
@@ -108,6 +108,48 @@ t.test('no spare is made while the listener says it is busy (a handshake in prog
   t.equal(pool.take(), undefined, 'and no third');
   a.close();
   b.close();
+});
+
+t.test('fillWhileWaiting makes one spare when there is none, and nothing otherwise', async (t) => {
+  let made = 0;
+  let fail = false;
+  const pool = new SegmentPool(() => {
+    if (fail) throw new ShmbusError(ErrorCode.NO_SPACE, 'full');
+    made++;
+    return Region.createMemfd(`shmbus.${unique('pool-fill')}`, { size: 64 * KiB });
+  }, 4, () => false);
+  t.teardown(() => pool.close());
+  pool.fillWhileWaiting();
+  t.equal(pool.size, 1, 'one made at once');
+  pool.fillWhileWaiting();
+  t.equal(made, 1, 'none while one is spare');
+  pool.take()!.close();
+  fail = true;
+  t.doesNotThrow(() => pool.fillWhileWaiting(), 'a failed making is not the caller\'s error');
+  t.equal(pool.size, 0);
+  fail = false;
+  pool.close();
+  pool.fillWhileWaiting();
+  t.equal(made, 1, 'none once closed');
+});
+
+t.test('a connector in another process: the listener makes the next segment while it waits for its last line', async (t) => {
+  const name = unique('pool-other');
+  const url = `shm://${name}`;
+  const listener = await listen(url);
+  t.teardown(() => listener.close());
+  startFixture(t, 'grow-echo', [url]);
+  const channel = await within(30_000, listener.acceptNext(), 'the connector') as Channel;
+  t.teardown(() => channel.close());
+  // The idle refill waits REFILL_DELAY_MS after the connection opened: this spare was made during its handshake.
+  t.equal(listener.spareSegments, 1, 'a spare is there as the connection is handed out');
+  // One in this process: no spare is made on its path (its own side would wait for it).
+  const name2 = unique('pool-same');
+  const local = await listen(`shm://${name2}`);
+  t.teardown(() => local.close());
+  const [c, s] = await pair(local, `shm://${name2}`);
+  t.teardown(async () => { await c.close(); await s.close(); });
+  t.equal(local.spareSegments, 0, 'none for a connector in this process');
 });
 
 // A 1 MiB tmpfs to fill up. Mounting needs CAP_SYS_ADMIN; without it, skipped.

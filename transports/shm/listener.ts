@@ -216,6 +216,10 @@ export class Listener extends ListenerBase<Channel> {
         sendPassedFd(socket, region.fd);
       }
       if (region.fd >= 0) await reached('listener', 4);
+      // A connector in another process maps and builds its side now (~200 µs): time to make the next connection's
+      // segment if none is spare, which back-to-back connections never leave the idle refill (pool.ts) time to do.
+      // (One in this process would wait for it instead.)
+      if (fdWithReply && cred.pid !== process.pid) this.pool?.fillWhileWaiting();
       const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
