@@ -414,9 +414,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /**
-   * Encodes into msgpackr's buffer from the same place every time (RESET_BUFFER_MODE): the result is valid only
-   * until the next pack, which is enough since every send path copies it at once (into the ring or the queue).
-   * Packing on from where the last result ended would need a fresh 8 KiB buffer every hundred small messages.
+   * Plain msgpack of `value` (host/pack.ts encodePlain): the result is valid only until the next encode in this
+   * process, which is enough since every send path copies it at once (into the ring or the queue).
    */
   private pack(value: unknown): Uint8Array {
     return encodePlain(value);
