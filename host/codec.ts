@@ -346,8 +346,9 @@ const scratchRange = { start: 0, end: 0 };
  * per record (msgpackr caches its DataView on the buffer), msgpackr reads short strings in JS (it takes its
  * native extractor, slow for a few bytes, once the buffer's end is past ~140), and a peer rewriting the shared
  * bytes cannot change them between the check and the decode. Larger records decode from a view, or from a
- * private copy when `records` is given (the scan table must see what msgpackr reads). Always from a Buffer, so that
- * binary fields come out as Buffers (copies, `copyBuffers`) whatever the record's size, as on the socket transports.
+ * private copy when `records` is given (the scan table must see what msgpackr reads). msgpackr gives binary fields
+ * the type of what it decodes from: a Buffer up to SMALL_RECORD and with `records` (as RecordBatch does: a channel's
+ * `send` delivers Buffers whatever the size), the caller's array otherwise (plugins/codec.ts mirrors this).
  */
 export function decodeMsgpackAt(
   unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS, records?: RecordStructures,
@@ -368,7 +369,7 @@ export function decodeMsgpackAt(
     checkMsgpackRange(source, 0, length, limits, records);
   } else {
     checkMsgpackRange(bytes, start, end, limits, records);
-    source = Buffer.from(bytes.buffer, bytes.byteOffset + start, length);
+    source = bytes.subarray(start, end);
   }
   try {
     return unpackr.unpack(source, range);
