@@ -35,7 +35,8 @@
  * encoder runs) goes through msgpackr.
  *
  * All encoders write into one buffer per process (`encoded`): encoding is synchronous and every caller copies the
- * result at once (into a ring or a send queue's private copy). It grows to the largest message encoded and stays.
+ * result at once (into a ring or a send queue's private copy). It grows to the largest message encoded, and past
+ * 16 MiB it is let go at the first encode after a message of 1 MiB or less.
  */
 import { RESET_BUFFER_MODE } from 'msgpackr';
 import { MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, plainPackr, recordKeyBytes } from './codec.js';
@@ -83,6 +84,10 @@ const OBJECT_PROTOTYPE = Object.prototype;
 /** The buffer every encoder writes into; `encode` returns the length of its message, from offset 0. */
 export let encoded: Buffer = Buffer.allocUnsafeSlow(8192);
 let encodedView = new DataView(encoded.buffer, encoded.byteOffset, encoded.byteLength);
+/** `encoded` stays this large at most once messages are back to ordinary sizes (at most a sixteenth of it). */
+const KEEP_BYTES = 16 * 1024 * 1024;
+/** The length of the last message `encode` wrote. */
+let lastLength = 0;
 
 /** Set while any encoder of this process runs (see `run`). */
 let encoding = false;
@@ -131,10 +136,17 @@ export class RecordEncoder {
    * part of it needs msgpackr. Errors other than that (a getter that throws) propagate, also with nothing changed.
    */
   encode(value: unknown): number {
+    // A buffer grown for a huge message is let go once a message of ordinary size follows.
+    if (encoded.length > KEEP_BYTES && lastLength <= KEEP_BYTES >>> 4 && !encoding) {
+      encoded = Buffer.allocUnsafeSlow(8192);
+      encodedView = new DataView(encoded.buffer, encoded.byteOffset, encoded.byteLength);
+    }
     this.b = encoded;
     this.view = encodedView;
     this.limit = -1;
-    return this.run(value, 0);
+    const length = this.run(value, 0);
+    if (length >= 0) lastLength = length;
+    return length;
   }
 
   /**

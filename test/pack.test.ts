@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../host/pack.js';
+import * as pack from '../host/pack.js';
 import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { scaled, unique, within } from './helpers.js';
 import { listen, connect } from '../index.js';
@@ -305,6 +306,19 @@ t.test('what the receiver would refuse, or what would not describe the value, is
     delete (Object.prototype as Record<string, unknown>).polluted;
   }
   t.ok(s.roundTrip({ a: 1 }).encoded, 'and taken again once it has none');
+});
+
+t.test('the shared buffer grown for a huge message is let go once messages are ordinary again', async (t) => {
+  const encoder = new RecordEncoder();
+  const huge = 'h'.repeat(20 * 1024 * 1024);
+  t.ok(encoder.encode({ huge }) > 20 * 1024 * 1024, 'a 20 MiB message');
+  const grown = pack.encoded.length;
+  t.ok(grown > 16 * 1024 * 1024, `the buffer grew to ${grown} bytes`);
+  encoder.encode({ small: 1 });
+  t.equal(pack.encoded.length, grown, 'kept for the message right after the huge one');
+  const n = encoder.encode({ small: 2 });
+  t.ok(pack.encoded.length <= 8192, 'let go at the next');
+  t.same([...pack.encoded.subarray(0, n)], [0x41, 2], 'and the message is whole');
 });
 
 t.test('the tree of shapes seen stays bounded when every message has new keys', async (t) => {
