@@ -399,6 +399,8 @@ export function recordUnpackr(): { unpackr: Unpackr; structures: RecordStructure
 /** The decoder of plain msgpack (no record structures), shared: it keeps nothing between records. copyBuffers:
  * binary fields of a decoded value must not stay views into a ring, which the peer reuses. */
 export const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+/** The same without copies of binary fields: for bytes that are the receiver's own to keep. */
+export const plainUnpackrNoCopy = new Unpackr({ useRecords: false });
 
 let plainEncoder: Packr | undefined;
 /** The encoder of plain msgpack, shared (made on first use): with RESET_BUFFER_MODE each result is valid until the

@@ -15,9 +15,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Unpackr } from 'msgpackr';
 import { encodePlain } from '../host/pack.js';
-import { decodeMsgpack } from '../host/codec.js';
+import { decodeMsgpack, plainUnpackr, plainUnpackrNoCopy } from '../host/codec.js';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
 import {
@@ -53,9 +52,10 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   readonly maxQueued: number;
 
   // msgpackr hands out binary fields as views of the bytes it decodes; `deliver` bytes may be reused by the
-  // caller, so those views must be copies (copyBuffers), unless the bytes are ours to keep anyway.
-  private readonly unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
-  private readonly unpackrOwned = new Unpackr({ useRecords: false });
+  // caller, so those views must be copies (copyBuffers), unless the bytes are ours to keep anyway. Plain decoders
+  // keep nothing between records: one of each serves every connection (host/codec.ts).
+  private readonly unpackr = plainUnpackr;
+  private readonly unpackrOwned = plainUnpackrNoCopy;
   private readonly inboxMessages: number;
   private readonly inboxBytesMax: number;
 
