@@ -1,0 +1,92 @@
+/**
+ * What a message costs on each side in one process, in ns: the record encoder (host/pack.ts) next to msgpackr,
+ * decoding one record per msgpackr call next to RecordBatch (host/codec.ts), and a channel's `send` and iterator
+ * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends).
+ * Run: `npm run bench:encode` (or `node dist/bench/encode.js` after a build). Medians of 5 rounds.
+ *
+ * The object is the one of bench/everyday.ts's objects row, with a flat string (the rope 'x'.repeat(30) adds the
+ * same ~100 ns of flattening to every encoder).
+ */
+import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
+import { RecordEncoder, encodePlain } from '../host/pack.js';
+import { DEFAULT_DECODE_LIMITS, RecordBatch, decodeMsgpackAt, recordPackr, recordUnpackr } from '../host/codec.js';
+import { listen, connect, type Channel } from '../index.js';
+
+const S = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx';
+const makeObject = (i: number) => ({ i, s: S, f: i / 3 });
+const N = 1_000_000;
+let sink: unknown;
+
+function perCall(fn: (i: number) => void, n = N): number {
+  for (let i = 0; i < n / 10; i++) fn(i);
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) fn(i);
+  return Number(process.hrtime.bigint() - start) / n;
+}
+
+function median(run: () => number): string {
+  const xs = Array.from({ length: 5 }, run).sort((a, b) => a - b);
+  return xs[2]!.toFixed(0).padStart(6);
+}
+
+// --- encoding ---------------------------------------------------------------------------------------------------
+const sequential = recordPackr();
+const ours = new RecordEncoder();
+const plain = new Packr({ useRecords: false });
+console.log('encode, ns per message');
+console.log(`  records  msgpackr ${median(() => perCall((i) => { sink = sequential.pack(makeObject(i), RESET_BUFFER_MODE | REUSE_BUFFER_MODE); }))}   RecordEncoder ${median(() => perCall((i) => { sink = ours.encode(makeObject(i)); }))}`);
+console.log(`  plain    msgpackr ${median(() => perCall((i) => { sink = plain.pack(makeObject(i), RESET_BUFFER_MODE); }))}   encodePlain   ${median(() => perCall((i) => { sink = encodePlain(makeObject(i)); }))}`);
+
+// --- decoding ---------------------------------------------------------------------------------------------------
+// 100 records of the object, back to back in one buffer as in a ring (without the ring's headers).
+const RUN = 100;
+const packer = recordPackr();
+const records = Array.from({ length: RUN + 1 }, (_, i) => new Uint8Array(packer.pack(makeObject(i))));
+const memory = new Uint8Array(records.reduce((n, r) => n + r.length, 0));
+const at: number[] = [];
+let used = 0;
+for (const r of records) { memory.set(r, used); at.push(used); used += r.length; }
+/** A receiver that has seen the first record (its definition), so each round reads records 1 … RUN. */
+function receiver() {
+  const { unpackr, structures } = recordUnpackr();
+  decodeMsgpackAt(unpackr, memory, 0, at[1]!, DEFAULT_DECODE_LIMITS, structures);
+  return { unpackr, structures };
+}
+const one = receiver();
+const batched = receiver();
+const batch = new RecordBatch(batched.unpackr, batched.structures, DEFAULT_DECODE_LIMITS);
+const out = (v: unknown) => { sink = v; };
+console.log('decode (copied out, checked, decoded), ns per record');
+console.log(`  one msgpackr call each ${median(() => perCall(() => {
+  for (let k = 1; k <= RUN; k++) sink = decodeMsgpackAt(one.unpackr, memory, at[k]!, k < RUN ? at[k + 1]! : used, DEFAULT_DECODE_LIMITS, one.structures);
+}, N / RUN) / RUN)}   RecordBatch of ${RUN} ${median(() => perCall(() => {
+  for (let k = 1; k <= RUN; k++) batch.add(memory, at[k]!, k < RUN ? at[k + 1]! : used, out);
+  batch.flush(out);
+}, N / RUN) / RUN)}`);
+
+// --- a channel, both ends here ----------------------------------------------------------------------------------
+const url = `shm://bench-encode-${process.pid}?size=4MiB`;
+const listener = await listen(url);
+const [a, b] = await Promise.all([connect(url), listener.acceptNext()]);
+await listener.close();
+const sender = a as Channel;
+const it = (b as Channel)[Symbol.asyncIterator]();
+const BURST = 20_000;
+const rounds: [number, number][] = [];
+for (let r = 0; r < 6; r++) {
+  let produce = 0n;
+  let consume = 0n;
+  for (let burst = 0; burst < 10; burst++) {
+    let t = process.hrtime.bigint();
+    for (let i = 0; i < BURST; i++) sender.send(makeObject(i));
+    produce += process.hrtime.bigint() - t;
+    t = process.hrtime.bigint();
+    for (let i = 0; i < BURST; i++) sink = (await it.next()).value;
+    consume += process.hrtime.bigint() - t;
+  }
+  if (r > 0) rounds.push([Number(produce) / (10 * BURST), Number(consume) / (10 * BURST)]);
+}
+const mid = (k: 0 | 1) => rounds.map((x) => x[k]).sort((x, y) => x - y)[rounds.length >> 1]!.toFixed(0);
+console.log(`channel in one process, ns per message: send ${mid(0)}   for-await ${mid(1)}`);
+await Promise.all([a.close(), b!.close()]);
+void sink;
