@@ -1,6 +1,7 @@
 /**
  * What a message costs on each side in one process, in ns: the record encoder (host/pack.ts) next to msgpackr,
- * decoding one record per msgpackr call next to RecordBatch (host/codec.ts), and a channel's `send` and iterator
+ * decoding one record per msgpackr call next to RecordBatch (host/codec.ts) and the in-place reader channels use
+ * first (host/unpack.ts RecordDecoder), and a channel's `send` and iterator
  * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends).
  * Run: `npm run bench:encode` (or `node dist/bench/encode.js` after a build). Medians of 5 rounds.
  *
@@ -10,6 +11,7 @@
 import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RecordEncoder, encodePlain } from '../host/pack.js';
 import { DEFAULT_DECODE_LIMITS, RecordBatch, decodeMsgpackAt, recordPackr, recordUnpackr } from '../host/codec.js';
+import { RecordDecoder, sharedStructures } from '../host/unpack.js';
 import { listen, connect, type Channel } from '../index.js';
 
 const S = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx';
@@ -62,6 +64,12 @@ console.log(`  one msgpackr call each ${median(() => perCall(() => {
 }, N / RUN) / RUN)}   RecordBatch of ${RUN} ${median(() => perCall(() => {
   for (let k = 1; k <= RUN; k++) batch.add(memory, at[k]!, k < RUN ? at[k + 1]! : used, out);
   batch.flush(out);
+}, N / RUN) / RUN)}`);
+const inPlace = receiver();
+const reader = new RecordDecoder(sharedStructures(inPlace.unpackr), inPlace.structures, DEFAULT_DECODE_LIMITS);
+const shared = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
+console.log(`decode in place (checked as it reads), ns per record: RecordDecoder ${median(() => perCall(() => {
+  for (let k = 1; k <= RUN; k++) sink = reader.decode(shared, at[k]!, k < RUN ? at[k + 1]! : used);
 }, N / RUN) / RUN)}`);
 
 // --- a channel, both ends here ----------------------------------------------------------------------------------

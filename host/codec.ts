@@ -61,19 +61,19 @@ export function decodeLimits(given?: Partial<DecodeLimits>): DecodeLimits {
 // Rough heap cost (V8, 64-bit, pointer compression off) of what msgpackr makes of each kind of token. Only the
 // order of magnitude matters: the limit is a ratio with a wide margin.
 /** Every value occupies a slot in its parent (array element, property). */
-const HEAP_VALUE = 8;
+export const HEAP_VALUE = 8;
 /** A JS array, before its elements. */
-const HEAP_ARRAY = 32;
+export const HEAP_ARRAY = 32;
 /** A plain object (maps decode to objects), before its properties. */
-const HEAP_MAP = 48;
+export const HEAP_MAP = 48;
 /** Each property of an object beyond the value's slot (key slot, descriptor). */
-const HEAP_ENTRY = 16;
+export const HEAP_ENTRY = 16;
 /** A string, plus its bytes. */
-const HEAP_STRING = 16;
+export const HEAP_STRING = 16;
 /** A copied binary (Uint8Array + ArrayBuffer), plus its bytes. */
-const HEAP_BINARY = 96;
+export const HEAP_BINARY = 96;
 /** A boxed number (float64, 64-bit integers) or a Date. */
-const HEAP_BOXED = 16;
+export const HEAP_BOXED = 16;
 
 /** Extension types our encoder writes: 0 (undefined, fixext 1) and −1 (timestamp, 4/8/12 bytes; msgpackr writes an
  * invalid Date, `new Date(NaN)`, as a 1-byte timestamp). */
@@ -109,7 +109,18 @@ export class RecordStructures {
     return this.total;
   }
 
-  /** @internal the scan found a definition of `id` (0–63) with `count` keys costing `keyBytes`. */
+  /** Key bytes structure `id` (0–63) holds (0 when none is defined). */
+  keyBytesOf(id: number): number {
+    return this.keyBytes[id]!;
+  }
+
+  /** Whether a definition of `id` (0–63) costing `keyBytes` stays within MAX_STRUCTURE_BYTES. */
+  fits(id: number, keyBytes: number): boolean {
+    return this.total - this.keyBytes[id]! + keyBytes <= MAX_STRUCTURE_BYTES;
+  }
+
+  /** @internal a definition of `id` (0–63) with `count` keys costing `keyBytes` was read (by the scan, or by
+   * host/unpack.ts RecordDecoder, which also puts a previous state back with it: count −1 for none). */
   define(id: number, count: number, keyBytes: number): void {
     const total = this.total - this.keyBytes[id]! + keyBytes;
     if (total > MAX_STRUCTURE_BYTES) {

@@ -9,24 +9,9 @@ import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../ho
 import * as pack from '../host/pack.js';
 import { decodeMsgpackAt, recordPackr, recordUnpackr, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { scaled, unique, within } from './helpers.js';
+import { supported, comparable as bytesAsUint8Array } from './arbitraries.js';
 import { listen, connect } from '../index.js';
 
-/** The values the encoder takes: what `send` is usually given. */
-const supported = fc.letrec((tie) => ({
-  value: fc.oneof(
-    { depthSize: 'small', withCrossShrink: true },
-    fc.oneof(
-      fc.integer(), fc.integer({ min: 0, max: 300 }), fc.integer({ min: -200, max: 0 }), fc.double(), fc.constantFrom(0x3f, 0x40, 0x7f, 0xff, 0x100, 2 ** 32, -(2 ** 31) - 1, -0),
-      fc.string(), fc.string({ unit: 'binary' }), fc.string({ unit: 'grapheme', minLength: 20, maxLength: 120 }),
-      fc.constantFrom('\ud800', 'a\udc00b', 'x'.repeat(31), 'é'.repeat(20), '€'.repeat(100)),
-      fc.boolean(), fc.constant(null), fc.constant(undefined),
-      fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.from(u)), fc.uint8Array({ maxLength: 40 }),
-    ),
-    fc.array(tie('value'), { maxLength: 20 }),
-    // Keys from a small set, so that shapes repeat; and now and then a fresh one.
-    fc.dictionary(fc.oneof(fc.constantFrom('a', 'b', 'id', 's', 'f', 'x', '0', '__proto__', 'toString', 'é'), fc.string({ maxLength: 8 })), tie('value'), { maxKeys: 6, noNullPrototype: true }),
-  ),
-})).value;
 
 t.test('for the values it takes, the bytes are those of msgpackr\'s record packer, message after message', async (t) => {
   let messages = 0;
@@ -131,23 +116,6 @@ t.test('past 32 shapes (all the ids), ids are reused oldest first, defined again
 /** msgpackr as the fallback: plain msgpack, decoded by the receiver's plain decoder (as the channel does). */
 const plainPackr = new Packr({ useRecords: false });
 const plainUnpackr = new Unpackr({ useRecords: false, copyBuffers: true });
-
-/** Buffers as plain Uint8Arrays, deep (msgpackr gives a bin as one or the other depending on what it decoded
- * from), and Dates as their time. */
-function bytesAsUint8Array(v: unknown): unknown {
-  if (v instanceof Uint8Array) return new Uint8Array(v);
-  // isDeepStrictEqual finds two invalid Dates different (NaN !== NaN).
-  if (v instanceof Date) return `Date ${v.getTime()}`;
-  if (Array.isArray(v)) return v.map(bytesAsUint8Array);
-  if (v instanceof Map) return new Map([...v].map(([k, x]) => [bytesAsUint8Array(k), bytesAsUint8Array(x)]));
-  if (v instanceof Set) return new Set([...v].map(bytesAsUint8Array));
-  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
-    const out: Record<string, unknown> = {};
-    for (const key of Object.keys(v)) Object.defineProperty(out, key, { value: bytesAsUint8Array((v as Record<string, unknown>)[key]), enumerable: true, writable: true, configurable: true });
-    return out;
-  }
-  return v;
-}
 
 /** A receiver of one direction, fed what `send` writes: records, or plain msgpack for what the encoder left. */
 function sender() {

@@ -21,6 +21,7 @@ import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
+import { NOT_DECODED, RecordDecoder, sharedStructures } from '../../host/unpack.js';
 import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
@@ -242,6 +243,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * structures, and the small records of one read, decoded together). Made with the first such record: an idle
    * connection does not hold it (~1.5 KiB). */
   private recordsIn: RecordBatch | undefined;
+  /** Reads the same records in place, sharing recordsIn's structures; made with it. */
+  private recordsFast: RecordDecoder | undefined;
   /** Whether the peer decodes RECORD_MSGPACK_RECORDS; `encoder` is made with the first send. */
   private readonly peerRecords: boolean;
   private readonly intoInbox = (value: unknown): void => { this.inbox[this.inboxTail++] = value; };
@@ -1047,10 +1050,16 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
     if (type === RECORD_MSGPACK_RECORDS && length <= BATCH_RECORD && this.assembly === undefined) {
-      // Decoded with the records around it, at the end of this read (readInbox).
       if (COUNTING) perf.decodes++;
-      this.recordsBatch().add(memory, offset, offset + length, this.intoInbox);
       this.readMax = BATCH_MAX;
+      const batch = this.recordsBatch();
+      // Read in place when it takes the record (host/unpack.ts) and no record before it waits for the batch;
+      // otherwise decoded with the records around it, at the end of this read (readInbox).
+      if (batch.pending === 0) {
+        const value = this.recordsFast!.decode(this.engine.bytes, offset, offset + length);
+        if (value !== NOT_DECODED) return this.toInbox(value);
+      }
+      batch.add(memory, offset, offset + length, this.intoInbox);
       return;
     }
     // Anything else comes after the records before it.
@@ -1081,6 +1090,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.recordsIn === undefined) {
       const { unpackr, structures } = recordUnpackr();
       this.recordsIn = new RecordBatch(unpackr, structures, this.decodeLimits);
+      this.recordsFast = new RecordDecoder(sharedStructures(unpackr), structures, this.decodeLimits);
     }
     return this.recordsIn;
   }

@@ -1,0 +1,250 @@
+// The in-place record reader of channels (host/unpack.ts RecordDecoder): for the values `send` takes it gives what
+// msgpackr gives; anything else it leaves to the checked way (copy, scan, msgpackr) with the structure tables of
+// both in step; and from hostile bytes it never accepts what the checked way refuses, nor reads outside a record.
+import t from 'tap';
+import fc from 'fast-check';
+import { isDeepStrictEqual } from 'node:util';
+import { Unpackr } from 'msgpackr';
+import {
+  decodeMsgpackAt, recordPackr, recordUnpackr, DEFAULT_DECODE_LIMITS, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, type DecodeLimits,
+} from '../host/codec.js';
+import { RecordDecoder, NOT_DECODED, sharedStructures } from '../host/unpack.js';
+import { ErrorCode, listen, connect, type Channel, type ShmbusError } from '../index.js';
+import { supported, comparable } from './arbitraries.js';
+import { scaled, unique } from './helpers.js';
+
+/** Equal values (Buffers and Uint8Arrays told apart; invalid Dates equal). */
+const same = (a: unknown, b: unknown) => isDeepStrictEqual(comparable(a, true), comparable(b, true));
+
+/** A receiving direction as a channel has it: the in-place reader first, the checked way when it gives up. */
+function receiver(limits: DecodeLimits = DEFAULT_DECODE_LIMITS) {
+  const { unpackr, structures } = recordUnpackr();
+  const fast = new RecordDecoder(sharedStructures(unpackr), structures, limits);
+  const counts = { inPlace: 0, checked: 0 };
+  return {
+    counts,
+    structures,
+    /** Reads `record` placed at a random spot of a larger buffer with junk around it. */
+    decode(record: Uint8Array, junk = 0xc1): unknown {
+      const at = 1 + (record.length % 13);
+      const memory = Buffer.alloc(at + record.length + 7, junk);
+      memory.set(record, at);
+      const value = fast.decode(memory, at, at + record.length);
+      if (value !== NOT_DECODED) {
+        counts.inPlace++;
+        return value;
+      }
+      counts.checked++;
+      return decodeMsgpackAt(unpackr, memory, at, at + record.length, limits, structures);
+    },
+  };
+}
+
+/** The checked way alone (copy, scan, msgpackr), with tables of its own. */
+function checkedReceiver(limits: DecodeLimits = DEFAULT_DECODE_LIMITS) {
+  const { unpackr, structures } = recordUnpackr();
+  return (record: Uint8Array): unknown => decodeMsgpackAt(unpackr, Buffer.from(record), 0, record.length, limits, structures);
+}
+
+/** What a call gives: its value, or the error code it throws. */
+function outcome(f: () => unknown): { value?: unknown; code?: string; reason?: string } {
+  try {
+    return { value: f() };
+  } catch (error) {
+    const e = error as ShmbusError;
+    return { code: e.code ?? String(error), reason: (e.details as { reason?: string } | undefined)?.reason };
+  }
+}
+
+t.test('the values send takes are all read in place, and equal what msgpackr alone makes of the same bytes', async (t) => {
+  let records = 0;
+  fc.assert(fc.property(fc.array(supported, { minLength: 1, maxLength: 120 }), (values) => {
+    const packr = recordPackr();
+    const reference = new Unpackr({ sequential: true, copyBuffers: true });
+    const r = receiver();
+    for (const v of values) {
+      const bytes = Buffer.from(packr.pack(v));
+      const expected = reference.unpack(Buffer.from(bytes));
+      if (!same(r.decode(bytes), expected)) return false;
+      records++;
+    }
+    // Every value of these is one the reader takes (nesting stays far below 64).
+    return r.counts.checked === 0;
+  }), { numRuns: scaled(300, 40) });
+  t.pass(`${records} records read in place`);
+});
+
+t.test('any value: the two ways alternate record by record, with one table of structures, as msgpackr alone', async (t) => {
+  const anything = fc.anything({
+    withDate: true, withTypedArray: true, withBigInt: true, withMap: true, withSet: true, withNullPrototype: true,
+    withBoxedValues: true, withSparseArray: true, maxDepth: 4,
+  });
+  const mixed = fc.oneof(anything, supported, fc.record({ a: supported, when: fc.oneof(fc.date(), fc.integer(), fc.bigInt()) }));
+  const totals = { inPlace: 0, checked: 0 };
+  fc.assert(fc.property(fc.array(mixed, { minLength: 1, maxLength: 60 }), (values) => {
+    const packr = recordPackr();
+    const reference = new Unpackr({ sequential: true, copyBuffers: true });
+    const r = receiver();
+    for (const v of values) {
+      let bytes: Buffer;
+      try {
+        bytes = Buffer.from(packr.pack(v));
+      } catch {
+        continue; // msgpackr cannot encode it (a bigint too large)
+      }
+      let expected: unknown;
+      try {
+        expected = reference.unpack(Buffer.from(bytes));
+      } catch {
+        break; // msgpackr cannot read what it wrote (a bigint past 64 bits): nothing to compare with after it
+      }
+      if (!same(r.decode(bytes), expected)) return false;
+    }
+    totals.inPlace += r.counts.inPlace;
+    totals.checked += r.counts.checked;
+    return true;
+  }), { numRuns: scaled(300, 40) });
+  t.ok(totals.inPlace > 0 && totals.checked > 0, `${totals.inPlace} read in place, ${totals.checked} the checked way`);
+});
+
+t.test('hostile bytes: never accepted when the checked way refuses them, never decoded differently', async (t) => {
+  // Streams of valid records, then bytes overwritten, cut or appended; each receiver reads the same records.
+  const stream = fc.array(supported, { minLength: 1, maxLength: 12 }).map((values) => {
+    const packr = recordPackr();
+    return values.map((v) => Uint8Array.from(packr.pack(v)));
+  });
+  const edit = fc.record({
+    record: fc.nat(), at: fc.nat(), byte: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0x40, 0x41, 0x72, 0xd4, 0xdc, 0xdd, 0xff, 0x90, 0xc1)),
+    kind: fc.constantFrom('set', 'cut', 'append'),
+  });
+  let refused = 0;
+  let compared = 0;
+  fc.assert(fc.property(stream, fc.array(edit, { minLength: 1, maxLength: 4 }), (generated, edits) => {
+    const records = generated.map((bytes) => Uint8Array.from(bytes)); // fast-check reuses what it generated
+    for (const e of edits) {
+      const i = e.record % records.length;
+      const bytes = records[i]!;
+      const at = e.at % (bytes.length + 1);
+      if (e.kind === 'set' && at < bytes.length) bytes[at] = e.byte;
+      else if (e.kind === 'cut') records[i] = bytes.subarray(0, at);
+      else records[i] = Uint8Array.from([...bytes, e.byte]);
+    }
+    const ours = receiver();
+    const checked = checkedReceiver();
+    for (const record of records) {
+      if (record.length === 0) continue;
+      const a = outcome(() => ours.decode(record));
+      const b = outcome(() => checked(record));
+      compared++;
+      if (a.code !== b.code || a.reason !== b.reason || !same(a.value, b.value)) return false;
+      if (a.code !== undefined) {
+        refused++;
+        break; // a CORRUPT ends a connection
+      }
+    }
+    return true;
+  }), { numRuns: scaled(3000, 400) });
+  t.ok(refused > 0, `${compared} records compared, ${refused} refused by both`);
+});
+
+t.test('what the checked way refuses, the reader gives up on first; limits are the same', async (t) => {
+  const corrupt = (r: ReturnType<typeof receiver>, bytes: number[] | Buffer, reason: string) => {
+    const before = r.counts.checked;
+    const got = outcome(() => r.decode(Uint8Array.from(bytes)));
+    t.equal(got.code, ErrorCode.CORRUPT, reason);
+    t.match(got.reason, reason);
+    t.equal(r.counts.checked, before + 1, `${reason}: given up in place`);
+  };
+  // An array of 65,535 empty arrays: ~40 heap bytes a byte, past 32 × the record.
+  corrupt(receiver(), Buffer.concat([Buffer.from([0xdc, 0xff, 0xff]), Buffer.alloc(0xffff, 0x90)]), 'too large');
+  corrupt(receiver({ ...DEFAULT_DECODE_LIMITS, maxDepth: 3 }), [0x91, 0x91, 0x91, 0x91, 0x01], 'nested');
+  corrupt(receiver(), [0xc1], '0xc1');
+  corrupt(receiver(), [0x92, 0x01], 'truncated');
+  corrupt(receiver(), [0x01, 0x02], 'trailing');
+  corrupt(receiver(), [0xd4, 0x72, 0x20, 0x91, 0xa1, 0x61, 0x01], 'id out of range');
+  corrupt(receiver(), [0xd4, 0x72, 0x40, 0x91, 0x01, 0x01], 'not a string');
+  // A reference to 0x40 (defined with no keys), then 0x40 defined again with one, then a byte too many: given up,
+  // and the checked way must read the reference as it was when the record began (the new definition taken back).
+  const late = receiver();
+  t.same(late.decode(Uint8Array.from([0xd4, 0x72, 0x40, 0x90])), {});
+  corrupt(late, [0x92, 0x40, 0xd4, 0x72, 0x40, 0x91, 0xa1, 0x61, 0x01, 0x00], 'trailing');
+  const tooMany = recordPackr().pack(Object.fromEntries(Array.from({ length: MAX_RECORD_KEYS + 1 }, (_, i) => [`k${i}`, i])));
+  corrupt(receiver(), Buffer.from(tooMany), 'too many keys');
+  // Definitions whose keys add up past MAX_STRUCTURE_BYTES: the one that passes it is refused.
+  const r = receiver();
+  const packr = recordPackr();
+  const key = 'k'.repeat(250);
+  let failed = false;
+  for (let n = 0; !failed && n < 64; n++) {
+    const value = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`${key}${n}-${i}`, i]));
+    const bytes = Uint8Array.from(packr.pack(value));
+    try {
+      t.same(r.decode(bytes), value);
+    } catch (error) {
+      failed = true;
+      t.equal((error as ShmbusError).code, ErrorCode.CORRUPT);
+      t.ok(r.structures.bytes <= MAX_STRUCTURE_BYTES, 'the table stays within its bound');
+    }
+  }
+  t.ok(failed, 'the definition past the bound is refused');
+});
+
+t.test('what it does not take is decoded the checked way, equal', async (t) => {
+  const r = receiver();
+  const checked = (bytes: number[]) => {
+    const before = r.counts.checked;
+    const value = r.decode(Uint8Array.from(bytes));
+    t.equal(r.counts.checked, before + 1);
+    return value;
+  };
+  t.same(checked([0x81, 0xa1, 0x61, 0x01]), new Map([['a', 1]]), 'a map');
+  t.equal(checked([0xcf, 0, 0, 0, 1, 0, 0, 0, 0]), 2n ** 32n, 'uint 64');
+  t.same(checked([0xd6, 0xff, 0, 0, 0, 1]), new Date(1000), 'a timestamp');
+  let deep: unknown = 1;
+  for (let i = 0; i < 70; i++) deep = [deep];
+  t.same(r.decode(Uint8Array.from(recordPackr().pack(deep))), deep, 'nesting past 64');
+  // An id byte with no structure is an integer; undefined is fixext 1 type 0.
+  t.same(r.decode(Uint8Array.from([0x92, 0x45, 0xd4, 0x00, 0x00])), [0x45, undefined]);
+  t.equal(r.decode(Uint8Array.from([0xd4, 0x00, 0x00])), undefined);
+});
+
+t.test('keys from the peer only ever make own data properties, also once a builder is made for them', async (t) => {
+  const r = receiver();
+  const packr = recordPackr();
+  // An own `__proto__` key, as JSON.parse makes one.
+  const object = JSON.parse('{"__proto__":1,"a\\"b":2,"}),process.exit(3),({":3,"\u2028\\\\":4,"constructor":5,"0":6}') as Record<string, number>;
+  for (let i = 0; i < 20; i++) {
+    const got = r.decode(Uint8Array.from(packr.pack(object))) as Record<string, unknown>;
+    t.equal(Object.getPrototypeOf(got), Object.prototype);
+    t.same(Object.keys(got), ['0', '__proto_', 'a"b', '}),process.exit(3),({', '\u2028\\', 'constructor']);
+    t.same(Object.values(got), [6, 1, 2, 3, 4, 5]);
+  }
+  t.equal(r.counts.checked, 0, 'all in place');
+});
+
+t.test('a channel reads records in place, the others the checked way, in order within one read', async (t) => {
+  const url = `shm://${unique('unpack')}`;
+  const listener = await listen(url);
+  const [a, b] = (await Promise.all([connect(url), listener.acceptNext()])) as [Channel, Channel];
+  await listener.close();
+  t.teardown(async () => { await a.close(); await b.close(); });
+  const decode = RecordDecoder.prototype.decode;
+  const counts = { inPlace: 0, given: 0 };
+  RecordDecoder.prototype.decode = function (this: RecordDecoder, ...args: Parameters<typeof decode>) {
+    const value = decode.apply(this, args);
+    if (value === NOT_DECODED) counts.given++;
+    else counts.inPlace++;
+    return value;
+  };
+  t.teardown(() => { RecordDecoder.prototype.decode = decode; });
+  // A Date is not one the encoder takes: it goes as plain msgpack, and arrives in its place.
+  const values = [{ i: 1, s: 'x' }, { i: 2, when: new Date(7) }, { i: 3, s: 'y' }, [1, [2, { z: null }]], { i: 4, s: 'é' }];
+  for (const v of values) a.send(v);
+  const got: unknown[] = [];
+  for await (const m of b) {
+    got.push(m);
+    if (got.length === values.length) break;
+  }
+  t.same(got, values);
+  t.same(counts, { inPlace: 4, given: 0 }, 'every record-structure record read in place');
+});
