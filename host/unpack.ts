@@ -108,7 +108,6 @@ const BUILD_AFTER = 8;
  */
 function builder(names: string[], value: () => unknown): () => Record<string, unknown> {
   const body = names.map((name) => `[${JSON.stringify(name)}]:v()`).join(',');
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
   return new Function('v', `return function record(){return {${body}}}`)(value) as () => Record<string, unknown>;
 }
 
