@@ -117,6 +117,8 @@ export class RecordEncoder {
   private root = newShape([], 0);
   private keySlots = 0;
   /** The shape holding each id (index: id − 0x40). */
+  /** Per depth (1 … MAX_DEPTH), the shape of the last object written there (from the current tree). */
+  private lastShape: Array<Shape | undefined> = new Array<Shape | undefined>(MAX_DEPTH + 1).fill(undefined);
   private owners: Array<Shape | undefined> = new Array<Shape | undefined>(IDS).fill(undefined);
   /** The index the next new shape takes. */
   private nextIndex = 0;
@@ -189,6 +191,7 @@ export class RecordEncoder {
   /** Forgets every shape: each is defined again the next time it is sent (after a record that never arrived). */
   reset(): void {
     this.root = newShape([], 0);
+    this.lastShape.fill(undefined);
     this.keySlots = 0;
     this.owners = new Array<Shape | undefined>(IDS).fill(undefined);
     this.nextIndex = 0;
@@ -352,17 +355,20 @@ export class RecordEncoder {
 
   private writeObject(object: Record<string, unknown>, depth: number): void {
     if (!this.records) { this.writeMap(object, depth); return; }
-    let shape = this.root;
-    for (const key in object) {
-      let next = shape.next.get(key);
-      if (next === undefined) {
-        if (shape.keys.length >= MAX_RECORD_KEYS) throw UNSUPPORTED;
-        next = newShape([...shape.keys, key], shape.keyBytes + recordKeyBytes(Buffer.byteLength(key)));
-        shape.next.set(key, next);
-        this.keySlots += next.keys.length;
+    // The shape of the last object at this depth, if this one has the same keys (messages of one kind, an array of
+    // like objects): string compares instead of a lookup per key in the tree.
+    let shape = this.lastShape[depth];
+    if (shape !== undefined) {
+      const keys = shape.keys;
+      let n = 0;
+      for (const key in object) {
+        if (keys[n] !== key) { n = -1; break; }
+        n++;
       }
-      shape = next;
+      if (n !== keys.length) shape = undefined;
     }
+    if (shape === undefined) shape = this.shapeOf(object);
+    this.lastShape[depth] = shape;
     if (shape.id !== 0) {
       this.room(1);
       this.b[this.position++] = shape.id;
@@ -379,6 +385,22 @@ export class RecordEncoder {
       this.write(object[key], depth);
     }
     if (n !== keys.length) throw UNSUPPORTED;
+  }
+
+  /** The shape of `object`'s keys, from the tree (grown by it if new). */
+  private shapeOf(object: Record<string, unknown>): Shape {
+    let shape = this.root;
+    for (const key in object) {
+      let next = shape.next.get(key);
+      if (next === undefined) {
+        if (shape.keys.length >= MAX_RECORD_KEYS) throw UNSUPPORTED;
+        next = newShape([...shape.keys, key], shape.keyBytes + recordKeyBytes(Buffer.byteLength(key)));
+        shape.next.set(key, next);
+        this.keySlots += next.keys.length;
+      }
+      shape = next;
+    }
+    return shape;
   }
 
   /** An object as a map: map 16 always (its size is known after the keys), then each key and value. */
