@@ -238,7 +238,11 @@ t.test('a channel reads records in place, the others the checked way, in order w
   };
   t.teardown(() => { RecordDecoder.prototype.decode = decode; });
   // A Date is not one the encoder takes: it goes as plain msgpack, and arrives in its place.
-  const values = [{ i: 1, s: 'x' }, { i: 2, when: new Date(7) }, { i: 3, s: 'y' }, [1, [2, { z: null }]], { i: 4, s: 'é' }];
+  // A large record (past the 4 KiB of a batched one) is read in place too.
+  const values = [
+    { i: 1, s: 'x' }, { i: 2, when: new Date(7) }, { i: 3, s: 'y' }, [1, [2, { z: null }]], { i: 4, s: 'é' },
+    { big: 'y'.repeat(100_000), bin: Buffer.alloc(10_000, 1) }, { i: 5, s: 'z' },
+  ];
   for (const v of values) a.send(v);
   const got: unknown[] = [];
   for await (const m of b) {
@@ -246,5 +250,6 @@ t.test('a channel reads records in place, the others the checked way, in order w
     if (got.length === values.length) break;
   }
   t.same(got, values);
-  t.same(counts, { inPlace: 4, given: 0 }, 'every record-structure record read in place');
+  t.same(counts, { inPlace: 6, given: 0 }, 'every record-structure record read in place');
+  t.ok(Buffer.isBuffer((got[5] as { bin: unknown }).bin), 'a binary arrives as a Buffer');
 });

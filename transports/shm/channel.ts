@@ -1049,18 +1049,27 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
-    if (type === RECORD_MSGPACK_RECORDS && length <= BATCH_RECORD && this.assembly === undefined) {
-      if (COUNTING) perf.decodes++;
-      this.readMax = BATCH_MAX;
+    if (type === RECORD_MSGPACK_RECORDS && this.assembly === undefined) {
       const batch = this.recordsBatch();
-      // Read in place when it takes the record (host/unpack.ts) and no record before it waits for the batch;
-      // otherwise decoded with the records around it, at the end of this read (readInbox).
-      if (batch.pending === 0) {
+      // Read in place when the reader takes the record (host/unpack.ts) and no record before it waits for the
+      // batch (a large one flushes the batch first). A small record it leaves is decoded with the records around
+      // it, at the end of this read (readInbox); a large one alone, below.
+      if (batch.pending === 0 || length > BATCH_RECORD) {
+        if (batch.pending !== 0) batch.flush(this.intoInbox);
         const value = this.recordsFast!.decode(this.engine.bytes, offset, offset + length);
-        if (value !== NOT_DECODED) return this.toInbox(value);
+        if (value !== NOT_DECODED) {
+          if (COUNTING) perf.decodes++;
+          this.toInbox(value);
+          this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
+          return;
+        }
       }
-      batch.add(memory, offset, offset + length, this.intoInbox);
-      return;
+      if (length <= BATCH_RECORD) {
+        if (COUNTING) perf.decodes++;
+        batch.add(memory, offset, offset + length, this.intoInbox);
+        this.readMax = BATCH_MAX;
+        return;
+      }
     }
     // Anything else comes after the records before it.
     if (this.recordsIn !== undefined && this.recordsIn.pending !== 0) this.recordsIn.flush(this.intoInbox);
