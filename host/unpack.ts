@@ -18,8 +18,8 @@
  *
  * Values equal msgpackr's for the same bytes: records become plain objects with their keys in order (a key
  * `__proto__` becomes `__proto_`, as msgpackr does), binaries are copied out as Buffers (`copyBuffers`), an id
- * byte with no structure is an integer. Strings: ASCII as it is, anything else through Node's UTF-8 decoder
- * (invalid sequences become U+FFFD, as for the native string extractor msgpackr uses on Node).
+ * byte with no structure is an integer. Strings: through Node's UTF-8 decoder (short ASCII ones in JS; invalid
+ * sequences become U+FFFD, as for the native string extractor msgpackr uses on Node).
  *
  * State is shared with the direction's msgpackr Unpackr and its scan table (RecordStructures), so that the two
  * ways of decoding can alternate record by record: a definition read here is entered in both (as msgpackr and the
@@ -93,6 +93,7 @@ interface Structure {
   readonly names: string[];
   /** The shared table's entry these were made from. */
   readonly from: SharedStructure;
+  /** Records read with it so far, counted up to BUILD_AFTER; −1 when it never gets a builder. */
   uses: number;
   build: (() => Record<string, unknown>) | undefined;
 }
@@ -100,6 +101,10 @@ interface Structure {
 /** Uses of a structure before a builder is made for it: a peer that defines a new structure for every few records
  * makes us compile at most once per BUILD_AFTER records of it (msgpackr compiles after 2). */
 const BUILD_AFTER = 8;
+/** Structures with more keys, or more key characters, than this are read with keyed stores only: what a builder
+ * saves is small next to reading that many values, and the source compiled stays small. */
+const BUILD_MAX_KEYS = 32;
+const BUILD_MAX_CHARS = 1024;
 
 /**
  * A function that reads a record of `names` with `value` for each key in order and returns the object. The keys
@@ -174,7 +179,8 @@ export class RecordDecoder {
     if (known !== undefined && known.from === from) return known;
     const names = from.map((key) => (key === '__proto__' ? '__proto_' : key));
     if (names.length !== this.structures.fields[id] || names.some((key) => typeof key !== 'string')) throw GIVE_UP;
-    return (this.readers[id] = { names, from, uses: 0, build: undefined });
+    const buildable = names.length <= BUILD_MAX_KEYS && names.reduce((n, name) => n + name.length, 0) <= BUILD_MAX_CHARS;
+    return (this.readers[id] = { names, from, uses: buildable ? 0 : -1, build: undefined });
   }
 
   /** @internal a definition of `id` was read: enter it where msgpackr and the scan would. */
@@ -261,7 +267,7 @@ function readRecord(structure: Structure): Record<string, unknown> {
   let object: Record<string, unknown>;
   if (structure.build !== undefined) object = structure.build();
   else {
-    if (++structure.uses === BUILD_AFTER) structure.build = builder(names, read);
+    if (structure.uses >= 0 && ++structure.uses === BUILD_AFTER) structure.build = builder(names, read);
     object = {};
     for (let i = 0; i < n; i++) object[names[i]!] = read();
   }

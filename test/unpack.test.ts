@@ -24,6 +24,8 @@ function receiver(limits: DecodeLimits = DEFAULT_DECODE_LIMITS) {
   return {
     counts,
     structures,
+    /** Per structure the reader knows: whether it made a builder for it. */
+    builders: () => (fast as unknown as { readers: Array<{ build?: unknown } | undefined> }).readers.filter((x) => x !== undefined).map((x) => x.build !== undefined),
     /** Reads `record` placed at a random spot of a larger buffer with junk around it. */
     decode(record: Uint8Array, junk = 0xc1): unknown {
       const at = 1 + (record.length % 13);
@@ -220,6 +222,11 @@ t.test('keys from the peer only ever make own data properties, also once a build
     t.same(Object.values(got), [6, 1, 2, 3, 4, 5]);
   }
   t.equal(r.counts.checked, 0, 'all in place');
+  t.ok(r.builders().includes(true), 'a builder was made for the structure used 20 times');
+  // A structure of many keys is never compiled, however often it is used.
+  const wide = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`key${i}`, i]));
+  for (let i = 0; i < 20; i++) t.same(r.decode(Uint8Array.from(packr.pack(wide))), wide);
+  t.equal(r.builders().filter(Boolean).length, 1, 'no builder for 40 keys');
 });
 
 t.test('a channel reads records in place, the others the checked way, in order within one read', async (t) => {
