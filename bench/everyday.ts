@@ -1,10 +1,12 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1M,claim64,batch64,rtt]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,batch64,rtt]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
 //   object   64 B msgpack object { i, s: 'x'.repeat(30), f: i / 3 }   shm: send + drained      / for await
 //   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
+//   bytes1K  1 KiB Buffer                                             the same (not one of the issue's rows: a size
+//                                                                     whose copy out of the ring needs more than V8's heap)
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
 //   claim64  64 B, zero copy: claim + commit per record / poll          (shm only; against the socket's bytes64 row)
@@ -34,12 +36,12 @@ import { mallocTuned } from '../host/large.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
-type Row = 'object' | 'bytes64' | 'bytes1M' | 'claim64' | 'batch64';
-const ROWS: Row[] = ['object', 'bytes64', 'bytes1M', 'claim64', 'batch64'];
+type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'claim64' | 'batch64';
+const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'claim64', 'batch64'];
 /** Rows only shm has (the zero-copy API); their socket figure is the bytes64 row's of the same run. */
 const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'batch64']);
 const KINDS: Kind[] = ['shm', 'unix'];
-const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1M: 2000, claim64: 2_000_000, batch64: 4_000_000 };
+const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, claim64: 2_000_000, batch64: 4_000_000 };
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
 const ROUND_TRIPS = 20_000;
@@ -50,8 +52,8 @@ const MiB = 1 << 20;
  * this object, paid by both sides. Shows how much of the objects row is that. */
 const FLAT_STRING = process.env.BENCH_FLAT_STRING === '1' ? 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' : undefined;
 const makeObject = (i: number) => ({ i, s: FLAT_STRING ?? 'x'.repeat(30), f: i / 3 });
-const payload = (row: Row) => Buffer.alloc(row === 'bytes1M' ? MiB : 64, 7);
-const rowBytes = (row: Row) => (row === 'bytes1M' ? MiB : 64);
+const rowBytes = (row: Row) => (row === 'bytes1M' ? MiB : row === 'bytes1K' ? 1024 : 64);
+const payload = (row: Row) => Buffer.alloc(rowBytes(row), 7);
 
 // --- Unix socket, plain Node ------------------------------------------------------------------------------------
 
@@ -408,7 +410,7 @@ async function main(): Promise<void> {
     return;
   }
   const names: Record<Row, string> = {
-    object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1M: '1 MiB Buffer',
+    object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1K: '1 KiB Buffer', bytes1M: '1 MiB Buffer',
     claim64: '64 B, zero copy (`claim` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
   };
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);

@@ -17,7 +17,8 @@
  * budget, the same depth rule, the same bounds on definitions.
  *
  * Values equal msgpackr's for the same bytes: records become plain objects with their keys in order (a key
- * `__proto__` becomes `__proto_`, as msgpackr does), binaries are copied out as Buffers (`copyBuffers`), an id
+ * `__proto__` becomes `__proto_`, as msgpackr does), binaries are copied out as Buffers (`copyBuffers`; those of
+ * 65 bytes to 2 KiB share a slab, see host/large.ts copyOut), an id
  * byte with no structure is an integer. Strings: through Node's UTF-8 decoder (short ASCII ones in JS; invalid
  * sequences become U+FFFD, as for the native string extractor msgpackr uses on Node).
  *
@@ -36,6 +37,7 @@ import {
   type DecodeLimits, type RecordStructures,
 } from './codec.js';
 import { BadArgumentError } from './errors.js';
+import { copyOutBuffer } from './large.js';
 import type { Unpackr } from 'msgpackr';
 
 /** What `decode` returns for a record it leaves to the checked way. */
@@ -336,6 +338,6 @@ function readBinary(n: number): Uint8Array {
   need(n);
   const at = pos;
   pos += n;
-  // The copying slice, as msgpackr's copyBuffers takes: a Buffer of its own.
-  return Uint8Array.prototype.slice.call(src, at, pos);
+  // A copy, as msgpackr's copyBuffers makes, as a Buffer (host/large.ts: from a shared slab for 65 B … 2 KiB).
+  return copyOutBuffer(src, at, n);
 }
