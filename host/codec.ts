@@ -347,7 +347,7 @@ export function decodeMsgpack(unpackr: Unpackr, bytes: Uint8Array, limits: Decod
 }
 
 /** Records up to this long are decoded from a private copy (see decodeMsgpackAt). */
-const SMALL_RECORD = 128;
+export const SMALL_RECORD = 128;
 const scratch = Buffer.allocUnsafeSlow(SMALL_RECORD);
 const scratchRange = { start: 0, end: 0 };
 

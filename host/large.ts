@@ -13,6 +13,7 @@
  * instead of going back to the kernel. `SHMBUS_MALLOC_TUNE=0` in the environment turns it off.
  */
 import { setMallocThresholds } from './sys/malloc.js';
+import { BadArgumentError } from './errors.js';
 
 /** A record at least this long (glibc's default mmap threshold) makes a receiver tune malloc. */
 export const LARGE_RECORD_BYTES = 128 * 1024;
@@ -57,6 +58,8 @@ let slabUsed = SLAB_BYTES;
  * malloc (see above).
  */
 export function copyOut(memory: Uint8Array, offset: number, length: number): Uint8Array {
+  // A Buffer's slice would be a view, not a copy.
+  if (Buffer.isBuffer(memory)) throw new BadArgumentError('copyOut copies from a plain Uint8Array', {});
   if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) {
     const copy = new Uint8Array(slabRoom(length), slabUsed, length);
     copy.set(memory.subarray(offset, offset + length));

@@ -8,7 +8,9 @@
  * a round trip pays this at every hop.
  *
  * What it takes: the tokens RecordEncoder writes (nil, booleans, integers up to 32 bits, float 32/64, str, bin,
- * array, undefined as fixext 1 type 0, record definitions and references with one-byte ids). Anything else (maps,
+ * array, undefined as fixext 1 type 0, record definitions and references with one-byte ids). `plainRecordDecoder`
+ * reads plain msgpack the same way (what `encodePlain` writes: maps with string keys as objects, no record
+ * structures), as the shared plain Unpackr would. Anything else (maps with records, map keys that are not strings,
  * timestamps and other extensions, 64-bit integers, nesting past 64) and anything wrong (truncated, a token msgpack
  * never uses, trailing bytes, a limit passed) makes `decode` return NOT_DECODED, having allocated at most what the
  * limits allow; the caller then decodes that record the checked way (copy, scan, msgpackr), which decodes it or
@@ -17,8 +19,9 @@
  * budget, the same depth rule, the same bounds on definitions.
  *
  * Values equal msgpackr's for the same bytes: records become plain objects with their keys in order (a key
- * `__proto__` becomes `__proto_`, as msgpackr does), binaries are copied out as Buffers (`copyBuffers`; those of
- * 65 bytes to 2 KiB share a slab, see host/large.ts copyOut), an id
+ * `__proto__` becomes `__proto_`, as msgpackr does; so do map keys), binaries are copied out (`copyBuffers`; those
+ * of 65 bytes to 2 KiB share a slab, see host/large.ts copyOut) as Buffers, or, for plain records longer than
+ * SMALL_RECORD, as Uint8Arrays (what the checked way makes of them, see decodeMsgpackAt), an id
  * byte with no structure is an integer. Strings: through Node's UTF-8 decoder (short ASCII ones in JS; invalid
  * sequences become U+FFFD, as for the native string extractor msgpackr uses on Node).
  *
@@ -33,11 +36,11 @@
  * never a read outside the record.
  */
 import {
-  HEAP_ARRAY, HEAP_BINARY, HEAP_BOXED, HEAP_ENTRY, HEAP_MAP, HEAP_STRING, HEAP_VALUE, MAX_RECORD_KEYS, recordKeyBytes,
-  type DecodeLimits, type RecordStructures,
+  HEAP_ARRAY, HEAP_BINARY, HEAP_BOXED, HEAP_ENTRY, HEAP_MAP, HEAP_STRING, HEAP_VALUE, MAX_RECORD_KEYS, SMALL_RECORD,
+  recordKeyBytes, RecordStructures, DEFAULT_DECODE_LIMITS, type DecodeLimits,
 } from './codec.js';
 import { BadArgumentError } from './errors.js';
-import { copyOutBuffer } from './large.js';
+import { copyOut, copyOutBuffer } from './large.js';
 import type { Unpackr } from 'msgpackr';
 
 /** What `decode` returns for a record it leaves to the checked way. */
@@ -69,6 +72,8 @@ type SharedStructure = string[] | undefined;
 let src = Buffer.alloc(0) as SliceBuffer;
 let view = new DataView(src.buffer);
 let viewOf: Buffer = src;
+/** The same bytes as a plain Uint8Array (copyOut makes plain copies from it; a Buffer's slice is a view). */
+let bytesOf: Uint8Array = new Uint8Array(0);
 let pos = 0;
 let end = 0;
 let cost = 0;
@@ -76,6 +81,10 @@ let budget = 0;
 let depth = 0;
 let maxDepth = 0;
 let decoder: RecordDecoder | undefined;
+/** Whether the record being decoded is plain msgpack (maps as objects, no record structures). */
+let plain = false;
+/** Whether its binaries become Buffers (else Uint8Arrays). */
+let binariesAsBuffers = true;
 /** What the definitions entered by the record being decoded replaced, to put back if it is given up: per
  * definition, the id, the shared table's entry, the scan table's count and key bytes. */
 const replaced: Array<[number, SharedStructure, number, number]> = [];
@@ -130,6 +139,8 @@ export class RecordDecoder {
     private readonly shared: SharedStructure[],
     private readonly structures: RecordStructures,
     private readonly limits: DecodeLimits,
+    /** Plain msgpack: maps are objects, 0x40–0x7f integers (see plainRecordDecoder). */
+    private readonly plain = false,
   ) {}
 
   /** The value of the record `bytes[start … stop)`, or NOT_DECODED (see the file's comment). */
@@ -138,6 +149,7 @@ export class RecordDecoder {
     src = bytes as SliceBuffer;
     if (viewOf !== bytes) {
       view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+      bytesOf = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
       viewOf = bytes;
     }
     pos = start;
@@ -146,6 +158,8 @@ export class RecordDecoder {
     budget = this.limits.maxDecodedRatio * (stop - start) + this.limits.slackBytes;
     depth = 0;
     maxDepth = Math.min(MAX_DEPTH, this.limits.maxDepth);
+    plain = this.plain;
+    binariesAsBuffers = !this.plain || stop - start <= SMALL_RECORD;
     decoder = this;
     let value: unknown = NOT_DECODED;
     try {
@@ -201,12 +215,13 @@ function read(): unknown {
   cost += HEAP_VALUE;
   if (t < 0x40) return t;
   if (t < 0x80) {
-    const structure = decoder!.reader(t - 0x40);
+    const structure = plain ? undefined : decoder!.reader(t - 0x40);
     return structure === undefined ? t : readRecord(structure);
   }
   if (t >= 0xe0) return t - 0x100;
   if (t >= 0xa0 && t < 0xc0) return readString(t & 0x1f);
   if (t >= 0x90 && t < 0xa0) return readArray(t & 0x0f);
+  if (t < 0x90) return readMap(t & 0x0f);
   let n: number;
   switch (t) {
     case 0xc0: return null;
@@ -237,7 +252,9 @@ function read(): unknown {
     case 0xdb: return readString(length(4));
     case 0xdc: return readArray(length(2));
     case 0xdd: return readArray(length(4));
-    default: throw GIVE_UP; // maps, other extensions, 64-bit integers, 0xc1
+    case 0xde: return readMap(length(2));
+    case 0xdf: return readMap(length(4));
+    default: throw GIVE_UP; // other extensions, 64-bit integers, 0xc1
   }
 }
 
@@ -301,6 +318,28 @@ function readDefinition(): Record<string, unknown> {
   return readRecord(decoder!.define(id - 0x40, keys, keyBytes));
 }
 
+/** A map of `n` entries as an object (plain records only: with records msgpackr makes a Map, left to it). Keys
+ * must be strings (msgpackr turns others into strings: left to it). */
+function readMap(n: number): Record<string, unknown> {
+  if (!plain) throw GIVE_UP;
+  cost += HEAP_MAP + n * HEAP_ENTRY;
+  const object: Record<string, unknown> = {};
+  if (n === 0) return object;
+  enter(2 * n);
+  for (let i = 0; i < n; i++) {
+    // The key is a token the scan counts like any string.
+    need(1);
+    const k = src[pos++]!;
+    const bytes = k >= 0xa0 && k < 0xc0 ? k & 0x1f : k === 0xd9 ? length(1) : k === 0xda ? length(2) : k === 0xdb ? length(4) : -1;
+    if (bytes < 0) throw GIVE_UP;
+    cost += HEAP_VALUE + HEAP_STRING + bytes;
+    const key = text(bytes);
+    object[key === '__proto__' ? '__proto_' : key] = read();
+  }
+  depth--;
+  return object;
+}
+
 function readArray(n: number): unknown[] {
   cost += HEAP_ARRAY;
   if (n === 0) return [];
@@ -338,6 +377,16 @@ function readBinary(n: number): Uint8Array {
   need(n);
   const at = pos;
   pos += n;
-  // A copy, as msgpackr's copyBuffers makes, as a Buffer (host/large.ts: from a shared slab for 65 B … 2 KiB).
-  return copyOutBuffer(src, at, n);
+  // A copy, as msgpackr's copyBuffers makes (host/large.ts: from a shared slab for 65 B … 2 KiB).
+  return binariesAsBuffers ? copyOutBuffer(src, at, n) : copyOut(bytesOf, at, n);
 }
+
+/**
+ * The in-place reader of plain msgpack records (no record structures) for a channel: it keeps no state between
+ * records, so one serves every channel with the same limits.
+ */
+export function plainRecordDecoder(limits: DecodeLimits): RecordDecoder {
+  if (limits === plainDefault.limits) return plainDefault.decoder;
+  return new RecordDecoder([], new RecordStructures(), limits, true);
+}
+const plainDefault = { limits: DEFAULT_DECODE_LIMITS, decoder: new RecordDecoder([], new RecordStructures(), DEFAULT_DECODE_LIMITS, true) };

@@ -21,7 +21,7 @@ import type { Region } from '../../host/region.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
-import { NOT_DECODED, RecordDecoder, sharedStructures } from '../../host/unpack.js';
+import { NOT_DECODED, RecordDecoder, plainRecordDecoder, sharedStructures } from '../../host/unpack.js';
 import { RecordEncoder, NOT_ENCODED, NO_ROOM, encoded, encodePlain } from '../../host/pack.js';
 import { allocLarge, copyOut, preparingLargeBuffer } from '../../host/large.js';
 import { currentCpu, moveOffCpu, schedYield } from '../../host/sys/sched.js';
@@ -245,6 +245,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private recordsIn: RecordBatch | undefined;
   /** Reads the same records in place, sharing recordsIn's structures; made with it. */
   private recordsFast: RecordDecoder | undefined;
+  /** Reads plain msgpack records in place (one per process for the default limits). */
+  private plainIn: RecordDecoder | undefined;
   /** Whether the peer decodes RECORD_MSGPACK_RECORDS; `encoder` is made with the first send. */
   private readonly peerRecords: boolean;
   private readonly intoInbox = (value: unknown): void => { this.inbox[this.inboxTail++] = value; };
@@ -1077,13 +1079,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (type === RECORD_FRAGMENT) {
       this.takeFragment(memory, offset, length);
     } else if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
-      this.rpc.incoming(type, decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+      this.rpc.incoming(type, this.decodePlain(memory, offset, length));
     } else if (type === RECORD_MSGPACK_RECORDS) {
       if (COUNTING) perf.decodes++;
       this.toInbox(this.recordsBatch().decodeAlone(memory, offset, offset + length));
     } else if (type === RECORD_MSGPACK) {
       if (COUNTING) perf.decodes++;
-      this.toInbox(decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits));
+      this.toInbox(this.decodePlain(memory, offset, length));
     } else if (type === RECORD_BYTES) {
       if (COUNTING) { perf.copies++; perf.allocs++; perf.bytesCopied += length; }
       this.toInbox(copyOut(memory, offset, length));
@@ -1093,6 +1095,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
     // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
     this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
+  }
+
+  /** A plain msgpack record: read in place (host/unpack.ts), or the checked way when the reader leaves it. */
+  private decodePlain(memory: Uint8Array, offset: number, length: number): unknown {
+    const value = (this.plainIn ??= plainRecordDecoder(this.decodeLimits)).decode(this.engine.bytes, offset, offset + length);
+    return value !== NOT_DECODED ? value : decodeMsgpackAt(this.unpackr, memory, offset, offset + length, this.decodeLimits);
   }
 
   private recordsBatch(): RecordBatch {
