@@ -139,7 +139,9 @@ export class Subscription implements AsyncIterable<unknown> {
       seqs.push(seq);
       if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
-        this.inbox.push(type === RECORD_MSGPACK ? decodeMsgpack(this.unpackr, u8.subarray(addr, addr + length)) : u8.slice(addr, addr + length));
+        // A copy in either case: every member may write the topic, so its bytes are decoded from our own.
+        const bytes = u8.slice(addr, addr + length);
+        this.inbox.push(type === RECORD_MSGPACK ? decodeMsgpack(this.unpackr, bytes) : bytes);
       } catch {
         this.inbox.push(TORN); // a lossy record overwritten mid-read decodes as garbage: checked below
       }

@@ -335,7 +335,8 @@ function ext(bytes: Uint8Array, start: number, end: number, pos: number, n: numb
 
 /**
  * Decodes one record from a peer: `checkMsgpack`, then `unpackr`. Whatever msgpackr still throws is
- * ERR_SHMBUS_CORRUPT too, with the cause.
+ * ERR_SHMBUS_CORRUPT too, with the cause. `bytes` must be the caller's own, which no peer can write: they are
+ * checked and decoded where they are (for shared memory, decodeMsgpackAt copies first).
  */
 export function decodeMsgpack(unpackr: Unpackr, bytes: Uint8Array, limits: DecodeLimits = DEFAULT_DECODE_LIMITS): unknown {
   checkMsgpack(bytes, limits);
@@ -356,8 +357,8 @@ const scratchRange = { start: 0, end: 0 };
  * record is first copied into one reused private buffer, then checked and decoded there: no view and no DataView
  * per record (msgpackr caches its DataView on the buffer), msgpackr reads short strings in JS (it takes its
  * native extractor, slow for a few bytes, once the buffer's end is past ~140), and a peer rewriting the shared
- * bytes cannot change them between the check and the decode. Larger records decode from a view, or from a
- * private copy when `records` is given (the scan table must see what msgpackr reads). msgpackr gives binary fields
+ * bytes cannot change them between the check and the decode. Larger records are copied too (a copy of the
+ * record's own, of the type of `bytes`; a Buffer with `records`). msgpackr gives binary fields
  * the type of what it decodes from: a Buffer up to SMALL_RECORD and with `records` (as RecordBatch does: a channel's
  * `send` delivers Buffers whatever the size), the caller's array otherwise (plugins/codec.ts mirrors this).
  */
@@ -373,14 +374,13 @@ export function decodeMsgpackAt(
     source = scratch;
     scratchRange.end = length;
     range = scratchRange;
-  } else if (records !== undefined) {
-    // With records the scan's table must learn exactly the definitions msgpackr reads: decode a private copy, so
-    // that a peer rewriting the shared bytes after the scan cannot make the two differ.
-    source = Buffer.from(bytes.subarray(start, end));
-    checkMsgpackRange(source, 0, length, limits, records);
   } else {
-    checkMsgpackRange(bytes, start, end, limits, records);
-    source = bytes.subarray(start, end);
+    // A private copy, checked and decoded: msgpackr must read exactly what the scan passed (with records, the
+    // scan's table must learn exactly the definitions msgpackr reads), and decode no string from bytes a peer may
+    // rewrite meanwhile (host/unpack.ts utf8). The copy has the type of `bytes` (a Buffer's copy is a Buffer), as
+    // its binaries then do.
+    source = records !== undefined ? Buffer.from(bytes.subarray(start, end)) : Uint8Array.prototype.slice.call(bytes, start, end);
+    checkMsgpackRange(source, 0, length, limits, records);
   }
   try {
     return unpackr.unpack(source, range);

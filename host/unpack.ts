@@ -33,7 +33,7 @@
  *
  * Shared memory: every length is read once and checked against the record's end before anything is read or
  * allocated by it, so a peer rewriting the bytes meanwhile gets a value made of whatever it wrote, or NOT_DECODED,
- * never a read outside the record.
+ * never a read outside the record; a string is decoded from a private copy of its bytes (see utf8).
  */
 import {
   HEAP_ARRAY, HEAP_BINARY, HEAP_BOXED, HEAP_ENTRY, HEAP_MAP, HEAP_STRING, HEAP_VALUE, MAX_RECORD_KEYS, SMALL_RECORD,
@@ -59,10 +59,11 @@ const EXT_UNDEFINED = 0x00;
 /** Thrown inside a decode to give up on the record; caught by `decode`, never seen outside. */
 const GIVE_UP = { giveUp: true };
 
-/** Buffer's UTF-8 reader without toString's argument handling (undocumented, present since Node 0.x; msgpackr
- * uses its latin1 sibling the same way). */
+/** Buffer's UTF-8 and latin1 readers without toString's argument handling (undocumented, present since Node 0.x;
+ * msgpackr uses latin1Slice the same way). */
 interface SliceBuffer extends Buffer {
   utf8Slice(start: number, end: number): string;
+  latin1Slice(start: number, end: number): string;
 }
 
 /** The msgpackr structure table entry: the keys, in order. msgpackr hangs its readers on it. */
@@ -361,15 +362,44 @@ function text(n: number): string {
   const at = pos;
   pos += n;
   if (n <= SHORT_STRING) {
+    // Each byte read once: a peer rewriting them meanwhile only changes which characters come out.
+    const from = src;
     let s = '';
     for (let i = at; i < pos; i++) {
-      const c = src[i]!;
-      if (c >= 0x80) return src.utf8Slice(at, pos);
+      const c = from[i]!;
+      if (c >= 0x80) return utf8(at, n);
       s += String.fromCharCode(c);
     }
     return s;
   }
-  return src.utf8Slice(at, pos);
+  return utf8(at, n);
+}
+
+/** Strings up to this many bytes are copied into one reused buffer before they are decoded; longer ones into a
+ * buffer of their own. */
+const STRING_SCRATCH = 4096;
+/** Strings up to this many bytes are copied by a JS loop. */
+const COPY_LOOP = 128;
+let stringScratch: SliceBuffer | undefined;
+
+/**
+ * `n` bytes at `at` decoded as UTF-8 from a private copy. Never from the shared bytes themselves: V8's UTF-8
+ * decoder measures the string in one pass and writes it in a second, and bytes rewritten between the two could
+ * make it write more than it measured (outside the string it allocated). A copy is a plain memcpy whatever the
+ * bytes say.
+ */
+function utf8(at: number, n: number): string {
+  const copy = n <= STRING_SCRATCH ? (stringScratch ??= Buffer.allocUnsafeSlow(STRING_SCRATCH) as SliceBuffer) : Buffer.allocUnsafeSlow(n) as SliceBuffer;
+  if (n <= COPY_LOOP) {
+    // A loop is cheaper than a call into Buffer's copy for a few dozen bytes; it also tells ASCII, which the
+    // latin1 reader (one pass) makes faster.
+    const from = src;
+    let high = 0;
+    for (let i = 0; i < n; i++) high |= copy[i] = from[at + i]!;
+    return high < 0x80 ? copy.latin1Slice(0, n) : copy.utf8Slice(0, n);
+  }
+  copy.set(bytesOf.subarray(at, at + n));
+  return copy.utf8Slice(0, n);
 }
 
 function readBinary(n: number): Uint8Array {

@@ -272,6 +272,26 @@ t.test('what the checked way refuses, the reader gives up on first; limits are t
   t.ok(failed, 'the definition past the bound is refused');
 });
 
+t.test('strings are decoded from a private copy, never from the shared bytes themselves', async (t) => {
+  // V8 decodes UTF-8 in two passes: bytes rewritten in between must not reach it. A source whose own string readers
+  // throw shows that none is used on it.
+  const poisoned = (bytes: Uint8Array) => {
+    const memory = Buffer.alloc(bytes.length + 4);
+    memory.set(bytes, 2);
+    for (const name of ['utf8Slice', 'latin1Slice', 'asciiSlice', 'toString']) {
+      Object.defineProperty(memory, name, { value: () => { throw new Error(`${name} on the shared bytes`); } });
+    }
+    return memory;
+  };
+  const value = { short: 'abc', ascii: 'x'.repeat(40), utf8: 'é€😀'.repeat(20), long: 'y'.repeat(5000), key: [{ 'ключ': 'значение' }] };
+  const { unpackr, structures } = recordUnpackr();
+  const records = new RecordDecoder(sharedStructures(unpackr), structures, DEFAULT_DECODE_LIMITS);
+  const bytes = Uint8Array.from(recordPackr().pack(value));
+  t.same(records.decode(poisoned(bytes), 2, 2 + bytes.length), value, 'records');
+  const plainBytes = Uint8Array.from(encodePlain(value));
+  t.same(plainRecordDecoder(DEFAULT_DECODE_LIMITS).decode(poisoned(plainBytes), 2, 2 + plainBytes.length), value, 'plain');
+});
+
 t.test('what it does not take is decoded the checked way, equal', async (t) => {
   const r = receiver();
   const checked = (bytes: number[]) => {
