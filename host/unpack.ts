@@ -2,10 +2,9 @@
  * A one-pass decoder for the records `send` writes (host/pack.ts RecordEncoder, or msgpackr with
  * `sequential: true`), reading a peer's bytes where they are (the ring), checking as it goes.
  *
- * Why: a small record cost a receiver a copy, the scan of host/codec.ts and one msgpackr `unpack` call, ~470 ns for
- * `{ i, s: 'x'.repeat(30), f }` in a ping-pong, of which msgpackr's set-up per call was the larger part; this reads
- * the same record in ~120 ns (`npm run bench:encode`). A throughput run batches records and paid less per record,
- * a round trip pays this at every hop.
+ * Why: a record read alone cost a receiver a copy, the scan of host/codec.ts and one msgpackr `unpack` call, ~360 ns
+ * for `{ i, s: 'x'.repeat(30), f }` (~230 ns in a batch of 100, RecordBatch), much of it msgpackr's set-up per
+ * call; this reads it in ~210 ns (`npm run bench:encode`), and a round trip pays that at every hop.
  *
  * What it takes: the tokens RecordEncoder writes (nil, booleans, integers up to 32 bits, float 32/64, str, bin,
  * array, undefined as fixext 1 type 0, record definitions and references with one-byte ids). `plainRecordDecoder`
@@ -128,6 +127,11 @@ function builder(names: string[], value: () => unknown): () => Record<string, un
   return new Function('v', `return function record(){return {${body}}}`)(value) as () => Record<string, unknown>;
 }
 
+/**
+ * Reads one channel direction's records in place (see the file's comment): with record structures, sharing the
+ * tables of that direction's Unpackr and scan (`sharedStructures(unpackr)`, its RecordStructures), or plain
+ * (`plainRecordDecoder`).
+ */
 export class RecordDecoder {
   /** Per id (0–63): how records of its structure are read, made when first met. */
   private readonly readers: Array<Structure | undefined> = new Array(RECORD_IDS).fill(undefined);
