@@ -13,7 +13,6 @@
  * instead of going back to the kernel. `SHMBUS_MALLOC_TUNE=0` in the environment turns it off.
  */
 import { setMallocThresholds } from './sys/malloc.js';
-import { BadArgumentError } from './errors.js';
 
 /** A record at least this long (glibc's default mmap threshold) makes a receiver tune malloc. */
 export const LARGE_RECORD_BYTES = 128 * 1024;
@@ -50,7 +49,8 @@ let slab: ArrayBuffer | undefined;
 let slabUsed = SLAB_BYTES;
 
 /**
- * A private copy of `memory[offset … offset + length)` as a plain Uint8Array. Up to 64 bytes it is `slice` (its own
+ * A private copy of `memory[offset … offset + length)` as a plain Uint8Array; `memory` must be a plain Uint8Array
+ * too (a Buffer's `slice` is a view, not a copy: see copyOutBuffer). Up to 64 bytes it is `slice` (its own
  * small ArrayBuffer); below SLAB_COPY_BYTES a view of a 16 KiB slab shared with other copies handed out by this
  * process (like the Buffers of Node's own pool: the view's bytes are the copy's, the slab's others are not, so its
  * `.buffer` must not be passed on whole); up to LARGE_RECORD_BYTES `slice` again; a large one is allocated
@@ -58,8 +58,6 @@ let slabUsed = SLAB_BYTES;
  * malloc (see above).
  */
 export function copyOut(memory: Uint8Array, offset: number, length: number): Uint8Array {
-  // A Buffer's slice would be a view, not a copy.
-  if (Buffer.isBuffer(memory)) throw new BadArgumentError('copyOut copies from a plain Uint8Array', {});
   if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) {
     const copy = new Uint8Array(slabRoom(length), slabUsed, length);
     copy.set(memory.subarray(offset, offset + length));
