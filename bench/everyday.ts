@@ -415,7 +415,7 @@ async function main(): Promise<void> {
   };
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
-  console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  if (wanted.has('rtt')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
