@@ -24,7 +24,7 @@ import {
   TOPIC_RECLAIM_GEN_OFFSET, TOPIC_PUBLISHER_PARK_OFFSET, TOPIC_SLEEPERS_OFFSET, TOPIC_SPACE_WAKE_OFFSET,
   SLOT_CLAIM_OFFSET, SLOT_CURSOR_OFFSET, SLOT_CURSOR_SEQ_OFFSET, SLOT_PARKED_OFFSET,
   BC_RECORD_HEADER_SIZE, BC_BATCH_ENTRY_SIZE, topicDataOffset, topicMaxPayload, ringOffset, RECORD_BYTES,
-  RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR, RING_TO_CONNECTOR, RING_TO_LISTENER, H_POSITION_OFFSET,
+  RECORD_MSGPACK, RECORD_MSGPACK_RECORDS, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR, RING_TO_CONNECTOR, RING_TO_LISTENER, H_POSITION_OFFSET,
   SEGMENT_HEADER_SIZE, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET,
   REGISTRY_NAME_MAX, REGISTRY_MAGIC, ENTRY_READY, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_FEATURES_OFFSET,
   SEG_HEADER_SIZE_OFFSET, SEG_SIZE_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, LAYOUT_VERSION, registryBytes,
@@ -523,8 +523,8 @@ const chanOp: fc.Arbitrary<ChanOp> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ op: fc.constantFrom('fill' as const, 'poll' as const, 'tick' as const), side: fc.nat(1) }) },
   { weight: 2, arbitrary: fc.record({
     op: fc.constant('raw' as const), side: fc.nat(1),
-    type: fc.oneof(fc.constantFrom(RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR), fc.integer({ min: 1, max: 0x7fffffff })),
-    bytes: fc.oneof(fc.uint8Array({ maxLength: 600 }), fc.array(fc.constantFrom(0x80, 0x90, 0xc0, 0xdc, 0xdd, 0xde, 0xdf, 0xff, 0x00), { maxLength: 600 }).map((a) => Uint8Array.from(a))),
+    type: fc.oneof(fc.constantFrom(RECORD_BYTES, RECORD_MSGPACK, RECORD_MSGPACK_RECORDS, RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR), fc.integer({ min: 1, max: 0x7fffffff })),
+    bytes: fc.oneof(fc.uint8Array({ maxLength: 600 }), fc.array(fc.constantFrom(0x80, 0x90, 0xc0, 0xdc, 0xdd, 0xde, 0xdf, 0xff, 0x00, 0xd4, 0x72, 0x40, 0x41, 0x91, 0xa1, 0x61), { maxLength: 600 }).map((a) => Uint8Array.from(a))),
   }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('scribble' as const), ring: fc.nat(1), s: chanScribble }) },
 );
