@@ -39,8 +39,8 @@ export function preparingLargeBuffer(length: number): void {
  * cheapest there is (~60 ns). */
 const ON_HEAP_BYTES = 64;
 /** Copies shorter than this (and past ON_HEAP_BYTES) are views of a shared slab: a typed array with an ArrayBuffer
- * of its own past 64 bytes costs V8 an allocation outside its heap, ~400 ns for 100 bytes and ~1.1 µs for 1000 on
- * the development VM, against ~110–250 ns for a view of the slab and the copy. */
+ * of its own past 64 bytes costs V8 an allocation outside its heap, several times the copy (the bytes1K row of
+ * `npm run bench:everyday`: 1.03–1.12x a Unix socket before the slab, 2.25–2.55x with it). */
 export const SLAB_COPY_BYTES = 2048;
 /** One slab: at least 8 copies of the largest size that goes there. */
 const SLAB_BYTES = 16 * 1024;
@@ -58,12 +58,7 @@ let slabUsed = SLAB_BYTES;
  * malloc (see above).
  */
 export function copyOut(memory: Uint8Array, offset: number, length: number): Uint8Array {
-  if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) {
-    const copy = new Uint8Array(slabRoom(length), slabUsed, length);
-    copy.set(memory.subarray(offset, offset + length));
-    slabUsed += (length + 7) & ~7;
-    return copy;
-  }
+  if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) return slabCopy(memory, offset, length, false);
   if (length < LARGE_RECORD_BYTES) return memory.slice(offset, offset + length);
   const copy = allocLarge(length);
   copy.set(memory.subarray(offset, offset + length));
@@ -72,24 +67,22 @@ export function copyOut(memory: Uint8Array, offset: number, length: number): Uin
 
 /** `copyOut` as a Buffer, from a Buffer (a binary field of a decoded value): the same sizes go to the slab. */
 export function copyOutBuffer(bytes: Buffer, offset: number, length: number): Buffer {
-  if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) {
-    const copy = Buffer.from(slabRoom(length), slabUsed, length);
-    copy.set(bytes.subarray(offset, offset + length));
-    slabUsed += (length + 7) & ~7;
-    return copy;
-  }
+  if (length > ON_HEAP_BYTES && length < SLAB_COPY_BYTES) return slabCopy(bytes, offset, length, true) as Buffer;
   // The copying slice of Uint8Array (Buffer's own slice is a view): a Buffer of its own.
   return Uint8Array.prototype.slice.call(bytes, offset, offset + length) as Buffer;
 }
 
-/** The slab with room for `length` more bytes at `slabUsed` (a new one when the current is full). Each copy starts
- * 8-aligned, for whoever makes wider views of it. */
-function slabRoom(length: number): ArrayBuffer {
+/** A copy of `bytes[offset … offset + length)` in the slab (a new slab when the current one is full), as a
+ * Uint8Array or a Buffer. Each copy starts 8-aligned, for whoever makes wider views of it. */
+function slabCopy(bytes: Uint8Array, offset: number, length: number, asBuffer: boolean): Uint8Array {
   if (slab === undefined || slabUsed + length > SLAB_BYTES) {
     slab = Buffer.allocUnsafeSlow(SLAB_BYTES).buffer as ArrayBuffer;
     slabUsed = 0;
   }
-  return slab;
+  const copy = asBuffer ? Buffer.from(slab, slabUsed, length) : new Uint8Array(slab, slabUsed, length);
+  copy.set(bytes.subarray(offset, offset + length));
+  slabUsed += (length + 7) & ~7;
+  return copy;
 }
 
 /** A plain Uint8Array of `length` bytes whose contents are NOT zeroed, for a caller that overwrites all of them

@@ -116,9 +116,9 @@ export class RecordEncoder {
   private limit = -1;
   private root = newShape([], 0);
   private keySlots = 0;
-  /** The shape holding each id (index: id − 0x40). */
   /** Per depth (1 … MAX_DEPTH), the shape of the last object written there (from the current tree). */
   private lastShape: Array<Shape | undefined> = new Array<Shape | undefined>(MAX_DEPTH + 1).fill(undefined);
+  /** The shape holding each id (index: id − 0x40). */
   private owners: Array<Shape | undefined> = new Array<Shape | undefined>(IDS).fill(undefined);
   /** The index the next new shape takes. */
   private nextIndex = 0;

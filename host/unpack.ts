@@ -48,8 +48,7 @@ export const NOT_DECODED: unique symbol = Symbol('shmbus.notDecoded');
 /** Nesting deeper than this (or than the limits' maxDepth) is left to the checked way. */
 const MAX_DEPTH = 64;
 /** ASCII strings up to this long are built in JS (below V8's cons-string length, so each step is a flat copy);
- * longer ones, and any with other bytes, by Buffer's native UTF-8 reader (~100 ns for 30 bytes; a JS check for
- * ASCII first, to use the latin1 reader, cost more than it saved). */
+ * longer ones, and any with other bytes, from a private copy (see utf8). */
 const SHORT_STRING = 12;
 const RECORD_IDS = 64;
 const EXT_RECORD_DEFINITION = 0x72;
@@ -276,6 +275,15 @@ function length(size: number): number {
   return n;
 }
 
+/** The byte length of a string whose header token is `t` (its length bytes read); gives up on any other token. */
+function stringLength(t: number): number {
+  if (t >= 0xa0 && t < 0xc0) return t & 0x1f;
+  if (t === 0xd9) return length(1);
+  if (t === 0xda) return length(2);
+  if (t === 0xdb) return length(4);
+  throw GIVE_UP;
+}
+
 /** Before reading `children` values of a container: the scan's checks at the same point. */
 function enter(children: number): void {
   if (children > end - pos || cost > budget || depth >= maxDepth) throw GIVE_UP;
@@ -311,9 +319,7 @@ function readDefinition(): Record<string, unknown> {
   let keyBytes = 0;
   for (let i = 0; i < count; i++) {
     need(1);
-    const k = src[pos++]!;
-    const n = k >= 0xa0 && k < 0xc0 ? k & 0x1f : k === 0xd9 ? length(1) : k === 0xda ? length(2) : k === 0xdb ? length(4) : -1;
-    if (n < 0) throw GIVE_UP;
+    const n = stringLength(src[pos++]!);
     keys[i] = text(n);
     keyBytes += recordKeyBytes(n);
   }
@@ -334,9 +340,7 @@ function readMap(n: number): Record<string, unknown> {
   for (let i = 0; i < n; i++) {
     // The key is a token the scan counts like any string.
     need(1);
-    const k = src[pos++]!;
-    const bytes = k >= 0xa0 && k < 0xc0 ? k & 0x1f : k === 0xd9 ? length(1) : k === 0xda ? length(2) : k === 0xdb ? length(4) : -1;
-    if (bytes < 0) throw GIVE_UP;
+    const bytes = stringLength(src[pos++]!);
     cost += HEAP_VALUE + HEAP_STRING + bytes;
     const key = text(bytes);
     object[key === '__proto__' ? '__proto_' : key] = read();
