@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,batch64,rtt]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -10,6 +10,8 @@
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
 //   claim64  64 B, zero copy: claim + commit per record / poll          (shm only; against the socket's bytes64 row)
+//            (the payload written through claim.bytes, the claim's view)
+//   claimAt64  the same, written at claim.offset in claim.memory (no view made)
 //   batch64  64 B, zero copy: claimBatch of up to 256 records / poll   (shm only; against the socket's bytes64 row)
 // The zero-copy rows write the payload into the claimed bytes as a producer building its message in place would.
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
@@ -36,12 +38,12 @@ import { mallocTuned } from '../host/large.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
-type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'claim64' | 'batch64';
-const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'claim64', 'batch64'];
+type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'claim64' | 'claimAt64' | 'batch64';
+const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'claim64', 'claimAt64', 'batch64'];
 /** Rows only shm has (the zero-copy API); their socket figure is the bytes64 row's of the same run. */
-const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'batch64']);
+const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'claimAt64', 'batch64']);
 const KINDS: Kind[] = ['shm', 'unix'];
-const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, claim64: 2_000_000, batch64: 4_000_000 };
+const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
 const ROUND_TRIPS = 20_000;
@@ -125,10 +127,11 @@ function onFrames(socket: net.Socket, onFrame: (body: Buffer) => void): void {
 async function produceInPlace(conn: Channel, row: Row, count: number): Promise<void> {
   const bytes = payload(row);
   for (let i = 0; i < count;) {
-    if (row === 'claim64') {
+    if (row === 'claim64' || row === 'claimAt64') {
       const claim = conn.claim(64);
       if (claim === null) { await conn.drained(); continue; }
-      claim.bytes.set(bytes);
+      if (row === 'claim64') claim.bytes.set(bytes);
+      else claim.memory.set(bytes, claim.offset);
       claim.commit();
       i++;
     } else {
@@ -411,7 +414,8 @@ async function main(): Promise<void> {
   }
   const names: Record<Row, string> = {
     object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1K: '1 KiB Buffer', bytes1M: '1 MiB Buffer',
-    claim64: '64 B, zero copy (`claim` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
+    claim64: '64 B, zero copy (`claim`, `.bytes` / `poll`; socket: 64 B Buffer)',
+    claimAt64: '64 B, zero copy (`claim`, `.memory` at `.offset` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
   };
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);

@@ -149,6 +149,30 @@ t.test('trySend, claim, message sizes 0 and max, max+1 rejected, maxQueued enfor
   await listener.close();
 });
 
+t.test('a claim is written through its view or at its offset in memory, and arrives as written', async (t) => {
+  const url = `shm://${unique('claim-at')}`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
+  const viewed = a.claim(5)!;
+  t.equal(viewed.size, 5);
+  const view = viewed.bytes;
+  t.equal(viewed.bytes, view, 'one view per claim');
+  t.equal(view.buffer, viewed.memory.buffer, 'the view is of the memory');
+  t.equal(view.byteOffset, viewed.offset, 'at the offset');
+  t.equal(view.length, 5);
+  view.set([1, 2, 3, 4, 5]);
+  t.throws(() => viewed.commit(6), { code: ErrorCode.BAD_ARGUMENT }, 'no commit past the claim');
+  viewed.commit(4);
+  const placed = a.claim(3)!;
+  placed.memory.set([7, 8, 9], placed.offset);
+  placed.commit();
+  t.same([...(await b.receive()) as Uint8Array], [1, 2, 3, 4]);
+  t.same([...(await b.receive()) as Uint8Array], [7, 8, 9]);
+  await a.close();
+  await b.close();
+  await listener.close();
+});
+
 t.test('close delivers everything already sent, and the peer sees the end', async (t) => {
   const url = `shm://${unique('close')}?size=4KiB`;
   const listener = await listen(url);
