@@ -1,7 +1,7 @@
 /**
  * What a message costs on each side in one process, in ns: the record encoder (host/pack.ts) next to msgpackr,
  * decoding one record per msgpackr call next to RecordBatch (host/codec.ts) and the in-place reader channels use
- * first (host/unpack.ts RecordDecoder), and a channel's `send` and iterator
+ * first (host/unpack.ts RecordDecoder; for plain msgpack too), and a channel's `send` and iterator
  * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends).
  * Run: `npm run bench:encode` (or `node dist/bench/encode.js` after a build). Medians of 5 rounds.
  *
@@ -10,8 +10,8 @@
  */
 import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RecordEncoder, encodePlain } from '../host/pack.js';
-import { DEFAULT_DECODE_LIMITS, RecordBatch, decodeMsgpackAt, recordPackr, recordUnpackr } from '../host/codec.js';
-import { RecordDecoder, sharedStructures } from '../host/unpack.js';
+import { DEFAULT_DECODE_LIMITS, RecordBatch, decodeMsgpackAt, plainUnpackr, recordPackr, recordUnpackr } from '../host/codec.js';
+import { RecordDecoder, plainRecordDecoder, sharedStructures } from '../host/unpack.js';
 import { listen, connect, type Channel } from '../index.js';
 
 const S = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx';
@@ -70,6 +70,18 @@ const reader = new RecordDecoder(sharedStructures(inPlace.unpackr), inPlace.stru
 const shared = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
 console.log(`decode in place (checked as it reads), ns per record: RecordDecoder ${median(() => perCall(() => {
   for (let k = 1; k <= RUN; k++) sink = reader.decode(shared, at[k]!, k < RUN ? at[k + 1]! : used);
+}, N / RUN) / RUN)}`);
+
+// The same object as plain msgpack (a map: request/reply, trySend, plugins), read in place and the checked way.
+const plainRecords = Array.from({ length: RUN }, (_, i) => Buffer.from(encodePlain(makeObject(i))));
+const plainMemory = Buffer.concat(plainRecords);
+const plainAt: number[] = [];
+for (let k = 0, o = 0; k <= RUN; o += plainRecords[k]?.length ?? 0, k++) plainAt.push(o);
+const plainReader = plainRecordDecoder(DEFAULT_DECODE_LIMITS);
+console.log(`  plain: in place, plainRecordDecoder ${median(() => perCall(() => {
+  for (let k = 0; k < RUN; k++) sink = plainReader.decode(plainMemory, plainAt[k]!, plainAt[k + 1]!);
+}, N / RUN) / RUN)}   copied, checked, msgpackr ${median(() => perCall(() => {
+  for (let k = 0; k < RUN; k++) sink = decodeMsgpackAt(plainUnpackr, plainMemory, plainAt[k]!, plainAt[k + 1]!);
 }, N / RUN) / RUN)}`);
 
 // --- a channel, both ends here ----------------------------------------------------------------------------------

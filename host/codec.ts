@@ -360,7 +360,7 @@ const scratchRange = { start: 0, end: 0 };
  * bytes cannot change them between the check and the decode. Larger records are copied too (a copy of the
  * record's own, of the type of `bytes`; a Buffer with `records`). msgpackr gives binary fields
  * the type of what it decodes from: a Buffer up to SMALL_RECORD and with `records` (as RecordBatch does: a channel's
- * `send` delivers Buffers whatever the size), the caller's array otherwise (plugins/codec.ts mirrors this).
+ * `send` delivers Buffers whatever the size), the caller's array otherwise (host/unpack.ts mirrors this).
  */
 export function decodeMsgpackAt(
   unpackr: Unpackr, bytes: Uint8Array, start: number, end: number, limits: DecodeLimits = DEFAULT_DECODE_LIMITS, records?: RecordStructures,

@@ -453,6 +453,21 @@ const plain = new RecordEncoder({ records: false });
  */
 export function encodePlain(value: unknown): Uint8Array {
   const length = plain.encode(value);
-  if (length !== NOT_ENCODED) return encoded.subarray(0, length);
+  if (length !== NOT_ENCODED) return viewOfEncoded(length);
   return plainPackr().pack(value, RESET_BUFFER_MODE);
+}
+
+/** Views of `encoded` by length, made once each while it stays the same buffer: a message of a length seen before
+ * costs no view (a typed array view costs V8 about as much as encoding a small object's keys). */
+const VIEW_CACHE = 1024;
+let views: Array<Uint8Array | undefined> = [];
+let viewsOf: Buffer | undefined;
+
+function viewOfEncoded(length: number): Uint8Array {
+  if (length > VIEW_CACHE) return encoded.subarray(0, length);
+  if (viewsOf !== encoded) {
+    views = new Array<Uint8Array | undefined>(VIEW_CACHE + 1).fill(undefined);
+    viewsOf = encoded;
+  }
+  return views[length] ??= new Uint8Array(encoded.buffer, encoded.byteOffset, length);
 }

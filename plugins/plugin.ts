@@ -12,7 +12,6 @@ import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { Packr, Unpackr } from 'msgpackr';
 import {
   CHANNEL_RING_COUNT, GUEST_RING_IN, GUEST_RING_OUT, GUEST_RECORD_ENV, GUEST_RECORD_LOG, GUEST_RECORD_PUBLISH, RECORD_MSGPACK,
   RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST, RING_TAIL_OFFSET, WASM_PAGE_SIZE, BATCH_ENTRY_SIZE, segmentBytes, ringOffset,
@@ -23,7 +22,9 @@ import {
   BadArgumentError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, QueueFullError,
   ShmbusError, TimeoutError, type ErrorCodeValue,
 } from '../host/errors.js';
-import { decodeMsgpackAt } from '../host/codec.js';
+import { DEFAULT_DECODE_LIMITS, decodeMsgpackAt, plainPackr, plainUnpackr } from '../host/codec.js';
+import { encodePlain } from '../host/pack.js';
+import { NOT_DECODED, plainRecordDecoder } from '../host/unpack.js';
 import { Region } from '../host/region.js';
 import { COUNTING, RingEnd } from '../host/ring.js';
 import { formatSegment } from '../host/segment.js';
@@ -31,7 +32,6 @@ import { parseSize } from '../host/url.js';
 import { startRunner, type Isolation, type RunnerHandle } from './runner-start.js';
 import type { RunnerReport } from './runner.js';
 import { memoryImportLimits } from './module.js';
-import { BAIL_VALUE, encodeValue, keep, readReply, readValue, reply as lastReply } from './codec.js';
 
 /** Options of `loadPlugin`. */
 export interface PluginOptions {
@@ -86,8 +86,13 @@ const MAX_PAGES = 65536;
 /** Messages from the plugin kept for `for await` before the plugin is made to wait. */
 const MAX_INBOX = 1024;
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
-const unpackr = new Unpackr({ useRecords: false, copyBuffers: true });
+/** Plain msgpack (no record structures) both ways: the plugin codec (assembly/guest) reads and writes nothing else. */
+const plainReader = plainRecordDecoder(DEFAULT_DECODE_LIMITS);
+
+/** A copy of an encoded record that waits (encodePlain's bytes are overwritten by the next encode). */
+function keep(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(bytes);
+}
 
 /** Bounds of the self-tuned host spin (hostSpin 'auto'), in µs. */
 const HOST_SPIN_MIN_US = 1;
@@ -484,35 +489,33 @@ class Instance {
     }
   }
 
+  /** The msgpack value of the plugin's record at `[start, end)` of our memory: read in place (host/unpack.ts), or
+   * else copied, checked and decoded by msgpackr, which names what is wrong with it. */
+  private decode(start: number, end: number): unknown {
+    const value = plainReader.decode(this.engine.bytes, start, end);
+    return value !== NOT_DECODED ? value : decodeMsgpackAt(plainUnpackr, this.engine.u8, start, end);
+  }
+
   private handle(type: number, offset: number, length: number): void {
-    const u8 = this.engine.u8;
     if (type === RECORD_REPLY || type === RECORD_REPLY_ERROR) {
-      let id: number;
-      let value: unknown;
-      if (readReply(u8, offset, offset + length)) {
-        id = lastReply.id;
-        value = lastReply.value;
-        lastReply.value = undefined;
-      } else {
-        const reply = decodeMsgpackAt(unpackr, u8, offset, offset + length);
-        if (!Array.isArray(reply) || reply.length !== 2 || typeof reply[0] !== 'number') {
-          throw new CorruptError('plugin reply is not [id, value]', { type });
-        }
-        id = reply[0];
-        value = reply[1];
+      const reply = this.decode(offset, offset + length);
+      if (!Array.isArray(reply) || reply.length !== 2 || typeof reply[0] !== 'number') {
+        throw new CorruptError('plugin reply is not [id, value]', { type });
       }
+      const id = reply[0] as number;
+      const value: unknown = reply[1];
       const pending = this.inFlight.get(id);
       if (!pending || !this.plugin.settle(pending)) return; // timed out or aborted meanwhile
       if (type === RECORD_REPLY) pending.resolve(value);
       else pending.reject(remoteError(value));
     } else if (type === RECORD_MSGPACK) {
-      this.plugin.deliver(decode(u8, offset, offset + length));
+      this.plugin.deliver(this.decode(offset, offset + length));
     } else if (type === GUEST_RECORD_PUBLISH) {
-      const pub = decode(u8, offset, offset + length);
+      const pub = this.decode(offset, offset + length);
       if (!Array.isArray(pub) || pub.length !== 2 || typeof pub[0] !== 'string') throw new CorruptError('plugin publication is not [topic, value]');
       this.plugin.published(pub[0], pub[1]);
     } else if (type === GUEST_RECORD_LOG) {
-      const log = decode(u8, offset, offset + length);
+      const log = this.decode(offset, offset + length);
       if (Array.isArray(log) && log.length === 2) this.plugin.emit('log', { level: Number(log[0]), text: String(log[1]) });
     }
     // Other record types are ignored, as the guest ignores unknown records from us.
@@ -547,11 +550,6 @@ class Instance {
   }
 }
 
-/** A plugin record's msgpack value: plugins/codec.ts for a small plain one, else the checked decoder. */
-function decode(u8: Uint8Array, start: number, end: number): unknown {
-  const value = readValue(u8, start, end);
-  return value !== BAIL_VALUE ? value : decodeMsgpackAt(unpackr, u8, start, end);
-}
 
 function reportError(r: Extract<RunnerReport, { type: 'failed' }>): ShmbusError {
   switch (r.code) {
@@ -756,10 +754,10 @@ export class Plugin extends EventEmitter {
     return false;
   }
 
-  /** msgpack of `value`, or of the request `[id, value]` when `id` is given: a view the next encode may overwrite
-   * (see keep). */
+  /** msgpack of `value`, or of the request `[id, value]` when `id` is given (host/pack.ts encodePlain): valid until
+   * the next encode in this process (see keep). */
   private encode(value: unknown, id?: number): Uint8Array {
-    const bytes = encodeValue(value, id ?? -1) ?? packr.pack(id === undefined ? value : [id, value]);
+    const bytes = encodePlain(id === undefined ? value : [id, value]);
     const max = maxPayload(this.capacity);
     if (bytes.length > max) throw new MessageTooLargeError(bytes.length, max);
     return bytes;
@@ -935,7 +933,7 @@ export async function loadPlugin(wasm: string | URL | Uint8Array, options: Plugi
   }
   let envBytes: Uint8Array | undefined;
   if (options.env !== undefined && Object.keys(options.env).length > 0) {
-    envBytes = Uint8Array.from(packr.pack({ ...options.env }));
+    envBytes = Uint8Array.from(plainPackr().pack({ ...options.env }));
     if (envBytes.length > maxPayload(ringCapacity)) throw new BadArgumentError('env is larger than a message may be', { bytes: envBytes.length });
   }
   const allow = options.allow ?? [];

@@ -96,6 +96,20 @@ t.test('plain msgpack: the bytes of msgpackr without records, and any value deco
   t.same([...encodePlain({ a: 0x40 })], [0xde, 0, 1, 0xa1, 0x61, 0x40]);
 });
 
+t.test('encodePlain hands out views of the encoder buffer it wrote, also after that buffer grew', async (t) => {
+  const first = encodePlain({ a: 1 });
+  t.equal(first.buffer, encoded.buffer, 'a view of the shared buffer, no copy');
+  t.same([...encodePlain({ a: 2 })], [...Uint8Array.from([0xde, 0, 1, 0xa1, 0x61, 2])], 'the bytes of the latest encode');
+  // A value larger than the buffer makes it grow (a new buffer): views of the old one must not be handed out again.
+  const before = encoded.buffer;
+  const large = encodePlain({ s: 'x'.repeat(encoded.length * 2) });
+  t.ok(large.length > 8192);
+  t.not(encoded.buffer, before, 'the buffer grew');
+  const again = encodePlain({ a: 3 });
+  t.equal(again.buffer, encoded.buffer, 'the view is of the buffer now in use');
+  t.same([...again], [0xde, 0, 1, 0xa1, 0x61, 3]);
+});
+
 t.test('past 32 shapes (all the ids), ids are reused oldest first, defined again inline, and the receiver follows', async (t) => {
   const encoder = new RecordEncoder();
   const packr = recordPackr();

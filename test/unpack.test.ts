@@ -4,6 +4,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
+import { createRequire } from 'node:module';
 import { Packr, Unpackr } from 'msgpackr';
 import {
   decodeMsgpackAt, recordPackr, recordUnpackr, plainUnpackr, DEFAULT_DECODE_LIMITS, MAX_RECORD_KEYS, MAX_STRUCTURE_BYTES, type DecodeLimits,
@@ -208,6 +209,46 @@ t.test('plain records: read in place as the checked way reads them, binaries of 
   t.ok(Buffer.isBuffer(r.decode(Uint8Array.from([0xc4, 2, 1, 2]))), 'a binary of a short record: a Buffer');
   const long = r.decode(Uint8Array.from([0xc5, 0, 200, ...new Uint8Array(200)])) as Uint8Array;
   t.ok(long instanceof Uint8Array && !Buffer.isBuffer(long), 'of a record past 128 bytes: a Uint8Array, as the checked way makes it');
+});
+
+t.test('msgpack-test-suite: every encoding of every vector reads in place as the checked way reads it, or is left to it', async (t) => {
+  const suite = createRequire(import.meta.url)('msgpack-test-suite') as Record<string, Array<{ msgpack: string[] }>>;
+  const r = plainReceiver();
+  let all = 0;
+  const bad: string[] = [];
+  for (const [group, vectors] of Object.entries(suite)) {
+    for (const vector of vectors) {
+      for (const dashed of vector.msgpack) {
+        all++;
+        const bytes = Uint8Array.from(dashed === '' ? [] : dashed.split('-').map((h) => parseInt(h, 16)));
+        if (bytes.length === 0) continue;
+        const got = outcome(() => r.decode(bytes));
+        const expected = outcome(() => plainChecked(bytes));
+        if (got.code !== expected.code || !same(got.value, expected.value)) bad.push(`${group} ${dashed}`);
+      }
+    }
+  }
+  t.same(bad, [], `${all} encodings`);
+  t.ok(r.counts.inPlace > all / 2, `most are read in place (${r.counts.inPlace} of ${all}): the plain kinds`);
+});
+
+t.test('plain map keys come from a cache by their bytes, and always decode to themselves', async (t) => {
+  const r = plainReceiver();
+  // 3000 short keys share 1024 slots: keys that land in one slot replace each other and must still be themselves.
+  const keys = Array.from({ length: 3000 }, (_, i) => `k${i.toString(36)}`);
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < keys.length; i += 100) {
+      const part = Object.fromEntries(keys.slice(i, i + 100).map((k) => [k, i]));
+      const got = r.decode(Uint8Array.from(encodePlain(part)));
+      if (!isDeepStrictEqual(got, part)) t.fail(`keys ${i}… (round ${round})`);
+    }
+  }
+  // Keys of other bytes than ASCII, at and past the cached length, and __proto__ from the cache.
+  const odd = { 'é': 1, 'ключ': 2, ['x'.repeat(16)]: 3, ['y'.repeat(17)]: 4, '€€€€€': 5, '': 6 };
+  for (let round = 0; round < 2; round++) t.same(r.decode(Uint8Array.from(encodePlain(odd))), odd, `other keys (round ${round})`);
+  const proto = Uint8Array.from([0x81, 0xa9, ...Buffer.from('__proto__'), 0x01]);
+  for (let round = 0; round < 2; round++) t.same(Object.keys(r.decode(proto) as object), ['__proto_'], `__proto__ renamed (round ${round})`);
+  t.equal(r.counts.checked, 0, 'all read in place');
 });
 
 t.test('plain records, hostile bytes: the same outcome as the checked way', async (t) => {
