@@ -371,6 +371,27 @@ t.test('keys from the peer only ever make own data properties, also once a build
   t.equal(r.builders().filter(Boolean).length, 1, 'no builder for 40 keys');
 });
 
+t.test('plain maps: keys from the peer only ever make own data properties; a key twice; nesting; a map given up', async (t) => {
+  const r = plainReceiver();
+  const hostile = JSON.parse('{"__proto__":1,"a\\"b":2,"}),process.exit(3),({":3,"\u2028\\\\":4,"constructor":5,"0":6}') as Record<string, number>;
+  const nested = { outer: 1, inner: { x: [1, { y: 'z' }], hostile } };
+  // The same key twice in one map (msgpackr keeps the last value, in the first one's place).
+  const twice = Uint8Array.from([0x83, 0xa1, 0x61, 0x01, 0xa1, 0x62, 0x02, 0xa1, 0x61, 0x03]);
+  for (let i = 0; i < 20; i++) {
+    const got = r.decode(Uint8Array.from(encodePlain(hostile))) as Record<string, unknown>;
+    t.equal(Object.getPrototypeOf(got), Object.prototype);
+    t.same(Object.keys(got), ['0', '__proto_', 'a"b', '}),process.exit(3),({', '\u2028\\', 'constructor']);
+    t.same(Object.values(got), [6, 1, 2, 3, 4, 5]);
+    t.ok(same(r.decode(Uint8Array.from(encodePlain(nested))), plainChecked(Uint8Array.from(encodePlain(nested)))), 'nested maps');
+    const dup = r.decode(twice) as Record<string, unknown>;
+    t.same(Object.entries(dup), Object.entries(plainChecked(twice) as object), 'a key twice');
+  }
+  t.equal(r.counts.checked, 0, 'all in place');
+  // A map given up half-way (a 64-bit integer inside it): the checked way reads it, and the next one reads in place.
+  t.same(r.decode(Uint8Array.from([0x82, 0xa1, 0x61, 0x01, 0xa1, 0x62, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1])), { a: 1, b: 1 });
+  t.same(r.decode(Uint8Array.from(encodePlain({ c: 2 }))), { c: 2 });
+});
+
 t.test('a channel reads records in place, the others the checked way, in order within one read', async (t) => {
   const url = `shm://${unique('unpack')}`;
   const listener = await listen(url);

@@ -1073,6 +1073,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
+    // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
+    // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
+    this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
     if (type === RECORD_MSGPACK_RECORDS && this.assembly === undefined) {
       const batch = this.recordsBatch();
       // Read in place when the reader takes the record (host/unpack.ts) and no record before it waits for the
@@ -1084,14 +1087,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         if (value !== NOT_DECODED) {
           if (COUNTING) perf.decodes++;
           this.toInbox(value);
-          this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
           return;
         }
       }
       if (length <= BATCH_RECORD) {
         if (COUNTING) perf.decodes++;
         batch.add(memory, offset, offset + length, this.intoInbox);
-        this.readMax = BATCH_MAX;
         return;
       }
     }
@@ -1114,9 +1115,6 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     } else {
       throw new CorruptError('record of an unknown type', { type });
     }
-    // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
-    // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
-    this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
   }
 
   /** A plain msgpack record: read in place (host/unpack.ts), or the checked way when the reader leaves it. */
