@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -9,6 +9,7 @@
 //                                                                     whose copy out of the ring needs more than V8's heap)
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
+//   rpc      the same through request / handle (shm only; against the socket's round trip)
 //   claim64  64 B, zero copy: claim + commit per record / poll          (shm only; against the socket's bytes64 row)
 //            (the payload written through claim.bytes, the claim's view)
 //   claimAt64  the same, written at claim.offset in claim.memory (no view made)
@@ -160,6 +161,10 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
         if (!ok) await conn.drained();
       }
       await conn.receive(); // the consumer's "done": closing earlier would not lose messages, but keep runs apart
+    } else if (role === 'answer') {
+      // request/reply: each request answered with its own value; the loop ends when the parent closes.
+      conn.handle((value) => value);
+      for await (const m of conn) void m;
     } else {
       for await (const m of conn) if (!conn.send(m)) await conn.drained();
     }
@@ -200,6 +205,8 @@ interface Peer {
   consume(row: Row, count: number): Promise<number>;
   /** Round trips of the 64 B object; microseconds per trip. */
   roundTrips(count: number): Promise<number[]>;
+  /** The same through `request` (shm only; the child answers with `handle`). */
+  requests?(count: number): Promise<number[]>;
   close(): Promise<void>;
 }
 
@@ -254,6 +261,15 @@ function shmPeer(conn: Connection): Peer {
         const t0 = process.hrtime.bigint();
         conn.send(makeObject(i));
         await it.next();
+        us.push(Number(process.hrtime.bigint() - t0) / 1000);
+      }
+      return us;
+    },
+    async requests(count) {
+      const us: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const t0 = process.hrtime.bigint();
+        await conn.request(makeObject(i));
         us.push(Number(process.hrtime.bigint() - t0) / 1000);
       }
       return us;
@@ -351,12 +367,13 @@ async function throughputOnce(kind: Kind, row: Row, count: number): Promise<numb
   return (count - 1) / seconds;
 }
 
-async function latencyOnce(kind: Kind, count: number): Promise<number[]> {
+async function latencyOnce(kind: Kind, count: number, rpc = false): Promise<number[]> {
   const s = await server(kind);
-  const exited = startChild(['echo', kind, s.url, 'object', '0']);
+  const exited = startChild([rpc ? 'answer' : 'echo', kind, s.url, 'object', '0']);
   const peer = await s.accept();
-  await peer.roundTrips(Math.min(2000, count)); // warm-up
-  const us = await peer.roundTrips(count);
+  const trips = rpc ? (n: number) => peer.requests!(n) : (n: number) => peer.roundTrips(n);
+  await trips(Math.min(2000, count)); // warm-up
+  const us = await trips(count);
   await peer.close();
   if ((await exited) !== 0) throw new Error(`${kind} rtt: echo child failed`);
   await s.close();
@@ -374,7 +391,7 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc' },
   } });
   const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
@@ -382,6 +399,7 @@ async function main(): Promise<void> {
   const scale = Number(values.scale);
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
+  const requests: number[] = [];
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
   // A zero-copy row is compared with the socket's bytes64 row of the same run: run that row too.
   if (ROWS.some((row) => ZERO_COPY.has(row) && wanted.has(row))) wanted.add('bytes64');
@@ -395,9 +413,11 @@ async function main(): Promise<void> {
       rates.set(key, [...(rates.get(key) ?? []), rate]);
       process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
     }
-    for (const kind of !wanted.has('rtt') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
+    // The request/reply row is compared with the socket's round trip: run that row too.
+    for (const kind of !wanted.has('rtt') && !wanted.has('rpc') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
+    if (wanted.has('rpc')) requests.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), true)));
   }
   const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
@@ -409,7 +429,9 @@ async function main(): Promise<void> {
     return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   if (values.json) {
-    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat }, null, 2));
+    const sortedRequests = [...requests].sort((a, b) => a - b);
+    const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
+    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc }, null, 2));
     return;
   }
   const names: Record<Row, string> = {
@@ -419,7 +441,11 @@ async function main(): Promise<void> {
   };
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
-  if (wanted.has('rtt')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  if (wanted.has('rtt') || wanted.has('rpc')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  if (wanted.has('rpc')) {
+    const sorted = [...requests].sort((a, b) => a - b);
+    console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${pct(sorted, 0.5).toFixed(1)} µs / ${pct(sorted, 0.99).toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  }
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
