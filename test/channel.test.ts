@@ -5,6 +5,8 @@ import net from 'node:net';
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { listen, connect, ErrorCode, type Channel } from '../index.js';
 import { checkPattern, fillPattern, patternLength } from './fixtures/pattern.js';
 import { asUnprivileged, eventually, fileTimeout, scaled, SCALE, startFixture, unique, within, type TestLike } from './helpers.js';
@@ -170,6 +172,44 @@ t.test('a claim is written through its view or at its offset in memory, and arri
   t.same([...(await b.receive()) as Uint8Array], [7, 8, 9]);
   await a.close();
   await b.close();
+  await listener.close();
+});
+
+t.test('a peer in this very thread is not spun for (wake=adaptive); one in another thread of the process is', async (t) => {
+  const budget = (c: Channel) => (c as unknown as { spinNs: number }).spinNs;
+  const url = `shm://${unique('same-thread')}`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
+  t.equal(budget(a), 0, 'the connector does not spin for a listener of this thread');
+  t.equal(budget(b!), 0, 'nor the listener for the connector');
+  // Request/reply and a ping-pong still work (each wait parks, and the doorbell wakes it).
+  b.handle((v) => v);
+  for (let i = 0; i < 50; i++) t.equal(await a.request(i), i);
+  await a.close();
+  await b.close();
+  // Explicit spins stay: the URL asked for them.
+  const spinUrl = `shm://${unique('same-thread-spin')}?spin=50`;
+  const spinListener = await listen(spinUrl);
+  const [c, d] = await Promise.all([connect(spinUrl), spinListener.acceptNext()]) as [Channel, Channel];
+  t.equal(budget(c), 50_000, 'spin=50 is 50 µs, also within one thread');
+  await Promise.all([c.close(), d!.close(), spinListener.close()]);
+  // A connector in a worker thread of this process: its listener here spins for it.
+  const indexUrl = pathToFileURL(fileURLToPath(new URL('../dist/index.js', import.meta.url))).href;
+  const worker = new Worker(`
+    const { workerData, parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(indexUrl)}).then(async ({ connect }) => {
+      const conn = await connect(workerData.url);
+      parentPort.postMessage(conn.spinNs);
+      await conn.receive();
+      await conn.close();
+    });`, { eval: true, workerData: { url } });
+  const fromWorker = new Promise((resolve, reject) => { worker.once('message', resolve); worker.once('error', reject); });
+  const e = (await within(60_000, listener.acceptNext(), 'the worker to connect'))!;
+  t.ok((await within(60_000, fromWorker, 'the worker\'s budget')) as number > 0, 'the worker spins for a listener of another thread');
+  t.ok(budget(e as Channel) > 0, 'the listener spins for a connector of another thread');
+  e.send('done');
+  await within(60_000, new Promise((resolve) => worker.once('exit', resolve)), 'the worker to end');
+  await e.close();
   await listener.close();
 });
 

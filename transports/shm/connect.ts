@@ -3,6 +3,7 @@
  * transports/shm/listener.ts).
  */
 import net from 'node:net';
+import { threadId } from 'node:worker_threads';
 import path from 'node:path';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
@@ -99,7 +100,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const mine = wakeLine(endpoint);
   // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
   const hello = Buffer.from(JSON.stringify({
-    shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
+    shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, thread: threadId, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
   }) + '\n');
   const { fd, cred } = openControl(endpoint, url, expectUid);
   let socket: net.Socket;
@@ -151,7 +152,8 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       } catch (cause) {
         throw new HandshakeError('peer went away during the handshake', { cause });
       }
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true,
+        peerInThisThread: cred.pid === process.pid && reply.thread === threadId });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       r.close();

@@ -4,14 +4,17 @@
  * Before a single byte is exchanged each side asks the kernel who is on the other end (SO_PEERCRED, in
  * host/control.ts). It then carries (1) the handshake, newline-terminated JSON lines, at most one in flight per side:
  *
- *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"wake":…,"fdWithReply":true}
+ *   connector → listener   {"shmbus":1,"version":<layout version>,"pid":…,"thread":…,"wake":…,"fdWithReply":true}
  *                          (sent on the bare descriptor right after connect(2), before Node's socket is built
  *                          around it, whose reads then stop before the event loop runs: see receiveLineWithFds)
  *   listener  → connector  {"ok":true,"kind":"memfd"|"sysv"|"file","shmid":…,"size":…,"capacity":…,"wake":…,
- *                          "fdWithReply":true}, for memfd and file with the segment's descriptor attached to the
+ *                          "thread":…,"fdWithReply":true}, for memfd and file with the segment's descriptor attached to the
  *                          line's bytes (SCM_RIGHTS, one sendmsg: sendLineWithFd)
  *                          or {"ok":false,"code":"ERR_SHMBUS_…","message":…}
  *   connector → listener   {"attached":true} or {"attached":false,"code":…,"message":…}
+ *
+ * "thread" is the sender's worker_threads threadId: with the pid the kernel reports (SO_PEERCRED), equal ones say the
+ * peer is this very thread (no spinning for it: see Channel). An older peer sends none.
  *
  * A connector whose hello lacks "fdWithReply" (the earlier protocol) gets the reply without the descriptor and
  * asks for it: {"fd":true}, answered by one byte FD_BYTE with the descriptor attached (receivePassedFd); a

@@ -19,6 +19,7 @@
  * and the whole handshake has one deadline on each side.
  */
 import net from 'node:net';
+import { threadId } from 'node:worker_threads';
 import path from 'node:path';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
@@ -202,7 +203,7 @@ export class Listener extends ListenerBase<Channel> {
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener', initial);
       await reached('listener', 2);
-      const reply = { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true };
+      const reply = { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true, thread: threadId };
       const fdWithReply = region.fd >= 0 && hello.fdWithReply === true;
       // The descriptor goes with the reply, in one message: no round trip to ask for it.
       if (fdWithReply) sendLineWithFd(socket, { ...reply, fdWithReply: true }, region.fd);
@@ -224,7 +225,8 @@ export class Listener extends ListenerBase<Channel> {
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
       this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true });
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true,
+        peerInThisThread: cred.pid === process.pid && hello.thread === threadId });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       region.close();
