@@ -237,7 +237,7 @@ for (const fc of FRAGMENT_CASES) t.test(fc.name, async (t) => {
   const listener = await listen(url);
   t.teardown(() => listener.close());
   const [c, s] = await pair(listener, url);
-  const windowSize = (ch: Channel) => (ch as unknown as { windowSize: number }).windowSize;
+  const windowSize = (ch: Channel) => (ch as unknown as { mapped: { region: { size: number } } }).mapped.region.size;
   t.ok(windowSize(c) <= fc.maxWindow && windowSize(s) === windowSize(c), `segment of ${windowSize(c)} bytes`);
   t.equal(c.maxMessageSize, 16 * 1024 * 1024, 'connector: 16 MiB messages');
   t.equal(s.maxMessageSize, c.maxMessageSize, 'listener: the same');

@@ -575,7 +575,7 @@ async function runChannelCase(c: { ops: ChanOp[]; closer: number; end: 'close' |
   const sides = [a as Channel, b as Channel];
   const errors: unknown[] = [];
   for (const side of sides) side.on('error', (e) => errors.push(e));
-  const window = (b as unknown as { window: number }).window;
+  const window = (b as unknown as { mapped: { at: number } }).mapped.at;
   const noop = () => {};
   try {
     for (const o of c.ops) {

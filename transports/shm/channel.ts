@@ -17,7 +17,7 @@ import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECOR
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET, maxPayload } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
 import type { Engine } from '../../host/engine.js';
-import type { Region } from '../../host/region.js';
+import type { Mapped } from '../../host/mapped.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { RingEnd, COUNTING, perf } from '../../host/ring.js';
 import { decodeLimits, decodeMsgpackAt, recordUnpackr, RecordBatch, BATCH_RECORD, plainUnpackr, type DecodeLimits } from '../../host/codec.js';
@@ -66,9 +66,8 @@ export type RecordHandler = (memory: Uint8Array, offset: number, length: number,
 /** What a channel is made of; built by listener.ts / connect.ts after the handshake. */
 export interface ChannelParts {
   engine: Engine;
-  region: Region;
-  window: number;
-  windowSize: number;
+  /** The segment in its window of `engine`: the channel unmaps it (and closes the region) when it closes. */
+  mapped: Mapped;
   tx: RingEnd;
   rx: RingEnd;
   socket: net.Socket;
@@ -242,9 +241,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly tx: RingEnd;
   private readonly rx: RingEnd;
   private readonly socket: net.Socket;
-  private readonly region: Region;
-  private readonly window: number;
-  private readonly windowSize: number;
+  private readonly mapped: Mapped;
   private readonly side: string;
   private readonly sleeper: Sleeper;
   private readonly bell: Bell;
@@ -313,9 +310,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.tx = parts.tx;
     this.rx = parts.rx;
     this.socket = parts.socket;
-    this.region = parts.region;
-    this.window = parts.window;
-    this.windowSize = parts.windowSize;
+    this.mapped = parts.mapped;
     this.side = parts.side;
     this.url = parts.endpoint.url;
     this.maxQueued = parts.endpoint.maxQueued;
@@ -1409,12 +1404,10 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.sleeper.close();
     this.bell.close();
     try {
-      this.region.unmapAt(this.engine.address(this.window));
-      this.engine.freeWindow(this.window, this.windowSize);
+      this.mapped.unmap();
     } finally {
       this.tx.dispose();
       this.rx.dispose();
-      this.region.close();
     }
     await this.socketClosed();
     this.emit('close');

@@ -9,6 +9,7 @@ import {
 } from '../../assembly/layout.js';
 import { populateWrite, removePages } from '../../host/sys/shm.js';
 import { RingEnd } from '../../host/ring.js';
+import { Mapped } from '../../host/mapped.js';
 import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
@@ -67,9 +68,9 @@ export function left(deadline: number, timeoutMs: number): number {
   return ms;
 }
 
-/** A mapped segment plus the window it occupies and, once opened, this side's ring ends; undone in reverse order
- * on any failure. */
-export interface Mapping { engine: Engine; region: Region; window: number; windowSize: number; tx?: RingEnd; rx?: RingEnd }
+/** A mapped segment (host/mapped.ts), the window it occupies and, once opened, this side's ring ends; undone in
+ * reverse order on any failure. */
+export interface Mapping { engine: Engine; region: Region; window: number; mapped: Mapped; tx?: RingEnd; rx?: RingEnd }
 
 /** Ring ends each connection opens on each side (tx and rx). */
 const RING_ENDS = 2;
@@ -80,21 +81,16 @@ const RING_ENDS = 2;
  * to remember it: nothing made for a failed setup outlives it.
  */
 export function mapRegion(region: Region): Mapping {
+  let engine: Engine;
   try {
-    const windowSize = region.size;
-    const engine = engineFor(windowSize + BATCH_AREA_SIZE, RING_ENDS);
-    const window = engine.allocWindow(windowSize);
-    try {
-      region.mapAt(engine.address(window));
-    } catch (error) {
-      engine.freeWindow(window, windowSize);
-      throw error;
-    }
-    return { engine, region, window, windowSize };
+    engine = engineFor(region.size + BATCH_AREA_SIZE, RING_ENDS);
   } catch (error) {
     try { region.close(); } catch { /* the first failure is the one to report */ }
     throw error;
   }
+  // Closes the region itself on any failure.
+  const mapped = Mapped.map(engine, region);
+  return { engine, region, window: mapped.at, mapped };
 }
 
 /**
@@ -144,10 +140,8 @@ export function unmap(m: Mapping): void {
   try {
     m.tx?.dispose();
     m.rx?.dispose();
-    m.region.unmapAt(m.engine.address(m.window));
-    m.engine.freeWindow(m.window, m.windowSize);
   } finally {
-    m.region.close();
+    m.mapped.unmap();
   }
 }
 
