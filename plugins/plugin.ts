@@ -550,7 +550,6 @@ class Instance {
   }
 }
 
-
 function reportError(r: Extract<RunnerReport, { type: 'failed' }>): ShmbusError {
   switch (r.code) {
     case 'limit': return new ShmbusError(ErrorCode.LIMIT, 'plugin ran out of memory under its memoryLimit', { details: { trap: r.message } });
