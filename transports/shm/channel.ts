@@ -120,7 +120,7 @@ const RESOLVED = Promise.resolve();
  *
  * The claims' fields are `declare`d and set in the constructors: made once per record, a claim with class fields
  * (defined one by one, by the base and then the derived class) cost ~30 ns more to make than the claim and commit
- * calls into the ring together (a scratch loop of claim + commit, 70 → 37 ns).
+ * calls into the ring together (a scratch loop of claim + commit in one process, 70 → 44–57 ns).
  */
 abstract class OpenClaim {
   protected declare readonly channel: Channel;
@@ -152,7 +152,7 @@ abstract class OpenClaim {
 /**
  * A zero-copy claim on the outbound ring: write the claimed bytes, then `commit(n)` or `abort()`. They are
  * `bytes` (a view made on first use) or, without a view, `memory[offset … offset + size)`: a typed array view costs
- * V8 about as much as the claim and commit together (bench/everyday claim64 and claim64v rows).
+ * V8 about as much as the claim and commit together (bench/everyday claim64 and claimAt64 rows).
  */
 export class Claim extends OpenClaim {
   /** The whole wasm memory; the claimed bytes are inside it (as ClaimBatch.memory). Valid until commit or abort. */
