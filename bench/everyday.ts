@@ -428,9 +428,9 @@ async function main(): Promise<void> {
     const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
     return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
+  const sortedRequests = [...requests].sort((a, b) => a - b);
+  const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
   if (values.json) {
-    const sortedRequests = [...requests].sort((a, b) => a - b);
-    const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
     console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc }, null, 2));
     return;
   }
@@ -442,10 +442,7 @@ async function main(): Promise<void> {
   console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
   if (wanted.has('rtt') || wanted.has('rpc')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
-  if (wanted.has('rpc')) {
-    const sorted = [...requests].sort((a, b) => a - b);
-    console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${pct(sorted, 0.5).toFixed(1)} µs / ${pct(sorted, 0.99).toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
-  }
+  if (rpc) console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${rpc.p50.toFixed(1)} µs / ${rpc.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);

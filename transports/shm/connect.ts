@@ -17,7 +17,7 @@ import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
 import { closeFd } from '../../host/sys/shm.js';
-import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, type Mapping } from './handshake.js';
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
@@ -153,7 +153,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
         throw new HandshakeError('peer went away during the handshake', { cause });
       }
       const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true,
-        peerInThisThread: cred.pid === process.pid && reply.thread === threadId });
+        peerInThisThread: peerInThisThread(cred, reply) });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       r.close();

@@ -3,6 +3,7 @@
  * deadline, the test hook that stops at a step, mapping a segment into the engine, and the wake lines.
  */
 import fs from 'node:fs';
+import { threadId } from 'node:worker_threads';
 import { engineFor, type Engine } from '../../host/engine.js';
 import {
   BATCH_AREA_SIZE, CHANNEL_RING_COUNT, LAYOUT_VERSION_MAJOR, RING_HEADER_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset,
@@ -143,6 +144,12 @@ export function unmap(m: Mapping): void {
   } finally {
     m.mapped.unmap();
   }
+}
+
+/** Whether the peer is this very thread: the pid the kernel reported for it (SO_PEERCRED) is ours and its handshake
+ * line names our worker_threads threadId (a peer of another process cannot pass, whatever it writes). */
+export function peerInThisThread(cred: PeerCredentials, line: Record<string, unknown>): boolean {
+  return cred.pid === process.pid && line.thread === threadId;
 }
 
 /** What a side says about how it sleeps: its mechanism's name and what a peer needs to ring it. */

@@ -35,7 +35,7 @@ import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
 import { PROTOCOL, readLine, takeWaitingLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
-import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, positive, versionText, type Mapping } from './handshake.js';
+import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, versionText, type Mapping } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
 
@@ -226,7 +226,7 @@ export class Listener extends ListenerBase<Channel> {
       await reached('listener', 5);
       this.pending.delete(socket);
       const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true,
-        peerInThisThread: cred.pid === process.pid && hello.thread === threadId });
+        peerInThisThread: peerInThisThread(cred, hello) });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       region.close();
