@@ -71,14 +71,16 @@ export function ring_open(h: usize, ring: usize, capacity: u32, role: u32): i32 
 }
 
 /**
- * Makes a freshly opened, empty end start with `initial` data bytes instead of the whole ring (1.2): the ring grows
- * in band (RECORD_RESIZE) up to the capacity it was opened with. Both ends of a ring must agree on `initial`
- * (the handshake says it). Only the first `initial` bytes of data need to exist.
+ * Makes a freshly opened end, whose own position is still at the ring's start, start with `initial` data bytes
+ * instead of the whole ring (1.2): the ring grows in band (RECORD_RESIZE) up to the capacity it was opened with.
+ * Both ends of a ring must agree on `initial` (the handshake says it). Only the first `initial` bytes of data need
+ * to exist. A consumer may open after its producer wrote (a connector sends before the listener took its segment:
+ * transports/shm/control.ts): reading from the start, it meets every resize record in order.
  */
 export function ring_start_small(h: usize, initial: u32): i32 {
   const max = load<u32>(h, H_MAX_CAPACITY_OFFSET);
   if (!isPowerOfTwo(initial) || initial < <u32>RING_MIN_CAPACITY || initial > max) return RING_E_HEADER;
-  if (load<u64>(h, H_POSITION_OFFSET) != load<u64>(h, H_CACHED_OFFSET) || load<u32>(h, H_CLAIM_OFFSET) != 0) return RING_E_STATE;
+  if (load<u64>(h, H_POSITION_OFFSET) != 0 || load<u32>(h, H_CLAIM_OFFSET) != 0) return RING_E_STATE;
   store<u32>(h, initial, H_CAPACITY_OFFSET);
   store<u32>(h, initial, H_POPULATED_OFFSET);
   return RING_OK;

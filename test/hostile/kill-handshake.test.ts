@@ -18,11 +18,14 @@ fileTimeout(t, 120);
 
 const WATCHDOG = 60_000;
 type Scheme = 'shm' | 'sysv' | 'file';
-/** The steps each side has (transports/shm/ `reached`): System V passes no descriptor, so no listener:4. */
+/** The steps each side has (transports/shm/ `reached`): System V passes no descriptor, so no listener:4. A shm://
+ * connector that knows the listener brings its own segment: connector:7 and 8, listener:6 (OWN_SEGMENT). */
 const STEPS: Record<'listener' | 'connector', Record<Scheme, number[]>> = {
-  listener: { shm: [1, 2, 3, 4, 5], file: [1, 2, 3, 4, 5], sysv: [1, 2, 3, 5] },
-  connector: { shm: [1, 2, 3, 4, 5, 6], file: [1, 2, 3, 4, 5, 6], sysv: [1, 2, 3, 4, 5, 6] },
+  listener: { shm: [1, 2, 3, 4, 5, 6], file: [1, 2, 3, 4, 5], sysv: [1, 2, 3, 5] },
+  connector: { shm: [1, 2, 3, 4, 5, 6, 7, 8], file: [1, 2, 3, 4, 5, 6], sysv: [1, 2, 3, 4, 5, 6] },
 };
+/** Steps only a connection that brings its own segment reaches: a first connection makes the listener known. */
+const OWN_SEGMENT = { listener: [6], connector: [7, 8] };
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-kill-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -57,11 +60,12 @@ function leftovers(childPid: number): Record<string, unknown> {
 }
 const NOTHING = { memfds: 0, sysv: [], devShm: [], files: [] };
 
-/** What the survivor saw: a typed handshake failure, or a channel whose peer then turns out dead. */
-async function outcome(t: Test, got: Channel | ShmbusError, what: string): Promise<void> {
+/** What the survivor saw: a typed handshake failure, or a channel whose peer then turns out dead (`dead`: PEER_DEAD,
+ * or HANDSHAKE for a connector's channel whose listener died before its verdict). */
+async function outcome(t: Test, got: Channel | ShmbusError, what: string, dead: string = ErrorCode.PEER_DEAD): Promise<void> {
   if (got instanceof Channel) {
     const error = await within(WATCHDOG, got.receive().then(() => undefined, (e: ShmbusError) => e), `${what}: channel to see the death`);
-    t.equal(error?.code, ErrorCode.PEER_DEAD, `${what}: the channel reports PEER_DEAD`);
+    t.equal(error?.code, dead, `${what}: the channel reports ${dead}`);
     await got.close();
   } else {
     t.ok(got instanceof ShmbusError, `${what}: typed error ${got.code}`);
@@ -74,11 +78,13 @@ for (const scheme of ['shm', 'sysv', 'file'] as const) {
       const url = urlFor(scheme);
       const child = startFixture(t, 'handshake-peer', ['listen', url], { env: { SHMBUS_TEST_STOP_AT: `listener:${step}` } });
       await child.line('listening');
+      const own = OWN_SEGMENT.listener.includes(step);
+      if (own) await (await connect(url, { timeout: WATCHDOG })).close();
       const result = connect(url, { timeout: WATCHDOG }).then((c) => c, (e: ShmbusError) => e);
       await child.line(`step listener:${step}`);
       child.kill();
       await within(WATCHDOG, child.exit, 'the child to die');
-      await outcome(t, await within(WATCHDOG, result, `listener:${step}: connect to settle`), `listener:${step}`);
+      await outcome(t, await within(WATCHDOG, result, `listener:${step}: connect to settle`), `listener:${step}`, own ? ErrorCode.HANDSHAKE : ErrorCode.PEER_DEAD);
       await eventually(() => JSON.stringify(leftovers(child.pid)) === JSON.stringify(NOTHING), `listener:${step}: nothing left (${JSON.stringify(leftovers(child.pid))})`);
       t.same(leftovers(child.pid), NOTHING, `listener:${step}: nothing left`);
     }
@@ -88,11 +94,17 @@ for (const scheme of ['shm', 'sysv', 'file'] as const) {
     for (const step of STEPS.connector[scheme]) {
       const url = urlFor(scheme);
       const listener = await listen(url, { handshakeTimeout: WATCHDOG });
+      const own = OWN_SEGMENT.connector.includes(step);
+      const child = startFixture(t, 'handshake-peer', [own ? 'connect-again' : 'connect', url], { env: { SHMBUS_TEST_STOP_AT: `connector:${step}` } });
+      if (own) {
+        // The first connection, which makes the listener known to the child, opens and closes as usual.
+        await (await within(WATCHDOG, listener.acceptNext(), 'the first connection'))!.close();
+        await child.line('known');
+      }
       const result = new Promise<Channel | ShmbusError>((resolve) => {
         listener.once('error', resolve);
         void listener.acceptNext().then((c) => { if (c) resolve(c as Channel); });
       });
-      const child = startFixture(t, 'handshake-peer', ['connect', url], { env: { SHMBUS_TEST_STOP_AT: `connector:${step}` } });
       await child.line(`step connector:${step}`);
       child.kill();
       await within(WATCHDOG, child.exit, 'the child to die');

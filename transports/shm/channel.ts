@@ -32,12 +32,13 @@ import { SendQueue, WRITE_QUEUED, WRITE_SEND, WRITE_TRY, type WriteKind } from '
 import { WAKE_DATA, WAKE_SPACE, type Bell, type Sleeper, type WakeKind, type WakeMechanism } from '../../host/wake/index.js';
 import type { ShmEndpoint } from '../../host/url.js';
 import {
-  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, MessageTooLargeError, PeerDeadError, ShmbusError,
+  BadArgumentError, BadStateError, ClosedError, CorruptError, ErrorCode, HandshakeError, MessageTooLargeError, PeerDeadError, ShmbusError, TimeoutError,
 } from '../../host/errors.js';
+import { parseLine } from './control.js';
 
-/** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
 /** How often a writer parked for room looks at the ring's positions on its own (see waitWritable). */
 const LOOK_WHILE_PARKED_MS = 1000;
+/** Bounds of the self-tuned spin (wake=adaptive), in nanoseconds. */
 const SPIN_MIN_NS = 1_000;
 const SPIN_MAX_NS = 100_000;
 /** wake=spin: busy-poll this long at a time, then let the event loop run once. */
@@ -84,7 +85,15 @@ export interface ChannelParts {
   peerRecords?: boolean;
   /** 'listener' or 'connector', for messages. */
   side: string;
+  /** Without `peer` and `peerParams` while a `verdict` is awaited. */
   wake: WakeParts;
+  /**
+   * A connector's channel over its own segment (connect.ts connectWithSegment), made before the listener took it: the
+   * first line on the control socket is the listener's verdict. `accept` checks it and says how to ring the
+   * listener, or throws the refusal; `failed` runs when the verdict is a refusal, never comes within `timeoutMs`, or
+   * the listener goes away first. Until the verdict no ring reaches the listener (they are held and done then).
+   */
+  verdict?: { timeoutMs: number; accept(reply: Record<string, unknown>): WakeParts; failed(): void };
   /** The peer is this very thread (the same process and worker_threads threadId, from the handshake): it cannot
    * answer while we spin, so the self-tuned spin (wake=adaptive) is off. */
   peerInThisThread?: boolean;
@@ -93,8 +102,8 @@ export interface ChannelParts {
 /** How we sleep while parked (our mechanism) and how we ring the peer (its mechanism, from the handshake). */
 export interface WakeParts {
   mine: WakeMechanism;
-  peer: WakeMechanism;
-  peerParams: Record<string, unknown>;
+  peer?: WakeMechanism;
+  peerParams?: Record<string, unknown>;
   /** What we sent the peer for our own mechanism (its `params()`), handed to our sleeper. */
   myParams?: Record<string, unknown>;
   /** Who the peer is, as the kernel says (SO_PEERCRED of the control socket): what `peerParams` must name. */
@@ -244,7 +253,12 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly mapped: Mapped;
   private readonly side: string;
   private readonly sleeper: Sleeper;
-  private readonly bell: Bell;
+  /** How to ring the peer: a HeldRings until the listener's verdict when `verdict` is set. */
+  private bell: Bell;
+  /** Set until the listener's verdict arrived (ChannelParts.verdict); `verdictBytes` holds its line's first part. */
+  private verdict: ChannelParts['verdict'];
+  private verdictBytes: Buffer | undefined;
+  private verdictTimer: NodeJS.Timeout | undefined;
   /** This side sleeps on a futex (its peer rings with FUTEX_WAKE): waitSync can block on the ring word itself. */
   private readonly futexRung: boolean;
   /** Spin budget before parking (ns); tuned when `spinAuto`. 'always' never parks. */
@@ -317,7 +331,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.decodeLimits = decodeLimits(parts.decodeLimits);
     this.peerRecords = parts.peerRecords === true;
     const { engine, tx, rx, socket } = parts;
-    this.bell = parts.wake.peer.bell({ engine, tx, rx, socket, params: parts.wake.peerParams, peer: parts.wake.peerCred });
+    if (parts.verdict) {
+      this.verdict = parts.verdict;
+      this.bell = new HeldRings();
+      this.verdictTimer = setTimeout(() => this.verdictFailed(new TimeoutError('the listener did not accept the connection in time', { timeoutMs: parts.verdict!.timeoutMs })), parts.verdict.timeoutMs);
+      this.verdictTimer.unref();
+    } else {
+      this.bell = parts.wake.peer!.bell({ engine, tx, rx, socket, params: parts.wake.peerParams!, peer: parts.wake.peerCred });
+    }
     this.sleeper = parts.wake.mine.sleeper({
       engine, tx, rx, socket, onWake: (kind) => (kind === WAKE_DATA ? this.wakeReader() : this.wakeWriter()),
       params: parts.wake.myParams,
@@ -1306,6 +1327,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   // --- doorbells, peer death, closing ----------------------------------------------------------------------------
 
   private onDoorbells(bytes: Buffer): void {
+    if (this.verdict !== undefined) {
+      const rest = this.readVerdict(bytes);
+      if (rest === undefined) return;
+      bytes = rest;
+    }
     for (let i = 0; i < bytes.length; i++) {
       const b = bytes[i];
       if (b === DOORBELL_DATA) this.wakeReader();
@@ -1315,6 +1341,54 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
         return;
       }
     }
+  }
+
+  /**
+   * Takes the listener's verdict line from the first bytes on the control socket (ChannelParts.verdict): returns
+   * the bytes after it (doorbells), or undefined while the line is incomplete or when the verdict ended the channel.
+   */
+  private readVerdict(bytes: Buffer): Buffer | undefined {
+    const buffered = this.verdictBytes ? Buffer.concat([this.verdictBytes, bytes]) : bytes;
+    let line: { value: Record<string, unknown>; used: number } | undefined;
+    try {
+      line = parseLine(buffered);
+    } catch (error) {
+      this.verdictFailed(asShmbusError(error));
+      return undefined;
+    }
+    if (line === undefined) {
+      this.verdictBytes = buffered;
+      return undefined;
+    }
+    const verdict = this.verdict!;
+    let bell: Bell;
+    try {
+      const wake = verdict.accept(line.value);
+      bell = wake.peer!.bell({ engine: this.engine, tx: this.tx, rx: this.rx, socket: this.socket, params: wake.peerParams!, peer: wake.peerCred });
+    } catch (error) {
+      this.verdictFailed(asShmbusError(error));
+      return undefined;
+    }
+    this.endVerdict();
+    const held = this.bell as HeldRings;
+    this.bell = bell;
+    if (!this.peerGone && this.state !== 'closed') held.replay(bell);
+    return buffered.subarray(line.used);
+  }
+
+  private endVerdict(): void {
+    this.verdict = undefined;
+    this.verdictBytes = undefined;
+    clearTimeout(this.verdictTimer);
+  }
+
+  /** The listener's verdict is a refusal, or never came: the channel ends with `error`. */
+  private verdictFailed(error: ShmbusError): void {
+    const verdict = this.verdict;
+    if (verdict === undefined) return;
+    this.endVerdict();
+    verdict.failed();
+    this.fail(error);
   }
 
   private wakeReader(): void {
@@ -1331,6 +1405,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private onPeerGone(): void {
     this.peerGone = true;
+    if (this.verdict !== undefined) this.verdictFailed(new HandshakeError('the listener closed the connection without accepting it', { details: { url: this.url } }));
     this.wakeReader();
     this.wakeWriter();
     if (this.state === 'closing' || this.state === 'closed') return;
@@ -1401,6 +1476,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.socket.end(DATA_BYTE);
       this.socket.destroySoon?.();
     }
+    this.endVerdict();
     this.sleeper.close();
     this.bell.close();
     try {
@@ -1425,6 +1501,20 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       socket.once('close', () => { clearTimeout(timer); resolve(); });
     });
   }
+}
+
+/** Rings asked for before the listener's verdict (ChannelParts.verdict), done once it is known how to ring it. A
+ * ring only says "look at the ring", so one of each kind stands for all. */
+class HeldRings implements Bell {
+  private readonly held = [false, false];
+  ring(kind: WakeKind): void {
+    this.held[kind] = true;
+  }
+  replay(bell: Bell): void {
+    if (this.held[WAKE_DATA]) bell.ring(WAKE_DATA);
+    if (this.held[WAKE_SPACE]) bell.ring(WAKE_SPACE);
+  }
+  close(): void {}
 }
 
 function putU32(memory: Uint8Array, at: number, value: number): void {

@@ -4,38 +4,35 @@
  */
 import net from 'node:net';
 import { threadId } from 'node:worker_threads';
-import path from 'node:path';
-import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_MAX_CAPACITY, RING_MIN_CAPACITY, maxPayload, segmentBytes } from '../../assembly/layout.js';
+import { LAYOUT_VERSION, maxPayload } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
-import { readSegment } from '../../host/segment.js';
+import type { RingEnd } from '../../host/ring.js';
+import { mechanismFor } from '../../host/wake/index.js';
 import { checkListener } from '../../host/control.js';
-import { connectUnix, peerCredentials, sendBytes } from '../../host/sys/socket.js';
+import { processStartTime } from '../../host/sys/proc.js';
+import { connectUnix, peerCredentials, sendBytes, sendFd } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
-import { BadArgumentError, ClosedError, CorruptError, Errno, ErrorCode, HandshakeError, ShmbusError, SystemError } from '../../host/errors.js';
+import { BadArgumentError, ClosedError, Errno, ErrorCode, HandshakeError, ShmbusError, SystemError } from '../../host/errors.js';
 import type { ConnectOptions } from '../contract.js';
 import { Channel } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
 import { closeFd } from '../../host/sys/shm.js';
-import { DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, type Mapping } from './handshake.js';
+import {
+  DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, checkGeometry,
+  checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
+} from './handshake.js';
 
 /** The listener's reply, checked before anything is attached: the kind the URL's scheme means and a geometry
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
 function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { capacity: number; size: number; initial: number } {
   const { capacity, size, kind, initialCapacity } = reply;
   if (kind !== KIND[endpoint.scheme]) throw new HandshakeError('listener offers another kind of segment', { details: { kind: String(kind), expected: KIND[endpoint.scheme] } });
-  if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
-    throw new HandshakeError('listener announced a bad ring capacity', { details: { capacity: String(capacity) } });
-  }
-  const expected = segmentBytes(CHANNEL_RING_COUNT, capacity);
-  if (size !== expected) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: String(size), expected } });
   // Layout 1.2: the rings start with initialCapacity data bytes and grow in band up to capacity (absent: they
   // never grow, as an older listener's).
-  const initial = initialCapacity ?? capacity;
-  if (typeof initial !== 'number' || !Number.isInteger(initial) || initial < RING_MIN_CAPACITY || initial > capacity || (initial & (initial - 1)) !== 0) {
-    throw new HandshakeError('listener announced a bad initial ring capacity', { details: { initialCapacity: String(initialCapacity) } });
-  }
-  return { capacity, size: expected, initial };
+  const geometry = checkGeometry(capacity, initialCapacity, 'listener');
+  if (size !== geometry.size) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: String(size), expected: geometry.size } });
+  return geometry;
 }
 
 /**
@@ -84,8 +81,60 @@ function openControl(endpoint: ShmEndpoint, url: string, expectUid: number | und
 /** The connector's last handshake line. */
 const ATTACHED = Buffer.from(JSON.stringify({ attached: true }) + '\n');
 
-/** Connects to a shared-memory endpoint URL. The listener must run as `options.expectUid` (or the URL's
- * `expectUid`; by default our own uid or root): anyone else gets not a single byte from us. */
+/**
+ * What a full handshake told this process about a shm:// listener in another process that takes a connector's own
+ * segment (`takesSegments` in its reply): the listener process (its pid and uid, as the kernel reported them, and
+ * its start time, so that a later process with the same pid is not taken for it) and the geometry and limits it
+ * chose. The next connect to the same listener process makes the segment itself and returns without waiting for the
+ * listener (connectWithSegment).
+ */
+interface KnownListener {
+  pid: number;
+  uid: number;
+  start: bigint;
+  capacity: number;
+  initial: number;
+  maxMessage: unknown;
+  records: boolean;
+  thread: unknown;
+}
+
+/** Known listeners by control socket path; the oldest is forgotten beyond KNOWN_MAX. */
+const known = new Map<string, KnownListener>();
+const KNOWN_MAX = 256;
+
+function remember(endpoint: ShmEndpoint, listener: KnownListener): void {
+  known.delete(endpoint.controlPath);
+  if (known.size >= KNOWN_MAX) known.delete(known.keys().next().value!);
+  known.set(endpoint.controlPath, listener);
+}
+
+/** A segment this connector made for a known listener, mapped and formatted, its ring ends open. */
+interface OwnSegment { mapping: Mapping; tx: RingEnd; rx: RingEnd; listener: KnownListener }
+
+function makeOwnSegment(endpoint: ShmEndpoint, listener: KnownListener): OwnSegment {
+  const mapping = mapRegion(createMemfdSegment(endpoint, listener.capacity, listener.initial));
+  try {
+    formatChannelSegment(mapping, listener.capacity);
+    // Opened in the same turn as the engine was chosen, so its handles are ours.
+    const { tx, rx } = openRings(mapping, listener.capacity, 'connector', listener.initial);
+    return { mapping, tx, rx, listener };
+  } catch (error) {
+    unmap(mapping);
+    throw error;
+  }
+}
+
+/**
+ * Connects to a shared-memory endpoint URL. The listener must run as `options.expectUid` (or the URL's
+ * `expectUid`; by default our own uid or root): anyone else gets not a single byte from us.
+ *
+ * The first connection to a listener process waits for its verdict (the full handshake). A shm:// listener in
+ * another process that said it takes a connector's segment is then known: later connections to that same process
+ * bring their own segment and resolve as soon as it is sent, as a Unix socket's connect does once the kernel queued it; the
+ * listener's verdict arrives on the channel, and a refusal (a full listener, its handshake deadline) ends the
+ * channel with that typed error.
+ */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Channel> {
   const endpoint = parseShmUrl(url);
   const timeout = positive(options.timeout, DEFAULT_TIMEOUT, 'timeout');
@@ -96,13 +145,29 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const deadline = Date.now() + timeout;
   // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
   // connect, usually finds it waiting (listener.ts takeWaitingLine). A wake reservation made here for a connect
-  // that then fails is given back by its timer (host/wake/common.ts).
+  // that then fails is given back by its timer (host/wake/common.ts). So is the segment for a known listener.
   const mine = wakeLine(endpoint);
+  const knownListener = endpoint.scheme === 'shm' ? known.get(endpoint.controlPath) : undefined;
+  let own = knownListener && makeOwnSegment(endpoint, knownListener);
+  let opened: { fd: number; cred: PeerCredentials };
+  try {
+    opened = openControl(endpoint, url, expectUid);
+  } catch (error) {
+    if (own) unmap(own.mapping);
+    throw error;
+  }
+  const { fd, cred } = opened;
+  if (own && (own.listener.pid !== cred.pid || own.listener.uid !== cred.uid || processStartTime(cred.pid) !== own.listener.start)) {
+    // Another process listens there now: the full handshake, as with any new listener.
+    known.delete(endpoint.controlPath);
+    unmap(own.mapping);
+    own = undefined;
+  }
+  if (own) return connectWithSegment(endpoint, fd, cred, own, mine, timeout);
   // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
   const hello = Buffer.from(JSON.stringify({
     shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, thread: threadId, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
   }) + '\n');
-  const { fd, cred } = openControl(endpoint, url, expectUid);
   let socket: net.Socket;
   try {
     await reached('connector', 1);
@@ -138,10 +203,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       const r = region;
       region = undefined;
       mapping = mapRegion(r);
-      const info = readSegment(mapping.engine, mapping.window, r.size);
-      if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== capacity) {
-        throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
-      }
+      checkPeerSegment(mapping, capacity);
       // Opened in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'connector', initial);
       await reached('connector', 5);
@@ -152,12 +214,19 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       } catch (cause) {
         throw new HandshakeError('peer went away during the handshake', { cause });
       }
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity)), peerRecords: reply.records === true,
+      const maxMessage = agreedMaxMessage(ownMaxMessage(endpoint), reply.maxMessage, maxPayload(capacity));
+      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector', wake, maxMessage, peerRecords: reply.records === true,
         peerInThisThread: peerInThisThread(cred, reply) });
       // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
       // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
       r.close();
       mapping = undefined;
+      // A listener of this process is not remembered: its handshake costs no wake-up of another process, and it may
+      // be closed and opened again with other options under the same pid.
+      const start = reply.takesSegments === true && endpoint.scheme === 'shm' && cred.pid !== process.pid ? processStartTime(cred.pid) : undefined;
+      if (start !== undefined) {
+        remember(endpoint, { pid: cred.pid, uid: cred.uid, start, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true, thread: reply.thread });
+      }
       await reached('connector', 6);
       return channel;
     } catch (error) {
@@ -171,5 +240,62 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     socket.destroy();
     if (error instanceof ShmbusError) throw error;
     throw new ClosedError('connection failed', { url, cause: String(error) });
+  }
+}
+
+/**
+ * A connection to a known listener (see connect): the hello goes out with our own segment's descriptor attached, in
+ * one sendmsg, and the channel is returned at once. The listener checks the segment as we check one of its own
+ * (sealed memfd, size, header: host/region.ts fromPeerFd, checkPeerSegment) and answers with its verdict, the
+ * first line the channel reads: until then the channel does not ring the listener (the listener looks at its ring
+ * once it took the segment), and a refusal, a listener gone without a verdict, or none within `timeout` ends it
+ * with a typed error; this process then forgets the listener.
+ */
+async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerCredentials, own: OwnSegment, mine: Record<string, unknown>, timeout: number): Promise<Channel> {
+  const { mapping, tx, rx, listener } = own;
+  const hello = Buffer.from(JSON.stringify({
+    shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, thread: threadId, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true,
+    segment: { capacity: listener.capacity, initialCapacity: listener.initial },
+  }) + '\n');
+  let socket: net.Socket | undefined;
+  try {
+    await reached('connector', 7);
+    try {
+      sendFd(fd, mapping.region.fd, hello);
+    } catch (cause) {
+      throw new HandshakeError('peer went away during the handshake', { cause });
+    }
+    socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: false });
+    socket.on('error', () => {});
+    const myParams = mine.params as Record<string, unknown>;
+    const forget = () => { if (known.get(endpoint.controlPath) === listener) known.delete(endpoint.controlPath); };
+    const channel = new Channel({
+      ...mapping, tx, rx, socket, endpoint, pendingBytes: Buffer.alloc(0), side: 'connector',
+      wake: { mine: mechanismFor(endpoint.wake, endpoint.url), peerCred: cred, myParams },
+      verdict: {
+        timeoutMs: timeout,
+        accept: (reply) => {
+          if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
+          if (reply.maxMessage !== listener.maxMessage || reply.records !== listener.records) {
+            throw new HandshakeError('listener announced other limits than before', { details: { maxMessage: String(reply.maxMessage) } });
+          }
+          const wake = peerWake(endpoint, reply.wake, cred);
+          wake.myParams = myParams;
+          return wake;
+        },
+        failed: forget,
+      },
+      maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), listener.maxMessage, maxPayload(listener.capacity)), peerRecords: listener.records,
+      peerInThisThread: peerInThisThread(cred, { thread: listener.thread }),
+    });
+    // The listener gets its own descriptor with the hello; ours is not needed any more (see connect).
+    mapping.region.close();
+    await reached('connector', 8);
+    return channel;
+  } catch (error) {
+    try { unmap(mapping); } catch { /* report the first failure */ }
+    if (socket) socket.destroy();
+    else { try { closeFd(fd); } catch { /* idem */ } }
+    throw error;
   }
 }

@@ -28,7 +28,7 @@ import net from 'node:net';
 import koffi from 'koffi';
 import { HandshakeError, ShmbusError, SystemError, TimeoutError, type ErrorCodeValue, ErrorCode } from '../../host/errors.js';
 import { readHandshake, socketFd } from '../../host/control.js';
-import { dupFd, peekBytes, receiveBytes, receiveFd, sendFd } from '../../host/sys/socket.js';
+import { dupFd, peekBytes, receiveFd, sendFd } from '../../host/sys/socket.js';
 import { closeFd } from '../../host/sys/shm.js';
 
 export { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
@@ -49,26 +49,33 @@ export async function readLine(socket: net.Socket, timeoutMs: number): Promise<{
 }
 
 /**
- * Listener side: the connector's line when all of it already waits in the socket (a connector sends its hello right
- * after connecting, so it is usually there when the connection is accepted), taken now instead of after the turn of
- * the event loop that readLine's reads wait for. Undefined when it is not all there yet or the socket ended: then
- * readLine waits for it (and reports the end). Only for a socket libuv is not reading (an accepted socket of a
- * server that pauses on connect). Throws HandshakeError for a line that is not a JSON object.
+ * Listener side: the connector's hello, with the descriptor a connector bringing its own segment attaches to it,
+ * when all of the line already waits in the socket (a connector sends its hello right after connecting, so it is
+ * usually there when the connection is accepted), taken now instead of after the turns of the event loop that
+ * receiveLineWithFds waits for. Undefined when it is not all there yet or the socket ended: then
+ * receiveLineWithFds waits for it (and reports the end). Only for a socket libuv is not reading (an accepted socket
+ * of a server that pauses on connect). The caller owns the descriptors; on a throw none are left open. Throws
+ * HandshakeError for a line that is not a JSON object or that came with other control data.
  */
-export function takeWaitingLine(socket: net.Socket): { message: Record<string, unknown>; rest: Buffer } | undefined {
+export function takeWaitingLineWithFds(socket: net.Socket): LineWithFds | undefined {
   const fd = socketFd(socket);
+  // A peek takes no descriptor: without a control buffer the kernel drops its copies of them.
   const waiting = peekBytes(fd, MAX_LINE + 1);
   const nl = waiting === undefined ? -1 : waiting.indexOf(0x0a);
   if (nl < 0) return undefined;
   const found = parseLine(waiting!.subarray(0, nl + 1))!;
-  // Nothing else reads this socket, so what was peeked is what is taken.
-  const taken = receiveBytes(fd, nl + 1);
-  if (taken?.length !== nl + 1) throw new HandshakeError('handshake line went missing while it was read');
-  return { message: found.value, rest: Buffer.alloc(0) };
+  // Nothing else reads this socket, so what was peeked is what is taken, with the descriptors sent with it.
+  const taken = receiveFd(fd, nl + 1);
+  if (taken === undefined || taken.bytes.length !== nl + 1 || taken.truncated || taken.foreign) {
+    for (const passed of taken?.fds ?? []) closeQuietly(passed);
+    if (taken === undefined || taken.bytes.length !== nl + 1) throw new HandshakeError('handshake line went missing while it was read');
+    throw new HandshakeError('hello came with control data it may not carry', { details: { fds: taken.fds.length, truncated: taken.truncated } });
+  }
+  return { message: found.value, rest: Buffer.alloc(0), fds: taken.fds };
 }
 
 /** One whole line at the start of `buffered`, parsed, and how many bytes it took; undefined while it is incomplete. */
-function parseLine(buffered: Buffer): { value: Record<string, unknown>; used: number } | undefined {
+export function parseLine(buffered: Buffer): { value: Record<string, unknown>; used: number } | undefined {
   const nl = buffered.indexOf(0x0a);
   if (nl < 0) {
     if (buffered.length > MAX_LINE) throw new HandshakeError('handshake line too long');
@@ -145,7 +152,7 @@ export function receiveLineWithFds(socket: net.Socket, timeoutMs: number, ask: (
     const got = receiveFd(dup, MAX_LINE + 1);
     if (!got) return undefined; // woken without data
     fds.push(...got.fds);
-    if (got.truncated || got.foreign) throw new HandshakeError('reply came with control data it may not carry', { details: { fds: got.fds.length, truncated: got.truncated } });
+    if (got.truncated || got.foreign) throw new HandshakeError('handshake line came with control data it may not carry', { details: { fds: got.fds.length, truncated: got.truncated } });
     if (got.bytes.length === 0) throw new HandshakeError('peer went away during the handshake');
     buffered = buffered.length ? Buffer.concat([buffered, got.bytes]) : got.bytes;
     const found = parseLine(buffered);

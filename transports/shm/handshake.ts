@@ -6,8 +6,11 @@ import fs from 'node:fs';
 import { threadId } from 'node:worker_threads';
 import { engineFor, type Engine } from '../../host/engine.js';
 import {
-  BATCH_AREA_SIZE, CHANNEL_RING_COUNT, LAYOUT_VERSION_MAJOR, RING_HEADER_SIZE, RING_TO_CONNECTOR, RING_TO_LISTENER, ringOffset,
+  BATCH_AREA_SIZE, CHANNEL_RING_COUNT, LAYOUT_VERSION_MAJOR, RING_HEADER_SIZE, RING_MAX_CAPACITY, RING_MIN_CAPACITY, RING_TO_CONNECTOR,
+  RING_TO_LISTENER, ringOffset, segmentBytes,
 } from '../../assembly/layout.js';
+import { formatSegment, readSegment } from '../../host/segment.js';
+import { processStartTime } from '../../host/sys/proc.js';
 import { populateWrite, removePages } from '../../host/sys/shm.js';
 import { RingEnd } from '../../host/ring.js';
 import { Mapped } from '../../host/mapped.js';
@@ -15,7 +18,7 @@ import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { mechanismFor } from '../../host/wake/index.js';
-import { BadArgumentError, HandshakeError, TimeoutError } from '../../host/errors.js';
+import { BadArgumentError, CorruptError, HandshakeError, TimeoutError } from '../../host/errors.js';
 import { MAX_MESSAGE_OPTION } from '../../host/url.js';
 import { type WakeParts } from './channel.js';
 
@@ -135,6 +138,52 @@ export const INITIAL_RING_SIZE = 64 * 1024;
 /** Whether a peer announcing layout `version` understands growing rings (RECORD_RESIZE, layout 1.2). */
 export function peerGrows(version: number): boolean {
   return version >>> 16 === LAYOUT_VERSION_MAJOR && (version & 0xffff) >= 2;
+}
+
+/**
+ * The ring geometry a peer announced (the listener's reply, or a connector's hello with its own segment), checked
+ * before anything is mapped: `capacity` a power of two within the ring limits, `initialCapacity` (absent: the
+ * rings start at `capacity` and never grow, as an older peer's) a power of two from the smallest ring up to it,
+ * and the segment size that follows from them (a peer cannot make us map more than that).
+ */
+export function checkGeometry(capacity: unknown, initialCapacity: unknown, who: 'listener' | 'connector'): { capacity: number; initial: number; size: number } {
+  if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
+    throw new HandshakeError(`${who} announced a bad ring capacity`, { details: { capacity: String(capacity) } });
+  }
+  const initial = initialCapacity ?? capacity;
+  if (typeof initial !== 'number' || !Number.isInteger(initial) || initial < RING_MIN_CAPACITY || initial > capacity || (initial & (initial - 1)) !== 0) {
+    throw new HandshakeError(`${who} announced a bad initial ring capacity`, { details: { initialCapacity: String(initialCapacity) } });
+  }
+  return { capacity, initial, size: segmentBytes(CHANNEL_RING_COUNT, capacity) };
+}
+
+/** The name a shm:// connection's memfd shows in /proc (it has no name anywhere else). */
+export const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.slice(0, 200);
+
+/**
+ * A fresh, sealed memfd for one shm:// connection whose rings hold `capacity` bytes and start with `initial`: only
+ * the pages those first bytes need are reserved (fallocate: a full /dev/shm fails here, never a later access).
+ */
+export function createMemfdSegment(endpoint: ShmEndpoint, capacity: number, initial: number): Region {
+  return Region.createMemfd(memfdName(endpoint), {
+    size: segmentBytes(CHANNEL_RING_COUNT, capacity), mode: endpoint.perm, reserve: initial < capacity ? initialRanges(capacity, initial) : undefined,
+  });
+}
+
+let startTime: bigint | undefined;
+/** Formats a mapped channel segment as its creator: the header (with this process as creator) and both rings. */
+export function formatChannelSegment(m: Mapping, capacity: number): void {
+  // The start time never changes: read from /proc once.
+  formatSegment(m.engine, m.window, CHANNEL_RING_COUNT, capacity, process.pid, (startTime ??= processStartTime(process.pid) ?? 0n));
+}
+
+/** Checks a channel segment the peer made and formatted, once mapped: its header must describe the geometry the
+ * handshake announced (host/segment.ts readSegment checks the header itself). */
+export function checkPeerSegment(m: Mapping, capacity: number): void {
+  const info = readSegment(m.engine, m.window, m.region.size);
+  if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== capacity) {
+    throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
+  }
 }
 
 export function unmap(m: Mapping): void {

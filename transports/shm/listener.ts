@@ -23,44 +23,40 @@ import { threadId } from 'node:worker_threads';
 import path from 'node:path';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, LAYOUT_VERSION_MAJOR, maxPayload, segmentBytes } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
-import { formatSegment } from '../../host/segment.js';
 import { credentialsOf, checkConnector, parseAllow, type PeerPolicy } from '../../host/control.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
-import { processStartTime } from '../../host/sys/proc.js';
 import { ownIdentity } from '../../host/sys/socket.js';
 import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError } from '../../host/errors.js';
 import type { ListenOptions } from '../contract.js';
 import { ListenerBase } from '../base.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
-import { PROTOCOL, readLine, takeWaitingLine, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
-import { DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, versionText, type Mapping } from './handshake.js';
+import { PROTOCOL, readLine, takeWaitingLineWithFds, receiveLineWithFds, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
+import { closeFd } from '../../host/sys/shm.js';
+import {
+  DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap,
+  wakeLine, peerWake, peerInThisThread, positive, versionText, checkGeometry, checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
+} from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
 
-let startTime: bigint | undefined;
-/** This process's start time for the segment header, read from /proc once (it never changes). */
-function ownStartTime(): bigint {
-  return (startTime ??= processStartTime(process.pid) ?? 0n);
-}
 const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /** Spare segments a shm:// listener keeps made ahead (pool.ts): enough for a short burst of opens; each holds the
  * pages its rings start with (132 KiB of /dev/shm with the default options). */
 const SPARE_SEGMENTS = 4;
 
-const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.slice(0, 200);
-
 /**
  * A fresh segment for one connection with the verified peer `cred`. Only `sysv` has a name, and only until
  * `seal` below: memfd and unnamed files never have one.
  */
-function createRegion(endpoint: ShmEndpoint, size: number, cred: PeerCredentials, reserve?: Array<[number, number]>): Region {
+function createRegion(endpoint: ShmEndpoint, capacity: number, initial: number, cred: PeerCredentials): Region {
   const mode = endpoint.perm;
+  const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
   switch (endpoint.scheme) {
-    case 'shm': return Region.createMemfd(memfdName(endpoint), { size, mode, reserve });
-    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve });
+    case 'shm': return createMemfdSegment(endpoint, capacity, initial);
+    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve: initial < capacity ? initialRanges(capacity, initial) : undefined });
     case 'sysv': {
       const region = Region.createSysV('private', { size, mode });
       try {
@@ -115,10 +111,7 @@ export class Listener extends ListenerBase<Channel> {
     const capacity = endpoint.sizeGiven ? endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
     this.poolInitial = Math.min(INITIAL_RING_SIZE, capacity);
     if (endpoint.scheme === 'shm') {
-      const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
-      const reserve = this.poolInitial < capacity ? initialRanges(capacity, this.poolInitial) : undefined;
-      this.pool = new SegmentPool(() => Region.createMemfd(memfdName(endpoint), { size, mode: endpoint.perm, reserve }), SPARE_SEGMENTS,
-        () => this.pending.size === 0);
+      this.pool = new SegmentPool(() => createMemfdSegment(endpoint, capacity, this.poolInitial), SPARE_SEGMENTS, () => this.pending.size === 0);
     }
   }
 
@@ -174,36 +167,60 @@ export class Listener extends ListenerBase<Channel> {
     // Every wait below is a read bounded by what is left of this one deadline.
     this.pending.add(socket);
     let mapping: Mapping | undefined;
+    /** Descriptors that came with the hello and are not closed or wrapped in a Region yet. */
+    let fds: number[] = [];
     try {
       await reached('listener', 1);
       // Usually already there: a connector sends its hello right after connecting.
-      const { message: hello } = takeWaitingLine(socket) ?? await readLine(socket, left(deadline, timeout));
+      const got = takeWaitingLineWithFds(socket) ?? await receiveLineWithFds(socket, left(deadline, timeout), () => {});
+      const hello = got.message;
+      fds = got.fds;
       if (hello.shmbus !== PROTOCOL || typeof hello.version !== 'number') throw new HandshakeError('connector does not speak the shmbus protocol');
       if (hello.version >>> 16 !== LAYOUT_VERSION_MAJOR) {
         throw new VersionMismatchError('connector layout', versionText(hello.version), versionText(LAYOUT_VERSION));
       }
+      const offered = hello.segment !== undefined;
+      if (fds.length !== (offered ? 1 : 0)) throw new HandshakeError('connector sent another number of descriptors than its hello says', { details: { fds: fds.length } });
       const wake = peerWake(this.endpoint, hello.wake, cred);
       const mine = wakeLine(this.endpoint);
       wake.myParams = mine.params as Record<string, unknown>;
       const capacity = this.endpoint.sizeGiven ? this.endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
       const ownMax = ownMaxMessage(this.endpoint);
+      if (offered) {
+        // The connector's own segment (connect.ts connectWithSegment): checked as a connector checks ours.
+        const theirs = this.takeConnectorSegment(hello.segment, fds.pop()!, capacity, cred);
+        mapping = theirs.mapping;
+        const { tx, rx } = openRings(mapping, theirs.capacity, 'listener', theirs.initial);
+        await reached('listener', 6);
+        // The verdict; the channel is ours from here, with whatever the connector already sent in its ring.
+        writeLine(socket, { ok: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
+        this.opened(new Channel({
+          ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: got.rest, side: 'listener', wake, peerRecords: hello.records === true,
+          maxMessage: agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(theirs.capacity)), peerInThisThread: peerInThisThread(cred, hello),
+        }), socket, mapping);
+        mapping = undefined;
+        return;
+      }
       const maxMessage = agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(capacity));
       const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
       // Rings start small and grow in band when the connector understands it (layout 1.2): only their first
       // INITIAL_RING_SIZE bytes are reserved now.
       const initial = peerGrows(hello.version) ? Math.min(INITIAL_RING_SIZE, capacity) : capacity;
       // A spare made ahead (pool.ts) when it has this geometry, else one made now.
-      const region = (initial === this.poolInitial ? this.pool?.take() : undefined)
-        ?? createRegion(this.endpoint, size, cred, initial < capacity ? initialRanges(capacity, initial) : undefined);
+      const region = (initial === this.poolInitial ? this.pool?.take() : undefined) ?? createRegion(this.endpoint, capacity, initial, cred);
       mapping = mapRegion(region);
       // A System V segment loses its key now, right after our own attach: it dies with the last detach whatever
       // happens next, and the peer can still attach it by id (Linux).
       if (region.kind === 'sysv') region.remove();
-      formatSegment(mapping.engine, mapping.window, CHANNEL_RING_COUNT, capacity, process.pid, ownStartTime());
+      formatChannelSegment(mapping, capacity);
       // The ring ends are opened now, in the same turn as the engine was chosen, so its handles are ours.
       const { tx, rx } = openRings(mapping, capacity, 'listener', initial);
       await reached('listener', 2);
-      const reply = { ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true, thread: threadId };
+      // takesSegments: the connector may bring its own segment next time (shm:// only).
+      const reply = {
+        ok: true, kind: region.kind, shmid: region.kind === 'sysv' ? region.shmid : undefined, size, capacity, initialCapacity: initial, wake: mine, maxMessage: ownMax, records: true, thread: threadId,
+        takesSegments: this.endpoint.scheme === 'shm' ? true : undefined,
+      };
       const fdWithReply = region.fd >= 0 && hello.fdWithReply === true;
       // The descriptor goes with the reply, in one message: no round trip to ask for it.
       if (fdWithReply) sendLineWithFd(socket, { ...reply, fdWithReply: true }, region.fd);
@@ -224,23 +241,59 @@ export class Listener extends ListenerBase<Channel> {
       const { message: ack, rest } = await readLine(socket, left(deadline, timeout));
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
-      this.pending.delete(socket);
-      const channel = new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true,
-        peerInThisThread: peerInThisThread(cred, hello) });
-      // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
-      // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
-      region.close();
+      this.opened(new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true,
+        peerInThisThread: peerInThisThread(cred, hello) }), socket, mapping);
       mapping = undefined;
-      this.live++;
-      channel.once('close', () => { this.live--; });
-      this.offer(channel);
-      // Off this connection's path: the next one finds its segment made.
-      this.pool?.refill();
     } catch (error) {
       this.pending.delete(socket);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
+      for (const fd of fds) { try { closeFd(fd); } catch { /* idem */ } }
       this.refuse(socket, error);
     }
+  }
+
+  /**
+   * Maps the segment a connector made for this connection (its hello's `segment`, with descriptor `fd`), after
+   * checking it: a memfd of the connector's uid sealed against resizing (so it cannot SIGBUS us: host/region.ts
+   * fromPeerFd), of the size its rings need, rings no larger than this endpoint's `capacity`, its header saying so.
+   * Takes `fd` over. Returns the mapping and the rings' geometry.
+   */
+  private takeConnectorSegment(segment: unknown, fd: number, capacity: number, cred: PeerCredentials): { mapping: Mapping; capacity: number; initial: number } {
+    let geometry: { capacity: number; initial: number; size: number };
+    try {
+      if (this.endpoint.scheme !== 'shm') throw new HandshakeError('this endpoint makes the segments of its connections', { details: { scheme: this.endpoint.scheme } });
+      const announced = (typeof segment === 'object' && segment !== null ? segment : {}) as { capacity?: unknown; initialCapacity?: unknown };
+      geometry = checkGeometry(announced.capacity, announced.initialCapacity, 'connector');
+      // Rings up to this endpoint's size: the connector pays for its segment, we only map it.
+      if (geometry.capacity > capacity) {
+        throw new HandshakeError('connector brought larger rings than this endpoint allows', { details: { capacity: geometry.capacity, allowed: capacity } });
+      }
+    } catch (error) {
+      try { closeFd(fd); } catch { /* report the first failure */ }
+      throw error;
+    }
+    // Each closes what it was given on failure.
+    const mapping = mapRegion(Region.fromPeerFd(fd, 'memfd', { size: geometry.size, uid: cred.uid }));
+    try {
+      checkPeerSegment(mapping, geometry.capacity);
+    } catch (error) {
+      unmap(mapping);
+      throw error;
+    }
+    return { mapping, capacity: geometry.capacity, initial: geometry.initial };
+  }
+
+  /** A connection whose handshake is done: counted, its descriptor closed, and offered to acceptNext(). */
+  private opened(channel: Channel, socket: net.Socket, mapping: Mapping): void {
+    this.pending.delete(socket);
+    // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
+    // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
+    mapping.region.close();
+    this.live++;
+    channel.once('close', () => { this.live--; });
+    this.offer(channel);
+    // Off this connection's path: the next one finds its segment made.
+    this.pool?.refill();
   }
 
   /** Stops the handshakes in progress and the server (ListenerBase.close closes channels not yet taken). */
