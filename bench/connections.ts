@@ -14,7 +14,9 @@
 // connects --count times, one after the other, holding each open, back to back and --gap ms apart (the listener
 // idle in between, as a server mostly is), for shm:// and unix:// in turn (--rounds rounds, the order rotated
 // each round; medians over every round's opens):
-//   connect  median milliseconds from connect() to the connection ready on this side
+//   connect  median milliseconds from connect() to the connection ready on this side (shm://: after the first
+//            connection the process knows the listener, and connect() resolves once its own segment is sent, as a
+//            Unix socket's connect resolves once the kernel queued it: transports/shm/connect.ts)
 //   first    median milliseconds from connect() to the first message, which the listener sends once it
 //            accepted the connection (both ends ready and one message carried)
 // Then the throughput of one busy connection (64-byte sendBytes, drained, for await on the other end) with

@@ -7,8 +7,8 @@
  * - `dupFd`: a second descriptor for the same socket, so a poll handle can watch it beside libuv's own.
  * - `connectUnix` / `sendBytes`: a connected, non-blocking stream socket made with two system calls, and a write
  *   to it, for a handshake that must say its first line before Node's socket machinery is built around it.
- * - `peekBytes` / `receiveBytes`: a look at what waits in a socket and a read of it, without blocking, for a
- *   handshake line that is already there when the connection is accepted.
+ * - `peekBytes`: a look at what waits in a socket, without blocking, for a handshake line that is already there
+ *   when the connection is accepted (then taken with `receiveFd`, with the descriptor that may come with it).
  *
  * The structures are laid out by hand in Buffers (x86_64 sizes in constants.ts): msghdr points at an iovec and a
  * control buffer, so their addresses go in as integers, and the Buffers are held in locals for the call.
@@ -255,12 +255,6 @@ export function socketPair(): [number, number] {
  * (EAGAIN); an empty Buffer at end of file. Descriptors passed with them are not taken. */
 export function peekBytes(fd: number, max: number): Buffer | undefined {
   return receive(fd, max, MSG_PEEK);
-}
-
-/** Takes at most `max` waiting bytes from socket `fd`, without blocking: undefined when there are none yet, an
- * empty Buffer at end of file. Descriptors passed with them are closed by the kernel (no control buffer). */
-export function receiveBytes(fd: number, max: number): Buffer | undefined {
-  return receive(fd, max, 0);
 }
 
 function receive(fd: number, max: number, flags: number): Buffer | undefined {

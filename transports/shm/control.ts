@@ -13,6 +13,18 @@
  *                          or {"ok":false,"code":"ERR_SHMBUS_…","message":…}
  *   connector → listener   {"attached":true} or {"attached":false,"code":…,"message":…}
  *
+ * A connector that knows the listener process (an earlier reply of it said "takesSegments": shm:// only, a listener
+ * in another process: connect.ts) brings its own segment instead, made and formatted as the listener would, and does
+ * not wait for the listener:
+ *
+ *   connector → listener   {"shmbus":1,…,"segment":{"capacity":…,"initialCapacity":…}}, the memfd attached to the
+ *                          line (sendmsg); connect() returns the channel now
+ *   listener  → connector  {"ok":true,"wake":…,"maxMessage":…,"records":true,"thread":…} (the verdict, the first
+ *                          line the channel reads: Channel readVerdict) or {"ok":false,"code":…,"message":…}
+ *
+ * and no third line. The listener checks that segment as a connector checks one of the listener's (sealed memfd of
+ * the connector's uid, its size, its header) and takes rings up to its own size only.
+ *
  * "thread" is the sender's worker_threads threadId: with the pid the kernel reports (SO_PEERCRED), equal ones say the
  * peer is this very thread (no spinning for it: see Channel). An older peer sends none.
  *

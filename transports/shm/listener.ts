@@ -14,6 +14,9 @@
  *            Linux still lets the peer attach it by id, after checking it was made by the verified listener.
  *            For a peer of another uid the listener makes that uid the segment's owner (it stays the creator).
  *
+ * A connector that already knows this listener process brings a segment of its own instead (shm:// only; see
+ * connect.ts and control.ts): the listener checks it as a connector checks ours and maps it.
+ *
  * So even SIGKILL of either side at any step leaves nothing in /dev/shm, on disk or in the kernel's tables.
  * Work before authentication is bounded: handshakes in progress and open connections are capped per listener,
  * and the whole handshake has one deadline on each side.
