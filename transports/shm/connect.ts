@@ -9,7 +9,6 @@ import { Region } from '../../host/region.js';
 import type { RingEnd } from '../../host/ring.js';
 import { mechanismFor } from '../../host/wake/index.js';
 import { checkListener } from '../../host/control.js';
-import { processStartTime } from '../../host/sys/proc.js';
 import { connectUnix, peerCredentials, sendBytes, sendFd } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
@@ -83,15 +82,19 @@ const ATTACHED = Buffer.from(JSON.stringify({ attached: true }) + '\n');
 
 /**
  * What a full handshake told this process about a shm:// listener in another process that takes a connector's own
- * segment (`takesSegments` in its reply): the listener process (its pid and uid, as the kernel reported them, and
- * its start time, so that a later process with the same pid is not taken for it) and the geometry and limits it
- * chose. The next connect to the same listener process makes the segment itself and returns without waiting for the
- * listener (connectWithSegment).
+ * segment (`takesSegments` in its reply): the listener process (its pid and uid, as the kernel reported them) and
+ * the geometry and limits it chose. The next connect to the same listener process makes the segment itself and
+ * returns without waiting for the listener (connectWithSegment).
+ *
+ * A later process that got the same pid and listens at the same name under the same uid (the uid is checked on
+ * every connect, before a byte is sent) is taken for the known one: it takes our segment (rings no larger than
+ * its own), or refuses it, or, as an older listener, answers with a reply that is no verdict: then that one
+ * channel fails with ERR_SHMBUS_HANDSHAKE, and the next connect makes the new listener known. (Checking the
+ * process's start time in /proc would rule this out, but the read cost ~80 µs a connect, a third of it.)
  */
 interface KnownListener {
   pid: number;
   uid: number;
-  start: bigint;
   capacity: number;
   initial: number;
   maxMessage: unknown;
@@ -157,7 +160,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     throw error;
   }
   const { fd, cred } = opened;
-  if (own && (own.listener.pid !== cred.pid || own.listener.uid !== cred.uid || processStartTime(cred.pid) !== own.listener.start)) {
+  if (own && (own.listener.pid !== cred.pid || own.listener.uid !== cred.uid)) {
     // Another process listens there now: the full handshake, as with any new listener.
     known.delete(endpoint.controlPath);
     unmap(own.mapping);
@@ -223,9 +226,8 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       mapping = undefined;
       // A listener of this process is not remembered: its handshake costs no wake-up of another process, and it may
       // be closed and opened again with other options under the same pid.
-      const start = reply.takesSegments === true && endpoint.scheme === 'shm' && cred.pid !== process.pid ? processStartTime(cred.pid) : undefined;
-      if (start !== undefined) {
-        remember(endpoint, { pid: cred.pid, uid: cred.uid, start, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true, thread: reply.thread });
+      if (reply.takesSegments === true && endpoint.scheme === 'shm' && cred.pid !== process.pid) {
+        remember(endpoint, { pid: cred.pid, uid: cred.uid, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true, thread: reply.thread });
       }
       await reached('connector', 6);
       return channel;
@@ -276,6 +278,7 @@ async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerC
         timeoutMs: timeout,
         accept: (reply) => {
           if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
+          if (reply.took !== true) throw new HandshakeError('listener did not take our segment');
           if (reply.maxMessage !== listener.maxMessage || reply.records !== listener.records) {
             throw new HandshakeError('listener announced other limits than before', { details: { maxMessage: String(reply.maxMessage) } });
           }

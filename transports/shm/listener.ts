@@ -196,7 +196,7 @@ export class Listener extends ListenerBase<Channel> {
         const { tx, rx } = openRings(mapping, theirs.capacity, 'listener', theirs.initial);
         await reached('listener', 6);
         // The verdict; the channel is ours from here, with whatever the connector already sent in its ring.
-        writeLine(socket, { ok: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
+        writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
         this.opened(new Channel({
           ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: got.rest, side: 'listener', wake, peerRecords: hello.records === true,
           maxMessage: agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(theirs.capacity)), peerInThisThread: peerInThisThread(cred, hello),
