@@ -134,9 +134,9 @@ function makeOwnSegment(endpoint: ShmEndpoint, listener: KnownListener): OwnSegm
  *
  * The first connection to a listener process waits for its verdict (the full handshake). A shm:// listener in
  * another process that said it takes a connector's segment is then known: later connections to that same process
- * bring their own segment and resolve as soon as it is sent, as a Unix socket's connect does once the kernel queued it; the
- * listener's verdict arrives on the channel, and a refusal (a full listener, its handshake deadline) ends the
- * channel with that typed error.
+ * bring their own segment and resolve as soon as it is sent, as a Unix socket's connect does once the kernel
+ * queued it; the listener's verdict arrives on the channel, and a refusal (a full listener, its handshake deadline)
+ * ends the channel with that typed error.
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Channel> {
   const endpoint = parseShmUrl(url);
@@ -147,7 +147,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   }
   const deadline = Date.now() + timeout;
   // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
-  // connect, usually finds it waiting (listener.ts takeWaitingLine). A wake reservation made here for a connect
+  // connect, usually finds it waiting (control.ts takeWaitingLineWithFds). A wake reservation made here for a connect
   // that then fails is given back by its timer (host/wake/common.ts). So is the segment for a known listener.
   const mine = wakeLine(endpoint);
   const knownListener = endpoint.scheme === 'shm' ? known.get(endpoint.controlPath) : undefined;
