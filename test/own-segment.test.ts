@@ -19,7 +19,7 @@ import { sendFd } from '../host/sys/socket.js';
 import { closeFd, ftruncate, memfdCreate, openFile } from '../host/sys/shm.js';
 import { MFD_ALLOW_SEALING, MFD_CLOEXEC, O_CREAT, O_RDWR } from '../host/sys/constants.js';
 import { ErrorCode, type ShmbusError } from '../host/errors.js';
-import { CHANNEL_RING_COUNT, LAYOUT_VERSION, segmentBytes } from '../assembly/layout.js';
+import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_CONSUMER_PARK_OFFSET, segmentBytes } from '../assembly/layout.js';
 import { fileTimeout, startFixture, unique, within, eventually } from './helpers.js';
 
 fileTimeout(t, 60);
@@ -59,6 +59,27 @@ t.test('a known listener: connect returns before the listener answers; what is s
   for (let i = 0; i < 3; i++) echoed.push(await within(WATCHDOG, c.receive(), `echo ${i + 1}`) as { n: number; big?: string });
   t.same(echoed.map((m) => m.n), [1, 2, 3], 'every message sent before the verdict, in order');
   t.equal(echoed[1]!.big, big, 'the large one whole');
+  await c.close();
+});
+
+t.test('a ring owed to the listener before its verdict is done once the verdict comes', async (t) => {
+  const url = `shm://${unique('own-ring')}`;
+  const child = startFixture(t, 'handshake-peer', ['listen', url]);
+  await child.line('listening');
+  await (await within(WATCHDOG, connect(url), 'the first connect')).close();
+  child.kill('SIGSTOP');
+  const c = await within(WATCHDOG, connect(url), 'a connect to a stopped listener');
+  child.kill('SIGCONT');
+  // This thread blocks (so the verdict stays unread) until the listener took the segment and parked on its empty
+  // inbound ring: a message sent now owes it a ring that cannot be done yet.
+  const internals = c as unknown as { engine: { memory: WebAssembly.Memory }; tx: { ring: number } };
+  const parkWord = (internals.tx.ring + RING_CONSUMER_PARK_OFFSET) / 4;
+  const until = Date.now() + WATCHDOG;
+  let parked = false;
+  while (!parked && Date.now() < until) parked = (Atomics.load(new Int32Array(internals.engine.memory.buffer), parkWord) & 1) === 1;
+  t.ok(parked, 'the listener parked before its verdict was read');
+  c.send({ after: 'park' });
+  t.same(await within(WATCHDOG, c.receive(), 'the echo (the held ring woke the listener)'), { after: 'park' }, 'the message was read and echoed');
   await c.close();
 });
 
