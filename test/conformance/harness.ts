@@ -129,7 +129,8 @@ export function listenerCase(spec: {
     listens: true,
     async open(mode, args = {}, query = {}, owner = tap) {
       const listener = await listen(spec.url(query));
-      const peer = startPeer(listener.url, mode, args, 'ignore', owner);
+      // stdin: the expect-close mode waits for a line there.
+      const peer = startPeer(listener.url, mode, args, 'pipe', owner);
       let conn: Connection | undefined;
       try {
         conn = await within(60_000, Promise.race([
@@ -171,7 +172,7 @@ export function pipeCase(spec: { name: string; leftovers: () => string[] }): Con
       const url = withQuery('pipe:', query);
       // detached: its own process group, which adoptChild kills when `owner` ends.
       const { child, connection } = spawnWithPipe(PEER, [url, mode, JSON.stringify(args)], {
-        url, execArgv: PEER_EXEC_ARGV, env: PEER_ENV, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
+        url, execArgv: PEER_EXEC_ARGV, env: PEER_ENV, stdio: ['pipe', 'pipe', 'pipe'], detached: true,
       });
       const peer = watch(adoptChild(owner, child, `${PEER} ${url} ${mode}`));
       connection.on('error', () => {});

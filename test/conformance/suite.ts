@@ -241,7 +241,7 @@ function conformance(c: ConformanceCase): void {
 
     // 100,000 messages (~16 MiB: more than a default shm ring or a loopback socket's buffers) taken at once, most of them waiting in the local
     // queue: close() must deliver every one before it closes.
-    // The peer reads nothing until told (SIGUSR2), so whatever the kernel cannot buffer has to wait here. (A peer
+    // The peer reads nothing until told (a line on its stdin), so whatever the kernel cannot buffer has to wait here. (A peer
     // that started reading after a fixed delay drained a TCP connection as fast as a busy machine filled it.)
     const b = await c.open('expect-close', { count: 100_000 }, { maxQueued: 200_000 });
     await within(60_000, b.peer.handle.line('waiting'), 'the peer to wait');
@@ -250,7 +250,7 @@ function conformance(c: ConformanceCase): void {
       if (m.bytes) b.conn.sendBytes(m.bytes); else b.conn.send(m.value);
     }
     t.ok(b.conn.queued > 0, `${b.conn.queued} messages wait in the local queue`);
-    b.peer.child.kill('SIGUSR2');
+    b.peer.child.stdin!.write('go\n');
     await within(120_000, b.conn.close(), 'close');
     t.equal(await within(60_000, reap(b.peer), 'peer exit'), 0, `the peer saw all 100,000 messages, then the end: ${b.peer.stderr()}`);
     await b.close();
