@@ -139,6 +139,18 @@ t.test('a peer of another uid that `allow` admits connects and works (uid and gi
   }
 });
 
+t.test('an allowed peer of another uid that knows the listener brings a segment of its own, and it works', SKIP, async (t) => {
+  const url = urlFor('shm', unique('allow-own'));
+  const listener = await listen(url, { allow: `uid:${NOBODY}` });
+  t.teardown(() => listener.close());
+  startFixture(t, 'attacker', ['connect-again', url], { prefix: PREFIX });
+  // The first connection is the full handshake; the peer closes it and connects again with its own memfd.
+  await (await within(WATCHDOG, listener.acceptNext(), 'the first connection'))!.close();
+  const channel = await within(WATCHDOG, listener.acceptNext(), 'the second connection') as Channel;
+  t.same(await within(WATCHDOG, channel.receive(), 'its message'), { after: 'connect-again' }, 'a message over the segment the peer made');
+  await channel.close();
+});
+
 t.test('an allowed peer cannot resize the sealed memfd it was handed (no SIGBUS for us)', SKIP, async (t) => {
   const url = urlFor('shm', unique('resize'));
   const listener = await listen(url, { allow: `uid:${NOBODY}` });
