@@ -20,7 +20,8 @@ import { closeFd, ftruncate, memfdCreate, openFile } from '../host/sys/shm.js';
 import { MFD_ALLOW_SEALING, MFD_CLOEXEC, O_CREAT, O_RDWR } from '../host/sys/constants.js';
 import { ErrorCode, type ShmbusError } from '../host/errors.js';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_CONSUMER_PARK_OFFSET, segmentBytes } from '../assembly/layout.js';
-import { fileTimeout, startFixture, unique, within, eventually } from './helpers.js';
+import { reapDeadWakeObjects } from '../host/wake/reap.js';
+import { fileTimeout, needsMqueue, startFixture, unique, within, eventually } from './helpers.js';
 
 fileTimeout(t, 60);
 const WATCHDOG = 30_000;
@@ -101,6 +102,25 @@ t.test('a refusal of a known listener ends the channel with its typed error; the
   t.equal(third?.code, ErrorCode.LIMIT, 'over the cap: LIMIT, from connect');
   await first.close();
 });
+
+// With a named mechanism both sides park at once when idle (no spin), so every message below is a ring: the bell
+// the connector builds from the verdict's wake line, and the listener's from the hello's.
+for (const mode of ['doorbell', 'futex', 'sem', 'sysvsem', 'signal', 'mq'] as const) {
+  t.test(`wake=${mode}: a connection that brings its own segment rings both ways`, { skip: mode === 'mq' && needsMqueue() }, async (t) => {
+    const url = `shm://${unique(`own-${mode}`)}?wake=${mode}`;
+    const child = startFixture(t, 'handshake-peer', ['listen', url]);
+    // The listener is SIGKILLed when the test ends: its wake objects are then reaped.
+    t.teardown(async () => { child.kill(); await child.exit; reapDeadWakeObjects(); });
+    await child.line('listening');
+    await (await within(WATCHDOG, connect(url), 'the first connect')).close();
+    const c = await within(WATCHDOG, connect(url), 'a connect that brings its own segment');
+    for (let i = 0; i < 5; i++) {
+      c.send({ i });
+      t.same(await within(WATCHDOG, c.receive(), `echo ${i}`), { i }, `echo ${i}`);
+    }
+    await c.close();
+  });
+}
 
 t.test('a segment the listener cannot take: a typed error for that handshake, and nothing kept', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-own-'));
