@@ -15,17 +15,14 @@
  */
 import net from 'node:net';
 import { CHANNEL_RING_COUNT, PAIR_CLAIM_SLOTS, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, pairClaimsOffset, ringOffset, segmentBytes } from '../assembly/layout.js';
-import type { Engine } from '../host/engine.js';
 import { Region } from '../host/region.js';
 import { RingEnd } from '../host/ring.js';
-import { formatSegment, readSegment } from '../host/segment.js';
 import { Channel } from '../transports/shm/channel.js';
-import { mapRegion, unmap, type Mapping } from '../transports/shm/handshake.js';
+import { checkPeerSegment, formatChannelSegment, mapRegion, unmap, type Mapping } from '../transports/shm/handshake.js';
 import { parseShmUrl, DEFAULT_RING_SIZE, parseSize } from '../host/url.js';
-import { processStartTime } from '../host/sys/proc.js';
 import { ownIdentity } from '../host/sys/socket.js';
 import { mechanismFor } from '../host/wake/index.js';
-import { BadArgumentError, CorruptError } from '../host/errors.js';
+import { BadArgumentError } from '../host/errors.js';
 
 /** Wake modes a parent/worker pair can use without exchanging anything (see the file comment). */
 export const PAIR_WAKE_MODES = ['adaptive', 'spin', 'doorbell', 'futex'] as const;
@@ -109,9 +106,8 @@ export function createParentPair(geometry: PairGeometry, fds: [number, number], 
   const region = Region.createMemfd('shmbus.worker', { size: geometry.size, mode: 0o600 });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
-  const engine = mapping.engine;
   try {
-    formatSegment(engine, mapping.window, CHANNEL_RING_COUNT, geometry.capacity, process.pid, processStartTime(process.pid) ?? 0n);
+    formatChannelSegment(mapping, geometry.capacity);
     return { geometry, region, mapping, parentFd: fds[0], workerFd: fds[1], claims: claims ? mapClaims(region, geometry.capacity) : undefined, syncIdle };
   } catch (error) {
     unmap(mapping);
@@ -195,16 +191,12 @@ export function openWorkerChannel(geometry: PairGeometry, segmentFd: number, soc
   const region = Region.fromPeerFd(segmentFd, 'memfd', { size: geometry.size, uid: ownIdentity().uid });
   // mapRegion picks an engine with room; on failure it closes the region too.
   const mapping = mapRegion(region);
-  const engine = mapping.engine;
   let table: PairClaims | undefined;
   try {
     // The worker keeps its claim table mapped for its whole life (the table outlives the channel on purpose).
     if (claims) table = mapClaims(region, geometry.capacity);
     region.close();
-    const info = readSegment(engine, mapping.window, region.size);
-    if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== geometry.capacity) {
-      throw new CorruptError('segment geometry differs from what the parent announced', { ringCount: info.ringCount, capacity: info.capacity });
-    }
+    checkPeerSegment(mapping, geometry.capacity);
     const channel = makeChannel(mapping, geometry, socketFd, 'worker', parentPid, label, syncIdle);
     if (table) workerClaims.set(channel, table);
     return channel;
