@@ -79,7 +79,7 @@ export interface PairClaims {
 function mapClaims(region: Region, capacity: number): PairClaims {
   // mapRegion closes the region when it fails: a caller's first mapping keeps working (it holds no descriptor).
   const m = mapRegion(region);
-  const view = new Int32Array(m.engine.memory.buffer, m.window + pairClaimsOffset(capacity), PAIR_CLAIM_SLOTS);
+  const view = new Int32Array(m.mapped.engine.memory.buffer, m.mapped.at + pairClaimsOffset(capacity), PAIR_CLAIM_SLOTS);
   let released = false;
   return {
     view,
@@ -146,8 +146,9 @@ function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side:
   const { capacity } = geometry;
   const ours = side === 'parent' ? RING_TO_CONNECTOR : RING_TO_LISTENER;
   const theirs = side === 'parent' ? RING_TO_LISTENER : RING_TO_CONNECTOR;
-  const tx = new RingEnd(m.engine, m.window + ringOffset(ours, capacity), capacity, 'producer');
-  const rx = new RingEnd(m.engine, m.window + ringOffset(theirs, capacity), capacity, 'consumer');
+  const { engine, at } = m.mapped;
+  const tx = new RingEnd(engine, at + ringOffset(ours, capacity), capacity, 'producer');
+  const rx = new RingEnd(engine, at + ringOffset(theirs, capacity), capacity, 'consumer');
   const endpoint = endpointFor(geometry, label);
   const mechanism = mechanismFor(geometry.wake, endpoint.url);
   // Sync-idle: the worker's end sleeps on the futex (and the parent's rings it so); the parent's sleeps as asked.

@@ -66,8 +66,7 @@ export type RecordHandler = (memory: Uint8Array, offset: number, length: number,
 
 /** What a channel is made of; built by listener.ts / connect.ts after the handshake. */
 export interface ChannelParts {
-  engine: Engine;
-  /** The segment in its window of `engine`: the channel unmaps it (and closes the region) when it closes. */
+  /** The segment in its window of an engine: the channel unmaps it (and closes the region) when it closes. */
   mapped: Mapped;
   tx: RingEnd;
   rx: RingEnd;
@@ -320,7 +319,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** @internal built by listen/connect */
   constructor(parts: ChannelParts) {
     super();
-    this.engine = parts.engine;
+    this.engine = parts.mapped.engine;
     this.tx = parts.tx;
     this.rx = parts.rx;
     this.socket = parts.socket;
@@ -330,7 +329,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.maxQueued = parts.endpoint.maxQueued;
     this.decodeLimits = decodeLimits(parts.decodeLimits);
     this.peerRecords = parts.peerRecords === true;
-    const { engine, tx, rx, socket } = parts;
+    const { tx, rx, socket } = parts;
+    const engine = this.engine;
     if (parts.verdict) {
       this.verdict = parts.verdict;
       this.bell = new HeldRings();

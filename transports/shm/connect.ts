@@ -263,7 +263,7 @@ async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerC
   try {
     await reached('connector', 7);
     try {
-      sendFd(fd, mapping.region.fd, hello);
+      sendFd(fd, mapping.mapped.region.fd, hello);
     } catch (cause) {
       throw new HandshakeError('peer went away during the handshake', { cause });
     }
@@ -292,7 +292,7 @@ async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerC
       peerInThisThread: peerInThisThread(cred, { thread: listener.thread }),
     });
     // The listener gets its own descriptor with the hello; ours is not needed any more (see connect).
-    mapping.region.close();
+    mapping.mapped.region.close();
     await reached('connector', 8);
     return channel;
   } catch (error) {

@@ -72,9 +72,9 @@ export function left(deadline: number, timeoutMs: number): number {
   return ms;
 }
 
-/** A mapped segment (host/mapped.ts), the window it occupies and, once opened, this side's ring ends; undone in
- * reverse order on any failure. */
-export interface Mapping { engine: Engine; region: Region; window: number; mapped: Mapped; tx?: RingEnd; rx?: RingEnd }
+/** A segment mapped into a window of an engine (host/mapped.ts: its engine, region and window) and, once opened,
+ * this side's ring ends; undone in reverse order on any failure (unmap). */
+export interface Mapping { mapped: Mapped; tx?: RingEnd; rx?: RingEnd }
 
 /** Ring ends each connection opens on each side (tx and rx). */
 const RING_ENDS = 2;
@@ -93,8 +93,7 @@ export function mapRegion(region: Region): Mapping {
     throw error;
   }
   // Closes the region itself on any failure.
-  const mapped = Mapped.map(engine, region);
-  return { engine, region, window: mapped.at, mapped };
+  return { mapped: Mapped.map(engine, region) };
 }
 
 /**
@@ -104,14 +103,14 @@ export function mapRegion(region: Region): Mapping {
  */
 export function openRings(m: Mapping, capacity: number, side: 'listener' | 'connector', initial = capacity): { tx: RingEnd; rx: RingEnd } {
   const [out, into] = side === 'listener' ? [RING_TO_CONNECTOR, RING_TO_LISTENER] : [RING_TO_LISTENER, RING_TO_CONNECTOR];
-  const engine = m.engine;
+  const { engine, at } = m.mapped;
   const growth = initial < capacity ? {
     initial,
     populate: (offset: number, bytes: number) => populateWrite(engine.address(offset), bytes),
     unpopulate: (offset: number, bytes: number) => removePages(engine.address(offset), bytes),
   } : undefined;
-  m.tx = new RingEnd(engine, m.window + ringOffset(out, capacity), capacity, 'producer', growth);
-  m.rx = new RingEnd(engine, m.window + ringOffset(into, capacity), capacity, 'consumer', growth);
+  m.tx = new RingEnd(engine, at + ringOffset(out, capacity), capacity, 'producer', growth);
+  m.rx = new RingEnd(engine, at + ringOffset(into, capacity), capacity, 'consumer', growth);
   return { tx: m.tx, rx: m.rx };
 }
 
@@ -174,13 +173,13 @@ let startTime: bigint | undefined;
 /** Formats a mapped channel segment as its creator: the header (with this process as creator) and both rings. */
 export function formatChannelSegment(m: Mapping, capacity: number): void {
   // The start time never changes: read from /proc once.
-  formatSegment(m.engine, m.window, CHANNEL_RING_COUNT, capacity, process.pid, (startTime ??= processStartTime(process.pid) ?? 0n));
+  formatSegment(m.mapped.engine, m.mapped.at, CHANNEL_RING_COUNT, capacity, process.pid, (startTime ??= processStartTime(process.pid) ?? 0n));
 }
 
 /** Checks a channel segment the peer made and formatted, once mapped: its header must describe the geometry the
  * handshake announced (host/segment.ts readSegment checks the header itself). */
 export function checkPeerSegment(m: Mapping, capacity: number): void {
-  const info = readSegment(m.engine, m.window, m.region.size);
+  const info = readSegment(m.mapped.engine, m.mapped.at, m.mapped.region.size);
   if (info.ringCount !== CHANNEL_RING_COUNT || info.capacity !== capacity) {
     throw new CorruptError('segment geometry differs from the handshake', { ringCount: info.ringCount, capacity: info.capacity });
   }

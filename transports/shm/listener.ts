@@ -291,7 +291,7 @@ export class Listener extends ListenerBase<Channel> {
     this.pending.delete(socket);
     // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
     // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
-    mapping.region.close();
+    mapping.mapped.region.close();
     this.live++;
     channel.once('close', () => { this.live--; });
     this.offer(channel);
