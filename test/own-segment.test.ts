@@ -5,7 +5,7 @@
  * segment as a connector checks one of the listener's, and a segment it cannot take fails that handshake with a
  * typed error, leaving nothing open.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,7 @@ import { MFD_ALLOW_SEALING, MFD_CLOEXEC, O_CREAT, O_RDWR } from '../host/sys/con
 import { ErrorCode, type ShmbusError } from '../host/errors.js';
 import { CHANNEL_RING_COUNT, LAYOUT_VERSION, RING_CONSUMER_PARK_OFFSET, segmentBytes } from '../assembly/layout.js';
 import { reapDeadWakeObjects } from '../host/wake/reap.js';
-import { fileTimeout, needsMqueue, startFixture, unique, within, eventually } from './helpers.js';
+import { fileTimeout, needsMqueue, startFixture, unique, within, eventually, type Child } from './helpers.js';
 
 fileTimeout(t, 60);
 const WATCHDOG = 30_000;
@@ -35,12 +35,19 @@ function descriptorsOf(prefix: string): number {
   return n;
 }
 
-t.test('a known listener: connect returns before the listener answers; what is sent first arrives, in order', async (t) => {
-  const url = `shm://${unique('own')}`;
+/** A listener in a child process (test/fixtures/handshake-peer.ts, echoing) that this process knows: one connection
+ * to it was opened and closed, so the next ones bring their own segment. */
+async function knownListener(t: Test, url: string): Promise<Child> {
   const child = startFixture(t, 'handshake-peer', ['listen', url]);
   await child.line('listening');
   // The first connection waits for the listener, which says it takes a connector's segment.
   await (await within(WATCHDOG, connect(url), 'the first connect')).close();
+  return child;
+}
+
+t.test('a known listener: connect returns before the listener answers; what is sent first arrives, in order', async (t) => {
+  const url = `shm://${unique('own')}`;
+  const child = await knownListener(t, url);
   child.kill('SIGSTOP');
   let stopped = true;
   t.teardown(() => { if (stopped) child.kill('SIGCONT'); });
@@ -65,9 +72,7 @@ t.test('a known listener: connect returns before the listener answers; what is s
 
 t.test('a ring owed to the listener before its verdict is done once the verdict comes', async (t) => {
   const url = `shm://${unique('own-ring')}`;
-  const child = startFixture(t, 'handshake-peer', ['listen', url]);
-  await child.line('listening');
-  await (await within(WATCHDOG, connect(url), 'the first connect')).close();
+  const child = await knownListener(t, url);
   child.kill('SIGSTOP');
   const c = await within(WATCHDOG, connect(url), 'a connect to a stopped listener');
   child.kill('SIGCONT');
@@ -108,11 +113,9 @@ t.test('a refusal of a known listener ends the channel with its typed error; the
 for (const mode of ['doorbell', 'futex', 'sem', 'sysvsem', 'signal', 'mq'] as const) {
   t.test(`wake=${mode}: a connection that brings its own segment rings both ways`, { skip: mode === 'mq' && needsMqueue() }, async (t) => {
     const url = `shm://${unique(`own-${mode}`)}?wake=${mode}`;
-    const child = startFixture(t, 'handshake-peer', ['listen', url]);
+    const child = await knownListener(t, url);
     // The listener is SIGKILLed when the test ends: its wake objects are then reaped.
     t.teardown(async () => { child.kill(); await child.exit; reapDeadWakeObjects(); });
-    await child.line('listening');
-    await (await within(WATCHDOG, connect(url), 'the first connect')).close();
     const c = await within(WATCHDOG, connect(url), 'a connect that brings its own segment');
     for (let i = 0; i < 5; i++) {
       c.send({ i });
