@@ -195,12 +195,13 @@ export class Listener extends ListenerBase<Channel> {
         mapping = theirs.mapping;
         const { tx, rx } = openRings(mapping, theirs.capacity, 'listener', theirs.initial);
         await reached('listener', 6);
-        // The verdict; the channel is ours from here, with whatever the connector already sent in its ring.
-        writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
-        this.opened(new Channel({
+        // The channel, with whatever the connector already sent in its ring; then the verdict, once nothing can fail.
+        const channel = new Channel({
           ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: got.rest, side: 'listener', wake, peerRecords: hello.records === true,
           maxMessage: agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(theirs.capacity)), peerInThisThread: peerInThisThread(cred, hello),
-        }), socket, mapping);
+        });
+        writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
+        this.opened(channel, socket, mapping);
         mapping = undefined;
         return;
       }
