@@ -28,6 +28,7 @@ import {
   SEGMENT_HEADER_SIZE, REGISTRY_MEMBERS, REGISTRY_MEMBER_SIZE, REGISTRY_TOPICS, REGISTRY_ENTRY_SIZE, REGISTRY_NAME_OFFSET,
   REGISTRY_NAME_MAX, REGISTRY_MAGIC, ENTRY_READY, SEG_MAGIC_OFFSET, SEG_VERSION_OFFSET, SEG_FEATURES_OFFSET,
   SEG_HEADER_SIZE_OFFSET, SEG_SIZE_OFFSET, SEG_RING_COUNT_OFFSET, SEG_RING_CAPACITY_OFFSET, LAYOUT_VERSION, registryBytes,
+  CHANNEL_RING_COUNT, segmentBytes,
 } from '../../assembly/layout.js';
 import { getEngine } from '../../host/engine.js';
 import { RingEnd } from '../../host/ring.js';
@@ -36,6 +37,10 @@ import { ErrorCode, ShmbusError } from '../../host/errors.js';
 import { listen, connect, Bus, type Channel, type Listener } from '../../index.js';
 import { reapDeadBuses } from '../../host/reap.js';
 import { readLine } from '../../transports/shm/control.js';
+import { formatChannelSegment, mapRegion } from '../../transports/shm/handshake.js';
+import { Region } from '../../host/region.js';
+import { socketFd } from '../../host/control.js';
+import { sendFd } from '../../host/sys/socket.js';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -902,6 +907,61 @@ async function runListenerCase(c: { hello: Buffer; ack: Buffer; cuts: number[] }
 }
 const listenerErrors: unknown[] = [];
 
+let ownListener: Listener | undefined;
+const ownName = `fuzzown-${process.pid}`;
+const OWN_CAPACITY = 64 * 1024;
+/** The scribble of a connector's own segment: announced geometry, and bytes written over its headers once formatted. */
+const ownSegmentCase = fc.record({
+  // Mostly a geometry the listener takes, so that most cases reach the mapping and the header checks.
+  capacity: fc.oneof({ arbitrary: fc.constantFrom(4096, OWN_CAPACITY), weight: 6 }, { arbitrary: fc.integer(), weight: 1 }, { arbitrary: jsonish, weight: 1 }),
+  initialCapacity: fc.oneof({ arbitrary: fc.constantFrom(undefined, 4096, 8192), weight: 6 }, { arbitrary: fc.integer(), weight: 1 }, { arbitrary: jsonish, weight: 1 }),
+  sizeDelta: fc.oneof(fc.constant(0), fc.constant(0), fc.integer({ min: -8192, max: 8192 }).map((d) => d & ~4095)),
+  // Where in the headers (segment header, then each ring's) and what: offsets folded into that region.
+  scribbles: fc.array(fc.record({ ring: fc.integer({ min: -1, max: 1 }), at: fc.nat(RING_HEADER_SIZE - 1), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }) }), { maxLength: 4 }),
+});
+
+/**
+ * A connector bringing its own segment (transports/shm/connect.ts) to a real listener: formatted as a connector
+ * would, then announced and scribbled at random. The listener refuses it typed, or takes it and hands out a
+ * channel whose first reads are typed too; nothing is kept once that channel is closed.
+ */
+async function runOwnSegmentCase(c: { capacity: unknown; initialCapacity: unknown; sizeDelta: number; scribbles: Array<{ ring: number; at: number; bytes: Uint8Array }> }): Promise<void> {
+  if (!ownListener) {
+    ownListener = await listen(`shm://${ownName}?size=64KiB`);
+    ownListener.on('error', (e) => { if (untyped(e)) listenerErrors.push(e); else count(`own segment ${(e as ShmbusError).code}`); });
+  }
+  const capacity = typeof c.capacity === 'number' && (c.capacity === 4096 || c.capacity === OWN_CAPACITY) ? c.capacity : 4096;
+  const mapping = mapRegion(Region.createMemfd(`shmbus.${ownName}`, { size: Math.max(4096, segmentBytes(CHANNEL_RING_COUNT, capacity) + c.sizeDelta) }));
+  try {
+    typed(() => formatChannelSegment(mapping, capacity));
+    const { engine, at, region } = mapping.mapped;
+    for (const { ring, at: offset, bytes } of c.scribbles) {
+      const base = at + (ring < 0 ? offset % SEGMENT_HEADER_SIZE : ringOffset(ring, capacity) + offset);
+      if (base - at + bytes.length <= region.size) engine.u8.set(bytes, base);
+    }
+    const client = net.connect(`\0shmbus/shm/${ownName}`);
+    client.on('error', () => {});
+    await within(WATCHDOG_MS, new Promise((r) => client.once('connect', r)), 'connect');
+    sendFd(socketFd(client), region.fd, Buffer.from(JSON.stringify({
+      shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true,
+      segment: { capacity: c.capacity, initialCapacity: c.initialCapacity },
+    }) + '\n'));
+    const { message } = await within(WATCHDOG_MS, readLine(client, WATCHDOG_MS), 'the listener to answer');
+    if (message.ok === true) {
+      const channel = await within(WATCHDOG_MS, ownListener.acceptNext(), 'the channel') as Channel;
+      typed(() => channel.poll(() => {}));
+      await within(WATCHDOG_MS, typedAwait(channel.close()), 'close the channel');
+      count('own segment taken');
+    }
+    client.destroy();
+  } finally {
+    mapping.mapped.unmap();
+  }
+  if (listenerErrors.length) throw listenerErrors.shift();
+  await within(WATCHDOG_MS, (async () => { while (ownListener!.load.pending > 0) await new Promise((r) => setImmediate(r)); })(), 'no handshake pending');
+  count('case');
+}
+
 let fakeListener: { server: net.Server; reply: Buffer; cuts: number[] } | undefined;
 const fakeName = `fuzzfake-${process.pid}`;
 
@@ -939,6 +999,7 @@ area('handshake', 'handshake lines: random lines give typed errors only, and a r
   await check(t, 'connector handshake', scaled(3_000), fc.asyncProperty(fc.record({
     reply: replyLine, cuts: fc.array(fc.nat(400), { maxLength: 3 }),
   }), runConnectorCase));
+  await check(t, 'a connector\'s own segment', scaled(1_000), fc.asyncProperty(ownSegmentCase, runOwnSegmentCase));
 });
 
 t.test('summary', async (t) => {
@@ -951,6 +1012,7 @@ t.test('summary', async (t) => {
 t.teardown(async () => {
   await shmListener?.close();
   await hsListener?.close();
+  await ownListener?.close();
   fakeListener?.server.close();
   lineServer?.server.close();
   rmSync(scratch, { recursive: true, force: true });
