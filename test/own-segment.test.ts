@@ -89,6 +89,19 @@ t.test('a ring owed to the listener before its verdict is done once the verdict 
   await c.close();
 });
 
+t.test('a loop of connects to a known listener lets the event loop turn', async (t) => {
+  const url = `shm://${unique('own-turn')}`;
+  await knownListener(t, url);
+  // Such a connect awaits no reply: without a turn of its own now and then, a loop of them runs in microtasks only,
+  // and this process's timers and I/O (another connect's handshake) wait until the loop ends.
+  let turned = false;
+  setImmediate(() => { turned = true; });
+  const conns = [];
+  while (!turned && conns.length < 300) conns.push(await within(WATCHDOG, connect(url), 'a connect'));
+  t.ok(turned, `the event loop turned during the loop (after ${conns.length} connects)`);
+  await Promise.all(conns.map((c) => c.close()));
+});
+
 t.test('a refusal of a known listener ends the channel with its typed error; the next connect waits for the verdict', async (t) => {
   const url = `shm://${unique('own-full')}`;
   const child = startFixture(t, 'handshake-peer', ['listen', url, '1']);

@@ -3,6 +3,9 @@
  * transports/shm/listener.ts).
  */
 import net from 'node:net';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+// The global `performance` is a lazy accessor on globalThis; the module binding is not.
+import { performance } from 'node:perf_hooks';
 import { threadId } from 'node:worker_threads';
 import { LAYOUT_VERSION, maxPayload } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
@@ -112,6 +115,24 @@ function remember(endpoint: ShmEndpoint, listener: KnownListener): void {
   known.set(endpoint.controlPath, listener);
 }
 
+/**
+ * A connect to a known listener resolves without a turn of the event loop (no reply is awaited): a loop of them would
+ * starve this process's timers and I/O (it did: handshakes of other connects in the same process timed out with
+ * their replies waiting in their sockets). So such a connect first lets the event loop turn when it has not for
+ * YIELD_MS (the channel iterator's rule, transports/shm/channel.ts).
+ */
+const YIELD_MS = 2;
+let turnedAt = performance.now();
+let turnWatched = false;
+
+async function letTheLoopTurn(): Promise<void> {
+  if (!turnWatched) {
+    turnWatched = true;
+    setImmediate(() => { turnWatched = false; turnedAt = performance.now(); });
+  }
+  if (performance.now() - turnedAt > YIELD_MS) await nextTurn();
+}
+
 /** A segment this connector made for a known listener, mapped and formatted, its ring ends open. */
 interface OwnSegment { mapping: Mapping; tx: RingEnd; rx: RingEnd; listener: KnownListener }
 
@@ -149,6 +170,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
   // connect, usually finds it waiting (control.ts takeWaitingLineWithFds). A wake reservation made here for a connect
   // that then fails is given back by its timer (host/wake/common.ts). So is the segment for a known listener.
+  if (endpoint.scheme === 'shm' && known.has(endpoint.controlPath)) await letTheLoopTurn();
   const mine = wakeLine(endpoint);
   const knownListener = endpoint.scheme === 'shm' ? known.get(endpoint.controlPath) : undefined;
   let own = knownListener && makeOwnSegment(endpoint, knownListener);
