@@ -169,7 +169,8 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const deadline = Date.now() + timeout;
   // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
   // connect, usually finds it waiting (control.ts takeWaitingLineWithFds). A wake reservation made here for a connect
-  // that then fails is given back by its timer (host/wake/common.ts). So is the segment for a known listener.
+  // that then fails is given back by its timer (host/wake/common.ts). A known listener's segment is made here too, for
+  // the same reason, and unmapped if the connect fails.
   if (endpoint.scheme === 'shm' && known.has(endpoint.controlPath)) await letTheLoopTurn();
   const mine = wakeLine(endpoint);
   const knownListener = endpoint.scheme === 'shm' ? known.get(endpoint.controlPath) : undefined;
