@@ -44,7 +44,7 @@ const SPIN_MAX_NS = 100_000;
 /** wake=spin: busy-poll this long at a time, then let the event loop run once. */
 const SPIN_SLICE_NS = 1_000_000;
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
-const YIELD_MS = 2;
+export const YIELD_MS = 2;
 /** A spin that has lasted this long (ns) yields the core every 32 polls (see spinFor). */
 const SPIN_YIELD_AFTER_NS = 5_000;
 /** A spin that finds the peer on its core moves to another core at most this often per process (ms). */

@@ -17,7 +17,7 @@ import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { BadArgumentError, ClosedError, Errno, ErrorCode, HandshakeError, ShmbusError, SystemError } from '../../host/errors.js';
 import type { ConnectOptions } from '../contract.js';
-import { Channel } from './channel.js';
+import { Channel, YIELD_MS } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
 import { closeFd } from '../../host/sys/shm.js';
 import {
@@ -102,7 +102,6 @@ interface KnownListener {
   initial: number;
   maxMessage: unknown;
   records: boolean;
-  thread: unknown;
 }
 
 /** Known listeners by control socket path; the oldest is forgotten beyond KNOWN_MAX. */
@@ -121,7 +120,6 @@ function remember(endpoint: ShmEndpoint, listener: KnownListener): void {
  * their replies waiting in their sockets). So such a connect first lets the event loop turn when it has not for
  * YIELD_MS (the channel iterator's rule, transports/shm/channel.ts).
  */
-const YIELD_MS = 2;
 let turnedAt = performance.now();
 let turnWatched = false;
 
@@ -250,7 +248,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       // A listener of this process is not remembered: its handshake costs no wake-up of another process, and it may
       // be closed and opened again with other options under the same pid.
       if (reply.takesSegments === true && endpoint.scheme === 'shm' && cred.pid !== process.pid) {
-        remember(endpoint, { pid: cred.pid, uid: cred.uid, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true, thread: reply.thread });
+        remember(endpoint, { pid: cred.pid, uid: cred.uid, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true });
       }
       await reached('connector', 6);
       return channel;
@@ -312,7 +310,7 @@ async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerC
         failed: forget,
       },
       maxMessage: agreedMaxMessage(ownMaxMessage(endpoint), listener.maxMessage, maxPayload(listener.capacity)), peerRecords: listener.records,
-      peerInThisThread: peerInThisThread(cred, { thread: listener.thread }),
+      // A known listener is in another process (see remember's caller): never this thread.
     });
     // The listener gets its own descriptor with the hello; ours is not needed any more (see connect).
     mapping.mapped.region.close();

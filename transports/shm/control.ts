@@ -19,8 +19,8 @@
  *
  *   connector → listener   {"shmbus":1,…,"segment":{"capacity":…,"initialCapacity":…}}, the memfd attached to the
  *                          line (sendmsg); connect() returns the channel now
- *   listener  → connector  {"ok":true,"took":true,"wake":…,"maxMessage":…,"records":true,"thread":…} (the verdict, the first
- *                          line the channel reads: Channel readVerdict) or {"ok":false,"code":…,"message":…}
+ *   listener  → connector  {"ok":true,"took":true,"wake":…,"maxMessage":…,"records":true} (the verdict, the first line the
+ *                          channel reads: Channel readVerdict) or {"ok":false,"code":…,"message":…}
  *
  * and no third line. The listener checks that segment as a connector checks one of the listener's (sealed memfd of
  * the connector's uid, its size, its header) and takes rings up to its own size only.

@@ -130,6 +130,12 @@ export function initialRanges(capacity: number, initial: number): Array<[offset:
   return ranges;
 }
 
+/** What a segment of rings that start with `initial` of `capacity` data bytes reserves: initialRanges, or all of it
+ * (undefined) when they never grow. */
+export function reserveFor(capacity: number, initial: number): Array<[offset: number, length: number]> | undefined {
+  return initial < capacity ? initialRanges(capacity, initial) : undefined;
+}
+
 /** The data bytes rings start with when a connection may grow them (both sides speak layout 1.2 and the maximum is
  * larger): 64 KiB each way, so an idle connection reserves 132 KiB of /dev/shm. */
 export const INITIAL_RING_SIZE = 64 * 1024;
@@ -157,7 +163,7 @@ export function checkGeometry(capacity: unknown, initialCapacity: unknown, who: 
 }
 
 /** The name a shm:// connection's memfd shows in /proc (it has no name anywhere else). */
-export const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.slice(0, 200);
+const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.slice(0, 200);
 
 /**
  * A fresh, sealed memfd for one shm:// connection whose rings hold `capacity` bytes and start with `initial`: only
@@ -165,7 +171,7 @@ export const memfdName = (endpoint: ShmEndpoint) => `shmbus.${endpoint.name}`.sl
  */
 export function createMemfdSegment(endpoint: ShmEndpoint, capacity: number, initial: number): Region {
   return Region.createMemfd(memfdName(endpoint), {
-    size: segmentBytes(CHANNEL_RING_COUNT, capacity), mode: endpoint.perm, reserve: initial < capacity ? initialRanges(capacity, initial) : undefined,
+    size: segmentBytes(CHANNEL_RING_COUNT, capacity), mode: endpoint.perm, reserve: reserveFor(capacity, initial),
   });
 }
 

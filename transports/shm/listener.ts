@@ -38,7 +38,7 @@ import { SegmentPool } from './pool.js';
 import { PROTOCOL, readLine, takeWaitingLineWithFds, receiveLineWithFds, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
 import { closeFd } from '../../host/sys/shm.js';
 import {
-  DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, initialRanges, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap,
+  DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, reserveFor, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap,
   wakeLine, peerWake, peerInThisThread, positive, versionText, checkGeometry, checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
 } from './handshake.js';
 
@@ -59,7 +59,7 @@ function createRegion(endpoint: ShmEndpoint, capacity: number, initial: number, 
   const size = segmentBytes(CHANNEL_RING_COUNT, capacity);
   switch (endpoint.scheme) {
     case 'shm': return createMemfdSegment(endpoint, capacity, initial);
-    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve: initial < capacity ? initialRanges(capacity, initial) : undefined });
+    case 'file': return Region.createAnonymousFile(path.dirname(endpoint.name), { size, mode, reserve: reserveFor(capacity, initial) });
     case 'sysv': {
       const region = Region.createSysV('private', { size, mode });
       try {
@@ -200,7 +200,7 @@ export class Listener extends ListenerBase<Channel> {
           ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: got.rest, side: 'listener', wake, peerRecords: hello.records === true,
           maxMessage: agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(theirs.capacity)), peerInThisThread: peerInThisThread(cred, hello),
         });
-        writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true, thread: threadId });
+        writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true });
         this.opened(channel, socket, mapping);
         mapping = undefined;
         return;
