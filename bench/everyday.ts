@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -14,6 +14,10 @@
 //            (the payload written through claim.bytes, the claim's view)
 //   claimAt64  the same, written at claim.offset in claim.memory (no view made)
 //   batch64  64 B, zero copy: claimBatch of up to 256 records / poll   (shm only; against the socket's bytes64 row)
+//   bare     not shmbus: the same work with no framework (bench/bare.ts), in the same run: a bare ring of 64 B
+//            records in a SharedArrayBuffer between two threads, publishing after every record (what a per-record
+//            claim is up against) and after every 256 (as claimBatch), and a bare ping-pong of one word (the least
+//            any round trip costs). Printed against the socket's bytes64 row and round trip.
 // The zero-copy rows write the payload into the claimed bytes as a producer building its message in place would.
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
@@ -36,6 +40,7 @@ import { Packr, Unpackr } from 'msgpackr';
 import { listen, connect, type Channel, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
 import { mallocTuned } from '../host/large.js';
+import { barePingPong, bareRing } from './bare.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
@@ -381,6 +386,12 @@ async function latencyOnce(kind: Kind, count: number, rpc = false): Promise<numb
 }
 
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]!; };
+/**
+ * The median of the rounds' own ratios: round i's shm rate over round i's socket rate, measured minutes (for a
+ * row's pair, seconds) apart. On a VM whose speed moves by 2x within a run, the ratio of two medians can pair a
+ * fast round of one side with a slow round of the other; this column cannot. Both are printed.
+ */
+const pairedRatio = (shm: number[], socket: number[]) => median(shm.map((v, i) => v / socket[i]!));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 
 function fmtRate(row: Row, perSec: number): string {
@@ -391,7 +402,7 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc,bare' },
   } });
   const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
@@ -400,6 +411,8 @@ async function main(): Promise<void> {
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   const requests: number[] = [];
+  const bare = { each: [] as number[], batched: [] as number[], trips: [] as number[] };
+  if (wanted.has('bare')) { wanted.add('bytes64'); wanted.add('rtt'); }
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
   // A zero-copy row is compared with the socket's bytes64 row of the same run: run that row too.
   if (ROWS.some((row) => ZERO_COPY.has(row) && wanted.has(row))) wanted.add('bytes64');
@@ -418,11 +431,18 @@ async function main(): Promise<void> {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
     if (wanted.has('rpc')) requests.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), true)));
+    if (wanted.has('bare')) {
+      const n = Math.max(10, Math.round(COUNTS.claimAt64 * scale));
+      bare.each.push(await bareRing(n, 1));
+      bare.batched.push(await bareRing(n, BATCH));
+      bare.trips.push(...(await barePingPong(Math.max(100, Math.round(ROUND_TRIPS * scale)))));
+      process.stderr.write(`round ${r + 1}/${rounds} bare: ${fmtRate('bytes64', bare.each.at(-1)!)} each, ${fmtRate('bytes64', bare.batched.at(-1)!)} batched\n`);
+    }
   }
   const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
     const unix = median(rates.get(`${ZERO_COPY.has(row) ? 'bytes64' : row}/unix`)!);
-    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix };
+    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix, paired: pairedRatio(rates.get(`${row}/shm`)!, rates.get(`${ZERO_COPY.has(row) ? 'bytes64' : row}/unix`)!) };
   });
   const lat = Object.fromEntries(KINDS.map((k) => {
     const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
@@ -430,8 +450,13 @@ async function main(): Promise<void> {
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   const sortedRequests = [...requests].sort((a, b) => a - b);
   const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
+  const sortedBareTrips = [...bare.trips].sort((a, b) => a - b);
+  const bareRows = bare.each.length === 0 ? undefined : {
+    each: median(bare.each), batched: median(bare.batched),
+    trip: { p50: pct(sortedBareTrips, 0.5), p99: pct(sortedBareTrips, 0.99), samples: sortedBareTrips.length },
+  };
   if (values.json) {
-    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc }, null, 2));
+    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc, bare: bareRows }, null, 2));
     return;
   }
   const names: Record<Row, string> = {
@@ -439,10 +464,17 @@ async function main(): Promise<void> {
     claim64: '64 B, zero copy (`claim`, `.bytes` / `poll`; socket: 64 B Buffer)',
     claimAt64: '64 B, zero copy (`claim`, `.memory` at `.offset` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
   };
-  console.log(`| payload | shm:// | Unix socket | shm / socket |\n|---|--:|--:|--:|`);
-  for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x |`);
-  if (wanted.has('rtt') || wanted.has('rpc')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
-  if (rpc) console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${rpc.p50.toFixed(1)} µs / ${rpc.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | |`);
+  console.log(`| payload | shm:// | Unix socket | shm / socket | round by round |\n|---|--:|--:|--:|--:|`);
+  for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x | ${r.paired.toFixed(2)}x |`);
+  if (wanted.has('rtt') || wanted.has('rpc')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  if (bareRows) {
+    const socket = median(rates.get('bytes64/unix')!);
+    const sockets = rates.get('bytes64/unix')!;
+    console.log(`| bare, not shmbus: a SharedArrayBuffer ring between two threads, 64 B, published per record | ${fmtRate('bytes64', bareRows.each)} | ${fmtRate('bytes64', socket)} | ${(bareRows.each / socket).toFixed(2)}x | ${pairedRatio(bare.each, sockets).toFixed(2)}x |`);
+    console.log(`| bare, not shmbus: the same ring, published per ${BATCH} records | ${fmtRate('bytes64', bareRows.batched)} | ${fmtRate('bytes64', socket)} | ${(bareRows.batched / socket).toFixed(2)}x | ${pairedRatio(bare.batched, sockets).toFixed(2)}x |`);
+    console.log(`| bare, not shmbus: ping-pong of one word between two threads, p50 / p99 | ${bareRows.trip.p50.toFixed(2)} µs / ${bareRows.trip.p99.toFixed(2)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  }
+  if (rpc) console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${rpc.p50.toFixed(1)} µs / ${rpc.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
