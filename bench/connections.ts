@@ -135,7 +135,8 @@ async function child(url: string, count: number): Promise<void> {
     while (next < count && failure === undefined) {
       next++;
       try { conns.push(await connect(url)); } catch (error) {
-        // A full accept backlog (unix:// under 32 handshakes at once) is not the limit measured here: try again.
+        // A full accept backlog is not the limit measured here: try again (connect waits for room itself, up to its
+        // timeout; a busy listener can take longer than that).
         if (/EAGAIN/.test((error as Error).message) || (error as ShmbusError).code === 'ERR_SHMBUS_LIMIT' && /waiting/.test((error as Error).message)) { next--; continue; }
         failure ??= `failed ${conns.length} ${(error as ShmbusError).code} ${(error as Error).message}`;
       }

@@ -15,7 +15,6 @@
  * retained history (`history`) for what was published meanwhile.
  */
 import type { Bus, Subscription } from '../bus/index.js';
-import type { Policy } from '../host/topic.js';
 import { RECORD_MSGPACK } from '../assembly/layout.js';
 import type { Link } from './connection.js';
 import { backoff } from './connection.js';

@@ -7,9 +7,11 @@
  *   its own uid or root). The abstract namespace has no permissions, so this is what stops another local user
  *   from squatting an endpoint;
  * - `readHandshake`: one bounded handshake unit read from a socket, with a deadline;
+ * - `pauseForRoom`: a connect that met the listener's full accept queue waits and tries again, until its deadline;
  * - the doorbell bytes a shm peer rings over its control socket (host/wake/ rings them too).
  */
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { HandshakeError, ShmbusError, TimeoutError, ErrorCode } from './errors.js';
 import type { PeerCredentials } from './peer.js';
 import { ownIdentity, peerCredentials, peerGroups } from './sys/socket.js';
@@ -139,4 +141,20 @@ export function checkListener(cred: PeerCredentials, expectUid: number | undefin
   if (!ok) {
     throw refused(`the endpoint is held by uid ${cred.uid}, not by ${expectUid === undefined ? `uid ${me} or root` : `uid ${expectUid}`}`, cred);
   }
+}
+
+/** The longest pause between two tries of a connect that the listener's full accept queue refused. */
+const ROOM_PAUSE_MAX_MS = 16;
+
+/**
+ * After the `tries`-th connect (from 0) to a Unix socket failed with EAGAIN: the listener's accept queue is full.
+ * A blocking connect(2) would sleep in the kernel until the listener accepts; ours do not block (they must not
+ * stall the event loop), so the caller tries again after this pause (1 ms, doubling up to ROOM_PAUSE_MAX_MS), and
+ * a client that connects faster than its listener accepts is paced by the listener instead of refused. Throws
+ * ERR_SHMBUS_LIMIT once `deadline` (Date.now() time) has passed.
+ */
+export async function pauseForRoom(tries: number, url: string, deadline: number, timeoutMs: number): Promise<void> {
+  const ms = deadline - Date.now();
+  if (ms <= 0) throw new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { details: { url, waitedMs: timeoutMs } });
+  await sleep(Math.min(2 ** tries, ROOM_PAUSE_MAX_MS, ms));
 }

@@ -14,7 +14,7 @@
  * what it read (the kernel compares atomically with going to sleep). A release that lands after its try changes
  * `releases` first, and reads `waiters` after; the waiter counted itself before its try, so the releaser sees it.
  */
-import { LOCK_RELEASES_OFFSET, LOCK_WAITERS_OFFSET, LOCK_UNITS_OFFSET } from '../assembly/layout.js';
+import { LOCK_RELEASES_OFFSET, LOCK_UNITS_OFFSET } from '../assembly/layout.js';
 import { BadArgumentError, BadStateError, ClosedError, TimeoutError } from '../host/errors.js';
 import { claimAlive, claimPid, ownClaim } from '../host/claim.js';
 import { waitWord, wakeWord, LIVENESS_MS } from './wait.js';

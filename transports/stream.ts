@@ -18,7 +18,7 @@
  * once (setImmediate) or when full; large payloads go out as their own chunk behind their header (one writev).
  */
 import type net from 'node:net';
-import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REPLY_ERROR } from '../assembly/layout.js';
+import { RECORD_BYTES, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import {
   CorruptError, ErrorCode, HandshakeError, PeerDeadError, ShmbusError, TimeoutError,
 } from '../host/errors.js';

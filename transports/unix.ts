@@ -17,7 +17,7 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import { BadArgumentError, BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
-import { checkConnector, checkListener, credentialsOf, OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from '../host/control.js';
+import { checkConnector, checkListener, credentialsOf, pauseForRoom, OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from '../host/control.js';
 import { parseTransportQuery, splitUrl } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
@@ -143,7 +143,19 @@ async function listen(url: string, options: ListenOptions = {}): Promise<Connect
 
 async function connect(url: string, options: ConnectOptions = {}): Promise<Connection> {
   const ep = parseUnixUrl(url);
-  const socket = await whenConnected(net.connect({ path: ep.path, allowHalfOpen: true }), url, options.timeout ?? DEFAULT_TIMEOUT);
+  const timeout = options.timeout ?? DEFAULT_TIMEOUT;
+  const deadline = Date.now() + timeout;
+  let socket: net.Socket;
+  for (let tries = 0; ; tries++) {
+    try {
+      socket = await whenConnected(net.connect({ path: ep.path, allowHalfOpen: true }), url, Math.max(1, deadline - Date.now()));
+      break;
+    } catch (error) {
+      // The listener's accept queue is full: wait for room, as a blocking connect would (host/control.ts).
+      if (!(error instanceof ShmbusError) || error.details?.errno !== 'EAGAIN') throw error;
+      await pauseForRoom(tries, url, deadline, timeout);
+    }
+  }
   try {
     checkListener(credentialsOf(socket), options.expectUid ?? ep.expectUid);
   } catch (error) {

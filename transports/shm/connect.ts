@@ -11,7 +11,7 @@ import { LAYOUT_VERSION, maxPayload } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
 import type { RingEnd } from '../../host/ring.js';
 import { mechanismFor } from '../../host/wake/index.js';
-import { checkListener } from '../../host/control.js';
+import { checkListener, pauseForRoom } from '../../host/control.js';
 import { connectUnix, peerCredentials, sendBytes, sendFd } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
@@ -58,9 +58,9 @@ async function receiveRegion(endpoint: ShmEndpoint, socket: net.Socket, reply: R
  * with the two system calls that finish at once (the kernel queues a Unix connect for the listener's accept), not
  * Node's net.connect, whose socket object costs more than the connect itself and whose 'connect' event waits a
  * turn of the event loop. The hello goes out on this descriptor before Node's socket is built around it, so the
- * listener works on it meanwhile.
+ * listener works on it meanwhile. Undefined when the listener's accept queue is full (EAGAIN).
  */
-function openControl(endpoint: ShmEndpoint, url: string, expectUid: number | undefined): { fd: number; cred: PeerCredentials } {
+function openControl(endpoint: ShmEndpoint, url: string, expectUid: number | undefined): { fd: number; cred: PeerCredentials } | undefined {
   let cred: PeerCredentials | undefined;
   let fd: number;
   try {
@@ -74,10 +74,19 @@ function openControl(endpoint: ShmEndpoint, url: string, expectUid: number | und
     if (error.errno === Errno.ECONNREFUSED || error.errno === Errno.ENOENT) {
       throw new ShmbusError(ErrorCode.NOT_FOUND, 'nothing listens at this URL', { details: { url } });
     }
-    if (error.errno === Errno.EAGAIN) throw new ShmbusError(ErrorCode.LIMIT, 'the listener has too many connections waiting', { cause: error, details: { url } });
+    if (error.errno === Errno.EAGAIN) return undefined;
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot connect', { cause: error, details: { url } });
   }
   return { fd, cred: cred! };
+}
+
+/** openControl, waiting while the listener's accept queue is full (host/control.ts pauseForRoom), until the deadline. */
+async function openControlWaiting(endpoint: ShmEndpoint, url: string, expectUid: number | undefined, deadline: number, timeout: number): Promise<{ fd: number; cred: PeerCredentials }> {
+  for (let tries = 0; ; tries++) {
+    const opened = openControl(endpoint, url, expectUid);
+    if (opened !== undefined) return opened;
+    await pauseForRoom(tries, url, deadline, timeout);
+  }
 }
 
 /** The connector's last handshake line. */
@@ -175,7 +184,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   let own = knownListener && makeOwnSegment(endpoint, knownListener);
   let opened: { fd: number; cred: PeerCredentials };
   try {
-    opened = openControl(endpoint, url, expectUid);
+    opened = await openControlWaiting(endpoint, url, expectUid, deadline, timeout);
   } catch (error) {
     if (own) unmap(own.mapping);
     throw error;
