@@ -15,7 +15,7 @@ import { readLine } from '../transports/shm/control.js';
 import { Region } from '../host/region.js';
 import { socketFd } from '../host/control.js';
 import { parseShmUrl } from '../host/url.js';
-import { sendFd } from '../host/sys/socket.js';
+import { dupFd, sendFd } from '../host/sys/socket.js';
 import { closeFd, ftruncate, memfdCreate, openFile } from '../host/sys/shm.js';
 import { MFD_ALLOW_SEALING, MFD_CLOEXEC, O_CREAT, O_RDWR } from '../host/sys/constants.js';
 import { ErrorCode, type ShmbusError } from '../host/errors.js';
@@ -166,8 +166,13 @@ t.test('a segment the listener cannot take: a typed error for that handshake, an
     ftruncate(fd, bytes);
     return fd;
   };
-  const cases: Array<[string, () => { fd?: number; line: Buffer }, string]> = [
+  const cases: Array<[string, () => { fd?: number | number[]; line: Buffer }, string]> = [
     ['a hello that announces a segment and sends no descriptor', () => ({ line: hello() }), ErrorCode.HANDSHAKE],
+    // More than the listener's control buffer holds (8): the kernel drops the rest, the listener closes what it got.
+    ['a hello with nine descriptors', () => {
+      const fd = memfd(size, true);
+      return { fd: [fd, ...Array.from({ length: 8 }, () => dupFd(fd))], line: hello() };
+    }, ErrorCode.HANDSHAKE],
     ['a descriptor with a hello that announces no segment', () => ({ fd: memfd(size, true), line: hello({ segment: undefined }) }), ErrorCode.HANDSHAKE],
     ['larger rings than this endpoint allows', () => ({ fd: memfd(4096, true), line: hello({ segment: { capacity: capacity * 2 } }) }), ErrorCode.HANDSHAKE],
     ['a capacity that is no ring size', () => ({ fd: memfd(size, true), line: hello({ segment: { capacity: 3 } }) }), ErrorCode.HANDSHAKE],
@@ -188,8 +193,11 @@ t.test('a segment the listener cannot take: a typed error for that handshake, an
     if (fd === undefined) socket.write(line);
     else {
       sendFd(socketFd(socket), fd, line);
-      if (made.length > 0) for (const region of made.splice(0)) region.close();
-      else closeFd(fd);
+      const sent = typeof fd === 'number' ? [fd] : fd;
+      if (made.length > 0) {
+        for (const region of made.splice(0)) region.close();
+        for (const dup of sent.slice(1)) closeFd(dup);
+      } else for (const one of sent) closeFd(one);
     }
     const { message } = await within(WATCHDOG, readLine(socket, WATCHDOG), `${what}: the listener's answer`);
     t.match(message, { ok: false, code }, `${what}: ${code}`);

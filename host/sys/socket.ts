@@ -118,19 +118,22 @@ function messageHeader(data: Buffer, control: Buffer | undefined): { msg: Buffer
  * Sends `byte` (or the bytes `data`) with `passFd` attached (SCM_RIGHTS) on a connected Unix stream socket,
  * without blocking and without SIGPIPE. The kernel takes the bytes and the descriptor together or not at all;
  * EAGAIN (a full socket buffer) is thrown like every other failure, as a SystemError, and so is a partial send.
+ * `passFd` may be several descriptors, sent in one control message (the tests send a receiver more than it takes).
  */
-export function sendFd(socketFd: number, passFd: number, byte: number | Buffer): void {
+export function sendFd(socketFd: number, passFd: number | readonly number[], byte: number | Buffer): void {
   const data = typeof byte === 'number' ? Buffer.from([byte]) : byte;
-  const control = Buffer.alloc(CMSGHDR_SIZE + CMSG_DATA_ALIGN);
-  control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + 4), CMSG_LEN_OFFSET); // CMSG_LEN(sizeof(int))
+  const fds = typeof passFd === 'number' ? [passFd] : passFd;
+  // CMSG_SPACE(n × sizeof(int)): the header, then the descriptors, padded to the data alignment.
+  const control = Buffer.alloc(CMSGHDR_SIZE + Math.ceil((4 * fds.length) / CMSG_DATA_ALIGN) * CMSG_DATA_ALIGN);
+  control.writeBigUInt64LE(BigInt(CMSGHDR_SIZE + 4 * fds.length), CMSG_LEN_OFFSET); // CMSG_LEN(n × sizeof(int))
   control.writeInt32LE(SOL_SOCKET, CMSG_LEVEL_OFFSET);
   control.writeInt32LE(SCM_RIGHTS, CMSG_TYPE_OFFSET);
-  control.writeInt32LE(passFd, CMSGHDR_SIZE);
+  fds.forEach((fd, i) => control.writeInt32LE(fd, CMSGHDR_SIZE + 4 * i));
   const { msg, iov } = messageHeader(data, control);
   const sent = c.sendmsg(socketFd, msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (sent < 0) throw new SystemError('sendmsg', libc.lastErrno(), { fd: socketFd });
   void iov;
-  // The descriptor went with the first byte: a partial send cannot be completed by ordinary writes here.
+  // The descriptors went with the first byte: a partial send cannot be completed by ordinary writes here.
   if (sent !== data.length) throw new SystemError('sendmsg', Errno.EIO, { fd: socketFd, sent });
 }
 

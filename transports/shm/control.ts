@@ -40,7 +40,7 @@ import net from 'node:net';
 import koffi from 'koffi';
 import { HandshakeError, ShmbusError, SystemError, TimeoutError, type ErrorCodeValue, ErrorCode } from '../../host/errors.js';
 import { readHandshake, socketFd } from '../../host/control.js';
-import { dupFd, peekBytes, receiveFd, sendFd } from '../../host/sys/socket.js';
+import { dupFd, peekBytes, receiveFd, sendFd, type Received } from '../../host/sys/socket.js';
 import { closeFd } from '../../host/sys/shm.js';
 
 export { DOORBELL_DATA, DOORBELL_SPACE } from '../../host/control.js';
@@ -78,10 +78,12 @@ export function takeWaitingLineWithFds(socket: net.Socket): LineWithFds | undefi
   const found = parseLine(waiting!.subarray(0, nl + 1))!;
   // Nothing else reads this socket, so what was peeked is what is taken, with the descriptors sent with it.
   const taken = receiveFd(fd, nl + 1);
-  if (taken === undefined || taken.bytes.length !== nl + 1 || taken.truncated || taken.foreign) {
-    for (const passed of taken?.fds ?? []) closeQuietly(passed);
+  try {
     if (taken === undefined || taken.bytes.length !== nl + 1) throw new HandshakeError('handshake line went missing while it was read');
-    throw new HandshakeError('hello came with control data it may not carry', { details: { fds: taken.fds.length, truncated: taken.truncated } });
+    refuseOtherControlData(taken);
+  } catch (error) {
+    for (const passed of taken?.fds ?? []) closeQuietly(passed);
+    throw error;
   }
   return { message: found.value, rest: Buffer.alloc(0), fds: taken.fds };
 }
@@ -164,7 +166,7 @@ export function receiveLineWithFds(socket: net.Socket, timeoutMs: number, ask: (
     const got = receiveFd(dup, MAX_LINE + 1);
     if (!got) return undefined; // woken without data
     fds.push(...got.fds);
-    if (got.truncated || got.foreign) throw new HandshakeError('handshake line came with control data it may not carry', { details: { fds: got.fds.length, truncated: got.truncated } });
+    refuseOtherControlData(got);
     if (got.bytes.length === 0) throw new HandshakeError('peer went away during the handshake');
     buffered = buffered.length ? Buffer.concat([buffered, got.bytes]) : got.bytes;
     const found = parseLine(buffered);
@@ -253,6 +255,13 @@ export function receivePassedFd(socket: net.Socket, timeoutMs: number, ask: () =
     }
     return first;
   }, () => {});
+}
+
+/** A handshake line's control data must be descriptors only, all of them received (the caller closes them). */
+function refuseOtherControlData(got: Received): void {
+  if (got.truncated || got.foreign) {
+    throw new HandshakeError('handshake line came with control data it may not carry', { details: { fds: got.fds.length, truncated: got.truncated } });
+  }
 }
 
 function closeQuietly(fd: number): void {
