@@ -9,44 +9,40 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import koffi from 'koffi';
 import { connect } from '../index.js';
 import { ErrorCode, ShmbusError } from '../host/errors.js';
 import { parseShmUrl } from '../host/url.js';
 import { parseUnixUrl } from '../transports/unix.js';
 import { closeFd } from '../host/sys/shm.js';
-import { fileTimeout, unique, within } from './helpers.js';
+import { fileTimeout, unique, within, type TestLike } from './helpers.js';
+import { SOCK_CLOEXEC, bareListener, libcSockets, wholeAddress } from './bare-sockets.js';
 
 fileTimeout(t, 60);
 
-const lib = koffi.load('libc.so.6');
-const c = {
-  socket: lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number,
-  bind: lib.func('int bind(int fd, void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number,
-  listen: lib.func('int listen(int fd, int backlog)') as (fd: number, backlog: number) => number,
-  accept4: lib.func('int accept4(int fd, void *addr, void *addrlen, int flags)') as (fd: number, addr: null, length: null, flags: number) => number,
-};
-const AF_UNIX = 1;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-
-/** A listening socket at `path` (abstract: a leading NUL) with a backlog of 0, bound by the whole sun_path as Node
- * binds it; nothing accepts on it but acceptOne. */
-function fullListener(path: string): number {
-  const address = Buffer.alloc(110);
-  address.writeUInt16LE(AF_UNIX, 0);
-  Buffer.from(path, 'utf8').copy(address, 2);
-  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 || c.bind(fd, address, address.length) !== 0 || c.listen(fd, 0) !== 0) throw new Error('cannot make the listener');
-  return fd;
-}
+/** A listening socket at `path` with a backlog of 0, bound as Node binds it; nothing accepts on it until
+ * admitNext. */
+const fullListener = (path: string): number => bareListener(wholeAddress(path), 0);
 
 /** Accepts one waiting connection of `listener` and closes it. */
 function dropOne(listener: number): void {
-  const fd = c.accept4(listener, null, null, SOCK_CLOEXEC);
+  const fd = libcSockets.accept4(listener, null, null, SOCK_CLOEXEC);
   if (fd < 0) throw new Error('nothing to accept');
   closeFd(fd);
+}
+
+/**
+ * Makes room in the full `listener` (drops the filler's connection) and from then on lets a Node server accept on
+ * it (the server closes it at the end of the test): the next connection, the one that waited for room.
+ */
+async function admitNext(t: TestLike, listener: number): Promise<net.Socket> {
+  dropOne(listener);
+  const server = net.createServer();
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  server.listen({ fd: listener });
+  const ours = await within(20_000, accepted, 'the waiting connect to reach the listener');
+  t.teardown(() => ours.destroy());
+  return ours;
 }
 
 /** A connection that occupies the listener's whole queue (backlog 0: one). */
@@ -66,14 +62,7 @@ t.test('a connect meeting a full accept queue waits for room, then sends its hel
   const pending = connect(url, { timeout: 30_000 });
   const outcome = pending.then(() => 'connected', (error: unknown) => error);
 
-  dropOne(listener); // the filler's connection: room for one
-  // From here a Node server accepts on the same socket (and closes it at the end).
-  const server = net.createServer();
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  server.listen({ fd: listener });
-  const ours = await within(20_000, accepted, 'the waiting connect to reach the listener');
-  t.teardown(() => ours.destroy());
+  const ours = await admitNext(t, listener);
   const line = await within(20_000, new Promise<string>((resolve) => {
     let text = '';
     ours.on('data', (b: Buffer) => { text += b.toString(); if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n'))); });
@@ -106,13 +95,7 @@ t.test('unix:// waits for room the same way', async (t) => {
   const outcome = pending.then((conn) => conn, (error: unknown) => error);
   // Node's connect of a Unix socket makes the connect(2) before net.connect returns (it reports EAGAIN a turn
   // later): the first try was refused before the queue gets room here.
-  dropOne(listener);
-  const server = net.createServer();
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  server.listen({ fd: listener });
-  const ours = await within(20_000, accepted, 'the waiting connect to reach the listener');
-  t.teardown(() => ours.destroy());
+  const ours = await admitNext(t, listener);
   ours.resume(); // read to its end-of-file, then end ours: the close below waits for that
   const conn = await outcome;
   t.ok(conn !== undefined && !(conn instanceof Error), `the connect resolved once the queue had room (${String(conn)})`);

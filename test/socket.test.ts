@@ -5,25 +5,15 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import koffi from 'koffi';
 import { connectUnix, peekBytes, receiveFd, sendBytes, socketPair } from '../host/sys/socket.js';
 import { Errno, SystemError } from '../host/errors.js';
 import { closeFd } from '../host/sys/shm.js';
 import { fileTimeout, unique, within } from './helpers.js';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_NONBLOCK, bareListener, libcSockets } from './bare-sockets.js';
 
 fileTimeout(t, 60);
 
-const lib = koffi.load('libc.so.6');
-const c = {
-  socket: lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number,
-  bind: lib.func('int bind(int fd, void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number,
-  listen: lib.func('int listen(int fd, int backlog)') as (fd: number, backlog: number) => number,
-  accept4: lib.func('int accept4(int fd, void *addr, void *addrlen, int flags)') as (fd: number, addr: null, length: null, flags: number) => number,
-};
-const AF_UNIX = 1;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
+const c = libcSockets;
 const EPIPE = 32;
 
 /** The errno of the SystemError `call` throws (undefined when it throws nothing, or something else). */
@@ -43,9 +33,7 @@ function bindBare(name: string): number {
   const address = Buffer.alloc(2 + bytes.length);
   address.writeUInt16LE(AF_UNIX, 0);
   bytes.copy(address, 2);
-  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 || c.bind(fd, address, address.length) !== 0 || c.listen(fd, 8) !== 0) throw new Error('cannot bind the bare form');
-  return fd;
+  return bareListener(address, 8);
 }
 
 /** A connection waiting on the bare listener `fd`, accepted and closed: whether there was one. */
