@@ -79,7 +79,8 @@ export interface ConnectionListener extends EventEmitter, AsyncIterable<Connecti
 }
 
 export interface ConnectOptions {
-  /** Milliseconds the connection (and its handshake) may take. */
+  /** Milliseconds the connection (and its handshake) may take. shm and unix: this includes waiting for room while
+   * the listener's accept queue is full (then ERR_SHMBUS_LIMIT when it stays full). */
   timeout?: number;
   /**
    * shm and unix: the uid the listener must run as (SO_PEERCRED); by default our own uid or root. Anyone else holding
