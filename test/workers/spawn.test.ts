@@ -60,6 +60,8 @@ for (const isolation of ['process', 'thread'] as const) {
       }
       return n;
     })();
+    // Awaited below; if sending fails first, the failure reported is that one, not an unhandled rejection.
+    reader.catch(() => {});
     for (let i = 0; i < MESSAGES; i++) if (!w.channel.send({ i, pad: 'x'.repeat(i % 100) })) await w.channel.drained();
     t.equal(await within(60_000, reader, 'echoes'), MESSAGES, 'every message came back, in order');
     const exit = await within(30_000, w.close(), 'worker to end after close');
