@@ -14,11 +14,10 @@
  * worker holds no descriptor of it and a grandchild can inherit none.
  */
 import net from 'node:net';
-import { CHANNEL_RING_COUNT, PAIR_CLAIM_SLOTS, RING_TO_CONNECTOR, RING_TO_LISTENER, RING_MAX_CAPACITY, RING_MIN_CAPACITY, pairClaimsOffset, ringOffset, segmentBytes } from '../assembly/layout.js';
+import { CHANNEL_RING_COUNT, PAIR_CLAIM_SLOTS, RING_MAX_CAPACITY, RING_MIN_CAPACITY, pairClaimsOffset, segmentBytes } from '../assembly/layout.js';
 import { Region } from '../host/region.js';
-import { RingEnd } from '../host/ring.js';
 import { Channel } from '../transports/shm/channel.js';
-import { checkPeerSegment, formatChannelSegment, mapRegion, unmap, type Mapping } from '../transports/shm/handshake.js';
+import { checkPeerSegment, formatChannelSegment, mapRegion, openRings, unmap, type Mapping } from '../transports/shm/handshake.js';
 import { parseShmUrl, DEFAULT_RING_SIZE, parseSize } from '../host/url.js';
 import { ownIdentity } from '../host/sys/socket.js';
 import { mechanismFor } from '../host/wake/index.js';
@@ -143,12 +142,8 @@ export function syncIdleAvailable(): boolean {
 }
 
 function makeChannel(m: Mapping, geometry: PairGeometry, socketFd: number, side: 'parent' | 'worker', peerPid: number, label: string, syncIdle = false): Channel {
-  const { capacity } = geometry;
-  const ours = side === 'parent' ? RING_TO_CONNECTOR : RING_TO_LISTENER;
-  const theirs = side === 'parent' ? RING_TO_LISTENER : RING_TO_CONNECTOR;
-  const { engine, at } = m.mapped;
-  const tx = new RingEnd(engine, at + ringOffset(ours, capacity), capacity, 'producer');
-  const rx = new RingEnd(engine, at + ringOffset(theirs, capacity), capacity, 'consumer');
+  // The parent's end is the listener's of a shm:// connection, the worker's the connector's (rings that never grow).
+  const { tx, rx } = openRings(m, geometry.capacity, side === 'parent' ? 'listener' : 'connector');
   const endpoint = endpointFor(geometry, label);
   const mechanism = mechanismFor(geometry.wake, endpoint.url);
   // Sync-idle: the worker's end sleeps on the futex (and the parent's rings it so); the parent's sleeps as asked.
