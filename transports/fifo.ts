@@ -144,7 +144,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
     this.forget = onProcessExit(() => this.unlinkIfOurs(ino));
     this.ino = ino;
     this.rendezvous = reader(fd);
-    const requests = new FrameReader(4096, (type, payload) => void this.accept(type, payload));
+    const requests = new FrameReader(4096, (type, payload) => void this.handshake(type, payload));
     this.rendezvous.on('data', (chunk: Buffer) => {
       try {
         requests.push(chunk);
@@ -161,7 +161,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
     if (fs.lstatSync(this.ep.path, { throwIfNoEntry: false })?.ino === ino) fs.unlinkSync(this.ep.path);
   }
 
-  private async accept(type: number, payload: Uint8Array): Promise<void> {
+  private async handshake(type: number, payload: Uint8Array): Promise<void> {
     let input: net.Socket | undefined;
     let output: net.Socket | undefined;
     let request: Record<string, unknown> = {};

@@ -244,7 +244,7 @@ export class MqListener extends ListenerBase<MqConnection> {
       }
       if (n < 0) break;
       try {
-        this.accept(this.buf.slice(0, n));
+        this.handshake(this.buf.slice(0, n));
       } catch (error) {
         this.reportError(error);
       }
@@ -252,7 +252,7 @@ export class MqListener extends ListenerBase<MqConnection> {
     this.watch.arm(EPOLLIN);
   }
 
-  private accept(bytes: Uint8Array): void {
+  private handshake(bytes: Uint8Array): void {
     let hello: Record<string, unknown>;
     try {
       hello = decodePeer(bytes) as Record<string, unknown>;

@@ -544,7 +544,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
   onPortMessage(kind: number, payload: Uint8Array): void {
     if (kind !== KIND_HELLO || this.closed) return;
     try {
-      this.accept(payload);
+      this.handshake(payload);
     } catch (error) {
       this.reportError(error);
     }
@@ -555,7 +555,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
     this.reportError(error);
   }
 
-  private accept(payload: Uint8Array): void {
+  private handshake(payload: Uint8Array): void {
     const hello = decode(payload);
     if (!hello || hello.shmbus !== 1) throw new HandshakeError('not a shmbus hello');
     const { pid, port, id, q, max, packet } = hello;

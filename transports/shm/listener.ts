@@ -145,7 +145,7 @@ export class Listener extends ListenerBase<Channel> {
     if (this.live + this.pending.size >= this.maxConnections) {
       return this.refuse(socket, new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } }));
     }
-    void this.accept(socket, cred);
+    void this.handshake(socket, cred);
   }
 
   private refuse(socket: net.Socket, error: unknown): void {
@@ -164,7 +164,7 @@ export class Listener extends ListenerBase<Channel> {
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
 
-  private async accept(socket: net.Socket, cred: PeerCredentials): Promise<void> {
+  private async handshake(socket: net.Socket, cred: PeerCredentials): Promise<void> {
     const timeout = this.handshakeTimeout;
     const deadline = Date.now() + timeout;
     // Every wait below is a read bounded by what is left of this one deadline.
