@@ -134,6 +134,11 @@ export class DedicatedThread {
     return this.exitPromise;
   }
 
+  /** Settles once the thread has exited (stopped or not). */
+  get whenExited(): Promise<void> {
+    return this.exitPromise;
+  }
+
   /** False once the thread has exited. */
   get running(): boolean {
     return !this.exited;

@@ -39,13 +39,15 @@ export interface WakeStats {
   objects: number;
   /** System calls the main thread made to tell a wait thread about a new wait (futex). */
   kicks: number;
+  /** Wait threads of this mechanism running now: started, loaded (ready) and not yet exited (host/wake/thread.ts). */
+  threads: number;
 }
 
 const allStats = new Map<string, WakeStats>();
 
 export function statsFor(name: string): WakeStats {
   let s = allStats.get(name);
-  if (!s) allStats.set(name, (s = { parks: 0, wakes: 0, rings: 0, fallbacks: 0, objects: 0, kicks: 0 }));
+  if (!s) allStats.set(name, (s = { parks: 0, wakes: 0, rings: 0, fallbacks: 0, objects: 0, kicks: 0, threads: 0 }));
   return s;
 }
 

@@ -19,6 +19,7 @@
  */
 import { DedicatedThread } from '../thread.js';
 import type { ShmbusError } from '../errors.js';
+import { statsFor } from './common.js';
 
 // --- the control block shared with the thread (an Int32Array over a SharedArrayBuffer) --------------------------
 
@@ -84,6 +85,13 @@ export class WaitThread {
         options.onMessage(message);
       },
       onFailure: (error) => options.onFailure(error),
+    });
+    // Counted from 'ready' (its modules are loaded, and every thread it needs is started) until it exits.
+    const stats = statsFor(options.family);
+    void this.thread.ready.then(() => {
+      if (!this.thread.running) return;
+      stats.threads++;
+      void this.thread.whenExited.then(() => { stats.threads--; });
     });
   }
 
