@@ -54,7 +54,8 @@ function threadCount(): number {
   return readdirSync('/proc/self/task').length;
 }
 
-/** Each thread's name (`comm`) by tid: what a count that came out wrong names. */
+/** Each thread's name (`comm`) and the system call it is in (449 futex_waitv, 281 epoll_pwait, …), by tid: what a
+ * count that came out wrong names. */
 function threadNames(): Map<string, string> {
   const out = new Map<string, string>();
   for (const tid of readdirSync('/proc/self/task')) {
