@@ -337,6 +337,13 @@ export class MsgrcvThread extends EventThread {
     return (MsgrcvThread.instance ??= new MsgrcvThread());
   }
 
+  private constructor() {
+    super();
+    // The ring's memory starts zeroed, and 0 is a valid msqid (the first queue of an IPC namespace: a fresh boot,
+    // a container): a thread started before the first attach would receive from queue 0.
+    Atomics.store(this.ctrl, PORT, PORT_NONE);
+  }
+
   /** Starts the thread now instead of at the first attach (it then idles, unref'd, in Atomics.wait). Resolves
    * once it runs. */
   start(): Promise<void> {
