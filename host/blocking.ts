@@ -340,7 +340,8 @@ export class MsgrcvThread extends EventThread {
   private constructor() {
     super();
     // The ring's memory starts zeroed, and 0 is a valid msqid (the first queue of an IPC namespace: a fresh boot,
-    // a container): a thread started before the first attach would receive from queue 0.
+    // a container). A thread started before the first attach would try queue 0, and its report that queue 0 is gone
+    // could be read after queue 0 had become our port (test/ipc-namespace.test.ts).
     Atomics.store(this.ctrl, PORT, PORT_NONE);
   }
 
