@@ -22,6 +22,8 @@
 // With SHMBUS_COUNTERS=1 in the environment (parent and children), the shm rows also print per-message costs on
 // each side: calls into wasm, payload copies, our allocations, iterator promises, doorbells and parks (counted in
 // host/ring.ts and transports/shm/channel.ts; see `perf` there). Counting costs a little: measure speed without it.
+// The rtt row's counts are per round trip, for this process (`timer`: send, then wait for the echo) and the child
+// (`echo`); its wasm calls are mostly the spin's polls of the ring while the other side works.
 // shm `send` writes msgpackr record structures per direction (RECORD_MSGPACK_RECORDS; encoded by host/pack.ts, the
 // same bytes msgpackr's record packer writes), as the socket rows do with msgpackr itself.
 // BENCH_CHILD_PROF=<dir> makes each child write a CPU profile there; `--rows` picks rows (and `rtt`).
@@ -357,7 +359,7 @@ type Counts = typeof perf;
 const snapshot = (): Counts => ({ ...perf });
 const minus = (a: Counts, b: Counts): Counts => Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - b[k as keyof Counts]])) as Counts;
 /** Per-message counters of the last shm run of each row: [producer, consumer]. */
-const costs = new Map<Row, [Counts, Counts, number]>();
+const costs = new Map<Row | 'rtt', [Counts, Counts, number]>();
 
 async function throughputOnce(kind: Kind, row: Row, count: number): Promise<number> {
   const s = await server(kind);
@@ -377,10 +379,18 @@ async function latencyOnce(kind: Kind, count: number, rpc = false): Promise<numb
   const exited = startChild([rpc ? 'answer' : 'echo', kind, s.url, 'object', '0']);
   const peer = await s.accept();
   const trips = rpc ? (n: number) => peer.requests!(n) : (n: number) => peer.roundTrips(n);
-  await trips(Math.min(2000, count)); // warm-up
+  const warmUp = Math.min(2000, count);
+  await trips(warmUp);
+  const before = snapshot();
   const us = await trips(count);
+  const mine = minus(snapshot(), before);
   await peer.close();
   if ((await exited) !== 0) throw new Error(`${kind} rtt: echo child failed`);
+  // The echo side's counters cover the warm-up too: per trip over all of its trips.
+  if (COUNTING && kind === 'shm' && !rpc && childCounters) {
+    const echo = Object.fromEntries(Object.entries(childCounters).map(([k, v]) => [k, (v * count) / (count + warmUp)])) as Counts;
+    costs.set('rtt', [mine, echo, count]);
+  }
   await s.close();
   return us;
 }
@@ -480,7 +490,8 @@ async function main(): Promise<void> {
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
     console.log(`| row | side | wasm calls | copies | bytes copied | allocs | queued | promises | decodes | batches | doorbells | parks |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|`);
     for (const [row, [producer, consumer, n]] of costs) {
-      for (const [side, c] of [['producer', producer], ['consumer', consumer]] as const) {
+      const sides = row === 'rtt' ? ['timer', 'echo'] : ['producer', 'consumer'];
+      for (const [side, c] of [[sides[0], producer], [sides[1], consumer]] as const) {
         console.log(`| ${row} | ${side} | ${per(c, n, 'wasmCalls')} | ${per(c, n, 'copies')} | ${(c.bytesCopied / n).toFixed(0)} | ${per(c, n, 'allocs')} | ${per(c, n, 'queued')} | ${per(c, n, 'promises')} | ${per(c, n, 'decodes')} | ${per(c, n, 'batches')} | ${per(c, n, 'doorbells')} | ${per(c, n, 'parks')} |`);
       }
     }
