@@ -2,7 +2,8 @@
  * Opening a shm:// connection sends the segment's descriptor with the listener's reply (one sendmsg, read with
  * recvmsg by the connector: transports/shm/control.ts). A listener that gets the count of descriptors wrong fails
  * the connection with a typed error, and every descriptor it sent is closed; a connector of the earlier protocol
- * (no `fdWithReply` in its hello) still gets the segment when it asks for it.
+ * (no `fdWithReply` in its hello) still gets the segment when it asks for it. One process's connections are
+ * accepted in the order it made them, whatever order their handshakes end in.
  */
 import t from 'tap';
 import fs from 'node:fs';
@@ -96,4 +97,64 @@ t.test('a connector of the earlier protocol asks for the descriptor and gets it 
   t.equal(await s!.receive(), 'hello', 'a current connector opens as usual');
   await c.close();
   await s!.close();
+});
+
+// A Unix socket's accept queue keeps the order of one process's connects; so does a shm:// listener. The listener
+// offers a full handshake's connection once it reads the connector's last line, which can come after the hello of
+// the next connection that process makes: here the first handshake's last line is held back on purpose until the
+// listener has finished the second (a full handshake, or one where the connector brings its own segment).
+for (const second of ['full handshake', 'own segment'] as const) {
+  t.test(`one process's connections are accepted in the order it made them (the second: ${second})`, async (t) => {
+    const name = unique('open-order');
+    const url = `shm://${name}?size=64KiB`;
+    const listener = await listen(url);
+    t.teardown(() => listener.close());
+    if (second === 'own segment') {
+      // A connection this process made before: the next connect knows the listener and brings its own segment.
+      const [c, s] = await Promise.all([connect(url), listener.acceptNext()]);
+      await c.close();
+      await s!.close();
+    }
+    const socket = net.connect(`\0shmbus/shm/${name}`);
+    socket.on('error', () => {});
+    t.teardown(() => { socket.destroy(); });
+    await new Promise((r) => socket.once('connect', r));
+    writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+    const { message } = await readLine(socket, WATCHDOG);
+    t.equal(message.ok, true, 'the listener replies to the first');
+    const fd = await receivePassedFd(socket, WATCHDOG, () => writeLine(socket, { fd: true }));
+    fs.closeSync(fd);
+    const later = await connect(url);
+    t.teardown(() => later.close());
+    await eventually(() => listener.load.pending === 1 && listener.load.connections === 1, 'the listener to finish the second handshake');
+    writeLine(socket, { attached: true });
+    const first = await listener.acceptNext();
+    const next = await listener.acceptNext();
+    later.send('from the second');
+    socket.destroy();
+    t.equal(await within(WATCHDOG, next!.receive().catch((e: unknown) => e), 'the second'), 'from the second', 'the second accepted is the second made');
+    const end = await within(WATCHDOG, first!.receive().then((v) => ({ v }), (e: unknown) => ({ e })), 'the first');
+    t.notOk('v' in end && end.v === 'from the second', 'the first accepted is the first made (its peer sent nothing and hung up)');
+    await first!.close();
+    await next!.close();
+  });
+}
+
+t.test('closing the listener closes a connection that waited for an earlier one of its process', async (t) => {
+  const name = unique('open-order-close');
+  const url = `shm://${name}?size=64KiB`;
+  const listener = await listen(url);
+  const socket = net.connect(`\0shmbus/shm/${name}`);
+  socket.on('error', () => {});
+  t.teardown(() => { socket.destroy(); });
+  await new Promise((r) => socket.once('connect', r));
+  writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+  await readLine(socket, WATCHDOG);
+  fs.closeSync(await receivePassedFd(socket, WATCHDOG, () => writeLine(socket, { fd: true })));
+  const later = await connect(url);
+  await eventually(() => listener.load.pending === 1 && listener.load.connections === 1, 'the listener to finish the second handshake');
+  await listener.close();
+  t.equal(await within(WATCHDOG, later.receive(), 'the end'), undefined, 'the waiting connection is closed, in order');
+  await eventually(() => listener.load.pending === 0 && listener.load.connections === 0, 'no handshake or connection left');
+  await later.close();
 });

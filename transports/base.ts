@@ -409,12 +409,25 @@ export function asShmbusError(error: unknown): ShmbusError {
 
 // --- listeners -----------------------------------------------------------------------------------------------------
 
-/** The accept queue of a listener: a subclass calls `offer` per accepted connection and implements `stop`. */
+/** A connection's place among those of one connector, from its first message until it is offered (ListenerBase.takeTurn). */
+export interface Turn<C> {
+  readonly connector: number;
+  /** Its handshake ended: with `connection`, or failed without one. */
+  done: boolean;
+  connection: C | undefined;
+}
+
+/**
+ * The accept queue of a listener: a subclass calls `offer` per accepted connection and implements `stop`. One whose
+ * handshakes can end out of order keeps each connector's connections in order with `takeTurn` and `settle`.
+ */
 export abstract class ListenerBase<C extends Connection = Connection> extends EventEmitter implements ConnectionListener {
   readonly url: string;
   private readonly accepted: C[] = [];
   private waiters: ((c: C | undefined) => void)[] = [];
   private closing: Promise<void> | undefined;
+  /** Per connector: its handshakes from the first message on, oldest first, until offered (see settle). */
+  private readonly turns = new Map<number, Turn<C>[]>();
 
   constructor(url: string) {
     super();
@@ -438,6 +451,43 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
     const waiter = this.waiters.shift();
     if (waiter) waiter(connection);
     else this.accepted.push(connection);
+  }
+
+  /**
+   * The place of a connection whose first handshake message just came from `connector` (a process id), behind
+   * that connector's earlier connections still in their handshake or waiting for one (see settle).
+   */
+  protected takeTurn(connector: number): Turn<C> {
+    const turn: Turn<C> = { connector, done: false, connection: undefined };
+    const queue = this.turns.get(connector);
+    if (queue === undefined) this.turns.set(connector, [turn]);
+    else queue.push(turn);
+    return turn;
+  }
+
+  /**
+   * A handshake that ended, with its connection or with none (it failed): offers it, and every later one of its
+   * connector that was waiting for it, in the order of their first messages. A process connects again only once
+   * connect() resolved, so its first messages come in the order it made its connections; but a handshake that ends
+   * with the connector's last message ends when the listener reads that, which can be after the next connection's
+   * first message (or its whole handshake), and the accept queue would then have them the other way round. A Unix
+   * socket's accept queue keeps that order; so does this. Only one connector's connections wait for each other,
+   * each at most for the handshake timeout of an earlier one.
+   */
+  protected settle(turn: Turn<C>, connection: C | undefined): void {
+    turn.done = true;
+    turn.connection = connection;
+    const queue = this.turns.get(turn.connector);
+    // The listener closed meanwhile: offer() closes it.
+    if (queue === undefined) {
+      if (connection !== undefined) this.offer(connection);
+      return;
+    }
+    while (queue.length > 0 && queue[0]!.done) {
+      const ready = queue.shift()!.connection;
+      if (ready !== undefined) this.offer(ready);
+    }
+    if (queue.length === 0) this.turns.delete(turn.connector);
   }
 
   /** A connector that failed its handshake: reported to 'error' listeners only (the listener goes on). */
@@ -466,7 +516,10 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const w of this.waiters.splice(0)) w(undefined);
-      await Promise.all(this.accepted.splice(0).map((c) => c.close()));
+      // Connections waiting for an earlier one of their connector are not taken either.
+      const waiting = [...this.turns.values()].flat().flatMap((turn) => (turn.connection ? [turn.connection] : []));
+      this.turns.clear();
+      await Promise.all([...this.accepted.splice(0), ...waiting].map((c) => c.close()));
       await this.stop();
     })();
     return this.closing;

@@ -72,7 +72,8 @@ export interface Connection extends EventEmitter, AsyncIterable<unknown> {
 /** A listening endpoint: an async iterable of incoming connections. Emits 'connection' and 'error'. */
 export interface ConnectionListener extends EventEmitter, AsyncIterable<Connection> {
   readonly url: string;
-  /** The next incoming connection, or undefined once the listener is closed. */
+  /** The next incoming connection, or undefined once the listener is closed. Connections one process made one
+   * after the other (each once the previous connect() resolved) come in that order. */
   acceptNext(): Promise<Connection | undefined>;
   /** Stops accepting and removes what the listener created. Connections handed out stay open. */
   close(): Promise<void>;

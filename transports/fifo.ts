@@ -36,7 +36,7 @@ import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { growPipe, mkfifo } from '../host/sys/fifo.js';
-import { ListenerBase, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, parseTransportQuery, splitUrl, type Turn } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { FrameReader, StreamConnection, encodeFrame, readHandshakeFrame } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection } from './contract.js';
@@ -165,8 +165,15 @@ class FifoListener extends ListenerBase<StreamConnection> {
     let input: net.Socket | undefined;
     let output: net.Socket | undefined;
     let request: Record<string, unknown> = {};
+    /** This connection's place among its process's connections (ListenerBase.takeTurn): requests are read in the
+     * order they were written, and a process writes its next one only once connect() resolved. The pid is the
+     * request's word for it: only a writer of the rendezvous FIFO (mode 0600 by default) could lie, and then delay
+     * that process's later connections by at most the handshake timeout. */
+    let turn: Turn<StreamConnection> | undefined;
     try {
       request = decodeFrame({ type, payload });
+      const pid = request.pid;
+      if (typeof pid === 'number' && Number.isSafeInteger(pid) && pid > 0) turn = this.takeTurn(pid);
       const { c2l, l2c } = request;
       if (!this.isConnectionPath(c2l) || !this.isConnectionPath(l2c)) throw new HandshakeError('connection FIFOs must sit next to the endpoint', { details: { c2l, l2c } });
       // O_NOFOLLOW and the FIFO check before any byte is written: a request cannot make us write elsewhere.
@@ -193,8 +200,11 @@ class FifoListener extends ListenerBase<StreamConnection> {
       this.removeRequestFifos(request);
       this.pending.delete(input);
       output.removeAllListeners('error');
-      this.offer(new StreamConnection({ url: this.url, maxQueued: this.ep.maxQueued, input, output, pending: reply.rest }));
+      const connection = new StreamConnection({ url: this.url, maxQueued: this.ep.maxQueued, input, output, pending: reply.rest });
+      if (turn === undefined) this.offer(connection);
+      else this.settle(turn, connection);
     } catch (error) {
+      if (turn !== undefined) this.settle(turn, undefined);
       if (input) { this.pending.delete(input); input.destroy(); }
       output?.destroy();
       // The connector failed or lied; its FIFOs must not outlive this.

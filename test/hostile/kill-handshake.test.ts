@@ -95,13 +95,11 @@ for (const scheme of ['shm', 'sysv', 'file'] as const) {
       const url = urlFor(scheme);
       const listener = await listen(url, { handshakeTimeout: WATCHDOG });
       const own = OWN_SEGMENT.connector.includes(step);
-      const child = startFixture(t, 'handshake-peer', [own ? 'connect-again' : 'connect', url], { env: { SHMBUS_TEST_STOP_AT: `connector:${step}` }, stdin: 'pipe' });
+      const child = startFixture(t, 'handshake-peer', [own ? 'connect-again' : 'connect', url], { env: { SHMBUS_TEST_STOP_AT: `connector:${step}` } });
       if (own) {
-        // The first connection, which makes the listener known to the child, opens and closes as usual; the child
-        // makes the second only once we took the first (the listener does not promise to offer them in order).
+        // The first connection, which makes the listener known to the child, opens and closes as usual.
         await (await within(WATCHDOG, listener.acceptNext(), 'the first connection'))!.close();
         await child.line('known');
-        child.process.stdin!.write('go\n');
       }
       const result = new Promise<Channel | ShmbusError>((resolve) => {
         listener.once('error', resolve);

@@ -32,7 +32,7 @@ import type { PeerCredentials } from '../../host/peer.js';
 import { ownIdentity } from '../../host/sys/socket.js';
 import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError } from '../../host/errors.js';
 import type { ListenOptions } from '../contract.js';
-import { ListenerBase } from '../base.js';
+import { ListenerBase, type Turn } from '../base.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
 import { PROTOCOL, readLine, takeWaitingLineWithFds, receiveLineWithFds, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
@@ -172,12 +172,16 @@ export class Listener extends ListenerBase<Channel> {
     let mapping: Mapping | undefined;
     /** Descriptors that came with the hello and are not closed or wrapped in a Region yet. */
     let fds: number[] = [];
+    /** This connection's place among its process's connections (from the hello on; ListenerBase.takeTurn). */
+    let turn: Turn<Channel> | undefined;
     try {
       await reached('listener', 1);
       // Usually already there: a connector sends its hello right after connecting.
       const got = takeWaitingLineWithFds(socket) ?? await receiveLineWithFds(socket, left(deadline, timeout), () => {});
       const hello = got.message;
       fds = got.fds;
+      // A pid of 0 is a connector in a pid namespace we cannot see: unrelated processes could share it.
+      if (cred.pid > 0) turn = this.takeTurn(cred.pid);
       if (hello.shmbus !== PROTOCOL || typeof hello.version !== 'number') throw new HandshakeError('connector does not speak the shmbus protocol');
       if (hello.version >>> 16 !== LAYOUT_VERSION_MAJOR) {
         throw new VersionMismatchError('connector layout', versionText(hello.version), versionText(LAYOUT_VERSION));
@@ -201,7 +205,7 @@ export class Listener extends ListenerBase<Channel> {
           maxMessage: agreedMaxMessage(ownMax, hello.maxMessage, maxPayload(theirs.capacity)), peerInThisThread: peerInThisThread(cred, hello),
         });
         writeLine(socket, { ok: true, took: true, wake: mine, maxMessage: ownMax, records: true });
-        this.opened(channel, socket, mapping);
+        this.opened(channel, socket, mapping, turn);
         mapping = undefined;
         return;
       }
@@ -246,10 +250,11 @@ export class Listener extends ListenerBase<Channel> {
       if (ack.attached !== true) throw remoteError(ack, 'connector could not attach');
       await reached('listener', 5);
       this.opened(new Channel({ ...mapping, tx, rx, socket, endpoint: this.endpoint, pendingBytes: rest, side: 'listener', wake, maxMessage, peerRecords: hello.records === true,
-        peerInThisThread: peerInThisThread(cred, hello) }), socket, mapping);
+        peerInThisThread: peerInThisThread(cred, hello) }), socket, mapping, turn);
       mapping = undefined;
     } catch (error) {
       this.pending.delete(socket);
+      if (turn !== undefined) this.settle(turn, undefined);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
       for (const fd of fds) { try { closeFd(fd); } catch { /* idem */ } }
       this.refuse(socket, error);
@@ -287,15 +292,16 @@ export class Listener extends ListenerBase<Channel> {
     return { mapping, capacity: geometry.capacity, initial: geometry.initial };
   }
 
-  /** A connection whose handshake is done: counted, its descriptor closed, and offered to acceptNext(). */
-  private opened(channel: Channel, socket: net.Socket, mapping: Mapping): void {
+  /** A connection whose handshake is done: counted, its descriptor closed, and offered to acceptNext() in its turn. */
+  private opened(channel: Channel, socket: net.Socket, mapping: Mapping, turn: Turn<Channel> | undefined): void {
     this.pending.delete(socket);
     // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
     // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
     mapping.mapped.region.close();
     this.live++;
     channel.once('close', () => { this.live--; });
-    this.offer(channel);
+    if (turn === undefined) this.offer(channel);
+    else this.settle(turn, channel);
     // Off this connection's path: the next one finds its segment made.
     this.pool?.refill();
   }
