@@ -9,6 +9,8 @@ import { listen, connect, ErrorCode, type Channel, type ShmUrl } from '../index.
 import { wakeStats, mechanismFor, type BellContext } from '../host/wake/index.js';
 import { reapDeadWakeObjects } from '../host/wake/reap.js';
 import { sendStream, receiveStream, mulberry32 } from './fixtures/stream.js';
+import { readLine, writeLine } from '../transports/shm/control.js';
+import { LAYOUT_VERSION } from '../assembly/layout.js';
 import { eventually, fileTimeout, scaled, SCALE, startFixture, unique, within, type TestLike } from './helpers.js';
 
 let serial = 0;
@@ -365,3 +367,26 @@ t.test('a peer with bad wake parameters is a typed error, not a ring into the vo
 
 // `shmbus clean` (which reaps every dead process's objects, not only ours) is tested in test/reap.test.ts, which
 // runs alone.
+
+t.test('a handshake that fails gives its wake object back at once (no reservation left to lapse)', async (t) => {
+  for (const mode of ['sem', 'sysvsem', 'mq'] as const) {
+    const url = `shm://${unique(`unreserve-${mode}`)}?wake=${mode}` as ShmUrl;
+    const listener = await listen(url);
+    // The connector's side: it makes its wake line (reserving its process object) before it meets the listener,
+    // which turns out to run as another uid than it expects.
+    await t.rejects(connect(url, { expectUid: 4242 }), { code: ErrorCode.PERMISSION_DENIED }, `${mode}: the connect fails`);
+    t.same(leftovers(), before, `${mode}: the connector's wake object is gone`);
+    // The listener's side: its reply names its wake object; the connector then hangs up instead of attaching.
+    const socket = net.connect(`\0shmbus/shm/${url.slice('shm://'.length, url.indexOf('?'))}`);
+    socket.on('error', () => {});
+    await new Promise((r) => socket.once('connect', r));
+    writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+    const { message } = await readLine(socket, 30_000);
+    t.equal((message.wake as { mode?: string } | undefined)?.mode, mode, `${mode}: the listener's reply names its wake object`);
+    t.not(leftovers().length, before.length, `${mode}: which exists meanwhile`);
+    socket.destroy();
+    await eventually(() => listener.load.pending === 0, 'the listener to end the handshake');
+    await eventually(() => leftovers().length === before.length, `${mode}: the listener's wake object to go away`);
+    await listener.close();
+  }
+});

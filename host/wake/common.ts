@@ -12,7 +12,8 @@
  * life: created at the first handshake that needs it, removed when its last channel closes and at process exit.
  * A handshake reserves it (`params()`), the channel then adopts the reservation (`sleeper()`, which finds it by
  * the id it put in the params), so the object cannot be removed between the two even if every other channel
- * closes meanwhile; a reservation whose handshake failed lapses after RESERVATION_MS.
+ * closes meanwhile; a handshake that fails gives its reservation back (`unreserve()`), and one nobody gave back
+ * (a bug) lapses after RESERVATION_MS.
  *
  * Falling back. A bell whose kernel object refuses a ring (a full queue, a semaphore at its maximum, a signal
  * queue at RLIMIT_SIGPENDING, the receiver's object already gone) writes a doorbell byte on the control socket
@@ -282,6 +283,15 @@ export abstract class ObjectMechanism implements WakeMechanism {
     timer.unref();
     this.reservations.set(id, { incarnation, timer });
     return { ...incarnation.object.params(), gen: incarnation.gen, id };
+  }
+
+  unreserve(params: Record<string, unknown>): void {
+    const id = Number(params.id);
+    const reserved = this.reservations.get(id);
+    if (reserved === undefined) return;
+    clearTimeout(reserved.timer);
+    this.reservations.delete(id);
+    this.unuse(reserved.incarnation);
   }
 
   sleeper(ctx: SleeperContext): Sleeper {

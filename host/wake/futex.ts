@@ -253,6 +253,7 @@ export const futex: WakeMechanism = {
     checkKernel();
     return {};
   },
+  unreserve() {},
   sleeper(ctx: SleeperContext): Sleeper {
     checkKernel();
     hub.add();

@@ -66,6 +66,9 @@ export interface WakeMechanism {
   readonly name: string;
   /** What the peer needs to ring us (JSON). Called once per connection, before the handshake line is sent. */
   params(): Record<string, unknown>;
+  /** Gives back what `params()` reserved for a connection whose handshake failed before its sleeper was made; nothing
+   * for params a sleeper took already. */
+  unreserve(params: Record<string, unknown>): void;
   sleeper(ctx: SleeperContext): Sleeper;
   /** How to ring a peer; throws (ERR_SHMBUS_HANDSHAKE, PERMISSION_DENIED, PEER_DEAD) when `params` do not name
    * this peer's own object (see `checkPeer`). */
@@ -114,6 +117,7 @@ export function writeDoorbell(socket: net.Socket, kind: WakeKind): void {
 export const doorbell: WakeMechanism = {
   name: 'doorbell',
   params: () => ({}),
+  unreserve() {},
   sleeper: () => ({ wait() {}, cancel() {}, close() {} }),
   bell: ({ socket }) => ({
     ring(kind) {

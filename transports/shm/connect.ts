@@ -21,7 +21,7 @@ import { Channel, YIELD_MS } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
 import { closeFd } from '../../host/sys/shm.js';
 import {
-  DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, peerWake, peerInThisThread, positive, checkGeometry,
+  DEFAULT_TIMEOUT, KIND, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap, wakeLine, unreserveWake, peerWake, peerInThisThread, positive, checkGeometry,
   checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
 } from './handshake.js';
 
@@ -176,10 +176,20 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const deadline = Date.now() + timeout;
   // The hello is ready before the connect, so that it follows the connect at once: the listener, woken by the
   // connect, usually finds it waiting (control.ts takeWaitingLineWithFds). A wake reservation made here for a connect
-  // that then fails is given back by its timer (host/wake/common.ts). A known listener's segment is made here too, for
-  // the same reason, and unmapped if the connect fails.
+  // that then fails is given back (host/wake/common.ts). A known listener's segment is made here too, for the same
+  // reason, and unmapped if the connect fails.
   if (endpoint.scheme === 'shm' && known.has(endpoint.controlPath)) await letTheLoopTurn();
   const mine = wakeLine(endpoint);
+  try {
+    return await openChannel(endpoint, url, expectUid, deadline, timeout, mine);
+  } catch (error) {
+    unreserveWake(endpoint, mine);
+    throw error;
+  }
+}
+
+/** connect() once its wake line `mine` is made: the full handshake, or one with a segment of our own. */
+async function openChannel(endpoint: ShmEndpoint, url: string, expectUid: number | undefined, deadline: number, timeout: number, mine: Record<string, unknown>): Promise<Channel> {
   const knownListener = endpoint.scheme === 'shm' ? known.get(endpoint.controlPath) : undefined;
   let own = knownListener && makeOwnSegment(endpoint, knownListener);
   let opened: { fd: number; cred: PeerCredentials };

@@ -212,6 +212,12 @@ export function wakeLine(endpoint: ShmEndpoint): Record<string, unknown> {
   return { mode: mechanism.name, params: mechanism.params() };
 }
 
+/** Gives back what `wakeLine` reserved (a process-wide wake object's user: host/wake/common.ts) for a connection
+ * that got no channel; nothing once a channel took it. */
+export function unreserveWake(endpoint: ShmEndpoint, line: Record<string, unknown>): void {
+  mechanismFor(endpoint.wake, endpoint.url).unreserve(line.params as Record<string, unknown>);
+}
+
 /**
  * How to ring the peer, from its handshake line: its mechanism and that mechanism's parameters, with the
  * peer's verified credentials, which those parameters must name (checked by the mechanism).

@@ -39,7 +39,7 @@ import { PROTOCOL, readLine, takeWaitingLineWithFds, receiveLineWithFds, writeLi
 import { closeFd } from '../../host/sys/shm.js';
 import {
   DEFAULT_TIMEOUT, DEFAULT_CHANNEL_RING_SIZE, INITIAL_RING_SIZE, reserveFor, peerGrows, ownMaxMessage, agreedMaxMessage, reached, left, mapRegion, openRings, unmap,
-  wakeLine, peerWake, peerInThisThread, positive, versionText, checkGeometry, checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
+  wakeLine, unreserveWake, peerWake, peerInThisThread, positive, versionText, checkGeometry, checkPeerSegment, createMemfdSegment, formatChannelSegment, type Mapping,
 } from './handshake.js';
 
 const DEFAULT_MAX_PENDING = 64;
@@ -174,6 +174,8 @@ export class Listener extends ListenerBase<Channel> {
     let fds: number[] = [];
     /** This connection's place among its process's connections (from the hello on; ListenerBase.takeTurn). */
     let turn: Turn<Channel> | undefined;
+    /** How we sleep, as our reply says it (its wake reservation is given back if no channel takes it). */
+    let mine: Record<string, unknown> | undefined;
     try {
       await reached('listener', 1);
       // Usually already there: a connector sends its hello right after connecting.
@@ -189,7 +191,7 @@ export class Listener extends ListenerBase<Channel> {
       const offered = hello.segment !== undefined;
       if (fds.length !== (offered ? 1 : 0)) throw new HandshakeError('connector sent another number of descriptors than its hello says', { details: { fds: fds.length } });
       const wake = peerWake(this.endpoint, hello.wake, cred);
-      const mine = wakeLine(this.endpoint);
+      mine = wakeLine(this.endpoint);
       wake.myParams = mine.params as Record<string, unknown>;
       const capacity = this.endpoint.sizeGiven ? this.endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
       const ownMax = ownMaxMessage(this.endpoint);
@@ -255,6 +257,7 @@ export class Listener extends ListenerBase<Channel> {
     } catch (error) {
       this.pending.delete(socket);
       if (turn !== undefined) this.settle(turn, undefined);
+      if (mine !== undefined) unreserveWake(this.endpoint, mine);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
       for (const fd of fds) { try { closeFd(fd); } catch { /* idem */ } }
       this.refuse(socket, error);
