@@ -12,6 +12,7 @@ import { registerTransport, transportFor, type Connection, type ConnectionListen
 import { shmTransport, type Listener, type Channel } from './transports/shm/index.js';
 import { allTransports } from './transports/all.js';
 import type { RequestHandler } from './host/rpc.js';
+import { trace, traceError } from './host/trace.js';
 
 registerTransport(shmTransport);
 for (const transport of allTransports) registerTransport(transport);
@@ -30,7 +31,12 @@ export async function listen(url: string, options?: ListenOptions): Promise<Conn
 export function connect(url: ShmUrl, options?: ConnectOptions): Promise<Channel>;
 export function connect(url: string, options?: ConnectOptions): Promise<Connection>;
 export async function connect(url: string, options?: ConnectOptions): Promise<Connection> {
-  return transportFor(url).connect(url, options);
+  try {
+    return await transportFor(url).connect(url, options);
+  } catch (error) {
+    if (trace.enabled) trace('connect %s: failed: %s', url, traceError(error));
+    throw error;
+  }
 }
 
 /**

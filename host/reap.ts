@@ -30,6 +30,7 @@ import { claimAlive, claimPid } from './claim.js';
 import { isProcessAlive, taskIdInUse } from './sys/proc.js';
 import { ShmbusError } from './errors.js';
 import { decodePeer } from './codec.js';
+import { trace } from './trace.js';
 import { MSG_HEADER, msgPeek, msgRemoveIfExists, msgStat, msgType } from './sys/msg.js';
 import { mqClose, mqGetattr, mqLimits, mqOpen, tryFlock } from './sys/mq.js';
 import { LOCK_EX, O_NONBLOCK, O_RDONLY } from './sys/constants.js';
@@ -201,6 +202,7 @@ function decide(reaper: Reaper, c: Candidate, scope: Scope, dryRun: boolean): Pi
     if (!verdict.dead) return { action: 'kept', why: verdict.why };
     if (dryRun) return { action: 'would remove', why: verdict.why };
     const done = reaper.remove(c, scope);
+    if (done.dead && trace.enabled) trace('reap: removed %s %s (uid %d): %s', c.kind, c.name, c.uid, done.why);
     return done.dead ? { action: 'removed', why: done.why } : { action: 'kept', why: `changed before removal: ${done.why}` };
   } catch (error) {
     // A kernel refusal (EPERM on someone else's object, EACCES) keeps the object; the run goes on.

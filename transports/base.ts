@@ -19,6 +19,7 @@ import { encodePlain } from '../host/pack.js';
 import { decodeMsgpack, plainUnpackr, plainUnpackrNoCopy } from '../host/codec.js';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_REQUEST, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../host/rpc.js';
+import { trace, traceError } from '../host/trace.js';
 import {
   BadArgumentError, BadUrlError, ClosedError, CorruptError, ErrorCode, PeerDeadError, ShmbusError,
 } from '../host/errors.js';
@@ -195,6 +196,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /** Ends the connection with an error: reported to drain waiters, 'error' listeners, the iterator, later calls. */
   protected fail(error: ShmbusError): void {
     if (this.failure || this.state === 'closed') return;
+    if (trace.enabled) trace('%s: ended: %s', this.url, traceError(error));
     this.failure = error;
     this.sendQueue.end(error, false);
     this.wakeReaders();
@@ -492,6 +494,7 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
 
   /** A connector that failed its handshake: reported to 'error' listeners only (the listener goes on). */
   protected reportError(error: unknown): void {
+    if (trace.enabled) trace('listen %s: a connector failed: %s', this.url, traceError(error));
     if (this.listenerCount('error') > 0) this.emit('error', asShmbusError(error));
   }
 

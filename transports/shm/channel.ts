@@ -16,6 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { RECORD_BYTES, RECORD_MSGPACK, RECORD_HEADER_SIZE, RECORD_REQUEST, RECORD_REPLY_ERROR, BATCH_MAX, RECORD_FRAGMENT, FRAGMENT_HEADER_SIZE } from '../../assembly/layout.js';
 import { RECORD_MSGPACK_RECORDS, RING_CONSUMER_CPU_OFFSET, maxPayload } from '../../assembly/layout.js';
 import { Rpc, type RequestHandler, type RequestOptions } from '../../host/rpc.js';
+import { trace, traceError } from '../../host/trace.js';
 import type { Engine } from '../../host/engine.js';
 import type { Mapped } from '../../host/mapped.js';
 import type { PeerCredentials } from '../../host/peer.js';
@@ -1413,6 +1414,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       // Crash or kill: what was committed is still readable through our mapping. Report it to listeners now;
       // the iterator delivers what is left, then throws.
       const error = new PeerDeadError('peer went away without closing', { url: this.url, side: this.side });
+      if (trace.enabled) trace('%s (%s): %s', this.url, this.side, traceError(error));
       if (this.sendQueue.length > 0) this.sendQueue.end(error, false);
       if (this.listenerCount('error') > 0) this.emit('error', error);
     }
@@ -1422,6 +1424,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   /** Ends the channel with an error: reported to waiters, to 'error' listeners, and to later calls. */
   private fail(error: ShmbusError): void {
     if (this.failure || this.state === 'closed') return;
+    if (trace.enabled) trace('%s (%s): ended: %s', this.url, this.side, traceError(error));
     this.failure = error;
     this.sendQueue.end(error, false);
     this.wakeReader();

@@ -11,6 +11,7 @@ import { LAYOUT_VERSION, maxPayload } from '../../assembly/layout.js';
 import { Region } from '../../host/region.js';
 import type { RingEnd } from '../../host/ring.js';
 import { mechanismFor } from '../../host/wake/index.js';
+import { trace } from '../../host/trace.js';
 import { checkListener, pauseForRoom } from '../../host/control.js';
 import { connectUnix, peerCredentials, sendBytes, sendFd } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
@@ -206,7 +207,10 @@ async function openChannel(endpoint: ShmEndpoint, url: string, expectUid: number
     unmap(own.mapping);
     own = undefined;
   }
-  if (own) return connectWithSegment(endpoint, fd, cred, own, mine, timeout);
+  if (own) {
+    if (trace.enabled) trace('connect %s: listener pid %d knows us: our own segment, its verdict comes on the channel', url, cred.pid);
+    return connectWithSegment(endpoint, fd, cred, own, mine, timeout);
+  }
   // fdWithReply: the listener sends the segment's descriptor with its reply, in one message (no request for it).
   const hello = Buffer.from(JSON.stringify({
     shmbus: PROTOCOL, version: LAYOUT_VERSION, pid: process.pid, thread: threadId, wake: mine, maxMessage: ownMaxMessage(endpoint), records: true, fdWithReply: true,
@@ -269,6 +273,7 @@ async function openChannel(endpoint: ShmEndpoint, url: string, expectUid: number
       if (reply.takesSegments === true && endpoint.scheme === 'shm' && cred.pid !== process.pid) {
         remember(endpoint, { pid: cred.pid, uid: cred.uid, capacity, initial, maxMessage: reply.maxMessage, records: reply.records === true });
       }
+      if (trace.enabled) trace('connect %s: open (full handshake with listener pid %d uid %d)', url, cred.pid, cred.uid);
       await reached('connector', 6);
       return channel;
     } catch (error) {

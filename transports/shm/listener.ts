@@ -33,6 +33,7 @@ import { ownIdentity } from '../../host/sys/socket.js';
 import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError } from '../../host/errors.js';
 import type { ListenOptions } from '../contract.js';
 import { ListenerBase, type Turn } from '../base.js';
+import { trace, traceError } from '../../host/trace.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
 import { PROTOCOL, readLine, takeWaitingLineWithFds, receiveLineWithFds, writeLine, remoteError, errorLine, sendPassedFd, sendLineWithFd } from './control.js';
@@ -133,22 +134,28 @@ export class Listener extends ListenerBase<Channel> {
     // A connector that dies mid-handshake makes our writes fail; readLine and the Channel report it.
     socket.on('error', () => {});
     if (this.closed) { socket.destroy(); return; }
-    let cred: PeerCredentials;
+    let cred: PeerCredentials | undefined;
     try {
       cred = credentialsOf(socket);
       checkConnector(socket, cred, this.policy);
     } catch (error) {
-      return this.refuse(socket, error);
+      return this.refuse(socket, error, cred);
     }
     // Over the cap nothing is read or written: the connector just sees the socket close.
-    if (this.pending.size >= this.maxPending) { socket.destroy(); return; }
+    if (this.pending.size >= this.maxPending) {
+      if (trace.enabled) trace('listen %s: closed a connection of pid %d uid %d: %d handshakes in progress (maxPending)', this.url, cred.pid, cred.uid, this.pending.size);
+      socket.destroy();
+      return;
+    }
     if (this.live + this.pending.size >= this.maxConnections) {
-      return this.refuse(socket, new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } }));
+      return this.refuse(socket, new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } }), cred);
     }
     void this.handshake(socket, cred);
   }
 
-  private refuse(socket: net.Socket, error: unknown): void {
+  /** Tells the connector `who` (when the kernel said) why it is refused, and reports it (trace, 'error' listeners). */
+  private refuse(socket: net.Socket, error: unknown, who: PeerCredentials | undefined): void {
+    if (trace.enabled) trace('listen %s: refused pid %s uid %s: %s', this.url, who?.pid ?? '?', who?.uid ?? '?', traceError(error));
     if (!socket.destroyed) {
       try { writeLine(socket, errorLine(error, 'ok')); } catch { /* peer gone */ }
       socket.end();
@@ -260,7 +267,7 @@ export class Listener extends ListenerBase<Channel> {
       if (mine !== undefined) unreserveWake(this.endpoint, mine);
       if (mapping) { try { unmap(mapping); } catch { /* report the handshake's failure */ } }
       for (const fd of fds) { try { closeFd(fd); } catch { /* idem */ } }
-      this.refuse(socket, error);
+      this.refuse(socket, error, cred);
     }
   }
 
