@@ -50,6 +50,10 @@ t.test('a listener that sends another count of descriptors than its reply says: 
     ['a descriptor with a reply that does not say fdWithReply', (s) => sendFd(socketFd(s), segment.fd, reply({})), ErrorCode.HANDSHAKE],
     ['a descriptor with a refusal', (s) => sendFd(socketFd(s), segment.fd, Buffer.from(JSON.stringify({ ok: false, code: ErrorCode.LIMIT, message: 'no' }) + '\n')), ErrorCode.LIMIT],
     ['a descriptor with half a line, then the end', (s) => { sendFd(socketFd(s), segment.fd, reply({ fdWithReply: true }).subarray(0, 30)); s.end(); }, ErrorCode.HANDSHAKE],
+    // Without a limit, pieces of a line that never ends could each bring descriptors until the deadline.
+    ['a descriptor with each piece of a line that does not end', (s) => {
+      for (let i = 0; i < 3; i++) sendFd(socketFd(s), segment.fd, reply({ fdWithReply: true }).subarray(i * 5, i * 5 + 5));
+    }, ErrorCode.HANDSHAKE],
   ];
   let answer: (s: net.Socket) => void = () => {};
   const server = net.createServer((s) => {
@@ -157,4 +161,24 @@ t.test('closing the listener closes a connection that waited for an earlier one 
   t.equal(await within(WATCHDOG, later.receive(), 'the end'), undefined, 'the waiting connection is closed, in order');
   await eventually(() => listener.load.pending === 0 && listener.load.connections === 0, 'no handshake or connection left');
   await later.close();
+});
+
+t.test('a connector that attaches a descriptor to each piece of its hello: HANDSHAKE at once, all of them closed', async (t) => {
+  const name = unique('open-fds');
+  const listener = await listen(`shm://${name}?size=64KiB`);
+  t.teardown(() => listener.close());
+  const failed = new Promise<ShmbusError>((resolve) => listener.once('error', resolve));
+  const segment = Region.createMemfd(`shmbus.${name}`, { size: SIZE });
+  t.teardown(() => segment.close());
+  const socket = net.connect(`\0shmbus/shm/${name}`);
+  socket.on('error', () => {});
+  t.teardown(() => { socket.destroy(); });
+  await new Promise((r) => socket.once('connect', r));
+  // A hello that never ends, a descriptor with every piece (the listener's deadline is 5 s: the error must not be it).
+  const hello = Buffer.from(JSON.stringify({ shmbus: 1, version: LAYOUT_VERSION, pid: process.pid }));
+  for (let i = 0; i < 3; i++) sendFd(socketFd(socket), segment.fd, hello.subarray(i * 5, i * 5 + 5));
+  const error = await within(WATCHDOG, failed, 'the listener\'s error');
+  t.equal(error.code, ErrorCode.HANDSHAKE, `${error.code}: ${error.message}`);
+  await eventually(() => memfds(`shmbus.${name}`) === 1, 'every descriptor the listener received to be closed');
+  t.pass('only our own descriptor of the segment is left');
 });

@@ -50,6 +50,9 @@ export const PROTOCOL = 1;
 /** The data byte that carries the segment descriptor. */
 export const FD_BYTE = 0x46; // 'F'
 const MAX_LINE = 4096;
+/** The most descriptors one handshake line carries (the segment): a peer attaching more to the pieces of a line,
+ * which could otherwise pile up a few thousand per handshake until its deadline, fails it at once. */
+const LINE_FDS = 1;
 
 /**
  * Reads one handshake line: resolves with the parsed JSON object and whatever bytes followed the line
@@ -156,8 +159,8 @@ export interface LineWithFds { message: Record<string, unknown>; rest: Buffer; f
  * Connector side: reads the listener's reply line together with the descriptors attached to its bytes, after
  * `ask()` sent the hello that asks for it. As receivePassedFd, libuv stops reading the socket before `ask` runs,
  * and the line is taken with recvmsg on a dup of the socket; reading resumes afterwards. The line may arrive in
- * pieces (at most MAX_LINE bytes); whatever descriptors arrive with any of them are collected, and on any failure
- * closed here. Rejects on end of file, a bad line, or `timeoutMs`.
+ * pieces (at most MAX_LINE bytes); whatever descriptors arrive with any of them are collected (at most LINE_FDS),
+ * and on any failure closed here. Rejects on end of file, a bad line, or `timeoutMs`.
  */
 export function receiveLineWithFds(socket: net.Socket, timeoutMs: number, ask: () => void): Promise<LineWithFds> {
   let buffered: Buffer = Buffer.alloc(0);
@@ -166,6 +169,7 @@ export function receiveLineWithFds(socket: net.Socket, timeoutMs: number, ask: (
     const got = receiveFd(dup, MAX_LINE + 1);
     if (!got) return undefined; // woken without data
     fds.push(...got.fds);
+    if (fds.length > LINE_FDS) throw new HandshakeError('peer attached more descriptors than a handshake line carries', { details: { fds: fds.length } });
     refuseOtherControlData(got);
     if (got.bytes.length === 0) throw new HandshakeError('peer went away during the handshake');
     buffered = buffered.length ? Buffer.concat([buffered, got.bytes]) : got.bytes;
