@@ -468,3 +468,20 @@ t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was v
     await l.close();
   }
 });
+
+t.test('sysvmq: a hello whose packet size no System V message can have is refused', async (t) => {
+  const url = sysvUrl();
+  const l = await listen(url);
+  t.teardown(() => l.close());
+  const errors: ShmbusError[] = [];
+  l.on('error', (e: ShmbusError) => errors.push(e));
+  // The hello as the listener's port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO); each packet
+  // this side would send that connector is a buffer of `packet` bytes.
+  const hello = { shmbus: 1, proto: 1, pid, start: String(processStartTime(pid)), port: -1, id: 1, q: -1, max: MiB };
+  const port = l as unknown as { onPortMessage(kind: number, payload: Uint8Array): void };
+  for (const packet of [2 ** 31, msgLimits().msgmax + 1, 1.5, 16]) {
+    errors.length = 0;
+    port.onPortMessage(1, pack({ ...hello, packet }));
+    t.equal(errors[0]?.code, ErrorCode.HANDSHAKE, `packet ${packet}: ${errors[0]?.message}`);
+  }
+});

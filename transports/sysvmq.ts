@@ -256,6 +256,12 @@ function decode(payload: Uint8Array): Record<string, unknown> | undefined {
 }
 
 /** Creates our inbound queue for a connection: IPC_PRIVATE, writable by the peer, `qbytes` if asked. */
+/** A peer's packet size: each of our packets to it is a buffer of that size, so it must be one the kernel can
+ * carry (at least MIN_PACKET, at most msgmax) before anything is allocated for it. */
+function packetFits(packet: number): boolean {
+  return Number.isSafeInteger(packet) && packet >= MIN_PACKET && packet <= msgLimits().msgmax;
+}
+
 function createInbound(ep: SysvMqEndpoint): { msqid: number; packet: number } {
   const msqid = msgGet(IPC_PRIVATE, IPC_CREAT | writeOnlyFor(ep.perm));
   try {
@@ -570,7 +576,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
       throw error;
     };
     if (hello.proto !== PROTOCOL) refuse(new VersionMismatchError('connector protocol', String(hello.proto), String(PROTOCOL)));
-    if (packet < MIN_PACKET) refuse(new HandshakeError('connector\'s packet size is too small', { details: { packet } }));
+    if (!packetFits(packet)) refuse(new HandshakeError('connector\'s packet size is not one a System V message can have', { details: { packet, msgmax: msgLimits().msgmax } }));
     const peerStart = parseStart(hello.start);
     if (!isProcessAlive(pid, peerStart)) throw new HandshakeError('connector went away during the handshake', { details: { pid } });
     let inbound: { msqid: number; packet: number };
@@ -759,7 +765,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     }
     const { pid, port: peerPort, id: peerId, q, max, packet } = reply;
     if (typeof pid !== 'number' || typeof peerPort !== 'number' || typeof peerId !== 'number' || typeof q !== 'number'
-      || typeof max !== 'number' || typeof packet !== 'number' || packet < MIN_PACKET) {
+      || typeof max !== 'number' || typeof packet !== 'number' || !packetFits(packet)) {
       port.unregister(id);
       throw new HandshakeError('reply lacks fields', { details: { url } });
     }
