@@ -122,6 +122,20 @@ t.test('connections refused on arrival give their descriptors back, and one that
   t.equal(sockets(), before, 'a refused connector that never hangs up does not keep a descriptor');
 });
 
+t.test('refused connectors that do not hang up hold at most maxPending of the listener\'s descriptors', SKIP, async (t) => {
+  const name = unique('linger-many');
+  // A deadline no test waits for: what is counted is what the listener keeps meanwhile.
+  const listener = await listen(`shm://${name}`, { maxPending: 2, handshakeTimeout: 60_000 });
+  t.teardown(() => listener.close());
+  listener.on('error', () => {});
+  const sockets = () => fs.readFileSync('/proc/net/unix', 'latin1').split('\n')
+    .filter((line) => line.split(/\s+/)[7]?.replace(/@+$/, '') === `@shmbus/shm/${name}`).length;
+  const lingerer = startFixture(t, 'attacker', ['linger', `shmbus/shm/${name}`, '6'], { prefix: PREFIX });
+  // Each of the six was told why or closed at once; the attacker keeps all six descriptors open.
+  t.equal(await lingerer.line(/^answered/), 'answered 2', 'the first two were told why, the rest closed at once');
+  t.equal(sockets(), 1 + 2, 'the listening socket and two refused ones, not six');
+});
+
 t.test('a peer of another uid that `allow` admits connects and works (uid and gid rules)', SKIP, async (t) => {
   // The last case runs the peer with a supplementary group (SO_PEERGROUPS), the others with none.
   const withGroup = PREFIX.map((a) => (a === '--clear-groups' ? '--groups=4242' : a));

@@ -95,6 +95,8 @@ export class Listener extends ListenerBase<Channel> {
   private readonly maxConnections: number;
   /** Sockets still in their handshake. */
   private readonly pending = new Set<net.Socket>();
+  /** Refused sockets kept open until the connector has read why (refuse): at most maxPending of them. */
+  private readonly refusing = new Set<net.Socket>();
   /** Channels this listener made that are not closed yet (maxConnections counts them). */
   private live = 0;
   /** shm:// only: spare segments of the geometry a connector that grows its rings gets (the usual one). */
@@ -156,7 +158,11 @@ export class Listener extends ListenerBase<Channel> {
   /** Tells the connector `who` (when the kernel said) why it is refused, and reports it (trace, 'error' listeners). */
   private refuse(socket: net.Socket, error: unknown, who: PeerCredentials | undefined): void {
     if (trace.enabled) trace('listen %s: refused pid %s uid %s: %s', this.url, who?.pid ?? '?', who?.uid ?? '?', traceError(error));
-    if (!socket.destroyed) {
+    if (this.refusing.size >= this.maxPending) {
+      // As many refused connectors as handshakes may be in progress are kept until they read why; past that (a
+      // user who is not allowed, connecting again and again without hanging up) the socket is closed at once.
+      socket.destroy();
+    } else if (!socket.destroyed) {
       try { writeLine(socket, errorLine(error, 'ok')); } catch { /* peer gone */ }
       socket.end();
       // Reads (and drops) what the connector still sends until it hangs up, which closes the socket: it may never
@@ -166,7 +172,11 @@ export class Listener extends ListenerBase<Channel> {
       socket.resume();
       const timer = setTimeout(() => socket.destroy(), this.handshakeTimeout);
       timer.unref();
-      socket.once('close', () => clearTimeout(timer));
+      this.refusing.add(socket);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        this.refusing.delete(socket);
+      });
     }
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
@@ -319,6 +329,7 @@ export class Listener extends ListenerBase<Channel> {
   /** Stops the handshakes in progress and the server (ListenerBase.close closes channels not yet taken). */
   protected async stop(): Promise<void> {
     for (const socket of this.pending) socket.destroy();
+    for (const socket of this.refusing) socket.destroy();
     this.pool?.close();
     // net.Server.close() stops listening at once, but its callback waits for every accepted socket to end:
     // channels handed out stay open (the contract), so do not wait for them.
