@@ -26,7 +26,7 @@ import {
 import { DEFAULT_MAX_QUEUED } from '../host/url.js';
 import { SendQueue, WRITE_QUEUED, type WriteKind } from '../host/send-queue.js';
 import { dispatchMessages, type MessageSource } from './dispatch.js';
-import type { Connection, ConnectionListener } from './contract.js';
+import type { Connection, ConnectionListener, ListenOptions } from './contract.js';
 
 /** A busy iterator yields to the event loop at least this often (ms), so timers and I/O are never starved. */
 const YIELD_MS = 2;
@@ -411,6 +411,17 @@ export function asShmbusError(error: unknown): ShmbusError {
 
 // --- listeners -----------------------------------------------------------------------------------------------------
 
+/** Connections a listener keeps open at once unless ListenOptions.maxConnections says otherwise. */
+const DEFAULT_MAX_CONNECTIONS = 1024;
+
+/** ListenOptions.maxConnections, checked (a positive integer; default 1024). Called before a listener makes anything. */
+export function maxConnectionsOf(options: ListenOptions): number {
+  const value = options.maxConnections;
+  if (value === undefined) return DEFAULT_MAX_CONNECTIONS;
+  if (!Number.isSafeInteger(value) || value < 1) throw new BadArgumentError('maxConnections must be a positive integer', { maxConnections: value });
+  return value;
+}
+
 /** A connection's place among those of one connector, from its first message until it is offered (ListenerBase.takeTurn). */
 export interface Turn<C> {
   readonly connector: number;
@@ -431,9 +442,34 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
   /** Per connector: its handshakes from the first message on, oldest first, until offered (see settle). */
   private readonly turns = new Map<number, Turn<C>[]>();
 
-  constructor(url: string) {
+  /** Connections this listener made that are not closed yet, handed out or not (see track). */
+  private live = 0;
+
+  /** @param maxConnections the most connections open at once (maxConnectionsOf); past it `full` says so. */
+  constructor(url: string, protected readonly maxConnections: number) {
     super();
     this.url = url;
+  }
+
+  /** Counts `connection` against maxConnections until it closes. */
+  protected track(connection: C): void {
+    this.live++;
+    connection.once('close', () => { this.live--; });
+  }
+
+  /** Connections made and not closed yet (handed out or waiting to be). */
+  protected get connections(): number {
+    return this.live;
+  }
+
+  /** Whether `more` connections on top of those open would pass maxConnections (a subclass refuses the next one). */
+  protected full(more = 0): boolean {
+    return this.live + more >= this.maxConnections;
+  }
+
+  /** What a connector past maxConnections is told. */
+  protected limitError(): ShmbusError {
+    return new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } });
   }
 
   /** Stop accepting and remove what the listener created (socket file, FIFO). Called once. */

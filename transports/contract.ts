@@ -102,8 +102,10 @@ export interface ListenOptions {
   allow?: string;
   /** shm: most handshakes in progress at once; further connectors are disconnected at once. Default 64. */
   maxPending?: number;
-  /** shm: most open connections from this listener; further connectors are refused with ERR_SHMBUS_LIMIT.
-   * Default 1024. */
+  /** Most open connections from this listener (handed out or not yet taken), on every transport that listens:
+   * further connectors are refused with ERR_SHMBUS_LIMIT (shm, fifo, mq, sysvmq: their connect() fails with it;
+   * unix, tcp: the socket the kernel accepted is closed before a byte is read, so the connector's connection ends
+   * at once). Default 1024. */
   maxConnections?: number;
 }
 

@@ -36,7 +36,7 @@ import {
   BadUrlError, ErrorCode, HandshakeError, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { growPipe, mkfifo } from '../host/sys/fifo.js';
-import { ListenerBase, parseTransportQuery, splitUrl, type Turn } from './base.js';
+import { ListenerBase, maxConnectionsOf, parseTransportQuery, splitUrl, type Turn } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { FrameReader, StreamConnection, encodeFrame, readHandshakeFrame } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection } from './contract.js';
@@ -137,8 +137,8 @@ class FifoListener extends ListenerBase<StreamConnection> {
   private readonly ino: number;
   private readonly pending = new Set<net.Socket>();
 
-  constructor(ep: FifoEndpoint, fd: number, ino: number, handshakeTimeout: number) {
-    super(ep.url);
+  constructor(ep: FifoEndpoint, fd: number, ino: number, handshakeTimeout: number, maxConnections: number) {
+    super(ep.url, maxConnections);
     this.ep = ep;
     this.handshakeTimeout = handshakeTimeout;
     this.forget = onProcessExit(() => this.unlinkIfOurs(ino));
@@ -192,6 +192,12 @@ class FifoListener extends ListenerBase<StreamConnection> {
         output.end(frame({ ok: false, code: error.code, message: error.message }));
         throw error;
       }
+      // Handshakes in progress count too: each holds two descriptors of ours until it ends.
+      if (this.full(this.pending.size - 1)) {
+        const error = this.limitError();
+        output.end(frame({ ok: false, code: error.code, message: error.message }));
+        throw error;
+      }
       output.write(frame({ ok: true }));
       const reply = await readHandshakeFrame(input, this.handshakeTimeout);
       if (decodeFrame(reply).opened !== true) throw new HandshakeError('connector did not open its FIFO');
@@ -201,6 +207,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
       this.pending.delete(input);
       output.removeAllListeners('error');
       const connection = new StreamConnection({ url: this.url, maxQueued: this.ep.maxQueued, input, output, pending: reply.rest });
+      this.track(connection);
       if (turn === undefined) this.offer(connection);
       else this.settle(turn, connection);
     } catch (error) {
@@ -237,6 +244,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
 
 async function listen(url: string, options: ListenOptions = {}): Promise<FifoListener> {
   const ep = parseFifoUrl(url);
+  const maxConnections = maxConnectionsOf(options);
   createRendezvous(ep);
   // Once the endpoint is ours: its FIFO next to them is what proves connection FIFOs shmbus's (host/reap.ts).
   reapConnectionFifos(ep.path);
@@ -246,7 +254,7 @@ async function listen(url: string, options: ListenOptions = {}): Promise<FifoLis
     unlinkQuietly(ep.path);
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot open the FIFO', { details: { url, errno: fd } });
   }
-  return new FifoListener(ep, fd, fs.fstatSync(fd).ino, options.handshakeTimeout ?? DEFAULT_TIMEOUT);
+  return new FifoListener(ep, fd, fs.fstatSync(fd).ino, options.handshakeTimeout ?? DEFAULT_TIMEOUT, maxConnections);
 }
 
 let connectionCounter = 0;

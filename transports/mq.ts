@@ -59,7 +59,7 @@ import {
 import {
   EPOLLIN, EPOLLOUT, LOCK_EX, LOCK_SH, LOCK_UN, O_CREAT, O_EXCL, O_NONBLOCK, O_RDONLY, O_WRONLY,
 } from '../host/sys/constants.js';
-import { ListenerBase, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, maxConnectionsOf, parseTransportQuery, splitUrl } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { MIN_PACKET, QueueConnection } from './fragment.js';
 import type { ConnectOptions, ListenOptions, Transport } from './contract.js';
@@ -221,8 +221,8 @@ export class MqListener extends ListenerBase<MqConnection> {
   private readonly cancelExit: () => void;
 
   /** @internal use listen() */
-  constructor(endpoint: MqEndpoint, fd: number) {
-    super(endpoint.url);
+  constructor(endpoint: MqEndpoint, fd: number, maxConnections: number) {
+    super(endpoint.url, maxConnections);
     this.endpoint = endpoint;
     this.fd = fd;
     this.buf = new Uint8Array(mqGetattr(fd).msgsize);
@@ -277,6 +277,7 @@ export class MqListener extends ListenerBase<MqConnection> {
       if (hello.proto !== PROTOCOL) {
         throw new VersionMismatchError('connector protocol', String(hello.proto), String(PROTOCOL));
       }
+      if (this.full()) throw this.limitError();
       rx = mqOpen(up, O_RDONLY | O_NONBLOCK);
       // The descriptors keep both queues alive: their names are no longer needed by anyone.
       mqUnlinkIfExists(up);
@@ -290,6 +291,7 @@ export class MqListener extends ListenerBase<MqConnection> {
         url: this.url, maxQueued: this.endpoint.maxQueued, maxMessageSize, rx, tx, peerPid: pid, peerStart, side: 'listener',
       });
       rx = tx = -1;
+      this.track(conn);
       this.offer(conn);
     } catch (error) {
       if (tx >= 0) {
@@ -340,14 +342,15 @@ function createListenerQueue(ep: MqEndpoint): number {
   }
 }
 
-export async function listen(url: string, _options: ListenOptions = {}): Promise<MqListener> {
+export async function listen(url: string, options: ListenOptions = {}): Promise<MqListener> {
   const ep = parseMqUrl(url);
+  const maxConnections = maxConnectionsOf(options);
   // The first use in a process starts the receive thread (~50 ms to load); hellos would wait for it.
   await EpollThread.get().start();
   const fd = createListenerQueue(ep);
   try {
     reapStaleNames(ep.name);
-    return new MqListener(ep, fd);
+    return new MqListener(ep, fd, maxConnections);
   } catch (error) {
     mqClose(fd);
     mqUnlinkIfExists(ep.name);

@@ -333,13 +333,18 @@ export class ServerListener extends ListenerBase<StreamConnection> {
   private readonly server: net.Server;
   private readonly onStop: (() => void) | undefined;
 
-  constructor(url: string, server: net.Server, makeConnection: (socket: net.Socket) => StreamConnection, onStop?: () => void) {
-    super(url);
+  /** @param maxConnections maxConnectionsOf(options): past it an accepted socket is closed at once (before a byte is
+   * read) and the refusal reported to 'error' listeners. */
+  constructor(url: string, server: net.Server, maxConnections: number, makeConnection: (socket: net.Socket) => StreamConnection, onStop?: () => void) {
+    super(url, maxConnections);
     this.server = server;
     this.onStop = onStop;
     server.on('connection', (socket) => {
       try {
-        this.offer(makeConnection(socket));
+        if (this.full()) throw this.limitError();
+        const connection = makeConnection(socket);
+        this.track(connection);
+        this.offer(connection);
       } catch (error) {
         socket.destroy();
         this.reportError(error);

@@ -66,7 +66,7 @@ import {
   msgSetMode, msgSetQbytes, msgStat, msgType, setMsgType,
 } from '../host/sys/msg.js';
 import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE } from '../host/sys/constants.js';
-import { ListenerBase, asShmbusError, parseTransportQuery, splitUrl } from './base.js';
+import { ListenerBase, asShmbusError, maxConnectionsOf, parseTransportQuery, splitUrl } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { reap, sysvmqReapers, type MsgQueueCandidate } from '../host/reap.js';
 import { MIN_PACKET, QueueConnection } from './fragment.js';
@@ -536,8 +536,8 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
   private readonly cancelExit: () => void;
 
   /** @internal use listen() */
-  constructor(endpoint: SysvMqEndpoint, kid: number, port: Port, id: number) {
-    super(endpoint.url);
+  constructor(endpoint: SysvMqEndpoint, kid: number, port: Port, id: number, maxConnections: number) {
+    super(endpoint.url, maxConnections);
     this.endpoint = endpoint;
     this.kid = kid;
     this.port = port;
@@ -579,6 +579,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
     if (!packetFits(packet)) refuse(new HandshakeError('connector\'s packet size is not one a System V message can have', { details: { packet, msgmax: msgLimits().msgmax } }));
     const peerStart = parseStart(hello.start);
     if (!isProcessAlive(pid, peerStart)) throw new HandshakeError('connector went away during the handshake', { details: { pid } });
+    if (this.full()) refuse(this.limitError());
     let inbound: { msqid: number; packet: number };
     try {
       inbound = createInbound(this.endpoint);
@@ -607,6 +608,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
       else { msgRemoveIfExists(inbound.msqid); this.port.release(); }
       throw error;
     }
+    this.track(conn);
     this.offer(conn);
   }
 
@@ -669,8 +671,9 @@ async function threadsRunning(): Promise<void> {
   await Promise.all([MsgrcvThread.get().start(), EpollThread.get().start()]);
 }
 
-export async function listen(url: string, _options: ListenOptions = {}): Promise<SysvMqListener> {
+export async function listen(url: string, options: ListenOptions = {}): Promise<SysvMqListener> {
   const ep = parseSysvMqUrl(url);
+  const maxConnections = maxConnectionsOf(options);
   await threadsRunning();
   const port = Port.acquire(ep.perm);
   const id = port.newId();
@@ -681,7 +684,7 @@ export async function listen(url: string, _options: ListenOptions = {}): Promise
     port.release();
     throw error;
   }
-  return new SysvMqListener(ep, kid, port, id);
+  return new SysvMqListener(ep, kid, port, id, maxConnections);
 }
 
 // ------------------------------------------------------------------------------------------------ connector

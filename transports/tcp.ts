@@ -8,7 +8,7 @@
  */
 import net from 'node:net';
 import { BadUrlError } from '../host/errors.js';
-import { parseTransportQuery, splitUrl } from './base.js';
+import { maxConnectionsOf, parseTransportQuery, splitUrl } from './base.js';
 import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection, ConnectionListener } from './contract.js';
 
@@ -42,8 +42,9 @@ function open(url: string, maxQueued: number, socket: net.Socket): StreamConnect
   return new StreamConnection({ url, maxQueued, input: socket, output: socket });
 }
 
-async function listen(url: string, _options: ListenOptions = {}): Promise<ConnectionListener> {
+async function listen(url: string, options: ListenOptions = {}): Promise<ConnectionListener> {
   const ep = parseTcpUrl(url);
+  const maxConnections = maxConnectionsOf(options);
   const server = net.createServer({ allowHalfOpen: true });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => reject(socketError(error, url, 'listen')));
@@ -54,7 +55,7 @@ async function listen(url: string, _options: ListenOptions = {}): Promise<Connec
   });
   const address = server.address() as net.AddressInfo;
   const bound = formatUrl(ep.host, address.port, ep.query);
-  return new ServerListener(bound, server, (socket) => open(bound, ep.maxQueued, socket));
+  return new ServerListener(bound, server, maxConnections, (socket) => open(bound, ep.maxQueued, socket));
 }
 
 async function connect(url: string, options: ConnectOptions = {}): Promise<Connection> {

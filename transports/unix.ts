@@ -18,7 +18,7 @@ import net from 'node:net';
 import fs from 'node:fs';
 import { BadArgumentError, BadUrlError, ShmbusError, ErrorCode } from '../host/errors.js';
 import { checkConnector, checkListener, credentialsOf, pauseForRoom, OWNER_ONLY, parseAllow, parseUid, type PeerPolicy } from '../host/control.js';
-import { parseTransportQuery, splitUrl } from './base.js';
+import { maxConnectionsOf, parseTransportQuery, splitUrl } from './base.js';
 import { onProcessExit } from '../host/exit.js';
 import { ServerListener, StreamConnection, socketError, whenConnected } from './stream.js';
 import type { Transport, ConnectOptions, ListenOptions, Connection, ConnectionListener } from './contract.js';
@@ -96,6 +96,7 @@ function listening(path: string): Promise<boolean> {
 
 async function listen(url: string, options: ListenOptions = {}): Promise<ConnectionListener> {
   const ep = parseUnixUrl(url);
+  const maxConnections = maxConnectionsOf(options);
   let policy = ep.allow;
   if (options.allow !== undefined) {
     try {
@@ -135,7 +136,7 @@ async function listen(url: string, options: ListenOptions = {}): Promise<Connect
     });
   }
   // A connector that is not allowed is disconnected before a byte is read (ServerListener reports the error).
-  return new ServerListener(url, server, (socket) => {
+  return new ServerListener(url, server, maxConnections, (socket) => {
     checkConnector(socket, credentialsOf(socket), policy);
     return new StreamConnection({ url, maxQueued: ep.maxQueued, input: socket, output: socket });
   }, forget);

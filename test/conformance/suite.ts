@@ -412,6 +412,35 @@ function conformance(c: ConformanceCase): void {
       await l.close();
     });
 
+    check('maxConnections: a connector past it is refused, and a connection that closed frees its place', async (t, c) => {
+      const l = await listen(c.url(), { maxConnections: 1 });
+      const opened: { close(): Promise<void> }[] = [];
+      t.teardown(() => Promise.all(opened.map((x) => x.close().catch(() => {}))).then(() => l.close()));
+      const a = await within(60_000, connect(l.url), 'first connect');
+      opened.push(a);
+      const taken = (await within(30_000, l.acceptNext(), 'the first connection'))!;
+      opened.push(taken);
+      // shm, fifo, mq, sysvmq: connect() fails with LIMIT; unix, tcp: the kernel queued the connection, and the
+      // listener closes it before reading a byte, so it ends at once.
+      const second = await within(60_000, connect(l.url).then(async (conn) => {
+        opened.push(conn);
+        return conn.receive().then(() => 'ended', (e: unknown) => (codeOf(e) === ErrorCode.PEER_DEAD ? 'ended' : codeOf(e)));
+      }, (e: unknown) => codeOf(e)), 'the second connect');
+      t.ok(second === ErrorCode.LIMIT || ((c.name.startsWith('unix') || c.name.startsWith('tcp')) && second === 'ended'), `the second is refused (${second})`);
+      a.send('still here');
+      t.equal(await within(30_000, taken.receive(), 'the first connection\'s message'), 'still here', 'the first connection goes on');
+      await a.close();
+      await taken.close();
+      const b = await within(60_000, connect(l.url), 'a connect once the first closed');
+      opened.push(b);
+      const next = (await within(30_000, l.acceptNext(), 'the next connection'))!;
+      opened.push(next);
+      b.send('in its place');
+      t.equal(await within(30_000, next.receive(), 'its message'), 'in its place', 'a connection in the freed place works');
+      await Promise.all(opened.map((x) => x.close()));
+      await l.close();
+    });
+
     check('the endpoint is removed at normal exit; one left by a killed listener does not block the next', async (t, c) => {
       const before = c.leftovers();
       const url = c.url();

@@ -32,7 +32,7 @@ import type { PeerCredentials } from '../../host/peer.js';
 import { ownIdentity } from '../../host/sys/socket.js';
 import { BadArgumentError, ErrorCode, HandshakeError, ShmbusError, VersionMismatchError } from '../../host/errors.js';
 import type { ListenOptions } from '../contract.js';
-import { ListenerBase, type Turn } from '../base.js';
+import { ListenerBase, maxConnectionsOf, type Turn } from '../base.js';
 import { trace, traceError } from '../../host/trace.js';
 import { Channel } from './channel.js';
 import { SegmentPool } from './pool.js';
@@ -45,7 +45,6 @@ import {
 
 const DEFAULT_MAX_PENDING = 64;
 
-const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /** Spare segments a shm:// listener keeps made ahead (pool.ts): enough for a short burst of opens; each holds the
  * pages its rings start with (132 KiB of /dev/shm with the default options). */
@@ -92,13 +91,10 @@ export class Listener extends ListenerBase<Channel> {
   private readonly handshakeTimeout: number;
   private readonly policy: PeerPolicy;
   private readonly maxPending: number;
-  private readonly maxConnections: number;
   /** Sockets still in their handshake. */
   private readonly pending = new Set<net.Socket>();
   /** Refused sockets kept open until the connector has read why (refuse): at most maxPending of them. */
   private readonly refusing = new Set<net.Socket>();
-  /** Channels this listener made that are not closed yet (maxConnections counts them). */
-  private live = 0;
   /** shm:// only: spare segments of the geometry a connector that grows its rings gets (the usual one). */
   private readonly pool: SegmentPool | undefined;
   /** The initial ring capacity the pool's segments are made for. */
@@ -106,13 +102,12 @@ export class Listener extends ListenerBase<Channel> {
 
   /** @internal use listen() */
   constructor(endpoint: ShmEndpoint, server: net.Server, options: ListenOptions) {
-    super(endpoint.url);
+    super(endpoint.url, maxConnectionsOf(options));
     this.endpoint = endpoint;
     this.server = server;
     this.handshakeTimeout = positive(options.handshakeTimeout, DEFAULT_TIMEOUT, 'handshakeTimeout');
     this.policy = policyOf(endpoint, options);
     this.maxPending = positive(options.maxPending, DEFAULT_MAX_PENDING, 'maxPending');
-    this.maxConnections = positive(options.maxConnections, DEFAULT_MAX_CONNECTIONS, 'maxConnections');
     server.on('connection', (socket) => this.admit(socket));
     const capacity = endpoint.sizeGiven ? endpoint.size : DEFAULT_CHANNEL_RING_SIZE;
     this.poolInitial = Math.min(INITIAL_RING_SIZE, capacity);
@@ -128,7 +123,7 @@ export class Listener extends ListenerBase<Channel> {
 
   /** Handshakes in progress and connections open now. */
   get load(): { pending: number; connections: number } {
-    return { pending: this.pending.size, connections: this.live };
+    return { pending: this.pending.size, connections: this.connections };
   }
 
   /** Everything before the handshake, all synchronous and allocation-free: who it is, then the caps. */
@@ -149,8 +144,8 @@ export class Listener extends ListenerBase<Channel> {
       socket.destroy();
       return;
     }
-    if (this.live + this.pending.size >= this.maxConnections) {
-      return this.refuse(socket, new ShmbusError(ErrorCode.LIMIT, 'listener has as many connections as it allows', { details: { maxConnections: this.maxConnections } }), cred);
+    if (this.full(this.pending.size)) {
+      return this.refuse(socket, this.limitError(), cred);
     }
     void this.handshake(socket, cred);
   }
@@ -318,8 +313,7 @@ export class Listener extends ListenerBase<Channel> {
     // Both sides have mapped the segment, which has no name: its descriptor is not needed any more (the mappings
     // keep the memory, and unmapping works without it), so an open connection holds one descriptor, its socket.
     mapping.mapped.region.close();
-    this.live++;
-    channel.once('close', () => { this.live--; });
+    this.track(channel);
     if (turn === undefined) this.offer(channel);
     else this.settle(turn, channel);
     // Off this connection's path: the next one finds its segment made.
@@ -343,6 +337,7 @@ export async function listen(url: string, options: ListenOptions = {}): Promise<
   const endpoint = parseShmUrl(url);
   // Options are checked before the name is taken.
   policyOf(endpoint, options);
+  maxConnectionsOf(options);
   const server = net.createServer({ allowHalfOpen: false, pauseOnConnect: true });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => {
