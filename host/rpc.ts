@@ -8,7 +8,8 @@
  *   (ERR_SHMBUS_CLOSED with the signal's reason as cause), the server's error (its code), or the connection's end.
  * - `handle(fn)` answers requests: the value fn returns (or resolves to) is sent back; a throw becomes a failed
  *   reply with the error's code and message. A reply to a peer that has gone is dropped quietly. Requests that
- *   arrive before a handler is set wait for one (up to 1024; past that they fail with ERR_SHMBUS_BAD_STATE).
+ *   arrive before a handler is set wait for one (up to 1024 of them and 16 MiB of their records, the first one
+ *   whatever its size; past that they fail with ERR_SHMBUS_BAD_STATE).
  */
 import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError, TimeoutError, type ErrorCodeValue } from './errors.js';
@@ -22,8 +23,10 @@ export interface RequestOptions {
 /** Answers one request. Runs for every request, concurrently. */
 export type RequestHandler = (value: unknown) => unknown;
 
-/** Requests kept while no handler is set; later ones are refused with ERR_SHMBUS_BAD_STATE. */
+/** Requests kept while no handler is set, and their records' bytes (the first is kept whatever its size); later
+ * ones are refused with ERR_SHMBUS_BAD_STATE. */
 const MAX_EARLY_REQUESTS = 1024;
+const MAX_EARLY_BYTES = 16 * 1024 * 1024;
 
 interface Pending { resolve(v: unknown): void; reject(e: Error): void; timer?: NodeJS.Timeout; cleanup?: () => void }
 
@@ -36,6 +39,8 @@ export class Rpc {
   private ended: Error | (() => Error) | undefined;
   /** Requests that arrived before any handler was set (a peer may ask before this side called handle()). */
   private readonly early: [number, unknown][] = [];
+  /** Bytes of the records of `early`. */
+  private earlyBytes = 0;
 
   /**
    * @param send hands one record to the connection (taking it even when it must queue); throws if closed.
@@ -97,19 +102,26 @@ export class Rpc {
     const wasActive = this.active;
     this.handler = fn;
     if (wasActive !== this.active) this.activity(this.active);
-    if (fn) for (const [id, value] of this.early.splice(0)) this.answer(id, value);
+    if (fn) {
+      this.earlyBytes = 0;
+      for (const [id, value] of this.early.splice(0)) this.answer(id, value);
+    }
   }
 
-  /** A record of one of the request/reply types arrived, decoded. */
-  incoming(type: number, decoded: unknown): void {
+  /** A record of one of the request/reply types arrived, decoded from `bytes` bytes. */
+  incoming(type: number, decoded: unknown, bytes: number): void {
     if (!Array.isArray(decoded) || decoded.length !== 2 || typeof decoded[0] !== 'number') {
       throw new CorruptError('request/reply record is not [id, value]', { type });
     }
     const [id, value] = decoded as [number, unknown];
     if (type === RECORD_REQUEST) {
       // Before any handler is set, requests wait for one (bounded); the requester's timeout covers the wait.
-      if (!this.handler && this.early.length < MAX_EARLY_REQUESTS) this.early.push([id, value]);
-      else this.answer(id, value);
+      if (!this.handler && this.early.length < MAX_EARLY_REQUESTS && (this.early.length === 0 || this.earlyBytes + bytes <= MAX_EARLY_BYTES)) {
+        this.early.push([id, value]);
+        this.earlyBytes += bytes;
+      } else {
+        this.answer(id, value);
+      }
       return;
     }
     const entry = this.pending.get(id);

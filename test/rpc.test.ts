@@ -1,6 +1,8 @@
 // Request/reply over shm channels: concurrency, many clients, timeouts, aborts, remote errors, dead clients.
 import t from 'tap';
 import { listen, connect, serve, ErrorCode, type Channel } from '../index.js';
+import { Rpc } from '../host/rpc.js';
+import { RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST } from '../assembly/layout.js';
 import { eventually, fileTimeout, startFixture, unique, within } from './helpers.js';
 
 // Measured on a busy 2-core machine (load 10-20): ~19 s. Timeout: 4x that.
@@ -109,4 +111,31 @@ t.test('a request waits for a handler to be set; a dead client\'s reply is dropp
   await again.close();
   await listener.close();
   await serving;
+});
+
+t.test('requests before a handler is set wait up to 1024 of them and 16 MiB of records; later ones fail at once', async (t) => {
+  // The building block on its own (host/rpc.ts): what a connection hands it, and what it sends back.
+  const sent: [number, [number, unknown]][] = [];
+  const rpc = new Rpc((type, value) => { sent.push([type, value as [number, unknown]]); }, () => {});
+  const MiB = 1 << 20;
+  // The first is kept whatever its size: nothing after it while it is over 16 MiB.
+  const alone = new Rpc((type, value) => { sent.push([type, value as [number, unknown]]); }, () => {});
+  alone.incoming(RECORD_REQUEST, [1, 'large'], 20 * MiB);
+  alone.incoming(RECORD_REQUEST, [2, 'small'], 1);
+  t.same(sent.map(([type, [id]]) => [type, id]), [[RECORD_REPLY_ERROR, 2]], 'a large first request waits; the next is refused');
+  sent.length = 0;
+  // Then as many as fit in 16 MiB.
+  rpc.incoming(RECORD_REQUEST, [1, 'first'], 10 * MiB);
+  rpc.incoming(RECORD_REQUEST, [2, 'second'], 5 * MiB);
+  rpc.incoming(RECORD_REQUEST, [3, 'third'], 1 * MiB);
+  rpc.incoming(RECORD_REQUEST, [4, 'fourth'], 1);
+  t.same(sent.map(([type, [id]]) => [type, id]), [[RECORD_REPLY_ERROR, 4]], 'the one past 16 MiB is refused at once');
+  t.equal((sent[0]![1][1] as { code: string }).code, ErrorCode.BAD_STATE, 'with BAD_STATE');
+  sent.length = 0;
+  for (let id = 10; id < 10 + 1030; id++) rpc.incoming(RECORD_REQUEST, [id, id], 0);
+  t.equal(sent.length, 1030 - (1024 - 3), 'past 1024 waiting, the rest are refused');
+  sent.length = 0;
+  rpc.handle((v) => v);
+  t.same(sent.slice(0, 3).map(([type, [id, value]]) => [type, id, value]), [[RECORD_REPLY, 1, 'first'], [RECORD_REPLY, 2, 'second'], [RECORD_REPLY, 3, 'third']], 'the waiting ones are answered once a handler is set');
+  t.equal(sent.length, 1024, 'all 1024 of them');
 });

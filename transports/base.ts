@@ -150,7 +150,7 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     let value: unknown;
     if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
       try {
-        this.rpc.incoming(type, decodeMsgpack(owned ? this.unpackrOwned : this.unpackr, bytes));
+        this.rpc.incoming(type, decodeMsgpack(owned ? this.unpackrOwned : this.unpackr, bytes), bytes.length);
       } catch (cause) {
         this.fail(cause instanceof CorruptError ? cause : new CorruptError('request/reply message does not decode', { url: this.url, length: bytes.length, cause: String(cause) }));
       }

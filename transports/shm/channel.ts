@@ -1125,7 +1125,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (type === RECORD_FRAGMENT) {
       this.takeFragment(memory, offset, length);
     } else if (type >= RECORD_REQUEST && type <= RECORD_REPLY_ERROR) {
-      this.rpc.incoming(type, this.decodePlain(memory, offset, length));
+      this.rpc.incoming(type, this.decodePlain(memory, offset, length), length);
     } else if (type === RECORD_MSGPACK_RECORDS) {
       if (COUNTING) perf.decodes++;
       this.toInbox(this.recordsBatch().decodeAlone(memory, offset, offset + length));
