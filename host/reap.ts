@@ -31,7 +31,7 @@ import { isProcessAlive, taskIdInUse } from './sys/proc.js';
 import { ShmbusError } from './errors.js';
 import { decodePeer } from './codec.js';
 import { trace } from './trace.js';
-import { MSG_HEADER, msgPeek, msgRemoveIfExists, msgStat, msgType } from './sys/msg.js';
+import { MSG_HEADER, listMsgQueues, msgPeek, msgRemoveIfExists, msgStat, msgType, type MsgQueue } from './sys/msg.js';
 import { mqClose, mqGetattr, mqLimits, mqOpen, tryFlock } from './sys/mq.js';
 import { LOCK_EX, O_NONBLOCK, O_RDONLY } from './sys/constants.js';
 import { readFileSync, type Stats } from 'node:fs';
@@ -593,22 +593,6 @@ function mqEndpointLook(entry: string): 'free' | 'locked' | 'not an endpoint' | 
   }
 }
 
-/** A System V queue as /proc/sysvipc/msg lists it. */
-interface MsgQueue { key: number; msqid: number; uid: number; lspid: number; lrpid: number }
-
-function listMsgQueues(): MsgQueue[] {
-  let text: string;
-  try {
-    text = readFileSync('/proc/sysvipc/msg', 'latin1');
-  } catch {
-    return [];
-  }
-  // Header: key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime
-  return text.trim().split('\n').slice(1).map((line) => {
-    const f = line.trim().split(/\s+/).map(Number);
-    return { key: f[0]! >>> 0, msqid: f[1]!, uid: f[7]!, lspid: f[5]!, lrpid: f[6]! };
-  }).filter((q) => Number.isInteger(q.msqid) && Number.isInteger(q.uid));
-}
 
 /** What a sysvmq:// listener's card says (transports/sysvmq.ts: mtype 1, msgpack {shmbus: 1, pid, start, port, …}). */
 interface ListenerCard { pid: number; start: bigint | undefined; port: number }

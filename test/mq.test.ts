@@ -12,11 +12,15 @@ import {
   PacketWriter, Reassembler, RECORD_HEADER, KIND_WHOLE, KIND_FIRST, KIND_MIDDLE, KIND_LAST, KIND_END,
 } from '../transports/fragment.js';
 import { mqLimits, mqOpen, mqReceive, mqSend, mqClose, mqUnlinkIfExists } from '../host/sys/mq.js';
-import { msgLimits } from '../host/sys/msg.js';
+import { msgGet, msgLimits, msgRemoveIfExists, msgStat } from '../host/sys/msg.js';
+import { IPC_CREAT, IPC_PRIVATE } from '../host/sys/constants.js';
 import { O_CREAT, O_EXCL, O_NONBLOCK, O_RDONLY, O_WRONLY } from '../host/sys/constants.js';
-import { processStartTime } from '../host/sys/proc.js';
+import { processEuid, processStartTime } from '../host/sys/proc.js';
 import { mqueueLeftovers, sysvQueues } from './conformance/cases-queues.js';
-import { fileTimeout, startChild, within, type TestLike } from './helpers.js';
+import { asUnprivileged, eventually, fileTimeout, NOBODY, startChild, within, type TestLike } from './helpers.js';
+
+/** How a child runs as another user (the ownership test is skipped without it). */
+const unprivileged = asUnprivileged();
 
 // Measured on a busy 2-core machine (load 10-20): ~36 s. Timeout: 4x that.
 fileTimeout(t, 150);
@@ -469,19 +473,43 @@ t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was v
   }
 });
 
+/** A hello to `listener` as its port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO). */
+function helloTo(listener: ConnectionListener, fields: Record<string, unknown>): void {
+  (listener as unknown as { onPortMessage(kind: number, payload: Uint8Array): void }).onPortMessage(1, pack({ shmbus: 1, proto: 1, max: MiB, id: 1, ...fields }));
+}
+
+/** Two private queues of this process (as a connector's inbound queue and port), removed when `t` ends. */
+function ownQueues(t: TestLike): [number, number] {
+  const ids = [msgGet(IPC_PRIVATE, IPC_CREAT | 0o600), msgGet(IPC_PRIVATE, IPC_CREAT | 0o600)] as [number, number];
+  t.teardown(() => { for (const id of ids) msgRemoveIfExists(id); });
+  return ids;
+}
+
 t.test('sysvmq: a hello whose packet size no System V message can have is refused', async (t) => {
-  const url = sysvUrl();
-  const l = await listen(url);
+  const l = await listen(sysvUrl());
   t.teardown(() => l.close());
   const errors: ShmbusError[] = [];
   l.on('error', (e: ShmbusError) => errors.push(e));
-  // The hello as the listener's port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO); each packet
-  // this side would send that connector is a buffer of `packet` bytes.
-  const hello = { shmbus: 1, proto: 1, pid, start: String(processStartTime(pid)), port: -1, id: 1, q: -1, max: MiB };
-  const port = l as unknown as { onPortMessage(kind: number, payload: Uint8Array): void };
+  const [q, port] = ownQueues(t);
+  // Each packet this side would send that connector is a buffer of `packet` bytes.
   for (const packet of [2 ** 31, msgLimits().msgmax + 1, 1.5, 16]) {
     errors.length = 0;
-    port.onPortMessage(1, pack({ ...hello, packet }));
+    helloTo(l, { pid, start: String(processStartTime(pid)), q, port, packet });
     t.equal(errors[0]?.code, ErrorCode.HANDSHAKE, `packet ${packet}: ${errors[0]?.message}`);
   }
+});
+
+t.test('sysvmq: a hello naming queues its process did not make is refused, and nothing is sent to them', { skip: 'skip' in unprivileged ? unprivileged.skip : false }, async (t) => {
+  const l = await listen(sysvUrl());
+  t.teardown(() => l.close());
+  const errors: ShmbusError[] = [];
+  l.on('error', (e: ShmbusError) => errors.push(e));
+  // Queues of ours (root), named by a hello that claims a living process of another user.
+  const [q, port] = ownQueues(t);
+  const other = startChild(t, [...('prefix' in unprivileged ? unprivileged.prefix : []), 'sleep', '1000']);
+  await eventually(() => processEuid(other.pid) === NOBODY, 'the other user\'s process to run as that user');
+  helloTo(l, { pid: other.pid, start: String(processStartTime(other.pid)), q, port, packet: 1024 });
+  t.equal(errors[0]?.code, ErrorCode.PERMISSION_DENIED, `${errors[0]?.message}`);
+  t.equal(msgStat(port).qnum, 0, 'no reply was put into the queue it named as its port');
+  t.equal(msgStat(q).qnum, 0, 'nor anything into the one it named as its inbound queue');
 });

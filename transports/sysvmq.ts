@@ -60,9 +60,9 @@ import {
 import { parseSize } from '../host/url.js';
 import { EpollThread, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
 import { LIVENESS_MS } from '../host/liveness.js';
-import { isProcessAlive, processStartTime } from '../host/sys/proc.js';
+import { isProcessAlive, processEuid, processStartTime } from '../host/sys/proc.js';
 import {
-  E2BIG, MSG_HEADER, formatMsgKey, msgExists, msgGet, msgLimits, msgPeek, msgReceive, msgRemoveIfExists, msgSend,
+  E2BIG, MSG_HEADER, formatMsgKey, listMsgQueues, msgExists, msgGet, msgLimits, msgPeek, msgReceive, msgRemoveIfExists, msgSend,
   msgSetMode, msgSetQbytes, msgStat, msgType, setMsgType,
 } from '../host/sys/msg.js';
 import { IPC_CREAT, IPC_EXCL, IPC_PRIVATE } from '../host/sys/constants.js';
@@ -256,6 +256,24 @@ function decode(payload: Uint8Array): Record<string, unknown> | undefined {
 }
 
 /** Creates our inbound queue for a connection: IPC_PRIVATE, writable by the peer, `qbytes` if asked. */
+/**
+ * The queues a peer names for us to send to and, once it died, to remove (its inbound queue and its port) must be
+ * its own: made by the uid its process runs as (/proc/sysvipc/msg, readable whatever the queues' modes). Otherwise
+ * a peer could make us write into, and later remove, another user's queues. Nothing is sent to one that fails this.
+ */
+function checkPeerQueues(pid: number, ids: number[]): void {
+  const uid = processEuid(pid);
+  const queues = listMsgQueues();
+  for (const id of ids) {
+    const queue = queues.find((q) => q.msqid === id);
+    if (uid === undefined || queue === undefined || queue.cuid !== uid) {
+      throw new ShmbusError(ErrorCode.PERMISSION_DENIED, 'the peer named a queue that is not its own', {
+        details: { msqid: id, creatorUid: queue?.cuid, peerUid: uid, peerPid: pid },
+      });
+    }
+  }
+}
+
 /** A peer's packet size: each of our packets to it is a buffer of that size, so it must be one the kernel can
  * carry (at least MIN_PACKET, at most msgmax) before anything is allocated for it. */
 function packetFits(packet: number): boolean {
@@ -569,6 +587,10 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
       || typeof max !== 'number' || typeof packet !== 'number') {
       throw new HandshakeError('hello lacks fields');
     }
+    const peerStart = parseStart(hello.start);
+    if (!isProcessAlive(pid, peerStart)) throw new HandshakeError('connector went away during the handshake', { details: { pid } });
+    // Before anything is sent to its port, even a refusal.
+    checkPeerQueues(pid, [q, port]);
     const refuse = (error: ShmbusError) => {
       try {
         this.port.send(port, id, KIND_REPLY, pack({ ok: false, code: error.code, message: error.message.slice(0, 160) }));
@@ -577,8 +599,6 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
     };
     if (hello.proto !== PROTOCOL) refuse(new VersionMismatchError('connector protocol', String(hello.proto), String(PROTOCOL)));
     if (!packetFits(packet)) refuse(new HandshakeError('connector\'s packet size is not one a System V message can have', { details: { packet, msgmax: msgLimits().msgmax } }));
-    const peerStart = parseStart(hello.start);
-    if (!isProcessAlive(pid, peerStart)) throw new HandshakeError('connector went away during the handshake', { details: { pid } });
     if (this.full()) refuse(this.limitError());
     let inbound: { msqid: number; packet: number };
     try {
@@ -772,6 +792,8 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
       port.unregister(id);
       throw new HandshakeError('reply lacks fields', { details: { url } });
     }
+    if (pid !== card.pid) throw new HandshakeError('the reply comes from another process than the listener', { details: { url, pid, listener: card.pid } });
+    checkPeerQueues(pid, [q, peerPort]);
     cancelExit();
     cancelExit = undefined;
     const conn = new SysvMqConnection({

@@ -14,6 +14,7 @@
  * EINVAL (a new call). Both are reported as ERR_SHMBUS_NOT_FOUND, "the queue is gone".
  */
 import koffi from 'koffi';
+import { readFileSync } from 'node:fs';
 import { ErrorCode, Errno, SystemError, type ErrorCodeValue } from '../errors.js';
 import { lastErrno } from './libc.js';
 import { readSysctl } from './mq.js';
@@ -203,4 +204,22 @@ export function msgRemoveIfExists(id: number): boolean {
   const errno = lastErrno();
   if (gone(errno)) return false;
   fail('msgctl', errno, { cmd: 'IPC_RMID', msqid: id });
+}
+
+/** A System V queue as /proc/sysvipc/msg lists it (readable by anyone, whatever the queue's mode). */
+export interface MsgQueue { key: number; msqid: number; uid: number; cuid: number; lspid: number; lrpid: number }
+
+/** Every System V queue of this IPC namespace (empty when /proc/sysvipc/msg cannot be read). */
+export function listMsgQueues(): MsgQueue[] {
+  let text: string;
+  try {
+    text = readFileSync('/proc/sysvipc/msg', 'latin1');
+  } catch {
+    return [];
+  }
+  // Header: key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime
+  return text.trim().split('\n').slice(1).map((line) => {
+    const f = line.trim().split(/\s+/).map(Number);
+    return { key: f[0]! >>> 0, msqid: f[1]!, uid: f[7]!, cuid: f[9]!, lspid: f[5]!, lrpid: f[6]! };
+  }).filter((q) => Number.isInteger(q.msqid) && Number.isInteger(q.uid) && Number.isInteger(q.cuid));
 }
