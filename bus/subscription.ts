@@ -42,6 +42,10 @@ export interface SubscribeOptions {
 }
 
 
+/** How long a subscription keeps trying to join a topic whose publisher laps every attempt (host/topic.ts
+ * TopicReader: each try makes many attempts in one call); then the join fails with TIMEOUT. */
+const LAPPED_PATIENCE_MS = 1000;
+
 /** One subscriber of a topic: an async iterable of messages. `dropped` counts messages lost to lapping (lossy). */
 export class Subscription implements AsyncIterable<unknown> {
   readonly topic: string;
@@ -100,9 +104,19 @@ export class Subscription implements AsyncIterable<unknown> {
       return true;
     } catch (error) {
       mapped.unmap();
+      // Every attempt of this join was lapped or met a publish in progress: on a busy machine a publisher preempted
+      // in the middle of a publish holds joins off for its whole time off the CPU. Try again on a later turn (join()
+      // waits between tries without blocking), for up to LAPPED_PATIENCE_MS from the first such try.
+      if (error instanceof ShmbusError && error.code === ErrorCode.TIMEOUT) {
+        this.lappedSince ??= performance.now();
+        if (performance.now() - this.lappedSince < LAPPED_PATIENCE_MS) return false;
+      }
       throw error;
     }
   }
+
+  /** When a join of this subscription was first lapped throughout (see tryJoin). */
+  private lappedSince: number | undefined;
 
   private async join(): Promise<void> {
     const deadline = this.options.timeout !== undefined ? performance.now() + this.options.timeout : Infinity;

@@ -2,11 +2,11 @@
 // anything is mapped, a planted symlink is never followed, slot claims have exactly one winner however many race,
 // and a shrunk topic is refused instead of mapped.
 import t from 'tap';
-import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, chmodSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync, chmodSync, statSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import {
-  REGISTRY_MEMBERS, TOPIC_HEADER_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET, memberOffset, MEMBER_CLAIM_OFFSET,
+  REGISTRY_MEMBERS, TOPIC_HEADER_OFFSET, TOPIC_PUBLISHER_CLAIM_OFFSET, TOPIC_RECLAIM_GEN_OFFSET, memberOffset, MEMBER_CLAIM_OFFSET,
 } from '../../assembly/layout.js';
 import { Bus } from '../../bus/index.js';
 import { claimOf } from '../../host/claim.js';
@@ -203,4 +203,34 @@ t.test('bus: members and would-be publishers racing in threads over dead claims:
   await within(60_000, Promise.all(workers.map((w) => new Promise((resolve) => { w.once('message', resolve); w.postMessage('close'); }))), 'threads to close');
   await Promise.all(workers.map((w) => w.terminate()));
   t.ok(existsSync(`/dev/shm/shmbus.bus.${name}`), 'the bus outlives the threads (we are still a member)');
+});
+
+t.test('a join held off by a publish in progress (as while its publisher is preempted there) joins once it ends', async (t) => {
+  const name = unique('held');
+  const bus = await Bus.open(`shm://${name}`);
+  t.teardown(() => bus.destroy());
+  const pub = bus.publisher('t', { capacity: 65536 });
+  pub.publish({ n: 0 });
+  // The topic's reclaim word, odd while a publish reclaims room: a publisher stopped there holds every join off.
+  const fd = openSync(`/dev/shm/shmbus.bus.${name}.t`, 'r+');
+  t.teardown(() => closeSync(fd));
+  const at = TOPIC_HEADER_OFFSET + TOPIC_RECLAIM_GEN_OFFSET;
+  const word = Buffer.alloc(4);
+  readSync(fd, word, 0, 4, at);
+  const gen = word.readUInt32LE(0);
+  const setGen = (value: number) => { word.writeUInt32LE(value >>> 0, 0); writeSync(fd, word, 0, 4, at); };
+  setGen(gen | 1);
+  const sub = bus.subscribe('t', { create: false });
+  t.teardown(() => sub.close());
+  // Both the subscribe's own try and the first of receive() are held off (each makes all of its attempts at once).
+  let settled = false;
+  const got = sub.receive().then((v) => ({ v }), (e: unknown) => ({ e })).finally(() => { settled = true; });
+  setGen(gen);
+  // The publisher goes on; the subscription joins on a later try and takes what comes after.
+  for (let n = 1; !settled; n++) {
+    pub.publish({ n });
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const result = await within(30_000, got, 'a message');
+  t.ok('v' in result && typeof (result.v as { n?: unknown }).n === 'number', `joined on a later try and received: ${JSON.stringify(result)}`);
 });
