@@ -5,7 +5,7 @@
  * (no `fdWithReply` in its hello) still gets the segment when it asks for it. One process's connections are
  * accepted in the order it made them, whatever order their handshakes end in.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import { listen, connect } from '../transports/shm/index.js';
@@ -29,6 +29,18 @@ function memfds(name: string): number {
     try { if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(`/memfd:${name}`)) n++; } catch { /* closed meanwhile */ }
   }
   return n;
+}
+
+/** A hello of the current protocol, as a connector that brings no segment sends it. */
+const HELLO = { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true };
+
+/** A bare control socket to the listener of shm://`name` (a connector by hand), destroyed when `t` ends. */
+async function rawConnector(t: Test, name: string): Promise<net.Socket> {
+  const socket = net.connect(`\0shmbus/shm/${name}`);
+  socket.on('error', () => {});
+  t.teardown(() => { socket.destroy(); });
+  await new Promise((r) => socket.once('connect', r));
+  return socket;
 }
 
 const reply = (extra: Record<string, unknown>) => Buffer.from(JSON.stringify({
@@ -78,10 +90,8 @@ t.test('a connector of the earlier protocol asks for the descriptor and gets it 
   const errors: ShmbusError[] = [];
   listener.on('error', (e: ShmbusError) => errors.push(e));
   t.teardown(() => listener.close());
-  const socket = net.connect(`\0shmbus/shm/${name}`);
-  socket.on('error', () => {});
-  await new Promise((r) => socket.once('connect', r));
-  writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+  const socket = await rawConnector(t, name);
+  writeLine(socket, HELLO);
   const { message } = await readLine(socket, WATCHDOG);
   t.equal(message.ok, true, 'the listener replies');
   t.equal(message.fdWithReply, undefined, 'without the descriptor');
@@ -119,11 +129,8 @@ for (const second of ['full handshake', 'own segment'] as const) {
       await c.close();
       await s!.close();
     }
-    const socket = net.connect(`\0shmbus/shm/${name}`);
-    socket.on('error', () => {});
-    t.teardown(() => { socket.destroy(); });
-    await new Promise((r) => socket.once('connect', r));
-    writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+    const socket = await rawConnector(t, name);
+    writeLine(socket, HELLO);
     const { message } = await readLine(socket, WATCHDOG);
     t.equal(message.ok, true, 'the listener replies to the first');
     const fd = await receivePassedFd(socket, WATCHDOG, () => writeLine(socket, { fd: true }));
@@ -148,11 +155,8 @@ t.test('closing the listener closes a connection that waited for an earlier one 
   const name = unique('open-order-close');
   const url = `shm://${name}?size=64KiB`;
   const listener = await listen(url);
-  const socket = net.connect(`\0shmbus/shm/${name}`);
-  socket.on('error', () => {});
-  t.teardown(() => { socket.destroy(); });
-  await new Promise((r) => socket.once('connect', r));
-  writeLine(socket, { shmbus: 1, version: LAYOUT_VERSION, pid: process.pid, wake: { mode: 'doorbell', params: {} }, maxMessage: 0, records: true });
+  const socket = await rawConnector(t, name);
+  writeLine(socket, HELLO);
   await readLine(socket, WATCHDOG);
   fs.closeSync(await receivePassedFd(socket, WATCHDOG, () => writeLine(socket, { fd: true })));
   const later = await connect(url);
@@ -170,10 +174,7 @@ t.test('a connector that attaches a descriptor to each piece of its hello: HANDS
   const failed = new Promise<ShmbusError>((resolve) => listener.once('error', resolve));
   const segment = Region.createMemfd(`shmbus.${name}`, { size: SIZE });
   t.teardown(() => segment.close());
-  const socket = net.connect(`\0shmbus/shm/${name}`);
-  socket.on('error', () => {});
-  t.teardown(() => { socket.destroy(); });
-  await new Promise((r) => socket.once('connect', r));
+  const socket = await rawConnector(t, name);
   // A hello that never ends, a descriptor with every piece (the listener's deadline is 5 s: the error must not be it).
   const hello = Buffer.from(JSON.stringify({ shmbus: 1, version: LAYOUT_VERSION, pid: process.pid }));
   for (let i = 0; i < 3; i++) sendFd(socketFd(socket), segment.fd, hello.subarray(i * 5, i * 5 + 5));
