@@ -59,8 +59,28 @@ function details(fields: Record<string, unknown> | undefined): string {
   if (!fields) return '';
   const parts = Object.entries(fields)
     .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : typeof v === 'bigint' ? v.toString() : JSON.stringify(v)}`);
+    .map(([k, v]) => `${k}=${textOf(v)}`);
   return parts.length ? ` (${parts.join(' ')})` : '';
+}
+
+/**
+ * A value a peer sent, as text for an error's details: bounded, and never throwing (`String()` throws on an object
+ * whose `toString` is not a function, JSON.stringify on a bigint; a peer's JSON or msgpack can hold either).
+ */
+export function peerText(value: unknown, max = 64): string {
+  const text = textOf(value);
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
+/** A detail's text: a string as it is, anything else as JSON (its type where JSON cannot say it). */
+function textOf(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'bigint') return value.toString();
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value;
+  }
 }
 
 export interface ShmbusErrorOptions {

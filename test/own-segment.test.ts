@@ -176,6 +176,9 @@ t.test('a segment the listener cannot take: a typed error for that handshake, an
     ['a descriptor with a hello that announces no segment', () => ({ fd: memfd(size, true), line: hello({ segment: undefined }) }), ErrorCode.HANDSHAKE],
     ['larger rings than this endpoint allows', () => ({ fd: memfd(4096, true), line: hello({ segment: { capacity: capacity * 2 } }) }), ErrorCode.HANDSHAKE],
     ['a capacity that is no ring size', () => ({ fd: memfd(size, true), line: hello({ segment: { capacity: 3 } }) }), ErrorCode.HANDSHAKE],
+    // String() throws on this (its toString is no function): the error's text must not.
+    ['a capacity that is an object whose toString is a number', () => ({ fd: memfd(size, true), line: hello({ segment: { capacity: [{ toString: 0 }] } }) }), ErrorCode.HANDSHAKE],
+    ['an initial capacity that is one too', () => ({ fd: memfd(size, true), line: hello({ segment: { capacity, initialCapacity: { toString: 0, valueOf: 0 } } }) }), ErrorCode.HANDSHAKE],
     ['a memfd not sealed against resizing (it could SIGBUS the listener)', () => ({ fd: memfd(size, false), line: hello() }), ErrorCode.PERMISSION_DENIED],
     ['a sealed memfd of another size', () => ({ fd: memfd(size - 4096, true), line: hello() }), ErrorCode.CORRUPT],
     ['a sealed memfd of the right size that is not formatted', () => ({ fd: memfd(size, true), line: hello() }), ErrorCode.CORRUPT],

@@ -33,7 +33,7 @@ import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import { RECORD_MSGPACK } from '../assembly/layout.js';
 import {
-  BadUrlError, ErrorCode, HandshakeError, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
+  BadUrlError, ErrorCode, HandshakeError, peerText, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { growPipe, mkfifo } from '../host/sys/fifo.js';
 import { ListenerBase, maxConnectionsOf, parseTransportQuery, splitUrl, type Turn } from './base.js';
@@ -188,7 +188,7 @@ class FifoListener extends ListenerBase<StreamConnection> {
       output = writer(outFd);
       output.on('error', () => { /* a connector that died: the handshake read reports it */ });
       if (request.shmbus !== PROTOCOL) {
-        const error = new VersionMismatchError('connector protocol', String(request.shmbus), String(PROTOCOL));
+        const error = new VersionMismatchError('connector protocol', peerText(request.shmbus), String(PROTOCOL));
         output.end(frame({ ok: false, code: error.code, message: error.message }));
         throw error;
       }
@@ -287,7 +287,7 @@ async function connect(url: string, options: ConnectOptions = {}): Promise<Conne
     const reply = decodeFrame(answer);
     if (reply.ok !== true) {
       const code = typeof reply.code === 'string' && reply.code.startsWith('ERR_SHMBUS_') ? reply.code : ErrorCode.HANDSHAKE;
-      throw new ShmbusError(code as typeof ErrorCode.HANDSHAKE, String(reply.message ?? 'listener refused the connection'), { details: { url } });
+      throw new ShmbusError(code as typeof ErrorCode.HANDSHAKE, typeof reply.message === 'string' ? reply.message : 'listener refused the connection', { details: { url } });
     }
     const outFd = openFifo(c2l, O_WRONLY);
     if (typeof outFd !== 'number') throw new HandshakeError('listener went away during the handshake', { details: { url, errno: outFd } });

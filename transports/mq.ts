@@ -46,7 +46,7 @@
 import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import {
-  BadUrlError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
+  BadUrlError, ErrorCode, HandshakeError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
 import { EpollThread, type FdWatch } from '../host/blocking.js';
@@ -275,7 +275,7 @@ export class MqListener extends ListenerBase<MqConnection> {
     try {
       tx = mqOpen(down, O_WRONLY | O_NONBLOCK);
       if (hello.proto !== PROTOCOL) {
-        throw new VersionMismatchError('connector protocol', String(hello.proto), String(PROTOCOL));
+        throw new VersionMismatchError('connector protocol', peerText(hello.proto), String(PROTOCOL));
       }
       if (this.full()) throw this.limitError();
       rx = mqOpen(up, O_RDONLY | O_NONBLOCK);

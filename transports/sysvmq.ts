@@ -55,7 +55,7 @@
 import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import {
-  BadUrlError, CorruptError, ErrorCode, HandshakeError, ShmbusError, TimeoutError, VersionMismatchError,
+  BadUrlError, CorruptError, ErrorCode, HandshakeError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
 import { EpollThread, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
@@ -516,7 +516,7 @@ function parseCard(buf: Uint8Array, n: number): Card | undefined {
   if (msgType(buf) !== CARD_TYPE) return undefined;
   const c = decode(buf.subarray(MSG_HEADER, MSG_HEADER + n));
   if (!c || c.shmbus !== 1 || typeof c.pid !== 'number' || typeof c.port !== 'number' || typeof c.id !== 'number') return undefined;
-  if (c.proto !== PROTOCOL) throw new VersionMismatchError('listener protocol', String(c.proto), String(PROTOCOL));
+  if (c.proto !== PROTOCOL) throw new VersionMismatchError('listener protocol', peerText(c.proto), String(PROTOCOL));
   return { pid: c.pid, start: parseStart(c.start), port: c.port, id: c.id };
 }
 
@@ -597,7 +597,7 @@ export class SysvMqListener extends ListenerBase<SysvMqConnection> implements Po
       } catch { /* connector gone */ }
       throw error;
     };
-    if (hello.proto !== PROTOCOL) refuse(new VersionMismatchError('connector protocol', String(hello.proto), String(PROTOCOL)));
+    if (hello.proto !== PROTOCOL) refuse(new VersionMismatchError('connector protocol', peerText(hello.proto), String(PROTOCOL)));
     if (!packetFits(packet)) refuse(new HandshakeError('connector\'s packet size is not one a System V message can have', { details: { packet, msgmax: msgLimits().msgmax } }));
     if (this.full()) refuse(this.limitError());
     let inbound: { msqid: number; packet: number };

@@ -16,7 +16,7 @@ import { checkListener, pauseForRoom } from '../../host/control.js';
 import { connectUnix, peerCredentials, sendBytes, sendFd } from '../../host/sys/socket.js';
 import { parseShmUrl, type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
-import { BadArgumentError, ClosedError, Errno, ErrorCode, HandshakeError, ShmbusError, SystemError } from '../../host/errors.js';
+import { BadArgumentError, ClosedError, Errno, ErrorCode, HandshakeError, peerText, ShmbusError, SystemError } from '../../host/errors.js';
 import type { ConnectOptions } from '../contract.js';
 import { Channel, YIELD_MS } from './channel.js';
 import { PROTOCOL, writeLine, remoteError, errorLine, receivePassedFd, receiveLineWithFds } from './control.js';
@@ -30,11 +30,11 @@ import {
  * within the ring limits whose size follows from it (a peer cannot make us map more than that). */
 function checkReply(endpoint: ShmEndpoint, reply: Record<string, unknown>): { capacity: number; size: number; initial: number } {
   const { capacity, size, kind, initialCapacity } = reply;
-  if (kind !== KIND[endpoint.scheme]) throw new HandshakeError('listener offers another kind of segment', { details: { kind: String(kind), expected: KIND[endpoint.scheme] } });
+  if (kind !== KIND[endpoint.scheme]) throw new HandshakeError('listener offers another kind of segment', { details: { kind: peerText(kind), expected: KIND[endpoint.scheme] } });
   // Layout 1.2: the rings start with initialCapacity data bytes and grow in band up to capacity (absent: they
   // never grow, as an older listener's).
   const geometry = checkGeometry(capacity, initialCapacity, 'listener');
-  if (size !== geometry.size) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: String(size), expected: geometry.size } });
+  if (size !== geometry.size) throw new HandshakeError('listener announced a segment size that does not fit its rings', { details: { size: peerText(size), expected: geometry.size } });
   return geometry;
 }
 
@@ -325,7 +325,7 @@ async function connectWithSegment(endpoint: ShmEndpoint, fd: number, cred: PeerC
           if (reply.ok !== true) throw remoteError(reply, 'listener refused the connection');
           if (reply.took !== true) throw new HandshakeError('listener did not take our segment');
           if (reply.maxMessage !== listener.maxMessage || reply.records !== listener.records) {
-            throw new HandshakeError('listener announced other limits than before', { details: { maxMessage: String(reply.maxMessage) } });
+            throw new HandshakeError('listener announced other limits than before', { details: { maxMessage: peerText(reply.maxMessage) } });
           }
           const wake = peerWake(endpoint, reply.wake, cred);
           wake.myParams = myParams;

@@ -18,7 +18,7 @@ import { Region } from '../../host/region.js';
 import { type ShmEndpoint } from '../../host/url.js';
 import type { PeerCredentials } from '../../host/peer.js';
 import { mechanismFor } from '../../host/wake/index.js';
-import { BadArgumentError, CorruptError, HandshakeError, TimeoutError } from '../../host/errors.js';
+import { BadArgumentError, CorruptError, HandshakeError, peerText, TimeoutError } from '../../host/errors.js';
 import { MAX_MESSAGE_OPTION } from '../../host/url.js';
 import { type WakeParts } from './channel.js';
 
@@ -153,11 +153,11 @@ export function peerGrows(version: number): boolean {
  */
 export function checkGeometry(capacity: unknown, initialCapacity: unknown, who: 'listener' | 'connector'): { capacity: number; initial: number; size: number } {
   if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
-    throw new HandshakeError(`${who} announced a bad ring capacity`, { details: { capacity: String(capacity) } });
+    throw new HandshakeError(`${who} announced a bad ring capacity`, { details: { capacity: peerText(capacity) } });
   }
   const initial = initialCapacity ?? capacity;
   if (typeof initial !== 'number' || !Number.isInteger(initial) || initial < RING_MIN_CAPACITY || initial > capacity || (initial & (initial - 1)) !== 0) {
-    throw new HandshakeError(`${who} announced a bad initial ring capacity`, { details: { initialCapacity: String(initialCapacity) } });
+    throw new HandshakeError(`${who} announced a bad initial ring capacity`, { details: { initialCapacity: peerText(initialCapacity) } });
   }
   return { capacity, initial, size: segmentBytes(CHANNEL_RING_COUNT, capacity) };
 }
