@@ -2,7 +2,7 @@
 // splitting and reassembly (with corrupt sequences), kernel limits as typed errors naming the limit, what is left
 // in /dev/mqueue and the System V tables, the receive threads (no threadpool thread held, no hang at exit), and
 // untrusted packets on the wire.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -438,39 +438,73 @@ for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
 
 // ------------------------------------------------------------------------------------------------ the wire
 
-t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was valid, nothing delivered torn', async (t) => {
-  const url = mqUrl();
+/**
+ * A connector by hand, as transports/mq.ts makes one: its own two queues (maxmsg 2) and a hello to `l`; resolves
+ * once the listener answered on our inbound queue (the connection exists on the listener's side then). `fill()`
+ * writes our inbound queue full (a peer that reads nothing). Removed when `t` ends.
+ */
+async function handConnector(t: Test, url: string): Promise<{ tx: number; fill(): void }> {
   const name = url.slice('mq://'.length);
-  const l = await listen(url);
-  // A connector by hand: its own two queues and a hello, as transports/mq.ts does.
-  const up = `${name}.${pid}.999.u`;
-  const down = `${name}.${pid}.999.d`;
+  const up = `${name}.${pid}.${++serial}.u`;
+  const down = `${name}.${pid}.${serial}.d`;
   const geo = { maxmsg: 2, msgsize: 1024 };
   const rx = mqOpen(down, O_RDONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
   const tx = mqOpen(up, O_WRONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
-  try {
-    const lq = mqOpen(name, O_WRONLY | O_NONBLOCK);
-    mqSend(lq, pack({ shmbus: 1, proto: 1, pid, start: String(processStartTime(pid)), up, down, max: MiB }));
-    mqClose(lq);
-    const conn = (await within(60_000, l.acceptNext(), 'accept'))!;
-    const reply = new Uint8Array(1024);
-    t.ok(mqReceive(rx, reply) > 0, 'the listener answered on our queue');
-    t.same(mqueueLeftovers(`mqt-${pid}-`), [name.slice(1)], 'and removed both connection queue names');
-    // One valid message, then the first fragment of a message, then a fragment out of sequence.
-    const good = packet([KIND_WHOLE, 1, 0, 3, 3]);
-    mqSend(tx, good);
-    mqSend(tx, packet([KIND_FIRST, 1, 0, 100, 300]));
-    t.same(await within(60_000, conn.receive(), 'the valid message'), new Uint8Array(3));
-    mqSend(tx, packet([KIND_LAST, 1, 5, 200, 300]));
-    await t.rejects(within(60_000, conn.receive(), 'the corrupt one'), { code: ErrorCode.CORRUPT }, 'a fragment out of sequence');
-    await conn.close();
-  } finally {
+  // Opened now: the listener removes both names once it answered.
+  const into = mqOpen(down, O_WRONLY | O_NONBLOCK);
+  t.teardown(() => {
     mqClose(rx);
     mqClose(tx);
+    mqClose(into);
     mqUnlinkIfExists(up);
     mqUnlinkIfExists(down);
-    await l.close();
-  }
+  });
+  const lq = mqOpen(name, O_WRONLY | O_NONBLOCK);
+  mqSend(lq, pack({ shmbus: 1, proto: 1, pid, start: String(processStartTime(pid)), up, down, max: MiB }));
+  mqClose(lq);
+  const reply = new Uint8Array(1024);
+  await eventually(() => mqReceive(rx, reply) > 0, 'the listener to answer on our queue');
+  t.same(mqueueLeftovers(`mqt-${pid}-`), [name.slice(1)], 'the listener answered, and both connection queue names are removed');
+  return {
+    tx,
+    fill() {
+      for (let i = 0; i < 2; i++) mqSend(into, packet([KIND_WHOLE, 1, 0, 1, 1]));
+    },
+  };
+}
+
+t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was valid, nothing delivered torn', async (t) => {
+  const url = mqUrl();
+  const l = await listen(url);
+  t.teardown(() => l.close());
+  const peer = await handConnector(t, url);
+  const conn = (await within(60_000, l.acceptNext(), 'accept'))!;
+  // One valid message, then the first fragment of a message, then a fragment out of sequence.
+  mqSend(peer.tx, packet([KIND_WHOLE, 1, 0, 3, 3]));
+  mqSend(peer.tx, packet([KIND_FIRST, 1, 0, 100, 300]));
+  t.same(await within(60_000, conn.receive(), 'the valid message'), new Uint8Array(3));
+  // The hostile peer reads nothing either: the connection it breaks does not wait for room for an end marker.
+  peer.fill();
+  mqSend(peer.tx, packet([KIND_LAST, 1, 5, 200, 300]));
+  await t.rejects(within(60_000, conn.receive(), 'the corrupt one'), { code: ErrorCode.CORRUPT }, 'a fragment out of sequence');
+  await within(30_000, conn.close(), 'close() after CORRUPT, toward a full queue');
+});
+
+t.test('mq: a peer that reads nothing holds neither destroy() nor the close of a listener that holds it untaken', async (t) => {
+  const url = mqUrl();
+  const l = await listen(url);
+  const taken = await handConnector(t, url);
+  const conn = (await within(60_000, l.acceptNext(), 'accept'))!;
+  taken.fill();
+  conn.send({ after: 'full' });
+  const closing = conn.close();
+  await turn();
+  await within(30_000, conn.destroy(), 'destroy() toward a full queue');
+  await within(30_000, closing, 'the close() under way');
+  // A second connector that reads nothing, never taken: the listener's close destroys it.
+  const untaken = await handConnector(t, url);
+  untaken.fill();
+  await within(30_000, l.close(), 'listener.close() with an untaken connection toward a full queue');
 });
 
 /** A hello to `listener` as its port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO). */

@@ -80,6 +80,8 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
 
   private closePromise: Promise<void> | undefined;
   private shutdownPromise: Promise<void> | undefined;
+  /** destroy() was called: nothing more is waited for (see abandoned). */
+  private destroying = false;
   /** Request/reply: incoming frames are pushed to us, so replies are handled whether or not anyone iterates. */
   private readonly rpc = new Rpc((type, value) => {
     this.checkSendable();
@@ -127,6 +129,11 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
    * that is already gone.
    */
   protected abstract closeTransport(): Promise<void>;
+  /**
+   * destroy() was called: cut whatever closeTransport waits for now or would wait for (room for the end marker,
+   * the peer's end), and release at once. closeTransport may already be running, or may still be to come.
+   */
+  protected abstract abandonTransport(): void;
 
   // --- what the subclass calls -----------------------------------------------------------------------------------
 
@@ -207,6 +214,11 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
   /** The error that ended the connection (dead peer, corrupt frame), if one did. */
   protected get failedWith(): ShmbusError | undefined {
     return this.failure;
+  }
+
+  /** destroy() was called: closeTransport waits for nothing (see abandonTransport). */
+  protected get abandoned(): boolean {
+    return this.destroying;
   }
 
   /** True once closeTransport has been (or is being) called. */
@@ -381,6 +393,21 @@ export abstract class FramedConnection extends EventEmitter implements Connectio
     return this.closePromise;
   }
 
+  /**
+   * Closes now, delivering nothing more: messages still in the local queue are given up (drained() rejects with
+   * ERR_SHMBUS_CLOSED), and nothing waits for the peer to make room or to answer. A close() under way ends with it.
+   */
+  destroy(): Promise<void> {
+    if (!this.destroying) {
+      this.destroying = true;
+      if (this.state === 'open') this.state = 'closing';
+      this.abandonTransport();
+    }
+    const done = this.shutdown();
+    this.closePromise ??= done;
+    return done;
+  }
+
   private shutdown(): Promise<void> {
     this.shutdownPromise ??= (async () => {
       this.state = 'closed';
@@ -482,7 +509,7 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
   /** Hands a new connection to the next acceptNext(), or queues it. After close it is closed instead. */
   protected offer(connection: C): void {
     if (this.closing) {
-      void connection.close();
+      void connection.destroy();
       return;
     }
     this.emit('connection', connection);
@@ -551,14 +578,15 @@ export abstract class ListenerBase<C extends Connection = Connection> extends Ev
     };
   }
 
-  /** Stops accepting. Connections already handed out stay open; ones not yet taken are closed. */
+  /** Stops accepting. Connections already handed out stay open; ones not yet taken are destroyed: their peer
+   * cannot hold this close by never reading. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const w of this.waiters.splice(0)) w(undefined);
       // Connections waiting for an earlier one of their connector are not taken either.
       const waiting = [...this.turns.values()].flat().flatMap((turn) => (turn.connection ? [turn.connection] : []));
       this.turns.clear();
-      await Promise.all([...this.accepted.splice(0), ...waiting].map((c) => c.close()));
+      await Promise.all([...this.accepted.splice(0), ...waiting].map((c) => c.destroy()));
       await this.stop();
     })();
     return this.closing;

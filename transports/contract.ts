@@ -20,6 +20,11 @@
  * Close and end of stream. `close()` delivers every message already taken (as far as the transport can), then
  * closes; the peer's iterator ends after the last message. A peer that dies without closing makes the iterator
  * throw ERR_SHMBUS_PEER_DEAD (after everything that had arrived) within about a second, and later sends throw.
+ * `close()` waits as long as a live peer takes to read (as a socket's end() does); `destroy()` closes at once:
+ * messages still in the local queue are given up (drained() rejects with ERR_SHMBUS_CLOSED), and nothing waits for
+ * the peer. The peer still gets what the transport already took, then the end: a pipe or socket whose end marker
+ * no longer fit ends as if we had died (ERR_SHMBUS_PEER_DEAD); a message queue, which has no end-of-file, keeps
+ * trying to hand over its end marker in the background (up to 30 s, holding only its descriptors).
  *
  * Errors. Bad URLs and unsupported options: ERR_SHMBUS_BAD_URL / ERR_SHMBUS_UNKNOWN_SCHEME. Kernel refusals:
  * SystemError with the syscall and errno (a refused limit names it in `details`).
@@ -63,6 +68,9 @@ export interface Connection extends EventEmitter, AsyncIterable<unknown> {
   receive(): Promise<unknown>;
   /** Delivers what was taken, then closes. Idempotent. */
   close(): Promise<void>;
+  /** Closes now without delivering what still waits locally, and without waiting for the peer (a peer that never
+   * reads holds close() until it exits; it cannot hold this). Ends a close() under way. Idempotent. */
+  destroy(): Promise<void>;
   /** Sends a request; resolves with the peer's reply (host/rpc.ts). */
   request(value: unknown, options?: RequestOptions): Promise<unknown>;
   /** Answers the peer's requests (undefined stops). */
@@ -75,7 +83,8 @@ export interface ConnectionListener extends EventEmitter, AsyncIterable<Connecti
   /** The next incoming connection, or undefined once the listener is closed. Connections one process made one
    * after the other (each once the previous connect() resolved) come in that order. */
   acceptNext(): Promise<Connection | undefined>;
-  /** Stops accepting and removes what the listener created. Connections handed out stay open. */
+  /** Stops accepting and removes what the listener created. Connections handed out stay open; those not taken yet
+   * are destroyed (nothing of theirs waits for their peer). */
   close(): Promise<void>;
 }
 

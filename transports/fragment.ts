@@ -317,6 +317,8 @@ export class Reassembler {
 const READ_BUDGET = 64;
 /** After a send finds the peer's queue removed, how long the peer's END or death gets to show up. */
 const VERDICT_MS = 1000;
+/** How long a destroyed connection keeps trying to hand the peer its END (QueueConnection.lingerForEnd). */
+const END_LINGER_MS = 30_000;
 
 export interface QueueConnectionOptions {
   url: string;
@@ -461,7 +463,10 @@ export abstract class QueueConnection extends FramedConnection {
       this.peerGone = true;
       try { this.reapPeer(); } catch { /* reaped already */ }
     }
-    if (!this.released && !this.peerGone && !this.endSeen && !this.outputBroken) {
+    // After a failure (a corrupt peer, our own queue gone) nothing is finished in order: a peer that broke the
+    // protocol and never reads would otherwise hold this close until it exits.
+    const orderly = this.failedWith === undefined;
+    if (orderly && !this.released && !this.peerGone && !this.endSeen && !this.outputBroken) {
       try {
         this.writer.writeEnd();
         // Keep draining our queue while we wait for room: a peer closing at the same time waits for us.
@@ -471,14 +476,50 @@ export abstract class QueueConnection extends FramedConnection {
           this.kick();
           // A peer that sent its END reads nothing more: what is still here cannot be delivered.
           if (done || this.peerGone || this.outputBroken || this.released || this.endSeen) break;
-          this.blockedOnKernel();
-          await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+          if (this.abandoned) {
+            void this.lingerForEnd();
+            return;
+          }
+          await this.room();
         }
       } catch {
         /* the peer's queue is gone: it closed or died, and there is no one left to tell */
       }
     }
     this.releaseAll();
+  }
+
+  /** Waits until the peer's queue may have room (or something else happened: see wakeRoomWaiters). */
+  private room(): Promise<void> {
+    this.blockedOnKernel();
+    return new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  /**
+   * destroy() with our END still waiting for room in the peer's queue. Nothing waits for it; but a queue has no
+   * end-of-file, so the END is the only way a living peer learns that this side is gone: it is tried in the
+   * background (holding only this connection's descriptors) until it went, the peer is gone, or END_LINGER_MS.
+   */
+  private async lingerForEnd(): Promise<void> {
+    let expired = false;
+    const timer = setTimeout(() => { expired = true; this.wakeRoomWaiters(); }, END_LINGER_MS);
+    timer.unref();
+    try {
+      for (;;) {
+        await this.room();
+        const done = this.writer.flush();
+        this.kick();
+        if (done || expired || this.peerGone || this.outputBroken || this.released || this.endSeen) break;
+      }
+    } catch {
+      /* the peer's queue is gone */
+    }
+    clearTimeout(timer);
+    this.releaseAll();
+  }
+
+  protected abandonTransport(): void {
+    this.wakeRoomWaiters();
   }
 
   // --- reading ---------------------------------------------------------------------------------------------------

@@ -229,7 +229,8 @@ export class StreamConnection extends FramedConnection {
       writeFrameHeader(this.batch, this.used, FRAME_END, 0);
       this.used += FRAME_HEADER_SIZE;
       this.flush();
-      await new Promise<void>((resolve) => {
+      // After destroy(): the END goes if the kernel takes it now (the write is tried at once), nothing waits.
+      if (!this.abandoned) await new Promise<void>((resolve) => {
         output.once('finish', resolve);
         output.once('close', resolve);
         output.once('error', () => resolve());
@@ -238,7 +239,7 @@ export class StreamConnection extends FramedConnection {
     }
     // Read (and drop) until the peer's end-of-file, so closing never resets data still on its way to the peer.
     this.reader.stopped = true;
-    if (orderly && !this.inputDone && !input.destroyed) {
+    if (orderly && !this.abandoned && !this.inputDone && !input.destroyed) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, LINGER_MS);
         const done = () => { clearTimeout(timer); resolve(); };
@@ -250,6 +251,14 @@ export class StreamConnection extends FramedConnection {
     }
     input.destroy();
     output.destroy();
+  }
+
+  protected abandonTransport(): void {
+    // A closeTransport waiting for 'finish' or for the peer's end-of-file hears 'close' now.
+    if (this.transportClosed) {
+      this.input.destroy();
+      this.output.destroy();
+    }
   }
 
   // --- reading ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import { parentChannel } from './parent.js';
 import { pairClaims } from './pair.js';
 import { PAIR_CLAIM_SEQ_MAX, PAIR_CLAIM_SLOTS, PAIR_CLAIM_STARTED } from '../assembly/layout.js';
 import { describeThrown } from './errors.js';
-import { MessageTooLargeError } from '../host/errors.js';
+import { ErrorCode, MessageTooLargeError, ShmbusError } from '../host/errors.js';
 
 type TaskFunction = (task: unknown) => unknown;
 
@@ -39,12 +39,27 @@ function taskFunction(mod: Record<string, unknown>): TaskFunction {
 
 const target = process.argv[2];
 const conn = await parentChannel();
+
+/** The parent closed the channel (its pool was closed or destroyed while this worker started or ran a task):
+ * nothing is left to tell it, and the loop below ends at its next read. */
+function parentGone(error: unknown): boolean {
+  return error instanceof ShmbusError && (error.code === ErrorCode.CLOSED || error.code === ErrorCode.PEER_DEAD);
+}
+
+/** Sends `value` to the parent, unless it is gone. */
+function tell(value: unknown): void {
+  try {
+    conn.send(value);
+  } catch (error) {
+    if (!parentGone(error)) throw error;
+  }
+}
 let fn: TaskFunction | undefined;
 try {
   if (target === undefined) throw new TypeError('no task module given');
   fn = taskFunction(await import(target) as Record<string, unknown>);
 } catch (error) {
-  conn.send([0, 1, describeThrown(error)]);
+  tell([0, 1, describeThrown(error)]);
   process.exitCode = 1;
 }
 
@@ -52,7 +67,7 @@ if (fn) {
   const claims = pairClaims(conn)?.view;
   /** The number of the last task that arrived. */
   let seq = 0;
-  conn.send([0, 0]);
+  tell([0, 0]);
   /** The id of a task whose bytes come in the next record. */
   let bytesFor = -1;
   // A sync-idle pair (pair.ts): with nothing to run, block this thread on the ring word until the parent's commit
@@ -107,7 +122,7 @@ if (fn) {
       } else conn.send([id, 0, result]);
     } catch (error) {
       // The value could not be sent (too large for the ring, not encodable): the task fails with that reason.
-      conn.send([id, 1, describeThrown(error)]);
+      if (!parentGone(error)) tell([id, 1, describeThrown(error)]);
     }
   }
 }

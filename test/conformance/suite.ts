@@ -256,6 +256,33 @@ function conformance(c: ConformanceCase): void {
     await b.close();
   });
 
+  check('destroy() ends at once toward a peer that reads nothing; what waited locally is given up with CLOSED', async (t, c) => {
+    // The same peer as the orderly close above: it reads nothing until told, so close() would wait for it.
+    const count = 100_000;
+    const s = await c.open('expect-close', { count }, { maxQueued: 200_000 });
+    await within(60_000, s.peer.handle.line('waiting'), 'the peer to wait');
+    for (let seq = 0; seq < count; seq++) {
+      const m = seqMessage(seq);
+      if (m.bytes) s.conn.sendBytes(m.bytes); else s.conn.send(m.value);
+    }
+    t.ok(s.conn.queued > 0, `${s.conn.queued} messages wait in the local queue`);
+    const drained = s.conn.drained().then(() => 'drained', (e: unknown) => codeOf(e));
+    const closing = s.conn.close().then(() => 'closed');
+    await turn();
+    await within(30_000, s.conn.destroy(), 'destroy() while the peer reads nothing');
+    t.equal(await within(30_000, closing, 'the close() under way'), 'closed', 'a close() under way ends with it');
+    t.equal(await drained, ErrorCode.CLOSED, 'drained() rejects with CLOSED');
+    t.throws(() => s.conn.send(1), { code: ErrorCode.CLOSED }, 'a later send is CLOSED');
+    // The peer gets what the transport had taken, then the end (or a typed error where the end marker did not fit).
+    s.peer.child.stdin!.write('go\n');
+    const exit = await within(60_000, reap(s.peer), 'peer exit');
+    const said = s.peer.stderr();
+    const got = /received (\d+) of \d+, 0 bad/.exec(said);
+    t.ok((exit === 2 && got && Number(got[1]) < count) || (exit === 3 && /^ERR_SHMBUS_(CLOSED|PEER_DEAD) /.test(said)),
+      `the peer read what had been taken, in order, then the end or a typed error (exit ${exit}: ${said.trim()})`);
+    await s.close();
+  });
+
   check('peer killed with SIGKILL: the reader gets PEER_DEAD (or the end)', async (t, c) => {
     const s = await c.open('hang');
     t.same(await within(60_000, s.conn.receive(), 'ready'), { ready: true });

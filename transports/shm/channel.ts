@@ -311,6 +311,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private inboxHead = 0;
   private inboxTail = 0;
   private closePromise: Promise<void> | undefined;
+  /** finish() under way or done: every caller (close, destroy, a failure) waits for the same end. */
+  private finished: Promise<void> | undefined;
   private lastYield = performance.now();
   private readablePromise: Promise<void> | undefined;
   private readonly rpc = new Rpc((type, value) => this.sendRecord(type, value), (active) => { if (active) void this.readForRpc(); });
@@ -1457,8 +1459,23 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.closePromise;
   }
 
-  private async finish(error: ShmbusError | undefined): Promise<void> {
-    if (this.state === 'closed') return;
+  /**
+   * Closes now, delivering nothing more: messages still in the local queue are given up (drained() rejects with
+   * ERR_SHMBUS_CLOSED) instead of waiting for the peer to make room; what is in the ring stays readable for the
+   * peer, whose iterator then ends. A close() under way ends with it.
+   */
+  destroy(): Promise<void> {
+    const done = this.finish(undefined);
+    this.closePromise ??= done;
+    return done;
+  }
+
+  private finish(error: ShmbusError | undefined): Promise<void> {
+    this.finished ??= this.release(error);
+    return this.finished;
+  }
+
+  private async release(error: ShmbusError | undefined): Promise<void> {
     this.state = 'closed';
     if (error && !this.failure) this.failure = error;
     this.rpc.end(this.failure ?? (() => new ClosedError('channel closed', { url: this.url })));
