@@ -9,7 +9,9 @@
  * - `handle(fn)` answers requests: the value fn returns (or resolves to) is sent back; a throw becomes a failed
  *   reply with the error's code and message. A reply to a peer that has gone is dropped quietly. Requests that
  *   arrive before a handler is set wait for one (up to 1024 of them and 16 MiB of their records, the first one
- *   whatever its size; past that they fail with ERR_SHMBUS_BAD_STATE).
+ *   whatever its size; past that they fail with ERR_SHMBUS_BAD_STATE). Handlers that return a promise run
+ *   concurrently, up to 65,536 at once and 64 MiB of their requests' records (the first whatever its size): a request
+ *   past that fails at once with ERR_SHMBUS_LIMIT, so a peer cannot make us hold without bound.
  */
 import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
 import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError, TimeoutError, type ErrorCodeValue } from './errors.js';
@@ -27,6 +29,10 @@ export type RequestHandler = (value: unknown) => unknown;
  * ones are refused with ERR_SHMBUS_BAD_STATE. */
 const MAX_EARLY_REQUESTS = 1024;
 const MAX_EARLY_BYTES = 16 * 1024 * 1024;
+/** Requests whose handler's promise has not settled yet, and their records' bytes; later ones are refused with
+ * ERR_SHMBUS_LIMIT until some settle. */
+const MAX_ANSWERING = 65536;
+const MAX_ANSWERING_BYTES = 64 * 1024 * 1024;
 
 interface Pending { resolve(v: unknown): void; reject(e: Error): void; timer?: NodeJS.Timeout; cleanup?: () => void }
 
@@ -38,7 +44,7 @@ export class Rpc {
    * connections end with nothing pending and no request after). */
   private ended: Error | (() => Error) | undefined;
   /** Requests that arrived before any handler was set (a peer may ask before this side called handle()). */
-  private readonly early: [number, unknown][] = [];
+  private readonly early: [id: number, value: unknown, bytes: number][] = [];
   /** Bytes of the records of `early`. */
   private earlyBytes = 0;
 
@@ -104,7 +110,7 @@ export class Rpc {
     if (wasActive !== this.active) this.activity(this.active);
     if (fn) {
       this.earlyBytes = 0;
-      for (const [id, value] of this.early.splice(0)) this.answer(id, value);
+      for (const [id, value, bytes] of this.early.splice(0)) this.answer(id, value, bytes);
     }
   }
 
@@ -117,10 +123,10 @@ export class Rpc {
     if (type === RECORD_REQUEST) {
       // Before any handler is set, requests wait for one (bounded); the requester's timeout covers the wait.
       if (!this.handler && this.early.length < MAX_EARLY_REQUESTS && (this.early.length === 0 || this.earlyBytes + bytes <= MAX_EARLY_BYTES)) {
-        this.early.push([id, value]);
+        this.early.push([id, value, bytes]);
         this.earlyBytes += bytes;
       } else {
-        this.answer(id, value);
+        this.answer(id, value, bytes);
       }
       return;
     }
@@ -130,8 +136,9 @@ export class Rpc {
     else entry.reject(remoteError(value));
   }
 
-  /** Answers whose handler returned a promise and that are not sent yet. */
+  /** Answers whose handler returned a promise and that are not sent yet, and their requests' record bytes. */
   private answering = 0;
+  private answeringBytes = 0;
 
   /** Whether a handler's promise is still to settle (its reply then goes out from a later microtask). */
   get answersPending(): boolean {
@@ -143,10 +150,15 @@ export class Rpc {
    * connection may go on to wait for the next request right after, and a reply left for a microtask would wait
    * behind that), once it settles when it returns a promise.
    */
-  private answer(id: number, value: unknown): void {
+  private answer(id: number, value: unknown, bytes: number): void {
     let result: unknown;
     try {
       if (!this.handler) throw new ShmbusError(ErrorCode.BAD_STATE, 'no request handler on this connection');
+      if (this.answering > 0 && (this.answering >= MAX_ANSWERING || this.answeringBytes + bytes > MAX_ANSWERING_BYTES)) {
+        throw new ShmbusError(ErrorCode.LIMIT, 'too many requests in progress on this connection', {
+          details: { inProgress: this.answering, bytes: this.answeringBytes, maxInProgress: MAX_ANSWERING, maxBytes: MAX_ANSWERING_BYTES },
+        });
+      }
       result = this.handler(value);
     } catch (error) {
       this.reply(id, RECORD_REPLY_ERROR, errorReply(error));
@@ -157,9 +169,11 @@ export class Rpc {
       return;
     }
     this.answering++;
+    this.answeringBytes += bytes;
+    const settled = () => { this.answering--; this.answeringBytes -= bytes; };
     Promise.resolve(result).then(
-      (v) => { this.answering--; this.reply(id, RECORD_REPLY, v); },
-      (error) => { this.answering--; this.reply(id, RECORD_REPLY_ERROR, errorReply(error)); },
+      (v) => { settled(); this.reply(id, RECORD_REPLY, v); },
+      (error) => { settled(); this.reply(id, RECORD_REPLY_ERROR, errorReply(error)); },
     );
   }
 

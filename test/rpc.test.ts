@@ -139,3 +139,58 @@ t.test('requests before a handler is set wait up to 1024 of them and 16 MiB of r
   t.same(sent.slice(0, 3).map(([type, [id, value]]) => [type, id, value]), [[RECORD_REPLY, 1, 'first'], [RECORD_REPLY, 2, 'second'], [RECORD_REPLY, 3, 'third']], 'the waiting ones are answered once a handler is set');
   t.equal(sent.length, 1024, 'all 1024 of them');
 });
+
+t.test('handlers in progress are bounded: past 65,536 of them or 64 MiB of their requests, a request fails at once with LIMIT', async (t) => {
+  const sent: [number, [number, unknown]][] = [];
+  const rpc = new Rpc((type, value) => { sent.push([type, value as [number, unknown]]); }, () => {});
+  const MiB = 1 << 20;
+  // A handler that answers only when told: every request stays in progress.
+  const release: (() => void)[] = [];
+  rpc.handle((v) => new Promise((resolve) => release.push(() => resolve(v))));
+  const MAX = 65536;
+  for (let id = 1; id <= MAX + 6; id++) rpc.incoming(RECORD_REQUEST, [id, id], 0);
+  t.equal(release.length, MAX, '65,536 handlers run at once');
+  t.same(sent.map(([type, [id]]) => [type, id]), [1, 2, 3, 4, 5, 6].map((k) => [RECORD_REPLY_ERROR, MAX + k]), 'the rest are refused at once');
+  t.equal((sent[0]![1][1] as { code: string }).code, ErrorCode.LIMIT, 'with LIMIT');
+  sent.length = 0;
+  // Once they settle, requests run again; and by bytes: the first whatever its size, nothing past 64 MiB.
+  for (const r of release.splice(0)) r();
+  await eventually(() => sent.length === MAX, 'the replies');
+  t.ok(sent.every(([type]) => type === RECORD_REPLY), 'each answered');
+  sent.length = 0;
+  rpc.incoming(RECORD_REQUEST, [2000, 'large'], 100 * MiB);
+  rpc.incoming(RECORD_REQUEST, [2001, 'small'], 1);
+  t.same(sent.map(([type, [id]]) => [type, id]), [[RECORD_REPLY_ERROR, 2001]], 'a large request runs alone');
+  sent.length = 0;
+  for (const r of release.splice(0)) r();
+  await eventually(() => sent.length === 1, 'its reply');
+  rpc.incoming(RECORD_REQUEST, [3000, 'a'], 40 * MiB);
+  rpc.incoming(RECORD_REQUEST, [3001, 'b'], 20 * MiB);
+  rpc.incoming(RECORD_REQUEST, [3002, 'c'], 5 * MiB);
+  t.same(sent.slice(1).map(([type, [id]]) => [type, id]), [[RECORD_REPLY_ERROR, 3002]], 'the one past 64 MiB is refused');
+  for (const r of release.splice(0)) r();
+});
+
+t.test('a client that only requests does not read ahead without bound: past 16 MiB of other messages, its reply waits for the iterator', async (t) => {
+  const l = await listen(`shm://${unique('rpc-ahead')}?size=1MiB`);
+  t.teardown(() => l.close());
+  const [client, server] = await Promise.all([connect(l.url), l.acceptNext()]) as [Channel, Channel];
+  t.teardown(() => Promise.all([client.close(), server.close()]));
+  // The server sends 48 MiB of plain messages (192 of 256 KiB), then answers: a client reading everything ahead
+  // to reach the reply would hold all of it.
+  const reply = client.request('ping', { timeout: 2000 }).then((v) => v, (e: { code?: string }) => e.code);
+  const size = 256 * 1024;
+  const chunk = new Uint8Array(size);
+  // All taken before the handler is set, so that the reply is queued behind every one of them.
+  for (let i = 0; i < 192; i++) server.sendBytes(chunk);
+  const sending = server.drained();
+  server.handle((v) => v);
+  t.equal(await reply, ErrorCode.TIMEOUT, 'the reply waits behind what the client did not take');
+  let taken = 0;
+  for await (const m of client) {
+    t.equal((m as Uint8Array).length, size);
+    if (++taken === 192) break;
+  }
+  await within(30_000, sending, 'the server\'s sends');
+  t.equal(await within(30_000, client.request('again'), 'a request once the iterator caught up'), 'again');
+});

@@ -59,8 +59,10 @@ let lastMove = -Infinity;
  * than LARGEST_ESTIMATE is encoded aside and copied, which costs little next to encoding that much. */
 const SMALLEST_ESTIMATE = 64;
 const LARGEST_ESTIMATE = 2048;
-/** Reading for request/reply stops buffering other messages past this many unread ones. */
+/** Reading for request/reply stops buffering other messages past this many unread ones, or past this many bytes
+ * of records read since the inbox was last empty (a peer's messages can be as large as maxMessage each). */
 const INBOX_LIMIT = 65536;
+const INBOX_BYTES_LIMIT = 16 * 1024 * 1024;
 
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
 export type RecordHandler = (memory: Uint8Array, offset: number, length: number, type: number) => void;
@@ -318,6 +320,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly rpc = new Rpc((type, value) => this.sendRecord(type, value), (active) => { if (active) void this.readForRpc(); });
   private rpcReading = false;
   private inboxSpace: (() => void) | undefined;
+  /** Bytes of the records read since the inbox was last empty (bounds reading ahead for request/reply). */
+  private inboxBytes = 0;
 
   /** @internal built by listen/connect */
   constructor(parts: ChannelParts) {
@@ -1098,6 +1102,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
+    this.inboxBytes += length;
     // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
     // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
     this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
@@ -1192,6 +1197,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * (also when a record after them failed: what came before a failure is delivered).
    */
   private readInbox(max: number = BATCH_MAX): number {
+    if (this.inboxHead === this.inboxTail) this.inboxBytes = 0;
     let n: number;
     try {
       n = this.poll(this.decodeInto, max);
@@ -1273,14 +1279,15 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   /**
    * Reads while request/reply needs it (replies awaited, or a handler serving), even if nobody iterates: other
-   * messages wait in the inbox for the iterator, up to INBOX_LIMIT.
+   * messages wait in the inbox for the iterator, up to INBOX_LIMIT messages and INBOX_BYTES_LIMIT bytes; past them,
+   * replies behind those messages wait until the iterator takes them (as a paused socket's would).
    */
   private async readForRpc(): Promise<void> {
     if (this.rpcReading) return;
     this.rpcReading = true;
     try {
       while (this.rpc.active && this.state !== 'closed' && !this.failure) {
-        if (this.inboxTail - this.inboxHead >= INBOX_LIMIT) {
+        if (this.inboxTail - this.inboxHead >= INBOX_LIMIT || (this.inboxBytes >= INBOX_BYTES_LIMIT && this.inboxHead < this.inboxTail)) {
           await new Promise<void>((resolve) => { this.inboxSpace = resolve; });
           continue;
         }
