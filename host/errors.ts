@@ -72,6 +72,19 @@ export function peerText(value: unknown, max = 64): string {
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
+const CODES = new Set<string>(Object.values(ErrorCode));
+
+/**
+ * The error a peer's refusal or failed reply describes (`{ code, message }` as it sent them): its code when that is
+ * one of ours (`fallback` otherwise: a peer cannot make up codes), and its message, bounded (`otherwise` when it
+ * sent none), after `prefix`.
+ */
+export function peerError(sent: unknown, fallback: ErrorCodeValue, prefix: string, otherwise: string, detailFields?: Record<string, unknown>): ShmbusError {
+  const { code, message } = (typeof sent === 'object' && sent !== null ? sent : {}) as { code?: unknown; message?: unknown };
+  const known = typeof code === 'string' && CODES.has(code) ? (code as ErrorCodeValue) : fallback;
+  return new ShmbusError(known, prefix + (typeof message === 'string' ? peerText(message, 1000) : otherwise), { details: detailFields });
+}
+
 /** A detail's text: a string as it is, anything else as JSON (its type where JSON cannot say it). */
 function textOf(value: unknown): string {
   if (typeof value === 'string') return value;

@@ -14,7 +14,7 @@
  *   past that fails at once with ERR_SHMBUS_LIMIT, so a peer cannot make us hold without bound.
  */
 import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
-import { BadArgumentError, ClosedError, CorruptError, ErrorCode, ShmbusError, TimeoutError, type ErrorCodeValue } from './errors.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, peerError, peerText, ShmbusError, TimeoutError } from './errors.js';
 
 export interface RequestOptions {
   /** Milliseconds to wait for the reply. Default: no limit. */
@@ -203,14 +203,12 @@ export class Rpc {
 export function errorReply(error: unknown): { code: string; message: string } {
   return {
     code: error instanceof ShmbusError ? error.code : ErrorCode.REMOTE,
-    message: error instanceof Error ? error.message : String(error),
+    // A handler may throw anything, even a value String() throws on.
+    message: error instanceof Error ? error.message : peerText(error, 1000),
   };
 }
 
 /** The error a requester sees for a failed reply (errorReply's value): its code if a shmbus one, else REMOTE. */
 export function remoteError(value: unknown): ShmbusError {
-  const v = (typeof value === 'object' && value !== null ? value : {}) as { code?: unknown; message?: unknown };
-  const code = (typeof v.code === 'string' && v.code.startsWith('ERR_SHMBUS_') ? v.code : ErrorCode.REMOTE) as ErrorCodeValue;
-  const error = new ShmbusError(code, `request failed on the peer: ${typeof v.message === 'string' ? v.message : 'unknown error'}`);
-  return error;
+  return peerError(value, ErrorCode.REMOTE, 'request failed on the peer: ', 'unknown error');
 }

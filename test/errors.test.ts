@@ -4,7 +4,8 @@
  * and msgpack 64-bit integers decode to bigints, which JSON.stringify refuses).
  */
 import t from 'tap';
-import { ErrorCode, HandshakeError, peerText, ShmbusError } from '../host/errors.js';
+import { ErrorCode, HandshakeError, peerError, peerText, ShmbusError } from '../host/errors.js';
+import { errorReply, remoteError } from '../host/rpc.js';
 
 t.test('peerText: any value a peer can send, as bounded text', async (t) => {
   const hostile = JSON.parse('[{"toString":0,"valueOf":0}]') as unknown;
@@ -22,4 +23,20 @@ t.test('an error whose details hold such values is made, with their text', async
   t.equal(error.code, ErrorCode.HANDSHAKE);
   t.equal(error.message, 'peer announced something (found=object what={"toString":0})');
   t.ok(new ShmbusError(ErrorCode.CORRUPT, 'x', { details: { n: 5n } }).message.endsWith('(n=5)'));
+});
+
+t.test('peerError: a peer names one of our codes or gets the fallback; its message is bounded', async (t) => {
+  t.equal(peerError({ code: ErrorCode.LIMIT, message: 'full' }, ErrorCode.HANDSHAKE, 'listener refused: ', 'no reason').message, 'listener refused: full');
+  t.equal(peerError({ code: ErrorCode.LIMIT }, ErrorCode.HANDSHAKE, 'x: ', 'no reason').code, ErrorCode.LIMIT, 'a code of ours is kept');
+  const madeUp = peerError({ code: 'ERR_SHMBUS_MADE_UP', message: { toString: 0 } }, ErrorCode.HANDSHAKE, 'x: ', 'no reason');
+  t.equal(madeUp.code, ErrorCode.HANDSHAKE, 'a code that is not ours: the fallback');
+  t.equal(madeUp.message, 'x: no reason', 'a message that is not a string: the fallback text');
+  t.equal(peerError('nonsense', ErrorCode.REMOTE, '', 'unknown').code, ErrorCode.REMOTE);
+  t.equal(peerError({ message: 'm'.repeat(5000) }, ErrorCode.REMOTE, '', '').message.length, 1001, 'at most 1,000 characters of it, and an ellipsis');
+  t.equal(remoteError({ code: 'ERR_SHMBUS_MADE_UP', message: 'boom' }).code, ErrorCode.REMOTE, 'request/reply: the same');
+});
+
+t.test('errorReply: whatever a handler throws becomes a reply', async (t) => {
+  t.same(errorReply({ toString: 0 }), { code: ErrorCode.REMOTE, message: '{"toString":0}' });
+  t.same(errorReply(new ShmbusError(ErrorCode.TIMEOUT, 'late')), { code: ErrorCode.TIMEOUT, message: 'late' });
 });

@@ -33,7 +33,7 @@ import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import { RECORD_MSGPACK } from '../assembly/layout.js';
 import {
-  BadUrlError, ErrorCode, HandshakeError, peerText, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
+  BadUrlError, ErrorCode, HandshakeError, peerError, peerText, ShmbusError, SystemError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { growPipe, mkfifo } from '../host/sys/fifo.js';
 import { ListenerBase, maxConnectionsOf, parseTransportQuery, splitUrl, type Turn } from './base.js';
@@ -286,8 +286,7 @@ async function connect(url: string, options: ConnectOptions = {}): Promise<Conne
     const answer = await readHandshakeFrame(input, Math.max(1, deadline - Date.now()));
     const reply = decodeFrame(answer);
     if (reply.ok !== true) {
-      const code = typeof reply.code === 'string' && reply.code.startsWith('ERR_SHMBUS_') ? reply.code : ErrorCode.HANDSHAKE;
-      throw new ShmbusError(code as typeof ErrorCode.HANDSHAKE, typeof reply.message === 'string' ? reply.message : 'listener refused the connection', { details: { url } });
+      throw peerError(reply, ErrorCode.HANDSHAKE, '', 'listener refused the connection', { url });
     }
     const outFd = openFifo(c2l, O_WRONLY);
     if (typeof outFd !== 'number') throw new HandshakeError('listener went away during the handshake', { details: { url, errno: outFd } });

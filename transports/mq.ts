@@ -46,7 +46,7 @@
 import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import {
-  BadUrlError, ErrorCode, HandshakeError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
+  BadUrlError, ErrorCode, HandshakeError, peerError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
 import { EpollThread, type FdWatch } from '../host/blocking.js';
@@ -407,8 +407,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     cancelExit();
     cancelExit = undefined;
     if (reply.ok !== true) {
-      const code = typeof reply.code === 'string' && reply.code.startsWith('ERR_SHMBUS_') ? reply.code as ShmbusError['code'] : ErrorCode.HANDSHAKE;
-      throw new ShmbusError(code, `listener refused: ${typeof reply.message === 'string' ? reply.message : 'no reason'}`, { details: { url } });
+      throw peerError(reply, ErrorCode.HANDSHAKE, 'listener refused: ', 'no reason', { url });
     }
     if (typeof reply.pid !== 'number' || typeof reply.max !== 'number') throw new HandshakeError('reply lacks fields', { details: { url } });
     const conn = new MqConnection({

@@ -55,7 +55,7 @@
 import { pack } from 'msgpackr';
 import { decodePeer } from '../host/codec.js';
 import {
-  BadUrlError, CorruptError, ErrorCode, HandshakeError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
+  BadUrlError, CorruptError, ErrorCode, HandshakeError, peerError, peerText, ShmbusError, TimeoutError, VersionMismatchError,
 } from '../host/errors.js';
 import { parseSize } from '../host/url.js';
 import { EpollThread, MsgrcvThread, PORT_PAYLOAD_MAX, watchProcess } from '../host/blocking.js';
@@ -783,8 +783,7 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     });
     if (reply.ok !== true) {
       port.unregister(id);
-      const code = typeof reply.code === 'string' && reply.code.startsWith('ERR_SHMBUS_') ? reply.code as ShmbusError['code'] : ErrorCode.HANDSHAKE;
-      throw new ShmbusError(code, `listener refused: ${typeof reply.message === 'string' ? reply.message : 'no reason'}`, { details: { url } });
+      throw peerError(reply, ErrorCode.HANDSHAKE, 'listener refused: ', 'no reason', { url });
     }
     const { pid, port: peerPort, id: peerId, q, max, packet } = reply;
     if (typeof pid !== 'number' || typeof peerPort !== 'number' || typeof peerId !== 'number' || typeof q !== 'number'

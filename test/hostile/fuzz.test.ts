@@ -535,8 +535,10 @@ const chanOp: fc.Arbitrary<ChanOp> = fc.oneof(
 );
 
 /** A failure that is not typed: a ShmbusError wrapping a RuntimeError, RangeError or TypeError counts too. */
+/** Our codes: a peer naming one it made up must not get it through. */
+const CODES: readonly string[] = Object.values(ErrorCode);
 function untyped(error: unknown): boolean {
-  if (!(error instanceof ShmbusError) || !error.code.startsWith('ERR_SHMBUS_')) return true;
+  if (!(error instanceof ShmbusError) || !CODES.includes(error.code)) return true;
   const cause = (error as { cause?: unknown }).cause;
   return cause instanceof WebAssembly.RuntimeError || cause instanceof RangeError || cause instanceof TypeError;
 }
@@ -818,14 +820,14 @@ const helloLine = fc.oneof(
   fc.record({ pid: fc.integer(), wake: fc.record({ mode: fc.constantFrom('doorbell', 'futex'), params: fc.oneof(jsonish, fc.dictionary(fc.string({ maxLength: 6 }), jsonish, { maxKeys: 3 })) }) })
     .map((h) => Buffer.from(JSON.stringify({ shmbus: 1, version: LAYOUT_VERSION, ...h }) + '\n')),
 );
-const ackLine = lineOf({ attached: fc.oneof(fc.constant(true), jsonish), code: fc.oneof(fc.constant('ERR_SHMBUS_CORRUPT'), jsonish), message: jsonish });
+const ackLine = lineOf({ attached: fc.oneof(fc.constant(true), jsonish), code: fc.oneof(fc.constantFrom('ERR_SHMBUS_CORRUPT', 'ERR_SHMBUS_MADE_UP'), jsonish), message: jsonish });
 const replyLine = lineOf({
   ok: fc.oneof(fc.constant(true), jsonish),
   kind: fc.oneof(fc.constantFrom('posix', 'sysv', 'file'), jsonish),
   // Names no object of anyone's: the connector attaches what a listener names (finding 2 of issue 9).
   name: fc.string({ maxLength: 40 }).map((n) => `/shmbus-fuzz-none-${process.pid}-${n}`),
   size: fc.oneof(fc.integer(), jsonish), capacity: fc.oneof(fc.constantFrom(1024, 4096), fc.integer(), jsonish),
-  code: fc.oneof(fc.constant('ERR_SHMBUS_EXISTS'), jsonish), message: jsonish, wake: wakeLine,
+  code: fc.oneof(fc.constantFrom('ERR_SHMBUS_EXISTS', 'ERR_SHMBUS_MADE_UP'), jsonish), message: jsonish, wake: wakeLine,
 });
 
 /** Splits `bytes` into chunks at the given cut points (the peer writes in pieces). */

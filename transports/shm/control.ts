@@ -38,7 +38,7 @@
  */
 import net from 'node:net';
 import koffi from 'koffi';
-import { HandshakeError, ShmbusError, SystemError, TimeoutError, type ErrorCodeValue, ErrorCode } from '../../host/errors.js';
+import { HandshakeError, peerError, ShmbusError, SystemError, TimeoutError, ErrorCode } from '../../host/errors.js';
 import { readHandshake, socketFd } from '../../host/control.js';
 import { dupFd, peekBytes, receiveFd, sendFd, type Received } from '../../host/sys/socket.js';
 import { closeFd } from '../../host/sys/shm.js';
@@ -114,9 +114,7 @@ export function writeLine(socket: net.Socket, message: Record<string, unknown>):
 
 /** The error a peer reported in a handshake line, rebuilt with its code. */
 export function remoteError(message: Record<string, unknown>, fallback: string): ShmbusError {
-  const code = typeof message.code === 'string' && message.code.startsWith('ERR_SHMBUS_') ? (message.code as ErrorCodeValue) : ErrorCode.HANDSHAKE;
-  const text = typeof message.message === 'string' ? message.message : fallback;
-  return new ShmbusError(code, `peer refused: ${text}`);
+  return peerError(message, ErrorCode.HANDSHAKE, 'peer refused: ', fallback);
 }
 
 /** The message to send back for an error. */
