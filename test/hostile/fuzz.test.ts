@@ -114,6 +114,9 @@ function describe(error: unknown): string {
 /** Thrown when an operation's outcome breaks the contract (not a typed error). */
 class Violation extends Error {}
 
+/** Our codes: a peer naming one it made up must not get it through (see untyped). */
+const CODES: readonly string[] = Object.values(ErrorCode);
+
 /** Typed errors seen per area, for the summary: shows the properties reach the error paths. */
 const seen = new Map<string, number>();
 let currentArea = '';
@@ -535,8 +538,6 @@ const chanOp: fc.Arbitrary<ChanOp> = fc.oneof(
 );
 
 /** A failure that is not typed: a ShmbusError wrapping a RuntimeError, RangeError or TypeError counts too. */
-/** Our codes: a peer naming one it made up must not get it through. */
-const CODES: readonly string[] = Object.values(ErrorCode);
 function untyped(error: unknown): boolean {
   if (!(error instanceof ShmbusError) || !CODES.includes(error.code)) return true;
   const cause = (error as { cause?: unknown }).cause;
