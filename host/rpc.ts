@@ -160,12 +160,13 @@ export class Rpc {
         });
       }
       result = this.handler(value);
+      // Inside the try: reading `then` can throw too (a getter, a revoked Proxy).
+      if (result === null || (typeof result !== 'object' && typeof result !== 'function') || typeof (result as PromiseLike<unknown>).then !== 'function') {
+        this.reply(id, RECORD_REPLY, result);
+        return;
+      }
     } catch (error) {
       this.reply(id, RECORD_REPLY_ERROR, errorReply(error));
-      return;
-    }
-    if (result === null || (typeof result !== 'object' && typeof result !== 'function') || typeof (result as PromiseLike<unknown>).then !== 'function') {
-      this.reply(id, RECORD_REPLY, result);
       return;
     }
     this.answering++;
@@ -180,8 +181,12 @@ export class Rpc {
   private reply(id: number, type: number, result: unknown): void {
     try {
       this.send(type, [id, result]);
-    } catch {
-      /* the requester went away: nobody is waiting for this reply */
+    } catch (error) {
+      // The connection ended: the requester went away, nobody is waiting for this reply.
+      if (this.ended || (error instanceof ShmbusError && (error.code === ErrorCode.CLOSED || error.code === ErrorCode.PEER_DEAD))) return;
+      // The value could not be sent (larger than the connection carries, not encodable): the requester gets why,
+      // instead of waiting for a reply that never comes.
+      if (type === RECORD_REPLY) this.reply(id, RECORD_REPLY_ERROR, errorReply(error));
     }
   }
 

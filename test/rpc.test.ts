@@ -1,6 +1,6 @@
 // Request/reply over shm channels: concurrency, many clients, timeouts, aborts, remote errors, dead clients.
 import t from 'tap';
-import { listen, connect, serve, ErrorCode, type Channel } from '../index.js';
+import { listen, connect, serve, ErrorCode, ShmbusError, type Channel } from '../index.js';
 import { Rpc } from '../host/rpc.js';
 import { RECORD_REPLY, RECORD_REPLY_ERROR, RECORD_REQUEST } from '../assembly/layout.js';
 import { eventually, fileTimeout, startFixture, unique, within } from './helpers.js';
@@ -193,4 +193,54 @@ t.test('a client that only requests does not read ahead without bound: past 16 M
   }
   await within(30_000, sending, 'the server\'s sends');
   t.equal(await within(30_000, client.request('again'), 'a request once the iterator caught up'), 'again');
+});
+
+t.test('requests and replies do not count toward that bound: a server holding one untaken message serves on', async (t) => {
+  const l = await listen(`shm://${unique('rpc-stray')}?size=1MiB`);
+  t.teardown(() => l.close());
+  const [client, server] = await Promise.all([connect(l.url), l.acceptNext()]) as [Channel, Channel];
+  t.teardown(() => Promise.all([client.close(), server.close()]));
+  server.handle((v) => (v as Uint8Array).length);
+  // A message the server never takes, then 24 MiB of requests (and of the client's replies' worth of reading).
+  client.send('stray');
+  const body = new Uint8Array(4096);
+  let answered = 0;
+  for (let round = 0; round < 60; round++) {
+    const replies = await within(30_000, Promise.all(Array.from({ length: 100 }, () => client.request(body))), `round ${round}`);
+    answered += replies.filter((n) => n === 4096).length;
+  }
+  t.equal(answered, 6000, 'every request answered');
+  t.equal(await within(30_000, server.receive(), 'the stray message'), 'stray', 'and the stray message still waits for the server');
+});
+
+t.test('a client parked behind untaken messages hears of the peer\'s end: its request rejects instead of hanging', async (t) => {
+  const l = await listen(`shm://${unique('rpc-parked')}?size=1MiB`);
+  t.teardown(() => l.close());
+  const [client, server] = await Promise.all([connect(l.url), l.acceptNext()]) as [Channel, Channel];
+  t.teardown(() => client.close());
+  const outcome = client.request('ping').then(() => 'replied', (e: { code?: string }) => e.code);
+  const chunk = new Uint8Array(256 * 1024);
+  for (let i = 0; i < 192; i++) server.sendBytes(chunk);
+  // 65 chunks out of the server's queue: more than 16 MiB reached the client (the ring holds 3), which stops there.
+  await eventually(() => server.queued <= 192 - 65 - 3, 'the client to read 16 MiB ahead');
+  await server.destroy();
+  t.equal(await within(30_000, outcome, 'the request'), ErrorCode.CLOSED, 'CLOSED once the server is gone');
+});
+
+t.test('a reply that cannot be sent reaches the requester as an error; a handler whose result throws on `then` too', async (t) => {
+  const sent: [number, [number, unknown]][] = [];
+  const rpc = new Rpc((type, value) => {
+    const [, body] = value as [number, unknown];
+    if (body === 'too large') throw new ShmbusError(ErrorCode.MESSAGE_TOO_LARGE, 'message larger than the channel allows');
+    sent.push([type, value as [number, unknown]]);
+  }, () => {});
+  rpc.handle((v) => (v === 'trap' ? { get then() { throw new Error('then trap'); } } : v));
+  rpc.incoming(RECORD_REQUEST, [1, 'too large'], 1);
+  rpc.incoming(RECORD_REQUEST, [2, 'trap'], 1);
+  rpc.incoming(RECORD_REQUEST, [3, 'fine'], 1);
+  t.same(sent.map(([type, [id, body]]) => [type, id, (body as { code?: string }).code ?? body]), [
+    [RECORD_REPLY_ERROR, 1, ErrorCode.MESSAGE_TOO_LARGE],
+    [RECORD_REPLY_ERROR, 2, ErrorCode.REMOTE],
+    [RECORD_REPLY, 3, 'fine'],
+  ]);
 });

@@ -22,9 +22,11 @@
  * throw ERR_SHMBUS_PEER_DEAD (after everything that had arrived) within about a second, and later sends throw.
  * `close()` waits as long as a live peer takes to read (as a socket's end() does); `destroy()` closes at once:
  * messages still in the local queue are given up (drained() rejects with ERR_SHMBUS_CLOSED), and nothing waits for
- * the peer. The peer still gets what the transport already took, then the end: a pipe or socket whose end marker
- * no longer fit ends as if we had died (ERR_SHMBUS_PEER_DEAD); a message queue, which has no end-of-file, keeps
- * trying to hand over its end marker in the background (up to 30 s, holding only its descriptors).
+ * the peer. The peer still gets what the transport already took, then the end, with two exceptions: a pipe or
+ * socket whose end marker no longer fit ends as if we had died (ERR_SHMBUS_PEER_DEAD), and a socket that still held
+ * data from the peer we had not read is reset by the kernel, which can lose what was in flight to the peer. A
+ * message queue, which has no end-of-file, keeps trying to hand over its end marker in the background (up to 30 s,
+ * holding its descriptors, and keeping the process alive meanwhile); so does one that failed (a corrupt peer).
  *
  * Errors. Bad URLs and unsupported options: ERR_SHMBUS_BAD_URL / ERR_SHMBUS_UNKNOWN_SCHEME. Kernel refusals:
  * SystemError with the syscall and errno (a refused limit names it in `details`).

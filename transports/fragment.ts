@@ -463,10 +463,7 @@ export abstract class QueueConnection extends FramedConnection {
       this.peerGone = true;
       try { this.reapPeer(); } catch { /* reaped already */ }
     }
-    // After a failure (a corrupt peer, our own queue gone) nothing is finished in order: a peer that broke the
-    // protocol and never reads would otherwise hold this close until it exits.
-    const orderly = this.failedWith === undefined;
-    if (orderly && !this.released && !this.peerGone && !this.endSeen && !this.outputBroken) {
+    if (!this.released && !this.peerGone && !this.endSeen && !this.outputBroken) {
       try {
         this.writer.writeEnd();
         // Keep draining our queue while we wait for room: a peer closing at the same time waits for us.
@@ -476,7 +473,9 @@ export abstract class QueueConnection extends FramedConnection {
           this.kick();
           // A peer that sent its END reads nothing more: what is still here cannot be delivered.
           if (done || this.peerGone || this.outputBroken || this.released || this.endSeen) break;
-          if (this.abandoned) {
+          // After destroy() or a failure (a corrupt peer that may never read) nothing waits for the END: a peer
+          // that broke the protocol and never reads would otherwise hold this close until it exits.
+          if (this.abandoned || this.failedWith !== undefined) {
             void this.lingerForEnd();
             return;
           }
@@ -496,9 +495,10 @@ export abstract class QueueConnection extends FramedConnection {
   }
 
   /**
-   * destroy() with our END still waiting for room in the peer's queue. Nothing waits for it; but a queue has no
-   * end-of-file, so the END is the only way a living peer learns that this side is gone: it is tried in the
-   * background (holding only this connection's descriptors) until it went, the peer is gone, or END_LINGER_MS.
+   * destroy() or a failure with our END still waiting for room in the peer's queue. Nothing waits for it; but a
+   * queue has no end-of-file, so the END is the only way a living peer learns that this side is gone: it is tried
+   * in the background (holding only this connection's descriptors) until it went, the peer is gone, or
+   * END_LINGER_MS.
    */
   private async lingerForEnd(): Promise<void> {
     let expired = false;

@@ -320,7 +320,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private readonly rpc = new Rpc((type, value) => this.sendRecord(type, value), (active) => { if (active) void this.readForRpc(); });
   private rpcReading = false;
   private inboxSpace: (() => void) | undefined;
-  /** Bytes of the records read since the inbox was last empty (bounds reading ahead for request/reply). */
+  /** Bytes of the records read into the inbox since it was last empty (bounds reading ahead for request/reply). */
   private inboxBytes = 0;
 
   /** @internal built by listen/connect */
@@ -1102,7 +1102,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   };
 
   private decodeRecord(memory: Uint8Array, offset: number, length: number, type: number): void {
-    this.inboxBytes += length;
+    // Requests and replies go to Rpc, not to the inbox.
+    if (type < RECORD_REQUEST || type > RECORD_REPLY_ERROR) this.inboxBytes += length;
     // Large records: read the next one alone, so each is released (and the writer may refill its room) as soon as
     // it is copied out, instead of after the whole batch: the two sides then copy at the same time.
     this.readMax = length >= this.largeRecord ? 1 : BATCH_MAX;
@@ -1218,6 +1219,13 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     return this.inboxHead < this.inboxTail;
   }
 
+  /** readForRpc waits no longer: the inbox emptied, or the channel ended (it then settles what is pending). */
+  private wakeInboxSpace(): void {
+    const space = this.inboxSpace;
+    this.inboxSpace = undefined;
+    space?.();
+  }
+
   private toInbox(value: unknown): void {
     this.inbox[this.inboxTail++] = value;
   }
@@ -1229,9 +1237,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       // A long backlog (request/reply reads ahead up to INBOX_LIMIT) does not keep its array.
       if (this.inboxTail > BATCH_MAX) this.inbox.length = 0;
       this.inboxHead = this.inboxTail = 0;
-      const space = this.inboxSpace;
-      this.inboxSpace = undefined;
-      space?.();
+      this.wakeInboxSpace();
     }
     return { value, done: false };
   }
@@ -1287,7 +1293,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.rpcReading = true;
     try {
       while (this.rpc.active && this.state !== 'closed' && !this.failure) {
-        if (this.inboxTail - this.inboxHead >= INBOX_LIMIT || (this.inboxBytes >= INBOX_BYTES_LIMIT && this.inboxHead < this.inboxTail)) {
+        // A peer that is gone or closed left a finite ring: reading all of it reaches the replies in it.
+        const more = !this.peerGone && !this.rx.peerClosed();
+        if (more && (this.inboxTail - this.inboxHead >= INBOX_LIMIT || (this.inboxBytes >= INBOX_BYTES_LIMIT && this.inboxHead < this.inboxTail))) {
           await new Promise<void>((resolve) => { this.inboxSpace = resolve; });
           continue;
         }
@@ -1415,6 +1423,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private onPeerGone(): void {
     this.peerGone = true;
+    this.wakeInboxSpace();
     if (this.verdict !== undefined) this.verdictFailed(new HandshakeError('the listener closed the connection without accepting it', { details: { url: this.url } }));
     this.wakeReader();
     this.wakeWriter();
@@ -1438,6 +1447,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.sendQueue.end(error, false);
     this.wakeReader();
     this.wakeWriter();
+    this.wakeInboxSpace();
     if (this.listenerCount('error') > 0) this.emit('error', error);
     void this.finish(error);
   }
@@ -1493,6 +1503,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     this.rx.markClosed();
     this.wakeReader();
     this.wakeWriter();
+    this.wakeInboxSpace();
     if (!this.sendQueue.idle) {
       const reason = this.failure ?? new ClosedError('channel closed before queued messages were delivered', { queued: this.sendQueue.length });
       this.sendQueue.end(reason, true);
