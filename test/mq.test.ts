@@ -3,7 +3,7 @@
 // in /dev/mqueue and the System V tables, the receive threads (no threadpool thread held, no hang at exit), and
 // untrusted packets on the wire.
 import t, { type Test } from 'tap';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { pack } from 'msgpackr';
@@ -443,7 +443,7 @@ for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
  * once the listener answered on our inbound queue (the connection exists on the listener's side then). `fill()`
  * writes our inbound queue full (a peer that reads nothing). Removed when `t` ends.
  */
-async function handConnector(t: Test, url: string): Promise<{ tx: number; fill(): void }> {
+async function handConnector(t: Test, url: string): Promise<{ tx: number; fill(): void; descriptors(): number }> {
   const name = url.slice('mq://'.length);
   const up = `${name}.${pid}.${++serial}.u`;
   const down = `${name}.${pid}.${serial}.d`;
@@ -467,6 +467,10 @@ async function handConnector(t: Test, url: string): Promise<{ tx: number; fill()
   t.same(mqueueLeftovers(`mqt-${pid}-`), [name.slice(1)], 'the listener answered, and both connection queue names are removed');
   return {
     tx,
+    /** Descriptors of this process on the connection's two queues (ours are three: rx, tx and the filler). */
+    descriptors: () => readdirSync('/proc/self/fd').filter((fd) => {
+      try { return [`${up} (deleted)`, `${down} (deleted)`].includes(readlinkSync(`/proc/self/fd/${fd}`)); } catch { return false; }
+    }).length,
     fill() {
       for (let i = 0; i < 2; i++) mqSend(into, packet([KIND_WHOLE, 1, 0, 1, 1]));
     },
@@ -488,6 +492,8 @@ t.test('mq: a hostile connector\'s packets are checked: CORRUPT after what was v
   mqSend(peer.tx, packet([KIND_LAST, 1, 5, 200, 300]));
   await t.rejects(within(60_000, conn.receive(), 'the corrupt one'), { code: ErrorCode.CORRUPT }, 'a fragment out of sequence');
   await within(30_000, conn.close(), 'close() after CORRUPT, toward a full queue');
+  // And nothing of the connection stays for that peer (no END lingering for it: one try).
+  t.equal(peer.descriptors(), 3, 'the listener closed its descriptors on the two queues');
 });
 
 t.test('mq: a peer that reads nothing holds neither destroy() nor the close of a listener that holds it untaken', async (t) => {

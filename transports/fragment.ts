@@ -473,11 +473,16 @@ export abstract class QueueConnection extends FramedConnection {
           this.kick();
           // A peer that sent its END reads nothing more: what is still here cannot be delivered.
           if (done || this.peerGone || this.outputBroken || this.released || this.endSeen) break;
-          // After destroy() or a failure (a corrupt peer that may never read) nothing waits for the END: a peer
-          // that broke the protocol and never reads would otherwise hold this close until it exits.
+          // After destroy() or a failure nothing waits for the END: a peer that broke the protocol and never reads
+          // would otherwise hold this close until it exits. It is tried on in the background, except for a peer
+          // that sent what we could not take (CORRUPT): lingering for it would let it make us hold descriptors for
+          // 30 s per connection it breaks, at whatever rate it connects.
           if (this.abandoned || this.failedWith !== undefined) {
-            void this.lingerForEnd();
-            return;
+            if (this.failedWith?.code !== ErrorCode.CORRUPT) {
+              void this.lingerForEnd();
+              return;
+            }
+            break;
           }
           await this.room();
         }
