@@ -317,7 +317,7 @@ export class Reassembler {
 const READ_BUDGET = 64;
 /** After a send finds the peer's queue removed, how long the peer's END or death gets to show up. */
 const VERDICT_MS = 1000;
-/** How long a destroyed connection keeps trying to hand the peer its END (QueueConnection.lingerForEnd). */
+/** How long a destroyed (or failed) connection keeps trying to hand the peer its END (QueueConnection.lingerForEnd). */
 const END_LINGER_MS = 30_000;
 
 export interface QueueConnectionOptions {
