@@ -443,7 +443,7 @@ for (const [name, makeUrl] of [['mq', mqUrl], ['sysvmq', sysvUrl]] as const) {
  * once the listener answered on our inbound queue (the connection exists on the listener's side then). `fill()`
  * writes our inbound queue full (a peer that reads nothing). Removed when `t` ends.
  */
-async function handConnector(t: Test, url: string): Promise<{ tx: number; fill(): void; descriptors(): number }> {
+async function handConnector(t: Test, url: string): Promise<{ tx: number; fill(): void; descriptors(): number; endArrived(): boolean }> {
   const name = url.slice('mq://'.length);
   const up = `${name}.${pid}.${++serial}.u`;
   const down = `${name}.${pid}.${serial}.d`;
@@ -473,6 +473,17 @@ async function handConnector(t: Test, url: string): Promise<{ tx: number; fill()
     }).length,
     fill() {
       for (let i = 0; i < 2; i++) mqSend(into, packet([KIND_WHOLE, 1, 0, 1, 1]));
+    },
+    /** Reads what waits in our inbound queue: true once a packet held an END record. */
+    endArrived() {
+      const buf = new Uint8Array(1024);
+      for (let n = mqReceive(rx, buf); n > 0; n = mqReceive(rx, buf)) {
+        const v = new DataView(buf.buffer, 0, n);
+        for (let at = 0; at + RECORD_HEADER <= n; at += RECORD_HEADER + v.getUint32(at + 8, true)) {
+          if (buf[at] === KIND_END) return true;
+        }
+      }
+      return false;
     },
   };
 }
@@ -511,6 +522,9 @@ t.test('mq: a peer that reads nothing holds neither destroy() nor the close of a
   const untaken = await handConnector(t, url);
   untaken.fill();
   await within(30_000, l.close(), 'listener.close() with an untaken connection toward a full queue');
+  // Neither waited for the END; once the peers read, it comes (a queue has no end-of-file: it is how they learn).
+  await eventually(() => taken.endArrived(), 'the END of the destroyed connection once its peer reads');
+  await eventually(() => untaken.endArrived(), 'the END of the untaken one');
 });
 
 /** A hello to `listener` as its port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO). */
