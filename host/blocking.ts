@@ -204,8 +204,20 @@ export class FdWatch {
     readonly token: number,
     private readonly onReady: (events: number) => void,
     readonly onError: (error: ShmbusError) => void,
-    readonly keepAlive: boolean,
+    private keeping: boolean,
   ) {}
+
+  /** Whether the watch keeps the process alive (see EpollThread.watch). */
+  get keepAlive(): boolean {
+    return this.keeping;
+  }
+
+  /** The process no longer stays alive for this watch (it goes on reporting). */
+  unref(): void {
+    if (!this.keeping || this.closed) return;
+    this.keeping = false;
+    this.thread.unrefWatch();
+  }
 
   /** Reports the fd once when it is ready for `events` (EPOLLIN / EPOLLOUT): level-triggered, so arming an
    * fd that is ready already reports it at once. Arming again while armed changes the events. */
@@ -285,6 +297,11 @@ export class EpollThread extends EventThread {
     epollCtl(this.epfd, EPOLL_CTL_MOD, w.fd, events, w.token);
   }
 
+  /** @internal A watch stopped keeping the process alive (FdWatch.unref). */
+  unrefWatch(): void {
+    this.releaseRef();
+  }
+
   /** @internal */
   remove(w: FdWatch): void {
     if (!this.watches.delete(w.token)) return;
@@ -332,6 +349,8 @@ export class MsgrcvThread extends EventThread {
   private port = PORT_NONE;
   private handler: PortHandler | undefined;
   private onGone: ((error: ShmbusError) => void) | undefined;
+  /** Whether the attached port keeps the process alive (it does from attach on, until keepAlive(false)). */
+  private holding = true;
 
   static get(): MsgrcvThread {
     return (MsgrcvThread.instance ??= new MsgrcvThread());
@@ -374,7 +393,17 @@ export class MsgrcvThread extends EventThread {
     this.handler = undefined;
     this.onGone = undefined;
     Atomics.compareExchange(this.ctrl, PORT, msqid, PORT_NONE);
-    this.releaseRef();
+    if (this.holding) this.releaseRef();
+    this.holding = true;
+  }
+
+  /** Whether the attached port keeps the process alive: not while its only users are connections that linger
+   * for their END (transports/sysvmq.ts Port.release). */
+  keepAlive(on: boolean): void {
+    if (this.port === PORT_NONE || on === this.holding) return;
+    this.holding = on;
+    if (on) this.addRef();
+    else this.releaseRef();
   }
 
   protected workerData(): Record<string, unknown> {

@@ -527,6 +527,45 @@ t.test('mq: a peer that reads nothing holds neither destroy() nor the close of a
   await eventually(() => untaken.endArrived(), 'the END of the untaken one');
 });
 
+t.test('mq: a connection lingering for its END does not keep the process alive', async (t) => {
+  // In a child: a listener, and a connector by hand (as handConnector) that fills its inbound queue and reads
+  // nothing; closing the listener destroys the untaken connection, whose END then lingers. The child's event loop
+  // must empty while it lingers: at 'beforeExit' the listener still holds its descriptor on that queue.
+  const dist = (path: string) => JSON.stringify(fileURLToPath(new URL(`../dist/${path}`, import.meta.url)));
+  const name = `/mqt-${pid}-${++serial}`;
+  const r = await runChild(t, `
+    import { readdirSync, readlinkSync } from 'node:fs';
+    import { pack } from 'msgpackr';
+    import { listen } from ${JSON.stringify(INDEX)};
+    import { mqOpen, mqReceive, mqSend, mqClose, mqUnlinkIfExists } from ${dist('host/sys/mq.js')};
+    import { O_CREAT, O_EXCL, O_NONBLOCK, O_RDONLY, O_WRONLY } from ${dist('host/sys/constants.js')};
+    import { processStartTime } from ${dist('host/sys/proc.js')};
+    const name = ${JSON.stringify(name)};
+    const l = await listen('mq://' + name);
+    const up = name + '.' + process.pid + '.1.u', down = name + '.' + process.pid + '.1.d';
+    const geo = { maxmsg: 2, msgsize: 1024 };
+    const rx = mqOpen(down, O_RDONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
+    const tx = mqOpen(up, O_WRONLY | O_NONBLOCK | O_CREAT | O_EXCL, 0o600, geo);
+    const into = mqOpen(down, O_WRONLY | O_NONBLOCK);
+    const lq = mqOpen(name, O_WRONLY | O_NONBLOCK);
+    mqSend(lq, pack({ shmbus: 1, proto: 1, pid: process.pid, start: String(processStartTime(process.pid)), up, down, max: 1048576 }));
+    mqClose(lq);
+    const buf = new Uint8Array(1024);
+    while (mqReceive(rx, buf) <= 0) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 2; i++) mqSend(into, new Uint8Array(16));
+    await l.close();
+    for (const fd of [rx, tx, into]) mqClose(fd);
+    mqUnlinkIfExists(up);
+    mqUnlinkIfExists(down);
+    const held = () => readdirSync('/proc/self/fd').filter((fd) => {
+      try { return readlinkSync('/proc/self/fd/' + fd) === down + ' (deleted)'; } catch { return false; }
+    }).length;
+    process.once('beforeExit', () => console.log('descriptors on the full queue at beforeExit: ' + held()));
+  `);
+  t.equal(r.code, 0, r.err);
+  t.match(r.out, /descriptors on the full queue at beforeExit: 1/, 'the event loop emptied while the END lingered');
+});
+
 /** A hello to `listener` as its port hands it over (transports/sysvmq.ts onPortMessage, kind 1 HELLO). */
 function helloTo(listener: ConnectionListener, fields: Record<string, unknown>): void {
   (listener as unknown as { onPortMessage(kind: number, payload: Uint8Array): void }).onPortMessage(1, pack({ shmbus: 1, proto: 1, max: MiB, id: 1, ...fields }));

@@ -26,8 +26,8 @@
  * socket whose end marker no longer fit ends as if we had died (ERR_SHMBUS_PEER_DEAD), and a socket that still held
  * data from the peer we had not read is reset by the kernel, which can lose what was in flight to the peer. A
  * message queue, which has no end-of-file, keeps trying to hand over its end marker in the background (up to 30 s,
- * holding its descriptors, and keeping the process alive meanwhile); so does one that failed, unless the peer
- * sent data we could not take (ERR_SHMBUS_CORRUPT: it gets one try).
+ * holding its descriptors but not the process: if the process exits first, the peer sees it die); so does one that
+ * failed, unless the peer sent data we could not take (ERR_SHMBUS_CORRUPT: it gets one try).
  *
  * Errors. Bad URLs and unsupported options: ERR_SHMBUS_BAD_URL / ERR_SHMBUS_UNKNOWN_SCHEME. Kernel refusals:
  * SystemError with the syscall and errno (a refused limit names it in `details`).

@@ -399,6 +399,9 @@ export abstract class QueueConnection extends FramedConnection {
   protected abstract reapPeer(): void;
   /** Close descriptors, remove what we own. Called once. */
   protected abstract release(): void;
+  /** The connection only lingers for its END now (lingerForEnd): whatever it waits on must not keep the process
+   * alive any more (the peer learns of our end from our death anyway). */
+  protected abstract letProcessGo(): void;
 
   // --- what a subclass calls -------------------------------------------------------------------------------------
 
@@ -502,10 +505,11 @@ export abstract class QueueConnection extends FramedConnection {
   /**
    * destroy() or a failure with our END still waiting for room in the peer's queue. Nothing waits for it; but a
    * queue has no end-of-file, so the END is the only way a living peer learns that this side is gone: it is tried
-   * in the background (holding only this connection's descriptors) until it went, the peer is gone, or
-   * END_LINGER_MS.
+   * in the background (holding only this connection's descriptors, and not the process: if it exits first, the
+   * peer sees it die) until it went, the peer is gone, or END_LINGER_MS.
    */
   private async lingerForEnd(): Promise<void> {
+    this.letProcessGo();
     let expired = false;
     const timer = setTimeout(() => { expired = true; this.wakeRoomWaiters(); }, END_LINGER_MS);
     timer.unref();

@@ -196,6 +196,11 @@ export class MqConnection extends QueueConnection {
     /* nothing of the peer has a name any more: the queues go with the last descriptor */
   }
 
+  protected letProcessGo(): void {
+    // The only watch that keeps the process alive (the one for room does not).
+    this.rxWatch.unref();
+  }
+
   protected release(): void {
     this.rxWatch.close();
     this.txWatch.close();

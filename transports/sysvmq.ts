@@ -147,6 +147,8 @@ class Port {
   readonly msqid: number;
   private mode: number;
   private users = 0;
+  /** Users that only linger for their END (QueueConnection.lingerForEnd): they do not keep the process alive. */
+  private lingering = 0;
   private nextId = 1;
   private readonly routes = new Map<number, PortUser>();
   private readonly cancelExit: () => void;
@@ -170,6 +172,7 @@ class Port {
   static acquire(perm: number): Port {
     const port = (Port.current ??= new Port(perm));
     port.users++;
+    if (port.lingering > 0) port.holdProcess();
     const mode = port.mode | writeOnlyFor(perm);
     if (mode !== port.mode) {
       msgSetMode(port.msqid, mode);
@@ -181,14 +184,30 @@ class Port {
   /** One more holder of a port already acquired (each accepted connection). Pair with release(). */
   retain(): void {
     this.users++;
+    if (this.lingering > 0) this.holdProcess();
   }
 
-  release(): void {
-    if (--this.users > 0) return;
+  /** A user now only lingers for its END: once every user does, the port no longer keeps the process alive. */
+  weaken(): void {
+    this.lingering++;
+    this.holdProcess();
+  }
+
+  /** @param lingered the user had called weaken() */
+  release(lingered = false): void {
+    if (lingered) this.lingering--;
+    if (--this.users > 0) {
+      this.holdProcess();
+      return;
+    }
     if (Port.current === this) Port.current = undefined;
     MsgrcvThread.get().detach(this.msqid);
     msgRemoveIfExists(this.msqid);
     this.cancelExit();
+  }
+
+  private holdProcess(): void {
+    MsgrcvThread.get().keepAlive(this.users > this.lingering);
   }
 
   newId(): number {
@@ -327,6 +346,8 @@ export class SysvMqConnection extends QueueConnection implements PortUser {
   /** Doorbells that found the peer's port full, to try again. */
   private readonly owed = new Set<number>();
   private retryTimer: NodeJS.Timeout | undefined;
+  /** letProcessGo() was called: our port holder is a weak one (Port.weaken). */
+  private lingered = false;
 
   /** @internal made by listen/connect */
   constructor(parts: SysvParts) {
@@ -421,8 +442,14 @@ export class SysvMqConnection extends QueueConnection implements PortUser {
     // Our inbound queue: the peer sending to it now gets EIDRM/EINVAL, and reads our END.
     msgRemoveIfExists(this.rxq);
     this.cancelExit();
-    this.port.release();
+    this.port.release(this.lingered);
     if (!this.peerGone) adoptPeerQueue(this.peerPid, this.peerStart, this.txq, this.peerPort);
+  }
+
+  protected letProcessGo(): void {
+    if (this.lingered) return;
+    this.lingered = true;
+    this.port.weaken();
   }
 
   private ring(kind: number): void {
@@ -436,12 +463,15 @@ export class SysvMqConnection extends QueueConnection implements PortUser {
     }
     if (sent) return;
     this.owed.add(kind);
-    this.retryTimer ??= setTimeout(() => {
+    if (this.retryTimer !== undefined) return;
+    this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       const kinds = [...this.owed];
       this.owed.clear();
       for (const k of kinds) this.ring(k);
     }, RETRY_MS);
+    // The connection keeps the process alive through its port, for as long as it should (not while it lingers).
+    this.retryTimer.unref();
   }
 }
 
