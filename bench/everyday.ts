@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc,bare]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -10,6 +10,8 @@
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
 //   rpc      the same through request / handle (shm only; against the socket's round trip)
+//   message  the same through conn.on('message') on both sides, the listener settling a promise the sending loop
+//            awaits (shm only; against the socket's round trip, whose sides are 'data' handlers)
 //   claim64  64 B, zero copy: claim + commit per record / poll          (shm only; against the socket's bytes64 row)
 //            (the payload written through claim.bytes, the claim's view)
 //   claimAt64  the same, written at claim.offset in claim.memory (no view made)
@@ -168,6 +170,12 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
         if (!ok) await conn.drained();
       }
       await conn.receive(); // the consumer's "done": closing earlier would not lose messages, but keep runs apart
+    } else if (role === 'message') {
+      // The echo through on('message'); it ends when the parent closes.
+      await new Promise<void>((resolve) => {
+        conn.on('message', (m) => { conn.send(m); });
+        conn.once('close', resolve);
+      });
     } else if (role === 'answer') {
       // request/reply: each request answered with its own value; the loop ends when the parent closes.
       conn.handle((value) => value);
@@ -214,6 +222,8 @@ interface Peer {
   roundTrips(count: number): Promise<number[]>;
   /** The same through `request` (shm only; the child answers with `handle`). */
   requests?(count: number): Promise<number[]>;
+  /** The same through `on('message')` on both sides (shm only). */
+  messageTrips?(count: number): Promise<number[]>;
   close(): Promise<void>;
 }
 
@@ -279,6 +289,21 @@ function shmPeer(conn: Connection): Peer {
         await conn.request(makeObject(i));
         us.push(Number(process.hrtime.bigint() - t0) / 1000);
       }
+      return us;
+    },
+    async messageTrips(count) {
+      let answer = () => {};
+      const listener = () => answer();
+      conn.on('message', listener);
+      const us: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const t0 = process.hrtime.bigint();
+        const reply = new Promise<void>((resolve) => { answer = resolve; });
+        conn.send(makeObject(i));
+        await reply;
+        us.push(Number(process.hrtime.bigint() - t0) / 1000);
+      }
+      conn.off('message', listener);
       return us;
     },
     close: () => conn.close(),
@@ -374,11 +399,13 @@ async function throughputOnce(kind: Kind, row: Row, count: number): Promise<numb
   return (count - 1) / seconds;
 }
 
-async function latencyOnce(kind: Kind, count: number, rpc = false): Promise<number[]> {
+/** Round trips: `rtt` send / for await, `rpc` request / handle, `message` on('message') on both sides. */
+type TripKind = 'rtt' | 'rpc' | 'message';
+async function latencyOnce(kind: Kind, count: number, how: TripKind = 'rtt'): Promise<number[]> {
   const s = await server(kind);
-  const exited = startChild([rpc ? 'answer' : 'echo', kind, s.url, 'object', '0']);
+  const exited = startChild([how === 'rpc' ? 'answer' : how === 'message' ? 'message' : 'echo', kind, s.url, 'object', '0']);
   const peer = await s.accept();
-  const trips = rpc ? (n: number) => peer.requests!(n) : (n: number) => peer.roundTrips(n);
+  const trips = how === 'rpc' ? (n: number) => peer.requests!(n) : how === 'message' ? (n: number) => peer.messageTrips!(n) : (n: number) => peer.roundTrips(n);
   const warmUp = Math.min(2000, count);
   await trips(warmUp);
   const before = snapshot();
@@ -387,7 +414,7 @@ async function latencyOnce(kind: Kind, count: number, rpc = false): Promise<numb
   await peer.close();
   if ((await exited) !== 0) throw new Error(`${kind} rtt: echo child failed`);
   // The echo side's counters cover the warm-up too: per trip over all of its trips.
-  if (COUNTING && kind === 'shm' && !rpc && childCounters) {
+  if (COUNTING && kind === 'shm' && how === 'rtt' && childCounters) {
     const echo = Object.fromEntries(Object.entries(childCounters).map(([k, v]) => [k, (v * count) / (count + warmUp)])) as Counts;
     costs.set('rtt', [mine, echo, count]);
   }
@@ -412,7 +439,7 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc,bare' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc,message,bare' },
   } });
   const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
@@ -421,6 +448,7 @@ async function main(): Promise<void> {
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   const requests: number[] = [];
+  const messageTrips: number[] = [];
   const bare = { each: [] as number[], batched: [] as number[], trips: [] as number[] };
   if (wanted.has('bare')) { wanted.add('bytes64'); wanted.add('rtt'); }
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
@@ -437,10 +465,11 @@ async function main(): Promise<void> {
       process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
     }
     // The request/reply row is compared with the socket's round trip: run that row too.
-    for (const kind of !wanted.has('rtt') && !wanted.has('rpc') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
+    for (const kind of !wanted.has('rtt') && !wanted.has('rpc') && !wanted.has('message') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
-    if (wanted.has('rpc')) requests.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), true)));
+    if (wanted.has('rpc')) requests.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), 'rpc')));
+    if (wanted.has('message')) messageTrips.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), 'message')));
     if (wanted.has('bare')) {
       const n = Math.max(10, Math.round(COUNTS.claimAt64 * scale));
       bare.each.push(await bareRing(n, 1));
@@ -460,13 +489,15 @@ async function main(): Promise<void> {
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   const sortedRequests = [...requests].sort((a, b) => a - b);
   const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
+  const sortedMessageTrips = [...messageTrips].sort((a, b) => a - b);
+  const onMessage = messageTrips.length ? { p50: pct(sortedMessageTrips, 0.5), p99: pct(sortedMessageTrips, 0.99), samples: messageTrips.length } : undefined;
   const sortedBareTrips = [...bare.trips].sort((a, b) => a - b);
   const bareRows = bare.each.length === 0 ? undefined : {
     each: median(bare.each), batched: median(bare.batched),
     trip: { p50: pct(sortedBareTrips, 0.5), p99: pct(sortedBareTrips, 0.99), samples: sortedBareTrips.length },
   };
   if (values.json) {
-    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc, bare: bareRows }, null, 2));
+    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc, onMessage, bare: bareRows }, null, 2));
     return;
   }
   const names: Record<Row, string> = {
@@ -476,7 +507,7 @@ async function main(): Promise<void> {
   };
   console.log(`| payload | shm:// | Unix socket | shm / socket | round by round |\n|---|--:|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x | ${r.paired.toFixed(2)}x |`);
-  if (wanted.has('rtt') || wanted.has('rpc')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  if (wanted.has('rtt') || wanted.has('rpc') || wanted.has('message')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
   if (bareRows) {
     const socket = median(rates.get('bytes64/unix')!);
     const sockets = rates.get('bytes64/unix')!;
@@ -485,6 +516,7 @@ async function main(): Promise<void> {
     console.log(`| bare, not shmbus: ping-pong of one word between two threads, p50 / p99 | ${bareRows.trip.p50.toFixed(2)} µs / ${bareRows.trip.p99.toFixed(2)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
   }
   if (rpc) console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${rpc.p50.toFixed(1)} µs / ${rpc.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  if (onMessage) console.log(`| round trip through \`on('message')\` on both sides (socket: the round trip above), p50 / p99 | ${onMessage.p50.toFixed(1)} µs / ${onMessage.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);

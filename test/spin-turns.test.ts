@@ -1,0 +1,71 @@
+// A shm reader with nothing to read spins a little for the next record before it parks (transports/shm/channel.ts,
+// spinAfterTurns). The spin is synchronous, so it must not start before the microtasks the caller already queued
+// have run: in a ping-pong those are the code that awaits the message just handed out and is about to send the
+// next one. Started at once, the spin held that code back for its whole budget, found nothing, and parked; each
+// round trip then took a doorbell (a 'message' listener resolving a promise: ~170 µs a trip instead of ~5 µs).
+//
+// The waits here end on the caller's own sends, made a few microtask turns after the wait began. The library's
+// counters (host/ring.ts perf, on with SHMBUS_COUNTERS=1 when it loads) show whether a wait parked: none may.
+import t from 'tap';
+import type { TestLike } from './helpers.js';
+
+process.env.SHMBUS_COUNTERS = '1';
+const { perf } = await import('../host/ring.js');
+const { listen, connect } = await import('../index.js');
+const { unique } = await import('./helpers.js');
+type Channel = import('../index.js').Channel;
+
+async function pair(t: TestLike): Promise<[Channel, Channel]> {
+  const url = `shm://${unique('spin-turns')}`;
+  const listener = await listen(url);
+  t.teardown(() => listener.close());
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]);
+  t.teardown(async () => { a.destroy(); b!.destroy(); });
+  return [a as Channel, b as Channel];
+}
+
+/** Resolves after `depth` microtask turns (a chain of awaits, as nested async functions make). */
+async function turns(depth: number): Promise<void> {
+  for (let i = 0; i < depth; i++) await undefined;
+}
+
+t.test('the iterator waits for a record the caller sends a few microtasks later without parking', async (t) => {
+  const [a, b] = await pair(t);
+  const it = b[Symbol.asyncIterator]();
+  const parks = perf.parks;
+  for (let i = 0; i < 20; i++) {
+    void turns(4).then(() => a.send({ i }));
+    t.same((await it.next()).value, { i });
+  }
+  t.equal(perf.parks - parks, 0, 'no wait parked');
+});
+
+t.test('readable() waits for a record the caller sends a few microtasks later without parking', async (t) => {
+  const [a, b] = await pair(t);
+  const parks = perf.parks;
+  for (let i = 0; i < 20; i++) {
+    void turns(4).then(() => a.sendBytes(Uint8Array.of(i)));
+    await b.readable();
+    let got = -1;
+    t.equal(b.poll((memory, offset) => { got = memory[offset]!; }), 1);
+    t.equal(got, i);
+  }
+  t.equal(perf.parks - parks, 0, 'no wait parked');
+});
+
+t.test("a ping-pong through on('message') and a promise sends each message before the listener side parks", async (t) => {
+  const [a, b] = await pair(t);
+  let answer: (value: unknown) => void = () => {};
+  b.on('message', (value) => answer(value));
+  // What a user's request helper looks like: the listener settles a promise, an async function awaits it.
+  const ask = async (i: number) => {
+    const reply = new Promise((resolve) => { answer = resolve; });
+    a.send({ i });
+    return reply;
+  };
+  const roundTrip = async (i: number) => ask(i);
+  await roundTrip(-1); // the dispatcher is running
+  const parks = perf.parks;
+  for (let i = 0; i < 50; i++) t.same(await roundTrip(i), { i });
+  t.equal(perf.parks - parks, 0, 'no wait parked');
+});
