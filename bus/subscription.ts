@@ -14,6 +14,8 @@ import { CorruptError, ErrorCode, ShmbusError, TimeoutError } from '../host/erro
 import type { Bus } from './bus.js';
 import { Mapped, unformatted } from '../host/mapped.js';
 import { WordWaiter, wakeWord } from './waiter.js';
+import { readyWithinTurns } from '../host/turns.js';
+import { COUNTING, perf } from '../host/ring.js';
 
 /** A subscriber that has kept the event loop busy this long (ms) yields a turn to it. */
 const YIELD_MS = 2;
@@ -198,7 +200,8 @@ export class Subscription implements AsyncIterable<unknown> {
         this.ending = true;
         continue;
       }
-      if (this.spin(reader)) continue;
+      // Microtask turns first (host/turns.ts), then the spin; close() during the turns unmaps the reader.
+      if ((await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.spin(reader)) continue;
       if (reader.park()) {
         await this.sleep(reader);
         reader.unpark();
@@ -213,7 +216,7 @@ export class Subscription implements AsyncIterable<unknown> {
   private spin(reader: TopicReader): boolean {
     const start = performance.now();
     for (let i = 1; ; i++) {
-      if (reader.pending() > 0 || reader.publisherClosed()) {
+      if (this.recordsOrEnd(reader)) {
         if (this.spinNs < 100_000) this.spinNs *= 2;
         return true;
       }
@@ -221,6 +224,11 @@ export class Subscription implements AsyncIterable<unknown> {
     }
     if (this.spinNs > 1000) this.spinNs >>= 1;
     return false;
+  }
+
+  /** Whether records wait or the publisher closed (what ends a wait). */
+  private recordsOrEnd(reader: TopicReader): boolean {
+    return reader.pending() > 0 || reader.publisherClosed();
   }
 
   /**
@@ -275,7 +283,7 @@ export class Subscription implements AsyncIterable<unknown> {
       await this.joining;
     }
     const reader = this.reader;
-    if (!reader || this.spin(reader)) return;
+    if (!reader || (await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.closed || this.spin(reader)) return;
     if (reader.park()) {
       await this.sleep(reader);
       reader.unpark();
@@ -289,6 +297,7 @@ export class Subscription implements AsyncIterable<unknown> {
 
   /** Sleeps until the publisher publishes (or a second passes: then the caller rechecks the topic's state). */
   private sleep(reader: TopicReader): Promise<void> {
+    if (COUNTING) perf.parks++;
     this.waiter ??= new WordWaiter(this.bus._engine, reader);
     return this.waiter.sleep(1000, () => this.closed);
   }

@@ -63,6 +63,11 @@ function details(fields: Record<string, unknown> | undefined): string {
   return parts.length ? ` (${parts.join(' ')})` : '';
 }
 
+/** Whether `error` says the connection ended (closed, or the peer died): nobody is left to send to. */
+export function isConnectionEnd(error: unknown): boolean {
+  return error instanceof ShmbusError && (error.code === ErrorCode.CLOSED || error.code === ErrorCode.PEER_DEAD);
+}
+
 /**
  * A value a peer sent, as text for an error's details: bounded, and never throwing (`String()` throws on an object
  * whose `toString` is not a function, JSON.stringify on a bigint; a peer's JSON or msgpack can hold either).

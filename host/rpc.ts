@@ -14,7 +14,7 @@
  *   past that fails at once with ERR_SHMBUS_LIMIT, so a peer cannot make us hold without bound.
  */
 import { RECORD_REQUEST, RECORD_REPLY, RECORD_REPLY_ERROR } from '../assembly/layout.js';
-import { BadArgumentError, ClosedError, CorruptError, ErrorCode, peerError, peerText, ShmbusError, TimeoutError } from './errors.js';
+import { BadArgumentError, ClosedError, CorruptError, ErrorCode, isConnectionEnd, peerError, peerText, ShmbusError, TimeoutError } from './errors.js';
 
 export interface RequestOptions {
   /** Milliseconds to wait for the reply. Default: no limit. */
@@ -183,7 +183,7 @@ export class Rpc {
       this.send(type, [id, result]);
     } catch (error) {
       // The connection ended: the requester went away, nobody is waiting for this reply.
-      if (this.ended || (error instanceof ShmbusError && (error.code === ErrorCode.CLOSED || error.code === ErrorCode.PEER_DEAD))) return;
+      if (this.ended || isConnectionEnd(error)) return;
       // The value could not be sent (larger than the connection carries, not encodable): the requester gets why,
       // instead of waiting for a reply that never comes.
       if (type === RECORD_REPLY) this.reply(id, RECORD_REPLY_ERROR, errorReply(error));

@@ -4,7 +4,7 @@
  * and msgpack 64-bit integers decode to bigints, which JSON.stringify refuses).
  */
 import t from 'tap';
-import { ErrorCode, HandshakeError, peerError, peerText, ShmbusError } from '../host/errors.js';
+import { ErrorCode, HandshakeError, isConnectionEnd, peerError, peerText, ShmbusError } from '../host/errors.js';
 import { errorReply, remoteError } from '../host/rpc.js';
 
 t.test('peerText: any value a peer can send, as bounded text', async (t) => {
@@ -39,4 +39,12 @@ t.test('peerError: a peer names one of our codes or gets the fallback; its messa
 t.test('errorReply: whatever a handler throws becomes a reply', async (t) => {
   t.same(errorReply({ toString: 0 }), { code: ErrorCode.REMOTE, message: '{"toString":0}' });
   t.same(errorReply(new ShmbusError(ErrorCode.TIMEOUT, 'late')), { code: ErrorCode.TIMEOUT, message: 'late' });
+});
+
+t.test('isConnectionEnd: closed and peer-dead errors, nothing else', async (t) => {
+  t.ok(isConnectionEnd(new ShmbusError(ErrorCode.CLOSED, 'closed')));
+  t.ok(isConnectionEnd(new ShmbusError(ErrorCode.PEER_DEAD, 'gone')));
+  t.notOk(isConnectionEnd(new ShmbusError(ErrorCode.TIMEOUT, 'late')));
+  t.notOk(isConnectionEnd({ code: ErrorCode.CLOSED }), 'a look-alike is not one of ours');
+  t.notOk(isConnectionEnd(undefined));
 });

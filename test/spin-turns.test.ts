@@ -1,5 +1,5 @@
-// A shm reader with nothing to read spins a little for the next record before it parks (transports/shm/channel.ts,
-// spinAfterTurns). The spin is synchronous, so it must not start before the microtasks the caller already queued
+// A shm reader with nothing to read spins a little for the next record before it parks (host/turns.ts: a channel,
+// a topic subscription). The spin is synchronous, so it must not start before the microtasks the caller already queued
 // have run: in a ping-pong those are the code that awaits the message just handed out and is about to send the
 // next one. Started at once, the spin held that code back for its whole budget, found nothing, and parked; each
 // round trip then took a doorbell (a 'message' listener resolving a promise: ~170 µs a trip instead of ~5 µs).
@@ -13,6 +13,7 @@ process.env.SHMBUS_COUNTERS = '1';
 const { perf } = await import('../host/ring.js');
 const { listen, connect } = await import('../index.js');
 const { unique } = await import('./helpers.js');
+const { Bus } = await import('../bus/index.js');
 type Channel = import('../index.js').Channel;
 
 async function pair(t: TestLike): Promise<[Channel, Channel]> {
@@ -68,4 +69,23 @@ t.test("a ping-pong through on('message') and a promise sends each message befor
   const parks = perf.parks;
   for (let i = 0; i < 50; i++) t.same(await roundTrip(i), { i });
   t.equal(perf.parks - parks, 0, 'no wait parked');
+});
+
+t.test('a topic subscription waits for a message published a few microtasks later without parking', async (t) => {
+  const bus = await Bus.open(`shm://${unique('spin-turns-bus')}`);
+  t.teardown(() => bus.close());
+  const pub = bus.publisher('turns', { capacity: '64KiB', policy: 'lossless' });
+  const sub = bus.subscribe('turns');
+  const it = sub[Symbol.asyncIterator]();
+  // Joined: a first message goes through.
+  void turns(4).then(() => pub.publish({ i: -1 }));
+  t.same((await it.next()).value, { i: -1 });
+  const parks = perf.parks;
+  for (let i = 0; i < 20; i++) {
+    void turns(4).then(() => pub.publish({ i }));
+    t.same((await it.next()).value, { i });
+  }
+  t.equal(perf.parks - parks, 0, 'no wait parked');
+  await sub.close();
+  await pub.close();
 });

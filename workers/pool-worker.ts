@@ -20,7 +20,7 @@ import { parentChannel } from './parent.js';
 import { pairClaims } from './pair.js';
 import { PAIR_CLAIM_SEQ_MAX, PAIR_CLAIM_SLOTS, PAIR_CLAIM_STARTED } from '../assembly/layout.js';
 import { describeThrown } from './errors.js';
-import { ErrorCode, MessageTooLargeError, ShmbusError } from '../host/errors.js';
+import { isConnectionEnd, MessageTooLargeError } from '../host/errors.js';
 
 type TaskFunction = (task: unknown) => unknown;
 
@@ -40,18 +40,15 @@ function taskFunction(mod: Record<string, unknown>): TaskFunction {
 const target = process.argv[2];
 const conn = await parentChannel();
 
-/** The parent closed the channel (its pool was closed or destroyed while this worker started or ran a task):
- * nothing is left to tell it, and the loop below ends at its next read. */
-function parentGone(error: unknown): boolean {
-  return error instanceof ShmbusError && (error.code === ErrorCode.CLOSED || error.code === ErrorCode.PEER_DEAD);
-}
+// isConnectionEnd(error): the parent closed the channel (its pool was closed or destroyed while this worker started
+// or ran a task): nothing is left to tell it, and the loop below ends at its next read.
 
 /** Sends `value` to the parent, unless it is gone. */
 function tell(value: unknown): void {
   try {
     conn.send(value);
   } catch (error) {
-    if (!parentGone(error)) throw error;
+    if (!isConnectionEnd(error)) throw error;
   }
 }
 let fn: TaskFunction | undefined;
@@ -122,7 +119,7 @@ if (fn) {
       } else conn.send([id, 0, result]);
     } catch (error) {
       // The value could not be sent (too large for the ring, not encodable): the task fails with that reason.
-      if (!parentGone(error)) tell([id, 1, describeThrown(error)]);
+      if (!isConnectionEnd(error)) tell([id, 1, describeThrown(error)]);
     }
   }
 }

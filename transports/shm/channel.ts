@@ -8,6 +8,7 @@
  * writer through the ring instead of buffering without bound.
  */
 import { dispatchMessages, type MessageSource } from '../dispatch.js';
+import { readyWithinTurns } from '../../host/turns.js';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -62,9 +63,6 @@ const LARGEST_ESTIMATE = 2048;
 /** Reading for request/reply stops buffering other messages past this many unread ones, or past this many bytes
  * of records read since the inbox was last empty (a peer's messages can be as large as maxMessage each). */
 const INBOX_LIMIT = 65536;
-/** A reader that finds nothing polls once per microtask turn for this many turns before it spins (see
- * spinAfterTurns). */
-const SPIN_AFTER_TURNS = 16;
 const INBOX_BYTES_LIMIT = 16 * 1024 * 1024;
 
 /** Handler for `poll`: `memory` is the whole wasm memory; the record is `memory[offset … offset + length)`. */
@@ -837,11 +835,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   }
 
   /**
-   * A reader's spin that first lets the microtasks already queued run: polls `ready` once per microtask turn for
-   * SPIN_AFTER_TURNS turns, then spins (spinFor). spinFor is synchronous, and started at once it holds back what
-   * the caller queued for the whole budget: typically the code awaiting the message just handed out, about to
-   * send what the peer will answer. A ping-pong whose 'message' listener resolved a promise that the sending loop
-   * awaited took ~170 µs a round trip that way (it spun out its budget, then parked) instead of ~5 µs.
+   * A reader's spin that first lets the microtasks already queued run (host/turns.ts): looks at `ready` after each
+   * of a few turns, then spins (spinFor).
    */
   private spinAfterTurns(ready: () => boolean, smallReader: boolean): Promise<boolean> {
     // One spin at a time: a second waiter (the iterator and request/reply) takes the first one's, then looks.
@@ -853,12 +848,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private async turnsThenSpin(ready: () => boolean, smallReader: boolean): Promise<boolean> {
     try {
-      for (let i = 0; i < SPIN_AFTER_TURNS; i++) {
-        await undefined;
-        if (COUNTING) perf.microtasks++;
-        if (ready()) return true;
-      }
-      return this.spinFor(ready, smallReader);
+      return (await readyWithinTurns(ready)) || this.spinFor(ready, smallReader);
     } finally {
       this.spinning = undefined;
     }
