@@ -201,7 +201,7 @@ export class Subscription implements AsyncIterable<unknown> {
         continue;
       }
       // Microtask turns first (host/turns.ts), then the spin; close() during the turns unmaps the reader.
-      if ((await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.spin(reader)) continue;
+      if ((await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.closed || this.spin(reader)) continue;
       if (reader.park()) {
         await this.sleep(reader);
         reader.unpark();

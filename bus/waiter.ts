@@ -62,6 +62,10 @@ export class WordWaiter {
 
   close(): void {
     this.sleeper?.close();
+    // A sleep under way ends now, not at its timeout (its caller then sees the subscription closed).
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 }
 

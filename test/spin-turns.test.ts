@@ -10,7 +10,7 @@ import t from 'tap';
 import type { TestLike } from './helpers.js';
 
 process.env.SHMBUS_COUNTERS = '1';
-const { perf } = await import('../host/ring.js');
+const { COUNTING, perf } = await import('../host/ring.js');
 const { listen, connect } = await import('../index.js');
 const { unique } = await import('./helpers.js');
 const { Bus } = await import('../bus/index.js');
@@ -31,14 +31,25 @@ async function turns(depth: number): Promise<void> {
 }
 
 t.test('the iterator waits for a record the caller sends a few microtasks later without parking', async (t) => {
+  t.ok(COUNTING, 'the library counts (else no park would ever show)');
   const [a, b] = await pair(t);
   const it = b[Symbol.asyncIterator]();
+  for (const depth of [1, 4, 12]) {
+    const parks = perf.parks;
+    for (let i = 0; i < 20; i++) {
+      void turns(depth).then(() => a.send({ i }));
+      t.same((await it.next()).value, { i });
+    }
+    t.equal(perf.parks - parks, 0, `sent ${depth} turns later: no wait parked`);
+  }
+  // Past the turns the reader spins (both ends in one thread: not at all) and parks, then the doorbell wakes it.
+  // (A wait that finds the event loop unvisited for YIELD_MS yields to it first, and the send comes meanwhile.)
   const parks = perf.parks;
-  for (let i = 0; i < 20; i++) {
-    void turns(4).then(() => a.send({ i }));
+  for (let i = 0; i < 10; i++) {
+    void turns(40).then(() => a.send({ i }));
     t.same((await it.next()).value, { i });
   }
-  t.equal(perf.parks - parks, 0, 'no wait parked');
+  t.ok(perf.parks - parks > 0, 'sent 40 turns later: waits parked');
 });
 
 t.test('readable() waits for a record the caller sends a few microtasks later without parking', async (t) => {
@@ -87,5 +98,21 @@ t.test('a topic subscription waits for a message published a few microtasks late
   }
   t.equal(perf.parks - parks, 0, 'no wait parked');
   await sub.close();
+  await pub.close();
+});
+
+t.test('a subscription closed while its iterator waits (in the turns or past them) ends the iterator', async (t) => {
+  const bus = await Bus.open(`shm://${unique('spin-turns-bus')}`);
+  t.teardown(() => bus.close());
+  const pub = bus.publisher('closing', { capacity: '64KiB', policy: 'lossless' });
+  for (let depth = 1; depth <= 24; depth++) {
+    const sub = bus.subscribe('closing');
+    const it = sub[Symbol.asyncIterator]();
+    void turns(2).then(() => pub.publish({ depth }));
+    t.same((await it.next()).value, { depth }, 'joined');
+    const waiting = it.next();
+    void turns(depth).then(() => sub.close());
+    t.same(await waiting, { value: undefined, done: true }, `closed ${depth} turns into the wait`);
+  }
   await pub.close();
 });

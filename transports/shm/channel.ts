@@ -848,7 +848,9 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
 
   private async turnsThenSpin(ready: () => boolean, smallReader: boolean): Promise<boolean> {
     try {
-      return (await readyWithinTurns(ready)) || this.spinFor(ready, smallReader);
+      // ready() again after the await: the channel may have closed (and released its memory) in between, and
+      // spinFor writes to the ring's header before its first look.
+      return (await readyWithinTurns(ready)) || ready() || this.spinFor(ready, smallReader);
     } finally {
       this.spinning = undefined;
     }
@@ -1067,8 +1069,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   waitSync(timeoutMs: number): boolean {
     if (this.inboxHead < this.inboxTail || this.isReady()) return true;
     // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
-    // An async wait (readable(), the iterator) parked already: one park of the ring at a time.
-    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined) return false;
+    // An async wait (readable(), the iterator) is spinning or parked already: one park of the ring at a time.
+    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined || this.spinning !== undefined) return false;
     // A commit's check whether the peer must be rung waits for a microtask (afterCommit); blocking now would
     // hold it back, and a parked peer would not hear of what we just sent: ring first.
     if (this.wakeScheduled) this.checkPeerWake();
@@ -1208,8 +1210,8 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   private next(): Promise<IteratorResult<unknown>> {
     if (COUNTING) perf.promises++;
     if (this.inboxHead < this.inboxTail) return Promise.resolve(this.takeInbox());
-    // Nothing decoded: read the ring now, and else spin for a record within the budget, still without entering an
-    // async function (a ping-pong waits here every message). Anything unusual goes the slow way.
+    // Nothing decoded: read the ring now, and else wait for a record within the spin budget (nextAfterSpin: a
+    // few microtask turns, then the spin). Anything unusual goes the slow way.
     if (this.canReadNow() && performance.now() - this.lastYield <= YIELD_MS) {
       if (this.pollInbox()) return Promise.resolve(this.takeInbox());
       return this.nextAfterSpin();
