@@ -18,6 +18,8 @@ import { LOCK_RELEASES_OFFSET, LOCK_UNITS_OFFSET } from '../assembly/layout.js';
 import { BadArgumentError, BadStateError, ClosedError, TimeoutError } from '../host/errors.js';
 import { claimAlive, claimPid, ownClaim } from '../host/claim.js';
 import { waitWord, wakeWord, LIVENESS_MS } from './wait.js';
+import { readyWithinTurns } from '../host/turns.js';
+import { COUNTING, perf } from '../host/ring.js';
 import type { SyncSegment } from './segment.js';
 
 /** What lock() and acquire() report. */
@@ -155,13 +157,19 @@ export class Units {
         // SYNC: pairs with the Atomics.add of releases in release(); read before trying, slept on after.
         const seen = Atomics.load(this.words, 0);
         if (this.takeFree() >= 0) return TAKEN;
-        // Once, a short bounded spin: a holder on another core often releases within microseconds, and catching
-        // that spares both sides the futex round trip through the wait thread.
-        if (round === 0 && this.spin(seen)) return TAKEN;
+        // Once, a few microtask turns (host/turns.ts: a holder in this thread releases only when it runs, which
+        // a spin would prevent), then a short bounded spin: a holder on another core often releases within
+        // microseconds, and catching that spares both sides the futex round trip through the wait thread.
+        if (round === 0) {
+          const released = await readyWithinTurns(() => this.seg.closed || Atomics.load(this.words, 0) !== seen);
+          this.checkOpen();
+          if (released ? this.takeFree() >= 0 : this.spin(seen)) return TAKEN;
+        }
         if (lookForDead && this.takeDead() >= 0) return RECOVERED;
         if (signal?.aborted) throw new ClosedError('wait aborted', { reason: String(signal.reason) });
         const remaining = deadline - Date.now();
         if (remaining <= 0) throw new TimeoutError('timed out waiting for a unit', { url: this.seg.url, timeout, holder: claimPid(Atomics.load(this.claims, 0)) });
+        if (COUNTING) perf.parks++;
         const woken = await waitWord(this.seg.engine, this.seg.at + LOCK_RELEASES_OFFSET, seen, Math.min(LIVENESS_MS, remaining), signal, this.closer.signal);
         // Closed while asleep: the window may already hold another segment; touch nothing.
         this.checkOpen();

@@ -1,5 +1,5 @@
 // A shm reader with nothing to read spins a little for the next record before it parks (host/turns.ts: a channel,
-// a topic subscription). The spin is synchronous, so it must not start before the microtasks the caller already queued
+// a topic subscription; a lock() that finds the lock held does the same before it sleeps). The spin is synchronous, so it must not start before the microtasks the caller already queued
 // have run: in a ping-pong those are the code that awaits the message just handed out and is about to send the
 // next one. Started at once, the spin held that code back for its whole budget, found nothing, and parked; each
 // round trip then took a doorbell (a 'message' listener resolving a promise: ~170 µs a trip instead of ~5 µs).
@@ -14,6 +14,8 @@ const { COUNTING, perf } = await import('../host/ring.js');
 const { listen, connect } = await import('../index.js');
 const { unique } = await import('./helpers.js');
 const { Bus } = await import('../bus/index.js');
+const { Mutex } = await import('../state/mutex.js');
+const { stateUrl, leftovers } = await import('./state/common.js');
 type Channel = import('../index.js').Channel;
 
 async function pair(t: TestLike): Promise<[Channel, Channel]> {
@@ -115,4 +117,22 @@ t.test('a subscription closed while its iterator waits (in the turns or past the
     t.same(await waiting, { value: undefined, done: true }, `closed ${depth} turns into the wait`);
   }
   await pub.close();
+});
+
+t.test('lock() gets a lock its holder in this thread releases a few microtasks later without sleeping', async (t) => {
+  const before = leftovers();
+  const url = stateUrl('shm');
+  const holder = await Mutex.open(url);
+  const waiter = await Mutex.open(url);
+  const parks = perf.parks;
+  for (let i = 0; i < 20; i++) {
+    await holder.lock();
+    void turns(4).then(() => holder.unlock());
+    t.same(await waiter.lock(), { recovered: false });
+    waiter.unlock();
+  }
+  t.equal(perf.parks - parks, 0, 'no lock() slept');
+  waiter.close();
+  holder.close();
+  t.same(leftovers(), before, 'the mutex is gone');
 });
