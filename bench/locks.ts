@@ -1,6 +1,9 @@
 // Locks and shared state, side by side in one run (npm run bench:locks):
 //   uncontended   lock + unlock in one process: shmbus Mutex (await lock(), and tryLock()), a System V semaphore
 //                 (semop -1 / +1 with SEM_UNDO, the seeds' way) and flock(LOCK_EX / LOCK_UN) on a file
+//   handoff       one process: an async function releases the lock a microtask after another began waiting for
+//                 it through a second handle (ns per handoff: the waiter's wait and the release; see
+//                 host/turns.ts — before it, the waiter spun 20 µs the holder could not run in, then slept)
 //   contended     two processes (./locks-child.ts) each doing lock + unlock pairs on the same lock, all at once:
 //                 pairs per second of the two together
 //   state         SharedState read() and add() per second
@@ -21,6 +24,7 @@ const ROUNDS = Number(process.env.ROUNDS ?? 5);
 const SCALE = Number(process.env.BENCH_SCALE ?? 1);
 const N = Math.round(200_000 * SCALE);
 const CONTENDED = Math.round(50_000 * SCALE);
+const HANDOFFS = Math.round(20_000 * SCALE);
 const SEM_UNDO = 0x1000;
 const CHILD = fileURLToPath(new URL('./locks-child.js', import.meta.url));
 
@@ -54,6 +58,7 @@ async function contended(kind: string, name: string, n: number): Promise<number>
 const id = `bench-locks-${process.pid}`;
 const mutexUrl = `shm://${id}`;
 const mutex = await Mutex.open(mutexUrl);
+const mutex2 = await Mutex.open(mutexUrl);
 const key = 0x5b000000 | (process.pid & 0xffffff);
 const semid = semGet(key, 1, IPC_CREAT | IPC_EXCL | 0o600);
 semOp(semid, [{ num: 0, op: 1, flags: 0 }]);
@@ -70,6 +75,14 @@ const cases: Record<string, () => Promise<number>> = {
   'mutex lock()+unlock()': () => timeNs(N, async (n) => { for (let i = 0; i < n; i++) { await mutex.lock(); mutex.unlock(); } }),
   'mutex tryLock()+unlock()': () => timeNs(N, (n) => { for (let i = 0; i < n; i++) { mutex.tryLock(); mutex.unlock(); } }),
   'semop -1/+1': () => timeNs(N, (n) => { for (let i = 0; i < n; i++) { semOpRaw(semid, down, 1); semOpRaw(semid, up, 1); } }),
+  'mutex handoff, one process': () => timeNs(HANDOFFS, async (n) => {
+    for (let i = 0; i < n; i++) {
+      await mutex.lock();
+      void Promise.resolve().then(() => mutex.unlock());
+      await mutex2.lock();
+      mutex2.unlock();
+    }
+  }),
   'flock EX/UN': () => timeNs(N, (n) => { for (let i = 0; i < n; i++) { flockRaw(fd, LOCK_EX); flockRaw(fd, LOCK_UN); } }),
   'state read()': () => timeNs(N, (n) => { for (let i = 0; i < n; i++) state.read(); }),
   'state get()': () => timeNs(N, (n) => { for (let i = 0; i < n; i++) state.get('bid'); }),
@@ -93,6 +106,7 @@ try {
     for (const name of crot) (results[name] ??= []).push(await contendedCases[name]!());
   }
 } finally {
+  mutex2.close();
   mutex.close();
   state.close();
   semRemove(semid);
@@ -102,7 +116,7 @@ try {
 
 const m = (name: string) => median(results[name]!);
 console.log(`shmbus locks and state: ${ROUNDS} rounds (medians), N=${N}, contended ${CONTENDED} pairs per process`);
-console.log('\nuncontended, one process (ns per lock+unlock pair; per call for state):');
+console.log('\nuncontended, one process (ns per lock+unlock pair; per call for state; per handoff):');
 for (const name of Object.keys(cases)) console.log(`  ${name.padEnd(28)} ${m(name).toFixed(1).padStart(9)} ns   ${(1e9 / m(name) / 1e6).toFixed(2).padStart(7)} M/s`);
 console.log('\ncontended, two processes (lock+unlock pairs per second, both together):');
 for (const name of Object.keys(contendedCases)) console.log(`  ${name.padEnd(28)} ${(m(name) / 1e3).toFixed(1).padStart(9)} k/s`);
