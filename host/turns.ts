@@ -1,5 +1,6 @@
 /**
- * Microtask turns before a spin, for every reader that busy-polls shared memory (a channel, a topic subscription).
+ * Microtask turns before a spin, for every waiter that busy-polls shared memory (a channel, a topic subscription,
+ * a lock() waiting for a release).
  *
  * A spin is synchronous: while it polls, nothing else in this thread runs, including the microtasks the caller
  * already queued. Those are typically the code awaiting the message just handed out, about to send the next one
