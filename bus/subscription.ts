@@ -200,8 +200,7 @@ export class Subscription implements AsyncIterable<unknown> {
         this.ending = true;
         continue;
       }
-      // Microtask turns first (host/turns.ts), then the spin; close() during the turns unmaps the reader.
-      if ((await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.closed || this.spin(reader)) continue;
+      if (await this.spinAfterTurns(reader)) continue;
       if (reader.park()) {
         await this.sleep(reader);
         reader.unpark();
@@ -224,6 +223,14 @@ export class Subscription implements AsyncIterable<unknown> {
     }
     if (this.spinNs > 1000) this.spinNs >>= 1;
     return false;
+  }
+
+  /**
+   * Microtask turns first (host/turns.ts), then the spin; true when records wait, the publisher closed, or the
+   * subscription closed (close() during the turns releases the reader: it is not touched after that).
+   */
+  private async spinAfterTurns(reader: TopicReader): Promise<boolean> {
+    return (await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.closed || this.spin(reader);
   }
 
   /** Whether records wait or the publisher closed (what ends a wait). */
@@ -283,7 +290,7 @@ export class Subscription implements AsyncIterable<unknown> {
       await this.joining;
     }
     const reader = this.reader;
-    if (!reader || (await readyWithinTurns(() => this.closed || this.recordsOrEnd(reader))) || this.closed || this.spin(reader)) return;
+    if (!reader || (await this.spinAfterTurns(reader))) return;
     if (reader.park()) {
       await this.sleep(reader);
       reader.unpark();

@@ -1,11 +1,12 @@
 // A shm reader with nothing to read spins a little for the next record before it parks (host/turns.ts: a channel,
-// a topic subscription; a lock() that finds the lock held does the same before it sleeps). The spin is synchronous, so it must not start before the microtasks the caller already queued
-// have run: in a ping-pong those are the code that awaits the message just handed out and is about to send the
+// a topic subscription; a lock() that finds the lock held does the same before it sleeps). The spin is
+// synchronous, so it must not start before the microtasks the caller already queued have run: in a ping-pong those are the code that awaits the message just handed out and is about to send the
 // next one. Started at once, the spin held that code back for its whole budget, found nothing, and parked; each
 // round trip then took a doorbell (a 'message' listener resolving a promise: ~170 µs a trip instead of ~5 µs).
 //
 // The waits here end on the caller's own sends, made a few microtask turns after the wait began. The library's
-// counters (host/ring.ts perf, on with SHMBUS_COUNTERS=1 when it loads) show whether a wait parked: none may.
+// counters (host/ring.ts perf, on with SHMBUS_COUNTERS=1 when it loads) show whether a wait parked: none may,
+// except in the one case whose send comes after the turns are over (it shows the limit is real).
 import t from 'tap';
 import type { TestLike } from './helpers.js';
 

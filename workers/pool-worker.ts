@@ -40,10 +40,8 @@ function taskFunction(mod: Record<string, unknown>): TaskFunction {
 const target = process.argv[2];
 const conn = await parentChannel();
 
-// isConnectionEnd(error): the parent closed the channel (its pool was closed or destroyed while this worker started
-// or ran a task): nothing is left to tell it, and the loop below ends at its next read.
-
-/** Sends `value` to the parent, unless it is gone. */
+/** Sends `value` to the parent, unless it is gone: if it closed the channel (its pool was closed or destroyed while
+ * this worker started or ran a task), nothing is left to tell it, and the loop below ends at its next read. */
 function tell(value: unknown): void {
   try {
     conn.send(value);
