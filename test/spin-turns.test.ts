@@ -55,6 +55,32 @@ t.test('the iterator waits for a record the caller sends a few microtasks later 
   t.ok(perf.parks - parks > 0, 'sent 40 turns later: waits parked');
 });
 
+t.test('a waiting next() resumes its caller within two microtask turns of the turn that sees the record', async (t) => {
+  // The wait looks once per turn; the caller's await takes one more turn once the wait resolves it. Every async
+  // function between the wait and the caller would add a turn (the wait was two of them deep before: four turns).
+  // A next() that finds the event loop unvisited for YIELD_MS (2 ms) lets it run first, however many turns that
+  // takes: each round first takes a record (that next() yields if due), and most rounds, not all, must be quick.
+  const [a, b] = await pair(t);
+  const it = b[Symbol.asyncIterator]();
+  const rounds = 20;
+  let quick = 0;
+  const seen: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    a.send('first');
+    t.equal((await it.next()).value, 'first');
+    let resumed = false;
+    const got = it.next().then((r) => { resumed = true; return r.value; });
+    await turns(3);
+    a.send({ i });
+    let after = 0;
+    while (!resumed && after < 100) { await undefined; after++; }
+    t.same(await got, { i });
+    seen.push(after);
+    if (after <= 3) quick++;
+  }
+  t.ok(quick >= rounds / 2, `resumed within 3 turns of the send in ${quick} of ${rounds} rounds (turns: ${seen.join(' ')})`);
+});
+
 t.test('readable() waits for a record the caller sends a few microtasks later without parking', async (t) => {
   const [a, b] = await pair(t);
   const parks = perf.parks;
