@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rpc,message,bare]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -9,6 +9,8 @@
 //                                                                     whose copy out of the ring needs more than V8's heap)
 //   bytes1M  1 MiB Buffer                                             the same
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
+//   rtt64    round trip of a 64 B Buffer (not one of the issue's rows: what the object's encoding and decoding add)
+//            shm: sendBytes / for await on both sides; socket: the same frames, echoed as they come
 //   rpc      the same through request / handle (shm only; against the socket's round trip)
 //   message  the same through conn.on('message') on both sides, the listener settling a promise the sending loop
 //            awaits (shm only; against the socket's round trip, whose sides are 'data' handlers)
@@ -180,6 +182,8 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
       // request/reply: each request answered with its own value; the loop ends when the parent closes.
       conn.handle((value) => value);
       for await (const m of conn) void m;
+    } else if (row === 'bytes64') {
+      for await (const m of conn) if (!conn.sendBytes(m as Uint8Array)) await conn.drained();
     } else {
       for await (const m of conn) if (!conn.send(m)) await conn.drained();
     }
@@ -206,7 +210,7 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
     let stop!: () => void;
     const closed = new Promise<void>((r) => { stop = r; });
     socket.on('end', () => stop());
-    onFrames(socket, (body) => { out.sendObject(unpackr.unpack(body)); });
+    onFrames(socket, row === 'bytes64' ? (body) => { out.sendBytes(body); } : (body) => { out.sendObject(unpackr.unpack(body)); });
     await closed;
   }
   socket.end();
@@ -218,8 +222,8 @@ interface Server { url: string; accept(): Promise<Peer>; close(): Promise<void> 
 interface Peer {
   /** Resolves after `count` messages, with seconds from the first to the last. */
   consume(row: Row, count: number): Promise<number>;
-  /** Round trips of the 64 B object; microseconds per trip. */
-  roundTrips(count: number): Promise<number[]>;
+  /** Round trips of the 64 B object (`row` 'object') or a 64 B Buffer ('bytes64'); microseconds per trip. */
+  roundTrips(count: number, row: 'object' | 'bytes64'): Promise<number[]>;
   /** The same through `request` (shm only; the child answers with `handle`). */
   requests?(count: number): Promise<number[]>;
   /** The same through `on('message')` on both sides (shm only). */
@@ -272,11 +276,13 @@ function shmPeer(conn: Connection): Peer {
       conn.send('done');
       return seconds;
     },
-    async roundTrips(count) {
+    async roundTrips(count, row) {
       const us: number[] = [];
+      const bytes = payload('bytes64');
       for (let i = 0; i < count; i++) {
         const t0 = process.hrtime.bigint();
-        conn.send(makeObject(i));
+        if (row === 'bytes64') conn.sendBytes(bytes);
+        else conn.send(makeObject(i));
         await it.next();
         us.push(Number(process.hrtime.bigint() - t0) / 1000);
       }
@@ -349,12 +355,14 @@ function socketPeer(socket: net.Socket): Peer {
         };
       });
     },
-    async roundTrips(count) {
+    async roundTrips(count, row) {
       const us: number[] = [];
+      const bytes = payload('bytes64');
       for (let i = 0; i < count; i++) {
         const t0 = process.hrtime.bigint();
-        const reply = new Promise<void>((r) => { handler = (body) => { unpackr.unpack(body); r(); }; });
-        out.sendObject(makeObject(i));
+        const reply = new Promise<void>((r) => { handler = (body) => { if (row === 'object') unpackr.unpack(body); r(); }; });
+        if (row === 'bytes64') out.sendBytes(bytes);
+        else out.sendObject(makeObject(i));
         await reply;
         us.push(Number(process.hrtime.bigint() - t0) / 1000);
       }
@@ -399,13 +407,15 @@ async function throughputOnce(kind: Kind, row: Row, count: number): Promise<numb
   return (count - 1) / seconds;
 }
 
-/** Round trips: `rtt` send / for await, `rpc` request / handle, `message` on('message') on both sides. */
-type TripKind = 'rtt' | 'rpc' | 'message';
+/** Round trips: `rtt` send / for await, `rtt64` the same with a 64 B Buffer (sendBytes), `rpc` request / handle,
+ * `message` on('message') on both sides. */
+type TripKind = 'rtt' | 'rtt64' | 'rpc' | 'message';
 async function latencyOnce(kind: Kind, count: number, how: TripKind = 'rtt'): Promise<number[]> {
   const s = await server(kind);
-  const exited = startChild([how === 'rpc' ? 'answer' : how === 'message' ? 'message' : 'echo', kind, s.url, 'object', '0']);
+  const exited = startChild([how === 'rpc' ? 'answer' : how === 'message' ? 'message' : 'echo', kind, s.url, how === 'rtt64' ? 'bytes64' : 'object', '0']);
   const peer = await s.accept();
-  const trips = how === 'rpc' ? (n: number) => peer.requests!(n) : how === 'message' ? (n: number) => peer.messageTrips!(n) : (n: number) => peer.roundTrips(n);
+  const trips = how === 'rpc' ? (n: number) => peer.requests!(n) : how === 'message' ? (n: number) => peer.messageTrips!(n)
+    : (n: number) => peer.roundTrips(n, how === 'rtt64' ? 'bytes64' : 'object');
   const warmUp = Math.min(2000, count);
   await trips(warmUp);
   const before = snapshot();
@@ -439,7 +449,7 @@ function fmtRate(row: Row, perSec: number): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rpc,message,bare' },
+    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rtt64,rpc,message,bare' },
   } });
   const wanted = new Set(values.rows.split(','));
   shmQuery = values.query;
@@ -447,6 +457,7 @@ async function main(): Promise<void> {
   const scale = Number(values.scale);
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
+  const bufferTrips = new Map<Kind, number[]>();
   const requests: number[] = [];
   const messageTrips: number[] = [];
   const bare = { each: [] as number[], batched: [] as number[], trips: [] as number[] };
@@ -468,6 +479,9 @@ async function main(): Promise<void> {
     for (const kind of !wanted.has('rtt') && !wanted.has('rpc') && !wanted.has('message') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
       trips.set(kind, [...(trips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale))))]);
     }
+    for (const kind of !wanted.has('rtt64') ? [] : r % 2 ? KINDS : [...KINDS].reverse()) {
+      bufferTrips.set(kind, [...(bufferTrips.get(kind) ?? []), ...(await latencyOnce(kind, Math.max(100, Math.round(ROUND_TRIPS * scale)), 'rtt64'))]);
+    }
     if (wanted.has('rpc')) requests.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), 'rpc')));
     if (wanted.has('message')) messageTrips.push(...(await latencyOnce('shm', Math.max(100, Math.round(ROUND_TRIPS * scale)), 'message')));
     if (wanted.has('bare')) {
@@ -487,6 +501,10 @@ async function main(): Promise<void> {
     const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
     return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
   })) as Record<Kind, { p50: number; p99: number; samples: number }>;
+  const lat64 = bufferTrips.size === 0 ? undefined : Object.fromEntries(KINDS.map((k) => {
+    const s = [...bufferTrips.get(k)!].sort((a, b) => a - b);
+    return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
+  })) as Record<Kind, { p50: number; p99: number; samples: number }>;
   const sortedRequests = [...requests].sort((a, b) => a - b);
   const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
   const sortedMessageTrips = [...messageTrips].sort((a, b) => a - b);
@@ -497,7 +515,7 @@ async function main(): Promise<void> {
     trip: { p50: pct(sortedBareTrips, 0.5), p99: pct(sortedBareTrips, 0.99), samples: sortedBareTrips.length },
   };
   if (values.json) {
-    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, requests: rpc, onMessage, bare: bareRows }, null, 2));
+    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, latencyBuffer64: lat64, requests: rpc, onMessage, bare: bareRows }, null, 2));
     return;
   }
   const names: Record<Row, string> = {
@@ -508,6 +526,7 @@ async function main(): Promise<void> {
   console.log(`| payload | shm:// | Unix socket | shm / socket | round by round |\n|---|--:|--:|--:|--:|`);
   for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x | ${r.paired.toFixed(2)}x |`);
   if (wanted.has('rtt') || wanted.has('rpc') || wanted.has('message')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  if (lat64) console.log(`| round trip, 64 B Buffer (\`sendBytes\` / for await), p50 / p99 | ${lat64.shm.p50.toFixed(1)} µs / ${lat64.shm.p99.toFixed(1)} µs | ${lat64.unix.p50.toFixed(1)} µs / ${lat64.unix.p99.toFixed(1)} µs | | |`);
   if (bareRows) {
     const socket = median(rates.get('bytes64/unix')!);
     const sockets = rates.get('bytes64/unix')!;
