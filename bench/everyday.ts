@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -8,6 +8,8 @@
 //   bytes1K  1 KiB Buffer                                             the same (not one of the issue's rows: a size
 //                                                                     whose copy out of the ring needs more than V8's heap)
 //   bytes1M  1 MiB Buffer                                             the same
+//   message64  64 B Buffer, received through conn.on('message')       shm: sendBytes + drained / on('message') (shm
+//            only, against the socket's bytes64 row, whose receiver is a 'data' handler too)
 //   rtt      round trip of the 64 B object (p50 / p99)                shm: send / for await on both sides
 //   rtt64    round trip of a 64 B Buffer (not one of the issue's rows: what the object's encoding and decoding add)
 //            shm: sendBytes / for await on both sides; socket: the same frames, echoed as they come
@@ -50,12 +52,14 @@ import { barePingPong, bareRing } from './bare.js';
 
 const SELF = fileURLToPath(import.meta.url);
 type Kind = 'shm' | 'unix';
-type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'claim64' | 'claimAt64' | 'batch64';
-const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'claim64', 'claimAt64', 'batch64'];
-/** Rows only shm has (the zero-copy API); their socket figure is the bytes64 row's of the same run. */
+type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'message64' | 'claim64' | 'claimAt64' | 'batch64';
+const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'message64', 'claim64', 'claimAt64', 'batch64'];
+/** Rows of the zero-copy API: the producer writes in place, the consumer reads with `poll`. */
 const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'claimAt64', 'batch64']);
+/** Rows only shm runs; their socket figure is the bytes64 row's of the same run. */
+const SHM_ONLY: ReadonlySet<Row> = new Set<Row>([...ZERO_COPY, 'message64']);
 const KINDS: Kind[] = ['shm', 'unix'];
-const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
+const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, message64: 1_000_000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
 const ROUND_TRIPS = 20_000;
@@ -266,6 +270,7 @@ function shmPeer(conn: Connection): Peer {
   return {
     async consume(row, count) {
       if (ZERO_COPY.has(row)) return consumeInPlace(conn as Channel, count);
+      if (row === 'message64') return consumeMessages(conn, count);
       // What `for await (const m of conn)` does per message (next()), without its `break` closing the channel.
       let first = 0n;
       for (let received = 0; received < count; received++) {
@@ -314,6 +319,23 @@ function shmPeer(conn: Connection): Peer {
     },
     close: () => conn.close(),
   };
+}
+
+/** The consumer of the message64 row: a 'message' listener, as a user of `process.on('message')` writes it. */
+function consumeMessages(conn: Connection, count: number): Promise<number> {
+  return new Promise((resolve) => {
+    let first = 0n;
+    let received = 0;
+    const listener = () => {
+      if (received++ === 0) first = process.hrtime.bigint();
+      if (received < count) return;
+      const seconds = Number(process.hrtime.bigint() - first) / 1e9;
+      conn.off('message', listener);
+      conn.send('done');
+      resolve(seconds);
+    };
+    conn.on('message', listener);
+  });
 }
 
 /** The zero-copy consumer: `poll` hands each record over in place; `readable()` waits when there is none. */
@@ -463,10 +485,10 @@ async function main(): Promise<void> {
   const bare = { each: [] as number[], batched: [] as number[], trips: [] as number[] };
   if (wanted.has('bare')) { wanted.add('bytes64'); wanted.add('rtt'); }
   // Every (row, kind) pair once per round; the order rotates so neither side always runs first or warm.
-  // A zero-copy row is compared with the socket's bytes64 row of the same run: run that row too.
-  if (ROWS.some((row) => ZERO_COPY.has(row) && wanted.has(row))) wanted.add('bytes64');
+  // A row only shm runs (zero copy, on('message')) is compared with the socket's bytes64 row of the same run: run that too.
+  if (ROWS.some((row) => SHM_ONLY.has(row) && wanted.has(row))) wanted.add('bytes64');
   const rows = ROWS.filter((row) => wanted.has(row));
-  const jobs = rows.flatMap((row) => KINDS.filter((kind) => kind === 'shm' || !ZERO_COPY.has(row)).map((kind) => ({ row, kind })));
+  const jobs = rows.flatMap((row) => KINDS.filter((kind) => kind === 'shm' || !SHM_ONLY.has(row)).map((kind) => ({ row, kind })));
   for (let r = 0; r < rounds; r++) {
     const order = [...jobs.slice(r % jobs.length), ...jobs.slice(0, r % jobs.length)];
     for (const { row, kind } of order) {
@@ -494,8 +516,8 @@ async function main(): Promise<void> {
   }
   const table = rows.map((row) => {
     const shm = median(rates.get(`${row}/shm`)!);
-    const unix = median(rates.get(`${ZERO_COPY.has(row) ? 'bytes64' : row}/unix`)!);
-    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix, paired: pairedRatio(rates.get(`${row}/shm`)!, rates.get(`${ZERO_COPY.has(row) ? 'bytes64' : row}/unix`)!) };
+    const unix = median(rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!);
+    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix, paired: pairedRatio(rates.get(`${row}/shm`)!, rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!) };
   });
   const lat = Object.fromEntries(KINDS.map((k) => {
     const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
@@ -520,6 +542,7 @@ async function main(): Promise<void> {
   }
   const names: Record<Row, string> = {
     object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1K: '1 KiB Buffer', bytes1M: '1 MiB Buffer',
+    message64: "64 B Buffer, received through `on('message')` (socket: 64 B Buffer)",
     claim64: '64 B, zero copy (`claim`, `.bytes` / `poll`; socket: 64 B Buffer)',
     claimAt64: '64 B, zero copy (`claim`, `.memory` at `.offset` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
   };
