@@ -59,6 +59,8 @@ const ZERO_COPY: ReadonlySet<Row> = new Set<Row>(['claim64', 'claimAt64', 'batch
 /** Rows only shm runs; their socket figure is the bytes64 row's of the same run. */
 const SHM_ONLY: ReadonlySet<Row> = new Set<Row>([...ZERO_COPY, 'message64']);
 const KINDS: Kind[] = ['shm', 'unix'];
+/** The other rows `--rows` takes: round trips, and the bare reference (see the header). */
+const TRIP_ROWS = ['rtt', 'rtt64', 'rpc', 'message', 'bare'] as const;
 const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, message64: 1_000_000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
@@ -469,14 +471,31 @@ function fmtRate(row: Row, perSec: number): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: {
-    rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-    query: { type: 'string', default: '' }, rows: { type: 'string', default: ROWS.join(',') + ',rtt,rtt64,rpc,message,bare' },
-  } });
+  const all = [...ROWS, ...TRIP_ROWS];
+  const usage = `usage: node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--query 'size=64KiB'] [--rows ${all.join(',')}]`;
+  let values;
+  try {
+    ({ values } = parseArgs({ options: {
+      rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
+      query: { type: 'string', default: '' }, rows: { type: 'string', default: all.join(',') }, help: { type: 'boolean', short: 'h', default: false },
+    } }));
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${usage}`);
+    process.exit(2);
+  }
   const wanted = new Set(values.rows.split(','));
-  shmQuery = values.query;
+  const unknown = [...wanted].filter((row) => !(all as string[]).includes(row));
   const rounds = Number(values.rounds);
   const scale = Number(values.scale);
+  if (values.help) {
+    console.log(usage);
+    return;
+  }
+  if (unknown.length > 0 || !(rounds >= 1) || !(scale > 0)) {
+    console.error(`${unknown.length > 0 ? `unknown rows: ${unknown.join(', ')}` : '--rounds must be 1 or more, --scale above 0'}\n${usage}`);
+    process.exit(2);
+  }
+  shmQuery = values.query;
   const rates = new Map<string, number[]>();
   const trips = new Map<Kind, number[]>();
   const bufferTrips = new Map<Kind, number[]>();

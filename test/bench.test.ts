@@ -37,3 +37,11 @@ t.test('npm run bench:everyday at scale 0.001: every row, both sides, and no chi
   for (const [name, l] of trips) t.ok(l !== undefined && l.samples > 0 && l.p50 > 0 && l.p99 >= l.p50, `${name}: round trips measured`);
   t.same(groupMembers(child.pid), [], 'no child left');
 });
+
+t.test('a row it does not know is refused with the usage, not run as an empty table', async (t) => {
+  const child = startChild(t, [process.execPath, EVERYDAY, '--rows', 'rtt,rtt65'], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const { code } = await within(60_000, child.exit, 'the bench did not exit');
+  t.equal(code, 2);
+  t.match(child.stderr(), /unknown rows: rtt65\nusage: /);
+  t.equal(child.stdout(), '', 'no table');
+});
