@@ -2,7 +2,8 @@
  * What a message costs on each side in one process, in ns: the record encoder (host/pack.ts) next to msgpackr,
  * decoding one record per msgpackr call next to RecordBatch (host/codec.ts) and the in-place reader channels use
  * first (host/unpack.ts RecordDecoder; for plain msgpack too), and a channel's `send` and iterator
- * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends).
+ * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends), and its
+ * request/reply per request.
  * Run: `npm run bench:encode` (or `node dist/bench/encode.js` after a build). Medians of 5 rounds.
  *
  * The object is the one of bench/everyday.ts's objects row, with a flat string (the rope 'x'.repeat(30) adds the
@@ -108,5 +109,17 @@ for (let r = 0; r < 6; r++) {
 }
 const mid = (k: 0 | 1) => rounds.map((x) => x[k]).sort((x, y) => x - y)[rounds.length >> 1]!.toFixed(0);
 console.log(`channel in one process, ns per message: send ${mid(0)}   for-await ${mid(1)}`);
+
+// request/reply with both ends here: each request waits for its reply (the wait's microtask turns included, the
+// spin mostly not: the reply is there within a few turns).
+(b as Channel).handle((value) => value);
+const requestRounds: number[] = [];
+const REQUESTS = 20_000;
+for (let r = 0; r < 6; r++) {
+  const t = process.hrtime.bigint();
+  for (let i = 0; i < REQUESTS; i++) sink = await sender.request(makeObject(i));
+  if (r > 0) requestRounds.push(Number(process.hrtime.bigint() - t) / REQUESTS);
+}
+console.log(`request/reply in one process, ns per request: ${requestRounds.sort((x, y) => x - y)[requestRounds.length >> 1]!.toFixed(0)}`);
 await Promise.all([a.close(), b!.close()]);
 void sink;
