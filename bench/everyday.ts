@@ -1,5 +1,5 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--save] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds.
@@ -42,6 +42,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { once } from 'node:events';
 import { cpus } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
@@ -49,8 +50,12 @@ import { listen, connect, type Channel, type Connection } from '../index.js';
 import { COUNTING, perf } from '../host/ring.js';
 import { mallocTuned } from '../host/large.js';
 import { barePingPong, bareRing } from './bare.js';
+import { fmtRate, median, rateRow, renderEveryday, withTables, type EverydayReport, type Latency } from './everyday-report.js';
 
 const SELF = fileURLToPath(import.meta.url);
+/** The committed results the README's tables are made from, and the README (this file runs as dist/bench/everyday.js). */
+const RESULTS_JSON = fileURLToPath(new URL('../../bench/results/everyday.json', import.meta.url));
+const README = fileURLToPath(new URL('../../README.md', import.meta.url));
 type Kind = 'shm' | 'unix';
 type Row = 'object' | 'bytes64' | 'bytes1K' | 'bytes1M' | 'message64' | 'claim64' | 'claimAt64' | 'batch64';
 const ROWS: Row[] = ['object', 'bytes64', 'bytes1K', 'bytes1M', 'message64', 'claim64', 'claimAt64', 'batch64'];
@@ -456,28 +461,22 @@ async function latencyOnce(kind: Kind, count: number, how: TripKind = 'rtt'): Pr
   return us;
 }
 
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]!; };
-/**
- * The median of the rounds' own ratios: round i's shm rate over round i's socket rate, measured minutes (for a
- * row's pair, seconds) apart. On a VM whose speed moves by 2x within a run, the ratio of two medians can pair a
- * fast round of one side with a slow round of the other; this column cannot. Both are printed.
- */
-const pairedRatio = (shm: number[], socket: number[]) => median(shm.map((v, i) => v / socket[i]!));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
-
-function fmtRate(row: Row, perSec: number): string {
-  if (row === 'bytes1M') return `${((perSec * MiB) / 1e9).toFixed(2)} GB/s`;
-  return perSec >= 1e6 ? `${(perSec / 1e6).toFixed(2)}M msg/s` : `${(perSec / 1e3).toFixed(0)}k msg/s`;
-}
+const latencyOf = (samples: number[]): Latency => {
+  const s = [...samples].sort((a, b) => a - b);
+  return { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length };
+};
 
 async function main(): Promise<void> {
   const all = [...ROWS, ...TRIP_ROWS];
-  const usage = `usage: node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--query 'size=64KiB'] [--rows ${all.join(',')}]`;
+  const usage = `usage: node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--save] [--query 'size=64KiB'] [--rows ${all.join(',')}]\n`
+    + '  --json  print the report as JSON instead of tables\n'
+    + `  --save  also write it to ${RESULTS_JSON} and its tables into README.md (npm run bench:readme)`;
   let values;
   try {
     ({ values } = parseArgs({ options: {
       rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
-      query: { type: 'string', default: '' }, rows: { type: 'string', default: all.join(',') }, help: { type: 'boolean', short: 'h', default: false },
+      save: { type: 'boolean', default: false }, query: { type: 'string', default: '' }, rows: { type: 'string', default: all.join(',') }, help: { type: 'boolean', short: 'h', default: false },
     } }));
   } catch (error) {
     console.error(`${(error as Error).message}\n${usage}`);
@@ -493,6 +492,10 @@ async function main(): Promise<void> {
   }
   if (unknown.length > 0 || !(rounds >= 1) || !(scale > 0)) {
     console.error(`${unknown.length > 0 ? `unknown rows: ${unknown.join(', ')}` : '--rounds must be 1 or more, --scale above 0'}\n${usage}`);
+    process.exit(2);
+  }
+  if (values.save && (values.rows !== all.join(',') || scale !== 1 || rounds < 4 || values.query !== '')) {
+    console.error(`--save writes the README's tables: it takes every row, scale 1, 4 rounds or more and no --query\n${usage}`);
     process.exit(2);
   }
   shmQuery = values.query;
@@ -514,7 +517,7 @@ async function main(): Promise<void> {
       const rate = await throughputOnce(kind, row, Math.max(10, Math.round(COUNTS[row] * scale)));
       const key = `${row}/${kind}`;
       rates.set(key, [...(rates.get(key) ?? []), rate]);
-      process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(row, rate)}\n`);
+      process.stderr.write(`round ${r + 1}/${rounds} ${key}: ${fmtRate(rowBytes(row), rate)}\n`);
     }
     // The request/reply row is compared with the socket's round trip: run that row too.
     for (const kind of !wanted.has('rtt') && !wanted.has('rpc') && !wanted.has('message') ? [] : r % 2 ? [...KINDS].reverse() : KINDS) {
@@ -530,54 +533,27 @@ async function main(): Promise<void> {
       bare.each.push(await bareRing(n, 1));
       bare.batched.push(await bareRing(n, BATCH));
       bare.trips.push(...(await barePingPong(Math.max(100, Math.round(ROUND_TRIPS * scale)))));
-      process.stderr.write(`round ${r + 1}/${rounds} bare: ${fmtRate('bytes64', bare.each.at(-1)!)} each, ${fmtRate('bytes64', bare.batched.at(-1)!)} batched\n`);
+      process.stderr.write(`round ${r + 1}/${rounds} bare: ${fmtRate(64, bare.each.at(-1)!)} each, ${fmtRate(64, bare.batched.at(-1)!)} batched\n`);
     }
   }
-  const table = rows.map((row) => {
-    const shm = median(rates.get(`${row}/shm`)!);
-    const unix = median(rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!);
-    return { row, bytes: rowBytes(row), shm, unix, ratio: shm / unix, paired: pairedRatio(rates.get(`${row}/shm`)!, rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!) };
-  });
-  const lat = Object.fromEntries(KINDS.map((k) => {
-    const s = [...(trips.get(k) ?? [NaN])].sort((a, b) => a - b);
-    return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
-  })) as Record<Kind, { p50: number; p99: number; samples: number }>;
-  const lat64 = bufferTrips.size === 0 ? undefined : Object.fromEntries(KINDS.map((k) => {
-    const s = [...bufferTrips.get(k)!].sort((a, b) => a - b);
-    return [k, { p50: pct(s, 0.5), p99: pct(s, 0.99), samples: s.length }];
-  })) as Record<Kind, { p50: number; p99: number; samples: number }>;
-  const sortedRequests = [...requests].sort((a, b) => a - b);
-  const rpc = requests.length ? { p50: pct(sortedRequests, 0.5), p99: pct(sortedRequests, 0.99), samples: requests.length } : undefined;
-  const sortedMessageTrips = [...messageTrips].sort((a, b) => a - b);
-  const onMessage = messageTrips.length ? { p50: pct(sortedMessageTrips, 0.5), p99: pct(sortedMessageTrips, 0.99), samples: messageTrips.length } : undefined;
-  const sortedBareTrips = [...bare.trips].sort((a, b) => a - b);
-  const bareRows = bare.each.length === 0 ? undefined : {
-    each: median(bare.each), batched: median(bare.batched),
-    trip: { p50: pct(sortedBareTrips, 0.5), p99: pct(sortedBareTrips, 0.99), samples: sortedBareTrips.length },
+  const table = rows.map((row) => rateRow(row, rowBytes(row), rates.get(`${row}/shm`)!, rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!));
+  const pair = (m: Map<Kind, number[]>) => (m.size === 0 ? undefined : { shm: latencyOf(m.get('shm')!), unix: latencyOf(m.get('unix')!) });
+  const report: EverydayReport = {
+    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, query: shmQuery,
+    table, latency: pair(trips), latencyBuffer64: pair(bufferTrips),
+    requests: requests.length ? latencyOf(requests) : undefined,
+    onMessage: messageTrips.length ? latencyOf(messageTrips) : undefined,
+    bare: bare.each.length === 0 ? undefined : {
+      eachRounds: bare.each, batchedRounds: bare.batched, batch: BATCH, trip: latencyOf(bare.trips),
+      each: median(bare.each), batched: median(bare.batched),
+    },
   };
+  if (values.save) save(report);
   if (values.json) {
-    console.log(JSON.stringify({ node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, table, latency: lat, latencyBuffer64: lat64, requests: rpc, onMessage, bare: bareRows }, null, 2));
+    console.log(JSON.stringify(report, null, 2));
     return;
   }
-  const names: Record<Row, string> = {
-    object: '64 B object `{ i, s, f }`', bytes64: '64 B Buffer', bytes1K: '1 KiB Buffer', bytes1M: '1 MiB Buffer',
-    message64: "64 B Buffer, received through `on('message')` (socket: 64 B Buffer)",
-    claim64: '64 B, zero copy (`claim`, `.bytes` / `poll`; socket: 64 B Buffer)',
-    claimAt64: '64 B, zero copy (`claim`, `.memory` at `.offset` / `poll`; socket: 64 B Buffer)', batch64: '64 B, zero copy (`claimBatch` / `poll`; socket: 64 B Buffer)',
-  };
-  console.log(`| payload | shm:// | Unix socket | shm / socket | round by round |\n|---|--:|--:|--:|--:|`);
-  for (const r of table) console.log(`| ${names[r.row]} | ${fmtRate(r.row, r.shm)} | ${fmtRate(r.row, r.unix)} | ${r.ratio.toFixed(2)}x | ${r.paired.toFixed(2)}x |`);
-  if (wanted.has('rtt') || wanted.has('rpc') || wanted.has('message')) console.log(`| round trip, 64 B object, p50 / p99 | ${lat.shm.p50.toFixed(1)} µs / ${lat.shm.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
-  if (lat64) console.log(`| round trip, 64 B Buffer (\`sendBytes\` / for await), p50 / p99 | ${lat64.shm.p50.toFixed(1)} µs / ${lat64.shm.p99.toFixed(1)} µs | ${lat64.unix.p50.toFixed(1)} µs / ${lat64.unix.p99.toFixed(1)} µs | | |`);
-  if (bareRows) {
-    const socket = median(rates.get('bytes64/unix')!);
-    const sockets = rates.get('bytes64/unix')!;
-    console.log(`| bare, not shmbus: a SharedArrayBuffer ring between two threads, 64 B, published per record | ${fmtRate('bytes64', bareRows.each)} | ${fmtRate('bytes64', socket)} | ${(bareRows.each / socket).toFixed(2)}x | ${pairedRatio(bare.each, sockets).toFixed(2)}x |`);
-    console.log(`| bare, not shmbus: the same ring, published per ${BATCH} records | ${fmtRate('bytes64', bareRows.batched)} | ${fmtRate('bytes64', socket)} | ${(bareRows.batched / socket).toFixed(2)}x | ${pairedRatio(bare.batched, sockets).toFixed(2)}x |`);
-    console.log(`| bare, not shmbus: ping-pong of one word between two threads, p50 / p99 | ${bareRows.trip.p50.toFixed(2)} µs / ${bareRows.trip.p99.toFixed(2)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
-  }
-  if (rpc) console.log(`| request/reply (\`request\` / \`handle\`; socket: the round trip above), p50 / p99 | ${rpc.p50.toFixed(1)} µs / ${rpc.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
-  if (onMessage) console.log(`| round trip through \`on('message')\` on both sides (socket: the round trip above), p50 / p99 | ${onMessage.p50.toFixed(1)} µs / ${onMessage.p99.toFixed(1)} µs | ${lat.unix.p50.toFixed(1)} µs / ${lat.unix.p99.toFixed(1)} µs | | |`);
+  console.log(renderEveryday(report));
   if (COUNTING) {
     const per = (c: Counts, n: number, k: keyof Counts) => (c[k] / n).toFixed(k === 'doorbells' || k === 'parks' || k === 'batches' ? 4 : k === 'wasmCalls' ? 3 : 2);
     console.log(`\nPer message (SHMBUS_COUNTERS=1; allocations are ours, not msgpackr's decode or iterator results):`);
@@ -589,10 +565,16 @@ async function main(): Promise<void> {
       }
     }
   }
-  console.log(`\n${rounds} rotated rounds, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`);
   // The consumer (this process) tunes glibc malloc once it receives a large record (host/large.ts); the tuning is
   // process-wide, so the socket rows measured after it run with it too.
   if (mallocTuned()) console.log('malloc tuned by shmbus in this process (host/large.ts): socket rows after the first shm 1 MiB row share it');
+}
+
+/** Writes the report to bench/results/everyday.json and its tables into README.md (both found from this file). */
+function save(report: EverydayReport): void {
+  writeFileSync(RESULTS_JSON, `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(README, withTables(readFileSync(README, 'utf8'), renderEveryday(report)));
+  process.stderr.write(`wrote ${RESULTS_JSON} and the tables in ${README}\n`);
 }
 
 if (process.argv[2] === '--child') {

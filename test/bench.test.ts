@@ -3,7 +3,9 @@
 // (its shm:// segments are memfds and its sockets abstract: they cannot outlive it). No assertion on speed.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { fileTimeout, groupMembers, startChild, within } from './helpers.js';
+import { renderEveryday, tablesIn, withTables, README_BEGIN, README_END, rateRow, type EverydayReport } from '../bench/everyday-report.js';
 
 // About 4x what this file takes on a busy 2-core machine (a hang, not a slow machine, ends it).
 fileTimeout(t, 120);
@@ -36,6 +38,50 @@ t.test('npm run bench:everyday at scale 0.001: every row, both sides, and no chi
   ];
   for (const [name, l] of trips) t.ok(l !== undefined && l.samples > 0 && l.p50 > 0 && l.p99 >= l.p50, `${name}: round trips measured`);
   t.same(groupMembers(child.pid), [], 'no child left');
+  const tables = renderEveryday(report as unknown as EverydayReport);
+  for (const name of ['64 B object', '64 B Buffer (', '1 MiB Buffer', '`claimBatch(64, 256)`', 'bare ping-pong', 'request/reply']) {
+    t.match(tables, name, `the tables have the ${name} row`);
+  }
+});
+
+t.test("the README's tables are exactly what bench/results/everyday.json renders to", async (t) => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const results = JSON.parse(readFileSync(new URL('../bench/results/everyday.json', import.meta.url), 'utf8')) as EverydayReport;
+  t.equal(tablesIn(readme), renderEveryday(results), 'regenerate them with `npm run bench:readme`, do not edit them');
+  t.ok(results.rounds >= 4 && results.scale === 1, 'from a full run (4 rounds or more, scale 1)');
+});
+
+t.test('the goal column is worked out from the numbers', async (t) => {
+  const report = (rows: Array<[string, number, number]>, p50: number, p99: number): EverydayReport => ({
+    date: '2026-12-04T12:00:00.000Z', node: 'v20', cpus: 2, cpu: 'test', rounds: 2, scale: 1, query: '',
+    table: rows.map(([row, a, b]) => rateRow(row, 64, [a, b], [100, 100])),
+    latency: { shm: { p50, p99, samples: 10 }, unix: { p50: 30, p99: 80, samples: 10 } },
+  });
+  const line = (text: string, start: string) => text.split('\n').find((l) => l.startsWith(start)) ?? '';
+  // Two rounds against a socket of 100 a round: the paired ratio is the lower round's (median of two: the first).
+  const met = renderEveryday(report([['object', 250, 250], ['claim64', 600, 600]], 1.5, 20));
+  t.match(line(met, '| 64 B object'), /\| 2x — met \|$/);
+  t.match(line(met, '| `claim(64)`, `claim.bytes'), /\| 5x — met \|$/);
+  t.match(line(met, '| round trip'), /p50 met, p99 met \|$/);
+  const missed = renderEveryday(report([['object', 150, 190], ['claim64', 400, 450]], 2.5, 60));
+  t.match(line(missed, '| 64 B object'), /\| 2x — missed \|$/);
+  t.match(line(missed, '| `claim(64)`, `claim.bytes'), /\| 5x — missed \|$/);
+  t.match(line(missed, '| round trip'), /p50 missed, p99 missed \|$/);
+  // shm 150 and 250 against a socket of 50 and 200: medians 150 / 50 = 3x, round by round 3x and 1.25x (median 1.25x).
+  const split: EverydayReport = { ...report([], 1, 1), table: [rateRow('object', 64, [150, 250], [50, 200])] };
+  t.match(line(renderEveryday(split), '| 64 B object'), /2x — met by the ratio of medians only \|$/);
+  t.notOk(line(renderEveryday(report([['bytes1K', 100, 100]], 1, 1)), '| 1 KiB').includes('x —'), 'no goal for a row the issue sets none for');
+});
+
+t.test('the tables go between the two markers, and nowhere without them', async (t) => {
+  const readme = `# title\n\ntext\n${README_BEGIN}\nold\n${README_END}\nafter\n`;
+  const updated = withTables(readme, 'new tables');
+  t.equal(updated, `# title\n\ntext\n${README_BEGIN}\nnew tables\n${README_END}\nafter\n`);
+  t.equal(tablesIn(updated), 'new tables');
+  t.equal(withTables(updated, 'new tables'), updated, 'writing the same tables twice changes nothing');
+  t.throws(() => withTables('# no markers\n', 'x'), /marker/);
+  t.throws(() => withTables(`${README_BEGIN}\n${README_END}\n${README_BEGIN}\n${README_END}\n`, 'x'), /marker/);
+  t.throws(() => withTables(`${README_END}\n${README_BEGIN}\n`, 'x'), /marker/);
 });
 
 t.test('a row it does not know is refused with the usage, not run as an empty table', async (t) => {
