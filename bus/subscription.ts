@@ -5,7 +5,8 @@ import {
   RECORD_MSGPACK, TOPIC_HEADER_OFFSET, TOPIC_SPACE_WAKE_OFFSET, BC_BATCH_ENTRY_SIZE, BC_BATCH_ADDRESS_OFFSET,
   BC_BATCH_LENGTH_OFFSET, BC_BATCH_TYPE_OFFSET, BC_BATCH_SEQ_OFFSET, BC_RECORD_HEADER_SIZE, BC_RECORD_SEQ_OFFSET,
 } from '../assembly/layout.js';
-import { decodeMsgpack } from '../host/codec.js';
+import { decodeMsgpackAt, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
+import { NOT_DECODED, plainRecordDecoder } from '../host/unpack.js';
 import type { Region } from '../host/region.js';
 import { readSegment, TOPIC_SEGMENT } from '../host/segment.js';
 import { TopicReader } from '../host/topic.js';
@@ -144,6 +145,8 @@ export class Subscription implements AsyncIterable<unknown> {
     if (n === 0) return 0;
     const view = new DataView(engine.memory.buffer);
     const u8 = engine.u8;
+    const bytes = engine.bytes;
+    const plainIn = plainRecordDecoder(DEFAULT_DECODE_LIMITS);
     const start = this.inbox.length;
     const seqs: number[] = [];
     // Lossy: records the publisher reclaimed since the read are not worth decoding (counted as torn below).
@@ -155,9 +158,15 @@ export class Subscription implements AsyncIterable<unknown> {
       seqs.push(seq);
       if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
-        // A copy in either case: every member may write the topic, so its bytes are decoded from our own.
-        const bytes = u8.slice(addr, addr + length);
-        this.inbox.push(type === RECORD_MSGPACK ? decodeMsgpack(this.unpackr, bytes) : bytes);
+        // Every member may write the topic, so its bytes may change while we read them: msgpack is read in place
+        // by the checked reader (host/unpack.ts: bounded, strings copied before V8 decodes them), and what it
+        // leaves is checked and decoded from a private copy; raw bytes are copied out.
+        if (type === RECORD_MSGPACK) {
+          const value = plainIn.decode(bytes, addr, addr + length);
+          this.inbox.push(value !== NOT_DECODED ? value : decodeMsgpackAt(this.unpackr, u8, addr, addr + length));
+        } else {
+          this.inbox.push(u8.slice(addr, addr + length));
+        }
       } catch {
         this.inbox.push(TORN); // a lossy record overwritten mid-read decodes as garbage: checked below
       }

@@ -218,3 +218,26 @@ t.test('file-backed topics keep their history across restarts', async (t) => {
 });
 
 // The reaper of dead buses is tested in test/reap.test.ts, which runs alone (reapers act on every dead process).
+
+t.test('values of every kind arrive equal, both those read in place and those left to msgpackr', async (t) => {
+  const bus = await Bus.open(busUrl());
+  const pub = bus.publisher('kinds', { capacity: '64KiB', policy: 'lossless' });
+  const sub = bus.subscribe('kinds');
+  // Nested past the in-place reader's depth (host/unpack.ts MAX_DEPTH 64): msgpackr decodes that one.
+  let deep: unknown = 'bottom';
+  for (let i = 0; i < 80; i++) deep = [deep];
+  const values: unknown[] = [
+    { sym: 'ACME', px: 101.25, qty: 300, seq: 1, ts: 123456789n },
+    { text: 'é€😀 ключ', bin: Buffer.from([1, 2, 3, 250]), list: [1, -1, 2 ** 40, null, true, 0.5] },
+    deep,
+  ];
+  for (const v of values) t.ok(pub.publish(v));
+  pub.publishBytes(Uint8Array.from([9, 8, 7]));
+  await pub.close();
+  const got: unknown[] = [];
+  for await (const m of sub) got.push(m);
+  t.same(got.slice(0, 3), values);
+  t.ok(Buffer.from((got[1] as { bin: Uint8Array }).bin).equals(Buffer.from([1, 2, 3, 250])), 'binary field: its bytes');
+  t.same([...(got[3] as Uint8Array)], [9, 8, 7], 'raw bytes');
+  await bus.close();
+});
