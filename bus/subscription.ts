@@ -186,18 +186,34 @@ export class Subscription implements AsyncIterable<unknown> {
     return n;
   }
 
-  private async next(): Promise<IteratorResult<unknown>> {
+  /**
+   * The iterator's next(). A message already decoded (a whole batch is decoded per read) is handed out without
+   * entering an async function: a resolved promise is its only cost.
+   */
+  private next(): Promise<IteratorResult<unknown>> {
+    const value = this.takeInbox();
+    return value !== TORN ? Promise.resolve({ value, done: false }) : this.nextSlow();
+  }
+
+  /** The next decoded message, skipping torn ones; TORN when none is left. */
+  private takeInbox(): unknown {
+    while (this.inboxHead < this.inbox.length) {
+      const value = this.inbox[this.inboxHead];
+      this.inbox[this.inboxHead++] = undefined;
+      if (this.inboxHead === this.inbox.length) { this.inbox.length = 0; this.inboxHead = 0; }
+      if (value !== TORN) return value;
+    }
+    return TORN;
+  }
+
+  private async nextSlow(): Promise<IteratorResult<unknown>> {
     if (!this.reader) {
       this.joining ??= this.join();
       await this.joining;
     }
     for (;;) {
-      while (this.inboxHead < this.inbox.length) {
-        const value = this.inbox[this.inboxHead];
-        this.inbox[this.inboxHead++] = undefined;
-        if (this.inboxHead === this.inbox.length) { this.inbox.length = 0; this.inboxHead = 0; }
-        if (value !== TORN) return { value, done: false };
-      }
+      const value = this.takeInbox();
+      if (value !== TORN) return { value, done: false };
       if (this.closed || this.ending) return { value: undefined, done: true };
       const now = performance.now();
       if (now - this.lastYield > YIELD_MS) { await nextTurn(); this.lastYield = performance.now(); continue; }
