@@ -23,6 +23,7 @@ const YIELD_MS = 2;
 /** Stands in the inbox for a record lost while it was read (lossy): skipped, counted in `dropped`. */
 const TORN = Symbol('torn');
 // Batch entry fields as Uint32Array indexes.
+const ENTRY_U32 = BC_BATCH_ENTRY_SIZE >>> 2;
 const A = BC_BATCH_ADDRESS_OFFSET >>> 2, LEN = BC_BATCH_LENGTH_OFFSET >>> 2, TYPE = BC_BATCH_TYPE_OFFSET >>> 2, SEQ = BC_BATCH_SEQ_OFFSET >>> 2;
 /** From a record's payload address back to its 64-bit sequence number in the record header (docs/bus.md). */
 const SEQ_BEFORE_PAYLOAD = BC_RECORD_HEADER_SIZE - BC_RECORD_SEQ_OFFSET;
@@ -143,19 +144,17 @@ export class Subscription implements AsyncIterable<unknown> {
       throw error;
     }
     if (n === 0) return 0;
-    const view = new DataView(engine.memory.buffer);
+    const u32 = engine.u32;
     const u8 = engine.u8;
     const bytes = engine.bytes;
     const plainIn = plainRecordDecoder(DEFAULT_DECODE_LIMITS);
     const start = this.inbox.length;
-    const seqs: number[] = [];
+    // The batch entries (in this reader's private batch area) stay as they are until the next read.
+    const first = reader.batch >>> 2;
     // Lossy: records the publisher reclaimed since the read are not worth decoding (counted as torn below).
     const reclaimed = reader.oldestSeq();
-    for (let i = 0; i < n; i++) {
-      const e = reader.batch + i * BC_BATCH_ENTRY_SIZE;
-      const addr = view.getUint32(e + BC_BATCH_ADDRESS_OFFSET, true), length = view.getUint32(e + BC_BATCH_LENGTH_OFFSET, true);
-      const type = view.getUint32(e + BC_BATCH_TYPE_OFFSET, true), seq = view.getUint32(e + BC_BATCH_SEQ_OFFSET, true);
-      seqs.push(seq);
+    for (let i = 0, e = first; i < n; i++, e += ENTRY_U32) {
+      const addr = u32[e + A]!, length = u32[e + LEN]!, type = u32[e + TYPE]!, seq = u32[e + SEQ]!;
       if (((seq - reclaimed) | 0) < 0) { this.inbox.push(TORN); continue; }
       try {
         // Every member may write the topic, so its bytes may change while we read them: msgpack is read in place
@@ -175,9 +174,10 @@ export class Subscription implements AsyncIterable<unknown> {
     const oldest = reader.oldestSeq();
     let torn = 0;
     let undecodable = -1;
-    for (let i = 0; i < n; i++) {
-      if (((seqs[i]! - oldest) | 0) < 0) { this.inbox[start + i] = TORN; torn++; }
-      else if (this.inbox[start + i] === TORN && undecodable < 0) undecodable = seqs[i]!;
+    for (let i = 0, e = first; i < n; i++, e += ENTRY_U32) {
+      const seq = u32[e + SEQ]!;
+      if (((seq - oldest) | 0) < 0) { this.inbox[start + i] = TORN; torn++; }
+      else if (this.inbox[start + i] === TORN && undecodable < 0) undecodable = seq;
     }
     if (torn) reader.addDropped(torn);
     if (reader.release()) this.wakePublisher();
@@ -279,7 +279,7 @@ export class Subscription implements AsyncIterable<unknown> {
     const batch = reader.batch >>> 2;
     let thrown: unknown;
     let e = batch;
-    for (let i = 0; i < n; i++, e += BC_BATCH_ENTRY_SIZE >>> 2) {
+    for (let i = 0; i < n; i++, e += ENTRY_U32) {
       // Every record is handed over (and the batch released) even if a handler throws; the first error is rethrown.
       try {
         const address = u32[e + A]!;
