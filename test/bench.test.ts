@@ -71,6 +71,10 @@ t.test('the goal column is worked out from the numbers', async (t) => {
   const split: EverydayReport = { ...report([], 1, 1), table: [rateRow('object', 64, [150, 250], [50, 200])] };
   t.match(line(renderEveryday(split), '| 64 B object'), /2x — met by the ratio of medians only \|$/);
   t.notOk(line(renderEveryday(report([['bytes1K', 100, 100]], 1, 1)), '| 1 KiB').includes('x —'), 'no goal for a row the issue sets none for');
+  // Shown as judged: 1.998x reads 1.99x (missed), a p50 of 2.04 µs reads 2.1 µs (missed).
+  const edge = renderEveryday(report([['object', 199.8, 199.8]], 2.04, 20));
+  t.match(line(edge, '| 64 B object'), /\| 1\.99x \| 1\.99x \| 2x — missed \|$/);
+  t.match(line(edge, '| round trip'), /\| 2\.1 µs \/ 20\.0 µs \|.*p50 missed, p99 met \|$/);
 });
 
 t.test('the tables go between the two markers, and nowhere without them', async (t) => {
