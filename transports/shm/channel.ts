@@ -842,12 +842,14 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    */
   private spinThen<T>(ready: () => boolean, smallReader: boolean, after: (found: boolean) => T | Promise<T>): Promise<T> {
     // One spin at a time: a second waiter (the iterator and request/reply) takes the first one's, then looks.
-    if (this.spinning !== undefined) return this.spinning.then(ready).then(after);
-    let shared!: (found: boolean) => void;
-    this.spinning = new Promise<boolean>((settle) => { shared = settle; });
+    if (this.spinning) return new Promise<boolean>((settle) => (this.spinSharers ??= []).push(settle)).then(ready).then(after);
+    this.spinning = true;
     const end = (found: boolean): void => {
-      this.spinning = undefined;
-      shared(found);
+      this.spinning = false;
+      const sharers = this.spinSharers;
+      if (sharers === undefined) return;
+      this.spinSharers = undefined;
+      for (const settle of sharers) settle(found);
     };
     return new Promise<T>((resolve, reject) => {
       const failed = (error: unknown): void => {
@@ -873,8 +875,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     });
   }
 
-  /** Settles with whether spinThen's wait under way found its record (for waiters that share it). */
-  private spinning: Promise<boolean> | undefined;
+  /** A spinThen wait is under way. */
+  private spinning = false;
+  /** Waiters sharing it (rare: the iterator and request/reply at once), told whether it found its record; made only
+   * when there is one, so a lone wait allocates no promise for them. */
+  private spinSharers: Array<(found: boolean) => void> | undefined;
 
   /** Spins in a row that began on the peer's core and found nothing for SPIN_SHARED_NS. */
   private sharedStreak = 0;
@@ -1087,7 +1092,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.inboxHead < this.inboxTail || this.isReady()) return true;
     // Messages waiting to be sent move only through the event loop (pump): blocking would hold them back.
     // An async wait (readable(), the iterator) is spinning or parked already: one park of the ring at a time.
-    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined || this.spinning !== undefined) return false;
+    if (!this.futexRung || this.sendQueue.length > 0 || this.readablePromise !== undefined || this.spinning) return false;
     // A commit's check whether the peer must be rung waits for a microtask (afterCommit); blocking now would
     // hold it back, and a parked peer would not hear of what we just sent: ring first.
     if (this.wakeScheduled) this.checkPeerWake();
