@@ -3,7 +3,7 @@
  * decoding one record per msgpackr call next to RecordBatch (host/codec.ts) and the in-place reader channels use
  * first (host/unpack.ts RecordDecoder; for plain msgpack too), and a channel's `send` and iterator
  * per message with both ends in this process (no second core, no wake-ups: the CPU each side spends), for objects
- * and for 64 B Buffers, and its request/reply per request. Also the floor under receiving a 64 B Buffer: its copy
+ * and for 64 B Buffers, and its request/reply per request; a bus subscription's iterator per tick. Also the floor under receiving a 64 B Buffer: its copy
  * out of wasm memory, and `for await` over an iterator that does nothing else.
  * Run: `npm run bench:encode` (or `node dist/bench/encode.js` after a build). Medians of 5 rounds.
  *
@@ -14,7 +14,7 @@ import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from 'msgpackr';
 import { RecordEncoder, encodePlain } from '../host/pack.js';
 import { DEFAULT_DECODE_LIMITS, RecordBatch, decodeMsgpackAt, plainUnpackr, recordPackr, recordUnpackr } from '../host/codec.js';
 import { RecordDecoder, plainRecordDecoder, sharedStructures } from '../host/unpack.js';
-import { listen, connect, type Channel } from '../index.js';
+import { listen, connect, Bus, type Channel } from '../index.js';
 
 const S = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx';
 const makeObject = (i: number) => ({ i, s: S, f: i / 3 });
@@ -170,4 +170,19 @@ for (let r = 0; r < 6; r++) {
 }
 console.log(`request/reply in one process, ns per request: ${requestRounds.sort((x, y) => x - y)[requestRounds.length >> 1]!.toFixed(0)}`);
 await Promise.all([requester.close(), answerer!.close()]);
+
+// A bus subscription with its publisher here: ticks of the demo's shape (npm start) published in bursts of 20k,
+// then taken with the subscription's iterator, ns per tick received (the subscriber's side only).
+const bus = await Bus.open(`shm://bench-encode-bus-${process.pid}`);
+const publisher = bus.publisher('ticks', { capacity: '4MiB', policy: 'lossless' });
+const ticks = bus.subscribe('ticks')[Symbol.asyncIterator]();
+const tickRounds: number[] = [];
+for (let r = 0; r < 6; r++) {
+  for (let i = 0; i < BURST; i++) publisher.publish({ sym: 'ACME', px: 101.25 + i, qty: 300, seq: i, ts: 123456789 + i });
+  const t = process.hrtime.bigint();
+  for (let i = 0; i < BURST; i++) sink = await ticks.next();
+  if (r > 0) tickRounds.push(Number(process.hrtime.bigint() - t) / BURST);
+}
+console.log(`bus subscription in one process, for-await ns per tick: ${tickRounds.sort((x, y) => x - y)[tickRounds.length >> 1]!.toFixed(0)}`);
+await bus.close();
 void sink;
