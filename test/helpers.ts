@@ -213,7 +213,6 @@ export function startFixture(t: TestLike, name: string, args: string[], opts: { 
   });
 }
 
-/** The uid/gid an attacker runs as in hostile tests. */
 let mqueueMounted: boolean | undefined;
 /**
  * '/dev/mqueue' once the mqueue file system is mounted there (mounted by this call when it is not and we are root,
@@ -237,6 +236,7 @@ export function mqueueDir(): string | undefined {
 /** tap's `skip` for a test that must list POSIX queues (see mqueueDir). */
 export const needsMqueue = (): string | false => (mqueueDir() === undefined ? '/dev/mqueue is not mounted and cannot be (not root)' : false);
 
+/** The uid/gid an attacker runs as in hostile tests. */
 export const NOBODY = 65534;
 
 /**
