@@ -17,7 +17,7 @@ import {
   BATCH_ENTRY_SIZE, maxPayload,
   RECORD_RESIZE, RESIZE_CAPACITY_OFFSET, RESIZE_PAYLOAD_SIZE, RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN,
   H_MAX_CAPACITY_OFFSET, H_PENDING_OFFSET, H_POPULATED_OFFSET, H_SWITCH_AT_OFFSET, H_TARGET_OFFSET, H_GROW_LIMIT_OFFSET, H_FULL_OFFSET,
-  H_CLAIM_COUNT_OFFSET,
+  H_CLAIM_COUNT_OFFSET, H_UNPUBLISHED_OFFSET,
 } from './layout';
 
 @inline function align(n: u64): u64 {
@@ -242,6 +242,8 @@ export function ring_claim(h: usize, length: u32, type: u32): i32 {
     capacity = capacityOf(h);
   }
   const at = claimIn(h, capacity, length, type);
+  // Full: what is committed must be visible, or the consumer could never free the room.
+  if (at == 0) publishPending(h);
   // Full while it could grow: the writer is faster than a ring this small lets the reader keep up with.
   if (at == 0 && capacity < load<u32>(h, H_GROW_LIMIT_OFFSET)) store<u32>(h, 1, H_FULL_OFFSET);
   return at;
@@ -297,8 +299,20 @@ const INSANE_HEAD: u64 = u64.MAX_VALUE;
   return <i32>(record + RECORD_HEADER_SIZE);
 }
 
-/** Commits the open claim with `length` payload bytes (at most what was claimed) and publishes it. */
+/** Commits the open claim with `length` payload bytes (at most what was claimed) and publishes it, with any
+ * records committed quietly before it. */
 export function ring_commit(h: usize, length: u32): i32 {
+  const rc = ring_commit_quiet(h, length);
+  if (rc == RING_OK) publishTail(h);
+  return rc;
+}
+
+/**
+ * Commits the open claim as ring_commit does, without publishing the tail: the record reaches the consumer with
+ * the next publication (a commit that publishes, a claim that finds the ring full, a park, a wake
+ * check or the close). Returns RING_OK, or RING_E_STATE without a claim.
+ */
+export function ring_commit_quiet(h: usize, length: u32): i32 {
   const payload = <usize>load<u32>(h, H_CLAIM_OFFSET);
   if (payload == 0 || length > load<u32>(h, H_CLAIM_MAX_OFFSET)) return RING_E_STATE;
   const record = payload - RECORD_HEADER_SIZE;
@@ -306,15 +320,25 @@ export function ring_commit(h: usize, length: u32): i32 {
   store<u32>(record, load<u32>(h, H_CLAIM_TYPE_OFFSET), RECORD_TYPE_OFFSET);
   store<u32>(h, 0, H_CLAIM_OFFSET);
   store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
-  const tail = load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE);
-  store<u64>(h, tail, H_POSITION_OFFSET);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE), H_POSITION_OFFSET);
+  store<u32>(h, load<u32>(h, H_UNPUBLISHED_OFFSET) + 1, H_UNPUBLISHED_OFFSET);
+  return RING_OK;
+}
+
+/** Publishes what ring_commit_quiet committed (nothing when everything is out). */
+@inline function publishPending(h: usize): void {
+  if (load<u32>(h, H_UNPUBLISHED_OFFSET) != 0) publishTail(h);
+}
+
+/** Makes every record committed so far visible: the tail becomes this end's position. */
+@inline function publishTail(h: usize): void {
   const ring = ringOf(h);
   // A counter for tools only, published with the tail below (nobody acts on it).
-  store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + 1, RING_COMMITTED_RECORDS_OFFSET);
-  // SYNC: pairs with the atomic load of tail in ring_read / ring_park; publishes the record written above.
+  store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + load<u32>(h, H_UNPUBLISHED_OFFSET), RING_COMMITTED_RECORDS_OFFSET);
+  store<u32>(h, 0, H_UNPUBLISHED_OFFSET);
+  // SYNC: pairs with the atomic load of tail in ring_read / ring_park; publishes the records written before it.
   // Sequentially consistent, so the consumer-park check in ring_needs_wake cannot be reordered before it.
-  atomic.store<u64>(ring, tail, RING_TAIL_OFFSET);
-  return RING_OK;
+  atomic.store<u64>(ring, load<u64>(h, H_POSITION_OFFSET), RING_TAIL_OFFSET);
 }
 
 /**
@@ -360,12 +384,9 @@ export function ring_commit_many(h: usize, n: u32): i32 {
   }
   store<u32>(h, 0, H_CLAIM_OFFSET);
   store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
-  const tail = load<u64>(h, H_POSITION_OFFSET) + <u64>stride * n;
-  store<u64>(h, tail, H_POSITION_OFFSET);
-  const ring = ringOf(h);
-  store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + n, RING_COMMITTED_RECORDS_OFFSET);
-  // SYNC: as in ring_commit: publishes the records written above; sequentially consistent for ring_needs_wake.
-  atomic.store<u64>(ring, tail, RING_TAIL_OFFSET);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET) + <u64>stride * n, H_POSITION_OFFSET);
+  store<u32>(h, load<u32>(h, H_UNPUBLISHED_OFFSET) + n, H_UNPUBLISHED_OFFSET);
+  publishTail(h);
   return RING_OK;
 }
 
@@ -529,6 +550,7 @@ export function ring_pending(h: usize): i32 {
  * parked). A consumer waits for data; a producer waits for `need` free bytes.
  */
 export function ring_park(h: usize, need: u32): i32 {
+  if (isProducer(h)) publishPending(h);
   const ring = ringOf(h);
   const offset = ownParkOffset(h);
   // Read before announcing the park: a ring that happens after this read changes the word, so a futex wait
@@ -565,6 +587,8 @@ export function ring_unpark(h: usize): void {
  * park yet. Returns 1 exactly once per peer park: the caller then rings the doorbell.
  */
 export function ring_needs_wake(h: usize): i32 {
+  // A consumer parks after reading the tail: publish first, so that either it sees our records or we see it parked.
+  if (isProducer(h)) publishPending(h);
   const peerOffset: usize = load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_CONSUMER_PARK_OFFSET : RING_PRODUCER_PARK_OFFSET;
   // SYNC: pairs with the atomic store in the peer's ring_park.
   const seq = atomic.load<u32>(ringOf(h) + peerOffset);
@@ -592,6 +616,7 @@ export function ring_wake_address(h: usize): usize {
 
 /** Marks this end closed: a producer commits nothing more; a consumer reads nothing more. */
 export function ring_close(h: usize): void {
+  if (isProducer(h)) publishPending(h);
   const offset: usize = load<u32>(h, H_ROLE_OFFSET) == ROLE_PRODUCER ? RING_PRODUCER_CLOSED_OFFSET : RING_CONSUMER_CLOSED_OFFSET;
   // SYNC: pairs with the atomic load in the peer's ring_peer_closed; ordered after every commit before it.
   atomic.store<u32>(ringOf(h) + offset, 1);

@@ -24,6 +24,7 @@ export interface RingExports {
   ring_claim_many(h: number, length: number, type: number, max: number): number;
   ring_commit(h: number, length: number): number;
   ring_commit_many(h: number, n: number): number;
+  ring_commit_quiet(h: number, length: number): number;
   ring_abort(h: number): number;
   ring_free(h: number): number;
   ring_read(h: number, out: number, max: number): number;
@@ -72,7 +73,7 @@ export interface RingExports {
 }
 
 export const REQUIRED_EXPORTS: readonly (keyof RingExports)[] = [
-  'ring_format', 'ring_open', 'ring_claim', 'ring_claim_many', 'ring_commit', 'ring_commit_many', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
+  'ring_format', 'ring_open', 'ring_claim', 'ring_claim_many', 'ring_commit', 'ring_commit_many', 'ring_commit_quiet', 'ring_abort', 'ring_free', 'ring_read', 'ring_release',
   'ring_pending', 'ring_park', 'ring_unpark', 'ring_needs_wake', 'ring_close', 'ring_peer_closed', 'ring_wait_address',
   'ring_wait_value', 'ring_wake_address', 'ring_start_small', 'ring_populated', 'ring_grow_limit', 'ring_capacity',
   'ring_resize_done', 'ring_shrink', 'ring_unpopulated', 'topic_format', 'topic_open_publisher', 'topic_claim', 'topic_commit',

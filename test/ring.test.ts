@@ -135,6 +135,50 @@ t.test('claim / commit shorter / abort', async (t) => {
   r.dispose();
 });
 
+t.test('quiet commits: the tail moves once per KiB of small records, and always before the consumer could wait', async (t) => {
+  const r = makeRing();
+  const tail = () => r.view.getBigUint64(r.win + RING_TAIL_OFFSET, true);
+  const quiet = (bytes: Uint8Array) => {
+    const at = r.producer.claim(bytes.length, RECORD_BYTES);
+    if (at === 0) return false;
+    engine.u8.set(bytes, at);
+    r.producer.commit(bytes.length, true);
+    return true;
+  };
+  // 64 B records (72 with the header): the 15th reaches 1 KiB and publishes the 15 at once.
+  for (let i = 0; i < 14; i++) quiet(bytesOf(64, i));
+  t.equal(tail(), 0n, 'fourteen quiet commits: nothing published');
+  t.equal(r.consumer.pending(), 0, 'the consumer sees none of them');
+  quiet(bytesOf(64, 14));
+  t.equal(tail(), 15n * 72n, 'the fifteenth publishes all fifteen');
+  quiet(bytesOf(64, 15));
+  t.equal(tail(), 15n * 72n);
+  t.notOk(r.producer.needsWake(), 'a wake check (the consumer is not parked)...');
+  t.equal(tail(), 16n * 72n, '...publishes what was quiet');
+  const got = drain(r.consumer);
+  t.same(got.map((g) => g.bytes), Array.from({ length: 16 }, (_, i) => bytesOf(64, i)), 'every record, in order');
+  // The consumer parks while a quiet record is not yet published: the producer's wake check publishes and rings.
+  quiet(bytesOf(64, 16));
+  t.ok(r.consumer.park(), 'a consumer that looks before the publication parks');
+  t.ok(r.producer.needsWake(), 'the wake check that follows the commit rings it');
+  t.equal(tail(), 17n * 72n, 'with the record published');
+  r.consumer.unpark();
+  quiet(bytesOf(64, 17));
+  t.ok(send(r.producer, bytesOf(8, 18)));
+  t.equal(tail(), 18n * 72n + 16n, 'a commit that is not quiet publishes the quiet ones before it');
+  t.same(drain(r.consumer).map((g) => g.bytes), [bytesOf(64, 16), bytesOf(64, 17), bytesOf(8, 18)]);
+  // A ring filled by quiet commits publishes them when a claim finds it full: the consumer can always free room.
+  let n = 0;
+  while (quiet(bytesOf(64, n))) n++;
+  t.equal(r.consumer.pending() > 0, true, 'a full ring is published');
+  t.equal(drain(r.consumer).length, n, 'all of it');
+  // The close publishes too.
+  quiet(bytesOf(64, 1));
+  r.producer.markClosed();
+  t.equal(drain(r.consumer).length, 1, 'the record committed before the close');
+  r.dispose();
+});
+
 t.test('maximum record fits from any position; max+1 rejected', async (t) => {
   const r = makeRing();
   const max = maxPayload(CAP);

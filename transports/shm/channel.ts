@@ -441,7 +441,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     }
     const length = end - at;
     try {
-      this.tx.commit(length);
+      this.tx.commit(length, this.wakeScheduled);
     } catch (error) {
       this.ringFailed(error);
     }
@@ -568,7 +568,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
     if (this.openClaim !== claim) throw new ClosedError('the channel closed while the claim was open');
     this.openClaim = undefined;
     try {
-      this.tx.commit(length);
+      this.tx.commit(length, this.wakeScheduled);
     } catch (error) {
       this.ringFailed(error);
     }
@@ -656,7 +656,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       if (at !== 0) {
         if (COUNTING) { perf.copies++; perf.bytesCopied += length; }
         this.engine.u8.set(bytes, at);
-        this.tx.commit(length);
+        this.tx.commit(length, this.wakeScheduled);
       } else {
         // Nothing else claims while messages are queued (trySend and claim() refuse), so this stays exact.
         this.queueNeed = this.tx.needed();
