@@ -33,8 +33,13 @@ export interface EverydayReport {
   node: string;
   cpus: number;
   cpu: string | undefined;
+  /** What /proc/cpuinfo says of the processor's generation ('family 26, model 2'; absent in older runs): the
+   * model name alone ('AMD EPYC') is the same on hosts whose speed differs by 2x. */
+  cpuId?: string;
   rounds: number;
   scale: number;
+  /** Uncounted messages each throughput row sent first, as a fraction of its counted ones (absent: none). */
+  warmUp?: number;
   /** URL options of the shm:// endpoint ('' for the defaults). */
   query: string;
   table: RateRow[];
@@ -126,7 +131,9 @@ export function renderEveryday(report: EverydayReport): string {
   const everyday = report.table.filter((r) => !ROW_INFO[r.row]?.zeroCopy);
   const zeroCopy = report.table.filter((r) => ROW_INFO[r.row]?.zeroCopy);
   const when = report.date.slice(0, 16).replace('T', ' ');
-  lines.push(`Run of ${when} UTC: ${report.rounds} rotated rounds, medians, scale ${report.scale}${report.query ? `, \`--query '${report.query}'\`` : ''}; ${report.cpus} × ${report.cpu ?? 'cpu'}, Node ${report.node}.`);
+  const warm = report.warmUp ? `, each rate after ${Math.round(report.warmUp * 100)}% as many uncounted messages (warm-up)` : '';
+  const cpu = `${report.cpu ?? 'cpu'}${report.cpuId ? ` (${report.cpuId})` : ''}`;
+  lines.push(`Run of ${when} UTC: ${report.rounds} rotated rounds, medians, scale ${report.scale}${warm}${report.query ? `, \`--query '${report.query}'\`` : ''}; ${report.cpus} × ${cpu}, Node ${report.node}.`);
   lines.push('');
   if (everyday.length > 0 || report.latency) {
     lines.push(header);

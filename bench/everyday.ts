@@ -2,7 +2,9 @@
 //   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--save] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
-// to the last; medians of rotated rounds.
+// to the last; medians of rotated rounds. Each producer first sends a quarter as many messages again, uncounted
+// (WARM_UP): both sides' hot code is then compiled by V8, as in a program that has run for a while (counted from
+// the very first message, 400k objects measured ~40% slower on shm and ~20% slower on the socket).
 //   object   64 B msgpack object { i, s: 'x'.repeat(30), f: i / 3 }   shm: send + drained      / for await
 //   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
 //   bytes1K  1 KiB Buffer                                             the same (not one of the issue's rows: a size
@@ -67,6 +69,8 @@ const KINDS: Kind[] = ['shm', 'unix'];
 /** The other rows `--rows` takes: round trips, and the bare reference (see the header). */
 const TRIP_ROWS = ['rtt', 'rtt64', 'rpc', 'message', 'bare'] as const;
 const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, message64: 1_000_000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
+/** Messages each throughput row sends before the counted ones, as a fraction of its count (see the header). */
+const WARM_UP = 0.25;
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
 const ROUND_TRIPS = 20_000;
@@ -231,8 +235,8 @@ async function child(role: string, kind: Kind, url: string, row: Row, count: num
 
 interface Server { url: string; accept(): Promise<Peer>; close(): Promise<void> }
 interface Peer {
-  /** Resolves after `count` messages, with seconds from the first to the last. */
-  consume(row: Row, count: number): Promise<number>;
+  /** Resolves after `count` messages, with seconds from message `from` (0-based, the first counted) to the last. */
+  consume(row: Row, count: number, from: number): Promise<number>;
   /** Round trips of the 64 B object (`row` 'object') or a 64 B Buffer ('bytes64'); microseconds per trip. */
   roundTrips(count: number, row: 'object' | 'bytes64'): Promise<number[]>;
   /** The same through `request` (shm only; the child answers with `handle`). */
@@ -275,14 +279,14 @@ async function server(kind: Kind): Promise<Server> {
 function shmPeer(conn: Connection): Peer {
   const it = conn[Symbol.asyncIterator]();
   return {
-    async consume(row, count) {
-      if (ZERO_COPY.has(row)) return consumeInPlace(conn as Channel, count);
-      if (row === 'message64') return consumeMessages(conn, count);
+    async consume(row, count, from) {
+      if (ZERO_COPY.has(row)) return consumeInPlace(conn as Channel, count, from);
+      if (row === 'message64') return consumeMessages(conn, count, from);
       // What `for await (const m of conn)` does per message (next()), without its `break` closing the channel.
       let first = 0n;
       for (let received = 0; received < count; received++) {
         await it.next();
-        if (received === 0) first = process.hrtime.bigint();
+        if (received === from) first = process.hrtime.bigint();
       }
       const seconds = Number(process.hrtime.bigint() - first) / 1e9;
       conn.send('done');
@@ -329,12 +333,12 @@ function shmPeer(conn: Connection): Peer {
 }
 
 /** The consumer of the message64 row: a 'message' listener, as a user of `process.on('message')` writes it. */
-function consumeMessages(conn: Connection, count: number): Promise<number> {
+function consumeMessages(conn: Connection, count: number, from: number): Promise<number> {
   return new Promise((resolve) => {
     let first = 0n;
     let received = 0;
     const listener = () => {
-      if (received++ === 0) first = process.hrtime.bigint();
+      if (received++ === from) first = process.hrtime.bigint();
       if (received < count) return;
       const seconds = Number(process.hrtime.bigint() - first) / 1e9;
       conn.off('message', listener);
@@ -346,12 +350,12 @@ function consumeMessages(conn: Connection, count: number): Promise<number> {
 }
 
 /** The zero-copy consumer: `poll` hands each record over in place; `readable()` waits when there is none. */
-async function consumeInPlace(conn: Channel, count: number): Promise<number> {
+async function consumeInPlace(conn: Channel, count: number, from: number): Promise<number> {
   let first = 0n;
   let received = 0;
   let sum = 0;
   const onRecord = (memory: Uint8Array, offset: number, length: number) => {
-    if (received++ === 0) first = process.hrtime.bigint();
+    if (received++ === from) first = process.hrtime.bigint();
     sum += memory[offset + length - 1]!; // read the record, as a consumer would
   };
   while (received < count) {
@@ -370,13 +374,13 @@ function socketPeer(socket: net.Socket): Peer {
   let handler: (body: Buffer) => void = () => {};
   onFrames(socket, (body) => handler(body));
   return {
-    consume(row, count) {
+    consume(row, count, from) {
       return new Promise((resolve) => {
         let first = 0n;
         let received = 0;
         handler = (body) => {
           if (row === 'object') unpackr.unpack(body);
-          if (received++ === 0) first = process.hrtime.bigint();
+          if (received++ === from) first = process.hrtime.bigint();
           if (received === count) {
             resolve(Number(process.hrtime.bigint() - first) / 1e9);
             out.sendBytes(Buffer.from('done'));
@@ -423,14 +427,27 @@ const minus = (a: Counts, b: Counts): Counts => Object.fromEntries(Object.entrie
 /** Per-message counters of the last shm run of each row: [producer, consumer]. */
 const costs = new Map<Row | 'rtt', [Counts, Counts, number]>();
 
+/** The processor's family and model from /proc/cpuinfo ('family 26, model 2'), or undefined. */
+function cpuId(): string | undefined {
+  let info: string;
+  try { info = readFileSync('/proc/cpuinfo', 'utf8'); } catch { return undefined; }
+  const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(\\d+)`, 'm').exec(info)?.[1];
+  const family = field('cpu family');
+  const model = field('model');
+  return family === undefined || model === undefined ? undefined : `family ${family}, model ${model}`;
+}
+
+/** Messages per second of `count` counted messages, after Math.round(count × WARM_UP) uncounted ones. */
 async function throughputOnce(kind: Kind, row: Row, count: number): Promise<number> {
   const s = await server(kind);
   const before = snapshot();
-  const exited = startChild(['produce', kind, s.url, row, String(count)]);
+  const warm = Math.round(count * WARM_UP);
+  const total = warm + count;
+  const exited = startChild(['produce', kind, s.url, row, String(total)]);
   const peer = await s.accept();
-  const seconds = await peer.consume(row, count);
+  const seconds = await peer.consume(row, total, warm);
   if ((await exited) !== 0) throw new Error(`${kind} ${row}: producer failed`);
-  if (COUNTING && kind === 'shm' && childCounters) costs.set(row, [childCounters, minus(snapshot(), before), count]);
+  if (COUNTING && kind === 'shm' && childCounters) costs.set(row, [childCounters, minus(snapshot(), before), total]);
   await peer.close();
   await s.close();
   return (count - 1) / seconds;
@@ -539,7 +556,7 @@ async function main(): Promise<void> {
   const table = rows.map((row) => rateRow(row, rowBytes(row), rates.get(`${row}/shm`)!, rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!));
   const pair = (m: Map<Kind, number[]>) => (m.size === 0 ? undefined : { shm: latencyOf(m.get('shm')!), unix: latencyOf(m.get('unix')!) });
   const report: EverydayReport = {
-    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, rounds, scale, query: shmQuery,
+    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, cpuId: cpuId(), rounds, scale, warmUp: WARM_UP, query: shmQuery,
     table, latency: pair(trips), latencyBuffer64: pair(bufferTrips),
     requests: requests.length ? latencyOf(requests) : undefined,
     onMessage: messageTrips.length ? latencyOf(messageTrips) : undefined,

@@ -3,7 +3,7 @@
 // (its shm:// segments are memfds and its sockets abstract: they cannot outlive it). No assertion on speed.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileTimeout, groupMembers, startChild, within } from './helpers.js';
 import { renderEveryday, tablesIn, withTables, README_BEGIN, README_END, rateRow, type EverydayReport } from '../bench/everyday-report.js';
 
@@ -39,6 +39,8 @@ t.test('npm run bench:everyday at scale 0.001: every row, both sides, and no chi
   for (const [name, l] of trips) t.ok(l !== undefined && l.samples > 0 && l.p50 > 0 && l.p99 >= l.p50, `${name}: round trips measured`);
   t.same(groupMembers(child.pid), [], 'no child left');
   const tables = renderEveryday(report as unknown as EverydayReport);
+  t.match(tables.split('\n')[0], /each rate after 25% as many uncounted messages \(warm-up\)/, 'the header says the rates are after a warm-up');
+  if (existsSync('/proc/cpuinfo')) t.match(tables.split('\n')[0], /\(family \d+, model \d+\)/, 'and which processor generation ran them');
   for (const name of ['64 B object', '64 B Buffer (', '1 MiB Buffer', '`claimBatch(64, 256)`', 'bare ping-pong', 'request/reply']) {
     t.match(tables, name, `the tables have the ${name} row`);
   }
