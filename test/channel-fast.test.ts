@@ -5,7 +5,7 @@ import { pack, Unpackr } from 'msgpackr';
 import { listen, connect, ErrorCode, type Channel } from '../index.js';
 import { checkMsgpack, checkMsgpackRange, decodeMsgpackAt, decodeMsgpack, DEFAULT_DECODE_LIMITS } from '../host/codec.js';
 import { unique, within, type TestLike } from './helpers.js';
-import { RING_HEADER_SIZE, RECORD_BYTES } from '../assembly/layout.js';
+import { RING_HEADER_SIZE, RING_TAIL_OFFSET, RECORD_BYTES } from '../assembly/layout.js';
 import { getEngine } from '../host/engine.js';
 import { RingEnd } from '../host/ring.js';
 
@@ -99,6 +99,27 @@ t.test('the iterator hands out a whole decoded batch in order, mixed with receiv
     }
   }
   t.pass(`${count} messages in order`);
+});
+
+t.test('a burst of small sends moves the ring\'s tail once per KiB; the rest is published when the run ends', async (t) => {
+  const [a, b] = await pair(t);
+  const { tx, engine } = a as unknown as { tx: RingEnd; engine: ReturnType<typeof getEngine> };
+  const tail = () => Number(engine.view.getBigUint64(tx.ring + RING_TAIL_OFFSET, true));
+  await a.drained();
+  const start = tail();
+  const bytes = new Uint8Array(56).fill(3); // 64 bytes a record with its header
+  const tails: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    t.ok(a.sendBytes(bytes));
+    tails.push(tail() - start);
+  }
+  t.same(tails.slice(0, 2), [64, 64], 'the first send of the burst is published at once; the second waits');
+  t.equal(tails.filter((x, i) => i > 0 && x !== tails[i - 1]).length, 1, 'one more store of the tail within the burst, at a KiB');
+  t.equal(tails[16], 17 * 64, 'sixteen more records (1 KiB) published with one store');
+  t.equal(tails[19], 17 * 64, 'and the rest not yet');
+  await null;
+  t.equal(tail() - start, 20 * 64, 'published once this run of JavaScript ended');
+  for (let i = 0; i < 20; i++) t.same(await b.receive(), bytes);
 });
 
 t.test('large records on a small ring: every byte arrives, in order, with small ones in between', async (t) => {
