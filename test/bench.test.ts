@@ -97,3 +97,14 @@ t.test('a row it does not know is refused with the usage, not run as an empty ta
   t.match(child.stderr(), /unknown rows: rtt65\nusage: /);
   t.equal(child.stdout(), '', 'no table');
 });
+
+t.test('bench/claim-cost.ts measures both ways of writing a record, in pairs, and leaves no child', async (t) => {
+  const claimCost = fileURLToPath(new URL('../dist/bench/claim-cost.js', import.meta.url));
+  const child = startChild(t, [process.execPath, claimCost, '--pairs', '2', '--count', '2000'], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const { code, signal } = await within(60_000, child.exit, () => `the bench did not finish; stderr: ${child.stderr()}`);
+  t.equal(code, 0, `exit code (signal ${signal}); stderr:\n${child.stderr()}`);
+  const lines = child.stdout().trim().split('\n');
+  t.match(lines[0], /^pair 1: api [\d.]+M, ring [\d.]+M records\/s$/);
+  t.match(lines[1], /^pair 2: ring [\d.]+M, api [\d.]+M records\/s$/, 'the order alternates');
+  t.same(groupMembers(child.pid), [], 'no child left');
+});
