@@ -174,11 +174,14 @@ export class Claim extends OpenClaim {
   /** Bytes claimed. */
   declare readonly size: number;
   private declare view: Uint8Array | undefined;
+  /** `memory`'s buffer (the engine's, see Engine.buffer): `memory.buffer` would cost the view ~8 ns more. */
+  private declare readonly buffer: ArrayBufferLike;
 
   /** @internal */
-  constructor(channel: Channel, memory: Uint8Array, offset: number, size: number) {
+  constructor(channel: Channel, memory: Uint8Array, buffer: ArrayBufferLike, offset: number, size: number) {
     super(channel);
     this.memory = memory;
+    this.buffer = buffer;
     this.offset = offset;
     this.size = size;
     this.view = undefined;
@@ -186,7 +189,7 @@ export class Claim extends OpenClaim {
 
   /** The claimed bytes, inside the shared ring (a view of `memory`). Valid until commit or abort. */
   get bytes(): Uint8Array {
-    return this.view ??= new Uint8Array(this.memory.buffer, this.offset, this.size);
+    return this.view ??= new Uint8Array(this.buffer, this.offset, this.size);
   }
 
   /** Publishes the first `length` bytes (default: all) as one record. */
@@ -508,7 +511,7 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
   claim(size: number): Claim | null {
     const at = this.claimRoom(size, 0);
     if (at === 0) return null;
-    const claim = new Claim(this, this.engine.u8, at, size);
+    const claim = new Claim(this, this.engine.u8, this.engine.buffer, at, size);
     this.openClaim = claim;
     return claim;
   }
