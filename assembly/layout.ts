@@ -195,6 +195,7 @@ export const H_GROW_LIMIT_OFFSET = 76; // u32 producer: the largest capacity it 
 export const H_FULL_OFFSET = 80; //       u32 producer: 1 once a claim found the ring full while it could still grow (the next claim grows it)
 export const H_CLAIM_COUNT_OFFSET = 84; // u32 producer: records of the open claim (ring_claim_many; 0 for a single claim)
 export const H_UNPUBLISHED_OFFSET = 88; // u32 producer: records committed by ring_commit_quiet and not yet in the shared tail
+export const H_UNPUBLISHED_BYTES_OFFSET = 92; // u32 producer: their bytes (headers and alignment included)
 
 export const ROLE_PRODUCER = 0;
 export const ROLE_CONSUMER = 1;

@@ -17,7 +17,7 @@ import {
   BATCH_ENTRY_SIZE, maxPayload,
   RECORD_RESIZE, RESIZE_CAPACITY_OFFSET, RESIZE_PAYLOAD_SIZE, RING_GROW, RING_RESIZE_SENT, RING_RESIZE_SEEN,
   H_MAX_CAPACITY_OFFSET, H_PENDING_OFFSET, H_POPULATED_OFFSET, H_SWITCH_AT_OFFSET, H_TARGET_OFFSET, H_GROW_LIMIT_OFFSET, H_FULL_OFFSET,
-  H_CLAIM_COUNT_OFFSET, H_UNPUBLISHED_OFFSET,
+  H_CLAIM_COUNT_OFFSET, H_UNPUBLISHED_OFFSET, H_UNPUBLISHED_BYTES_OFFSET,
 } from './layout';
 
 @inline function align(n: u64): u64 {
@@ -302,17 +302,33 @@ const INSANE_HEAD: u64 = u64.MAX_VALUE;
 /** Commits the open claim with `length` payload bytes (at most what was claimed) and publishes it, with any
  * records committed quietly before it. */
 export function ring_commit(h: usize, length: u32): i32 {
-  const rc = ring_commit_quiet(h, length);
+  const rc = writeCommit(h, length);
   if (rc == RING_OK) publishTail(h);
   return rc;
 }
 
 /**
- * Commits the open claim as ring_commit does, without publishing the tail: the record reaches the consumer with
- * the next publication (a commit that publishes, a claim that finds the ring full, a park, a wake
- * check or the close). Returns RING_OK, or RING_E_STATE without a claim.
+ * A burst of quiet commits publishes the tail once per this many bytes of records: 64-byte records then move the
+ * line the consumer polls once per 15 (each move costs both cores a cache-line transfer), while a record of this
+ * size or more is published as it is committed. claimAt64 row of bench/everyday.ts (64 B records committed one by
+ * one): 12.2–13.0M → 17.4–17.9M msg/s in three pairs of alternated builds.
+ */
+const PUBLISH_BYTES: u32 = 1024;
+
+/**
+ * Commits the open claim as ring_commit does, but publishes the tail only once PUBLISH_BYTES of records wait for
+ * it; until then they reach the consumer with the next publication (a commit that publishes, a claim that finds
+ * the ring full, a park, a wake check or the close). For a writer that runs a wake check soon after (the
+ * channel's afterCommit microtask). Returns RING_OK, or RING_E_STATE without a claim.
  */
 export function ring_commit_quiet(h: usize, length: u32): i32 {
+  const rc = writeCommit(h, length);
+  if (rc == RING_OK && load<u32>(h, H_UNPUBLISHED_BYTES_OFFSET) >= PUBLISH_BYTES) publishTail(h);
+  return rc;
+}
+
+/** What every commit does before the tail is published: the record's header, this end's position, the counts. */
+@inline function writeCommit(h: usize, length: u32): i32 {
   const payload = <usize>load<u32>(h, H_CLAIM_OFFSET);
   if (payload == 0 || length > load<u32>(h, H_CLAIM_MAX_OFFSET)) return RING_E_STATE;
   const record = payload - RECORD_HEADER_SIZE;
@@ -320,8 +336,10 @@ export function ring_commit_quiet(h: usize, length: u32): i32 {
   store<u32>(record, load<u32>(h, H_CLAIM_TYPE_OFFSET), RECORD_TYPE_OFFSET);
   store<u32>(h, 0, H_CLAIM_OFFSET);
   store<u32>(h, 0, H_CLAIM_COUNT_OFFSET);
-  store<u64>(h, load<u64>(h, H_POSITION_OFFSET) + align(<u64>length + RECORD_HEADER_SIZE), H_POSITION_OFFSET);
+  const size = <u32>align(<u64>length + RECORD_HEADER_SIZE);
+  store<u64>(h, load<u64>(h, H_POSITION_OFFSET) + size, H_POSITION_OFFSET);
   store<u32>(h, load<u32>(h, H_UNPUBLISHED_OFFSET) + 1, H_UNPUBLISHED_OFFSET);
+  store<u32>(h, load<u32>(h, H_UNPUBLISHED_BYTES_OFFSET) + size, H_UNPUBLISHED_BYTES_OFFSET);
   return RING_OK;
 }
 
@@ -336,6 +354,7 @@ export function ring_commit_quiet(h: usize, length: u32): i32 {
   // A counter for tools only, published with the tail below (nobody acts on it).
   store<u64>(ring, load<u64>(ring, RING_COMMITTED_RECORDS_OFFSET) + load<u32>(h, H_UNPUBLISHED_OFFSET), RING_COMMITTED_RECORDS_OFFSET);
   store<u32>(h, 0, H_UNPUBLISHED_OFFSET);
+  store<u32>(h, 0, H_UNPUBLISHED_BYTES_OFFSET);
   // SYNC: pairs with the atomic load of tail in ring_read / ring_park; publishes the records written before it.
   // Sequentially consistent, so the consumer-park check in ring_needs_wake cannot be reordered before it.
   atomic.store<u64>(ring, load<u64>(h, H_POSITION_OFFSET), RING_TAIL_OFFSET);

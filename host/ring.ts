@@ -4,7 +4,7 @@
  */
 import {
   ROLE_PRODUCER, ROLE_CONSUMER, RING_E_POSITIONS, RING_E_RECORD, RING_E_TOO_LARGE, RING_E_STATE, RING_E_HEADER,
-  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload, RECORD_HEADER_SIZE,
+  RING_E_AGAIN, BATCH_MAX, BATCH_ENTRY_SIZE, H_NEED_OFFSET, maxPayload,
   RING_GROW, RING_RESIZE_SENT, H_CLAIM_COUNT_OFFSET, RING_RESIZE_SEEN, RING_HEADER_SIZE, H_TARGET_OFFSET, H_PENDING_OFFSET, H_CAPACITY_OFFSET, H_POSITION_OFFSET,
 } from '../assembly/layout.js';
 import { Engine } from './engine.js';
@@ -67,14 +67,6 @@ export interface Growth {
 }
 
 /**
- * A burst of quiet commits (RingEnd.commit) publishes the tail once per this many bytes of records: 64-byte records
- * then move the line the consumer polls once per 15 (each move costs both cores a cache-line transfer), while a
- * record of this size or more is published as it is committed. claimAt64 row of bench/everyday.ts (64 B records
- * committed one by one): 12.2–13.0M → 17.4–17.9M msg/s in three pairs of alternated builds.
- */
-const PUBLISH_BYTES = 1024;
-
-/**
  * Producer ends that grew past their initial size: one timer for all of them (not one per connection) looks every
  * SHRINK_AFTER_MS and shrinks a ring back that stayed empty and unused for a whole interval, so that an idle
  * connection gives back what a burst of large messages took.
@@ -109,9 +101,6 @@ export class RingEnd {
   private closed = false;
   /** A batch is out: read and not yet released. */
   private inBatch = false;
-  /** Producer: bytes of quiet commits since the last commit that published (see commit); the ring may have
-   * published them since, on its own. */
-  private unpublished = 0;
 
   /** A growing ring: how its pages are made to exist (undefined: the ring never changes size). */
   private readonly growth: Growth | undefined;
@@ -262,20 +251,16 @@ export class RingEnd {
 
   /**
    * Commits the open claim's first `length` bytes. The record is published (the shared tail moves) at once, or,
-   * for a `quiet` commit, once PUBLISH_BYTES of quiet commits have gathered, or sooner by the first of: a commit
-   * that is not quiet, a claim that finds the ring full, a park, a wake check (needsWake) or the close. A quiet
-   * commit is for a writer that runs a wake check soon after (the channel's afterCommit microtask).
+   * for a `quiet` commit, once a KiB of quiet commits has gathered, or sooner by the first of: a commit that is not
+   * quiet, a claim that finds the ring full, a park, a wake check (needsWake) or the close (ring_commit_quiet in
+   * assembly/ring.ts). A quiet commit is for a writer that runs a wake check soon after (the channel's afterCommit
+   * microtask).
    */
   commit(length: number, quiet = false): void {
     let rc: number;
     try {
       if (COUNTING) perf.wasmCalls++;
-      if (quiet && (this.unpublished += length + RECORD_HEADER_SIZE) < PUBLISH_BYTES) {
-        rc = this.engine.exports.ring_commit_quiet(this.handle, length);
-      } else {
-        this.unpublished = 0;
-        rc = this.engine.exports.ring_commit(this.handle, length);
-      }
+      rc = quiet ? this.engine.exports.ring_commit_quiet(this.handle, length) : this.engine.exports.ring_commit(this.handle, length);
     } catch (error) {
       throw trapAsCorrupt(error, { length });
     }
