@@ -1,10 +1,11 @@
 // shm:// against a Unix socket through the API people write, in one run:
-//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--save] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
+//   node dist/bench/everyday.js [--rounds 4] [--scale 1] [--warm-up 0.25] [--json] [--save] [--rows object,bytes64,bytes1K,bytes1M,message64,claim64,claimAt64,batch64,rtt,rtt64,rpc,message,bare]  (npm run bench:everyday)
 //
 // Rows (issue 10): one producer process → one consumer process, counted at the consumer from the first message
 // to the last; medians of rotated rounds. Each producer first sends a quarter as many messages again, uncounted
-// (WARM_UP): both sides' hot code is then compiled by V8, as in a program that has run for a while (counted from
-// the very first message, 400k objects measured ~40% slower on shm and ~20% slower on the socket).
+// (`--warm-up`, default 0.25): both sides' hot code is then compiled by V8, as in a program that has run for a
+// while (`--warm-up 0` counts from the very first message: 400k objects then measured 36–40% slower on shm and
+// 17–20% slower on the socket, `--rows object --rounds 2`, alternated with the default, two pairs).
 //   object   64 B msgpack object { i, s: 'x'.repeat(30), f: i / 3 }   shm: send + drained      / for await
 //   bytes64  64 B Buffer                                              shm: sendBytes + drained / for await
 //   bytes1K  1 KiB Buffer                                             the same (not one of the issue's rows: a size
@@ -70,7 +71,7 @@ const KINDS: Kind[] = ['shm', 'unix'];
 const TRIP_ROWS = ['rtt', 'rtt64', 'rpc', 'message', 'bare'] as const;
 const COUNTS: Record<Row, number> = { object: 400_000, bytes64: 1_000_000, bytes1K: 400_000, bytes1M: 2000, message64: 1_000_000, claim64: 2_000_000, claimAt64: 2_000_000, batch64: 4_000_000 };
 /** Messages each throughput row sends before the counted ones, as a fraction of its count (see the header). */
-const WARM_UP = 0.25;
+let warmUp = 0.25;
 /** Records one claimBatch asks for (batch64). */
 const BATCH = 256;
 const ROUND_TRIPS = 20_000;
@@ -437,11 +438,11 @@ function cpuId(): string | undefined {
   return family === undefined || model === undefined ? undefined : `family ${family}, model ${model}`;
 }
 
-/** Messages per second of `count` counted messages, after Math.round(count × WARM_UP) uncounted ones. */
+/** Messages per second of `count` counted messages, after Math.round(count × warmUp) uncounted ones. */
 async function throughputOnce(kind: Kind, row: Row, count: number): Promise<number> {
   const s = await server(kind);
   const before = snapshot();
-  const warm = Math.round(count * WARM_UP);
+  const warm = Math.round(count * warmUp);
   const total = warm + count;
   const exited = startChild(['produce', kind, s.url, row, String(total)]);
   const peer = await s.accept();
@@ -486,13 +487,14 @@ const latencyOf = (samples: number[]): Latency => {
 
 async function main(): Promise<void> {
   const all = [...ROWS, ...TRIP_ROWS];
-  const usage = `usage: node dist/bench/everyday.js [--rounds 4] [--scale 1] [--json] [--save] [--query 'size=64KiB'] [--rows ${all.join(',')}]\n`
+  const usage = `usage: node dist/bench/everyday.js [--rounds 4] [--scale 1] [--warm-up 0.25] [--json] [--save] [--query 'size=64KiB'] [--rows ${all.join(',')}]\n`
+    + '  --warm-up  uncounted messages each throughput row sends first, as a fraction of its counted ones\n'
     + '  --json  print the report as JSON instead of tables\n'
     + `  --save  also write it to ${RESULTS_JSON} and its tables into README.md (npm run bench:readme)`;
   let values;
   try {
     ({ values } = parseArgs({ options: {
-      rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, json: { type: 'boolean', default: false },
+      rounds: { type: 'string', default: '4' }, scale: { type: 'string', default: '1' }, 'warm-up': { type: 'string', default: '0.25' }, json: { type: 'boolean', default: false },
       save: { type: 'boolean', default: false }, query: { type: 'string', default: '' }, rows: { type: 'string', default: all.join(',') }, help: { type: 'boolean', short: 'h', default: false },
     } }));
   } catch (error) {
@@ -503,16 +505,17 @@ async function main(): Promise<void> {
   const unknown = [...wanted].filter((row) => !(all as string[]).includes(row));
   const rounds = Number(values.rounds);
   const scale = Number(values.scale);
+  warmUp = Number(values['warm-up']);
   if (values.help) {
     console.log(usage);
     return;
   }
-  if (unknown.length > 0 || !(rounds >= 1) || !(scale > 0)) {
-    console.error(`${unknown.length > 0 ? `unknown rows: ${unknown.join(', ')}` : '--rounds must be 1 or more, --scale above 0'}\n${usage}`);
+  if (unknown.length > 0 || !(rounds >= 1) || !(scale > 0) || !(warmUp >= 0)) {
+    console.error(`${unknown.length > 0 ? `unknown rows: ${unknown.join(', ')}` : '--rounds must be 1 or more, --scale above 0, --warm-up 0 or more'}\n${usage}`);
     process.exit(2);
   }
-  if (values.save && (values.rows !== all.join(',') || scale !== 1 || rounds < 4 || values.query !== '')) {
-    console.error(`--save writes the README's tables: it takes every row, scale 1, 4 rounds or more and no --query\n${usage}`);
+  if (values.save && (values.rows !== all.join(',') || scale !== 1 || rounds < 4 || values.query !== '' || warmUp !== 0.25)) {
+    console.error(`--save writes the README's tables: it takes every row, scale 1, 4 rounds or more, the default warm-up and no --query\n${usage}`);
     process.exit(2);
   }
   shmQuery = values.query;
@@ -556,7 +559,7 @@ async function main(): Promise<void> {
   const table = rows.map((row) => rateRow(row, rowBytes(row), rates.get(`${row}/shm`)!, rates.get(`${SHM_ONLY.has(row) ? 'bytes64' : row}/unix`)!));
   const pair = (m: Map<Kind, number[]>) => (m.size === 0 ? undefined : { shm: latencyOf(m.get('shm')!), unix: latencyOf(m.get('unix')!) });
   const report: EverydayReport = {
-    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, cpuId: cpuId(), rounds, scale, warmUp: WARM_UP, query: shmQuery,
+    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, cpuId: cpuId(), rounds, scale, warmUp, query: shmQuery,
     table, latency: pair(trips), latencyBuffer64: pair(bufferTrips),
     requests: requests.length ? latencyOf(requests) : undefined,
     onMessage: messageTrips.length ? latencyOf(messageTrips) : undefined,

@@ -108,3 +108,13 @@ t.test('bench/claim-cost.ts measures both ways of writing a record, in pairs, an
   t.match(lines[1], /^pair 2: ring [\d.]+M, api [\d.]+M records\/s$/, 'the order alternates');
   t.same(groupMembers(child.pid), [], 'no child left');
 });
+
+t.test('--warm-up 0 counts from the very first message, and the report says so', async (t) => {
+  const child = startChild(t, [process.execPath, EVERYDAY, '--rows', 'bytes64', '--rounds', '1', '--scale', '0.001', '--warm-up', '0', '--json'], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const { code } = await within(60_000, child.exit, () => `the bench did not finish; stderr: ${child.stderr()}`);
+  t.equal(code, 0, child.stderr());
+  const report = JSON.parse(child.stdout()) as EverydayReport;
+  t.equal(report.warmUp, 0);
+  t.notMatch(renderEveryday(report).split('\n')[0], /warm-up/, 'no warm-up in the header');
+  t.same(groupMembers(child.pid), [], 'no child left');
+});
