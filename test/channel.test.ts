@@ -151,6 +151,43 @@ t.test('trySend, claim, message sizes 0 and max, max+1 rejected, maxQueued enfor
   await listener.close();
 });
 
+t.test('a committed or aborted claim cannot commit or abort a later one; close cuts an open claim off', async (t) => {
+  const url = `shm://${unique('claim-stale')}`;
+  const listener = await listen(url);
+  const [a, b] = await Promise.all([connect(url), listener.acceptNext()]) as [Channel, Channel];
+  const first = a.claim(2)!;
+  first.memory.set([1, 1], first.offset);
+  first.commit();
+  const second = a.claim(2)!;
+  first.abort();
+  t.throws(() => first.commit(), { code: ErrorCode.BAD_STATE }, 'committed once');
+  second.memory.set([2, 2], second.offset);
+  second.commit();
+  const aborted = a.claim(3)!;
+  aborted.abort();
+  const third = a.claim(3)!;
+  aborted.abort();
+  t.throws(() => aborted.commit(), { code: ErrorCode.BAD_STATE }, 'aborted');
+  third.bytes.set([3, 3, 3]);
+  third.commit();
+  const batch = a.claimBatch(1, 2)!;
+  first.abort();
+  batch.memory[batch.offset(0)] = 4;
+  batch.commit(1);
+  t.throws(() => batch.commit(1), { code: ErrorCode.BAD_STATE }, 'a batch commits once');
+  t.same([...(await b.receive()) as Uint8Array], [1, 1]);
+  t.same([...(await b.receive()) as Uint8Array], [2, 2]);
+  t.same([...(await b.receive()) as Uint8Array], [3, 3, 3]);
+  t.same([...(await b.receive()) as Uint8Array], [4]);
+  const open = a.claim(1)!;
+  await a.close();
+  t.throws(() => open.commit(), { code: ErrorCode.CLOSED }, 'cut off by close');
+  open.abort();
+  t.equal(await b.receive(), undefined, 'the peer got nothing more: its channel ended');
+  await b.close();
+  await listener.close();
+});
+
 t.test('a claim is written through its view or at its offset in memory, and arrives as written', async (t) => {
   const url = `shm://${unique('claim-at')}`;
   const listener = await listen(url);
