@@ -179,10 +179,14 @@ t.test('a committed or aborted claim cannot commit or abort a later one; close c
   t.same([...(await b.receive()) as Uint8Array], [2, 2]);
   t.same([...(await b.receive()) as Uint8Array], [3, 3, 3]);
   t.same([...(await b.receive()) as Uint8Array], [4]);
+  for (const size of [-1, 1.5, NaN]) t.throws(() => a.claim(size), { code: ErrorCode.BAD_ARGUMENT }, `claim(${size})`);
+  t.throws(() => a.claim(2 ** 32), { code: ErrorCode.MESSAGE_TOO_LARGE }, 'claim(2^32)');
   const open = a.claim(1)!;
+  t.throws(() => a.claim(2 ** 32), { code: ErrorCode.MESSAGE_TOO_LARGE }, 'the size is checked before the open claim');
   await a.close();
   t.throws(() => open.commit(), { code: ErrorCode.CLOSED }, 'cut off by close');
   open.abort();
+  t.throws(() => a.claim(1), { code: ErrorCode.CLOSED }, 'no claim after close');
   t.equal(await b.receive(), undefined, 'the peer got nothing more: its channel ended');
   await b.close();
   await listener.close();
