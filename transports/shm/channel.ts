@@ -529,11 +529,11 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
    * records of a batch. The first payload's address, or 0 when the ring has no room now (then 'drain' follows) or
    * messages are queued. */
   private claimRoom(size: number, max: number): number {
-    // Everything a claim needs in one test (a record at a time, ~1 ns less than checkSendable and the rest one by
-    // one); refuseClaim says what failed. A claim is whole records: zero copy cannot be fragmented.
-    if (this.openClaim !== 0 || this.state !== 'open' || this.failure !== undefined || this.peerGone || (size >>> 0) !== size || size > this.tx.maxPayload) {
-      this.refuseClaim(size);
-    }
+    this.checkSendable();
+    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
+    // A claim is whole records: zero copy cannot be fragmented.
+    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
+    if (this.openClaim !== 0) throw new BadStateError('a claim is already open on this channel');
     if (this.sendQueue.length > 0) return 0;
     let at: number;
     try {
@@ -546,14 +546,6 @@ export class Channel extends EventEmitter implements AsyncIterable<unknown> {
       this.waitForRoom(size);
     }
     return at;
-  }
-
-  /** Why claimRoom cannot claim: the channel's state, a bad size, or a claim already open. */
-  private refuseClaim(size: number): never {
-    this.checkSendable();
-    if (!Number.isInteger(size) || size < 0) throw new BadArgumentError('claim size must be a non-negative integer', { size });
-    if (size > this.tx.maxPayload) throw new MessageTooLargeError(size, this.tx.maxPayload);
-    throw new BadStateError('a claim is already open on this channel');
   }
 
   /** @internal ClaimBatch.commit: publishes the first `n` of the `count` records claim `serial` holds. */
