@@ -4,7 +4,7 @@
  * to replace this file, keeping its small interface (RunnerHandle).
  */
 import { Worker } from 'node:worker_threads';
-import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SEEN, CTL_SLEEPING, CTL_STOP, type RunnerConfig, type RunnerReport } from './runner.js';
+import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SEEN, CTL_SLEEPING, CTL_STOP, RUNNER_LOADED, type RunnerConfig, type RunnerReport } from './runner.js';
 import { spawn, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
@@ -90,13 +90,17 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_INTS * 4));
   const worker = new Worker(script('runner-thread'), { workerData: { config, ctl }, execArgv: [], stdin: false });
   let gone = false;
+  let markLoaded!: () => void;
+  // Settles when the thread has loaded its modules or is gone (see RUNNER_LOADED): terminate waits for it.
+  const loaded = new Promise<void>((resolve) => { markLoaded = resolve; });
   const exited = new Promise<void>((resolve) => {
     let failure: Error | undefined;
     worker.on('error', (error) => { failure = error; });
-    worker.on('exit', () => { gone = true; resolve(); events.onExit(failure); });
+    worker.on('exit', () => { gone = true; markLoaded(); resolve(); events.onExit(failure); });
   });
-  worker.on('message', (m: 0 | RunnerReport) => {
+  worker.on('message', (m: 0 | typeof RUNNER_LOADED | RunnerReport) => {
     if (m === 0) events.onBell();
+    else if (m === RUNNER_LOADED) markLoaded();
     else events.onReport(m);
   });
   return {
@@ -105,6 +109,7 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
       if (!gone) {
         Atomics.store(ctl, CTL_STOP, 1);
         Atomics.notify(ctl, CTL_IN_SEQ);
+        await loaded;
         await worker.terminate();
       }
       await exited;

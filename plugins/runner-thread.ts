@@ -4,10 +4,13 @@
  * postMessage: the only thing that wakes another thread's event loop in Node 20, which has no Atomics.waitAsync.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { CTL_IN_SEQ, runPlugin, type RunnerConfig } from './runner.js';
+import { CTL_IN_SEQ, RUNNER_LOADED, runPlugin, type RunnerConfig } from './runner.js';
 
 const { config, ctl } = workerData as { config: RunnerConfig; ctl: Int32Array };
 const port = parentPort!;
+
+// The imports above are loaded: from here on the host may terminate this thread (see RUNNER_LOADED).
+port.postMessage(RUNNER_LOADED);
 
 runPlugin(config, {
   ctl,
