@@ -541,6 +541,9 @@ class Instance {
     if (this.dead) return;
     this.dead = true;
     this.ready = false;
+    // An instance closed before it was ready (a replacement still starting) would otherwise keep its start timer,
+    // and with it the process, alive for startTimeout.
+    clearTimeout(this.startTimer);
     this.queue.length = 0;
     await this.runner?.terminate();
     this.tx.dispose();

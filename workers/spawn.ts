@@ -243,17 +243,30 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
   } catch (cause) {
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot start the worker thread', { cause, details: { module: href } });
   }
+  const release = () => { try { releaseWorkerEnds(pair, closeFd); } catch { /* already closed */ } };
+  // The thread is terminated only once it has loaded its imports (THREAD_TOOK_FDS comes after them): a worker
+  // terminated while Node loads a native addon (koffi) aborts the whole process (as in plugins/runner-start.ts).
+  let loaded = false;
+  let terminateWhenLoaded = false;
+  const terminate = (): void => {
+    if (loaded) void worker.terminate();
+    else terminateWhenLoaded = true;
+  };
+  worker.on('message', (m) => {
+    if (m !== THREAD_TOOK_FDS) return;
+    loaded = true;
+    release();
+    if (terminateWhenLoaded) void worker.terminate();
+  });
   let channel: Channel;
   try {
     spawnTestHooks.beforeParentChannel?.({ threadId: worker.threadId });
     channel = openParentChannel(pair, process.pid, `worker.thread.${worker.threadId}`);
   } catch (error) {
     // The thread runs already (it may hold copies of the descriptors: they are closed when it ends).
-    void worker.terminate();
+    terminate();
     throw error;
   }
-  const release = () => { try { releaseWorkerEnds(pair, closeFd); } catch { /* already closed */ } };
-  worker.on('message', (m) => { if (m === THREAD_TOOK_FDS) release(); });
   let handle: WorkerHandle | undefined;
   worker.on('error', errorHandler(() => handle, () => {}));
   const exited = new Promise<WorkerExit>((resolve) => worker.once('exit', (code) => {
@@ -261,7 +274,7 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
     resolve({ code, signal: null });
   }));
   handle = new WorkerHandle({
-    channel, isolation: 'thread', threadId: worker.threadId, exited, kill: () => { void worker.terminate(); }, claims: pair.claims,
+    channel, isolation: 'thread', threadId: worker.threadId, exited, kill: terminate, claims: pair.claims,
   });
   return handle;
 }
