@@ -29,7 +29,12 @@ export interface WorkerContext {
 }
 
 /** The context a worker received, checked: the geometry is recomputed here, never taken from the parent's text. */
-export interface CheckedContext { isolation: Isolation; segmentFd: number; socketFd: number; geometry: PairGeometry; parentPid: number; claims: boolean; syncIdle: boolean }
+export interface CheckedContext {
+  isolation: Isolation; segmentFd: number; socketFd: number; geometry: PairGeometry; parentPid: number; claims: boolean; syncIdle: boolean;
+  /** A thread's: who owns its copies of the descriptors (THREAD_FDS_HELD, or THREAD_FDS_TAKEN once the thread took
+   * them for its channel or to close them), shared with the parent, which closes them if the thread never did. */
+  owner?: Int32Array;
+}
 
 const fdOk = (fd: unknown): fd is number => typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 && fd < 1 << 20;
 
@@ -54,6 +59,7 @@ export function setWorkerContext(context: CheckedContext): void {
 export function takeWorkerContext(): CheckedContext | undefined {
   const c = slots[CONTEXT_KEY];
   delete slots[CONTEXT_KEY];
+  if (c?.owner !== undefined) Atomics.store(c.owner, 0, THREAD_FDS_TAKEN);
   return c;
 }
 
@@ -62,5 +68,11 @@ export function channelSlot(): { get(): Promise<unknown> | undefined; set(p: Pro
   return { get: () => slots[CHANNEL_KEY], set: (p) => { slots[CHANNEL_KEY] = p; } };
 }
 
-/** What a worker thread posts once it holds its own copies of the parent's descriptors. */
+/** What a worker thread posts once it holds its own copies of the parent's descriptors: [THREAD_TOOK_FDS, segment
+ * fd, socket fd] (the copies' numbers). */
 export const THREAD_TOOK_FDS = 'shmbus.worker.took-fds';
+/** CheckedContext.owner[0]: the thread holds its copies and has not taken them. */
+export const THREAD_FDS_HELD = 0;
+/** CheckedContext.owner[0]: the thread took its copies (parentChannel, or its exit hook closed them). A thread
+ * terminated before that cannot close them (no JavaScript runs in it any more): its parent does. */
+export const THREAD_FDS_TAKEN = 1;

@@ -16,7 +16,7 @@ import { socketPair } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
 import { abandonParentPair, createParentPair, openParentChannel, pairGeometry, releaseWorkerEnds, type PairClaims, type PairWakeMode, type ParentPair } from './pair.js';
 import { workerScript } from './script.js';
-import { CONTEXT_ENV, THREAD_TOOK_FDS, type Isolation, type WorkerContext } from './context.js';
+import { CONTEXT_ENV, THREAD_FDS_HELD, THREAD_FDS_TAKEN, THREAD_TOOK_FDS, type Isolation, type WorkerContext } from './context.js';
 
 export type { Isolation } from './context.js';
 
@@ -235,10 +235,12 @@ async function spawnProcess(pair: ParentPair, href: string, args: string[], exec
 }
 
 function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: string[], env: NodeJS.ProcessEnv | undefined, context: WorkerContext): WorkerHandle {
+  // Who owns the thread's copies of the descriptors (context.ts THREAD_FDS_HELD / THREAD_FDS_TAKEN).
+  const owner = new Int32Array(new SharedArrayBuffer(4));
   let worker: Worker;
   try {
     worker = new Worker(THREAD_ENTRY, {
-      workerData: { context, module: href }, argv: args, execArgv, ...(env ? { env } : {}),
+      workerData: { context, module: href, owner }, argv: args, execArgv, ...(env ? { env } : {}),
     });
   } catch (cause) {
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot start the worker thread', { cause, details: { module: href } });
@@ -252,27 +254,33 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
     if (loaded) void worker.terminate();
     else terminateWhenLoaded = true;
   };
+  let copies: [number, number] | undefined;
   worker.on('message', (m) => {
-    if (m !== THREAD_TOOK_FDS) return;
+    if (!Array.isArray(m) || m[0] !== THREAD_TOOK_FDS) return;
+    copies = [m[1] as number, m[2] as number];
     loaded = true;
     release();
     if (terminateWhenLoaded) void worker.terminate();
   });
+  const exited = new Promise<WorkerExit>((resolve) => worker.once('exit', (code) => {
+    release();
+    // Terminated before its module took its copies of the descriptors, the thread could not close them.
+    if (copies !== undefined && Atomics.compareExchange(owner, 0, THREAD_FDS_HELD, THREAD_FDS_TAKEN) === THREAD_FDS_HELD) {
+      for (const fd of copies) { try { closeFd(fd); } catch { /* closed */ } }
+    }
+    resolve({ code, signal: null });
+  }));
   let channel: Channel;
   try {
     spawnTestHooks.beforeParentChannel?.({ threadId: worker.threadId });
     channel = openParentChannel(pair, process.pid, `worker.thread.${worker.threadId}`);
   } catch (error) {
-    // The thread runs already (it may hold copies of the descriptors: they are closed when it ends).
+    // The thread runs already (it may hold copies of the descriptors: they are closed when it ends, above).
     terminate();
     throw error;
   }
   let handle: WorkerHandle | undefined;
   worker.on('error', errorHandler(() => handle, () => {}));
-  const exited = new Promise<WorkerExit>((resolve) => worker.once('exit', (code) => {
-    release();
-    resolve({ code, signal: null });
-  }));
   handle = new WorkerHandle({
     channel, isolation: 'thread', threadId: worker.threadId, exited, kill: terminate, claims: pair.claims,
   });
