@@ -111,7 +111,9 @@ export class WorkerHandle extends EventEmitter<WorkerHandleEvents> {
     return this.#exit;
   }
 
-  /** Sends `signal` (default SIGTERM) to a process; terminates a thread (whatever the signal). A no-op once ended. */
+  /** Sends `signal` (default SIGTERM) to a process; terminates a thread (whatever the signal), once it has loaded
+   * shmbus's modules if it is still starting (Node aborts the process when a thread is terminated inside koffi's
+   * loading). A no-op once ended. */
   kill(signal: NodeJS.Signals = 'SIGTERM'): void {
     if (this.#exit) return;
     this.#kill(signal);
