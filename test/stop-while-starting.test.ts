@@ -7,9 +7,11 @@
 // in three). A plugin instance closed before it was ready also left its start timer running (30 s): the fixture
 // counts the timers left.
 import t from 'tap';
-import { scaled, startFixture, within } from './helpers.js';
+import { fileTimeout, scaled, startFixture, within } from './helpers.js';
 
-for (const [mode, full, min] of [['worker', 600, 60], ['plugin', 300, 60]] as const) {
+fileTimeout(t, 40, 25);
+
+for (const [mode, full, min] of [['worker', 300, 60], ['plugin', 300, 60]] as const) {
   t.test(`${mode}: stopped at any point while its thread starts, the process lives and every stop ends`, async (t) => {
     const count = scaled(full, min);
     const child = startFixture(t, 'stop-while-starting', [mode, String(count)]);
