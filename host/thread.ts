@@ -158,3 +158,16 @@ export class DedicatedThread {
     this.options.onFailure(error);
   }
 }
+
+/**
+ * The rule for terminating any worker thread of ours that imports koffi (a plugin's runner, a `spawn`ed thread):
+ * Node aborts the whole process ("FATAL ERROR: napi_throw") when a thread is terminated while koffi loads or
+ * declares its functions, so a thread is terminated only after it said its imports are loaded (`loaded()`, called
+ * by the owner on that message) or it is gone. DedicatedThread keeps the same rule through its 'ready'.
+ */
+export function terminationGate(worker: Worker): { loaded(): void; terminate(): Promise<number> } {
+  let loaded!: () => void;
+  const imported = new Promise<void>((resolve) => { loaded = resolve; });
+  worker.once('exit', () => loaded());
+  return { loaded, terminate: async () => { await imported; return worker.terminate(); } };
+}

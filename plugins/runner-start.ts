@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { getEngine } from '../host/engine.js';
 import { Region } from '../host/region.js';
+import { terminationGate } from '../host/thread.js';
 import { futexWake } from '../host/sys/futex.js';
 import { fileURLToPath } from 'node:url';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
@@ -90,17 +91,15 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_INTS * 4));
   const worker = new Worker(script('runner-thread'), { workerData: { config, ctl }, execArgv: [], stdin: false });
   let gone = false;
-  let markLoaded!: () => void;
-  // Settles when the thread has loaded its modules or is gone (see RUNNER_LOADED): terminate waits for it.
-  const loaded = new Promise<void>((resolve) => { markLoaded = resolve; });
+  const gate = terminationGate(worker);
   const exited = new Promise<void>((resolve) => {
     let failure: Error | undefined;
     worker.on('error', (error) => { failure = error; });
-    worker.on('exit', () => { gone = true; markLoaded(); resolve(); events.onExit(failure); });
+    worker.on('exit', () => { gone = true; resolve(); events.onExit(failure); });
   });
   worker.on('message', (m: 0 | typeof RUNNER_LOADED | RunnerReport) => {
     if (m === 0) events.onBell();
-    else if (m === RUNNER_LOADED) markLoaded();
+    else if (m === RUNNER_LOADED) gate.loaded();
     else events.onReport(m);
   });
   return {
@@ -109,8 +108,7 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
       if (!gone) {
         Atomics.store(ctl, CTL_STOP, 1);
         Atomics.notify(ctl, CTL_IN_SEQ);
-        await loaded;
-        await worker.terminate();
+        await gate.terminate();
       }
       await exited;
     },

@@ -27,9 +27,9 @@ export const CTL_OUTBOX = 3; // written by the runner: 1 while the plugin's outb
 export const CTL_SEEN = 4; // written by the runner: the CTL_IN_SEQ it loaded before its latest poll (it is running)
 export const CTL_INTS = 5;
 
-/** A thread runner's first message: every module it needs is loaded, koffi's native addon among them. Until then
- * the host does not terminate it: a worker terminated while Node loads a native addon aborts the whole process
- * (FATAL ERROR: napi_throw, seen when a plugin was closed right after its instance was replaced). */
+/** A thread runner's first message: every module it needs is loaded, koffi among them. Until then the host does
+ * not terminate it (host/thread.ts terminationGate; seen when a plugin was closed right after its instance was
+ * replaced). */
 export const RUNNER_LOADED = 1;
 
 /** What the runner tells its host (postMessage or the process channel: control only, never message data). */

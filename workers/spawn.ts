@@ -16,6 +16,7 @@ import { socketPair } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
 import { abandonParentPair, createParentPair, openParentChannel, pairGeometry, releaseWorkerEnds, type PairClaims, type PairWakeMode, type ParentPair } from './pair.js';
 import { workerScript } from './script.js';
+import { terminationGate } from '../host/thread.js';
 import { CONTEXT_ENV, THREAD_FDS_HELD, THREAD_FDS_TAKEN, THREAD_TOOK_FDS, type Isolation, type WorkerContext } from './context.js';
 
 export type { Isolation } from './context.js';
@@ -248,21 +249,16 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
     throw new ShmbusError(ErrorCode.SYSCALL, 'cannot start the worker thread', { cause, details: { module: href } });
   }
   const release = () => { try { releaseWorkerEnds(pair, closeFd); } catch { /* already closed */ } };
-  // The thread is terminated only once it has loaded its imports (THREAD_TOOK_FDS comes after them): a worker
-  // terminated while Node loads a native addon (koffi) aborts the whole process (as in plugins/runner-start.ts).
-  let loaded = false;
-  let terminateWhenLoaded = false;
-  const terminate = (): void => {
-    if (loaded) void worker.terminate();
-    else terminateWhenLoaded = true;
-  };
+  // The thread is terminated only once it has loaded its imports (THREAD_TOOK_FDS comes after them: host/thread.ts
+  // terminationGate).
+  const gate = terminationGate(worker);
+  const terminate = (): void => { void gate.terminate(); };
   let copies: [number, number] | undefined;
   worker.on('message', (m) => {
     if (!Array.isArray(m) || m[0] !== THREAD_TOOK_FDS) return;
     copies = [m[1] as number, m[2] as number];
-    loaded = true;
     release();
-    if (terminateWhenLoaded) void worker.terminate();
+    gate.loaded();
   });
   const exited = new Promise<WorkerExit>((resolve) => worker.once('exit', (code) => {
     release();

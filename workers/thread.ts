@@ -10,22 +10,12 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { dupFd } from '../host/sys/socket.js';
 import { closeFd } from '../host/sys/shm.js';
 import { checkContext, setWorkerContext, takeWorkerContext, THREAD_TOOK_FDS } from './context.js';
-// Every module that declares libc functions through koffi, and the package entry, loaded before THREAD_TOOK_FDS:
-// a thread terminated while koffi loads or declares functions aborts the whole process (napi_throw), and the
-// parent terminates a thread only after that message (spawn.ts). The module's own imports then come from the cache.
-import '../host/sys/dir.js';
-import '../host/sys/fifo.js';
-import '../host/sys/futex.js';
-import '../host/sys/libc.js';
-import '../host/sys/malloc.js';
-import '../host/sys/mq.js';
-import '../host/sys/msg.js';
-import '../host/sys/prctl.js';
-import '../host/sys/sched.js';
-import '../host/sys/sem.js';
-import '../host/sys/signal.js';
-import '../host/sys/wakemq.js';
+// Loaded before THREAD_TOOK_FDS, after which the parent may terminate this thread (host/thread.ts
+// terminationGate): the package entry, which loads every host/sys module that declares libc functions through
+// koffi but prctl's (the workers' own), and msgpackr's native extractor. The module's own imports of shmbus then
+// come from the cache.
 import '../index.js';
+import '../host/sys/prctl.js';
 
 const data = workerData as { context: unknown; module: string; owner: Int32Array };
 const context = checkContext(data.context);
