@@ -162,7 +162,7 @@ abstract class OpenClaim {
 /**
  * A zero-copy claim on the outbound ring: write the claimed bytes, then `commit(n)` or `abort()`. They are
  * `bytes` (a view made on first use) or, without a view, `memory[offset … offset + size)`: a typed array view costs
- * V8 ~11 ns, a third of the claim and commit together (bench/everyday claim64 and claimAt64 rows).
+ * V8 a good part of the claim and commit together (bench/everyday claim64 against claimAt64 rows).
  */
 export class Claim extends OpenClaim {
   /** Offset in `memory` of the claimed bytes. */
