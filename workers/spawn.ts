@@ -255,7 +255,8 @@ function spawnThread(pair: ParentPair, href: string, args: string[], execArgv: s
   const terminate = (): void => { void gate.terminate(); };
   let copies: [number, number] | undefined;
   worker.on('message', (m) => {
-    if (!Array.isArray(m) || m[0] !== THREAD_TOOK_FDS) return;
+    // Only the entry's own message counts: it comes before the user's module runs (which could post anything).
+    if (copies !== undefined || !Array.isArray(m) || m[0] !== THREAD_TOOK_FDS || !Number.isInteger(m[1]) || !Number.isInteger(m[2])) return;
     copies = [m[1] as number, m[2] as number];
     release();
     gate.loaded();
