@@ -41,8 +41,9 @@ import { onProcessExit } from './exit.js';
 /** The loops a dedicated thread can run (host/thread-worker.ts picks one). */
 export type ThreadKind = 'epoll' | 'msgrcv' | 'futex' | 'sem' | 'sysvsem';
 
-/** From the thread: 'ready' once its loop's modules are loaded, 0 for a notification, or the error that stopped it. */
-export type ThreadMessage = 'ready' | 0 | { error: string; errno?: number };
+/** From the thread: 'ready' once its loop's modules are loaded, 0 for a notification, `{ left }` once it stopped
+ * serving the object of that epoch (host/wake/thread.ts), or the error that stopped it. */
+export type ThreadMessage = 'ready' | 0 | { left: number } | { error: string; errno?: number };
 
 /**
  * The compiled worker script. Next to this file when running compiled (dist/host/); from the sources (tap runs
@@ -62,8 +63,8 @@ export interface DedicatedThreadOptions {
   data: Record<string, unknown>;
   /** Sets the thread's stop flag and makes its blocking call return. Synchronous and safe during process exit. */
   stop(): void;
-  /** A notification (0) from the thread. */
-  onMessage?(message: 0): void;
+  /** A notification (0), or another message of its user's (`{ left }`), from the thread. */
+  onMessage?(message: 0 | { left: number }): void;
   /** The thread failed (see the file comment). Called at most once; never after stop(). */
   onFailure(error: ShmbusError): void;
 }
@@ -100,8 +101,8 @@ export class DedicatedThread {
         this.starting = false;
         if (this.holds === 0 || this.stopping) this.worker.unref();
         onReady();
-      } else if (message === 0) {
-        options.onMessage?.(0);
+      } else if (message === 0 || (typeof message === 'object' && message !== null && 'left' in message)) {
+        options.onMessage?.(message);
       } else if (typeof message === 'object' && message !== null && 'error' in message) {
         this.fail(new ShmbusError(ErrorCode.SYSCALL, `the ${this.kind} thread failed: ${message.error}`, { details: { errno: message.errno } }));
       }
@@ -132,6 +133,11 @@ export class DedicatedThread {
   stop(): Promise<void> {
     this.requestStop();
     return this.exitPromise;
+  }
+
+  /** Sends the thread's loop a message (it reads them itself: host/wake/wait-loops.ts nextObject). */
+  post(message: unknown): void {
+    this.worker.postMessage(message);
   }
 
   /** Settles once the thread has exited (stopped or not). */

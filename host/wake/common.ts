@@ -42,13 +42,16 @@ export interface WakeStats {
   kicks: number;
   /** Wait threads of this mechanism running now: started, loaded (ready) and not yet exited (host/wake/thread.ts). */
   threads: number;
+  /** Wait threads of this mechanism ever started: one per mechanism (futex: per 127 parked words) whatever the
+   * number of channels opened and closed, since an idle one is kept for the next (host/wake/thread.ts). */
+  started: number;
 }
 
 const allStats = new Map<string, WakeStats>();
 
 export function statsFor(name: string): WakeStats {
   let s = allStats.get(name);
-  if (!s) allStats.set(name, (s = { parks: 0, wakes: 0, rings: 0, fallbacks: 0, objects: 0, kicks: 0, threads: 0 }));
+  if (!s) allStats.set(name, (s = { parks: 0, wakes: 0, rings: 0, fallbacks: 0, objects: 0, kicks: 0, threads: 0, started: 0 }));
   return s;
 }
 

@@ -194,10 +194,11 @@ class FutexHub implements WordHub {
     }
     this.broken.delete(sleeper);
     if (--this.sleepers > 0) return;
-    // No channel left on a futex: stop the threads (a new channel starts one again).
-    const shards = this.shards;
-    this.shards = [];
-    for (const s of shards) void s.thread.stop();
+    // No channel left on a futex: the first thread idles for the next channel, asleep on its control word with
+    // every slot empty and not holding the process (starting threads over and over costs each time, and leaks
+    // koffi's memory: thread.ts `idle`); the others, taken past 127 words, stop.
+    const extra = this.shards.splice(1);
+    for (const s of extra) void s.thread.stop();
   }
 
   /** A thread died: its channels are polled from now on (and told to look now). */

@@ -8,8 +8,8 @@
  * before it posts, so the look that the post causes sees it. Posting past SEM_VALUE_MAX (EOVERFLOW: billions of
  * wakeups nobody took) falls back to the doorbell byte.
  *
- * Lifetime: created by the first handshake that asks for `sem`, unlinked when its last channel closes and at
- * process exit (a crash leaves the file; `shmbus clean` removes those of dead pids). The peer keeps its own
+ * Lifetime: created by the first handshake that asks for `sem`, unlinked when its last channel closes (the wait
+ * thread then idles until the next semaphore) and at process exit (a crash leaves the file; `shmbus clean` removes those of dead pids). The peer keeps its own
  * mapping open until its channel closes, so an unlinked semaphore stays valid for it; a new one gets a new name.
  *
  * Trust: a bell posts only the peer's own semaphore: the name must be /shmbus-wake.<the peer's pid>.<n> (pid
@@ -21,7 +21,7 @@ import { O_CREAT, O_EXCL } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
 import { ObjectMechanism, ringFallback, requirePeer, peerObjectName, WAKE_OBJECT_NAME, type Incarnation, type ProcessObject } from './common.js';
-import { WaitThread } from './thread.js';
+import { acquireWaitThread, retireWaitThread, type WaitThread } from './thread.js';
 import { onProcessExit } from '../exit.js';
 
 /** Names this mechanism creates: /shmbus-wake.<pid>.<n>. */
@@ -38,7 +38,7 @@ class SemObject implements ProcessObject {
     this.sem = openExclusive(this.name);
     try {
       const sem = this.sem;
-      this.thread = new WaitThread({
+      this.thread = acquireWaitThread({
         family: 'sem',
         data: { sem },
         onMessage: () => incarnation.checkAll(),
@@ -69,8 +69,9 @@ class SemObject implements ProcessObject {
   destroy(): void {
     this.unhook();
     try { semUnlink(this.name); } catch { /* already gone */ }
-    // The thread may still be inside sem_wait: unmap the semaphore only once it has left.
-    void this.thread.stop().then(() => semClose(this.sem));
+    // The thread may still be inside sem_wait: unmap the semaphore only once it has left (it then idles for the
+    // next semaphore: thread.ts retireWaitThread).
+    void retireWaitThread(this.thread).then(() => semClose(this.sem));
   }
 }
 

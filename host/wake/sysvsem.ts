@@ -14,7 +14,8 @@
  * (EIDRM, EINVAL) makes the bell fall back to the doorbell byte.
  *
  * Lifetime: created by the first handshake that asks for `sysvsem`, removed (IPC_RMID, which also ends the
- * thread's semop with EIDRM) when its last channel closes and at process exit.
+ * thread's semop with EIDRM; the thread then idles until the next set) when its last channel closes and at
+ * process exit.
  *
  * Trust: a bell adds only to the peer's own set, checked once at the handshake (verifyPeerSet): key, owner,
  * creator and the pid holding #1 must all be the peer's (pid and uid from SO_PEERCRED). A semid is then
@@ -27,7 +28,7 @@ import { IPC_CREAT, IPC_EXCL, SEM_UNDO } from '../sys/constants.js';
 import { ErrorCode, ShmbusError } from '../errors.js';
 import type { Bell, BellContext, WakeKind } from './mechanism.js';
 import { ObjectMechanism, ringFallback, param, isInt, requirePeer, type Incarnation, type ProcessObject } from './common.js';
-import { WaitThread } from './thread.js';
+import { acquireWaitThread, retireWaitThread, type WaitThread } from './thread.js';
 
 /** The key of a process's wake set: this tag in the top byte, the pid (up to 2^24) below. */
 export const SYSVSEM_KEY_TAG = 0xb5000000;
@@ -42,11 +43,12 @@ class SysvSemObject implements ProcessObject {
     const semid = this.semid;
     try {
       semOp(semid, [{ num: 1, op: 1, flags: SEM_UNDO }]);
-      this.thread = new WaitThread({
+      this.thread = acquireWaitThread({
         family: 'sysvsem',
         data: { semid },
         onMessage: () => incarnation.checkAll(),
-        // Removing the set is how the thread is stopped: its semop returns EIDRM. Also right at process exit.
+        // Removing the set is how the thread is moved off it or stopped: its semop returns EIDRM. Also right at
+        // process exit.
         kick: () => { semRemove(semid); },
         onFailure: (error) => incarnation.fail(error),
       });
@@ -69,8 +71,9 @@ class SysvSemObject implements ProcessObject {
   }
 
   destroy(): void {
+    // Moves the epoch, then removes the set (the kick): the thread leaves it and idles for the next set.
+    void retireWaitThread(this.thread);
     semRemove(this.semid);
-    void this.thread.stop();
   }
 }
 

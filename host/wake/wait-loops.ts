@@ -7,14 +7,17 @@
  * is parked is harmless.
  *
  * Every loop re-checks CTL_STOP after each return from its system call; the main thread sets it and then makes
- * that call return (futex wake on the control word, sem_post, IPC_RMID).
+ * that call return (futex wake on the control word, sem_post, IPC_RMID). The sem and sysvsem threads serve one
+ * object after another (thread.ts WaitThread.detach/attach): they also leave their object when CTL_EPOCH moves,
+ * say so (`{ left: epoch }`), and sleep until the next object comes.
  */
+import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { futexWaitv, addressOf } from '../sys/futex.js';
 import { semWaitRaw, semTryWait, semOpRaw, encodeSemOps, semGetVal } from '../sys/sem.js';
 import { Errno } from '../errors.js';
 import { FUTEX2_SIZE_U32, FUTEX2_PRIVATE, IPC_NOWAIT } from '../sys/constants.js';
 import {
-  CTL_STOP, CTL_NOTIFY, CTL_GEN, CTL_SLEEPING, CTL_SLOTS_USED, SLOT_BASE, SLOT_INTS, SLOT_ARMED, SLOT_FIRED,
+  CTL_STOP, CTL_EPOCH, CTL_NOTIFY, CTL_GEN, CTL_SLEEPING, CTL_SLOTS_USED, SLOT_BASE, SLOT_INTS, SLOT_ARMED, SLOT_FIRED,
   FUTEX_SLOTS, type WaitFamily,
 } from './thread.js';
 import type { ThreadMessage } from '../thread.js';
@@ -32,6 +35,44 @@ function notify(): void {
 }
 
 const stopping = () => Atomics.load(ctl, CTL_STOP) !== 0;
+
+/** The thread must leave the object of `epoch`: told to stop, or moved off it. */
+const leaving = (epoch: number) => stopping() || Atomics.load(ctl, CTL_EPOCH) !== epoch;
+
+type WaitObject = { epoch: number } & Partial<WaitThreadData>;
+
+/** The latest object read from the port and not yet served (see nextObject). */
+let pending: WaitObject | undefined;
+
+/**
+ * The object of the current epoch, sleeping on the epoch word while there is none (an idle thread holds nothing);
+ * undefined once the thread must stop. WaitThread.attach posts the object before it moves the epoch, so a thread
+ * that sees the new epoch finds its object in the port.
+ */
+function nextObject(): WaitObject | undefined {
+  for (;;) {
+    if (stopping()) return undefined;
+    const epoch = Atomics.load(ctl, CTL_EPOCH);
+    for (let m = receiveMessageOnPort(parentPort!); m !== undefined; m = receiveMessageOnPort(parentPort!)) {
+      pending = m.message as WaitObject;
+    }
+    if (pending?.epoch === epoch) {
+      const object = pending;
+      pending = undefined;
+      return object;
+    }
+    Atomics.wait(ctl, CTL_EPOCH, epoch);
+  }
+}
+
+/** Runs `serve` on the first object (from workerData, epoch 0), then on each next one, until told to stop or
+ * `serve` fails (false: it reported why). */
+function serveObjects(serve: (object: WaitObject) => boolean): void {
+  for (let object: WaitObject | undefined = { ...data, epoch: 0 }; object !== undefined; object = nextObject()) {
+    if (!serve(object) || stopping()) return;
+    post({ left: object.epoch });
+  }
+}
 
 /** Reports an error the loop cannot get past, and ends the thread (the main thread falls back, see futex.ts). */
 function fatal(what: string, errno: number): void {
@@ -129,20 +170,21 @@ function futexLoop(): void {
 
 // --- POSIX semaphore -----------------------------------------------------------------------------------------------
 
-function semLoop(): void {
-  const sem = data.sem!;
-  while (!stopping()) {
+function semLoop(object: WaitObject): boolean {
+  const { sem, epoch } = object as { sem: number; epoch: number };
+  while (!leaving(epoch)) {
     const errno = semWaitRaw(sem);
-    if (stopping()) return;
+    if (leaving(epoch)) break;
     if (errno === 0) {
       // Every post is "look again"; one look covers all that are pending, so take them all first.
       while (semWaitNonBlocking(sem)) { /* drain */ }
       notify();
     } else if (errno !== Errno.EINTR) {
       fatal('sem_wait', errno);
-      return;
+      return false;
     }
   }
+  return true;
 }
 
 function semWaitNonBlocking(sem: number): boolean {
@@ -155,28 +197,29 @@ function semWaitNonBlocking(sem: number): boolean {
 
 // --- System V semaphore --------------------------------------------------------------------------------------------
 
-function sysvsemLoop(): void {
-  const semid = data.semid!;
+function sysvsemLoop(object: WaitObject): boolean {
+  const { semid, epoch } = object as { semid: number; epoch: number };
   const take = encodeSemOps([{ num: 0, op: -1, flags: 0 }]);
   const drain = new Uint8Array(6);
-  while (!stopping()) {
+  while (!leaving(epoch)) {
     const errno = semOpRaw(semid, take, 1);
-    if (stopping()) return;
+    if (leaving(epoch)) break;
     if (errno === 0) {
       let pending = 0;
       try { pending = semGetVal(semid, 0); } catch { /* removed: the next semop says so */ }
       if (pending > 0) semOpRaw(semid, encodeSemOps([{ num: 0, op: -pending, flags: IPC_NOWAIT }], drain), 1);
       notify();
     } else if (errno === Errno.EIDRM || errno === Errno.EINVAL) {
-      // The set was removed: by our own process when it stopped using it (then CTL_STOP is set), else by
-      // someone else (ipcrm), which the main thread must hear about.
-      if (!stopping()) fatal('semop', errno);
-      return;
+      // The set was removed: by our own process when it stopped using it (it moves the epoch or sets CTL_STOP
+      // first, so we left above), else by someone else (ipcrm), which the main thread must hear about.
+      fatal('semop', errno);
+      return false;
     } else if (errno !== Errno.EINTR) {
       fatal('semop', errno);
-      return;
+      return false;
     }
   }
+  return true;
 }
 
 /** Runs the loop of `input.kind` until the main thread sets CTL_STOP. */
@@ -186,7 +229,7 @@ export function run(input: WaitThreadData, postMessage: (message: ThreadMessage)
   post = postMessage;
   switch (data.kind) {
     case 'futex': futexLoop(); break;
-    case 'sem': semLoop(); break;
-    case 'sysvsem': sysvsemLoop(); break;
+    case 'sem': serveObjects(semLoop); break;
+    case 'sysvsem': serveObjects(sysvsemLoop); break;
   }
 }
