@@ -5,7 +5,6 @@
 import { LOCK_UNITS_OFFSET, SYNC_MAX_UNITS, lockBytes } from '../assembly/layout.js';
 import { CorruptError } from '../host/errors.js';
 import { SyncSegment, parseTarget, type OpenOptions } from './segment.js';
-import { useWaits } from './wait.js';
 
 export async function openLockSegment(url: string, kind: 'mutex' | 'semaphore', magic: number, units: number | undefined, options: OpenOptions): Promise<SyncSegment> {
   const target = parseTarget(url, kind, options.perm);
@@ -16,7 +15,6 @@ export async function openLockSegment(url: string, kind: 'mutex' | 'semaphore', 
       return lockBytes(shape);
     },
   }, options);
-  useWaits();
   return seg;
 }
 

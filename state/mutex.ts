@@ -6,7 +6,6 @@ import { MUTEX_MAGIC } from '../assembly/layout.js';
 import { BadArgumentError } from '../host/errors.js';
 import { Units, type LockResult, type WaitOptions } from './units.js';
 import { openLockSegment } from './lock-segment.js';
-import { unuseWaits } from './wait.js';
 import type { OpenOptions } from './segment.js';
 
 export type { LockResult, WaitOptions };
@@ -89,6 +88,5 @@ export class Mutex {
     this.#closed = true;
     this.#units.shutdown();
     this.#units.seg.close();
-    unuseWaits();
   }
 }

@@ -6,7 +6,6 @@ import { SEMAPHORE_MAGIC, SYNC_MAX_UNITS } from '../assembly/layout.js';
 import { BadArgumentError } from '../host/errors.js';
 import { Units, type LockResult, type WaitOptions } from './units.js';
 import { openLockSegment } from './lock-segment.js';
-import { unuseWaits } from './wait.js';
 import type { OpenOptions } from './segment.js';
 
 /** Options of Semaphore.open. */
@@ -96,6 +95,5 @@ export class Semaphore {
     this.#closed = true;
     this.#units.shutdown();
     this.#units.seg.close();
-    unuseWaits();
   }
 }

@@ -8,7 +8,7 @@ import {
 import { BadArgumentError, ClosedError, CorruptError, ShmbusError, ErrorCode, TimeoutError } from '../host/errors.js';
 import { claimAlive, claimPid, ownClaim } from '../host/claim.js';
 import { SyncSegment, parseTarget, type OpenOptions } from './segment.js';
-import { useWaits, unuseWaits, waitWord, wakeWord, LIVENESS_MS } from './wait.js';
+import { waitWord, wakeWord, LIVENESS_MS } from './wait.js';
 import {
   layoutOf, readField, checkValue, writeField, addInteger, big, type FieldSpec, type Snapshot, type IntegerField,
   type Layout, type Field, type Value,
@@ -95,7 +95,6 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
         return stateBytes(block);
       },
     }, options);
-    useWaits();
     return new SharedState<F>(seg, layout);
   }
 
@@ -233,7 +232,6 @@ export class SharedState<F extends FieldSpec = FieldSpec> {
     this.#closed = true;
     this.#closer.abort();
     this.#seg.close();
-    unuseWaits();
   }
 
   // ------------------------------------------------------------------------------------------ internals

@@ -5,7 +5,8 @@ import { Mutex } from '../../state/mutex.js';
 import { Semaphore } from '../../state/semaphore.js';
 import { SharedState } from '../../state/shared-state.js';
 import { ErrorCode } from '../../host/errors.js';
-import { fileTimeout, scaled, startFixture, within } from '../helpers.js';
+import { eventually, fileTimeout, scaled, startFixture, within } from '../helpers.js';
+import { wakeStats } from '../../host/wake/index.js';
 import { leftovers, stateUrl } from './common.js';
 
 // Measured on a busy 2-core machine: ~25 s at scale 1. Timeout: 4x that, plus the stress share.
@@ -123,6 +124,32 @@ t.test('lock() waits for a release in the same process, times out, and aborts', 
   t.equal(b.locked, false, 'withLock released the lock when fn threw');
   b.close();
   a.close();
+});
+
+t.test('lock waits sleep on the futex wait thread, and Mutexes opened, waited on and closed again and again start no new one', async (t) => {
+  // A thread costs ~0.1 s to start, and each one that ends leaves koffi's per-thread memory behind (three
+  // mappings): the thread idles between uses instead (host/wake/thread.ts).
+  const futexStats = () => wakeStats().futex ?? { parks: 0, started: 0 };
+  const url = stateUrl('shm');
+  const round = async () => {
+    const a = await Mutex.open(url);
+    const b = await Mutex.open(url);
+    await a.lock();
+    const parks = futexStats().parks;
+    const waiting = b.lock();
+    await eventually(() => futexStats().parks > parks, 'the second locker to sleep on the futex');
+    a.unlock();
+    t.same(await within(30_000, waiting, 'lock after unlock'), { recovered: false });
+    b.unlock();
+    b.close();
+    a.close();
+  };
+  await round();
+  const started = futexStats().started;
+  t.ok(started >= 1, 'the wait went through a wait thread');
+  const rounds = scaled(200, 10);
+  for (let i = 0; i < rounds; i++) await round();
+  t.equal(futexStats().started, started, `no wait thread started for ${rounds} more rounds`);
 });
 
 t.test('close() ends a pending lock() (ERR_SHMBUS_CLOSED) and a pending watch(); the lock stays usable by others', async (t) => {
