@@ -42,5 +42,9 @@ runPlugin({ ...given, module, fd: SEGMENT_FD }, {
     futexWaitv(waiter, 1); // EAGAIN (the word moved), EINTR and a wake all mean: look again
   },
   ringHost() { writeSync(HOST_FD, BELL); },
+  mapSegment(memory, address) {
+    const base = BigInt(koffi.address(new Uint8Array(memory.buffer, 0, 0)) as bigint);
+    mmapFixed(base + BigInt(address), given.bytes, SEGMENT_FD);
+  },
 }, (report) => writeSync(HOST_FD, JSON.stringify(report) + '\n'));
 process.exit(0);

@@ -4,14 +4,19 @@
  * to replace this file, keeping its small interface (RunnerHandle).
  */
 import { Worker } from 'node:worker_threads';
-import { CTL_INTS, CTL_IN_SEQ, CTL_OUTBOX, CTL_SEEN, CTL_SLEEPING, CTL_STOP, RUNNER_LOADED, type RunnerConfig, type RunnerReport } from './runner.js';
+import {
+  CTL_INTS, CTL_IN_SEQ, CTL_MAPPED, CTL_OUTBOX, CTL_SEEN, CTL_SLEEPING, CTL_STOP, MAP_DONE, MAP_FAILED, RUNNER_LOADED,
+  type MapRequest, type RunnerConfig, type RunnerReport,
+} from './runner.js';
 import { spawn, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { getEngine } from '../host/engine.js';
 import { Region } from '../host/region.js';
 import { terminationGate } from '../host/thread.js';
-import { futexWake } from '../host/sys/futex.js';
+import { futexWake, addressOf } from '../host/sys/futex.js';
+import { mmapFixed } from '../host/sys/shm.js';
+import { WASM_PAGE_SIZE } from '../assembly/layout.js';
 import { fileURLToPath } from 'node:url';
 import { BadArgumentError, ErrorCode, ShmbusError } from '../host/errors.js';
 
@@ -97,9 +102,10 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
     worker.on('error', (error) => { failure = error; });
     worker.on('exit', () => { gone = true; resolve(); events.onExit(failure); });
   });
-  worker.on('message', (m: 0 | typeof RUNNER_LOADED | RunnerReport) => {
+  worker.on('message', (m: 0 | typeof RUNNER_LOADED | RunnerReport | MapRequest) => {
     if (m === 0) events.onBell();
     else if (m === RUNNER_LOADED) gate.loaded();
+    else if ('map' in m) mapForRunner(ctl, config, m);
     else events.onReport(m);
   });
   return {
@@ -113,6 +119,25 @@ export function startRunner(isolation: Isolation, config: RunnerConfig, wasm: Ui
       await exited;
     },
   };
+}
+
+/**
+ * Answers a thread runner's MapRequest: maps the segment over the plugin memory's bytes [address, address +
+ * config.bytes), which must be page-aligned and inside the memory as it is now (checked here again: the address
+ * came from the plugin), then wakes the runner with the outcome.
+ */
+function mapForRunner(ctl: Int32Array, config: RunnerConfig, request: MapRequest): void {
+  let outcome = MAP_FAILED;
+  try {
+    const { map: address, memory } = request;
+    const size = memory.buffer.byteLength;
+    if (Number.isInteger(address) && address > 0 && address % WASM_PAGE_SIZE === 0 && address + config.bytes <= size) {
+      mmapFixed(addressOf(new Uint8Array(memory.buffer, 0, 0)) + BigInt(address), config.bytes, config.fd);
+      outcome = MAP_DONE;
+    }
+  } catch { /* MAP_FAILED: the runner reports it */ }
+  Atomics.store(ctl, CTL_MAPPED, outcome);
+  Atomics.notify(ctl, CTL_MAPPED);
 }
 
 /** The control page of a process runner: a sealed memfd mapped into this process's engine and the child's. */

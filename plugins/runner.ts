@@ -1,6 +1,7 @@
 /**
  * The runner of one plugin instance: instantiates the plugin over a shared memory whose `maximum` is the memory
- * limit, maps the host's sealed memfd segment over the region the plugin reserved, attaches, then drives the
+ * limit, has the host's sealed memfd segment mapped over the region the plugin reserved (RunnerBell.mapSegment:
+ * by the runner's process, or for a thread by its host), attaches, then drives the
  * plugin's rings (docs/plugins.md, "The contract with the host") until it is stopped.
  *
  * It runs on a thread (or in a process) of its own, never on the host's event loop: a plugin that never returns
@@ -16,8 +17,6 @@
  * Nothing here trusts the plugin: its traps end the call and are reported, never thrown further.
  */
 import { GUEST_BATCH_MAX, WASM_PAGE_SIZE } from '../assembly/layout.js';
-import { mmapFixed } from '../host/sys/shm.js';
-import koffi from 'koffi';
 
 /** Words of the control array the host and the runner share (Int32 indexes). */
 export const CTL_IN_SEQ = 0; // written by the host: bumped after each commit to ring IN / release of ring OUT
@@ -25,11 +24,28 @@ export const CTL_SLEEPING = 1; // runner sets 1 before it sleeps on CTL_IN_SEQ; 
 export const CTL_STOP = 2; // written by the host: 1 asks the runner to return
 export const CTL_OUTBOX = 3; // written by the runner: 1 while the plugin's outbox waits for room in ring OUT
 export const CTL_SEEN = 4; // written by the runner: the CTL_IN_SEQ it loaded before its latest poll (it is running)
-export const CTL_INTS = 5;
+export const CTL_MAPPED = 5; // written by a thread runner's host: MAP_DONE or MAP_FAILED once it answered a MapRequest
+export const CTL_INTS = 6;
 
-/** A thread runner's first message: every module it needs is loaded, koffi among them. Until then the host does
- * not terminate it (host/thread.ts terminationGate; seen when a plugin was closed right after its instance was
- * replaced). */
+/** CTL_MAPPED: the host mapped the segment where the thread runner asked. */
+export const MAP_DONE = 1;
+/** CTL_MAPPED: the host refused or failed. */
+export const MAP_FAILED = 2;
+
+/**
+ * A thread runner's request to its host (postMessage): map the segment at `address` of `memory` (the plugin's
+ * shared memory, the same in both threads). The host does it, so that the runner's thread never loads koffi:
+ * every thread that loads it leaves koffi's per-thread memory behind when it ends (koffi 3.3.4 never frees it),
+ * and instances are replaced after every trap or timeout, which a plugin can cause at will.
+ */
+export interface MapRequest {
+  map: number;
+  memory: WebAssembly.Memory;
+}
+
+/** A thread runner's first message: every module it needs is loaded. Until then the host does not terminate it
+ * (host/thread.ts terminationGate: Node aborted when a runner was terminated while it loaded koffi, which it did
+ * until the host took over the mapping; the rule stays, so that no future import of the runner reopens that). */
 export const RUNNER_LOADED = 1;
 
 /** What the runner tells its host (postMessage or the process channel: control only, never message data). */
@@ -44,6 +60,9 @@ export interface RunnerBell {
   sleep(seq: number): void;
   /** The host's consumer of ring OUT (or producer of ring IN) parked and must look at the rings. */
   ringHost(): void;
+  /** Maps the host's segment (RunnerConfig fd and bytes) at `address` of `memory`, which the plugin reserved and
+   * the runner checked (page-aligned, inside the memory). Throws when it cannot. */
+  mapSegment(memory: WebAssembly.Memory, address: number): void;
 }
 
 /** Everything a runner needs to start, as sent by the host. */
@@ -112,8 +131,7 @@ export function runPlugin(config: RunnerConfig, bell: RunnerBell, report: (r: Ru
       report({ type: 'failed', code: 'limit', message: `the plugin could not reserve ${config.bytes} bytes for its rings under its memory limit` });
       return;
     }
-    const base = BigInt(koffi.address(new Uint8Array(memory.buffer, 0, 0)) as bigint);
-    mmapFixed(base + BigInt(address), config.bytes, config.fd);
+    bell.mapSegment(memory, address);
     const rc = x.shmbus_attach(address, config.bytes);
     if (rc !== 0) {
       report({ type: 'failed', code: 'attach', message: `shmbus_attach refused the segment`, ring: rc });

@@ -105,3 +105,33 @@ t.test('no source file imports from a layer above its own', async (t) => {
   t.ok(files.has('index.ts') && [...files.keys()].some((f) => f.startsWith('host/')), 'the scan found the sources');
   t.same(violations(files), [], 'every import goes down (or stays in its layer)');
 });
+
+/** The packages `entry` loads, following its relative imports (type-only imports load nothing). */
+function packagesLoadedBy(files: Map<string, string>, entry: string): Set<string> {
+  const packages = new Set<string>();
+  const seen = new Set<string>();
+  const visit = (file: string) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    const source = files.get(file);
+    if (source === undefined) return;
+    const runtime = source.replace(/\bimport\s+type\s[^;]*;/g, '').replace(/\bexport\s+type\s[^;]*;/g, '');
+    for (const spec of importsOf(runtime)) {
+      if (!spec.startsWith('.')) { packages.add(spec); continue; }
+      visit(path.posix.normalize(path.posix.join(path.posix.dirname(file), spec)).replace(/\.js$/, '.ts'));
+    }
+  };
+  visit(entry);
+  return packages;
+}
+
+t.test("a plugin runner's thread loads no native addon (koffi)", async (t) => {
+  // Every thread that loads koffi leaves koffi's per-thread memory behind when it ends (three mappings; koffi
+  // 3.3.4 never frees it), and a plugin can have its instance replaced at will (a trap, a timeout): the host maps
+  // the segment for the runner instead (plugins/runner.ts MapRequest).
+  const files = sources();
+  const loaded = packagesLoadedBy(files, 'plugins/runner-thread.ts');
+  t.ok(loaded.has('node:worker_threads'), `the scan followed the runner's imports (${[...loaded].join(', ')})`);
+  t.notOk(loaded.has('koffi'), 'koffi is not among them');
+  t.ok(packagesLoadedBy(files, 'plugins/runner-process.ts').has('koffi'), 'the same scan finds koffi where it is loaded (the process runner)');
+});
