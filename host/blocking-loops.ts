@@ -18,8 +18,11 @@ import {
   PORT_STOP_TYPE, STOP, TAIL, WAKE_TOKEN,
 } from './blocking.js';
 
-/** What host/blocking.ts hands its thread. */
-export interface EventThreadData { kind: 'epoll' | 'msgrcv'; sab: SharedArrayBuffer; epfd?: number; wakefd?: number }
+/** What host/blocking.ts hands its thread; `boundMs` bounds each blocking call (host/thread.ts NESTED_WAIT_MS). */
+export interface EventThreadData { kind: 'epoll' | 'msgrcv'; sab: SharedArrayBuffer; boundMs: number; epfd?: number; wakefd?: number }
+
+/** A bounded msgrcv loop (no timeout exists for it) looks at an empty port this often at most, while idle. */
+const PORT_POLL_MAX_MS = 5;
 
 let ctrl: Int32Array;
 let bytes: Uint8Array;
@@ -54,11 +57,11 @@ function publish(): void {
   Atomics.notify(ctrl, HEAD);
 }
 
-function epollLoop(epfd: number, wakefd: number): void {
+function epollLoop(epfd: number, wakefd: number, boundMs: number): void {
   const events = new Uint8Array(EPOLL_EVENT_SIZE * 256);
   const view = new DataView(events.buffer);
   while (!stopping()) {
-    const n = epollWait(epfd, events, -1);
+    const n = epollWait(epfd, events, boundMs > 0 ? boundMs : -1);
     for (let i = 0; i < n; i++) {
       const { events: mask, token } = epollEventAt(view, i);
       if (token === WAKE_TOKEN) eventfdDrain(wakefd);
@@ -68,11 +71,13 @@ function epollLoop(epfd: number, wakefd: number): void {
   }
 }
 
-function msgrcvLoop(): void {
+function msgrcvLoop(boundMs: number): void {
   const buf = new Uint8Array(MSG_HEADER + PORT_PAYLOAD_MAX);
   const text = buf.subarray(MSG_HEADER);
   const seen = new Set<number>();
   const gone = new Uint8Array(4);
+  // Bounded: an empty port is looked at again after a pause that doubles up to PORT_POLL_MAX_MS.
+  let pause = 0.05;
   while (!stopping()) {
     const port = Atomics.load(ctrl, PORT);
     if (port === PORT_NONE) {
@@ -81,7 +86,14 @@ function msgrcvLoop(): void {
     }
     let n: number;
     try {
-      n = msgReceive(port, buf, 0, true, MSG_NOERROR);
+      n = msgReceive(port, buf, 0, boundMs === 0, MSG_NOERROR);
+      if (n < 0) {
+        // Only when bounded: nothing there yet (an Atomics.wait is interrupted by terminate).
+        Atomics.wait(ctrl, STOP, 0, pause);
+        pause = Math.min(pause * 2, PORT_POLL_MAX_MS);
+        continue;
+      }
+      pause = 0.05;
     } catch {
       // Removed (EIDRM while we slept, EINVAL after). If the main thread did not detach first, tell it.
       if (Atomics.compareExchange(ctrl, PORT, port, PORT_NONE) === port) {
@@ -116,6 +128,6 @@ export function run(data: EventThreadData): void {
   ctrl = new Int32Array(data.sab);
   bytes = new Uint8Array(data.sab);
   head = Atomics.load(ctrl, HEAD);
-  if (data.kind === 'epoll') epollLoop(data.epfd!, data.wakefd!);
-  else msgrcvLoop();
+  if (data.kind === 'epoll') epollLoop(data.epfd!, data.wakefd!, data.boundMs);
+  else msgrcvLoop(data.boundMs);
 }

@@ -32,11 +32,23 @@
  * "look again" message), and a wakeup costs one thread hop either way. A thread takes 90-150 ms from start to
  * 'ready' on that loaded machine and adds 8.5 MiB of RSS (its V8 isolate), once per kind and process.
  */
-import { Worker } from 'node:worker_threads';
+import { Worker, isMainThread } from 'node:worker_threads';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, ShmbusError } from './errors.js';
 import { onProcessExit } from './exit.js';
+
+/**
+ * How long a blocking call of a dedicated thread lasts at most when the thread was started by a worker thread,
+ * not by the main thread (0: without bound). Node ends such a thread with its creator: terminating the creator
+ * terminates and joins it, and a thread inside a system call never comes back to JavaScript to be terminated, so
+ * `worker.terminate()` of a thread that used a futex, semaphore, POSIX queue or System V port would never finish
+ * (there is no exit hook on terminate to stop it the usual way). Bounded, each call returns at least this often
+ * and the thread goes on (10 wakeups a second while idle); the System V port's msgrcv, which has no timeout,
+ * polls instead (at most 5 ms apart while idle: blocking-loops.ts). From the main thread calls block without
+ * bound: the process-exit hook stops them.
+ */
+export const NESTED_WAIT_MS = isMainThread ? 0 : 100;
 
 /** The loops a dedicated thread can run (host/thread-worker.ts picks one). */
 export type ThreadKind = 'epoll' | 'msgrcv' | 'futex' | 'sem' | 'sysvsem';
@@ -88,7 +100,7 @@ export class DedicatedThread {
     this.kind = options.kind;
     this.options = options;
     this.worker = new Worker(workerScript(), {
-      workerData: { kind: options.kind, ...options.data },
+      workerData: { kind: options.kind, boundMs: NESTED_WAIT_MS, ...options.data },
       execArgv: [],
       stdin: false,
       // The loops allocate almost nothing; a runaway thread fails alone instead of growing without bound.

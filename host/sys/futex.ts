@@ -81,6 +81,13 @@ export function futexWaitvErrno(): number {
   return r < 0 ? koffi.errno() : 0;
 }
 
+/** A struct timespec (two int64) on CLOCK_MONOTONIC `ms` from now: an absolute deadline for futex_waitv and
+ * sem_clockwait (Node's hrtime is CLOCK_MONOTONIC). */
+export function monotonicDeadline(ms: number): BigInt64Array {
+  const at = process.hrtime.bigint() + BigInt(Math.round(ms * 1_000_000));
+  return new BigInt64Array([at / 1_000_000_000n, at % 1_000_000_000n]);
+}
+
 /** The kernel thread id of the calling thread (what tgkill and pidfd_open with PIDFD_THREAD address). */
 export function gettid(): number {
   return syscall6(SYS_GETTID, 0, 0, 0, 0, 0, 0);

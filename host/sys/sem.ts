@@ -20,7 +20,9 @@ import koffi from 'koffi';
 import { BadArgumentError, ErrorCode, Errno, ShmbusError, SystemError, type ErrorCodeValue } from '../errors.js';
 import {
   GETPID, GETVAL, IPC_NOWAIT, IPC_RMID, IPC_STAT, SEMBUF_SIZE, O_RDWR, O_NOFOLLOW, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED,
+  CLOCK_MONOTONIC,
 } from './constants.js';
+import { monotonicDeadline } from './futex.js';
 
 const lib = koffi.load('libc.so.6');
 
@@ -36,9 +38,11 @@ const c = {
   sem_unlink: lib.func('int sem_unlink(const char *name)') as (name: string) => number,
   sem_post: lib.func('int sem_post(intptr_t sem)') as (sem: number) => number,
   sem_wait: lib.func('int sem_wait(intptr_t sem)') as (sem: number) => number,
+  sem_clockwait: lib.func('int sem_clockwait(intptr_t sem, int clock, const int64_t *abstime)') as (sem: number, clock: number, abstime: BigInt64Array) => number,
   sem_trywait: lib.func('int sem_trywait(intptr_t sem)') as (sem: number) => number,
   semget: lib.func('int semget(int key, int nsems, int semflg)') as (key: number, nsems: number, flags: number) => number,
   semop: lib.func('int semop(int semid, void *sops, size_t nsops)') as (semid: number, sops: Uint8Array, nsops: number) => number,
+  semtimedop: lib.func('int semtimedop(int semid, void *sops, size_t nsops, const int64_t *timeout)') as (semid: number, sops: Uint8Array, nsops: number, timeout: BigInt64Array) => number,
   semctl: lib.func('int semctl(int semid, int semnum, int cmd, intptr_t arg)') as (semid: number, num: number, cmd: number, arg: number) => number,
   semctlBuf: lib.func('semctl', 'int', ['int', 'int', 'int', 'void *']) as (semid: number, num: number, cmd: number, buf: Uint8Array) => number,
   mmap: lib.func('intptr_t mmap(intptr_t addr, size_t len, int prot, int flags, int fd, int64_t offset)') as
@@ -110,6 +114,11 @@ export function semPost(sem: number): boolean {
 /** Raw sem_wait for a wait thread's loop: 0, or the errno (EINTR is an ordinary outcome there). */
 export function semWaitRaw(sem: number): number {
   return c.sem_wait(sem) === 0 ? 0 : koffi.errno();
+}
+
+/** sem_wait that gives up after `ms` (sem_clockwait on CLOCK_MONOTONIC): 0, ETIMEDOUT, or another errno. */
+export function semWaitBoundedRaw(sem: number, ms: number): number {
+  return c.sem_clockwait(sem, CLOCK_MONOTONIC, monotonicDeadline(ms)) === 0 ? 0 : koffi.errno();
 }
 
 /** sem_trywait: true when it took one, false when the value was 0 (EAGAIN). */
@@ -240,6 +249,12 @@ export function encodeSemOps(ops: readonly SemOp[], buf = new Uint8Array(ops.len
 /** Raw semop for hot paths and wait loops: 0, or the errno. */
 export function semOpRaw(semid: number, sops: Uint8Array, nsops: number): number {
   return c.semop(semid, sops, nsops) === 0 ? 0 : koffi.errno();
+}
+
+/** semop that gives up after `ms` (semtimedop): 0, EAGAIN when the time ran out, or another errno. */
+export function semOpBoundedRaw(semid: number, sops: Uint8Array, nsops: number, ms: number): number {
+  const timeout = new BigInt64Array([BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1_000_000)]);
+  return c.semtimedop(semid, sops, nsops, timeout) === 0 ? 0 : koffi.errno();
 }
 
 /** semop that throws; EAGAIN (IPC_NOWAIT and it would block) is returned as false. */

@@ -12,8 +12,8 @@
  * say so (`{ left: epoch }`), and sleep until the next object comes.
  */
 import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
-import { futexWaitv, addressOf } from '../sys/futex.js';
-import { semWaitRaw, semTryWait, semOpRaw, encodeSemOps, semGetVal } from '../sys/sem.js';
+import { futexWaitv, addressOf, monotonicDeadline } from '../sys/futex.js';
+import { semWaitRaw, semWaitBoundedRaw, semTryWait, semOpRaw, semOpBoundedRaw, encodeSemOps, semGetVal } from '../sys/sem.js';
 import { Errno } from '../errors.js';
 import { FUTEX2_SIZE_U32, FUTEX2_PRIVATE, IPC_NOWAIT } from '../sys/constants.js';
 import {
@@ -22,8 +22,8 @@ import {
 } from './thread.js';
 import type { ThreadMessage } from '../thread.js';
 
-/** What a WaitThread hands its thread. */
-export interface WaitThreadData { kind: WaitFamily; ctl: Int32Array; memory?: WebAssembly.Memory; sem?: number; semid?: number }
+/** What a WaitThread hands its thread; `boundMs` bounds each blocking call (host/thread.ts NESTED_WAIT_MS). */
+export interface WaitThreadData { kind: WaitFamily; ctl: Int32Array; boundMs: number; memory?: WebAssembly.Memory; sem?: number; semid?: number }
 
 let data: WaitThreadData;
 let ctl: Int32Array;
@@ -153,7 +153,7 @@ function futexLoop(): void {
       Atomics.store(ctl, CTL_SLEEPING, 0);
       continue;
     }
-    const r = futexWaitv(list, n);
+    const r = futexWaitv(list, n, data.boundMs > 0 ? monotonicDeadline(data.boundMs) : null);
     Atomics.store(ctl, CTL_SLEEPING, 0);
     if (r.result >= 0 || r.errno === Errno.EAGAIN || r.errno === Errno.EINTR || r.errno === Errno.ETIMEDOUT) {
       failures = 0;
@@ -173,13 +173,13 @@ function futexLoop(): void {
 function semLoop(object: WaitObject): boolean {
   const { sem, epoch } = object as { sem: number; epoch: number };
   while (!leaving(epoch)) {
-    const errno = semWaitRaw(sem);
+    const errno = data.boundMs > 0 ? semWaitBoundedRaw(sem, data.boundMs) : semWaitRaw(sem);
     if (leaving(epoch)) break;
     if (errno === 0) {
       // Every post is "look again"; one look covers all that are pending, so take them all first.
       while (semWaitNonBlocking(sem)) { /* drain */ }
       notify();
-    } else if (errno !== Errno.EINTR) {
+    } else if (errno !== Errno.EINTR && errno !== Errno.ETIMEDOUT) {
       fatal('sem_wait', errno);
       return false;
     }
@@ -202,7 +202,7 @@ function sysvsemLoop(object: WaitObject): boolean {
   const take = encodeSemOps([{ num: 0, op: -1, flags: 0 }]);
   const drain = new Uint8Array(6);
   while (!leaving(epoch)) {
-    const errno = semOpRaw(semid, take, 1);
+    const errno = data.boundMs > 0 ? semOpBoundedRaw(semid, take, 1, data.boundMs) : semOpRaw(semid, take, 1);
     if (leaving(epoch)) break;
     if (errno === 0) {
       let pending = 0;
@@ -214,7 +214,8 @@ function sysvsemLoop(object: WaitObject): boolean {
       // first, so we left above), else by someone else (ipcrm), which the main thread must hear about.
       fatal('semop', errno);
       return false;
-    } else if (errno !== Errno.EINTR) {
+    } else if (errno !== Errno.EINTR && errno !== Errno.EAGAIN) {
+      // EAGAIN: the bound ran out (semtimedop).
       fatal('semop', errno);
       return false;
     }

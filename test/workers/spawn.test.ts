@@ -111,6 +111,22 @@ for (const isolation of ['process', 'thread'] as const) {
     t.pass('kill after the end is a no-op');
   });
 
+  t.test(`${isolation}: kill ends a worker whose channel sleeps on a futex`, async (t) => {
+    // A thread's own threads are terminated and joined with it; a wait thread inside futex_waitv would never come
+    // back to JavaScript to be terminated without the bound on its calls (host/thread.ts NESTED_WAIT_MS).
+    const w = await start(t, isolation, { wake: 'futex' });
+    // The worker's futex wait thread is up once its channel has parked waiting for our next request.
+    for (let tries = 0; ; tries++) {
+      const futex = await w.channel.request({ cmd: 'futex' }, { timeout: 30_000 }) as { threads: number; parks: number } | null;
+      if (futex !== null && futex.threads >= 1 && futex.parks >= 1) break;
+      if (tries >= 3000) throw new Error(`the worker's channel never parked on its futex: ${JSON.stringify(futex)}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    w.kill('SIGKILL');
+    const exit = await within(30_000, w.exited, 'the worker to end after kill');
+    t.same(exit, isolation === 'process' ? { code: null, signal: 'SIGKILL' } : { code: 1, signal: null }, 'how it ended');
+  });
+
   t.test(`${isolation}: uncaught exception`, async (t) => {
     const w = await start(t, isolation);
     const errors: Error[] = [];
