@@ -253,7 +253,8 @@ export function semOpRaw(semid: number, sops: Uint8Array, nsops: number): number
 
 /** semop that gives up after `ms` (semtimedop): 0, EAGAIN when the time ran out, or another errno. */
 export function semOpBoundedRaw(semid: number, sops: Uint8Array, nsops: number, ms: number): number {
-  const timeout = new BigInt64Array([BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1_000_000)]);
+  const ns = Math.round(ms * 1_000_000);
+  const timeout = new BigInt64Array([BigInt(Math.floor(ns / 1_000_000_000)), BigInt(ns % 1_000_000_000)]);
   return c.semtimedop(semid, sops, nsops, timeout) === 0 ? 0 : koffi.errno();
 }
 
