@@ -10,9 +10,8 @@
  * rings it with FUTEX_WAKE. The runner rings the host with one byte '!' on fd 5; reports are JSON lines there.
  */
 import { readFileSync, writeSync } from 'node:fs';
-import koffi from 'koffi';
 import { setParentDeathSignal, parentPid } from '../host/sys/prctl.js';
-import { futexWaitv } from '../host/sys/futex.js';
+import { futexWaitv, addressOf } from '../host/sys/futex.js';
 import { mmapFixed } from '../host/sys/shm.js';
 import { FUTEX2_SIZE_U32 } from '../host/sys/constants.js';
 import { CTL_IN_SEQ, CTL_INTS, runPlugin, type RunnerConfig } from './runner.js';
@@ -28,7 +27,7 @@ setParentDeathSignal(SIGKILL);
 if (parentPid() !== given.parent) process.exit(1);
 
 const controlMemory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
-const controlBase = BigInt(koffi.address(new Uint8Array(controlMemory.buffer, 0, 0)) as bigint);
+const controlBase = addressOf(new Uint8Array(controlMemory.buffer, 0, 0));
 mmapFixed(controlBase, 4096, CONTROL_FD);
 const ctl = new Int32Array(controlMemory.buffer, 0, CTL_INTS);
 const waiter = new BigUint64Array([0n, controlBase + BigInt(CTL_IN_SEQ * 4), BigInt(FUTEX2_SIZE_U32)]);
@@ -43,8 +42,7 @@ runPlugin({ ...given, module, fd: SEGMENT_FD }, {
   },
   ringHost() { writeSync(HOST_FD, BELL); },
   mapSegment(memory, address) {
-    const base = BigInt(koffi.address(new Uint8Array(memory.buffer, 0, 0)) as bigint);
-    mmapFixed(base + BigInt(address), given.bytes, SEGMENT_FD);
+    mmapFixed(addressOf(new Uint8Array(memory.buffer, 0, 0)) + BigInt(address), given.bytes, SEGMENT_FD);
   },
 }, (report) => writeSync(HOST_FD, JSON.stringify(report) + '\n'));
 process.exit(0);

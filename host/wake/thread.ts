@@ -62,7 +62,7 @@ export interface WaitHandlers {
   onMessage(message: 0): void;
   /** Kicks the thread out of its blocking call on this user's object (it then sees CTL_STOP or a new epoch).
    * Synchronous and safe at exit. */
-  kick(thread: WaitThread): void;
+  kick(): void;
   /** The thread died unexpectedly (an exception, a system call it cannot recover from). */
   onFailure(error: ShmbusError): void;
 }
@@ -97,7 +97,7 @@ export class WaitThread {
         Atomics.store(this.ctl, CTL_STOP, 1);
         // Idle, it sleeps on the epoch; serving, in its object's system call.
         Atomics.notify(this.ctl, CTL_EPOCH);
-        this.user?.kick(this);
+        this.user?.kick();
       },
       onMessage: (message) => {
         if (message === 0) {
@@ -154,7 +154,7 @@ export class WaitThread {
     const left = new Promise<void>((resolve) => this.leaving.set(epoch, resolve));
     if (!this.thread.running) this.left(epoch);
     Atomics.store(this.ctl, CTL_EPOCH, ++this.epoch);
-    user?.kick(this);
+    user?.kick();
     return left;
   }
 
